@@ -1,0 +1,1 @@
+"""Input pipelines: bundled corpora, text/JSONL files (and, later, seqio tasks and mixtures)."""

@@ -1,0 +1,73 @@
+"""Gin wiring: the only place library classes become configurable (configuration enters at the edge)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import gin
+
+from allam_jax.data.text_files import TextFileData
+from allam_jax.model.config import ConfigError, ModelConfig
+from allam_jax.partitioning import PartitioningConfig
+from allam_jax.train.loop import Experiment, TrainerConfig
+from allam_jax.train.optimizer import OptimizerConfig
+from allam_jax.train.step import StepConfig
+
+REPO_GIN_DIR = Path(__file__).resolve().parents[1] / "gin_configs"
+
+ModelConfigG = gin.external_configurable(ModelConfig, "ModelConfig")
+OptimizerConfigG = gin.external_configurable(OptimizerConfig, "OptimizerConfig")
+StepConfigG = gin.external_configurable(StepConfig, "StepConfig")
+PartitioningConfigG = gin.external_configurable(PartitioningConfig, "PartitioningConfig")
+TrainerConfigG = gin.external_configurable(TrainerConfig, "TrainerConfig")
+TextFileDataG = gin.external_configurable(TextFileData, "TextFileData")
+gin.constant("allam.DEFAULT_GIN_DIR", str(REPO_GIN_DIR))
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return " | ".join(lines[:3]) if lines else type(e).__name__
+
+
+def parse(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> None:
+    """Parses gin files and bindings; any problem becomes a one-line ConfigError naming it."""
+    gin.clear_config()
+    for extra in os.environ.get("ALLAM_GIN_PATH", "").split(os.pathsep) + [str(REPO_GIN_DIR), os.getcwd()]:
+        if extra:
+            gin.add_config_file_search_path(extra)
+    for f in gin_files:
+        if not Path(f).is_file() and not (REPO_GIN_DIR / f).is_file():
+            raise FileNotFoundError(f"gin file not found: {f}")
+    files = [f if Path(f).is_file() else str(REPO_GIN_DIR / f) for f in gin_files]
+    try:
+        gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
+    except (ValueError, SyntaxError, KeyError, TypeError, IOError, gin.config_parser.SyntaxError) as e:
+        raise ConfigError(f"bad gin configuration: {_one_line(e)}") from None
+
+
+def _build(factory, name: str):
+    try:
+        return factory()
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"bad gin value for {name}: {_one_line(e)}") from None
+
+
+def model_config() -> ModelConfig:
+    return _build(ModelConfigG, "ModelConfig")
+
+
+@gin.configurable("experiment")
+def build_experiment(data: Optional[object] = None) -> Experiment:
+    """Builds the run from the parsed gin config; ``experiment.data`` picks the input pipeline."""
+    return Experiment(
+        model=model_config(),
+        optimizer=_build(OptimizerConfigG, "OptimizerConfig"),
+        step=_build(StepConfigG, "StepConfig"),
+        partitioning=_build(PartitioningConfigG, "PartitioningConfig"),
+        trainer=_build(TrainerConfigG, "TrainerConfig"),
+        data=data if data is not None else _build(TextFileDataG, "TextFileData"),
+    )

@@ -1,0 +1,122 @@
+"""Small building blocks of the decoder, each parameter tagged with logical axis names.
+
+Logical names (``embed``, ``vocab``, ``heads``, ``kv_heads``, ``head_dim``, ``mlp``, ``norm``, ``layers``) are
+mapped onto the device mesh by ``allam_jax.partitioning``; nothing here knows about devices.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+def normal_init(std: float):
+    return nn.initializers.normal(stddev=std)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (Llama): statistics in float32, scale applied in the compute dtype."""
+
+    eps: float = 1e-5
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (x.shape[-1],), self.param_dtype
+        )
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        return y.astype(self.dtype) * scale.astype(self.dtype)
+
+
+class DenseGeneral(nn.Module):
+    """A matmul over the trailing ``len(in_axes_shape)`` input dims into ``features`` output dims."""
+
+    features: Sequence[int]
+    logical_axes: Sequence[str]
+    num_contract: int = 1
+    std: float = 0.02
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_shape = x.shape[-self.num_contract :]
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(normal_init(self.std), tuple(self.logical_axes)),
+            tuple(in_shape) + tuple(self.features),
+            self.param_dtype,
+        )
+        contract = tuple(range(x.ndim - self.num_contract, x.ndim))
+        return jax.lax.dot_general(
+            x.astype(self.dtype), kernel.astype(self.dtype), ((contract, tuple(range(self.num_contract))), ((), ()))
+        )
+
+
+class Embed(nn.Module):
+    """Token embedding table ``[vocab, embed]``; ``attend`` reuses it as a tied output head."""
+
+    vocab_size: int
+    features: int
+    std: float = 0.02
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        self.embedding = self.param(
+            "embedding",
+            nn.with_logical_partitioning(normal_init(self.std), ("vocab", "embed")),
+            (self.vocab_size, self.features),
+            self.param_dtype,
+        )
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        return jnp.einsum("bte,ve->btv", x.astype(self.dtype), self.embedding.astype(self.dtype))
+
+
+class SwiGLU(nn.Module):
+    """Llama MLP: ``down(silu(gate(x)) * up(x))``."""
+
+    mlp_dim: int
+    std: float = 0.02
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        d = x.shape[-1]
+        dense = lambda feats, axes, name: DenseGeneral(  # noqa: E731
+            feats, axes, std=self.std, dtype=self.dtype, param_dtype=self.param_dtype, name=name
+        )
+        gate = dense((self.mlp_dim,), ("embed", "mlp"), "gate")(x)
+        up = dense((self.mlp_dim,), ("embed", "mlp"), "up")(x)
+        h = nn.silu(gate) * up
+        h = nn.with_logical_constraint(h, ("activation_batch", "activation_length", "activation_mlp"))
+        return dense((d,), ("mlp", "embed"), "down")(h)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding in the half-split layout used by Hugging Face Llama (``rotate_half``).
+
+    x: [batch, len, heads, head_dim]; positions: [batch, len]. Angles in float32.
+    """
+    d = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [b, t, d/2]
+    sin = jnp.sin(angles)[:, :, None, :]
+    cos = jnp.cos(angles)[:, :, None, :]
+    x32 = x.astype(jnp.float32)
+    x1, x2 = x32[..., : d // 2], x32[..., d // 2 :]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)

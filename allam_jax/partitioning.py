@@ -1,0 +1,122 @@
+"""Logical-axis rules and the device mesh; nothing model-specific lives here.
+
+Parameters and activations carry logical axis names; ``logical_axis_rules`` map each name onto mesh
+axes ``("data", "fsdp", "tensor")``. Rules are set in gin (``PartitioningConfig.logical_axis_rules``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional, Sequence, Union
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from allam_jax.model.config import ConfigError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+Rule = tuple[str, Union[None, str, tuple[str, ...]]]
+
+DEFAULT_RULES: tuple[Rule, ...] = (
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_kv_heads", "tensor"),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("norm", None),
+    ("layers", None),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class PartitioningConfig:
+    """Mesh shape over (data, fsdp, tensor); one entry may be -1 to take the remaining devices."""
+
+    mesh_shape: Sequence[int] = (1, -1, 1)
+    logical_axis_rules: Sequence[Rule] = DEFAULT_RULES
+
+    def __post_init__(self):
+        shape = tuple(self.mesh_shape)
+        if len(shape) != 3 or any(not isinstance(s, int) or s == 0 or s < -1 for s in shape):
+            raise ConfigError(f"PartitioningConfig.mesh_shape must be 3 positive ints (one may be -1), got {shape!r}")
+        if shape.count(-1) > 1:
+            raise ConfigError(f"PartitioningConfig.mesh_shape may contain at most one -1, got {shape!r}")
+        for rule in self.logical_axis_rules:
+            if len(rule) != 2 or not isinstance(rule[0], str):
+                raise ConfigError(f"PartitioningConfig.logical_axis_rules entry {rule!r} is not (name, mesh_axes)")
+            axes = rule[1] if isinstance(rule[1], (tuple, list)) else (rule[1],)
+            bad = [a for a in axes if a is not None and a not in MESH_AXES]
+            if bad:
+                raise ConfigError(f"logical axis rule {rule!r} names unknown mesh axes {bad}; known: {MESH_AXES}")
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in self.logical_axis_rules)
+
+
+def resolve_mesh_shape(mesh_shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
+    shape = list(mesh_shape)
+    if -1 in shape:
+        known = math.prod(s for s in shape if s != -1)
+        if num_devices % known:
+            raise ConfigError(f"mesh_shape {tuple(mesh_shape)} cannot be filled: {num_devices} devices / {known}")
+        shape[shape.index(-1)] = num_devices // known
+    if math.prod(shape) != num_devices:
+        raise ConfigError(
+            f"mesh_shape {tuple(shape)} (data, fsdp, tensor) needs {math.prod(shape)} devices, but there are {num_devices}"
+        )
+    return tuple(shape)
+
+
+def create_mesh(config: PartitioningConfig, devices: Optional[Sequence[Any]] = None) -> Mesh:
+    devices = list(jax.devices() if devices is None else devices)
+    shape = resolve_mesh_shape(config.mesh_shape, len(devices))
+    try:
+        grid = mesh_utils.create_device_mesh(shape, devices=devices)
+    except (AssertionError, NotImplementedError, ValueError):
+        grid = np.asarray(devices).reshape(shape)
+    return Mesh(grid, MESH_AXES)
+
+
+def logical_to_sharding(logical_tree: Any, mesh: Mesh, rules: Sequence[Rule]) -> Any:
+    """Maps a pytree of logical PartitionSpecs to NamedShardings."""
+    return nn.logical_to_mesh_sharding(logical_tree, mesh, list(rules))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Batch dimension split over (data, fsdp); everything else replicated."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def check_divisibility(abstract_tree: Any, sharding_tree: Any, what: str = "parameter") -> None:
+    """Raises a ConfigError naming the first array whose dimension the mesh does not divide."""
+    flat_shapes = jax.tree_util.tree_flatten_with_path(abstract_tree)[0]
+    flat_shardings = jax.tree_util.tree_leaves(sharding_tree, is_leaf=lambda x: isinstance(x, NamedSharding))
+    for (path, leaf), sharding in zip(flat_shapes, flat_shardings):
+        if not isinstance(sharding, NamedSharding):
+            continue
+        for dim, (size, axes) in enumerate(zip(leaf.shape, tuple(sharding.spec) + (None,) * leaf.ndim)):
+            if axes is None:
+                continue
+            axes = axes if isinstance(axes, tuple) else (axes,)
+            parts = math.prod(sharding.mesh.shape[a] for a in axes)
+            if size % parts:
+                name = jax.tree_util.keystr(path)
+                raise ConfigError(
+                    f"{what} {name} dimension {dim} of size {size} is not divisible by mesh axes {axes} "
+                    f"(size {parts}); change the mesh_shape or the logical_axis_rules"
+                )

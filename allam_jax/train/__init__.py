@@ -1,0 +1,1 @@
+"""Train state, optimizer, step, loop, checkpoints and metrics."""

@@ -1,0 +1,106 @@
+"""Orbax checkpoints of the train state plus the data iterator's position.
+
+Layout: ``WORKDIR/checkpoints/<step>/{state,data}``. Orbax writes each step into a temporary
+directory and renames it when complete, so a crash mid-save leaves a ``*.orbax-checkpoint-tmp-*``
+directory that is ignored (with a warning); a committed step that fails to read falls back to the one
+before it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+_TMP_MARKER = ".orbax-checkpoint-tmp"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read; the message names the path."""
+
+
+class Checkpointer:
+    """Async saves every ``save_every`` steps, keeps the last ``keep``; restores the newest readable step."""
+
+    def __init__(self, directory: str, save_every: int, keep: int = 3, async_save: bool = True):
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=async_save, create=True
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+
+    def partial_steps(self) -> list[str]:
+        if not self.directory.exists():
+            return []
+        return sorted(p.name for p in self.directory.iterdir() if _TMP_MARKER in p.name)
+
+    def latest_step(self) -> Optional[int]:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, data_state: dict, force: bool = False) -> bool:
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state))
+        return self.manager.save(step, args=args, force=force)
+
+    def restore_latest(self, abstract_state: Any) -> Optional[tuple[Any, dict, int]]:
+        """Returns (state, data_state, step) of the newest readable step, or None when there is none."""
+        for name in self.partial_steps():
+            log.warning("ignoring incomplete checkpoint %s (a save was interrupted)", self.directory / name)
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                restored = self.manager.restore(
+                    step,
+                    args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()),
+                )
+            except Exception as e:  # noqa: BLE001 - any read failure means: try the previous step
+                log.warning("checkpoint step %d in %s is unreadable (%s); trying an older one", step, self.directory,
+                            str(e).splitlines()[0][:200])
+                continue
+            return restored["state"], restored["data"], step
+        return None
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def resolve_state_dir(path: str) -> Path:
+    """Accepts a checkpoint directory (newest step used), a step directory, or its ``state`` item."""
+    p = Path(path).absolute()
+    if not p.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if (p / "_METADATA").exists() or (p / "_sharding").exists() or (p / "manifest.ocdbt").exists():
+        return p
+    if (p / "state").is_dir():
+        return p / "state"
+    steps = sorted((int(c.name) for c in p.iterdir() if c.name.isdigit() and (c / "state").is_dir()), reverse=True)
+    if not steps:
+        raise CheckpointError(f"no complete checkpoint step under {path}")
+    return p / str(steps[0]) / "state"
+
+
+def restore_params(path: str, abstract_params: Any) -> Any:
+    """Reads only the parameters of a checkpoint (continued pretraining: fresh optimizer and schedule)."""
+    state_dir = resolve_state_dir(path)
+    item = {"params": abstract_params}
+    try:
+        restored = ocp.PyTreeCheckpointer().restore(
+            state_dir,
+            args=ocp.args.PyTreeRestore(
+                item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True
+            ),
+        )
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"cannot read parameters from {state_dir}: {str(e).splitlines()[0][:300]}") from None
+    got = jax.tree_util.tree_map(lambda x: x.shape, restored["params"])
+    want = jax.tree_util.tree_map(lambda x: x.shape, abstract_params)
+    if got != want:
+        raise CheckpointError(f"parameter shapes in {state_dir} do not match the model config")
+    return restored["params"]

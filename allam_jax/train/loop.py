@@ -1,0 +1,216 @@
+"""The training loop: build mesh, state and data; run the jitted step; log; checkpoint; resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from allam_jax import partitioning
+from allam_jax.model import Decoder, ModelConfig
+from allam_jax.model.config import ConfigError
+from allam_jax.partitioning import PartitioningConfig
+from allam_jax.train import checkpoint as ckpt_lib
+from allam_jax.train.metrics import MetricsWriter, peak_flops_per_device
+from allam_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
+from allam_jax.train.state import TrainState, init_train_state, state_shardings
+from allam_jax.train.step import StepConfig, make_train_step
+
+log = logging.getLogger(__name__)
+
+EXIT_PREEMPTED = 143
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; no checkpoint of that state was written."""
+
+
+class Preempted(SystemExit):
+    """SIGTERM arrived; the state was saved and the process exits with 143."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+    num_steps: int = 100
+    batch_size: int = 8
+    seq_len: int = 128
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 3
+    async_checkpointing: bool = True
+    init_from: Optional[str] = None
+    peak_flops_per_device: Optional[float] = None
+    progress_bar: bool = True
+    tensorboard: bool = True
+
+    def __post_init__(self):
+        for name in ("num_steps", "batch_size", "seq_len", "log_every", "checkpoint_every", "keep_checkpoints"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"TrainerConfig.{name} must be a positive integer, got {value!r}")
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Everything one run needs; built at the edge (gin) and passed in whole."""
+
+    model: ModelConfig
+    optimizer: OptimizerConfig
+    step: StepConfig
+    partitioning: PartitioningConfig
+    trainer: TrainerConfig
+    data: Any  # anything with make_iterator(seq_len, batch_size, process_index, process_count)
+
+
+def _global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+class _SigtermFlag:
+    def __init__(self):
+        self.raised = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def _handler(self, signum, frame):
+        self.raised = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def train(exp: Experiment, workdir: str) -> dict[str, float]:
+    """Trains to ``trainer.num_steps``, resuming from ``WORKDIR/checkpoints`` when it holds a step.
+
+    Returns the last logged metrics.
+    """
+    tcfg = exp.trainer
+    if tcfg.seq_len > exp.model.max_seq_len:
+        raise ConfigError(f"TrainerConfig.seq_len={tcfg.seq_len} exceeds ModelConfig.max_seq_len={exp.model.max_seq_len}")
+    workdir_path = Path(workdir)
+    workdir_path.mkdir(parents=True, exist_ok=True)
+    is_main = jax.process_index() == 0
+
+    mesh = partitioning.create_mesh(exp.partitioning)
+    rules = exp.partitioning.rules
+    batch_parts = mesh.shape["data"] * mesh.shape["fsdp"]
+    if tcfg.batch_size % batch_parts:
+        raise ConfigError(
+            f"TrainerConfig.batch_size={tcfg.batch_size} is not divisible by data x fsdp = {batch_parts} devices"
+        )
+    model = Decoder(exp.model)
+    tx = make_optimizer(exp.optimizer)
+    schedule = learning_rate_schedule(exp.optimizer)
+    abstract, shardings = state_shardings(model, tx, mesh, rules)
+    batch_sharding = partitioning.batch_sharding(mesh)
+
+    data_iter = exp.data.make_iterator(tcfg.seq_len, tcfg.batch_size, jax.process_index(), jax.process_count())
+    checkpointer = ckpt_lib.Checkpointer(
+        str(workdir_path / "checkpoints"), tcfg.checkpoint_every, tcfg.keep_checkpoints, tcfg.async_checkpointing
+    )
+    restored = checkpointer.restore_latest(abstract)
+    if restored is not None:
+        state, data_state, start = restored
+        data_iter.set_state(data_state)
+        log.info("resumed from step %d in %s", start, checkpointer.directory)
+    else:
+        state = init_train_state(model, tx, mesh, rules, tcfg.seed)
+        if tcfg.init_from:
+            params = ckpt_lib.restore_params(tcfg.init_from, abstract.params)
+            state = state.replace(params=params)
+            log.info("initialised parameters from %s (fresh optimizer and schedule)", tcfg.init_from)
+        start = 0
+
+    step_fn = jax.jit(
+        make_train_step(model, tx, schedule, exp.step),
+        in_shardings=(shardings, batch_sharding),
+        out_shardings=(shardings, None),
+        donate_argnums=(0,),
+    )
+    writer = MetricsWriter(str(workdir_path), enabled=is_main, tensorboard=tcfg.tensorboard)
+    languages = list(getattr(exp.data, "languages", [])) or [str(i) for i in range(exp.step.num_languages)]
+    tokens_per_step = tcfg.batch_size * tcfg.seq_len
+    flops_per_step = exp.model.training_flops_per_token(tcfg.seq_len) * tokens_per_step
+    peak = peak_flops_per_device(tcfg.peak_flops_per_device) * jax.device_count()
+
+    last: dict[str, float] = {}
+    bar = tqdm(total=tcfg.num_steps, initial=start, disable=not (tcfg.progress_bar and is_main), desc="train", unit="step",
+               mininterval=0.1 if sys.stderr.isatty() else 10.0)
+    window_start, window_steps = time.perf_counter(), 0
+    lang_sums = np.zeros((2, exp.step.num_languages))
+    try:
+        with _SigtermFlag() as sigterm, mesh, nn.logical_axis_rules(list(rules)):
+            for step in range(start + 1, tcfg.num_steps + 1):
+                batch = _global_batch(next(data_iter), batch_sharding)
+                state, metrics = step_fn(state, batch)
+                metrics = jax.device_get(metrics)
+                loss = float(metrics["loss"])
+                if not math.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"loss is {loss} at step {step}; stopped without saving this state "
+                        f"(last checkpoint: step {checkpointer.latest_step()})"
+                    )
+                lang_sums += np.stack([metrics["lang_ce_sum"], metrics["lang_weight_sum"]])
+                window_steps += 1
+                bar.update(1)
+                if step % tcfg.log_every == 0 or step == tcfg.num_steps:
+                    elapsed = time.perf_counter() - window_start
+                    last = {
+                        "loss": loss,
+                        "z_loss": float(metrics["z_loss"]),
+                        "grad_norm": float(metrics["grad_norm"]),
+                        "learning_rate": float(metrics["learning_rate"]),
+                        "tokens_per_s": tokens_per_step * window_steps / elapsed,
+                        "mfu": flops_per_step * window_steps / elapsed / peak,
+                    }
+                    for i, lang in enumerate(languages[: exp.step.num_languages]):
+                        if lang_sums[1, i] > 0:
+                            last[f"loss/{lang}"] = lang_sums[0, i] / lang_sums[1, i]
+                    writer.write(step, last)
+                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
+                    window_start, window_steps = time.perf_counter(), 0
+                    lang_sums[:] = 0
+                if step % tcfg.checkpoint_every == 0 or step == tcfg.num_steps or sigterm.raised:
+                    checkpointer.save(step, state, data_iter.get_state(), force=True)
+                if sigterm.raised:
+                    checkpointer.wait()
+                    log.warning("SIGTERM: saved step %d to %s; exiting", step, checkpointer.directory)
+                    raise Preempted(EXIT_PREEMPTED)
+    finally:
+        bar.close()
+        writer.close()
+        checkpointer.close()
+    return last
+
+
+def param_count_and_flops(model_cfg: ModelConfig, seq_len: Optional[int] = None) -> dict[str, float]:
+    """Parameter count from ``jax.eval_shape`` (nothing allocated) and FLOPs per token."""
+    from allam_jax.train.state import abstract_params, count_params
+
+    n = count_params(abstract_params(Decoder(model_cfg)))
+    return {
+        "params": n,
+        "forward_flops_per_token": model_cfg.flops_per_token(seq_len),
+        "train_flops_per_token": model_cfg.training_flops_per_token(seq_len),
+    }
+
+
+__all__ = ["Experiment", "NonFiniteLossError", "Preempted", "TrainState", "TrainerConfig", "param_count_and_flops", "train"]

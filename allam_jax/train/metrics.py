@@ -1,0 +1,97 @@
+"""Metric sinks (``metrics.jsonl`` + TensorBoard event files) and model-FLOPs utilisation."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Dense bf16 peak FLOP/s per device, from vendor data sheets.
+PEAK_FLOPS_BY_DEVICE_KIND = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,
+    "NVIDIA H100": 989e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA A100": 312e12,
+}
+
+_measured_cpu_peak: Optional[float] = None
+
+
+def measure_matmul_peak(n: int = 1024, repeats: int = 5) -> float:
+    """Best observed float32 matmul FLOP/s on the default device (the CPU 'peak' for MFU)."""
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best
+
+
+def peak_flops_per_device(configured: Optional[float] = None) -> float:
+    """The configured peak, else the data-sheet value for this device kind, else a measured matmul peak."""
+    global _measured_cpu_peak
+    if configured:
+        return float(configured)
+    kind = jax.devices()[0].device_kind
+    for prefix, flops in PEAK_FLOPS_BY_DEVICE_KIND.items():
+        if kind.startswith(prefix):
+            return flops
+    if _measured_cpu_peak is None:
+        _measured_cpu_peak = measure_matmul_peak()
+    return _measured_cpu_peak
+
+
+class MetricsWriter:
+    """Writes one JSON object per logged step to ``metrics.jsonl`` and scalars to TensorBoard.
+
+    Only process 0 writes; the file is appended to, so a resumed run continues the same log.
+    """
+
+    def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
+        self.enabled = enabled
+        self._tb = None
+        if not enabled:
+            return
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(Path(workdir) / "metrics.jsonl", "a", encoding="utf-8")
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: float(v) for k, v in scalars.items() if v is not None and np.isfinite(float(v))}
+        self._jsonl.write(json.dumps({"step": int(step), **clean}) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for key, value in clean.items():
+                self._tb.add_scalar(key, value, step)
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            if self._tb is not None:
+                self._tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """All rows of ``WORKDIR/metrics.jsonl`` (for notebooks and tests)."""
+    path = Path(workdir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,29 @@
+"""allam-jax: train Arabic-English LLMs the ALLaM way in JAX/Flax."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+
+def _requirements(name: str) -> list[str]:
+    lines = (HERE / name).read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+setup(
+    name="allam-jax",
+    version="0.1.0",
+    description="Arabic-English LLM training (the ALLaM recipe) in JAX/Flax",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["allam_jax", "allam_jax.*"]),
+    install_requires=_requirements("requirements.txt"),
+    extras_require={
+        "test": ["pytest==9.2.0"],
+        "hf": ["safetensors==0.8.0", "transformers==5.23.0", "torch==2.13.0"],
+    },
+    entry_points={"console_scripts": ["allam=allam_jax.cli:main"]},
+)
