@@ -88,7 +88,7 @@ def make_train_step(
         metrics = {
             "loss": loss,
             "z_loss": parts["z_sum"] / denom,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "learning_rate": schedule(state.step),
             "num_tokens": parts["weight_sum"],
             "lang_ce_sum": parts["lang_ce_sum"],
