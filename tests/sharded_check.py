@@ -61,7 +61,7 @@ def run(mesh_shape, devices, host_state=None):
         return new_state, metrics, grads
 
     bs = partitioning.batch_sharding(mesh)
-    with mesh, nn.logical_axis_rules(list(pcfg.rules)):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(list(pcfg.rules)):
         fn = jax.jit(with_grads, in_shardings=(shardings, bs), out_shardings=(shardings, None, shardings.params))
         b = {k: jax.device_put(v, bs) for k, v in batch().items()}
         new_state, metrics, grads = fn(state, b)

@@ -9,6 +9,8 @@ before it.
 from __future__ import annotations
 
 import logging
+import re
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -52,16 +54,31 @@ class Checkpointer:
             log.warning("ignoring incomplete checkpoint %s (a save was interrupted)", self.directory / name)
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
+                on_disk = ocp.StandardCheckpointer().metadata(self.directory / str(step) / "state").item_metadata.tree
+            except Exception:  # noqa: BLE001 - unreadable metadata: handled like any unreadable step below
+                on_disk = None
+            if on_disk is not None:
+                check_compatible(on_disk, abstract_state, self.directory / str(step))
+            try:
                 restored = self.manager.restore(
                     step,
                     args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()),
                 )
             except Exception as e:  # noqa: BLE001 - any read failure means: try the previous step
-                log.warning("checkpoint step %d in %s is unreadable (%s); trying an older one", step, self.directory,
-                            str(e).splitlines()[0][:200])
+                aside = self._move_aside(step)
+                log.warning("checkpoint step %d in %s is unreadable (%s); kept as %s, trying an older one",
+                            step, self.directory, str(e).splitlines()[0][:200], aside)
                 continue
             return restored["state"], restored["data"], step
         return None
+
+    def _move_aside(self, step: int) -> Path:
+        """Renames an unreadable step so a new save of that step can happen; nothing is deleted."""
+        aside = self.directory / f"unreadable-{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if jax.process_index() == 0:
+            (self.directory / str(step)).rename(aside)
+        self.manager.reload()
+        return aside
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -69,6 +86,26 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _leaf_shapes(tree: Any) -> dict[str, tuple]:
+    """``"['params']['embed']['embedding']" -> shape``: attribute and dict keys written alike, as on disk."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {re.sub(r"\.(\w+)", r"['\1']", jax.tree_util.keystr(p)): tuple(v.shape) for p, v in flat}
+
+
+def check_compatible(on_disk: Any, abstract_state: Any, where: Path) -> None:
+    """A checkpoint written under another config is an error to report, not a corrupt file to skip."""
+    saved, wanted = _leaf_shapes(on_disk), _leaf_shapes(abstract_state)
+    names = sorted(set(saved) | set(wanted), key=lambda n: (not n.startswith("['params']"), n))
+    for name in names:
+        if saved.get(name) != wanted.get(name):
+            what = "model" if name.startswith("['params']") else "optimizer"
+            raise CheckpointError(
+                f"checkpoint {where} does not match the {what} config: {name} is {saved.get(name, 'missing')} "
+                f"on disk, {wanted.get(name, 'absent')} in the config"
+                + ("" if what == "model" else " (use TrainerConfig.init_from to start a new optimizer from its params)")
+            )
 
 
 def resolve_state_dir(path: str) -> Path:

@@ -157,7 +157,7 @@ def train(exp: Experiment, workdir: str) -> dict[str, float]:
     window_start, window_steps = time.perf_counter(), 0
     lang_sums = np.zeros((2, exp.step.num_languages))
     try:
-        with _SigtermFlag() as sigterm, mesh, nn.logical_axis_rules(list(rules)):
+        with _SigtermFlag() as sigterm, jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
             for step in range(start + 1, tcfg.num_steps + 1):
                 batch = _global_batch(next(data_iter), batch_sharding)
                 state, metrics = step_fn(state, batch)

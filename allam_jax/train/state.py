@@ -54,7 +54,7 @@ def init_train_state(
     """Initialises parameters directly into their shards (no host copy of the full model)."""
     _, shardings = state_shardings(model, tx, mesh, rules, seq_len)
     init = _init_fn(model, tx, seq_len)
-    with mesh, nn.logical_axis_rules(list(rules)):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
         return jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=shardings)(jax.random.PRNGKey(seed))
 
 

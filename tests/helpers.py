@@ -1,0 +1,63 @@
+"""Shared builders for training tests: a tiny model on small real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from allam_jax.data import corpora
+from allam_jax.data.text_files import TextFileData
+from allam_jax.model import ModelConfig
+from allam_jax.partitioning import PartitioningConfig
+from allam_jax.train.loop import Experiment, TrainerConfig
+from allam_jax.train.optimizer import OptimizerConfig
+from allam_jax.train.step import StepConfig
+
+TINY_MODEL = dict(vocab_size=384, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64, max_seq_len=64)
+
+
+def corpus_files(directory: Path) -> list[str]:
+    """Real English (stdlib docstrings) and, where the machine has them, Arabic catalog strings."""
+    if not (directory / "en.txt").exists():
+        corpora.prepare(str(directory))
+    files = [str(directory / "en.txt")]
+    if (directory / "ar.txt").stat().st_size:
+        files.append(str(directory / "ar.txt"))
+    return files
+
+
+def experiment(files, num_steps=10, model=None, optimizer=None, **trainer) -> Experiment:
+    trainer = {"batch_size": 4, "seq_len": 64, "log_every": 1, "checkpoint_every": 5, "progress_bar": False,
+               "tensorboard": False, "num_steps": num_steps, **trainer}
+    return Experiment(
+        model=ModelConfig(**{**TINY_MODEL, **(model or {})}),
+        optimizer=OptimizerConfig(**{"learning_rate": 3e-3, "warmup_steps": 2, "decay_steps": 100, **(optimizer or {})}),
+        step=StepConfig(num_languages=2),
+        partitioning=PartitioningConfig(mesh_shape=(1, 1, 1)),
+        trainer=TrainerConfig(**trainer),
+        data=TextFileData(paths=list(files), languages=["en", "ar"]),
+    )
+
+
+def losses(workdir) -> dict[int, float]:
+    rows = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows}
+
+
+def write_gin(path: Path, files, **bindings) -> Path:
+    lines = ["include 'models/tiny.gin'", f"TextFileData.paths = {json.dumps(list(files))}",
+             "ModelConfig.d_model = 32", "ModelConfig.mlp_dim = 64", "PartitioningConfig.mesh_shape = (1, 1, 1)",
+             "TrainerConfig.batch_size = 4", "TrainerConfig.seq_len = 64", "TrainerConfig.log_every = 1",
+             "TrainerConfig.progress_bar = False", "TrainerConfig.tensorboard = False"]
+    lines += [f"{k} = {v}" for k, v in bindings.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def allam(*args, timeout=600, **popen) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "allam_jax", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, **popen)

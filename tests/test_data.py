@@ -1,0 +1,103 @@
+import json
+
+import numpy as np
+import pytest
+
+from allam_jax.data import corpora
+from allam_jax.data.text_files import BOS_ID, EOS_ID, ByteVocabulary, TextFileData, guess_language, pack_documents
+from allam_jax.model import ConfigError
+
+
+def test_packing_layout_segments_positions_and_targets():
+    docs = [([10, 11, 12], 0), ([20, 21], 1), ([30, 31, 32, 33, 34, 35, 36, 37, 38], 0)]
+    out = pack_documents(docs, seq_len=8)
+    # Row 0: doc A (4 input tokens) + doc B (3 input tokens) + 1 padding.
+    np.testing.assert_array_equal(out["inputs"][0], [BOS_ID, 10, 11, 12, BOS_ID, 20, 21, 0])
+    np.testing.assert_array_equal(out["targets"][0], [10, 11, 12, EOS_ID, 20, 21, EOS_ID, 0])
+    np.testing.assert_array_equal(out["segment_ids"][0], [1, 1, 1, 1, 2, 2, 2, 0])
+    np.testing.assert_array_equal(out["positions"][0], [0, 1, 2, 3, 0, 1, 2, 0])
+    np.testing.assert_array_equal(out["lang_id"][0][:7], [0, 0, 0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(out["loss_weights"][0], [1, 1, 1, 1, 1, 1, 1, 0])
+    # Doc C (11 tokens with BOS/EOS) is split into an 8-token chunk and a 2-token chunk.
+    np.testing.assert_array_equal(out["inputs"][1], [BOS_ID, 30, 31, 32, 33, 34, 35, 36])
+    np.testing.assert_array_equal(out["targets"][1], [30, 31, 32, 33, 34, 35, 36, 37])
+    np.testing.assert_array_equal(out["inputs"][2][:2], [37, 38])
+    np.testing.assert_array_equal(out["targets"][2][:2], [38, EOS_ID])
+
+
+def test_byte_vocabulary_round_trips_every_script():
+    v = ByteVocabulary()
+    for text in ["والمدرسة", "Hello, world", "مرحبا hello ١٢٣", "اَلْعَرَبِيَّةُ", "emoji 🙂", "\u200fRTL\u200e"]:
+        assert v.decode(v.encode(text)) == text
+
+
+def test_language_guess_by_script():
+    assert guess_language("هذا نص عربي مع كلمة English") == "ar"
+    assert guess_language("This is English with كلمة") == "en"
+
+
+def _write(tmp_path, name, lines):
+    p = tmp_path / name
+    p.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return str(p)
+
+
+def test_iterator_resumes_exactly_and_is_deterministic(tmp_path):
+    en = _write(tmp_path, "en.txt", [f"English sentence number {i} with some words." for i in range(40)])
+    ar = _write(tmp_path, "ar.jsonl", [json.dumps({"text": f"جملة عربية رقم {i}", "lang": "ar"}) for i in range(40)])
+    data = TextFileData(paths=[en, ar])
+    it = data.make_iterator(seq_len=64, batch_size=4)
+    straight = [next(it) for _ in range(30)]  # crosses epoch boundaries
+    assert it.get_state()["epoch"] >= 1
+    it2 = data.make_iterator(seq_len=64, batch_size=4)
+    for _ in range(13):
+        next(it2)
+    state = json.loads(json.dumps(it2.get_state()))
+    it3 = data.make_iterator(seq_len=64, batch_size=4)
+    it3.set_state(state)
+    for i in range(13, 30):
+        b = next(it3)
+        for k in b:
+            np.testing.assert_array_equal(b[k], straight[i][k])
+    langs = set(np.unique(np.concatenate([b["lang_id"][b["loss_weights"] > 0] for b in straight])))
+    assert langs == {0, 1}
+
+
+def test_process_shards_partition_the_global_batch(tmp_path):
+    en = _write(tmp_path, "en.txt", [f"line {i} " * (i % 7 + 1) for i in range(50)])
+    data = TextFileData(paths=[en], languages=["en"])
+    whole = next(data.make_iterator(32, 4))
+    parts = [next(data.make_iterator(32, 4, process_index=p, process_count=2)) for p in range(2)]
+    np.testing.assert_array_equal(np.concatenate([p["inputs"] for p in parts]), whole["inputs"])
+
+
+def test_bad_inputs_name_file_and_line(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        TextFileData(paths=[str(tmp_path / "missing.txt")]).make_iterator(16, 2)
+    bad_json = _write(tmp_path, "bad.jsonl", ['{"text": "ok"}', '{"text": '])
+    with pytest.raises(ConfigError, match=r"bad.jsonl:2: malformed JSON"):
+        TextFileData(paths=[bad_json]).make_iterator(16, 2)
+    no_text = _write(tmp_path, "notext.jsonl", ['{"body": "x"}'])
+    with pytest.raises(ConfigError, match=r"notext.jsonl:1: expected an object with a string field 'text'"):
+        TextFileData(paths=[no_text]).make_iterator(16, 2)
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("fine line\ncaf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.txt:2: not valid UTF-8"):
+        TextFileData(paths=[str(latin1)]).make_iterator(16, 2)
+    empty = _write(tmp_path, "empty.txt", ["", "  "])
+    with pytest.raises(ConfigError, match="no documents"):
+        TextFileData(paths=[empty]).make_iterator(16, 2)
+    with pytest.raises(ConfigError, match="not in TextFileData.languages"):
+        TextFileData(paths=[_write(tmp_path, "ar.txt", ["نص عربي"])], languages=["en"]).make_iterator(16, 2)
+
+
+def test_bundled_corpora_are_real_text(tmp_path):
+    counts = corpora.prepare(str(tmp_path))
+    assert counts["en.txt"]["words"] > 20_000
+    en = (tmp_path / "en.txt").read_text(encoding="utf-8").splitlines()
+    assert all(guess_language(line) == "en" for line in en[:200])
+    if counts["parallel.jsonl"]["pairs"]:  # Debian machines ship Arabic gettext catalogs
+        ar = (tmp_path / "ar.txt").read_text(encoding="utf-8").splitlines()
+        assert all(guess_language(line) == "ar" for line in ar[:200])
+        pair = json.loads((tmp_path / "parallel.jsonl").read_text(encoding="utf-8").splitlines()[0])
+        assert set(pair) == {"en", "ar", "source"}
