@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tokenize
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -43,7 +44,7 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> None:
     files = [f if Path(f).is_file() else str(REPO_GIN_DIR / f) for f in gin_files]
     try:
         gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
-    except (ValueError, SyntaxError, KeyError, TypeError, IOError, gin.config_parser.SyntaxError) as e:
+    except (ValueError, SyntaxError, KeyError, TypeError, OSError, tokenize.TokenError) as e:
         raise ConfigError(f"bad gin configuration: {_one_line(e)}") from None
 
 

@@ -43,8 +43,15 @@ def experiment(files, num_steps=10, model=None, optimizer=None, **trainer) -> Ex
 
 
 def losses(workdir) -> dict[int, float]:
-    rows = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows}
+    """Step -> loss from metrics.jsonl; a line still being written by a live run is skipped."""
+    out = {}
+    for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        out[row["step"]] = row["loss"]
+    return out
 
 
 def write_gin(path: Path, files, **bindings) -> Path:

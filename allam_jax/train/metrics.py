@@ -67,7 +67,11 @@ class MetricsWriter:
         if not enabled:
             return
         Path(workdir).mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(Path(workdir) / "metrics.jsonl", "a", encoding="utf-8")
+        path = Path(workdir) / "metrics.jsonl"
+        torn = path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n")
+        self._jsonl = open(path, "a", encoding="utf-8")
+        if torn:  # a killed run left half a line: end it so the next row parses
+            self._jsonl.write("\n")
         if tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -92,6 +96,17 @@ class MetricsWriter:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    """All rows of ``WORKDIR/metrics.jsonl`` (for notebooks and tests)."""
+    """Rows of ``WORKDIR/metrics.jsonl`` by step, for notebooks and reports.
+
+    A resumed run logs again the steps after its last checkpoint: the later row wins. Torn lines
+    (a run killed mid-write) are skipped.
+    """
+    rows: dict[int, dict] = {}
     path = Path(workdir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        rows[row["step"]] = row
+    return [rows[s] for s in sorted(rows)]

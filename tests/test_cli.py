@@ -1,0 +1,77 @@
+import json
+
+import pytest
+
+from helpers import allam, corpus_files, write_gin
+
+
+@pytest.fixture(scope="module")
+def gin(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    return write_gin(d / "run.gin", corpus_files(d / "corpus"), **{"TrainerConfig.num_steps": 3})
+
+
+def _one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("allam: error:")]
+    assert len(lines) == 1, result.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("binding,fragments", [
+    ("ModelConfig.num_layrs = 2", ["num_layrs"]),
+    ("NoSuchThing.x = 1", ["NoSuchThing"]),
+    ("ModelConfig.num_layers = 'two'", ["ModelConfig.num_layers", "'two'"]),
+    ("TrainerConfig.batch_size = -4", ["TrainerConfig.batch_size", "-4"]),
+    ("OptimizerConfig.schedule = 'wavy'", ["OptimizerConfig.schedule", "'wavy'"]),
+    ("PartitioningConfig.mesh_shape = (2, 2, 2)", ["needs 8 devices, but there are 1"]),
+    ("TextFileData.paths = ['/nonexistent/corpus.txt']", ["/nonexistent/corpus.txt"]),
+    ("ModelConfig.num_layers = (", ["bad gin configuration"]),
+])
+def test_bad_bindings_give_one_line_and_exit_2(gin, tmp_path, binding, fragments):
+    r = allam("train", "--gin_file", str(gin), "--workdir", str(tmp_path / "w"), "--gin_bindings", binding)
+    _one_line_error(r, *fragments)
+    assert not (tmp_path / "w" / "checkpoints").exists() or not any((tmp_path / "w" / "checkpoints").iterdir())
+
+
+def test_missing_gin_file_names_it(tmp_path):
+    r = allam("train", "--gin_file", "nope/missing.gin", "--workdir", str(tmp_path))
+    _one_line_error(r, "nope/missing.gin")
+
+
+def test_train_via_python_dash_m_module_and_bindings(gin, tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "allam_jax.train", "--gin_file", str(gin), "--workdir",
+                        str(tmp_path / "w"), "--gin_bindings", "TrainerConfig.num_steps = 2"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["workdir"] == str(tmp_path / "w") and summary["loss"] > 0
+    assert "TrainerConfig.num_steps = 2" in (tmp_path / "w" / "config.gin").read_text()
+    rows = [json.loads(x) for x in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+
+
+@pytest.mark.parametrize("gin_file,low,high", [
+    ("models/allam_7b.gin", 6.9e9, 7.1e9), ("models/allam_13b.gin", 12.8e9, 13.5e9),
+    ("models/allam_70b.gin", 68e9, 70e9),
+])
+def test_info_reports_param_counts(gin_file, low, high):
+    r = allam("info", "--gin_file", gin_file, "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    info = json.loads(r.stdout)
+    assert low <= info["params"] <= high
+    assert info["train_flops_per_token"] == 3 * info["forward_flops_per_token"]
+
+
+def test_help_explains_every_flag():
+    for args in (["--help"], ["train", "--help"], ["info", "--help"], ["data", "prepare", "--help"]):
+        r = allam(*args)
+        assert r.returncode == 0 and "usage: allam" in r.stdout
+    text = allam("train", "--help").stdout
+    for flag in ("--gin_file", "--gin_bindings", "--workdir"):
+        assert flag in text
