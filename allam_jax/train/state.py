@@ -24,6 +24,12 @@ class TrainState:
     rng: jax.Array
 
 
+def strip_boxes(tree: Any) -> Any:
+    """Drops the logical-axis boxes without applying sharding constraints (safe outside jit)."""
+    is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
+    return jax.tree_util.tree_map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree, is_leaf=is_box)
+
+
 def _init_fn(model: nn.Module, tx: optax.GradientTransformation, seq_len: int) -> Callable[[jax.Array], TrainState]:
     def init(rng: jax.Array) -> TrainState:
         init_rng, state_rng = jax.random.split(rng)
@@ -40,7 +46,7 @@ def state_shardings(
     boxed = jax.eval_shape(_init_fn(model, tx, seq_len), jax.random.PRNGKey(0))
     logical = nn.get_partition_spec(boxed)
     shardings = partitioning.logical_to_sharding(logical, mesh, rules)
-    abstract = nn.meta.unbox(boxed)
+    abstract = strip_boxes(boxed)
     partitioning.check_divisibility(abstract, shardings)
     abstract = jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
@@ -61,7 +67,7 @@ def init_train_state(
 def abstract_params(model: nn.Module, seq_len: int = 8) -> Any:
     """Parameter shapes from ``jax.eval_shape``: no memory is allocated (used by ``allam info``)."""
     boxed = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, seq_len), jnp.int32)), jax.random.PRNGKey(0))
-    return nn.meta.unbox(boxed)["params"]
+    return strip_boxes(boxed)["params"]
 
 
 def count_params(tree: Any) -> int:
