@@ -175,7 +175,7 @@ def train(exp: Experiment, workdir: str) -> dict[str, float]:
                     elapsed = time.perf_counter() - window_start
                     last = {
                         "loss": loss,
-                        "z_loss": float(metrics["z_loss"]),
+                        "log_z_sq": float(metrics["log_z_sq"]),
                         "grad_norm": float(metrics["grad_norm"]),
                         "learning_rate": float(metrics["learning_rate"]),
                         "tokens_per_s": tokens_per_step * window_steps / elapsed,

@@ -87,7 +87,7 @@ def make_train_step(
         denom = jnp.maximum(parts["weight_sum"], 1.0)
         metrics = {
             "loss": loss,
-            "z_loss": parts["z_sum"] / denom,
+            "log_z_sq": parts["z_sum"] / denom,
             "grad_norm": optax.tree.norm(grads),
             "learning_rate": schedule(state.step),
             "num_tokens": parts["weight_sum"],
