@@ -1,0 +1,1 @@
+"""Arabic vocabulary expansion: train SentencePiece, merge into a base model, fertility, embedding surgery."""

@@ -1,0 +1,171 @@
+"""Embedding surgery: grow the embedding and LM head to the merged vocabulary.
+
+Old rows are copied bit for bit. Each new row (in both matrices) is, by default, the mean of the base
+model's rows for the pieces that the *base* tokenizer splits the new piece's surface text into
+(ALLaM's initialisation), so a new token starts out meaning roughly what its old spelling meant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from allam_jax.train.checkpoint import CheckpointError, resolve_state_dir
+from allam_jax.tokenizer.merge import check_extends
+from allam_jax.tokenizer.spm_io import ModelProto, Piece, TokenizerError, load_proto, processor_from_proto
+
+INIT_METHODS = ("mean_subtoken", "mean_all", "random")
+
+
+def surface_splitter(base: ModelProto):
+    """A base processor that encodes a piece's text exactly: no dummy prefix, whitespace kept."""
+    proto = ModelProto()
+    proto.CopyFrom(base)
+    proto.normalizer_spec.add_dummy_prefix = False
+    proto.normalizer_spec.remove_extra_whitespaces = False
+    sp = processor_from_proto(proto)
+    return lambda piece: sp.encode(piece.replace("\u2581", " "))
+
+
+def subtoken_ids(base: ModelProto, merged: ModelProto) -> list[list[int]]:
+    """For every id past the base vocabulary, the base ids its text splits into ([] for UNUSED padding)."""
+    split = surface_splitter(base)
+    out = []
+    for p in merged.pieces[len(base.pieces):]:
+        out.append(split(p.piece) if p.type == Piece.NORMAL else [])
+    return out
+
+
+def _sharded_restore_target(state_dir: Path) -> tuple[dict, Mesh]:
+    """Abstract params from the checkpoint's metadata, each sharded on its first divisible dimension."""
+    tree = ocp.StandardCheckpointer().metadata(state_dir).item_metadata.tree
+    if "params" not in tree:
+        raise CheckpointError(f"{state_dir} holds no 'params'")
+    devices = np.asarray(jax.devices())
+    mesh = Mesh(devices, ("fsdp",))
+
+    def target(meta):
+        spec = [None] * len(meta.shape)
+        for i, size in enumerate(meta.shape):
+            if size % len(devices) == 0:
+                spec[i] = "fsdp"
+                break
+        return jax.ShapeDtypeStruct(meta.shape, meta.dtype, sharding=NamedSharding(mesh, PartitionSpec(*spec)))
+
+    return jax.tree_util.tree_map(target, tree["params"]), mesh
+
+
+def _new_rows(table: jax.Array, ids: list[list[int]], method: str, seed: int) -> jax.Array:
+    """Rows for the new ids from ``table [base_vocab, d]``: a masked mean over padded index lists."""
+    n = len(ids)
+    if method == "random":
+        std = jnp.std(table.astype(jnp.float32))
+        return (jax.random.normal(jax.random.PRNGKey(seed), (n, table.shape[1])) * std).astype(table.dtype)
+    mean_all = jnp.mean(table.astype(jnp.float32), axis=0)
+    if method == "mean_all":
+        return jnp.broadcast_to(mean_all, (n, table.shape[1])).astype(table.dtype)
+    width = max((len(i) for i in ids), default=1) or 1
+    index = np.zeros((n, width), np.int32)
+    mask = np.zeros((n, width), np.float32)
+    for r, row in enumerate(ids):
+        index[r, : len(row)] = row
+        mask[r, : len(row)] = 1.0
+
+    @jax.jit
+    def mean(table, index, mask):
+        gathered = jnp.take(table.astype(jnp.float32), index, axis=0) * mask[..., None]
+        count = mask.sum(-1, keepdims=True)
+        return jnp.where(count > 0, gathered.sum(1) / jnp.maximum(count, 1.0), mean_all).astype(table.dtype)
+
+    return mean(table, jnp.asarray(index), jnp.asarray(mask))
+
+
+def expand_params(params: dict, base: ModelProto, merged: ModelProto, method: str = "mean_subtoken",
+                  seed: int = 0) -> tuple[dict, dict]:
+    """Returns (new params, report). Rows past the base tokenizer's size (vocabulary padding) are replaced."""
+    if method not in INIT_METHODS:
+        raise TokenizerError(f"--init must be one of {INIT_METHODS}, got {method!r}")
+    base_n, merged_n = len(base.pieces), len(merged.pieces)
+    embedding = params["embed"]["embedding"]
+    if embedding.shape[0] < base_n:
+        raise TokenizerError(
+            f"checkpoint embedding has {embedding.shape[0]} rows but the base tokenizer has {base_n} pieces: "
+            "this checkpoint was not trained with that tokenizer"
+        )
+    ids = subtoken_ids(base, merged)
+    base_emb = embedding[:base_n]
+    new = dict(params)
+    new["embed"] = dict(params["embed"], embedding=jnp.concatenate([base_emb, _new_rows(base_emb, ids, method, seed)]))
+    if "lm_head" in params:
+        head = params["lm_head"]["kernel"]  # [d, vocab]
+        if head.shape[1] != embedding.shape[0]:
+            raise TokenizerError(f"lm_head has {head.shape[1]} columns but the embedding {embedding.shape[0]} rows")
+        base_head = head[:, :base_n].T
+        new_head = _new_rows(base_head, ids, method, seed + 1)
+        new["lm_head"] = dict(params["lm_head"], kernel=jnp.concatenate([base_head, new_head]).T)
+    lengths = [len(i) for i in ids if i]
+    report = {
+        "base_vocab": base_n,
+        "merged_vocab": merged_n,
+        "old_embedding_rows": int(embedding.shape[0]),
+        "new_rows": merged_n - base_n,
+        "init": method,
+        "mean_subtokens_per_new_piece": float(np.mean(lengths)) if lengths else 0.0,
+        "tied_embeddings": "lm_head" not in params,
+    }
+    return new, report
+
+
+def expand_checkpoint(ckpt: str, base_tokenizer: str, merged_tokenizer: str, out: str,
+                      method: str = "mean_subtoken", seed: int = 0) -> dict:
+    """Reads params from ``ckpt``, writes ``out/0/state`` (params only) and ``out/expansion.json``.
+
+    ``allam train`` continues from it with ``TrainerConfig.init_from = OUT`` and
+    ``ModelConfig.vocab_size`` set to the merged size. Nothing is written unless every check passes.
+    """
+    base, merged = load_proto(base_tokenizer), load_proto(merged_tokenizer)
+    check_extends(base, merged, base_tokenizer, merged_tokenizer)
+    if Path(out).exists():
+        raise TokenizerError(f"output already exists: {out}")
+    state_dir = resolve_state_dir(ckpt)
+    target, mesh = _sharded_restore_target(state_dir)
+    try:
+        restored = ocp.PyTreeCheckpointer().restore(
+            state_dir,
+            args=ocp.args.PyTreeRestore(item={"params": target}, partial_restore=True,
+                                        restore_args=ocp.checkpoint_utils.construct_restore_args({"params": target})),
+        )
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"cannot read parameters from {state_dir}: {str(e).splitlines()[0][:300]}") from None
+    params = restored["params"]
+    if "embed" not in params or "embedding" not in params["embed"]:
+        raise CheckpointError(f"{state_dir} has no params['embed']['embedding']: not an allam-jax checkpoint")
+    with jax.set_mesh(mesh):
+        new_params, report = expand_params(params, base, merged, method, seed)
+    out_path = Path(out).absolute()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_path.parent, prefix=out_path.name + ".tmp"))
+    try:
+        writer = ocp.StandardCheckpointer()
+        writer.save(tmp / "0" / "state", {"params": new_params})
+        writer.wait_until_finished()
+        writer.close()
+        report.update(source=str(ckpt), base_tokenizer=base_tokenizer, merged_tokenizer=merged_tokenizer)
+        (tmp / "expansion.json").write_text(json.dumps(report, indent=2) + "\n")
+        os.replace(tmp, out_path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report
+
+
+__all__ = ["INIT_METHODS", "expand_checkpoint", "expand_params", "subtoken_ids", "surface_splitter"]

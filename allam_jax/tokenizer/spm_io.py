@@ -1,0 +1,54 @@
+"""Reading and writing SentencePiece model protobufs with one-line errors."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2 as spm_pb2
+
+from allam_jax.model.config import ConfigError
+
+ModelProto = spm_pb2.ModelProto
+Piece = spm_pb2.ModelProto.SentencePiece
+
+
+class TokenizerError(ConfigError):
+    """A tokenizer file is missing, not a SentencePiece model, or inconsistent with another."""
+
+
+def load_proto(path: str) -> ModelProto:
+    p = Path(path)
+    if not p.is_file():
+        raise TokenizerError(f"tokenizer not found: {path}")
+    proto = ModelProto()
+    try:
+        proto.ParseFromString(p.read_bytes())
+    except Exception:  # noqa: BLE001 - protobuf raises DecodeError and friends
+        raise TokenizerError(f"{path} is not a SentencePiece model (protobuf parse failed)") from None
+    if not proto.pieces:
+        raise TokenizerError(f"{path} is not a SentencePiece model (it has no pieces)")
+    return proto
+
+
+def load_processor(path: str) -> spm.SentencePieceProcessor:
+    proto = load_proto(path)
+    return processor_from_proto(proto)
+
+
+def processor_from_proto(proto: ModelProto) -> spm.SentencePieceProcessor:
+    sp = spm.SentencePieceProcessor()
+    sp.LoadFromSerializedProto(proto.SerializeToString())
+    return sp
+
+
+def write_proto_atomically(proto: ModelProto, out: str) -> None:
+    """Writes next to the target then renames: a crash never leaves half a model."""
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=out_path.name + ".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(proto.SerializeToString())
+    os.replace(tmp, out_path)

@@ -1,0 +1,210 @@
+import json
+import os
+import subprocess
+import sys
+import unicodedata
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import sentencepiece as spm
+
+from helpers import corpus_files, experiment
+from allam_jax.model import Decoder, ModelConfig
+from allam_jax.tokenizer.expand import expand_checkpoint
+from allam_jax.tokenizer.fertility import fertility_table
+from allam_jax.tokenizer.merge import merge_tokenizers
+from allam_jax.tokenizer.spm_io import TokenizerError, load_proto
+from allam_jax.tokenizer.train import train_tokenizer
+from allam_jax.train.loop import train
+
+
+@pytest.fixture(scope="module")
+def toks(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tok")
+    files = corpus_files(d / "corpus")
+    assert len(files) == 2, "this machine has no Arabic gettext catalogs to build ar.txt from"
+    en_txt, ar_txt = files
+    train_tokenizer([en_txt], 1000, str(d / "base.model"))
+    train_tokenizer([ar_txt], 1500, str(d / "ar.model"))
+    report = merge_tokenizers(str(d / "base.model"), str(d / "ar.model"), str(d / "merged.model"))
+    return {"dir": d, "en": en_txt, "ar": ar_txt, "base": str(d / "base.model"), "add": str(d / "ar.model"),
+            "merged": str(d / "merged.model"), "report": report}
+
+
+def _sp(path):
+    return spm.SentencePieceProcessor(model_file=path)
+
+
+def test_base_is_llama_style(toks):
+    sp = _sp(toks["base"])
+    assert (sp.unk_id(), sp.bos_id(), sp.eos_id()) == (0, 1, 2)
+    assert sp.id_to_piece(1) == "<s>" and sp.id_to_piece(2) == "</s>"
+    assert sum(sp.is_byte(i) for i in range(sp.get_piece_size())) == 256
+    assert sp.encode("2024", out_type=str)[-4:] == ["2", "0", "2", "4"]  # digits split
+
+
+def test_merge_keeps_every_base_piece_and_pads(toks):
+    base, merged = load_proto(toks["base"]), load_proto(toks["merged"])
+    for b, m in zip(base.pieces, merged.pieces):
+        assert (b.piece, b.score, b.type) == (m.piece, m.score, m.type)
+    assert len(merged.pieces) % 128 == 0
+    assert toks["report"].added > 500
+    new = merged.pieces[len(base.pieces): len(base.pieces) + toks["report"].added]
+    assert len({p.piece for p in merged.pieces}) == len(merged.pieces)
+    assert all(any("\u0600" <= c <= "\u06ff" for c in p.piece) for p in new)
+
+
+def test_english_encodes_to_identical_ids(toks):
+    base, merged = _sp(toks["base"]), _sp(toks["merged"])
+    lines = Path(toks["en"]).read_text(encoding="utf-8").splitlines()
+    assert len(lines) > 1000
+    assert base.encode(lines) == merged.encode(lines)
+
+
+def test_arabic_fertility_falls_at_least_2_5x_and_english_unchanged(toks):
+    rows = {(Path(r["model"]).name, r["language"]): r for r in
+            fertility_table([toks["base"], toks["merged"]], [toks["en"], toks["ar"]])}
+    ar_before = rows[("base.model", "ar")]["tokens_per_word"]
+    ar_after = rows[("merged.model", "ar")]["tokens_per_word"]
+    assert ar_before / ar_after >= 2.5, (ar_before, ar_after)
+    assert rows[("base.model", "en")]["tokens_per_word"] == rows[("merged.model", "en")]["tokens_per_word"]
+    # Independent count for one language: tokens / whitespace words, straight from sentencepiece.
+    sp = _sp(toks["merged"])
+    raw = Path(toks["ar"]).read_text(encoding="utf-8").splitlines()
+    lines = [unicodedata.normalize("NFC", x).replace("\u0640", "") for x in raw]  # fertility's normalisation
+    want = sum(len(x) for x in sp.encode(lines)) / sum(len(x.split()) for x in lines)
+    assert ar_after == pytest.approx(want)
+
+
+@pytest.mark.parametrize("text", [
+    "والمدرسة الجديدة في المدينة", "The quick brown fox", "مرحبا hello عالم world",
+    "اَلْعَرَبِيَّةُ لُغَةٌ جَمِيلَةٌ", "سنة 2024 و ١٤٤٥ هـ", "emoji 🙂 و 🌙", "\u200fنص\u200e RTL marks",
+])
+def test_round_trip(toks, text):
+    sp = _sp(toks["merged"])
+    assert sp.decode(sp.encode(text)) == text
+
+
+def test_merged_model_loads_as_seqio_vocabulary(toks):
+    import seqio
+
+    vocab = seqio.SentencePieceVocabulary(toks["merged"])
+    text = "والمدرسة and the school"
+    assert vocab.vocab_size == len(load_proto(toks["merged"]).pieces)
+    assert list(vocab.encode(text)) == _sp(toks["merged"]).encode(text)
+    assert vocab.decode(vocab.encode(text)) == text
+
+
+def test_bad_tokenizer_inputs(toks, tmp_path):
+    junk = tmp_path / "junk.model"
+    junk.write_bytes(b"\x00\xffnot a protobuf at all\xff" * 10)
+    with pytest.raises(TokenizerError, match="junk.model is not a SentencePiece model"):
+        merge_tokenizers(str(junk), toks["add"], str(tmp_path / "m.model"))
+    with pytest.raises(TokenizerError, match="tokenizer not found: .*missing.model"):
+        merge_tokenizers(str(tmp_path / "missing.model"), toks["add"], str(tmp_path / "m.model"))
+    assert not (tmp_path / "m.model").exists()
+
+
+def _save_base_checkpoint(path: Path, vocab: int, tie: bool = False) -> tuple[ModelConfig, dict]:
+    cfg = ModelConfig(vocab_size=vocab, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64,
+                      max_seq_len=64, tie_embeddings=tie, compute_dtype="float32")
+    params = Decoder(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    params = jax.tree_util.tree_map(lambda x: getattr(x, "value", x), params, is_leaf=lambda x: hasattr(x, "value"))
+    ck = ocp.StandardCheckpointer()
+    ck.save(path / "7" / "state", {"params": params, "step": jnp.int32(7)})
+    ck.wait_until_finished()
+    return cfg, jax.device_get(params)
+
+
+def _independent_means(base_model: str, merged_model: str, table: np.ndarray) -> np.ndarray:
+    """Float64 means of base rows over sentencepiece's own split of each new piece's text."""
+    proto = load_proto(base_model)
+    proto.normalizer_spec.add_dummy_prefix = False
+    sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+    merged = _sp(merged_model)
+    n_base = proto.pieces.__len__()
+    rows = []
+    for i in range(n_base, merged.get_piece_size()):
+        if merged.is_unused(i):
+            rows.append(table.astype(np.float64).mean(0))
+            continue
+        pieces = sp.encode_as_pieces(merged.id_to_piece(i).replace("▁", " "))
+        ids = [sp.piece_to_id(p) for p in pieces]
+        rows.append(table[ids].astype(np.float64).mean(0))
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_expand_checkpoint_rows_and_english_logits(toks, tmp_path, tie):
+    n_base, n_merged = len(load_proto(toks["base"]).pieces), len(load_proto(toks["merged"]).pieces)
+    cfg, params = _save_base_checkpoint(tmp_path / "base", n_base, tie)
+    report = expand_checkpoint(str(tmp_path / "base"), toks["base"], toks["merged"], str(tmp_path / "out"))
+    assert report["merged_vocab"] == n_merged and json.loads((tmp_path / "out/expansion.json").read_text())
+    new = ocp.StandardCheckpointer().restore(tmp_path / "out/0/state")["params"]
+    emb, new_emb = params["embed"]["embedding"], np.asarray(new["embed"]["embedding"])
+    assert new_emb.shape == (n_merged, 32)
+    np.testing.assert_array_equal(new_emb[:n_base], emb)
+    np.testing.assert_allclose(new_emb[n_base:], _independent_means(toks["base"], toks["merged"], emb),
+                               rtol=1e-6, atol=1e-7)
+    if not tie:
+        head, new_head = params["lm_head"]["kernel"], np.asarray(new["lm_head"]["kernel"])
+        np.testing.assert_array_equal(new_head[:, :n_base], head)
+        np.testing.assert_allclose(new_head[:, n_base:].T,
+                                   _independent_means(toks["base"], toks["merged"], head.T), rtol=1e-6, atol=1e-7)
+    text = Path(toks["en"]).read_text(encoding="utf-8").splitlines()[5]
+    ids = jnp.asarray([_sp(toks["base"]).encode(text)[:40]])
+    before = Decoder(cfg).apply({"params": params}, ids)
+    after = Decoder(cfg.replace(vocab_size=n_merged)).apply({"params": new}, ids)
+    np.testing.assert_allclose(np.asarray(after[..., :n_base]), np.asarray(before), rtol=1e-6, atol=1e-6)
+
+
+def test_expand_init_modes_and_bad_inputs(toks, tmp_path):
+    n_base = len(load_proto(toks["base"]).pieces)
+    _, params = _save_base_checkpoint(tmp_path / "base", n_base)
+    expand_checkpoint(str(tmp_path / "base"), toks["base"], toks["merged"], str(tmp_path / "all"), "mean_all")
+    rows = np.asarray(ocp.StandardCheckpointer().restore(tmp_path / "all/0/state")["params"]["embed"]["embedding"])
+    np.testing.assert_allclose(rows[n_base:], np.broadcast_to(params["embed"]["embedding"].mean(0), rows[n_base:].shape),
+                               rtol=1e-5, atol=1e-7)
+    expand_checkpoint(str(tmp_path / "base"), toks["base"], toks["merged"], str(tmp_path / "rnd"), "random")
+    rnd = np.asarray(ocp.StandardCheckpointer().restore(tmp_path / "rnd/0/state")["params"]["embed"]["embedding"])
+    assert not np.allclose(rnd[n_base:], rows[n_base:]) and np.isfinite(rnd).all()
+    # merged that does not extend base; checkpoint trained with another vocabulary: errors, nothing written.
+    with pytest.raises(TokenizerError, match="does not begin with"):
+        expand_checkpoint(str(tmp_path / "base"), toks["add"], toks["merged"], str(tmp_path / "x1"))
+    _save_base_checkpoint(tmp_path / "small", 300)
+    with pytest.raises(TokenizerError, match="300 rows but the base tokenizer has"):
+        expand_checkpoint(str(tmp_path / "small"), toks["base"], toks["merged"], str(tmp_path / "x2"))
+    assert not any(p.name.startswith("x") for p in tmp_path.iterdir())
+
+
+def test_expanded_checkpoint_continues_training(toks, tmp_path):
+    n_base, n_merged = len(load_proto(toks["base"]).pieces), len(load_proto(toks["merged"]).pieces)
+    _save_base_checkpoint(tmp_path / "base", n_base)
+    expand_checkpoint(str(tmp_path / "base"), toks["base"], toks["merged"], str(tmp_path / "exp"))
+    exp = experiment([toks["en"]], num_steps=3, model={"vocab_size": n_merged, "d_model": 32, "mlp_dim": 64},
+                     init_from=str(tmp_path / "exp"))
+    final = train(exp, str(tmp_path / "run"))
+    assert np.isfinite(final["loss"])
+
+
+def test_expand_on_eight_sharded_devices_matches_one(toks, tmp_path):
+    n_base = len(load_proto(toks["base"]).pieces)
+    _save_base_checkpoint(tmp_path / "base", n_base)
+    expand_checkpoint(str(tmp_path / "base"), toks["base"], toks["merged"], str(tmp_path / "one"))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", TF_CPP_MIN_LOG_LEVEL="2")
+    r = subprocess.run([sys.executable, "-m", "allam_jax", "expand-checkpoint", "--ckpt", str(tmp_path / "base"),
+                        "--base_tokenizer", toks["base"], "--merged_tokenizer", toks["merged"],
+                        "--out", str(tmp_path / "eight")], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    one = ocp.StandardCheckpointer().restore(tmp_path / "one/0/state")["params"]
+    # Written on 8 devices: restore onto this process's one device through an explicit target.
+    meta = ocp.StandardCheckpointer().metadata(tmp_path / "eight/0/state").item_metadata.tree
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
+    eight = ocp.StandardCheckpointer().restore(tmp_path / "eight/0/state", target)["params"]
+    for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(eight)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
