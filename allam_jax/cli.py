@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Write en.txt, ar.txt, parallel.jsonl and sources.json from text "
                                "installed on this machine (no download).")
     prep.add_argument("--out", default="data_cache/bundled", help="output directory (default data_cache/bundled)")
+    prep.add_argument("--deb_dir", default=None, help="where .deb sources are kept (default: OUT/../debs); "
+                      "put PKG_*.deb there by hand on machines without apt-get")
+    prep.add_argument("--no_fetch", action="store_true", help="never run apt-get download; use what is in --deb_dir")
 
     p = sub.add_parser("tokenizer", help="train, merge and measure SentencePiece tokenizers",
                        description="Vocabulary expansion: learn Arabic pieces, merge them into a base model, "
@@ -180,10 +183,13 @@ def _cmd_info(args) -> int:
 def _cmd_data(args) -> int:
     from allam_jax.data import corpora
 
-    counts = corpora.prepare(args.out)
-    for name, c in counts.items():
+    counts = corpora.prepare(args.out, deb_dir=args.deb_dir, fetch=not args.no_fetch)
+    for name, c in counts["sources"].items():
         size = ", ".join(f"{k}={v:,}" for k, v in c.items() if isinstance(v, int))
-        print(f"{args.out}/{name}: {size}  [{c['source']}]")
+        print(f"{name:26s} {size}  [{c['source']}]")
+    for name in ("en.txt", "ar.txt", "parallel.jsonl"):
+        size = ", ".join(f"{k}={v:,}" for k, v in counts[name].items())
+        print(f"wrote {args.out}/{name}: {size}")
     return 0
 
 

@@ -24,6 +24,27 @@ StepConfigG = gin.external_configurable(StepConfig, "StepConfig")
 PartitioningConfigG = gin.external_configurable(PartitioningConfig, "PartitioningConfig")
 TrainerConfigG = gin.external_configurable(TrainerConfig, "TrainerConfig")
 TextFileDataG = gin.external_configurable(TextFileData, "TextFileData")
+
+
+def _register_seqio_configurables() -> None:
+    """The seqio pipeline imports TensorFlow (seconds); its configurables are registered lazily, only when a
+    gin file mentions them, so ``allam info`` and the tokenizer commands stay fast."""
+    global _SEQIO_REGISTERED
+    if _SEQIO_REGISTERED:
+        return
+    from allam_jax.data.pipeline import SeqioData
+    from allam_jax.data.sources import CleaningConfig, ParallelRendering
+    from allam_jax.data.tasks import CorpusPaths
+
+    for cls in (SeqioData, CleaningConfig, ParallelRendering, CorpusPaths):
+        gin.external_configurable(cls, cls.__name__)
+    _SEQIO_REGISTERED = True
+
+
+_SEQIO_REGISTERED = False
+
+
+_SEQIO_NAMES = ("SeqioData", "CleaningConfig", "ParallelRendering", "CorpusPaths")
 gin.constant("allam.DEFAULT_GIN_DIR", str(REPO_GIN_DIR))
 
 
@@ -42,10 +63,29 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> None:
         if not Path(f).is_file() and not (REPO_GIN_DIR / f).is_file():
             raise FileNotFoundError(f"gin file not found: {f}")
     files = [f if Path(f).is_file() else str(REPO_GIN_DIR / f) for f in gin_files]
+    if _mentions_seqio(files, bindings):
+        _register_seqio_configurables()
     try:
         gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
     except (ValueError, SyntaxError, KeyError, TypeError, OSError, tokenize.TokenError) as e:
         raise ConfigError(f"bad gin configuration: {_one_line(e)}") from None
+
+
+def _mentions_seqio(files: Sequence[str], bindings: Sequence[str]) -> bool:
+    texts = list(bindings)
+    pending = list(files)
+    while pending:
+        path = Path(pending.pop())
+        text = path.read_text(encoding="utf-8")
+        texts.append(text)
+        for line in text.splitlines():
+            if line.strip().startswith("include "):
+                name = line.strip()[len("include "):].strip().strip("'\"")
+                for base in (path.parent, REPO_GIN_DIR):
+                    if (base / name).is_file():
+                        pending.append(str(base / name))
+                        break
+    return any(n in t for t in texts for n in _SEQIO_NAMES)
 
 
 def _build(factory, name: str):

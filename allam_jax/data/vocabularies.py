@@ -1,0 +1,82 @@
+"""Vocabularies for the seqio pipeline: the byte vocabulary of the tiny runs, or a SentencePiece model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import seqio
+import tensorflow as tf
+
+from allam_jax.data.text_files import BOS_ID, EOS_ID, PAD_ID
+from allam_jax.data.text_files import ByteVocabulary as _PlainBytes
+from allam_jax.model.config import ConfigError
+
+
+class ByteVocabulary(seqio.Vocabulary):
+    """UTF-8 bytes + 3 with pad 0, bos 1, eos 2: the same ids as ``text_files.ByteVocabulary``.
+
+    (``seqio.ByteVocabulary`` puts EOS at 1 and has no BOS; decoder-only training wants both.)
+    """
+
+    def __init__(self):
+        super().__init__(extra_ids=0)
+        self._plain = _PlainBytes()
+
+    @property
+    def bos_id(self) -> int:
+        return BOS_ID
+
+    @property
+    def eos_id(self) -> int:
+        return EOS_ID
+
+    @property
+    def pad_id(self) -> int:
+        return PAD_ID
+
+    @property
+    def unk_id(self) -> Optional[int]:
+        return None
+
+    @property
+    def _base_vocab_size(self) -> int:
+        return 259
+
+    def _encode(self, s: str) -> Sequence[int]:
+        return self._plain.encode(s)
+
+    def _decode(self, ids) -> str:
+        return self._plain.decode(int(i) for i in ids)
+
+    def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
+        return tf.cast(tf.io.decode_raw(s, tf.uint8), tf.int32) + 3
+
+    def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
+        table = tf.constant([bytes([b]) for b in range(256)])
+        return tf.strings.reduce_join(tf.gather(table, tf.boolean_mask(ids, ids >= 3) - 3), axis=-1)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ByteVocabulary)
+
+    def __hash__(self) -> int:
+        return hash("allam-bytes")
+
+
+def bos_id(vocab: seqio.Vocabulary) -> int:
+    """BOS of a vocabulary: its own, or EOS when it has none (as many decoder-only recipes do)."""
+    bos = getattr(vocab, "bos_id", None)
+    if isinstance(vocab, seqio.SentencePieceVocabulary):
+        bos = vocab.tokenizer.bos_id()
+    return int(bos) if bos is not None and bos >= 0 else int(vocab.eos_id)
+
+
+def get_vocabulary(spec: str) -> seqio.Vocabulary:
+    """``"byte"`` or the path of a SentencePiece ``.model`` (local or ``gs://``)."""
+    if spec == "byte":
+        return ByteVocabulary()
+    if not tf.io.gfile.exists(spec):
+        raise ConfigError(f"vocabulary file not found: {spec} (use 'byte' or a SentencePiece .model path)")
+    if Path(spec).suffix != ".model":
+        raise ConfigError(f"vocabulary must be 'byte' or a SentencePiece .model file, got {spec}")
+    return seqio.SentencePieceVocabulary(spec)
