@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from allam_jax.data import corpora
@@ -19,13 +20,28 @@ from allam_jax.train.step import StepConfig
 TINY_MODEL = dict(vocab_size=384, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64, max_seq_len=64)
 
 
-def corpus_files(directory: Path) -> list[str]:
-    """Real English (stdlib docstrings) and, where the machine has them, Arabic catalog strings."""
-    if not (directory / "en.txt").exists():
-        corpora.prepare(str(directory))
-    files = [str(directory / "en.txt")]
-    if (directory / "ar.txt").stat().st_size:
-        files.append(str(directory / "ar.txt"))
+_BUNDLED: list[Path] = []
+
+
+def bundled_dir() -> Path:
+    """The full bundled corpora (``allam data prepare``), built once per test process."""
+    if not _BUNDLED:
+        root = Path(tempfile.mkdtemp(prefix="allam-bundled-"))
+        corpora.prepare(str(root / "bundled"))
+        _BUNDLED.append(root / "bundled")
+    return _BUNDLED[0]
+
+
+def corpus_files(directory: Path, en_docs: int = 300, ar_docs: int = 1500) -> list[str]:
+    """Real English and Arabic documents: the first lines of the bundled (shuffled) corpora, so that the
+    in-memory TextFileData path stays fast."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = []
+    for name, n in (("en.txt", en_docs), ("ar.txt", ar_docs)):
+        lines = (bundled_dir() / name).read_text(encoding="utf-8").splitlines()[:n]
+        if lines:
+            (directory / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+            files.append(str(directory / name))
     return files
 
 

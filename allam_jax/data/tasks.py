@@ -168,7 +168,8 @@ def example_rates_for_token_shares(shares: Mapping[str, float], mean_tokens: Map
 
 def register_mixture(name: str, rates: Mapping[str, float], rate_unit: str = "tokens",
                      mean_tokens: Optional[Mapping[str, float]] = None) -> dict[str, float]:
-    """(Re-)registers mixture ``name``; returns the token shares it is expected to realise."""
+    """(Re-)registers mixture ``name``; returns the token shares it is expected to realise (empty for
+    example rates without ``mean_tokens``: nothing is measured then)."""
     unknown = [t for t in rates if t not in seqio.TaskRegistry.names()]
     if unknown:
         raise ConfigError(f"mixture {name}: unknown task(s) {unknown}; registered: {sorted(seqio.TaskRegistry.names())}")
@@ -178,11 +179,14 @@ def register_mixture(name: str, rates: Mapping[str, float], rate_unit: str = "to
     if bad or not any(rates.values()):
         raise ConfigError(f"mixture {name}: rates must be non-negative numbers, not all zero; got {dict(rates)}")
     rates = {k: float(v) for k, v in rates.items() if v > 0}
-    mean_tokens = dict(mean_tokens or {t: mean_tokens_per_example(t) for t in rates})
+    if rate_unit == "tokens" or mean_tokens is not None:
+        mean_tokens = dict(mean_tokens or {t: mean_tokens_per_example(t) for t in rates})
     if rate_unit == "tokens":
         total = sum(rates.values())
         shares = {k: v / total for k, v in rates.items()}
         example_rates = example_rates_for_token_shares(shares, mean_tokens)
+    elif mean_tokens is None:
+        example_rates, shares = rates, {}
     else:
         example_rates = rates
         weighted = {k: v * mean_tokens[k] for k, v in rates.items()}

@@ -12,6 +12,11 @@ from allam_jax.data.text_files import BOS_ID, EOS_ID, PAD_ID
 from allam_jax.data.text_files import ByteVocabulary as _PlainBytes
 from allam_jax.model.config import ConfigError
 
+try:  # tf.data runs on the host; a TF that also claimed the GPU would fight JAX for its memory
+    tf.config.set_visible_devices([], "GPU")
+except (RuntimeError, ValueError):  # devices already initialised by the caller: leave them as they are
+    pass
+
 
 class ByteVocabulary(seqio.Vocabulary):
     """UTF-8 bytes + 3 with pad 0, bos 1, eos 2: the same ids as ``text_files.ByteVocabulary``.

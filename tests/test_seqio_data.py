@@ -1,0 +1,292 @@
+"""The seqio pipeline: sources, cleaning, tasks, token-share mixtures, packing, resume, sharding, errors."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import seqio
+import tensorflow as tf
+
+from allam_jax.data import tasks as tasks_lib
+from allam_jax.data.pipeline import SeqioData
+from allam_jax.data.sources import (CleaningConfig, DataError, DocumentSource, ParallelRendering, SourceStats,
+                                    iter_documents)
+from allam_jax.data.tasks import CorpusPaths, example_rates_for_token_shares, rates_from_token_counts
+from allam_jax.data.text_files import BOS_ID, EOS_ID
+from allam_jax.data.vocabularies import ByteVocabulary
+from allam_jax.model.config import ConfigError
+from helpers import bundled_dir
+
+
+def _write(path: Path, lines, binary=False) -> str:
+    if binary:
+        path.write_bytes(b"".join(lines))
+    else:
+        path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def bundled() -> Path:
+    return bundled_dir()
+
+
+def test_bundled_corpora_are_real_and_large(bundled):
+    sources = json.loads((bundled / "sources.json").read_text())
+    assert sources["en.txt"]["words"] >= 100_000
+    assert sources["ar.txt"]["words"] >= 50_000
+    assert sources["parallel.jsonl"]["pairs"] >= 5_000
+    ar_lines = (bundled / "ar.txt").read_text(encoding="utf-8").splitlines()
+    arabic = sum(sum("\u0600" <= c <= "\u06ff" for c in line) > len(line) / 2 for line in ar_lines)
+    assert arabic > 0.9 * len(ar_lines)
+    pair = json.loads((bundled / "parallel.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    assert set(pair) >= {"en", "ar"}
+
+
+def test_byte_vocabulary_tf_matches_python():
+    vocab = ByteVocabulary()
+    for text in ["Hello, world", "والمدرسة الجديدة", "mixed عربي 123 ✓"]:
+        ids = vocab.encode(text)
+        assert ids == [b + 3 for b in text.encode("utf-8")]
+        assert vocab.encode_tf(tf.constant(text)).numpy().tolist() == ids
+        assert vocab.decode_tf(tf.constant(ids + [EOS_ID, 0])).numpy().decode("utf-8") == text
+        assert vocab.decode(ids) == text
+    assert (vocab.pad_id, vocab.bos_id, vocab.eos_id, vocab.vocab_size) == (0, BOS_ID, EOS_ID, 259)
+
+
+def test_cleaning_normalises_filters_and_dedups(tmp_path):
+    path = _write(tmp_path / "ar.txt", ["العـــربية لغة جميلة", "العربية لغة جميلة", "English only line here",
+                                        "قصير", "نص عربي آخر مختلف"])
+    stats = SourceStats()
+    docs = list(iter_documents([path], "ar", CleaningConfig(min_chars=8), stats=stats))
+    assert docs == ["العربية لغة جميلة", "نص عربي آخر مختلف"]  # tatweel removed, then the duplicate dropped
+    assert (stats.duplicates, stats.filtered) == (1, 2)
+    kept = list(iter_documents([path], "ar", CleaningConfig(dedup=False, normalize=False, min_chars=1)))
+    assert "العـــربية لغة جميلة" in kept and len(kept) == 4
+
+
+def test_malformed_jsonl_skipped_and_counted_or_fatal(tmp_path):
+    path = _write(tmp_path / "d.jsonl", [b'{"text": "good one"}\n', b'{"text": broken\n', b'{"other": 1}\n',
+                                         b'{"text": "caf\xe9 latin-1"}\n', b'{"text": "good two"}\n'], binary=True)
+    stats = SourceStats()
+    docs = list(iter_documents([path], None, CleaningConfig(), stats=stats))
+    assert docs == ["good one", "good two"] and stats.malformed == 3
+    with pytest.raises(DataError, match=r"d\.jsonl:2: malformed JSON"):
+        list(iter_documents([path], None, CleaningConfig(on_error="fatal")))
+    bad_utf8 = _write(tmp_path / "x.txt", [b"fine\n", b"caf\xe9\n"], binary=True)
+    with pytest.raises(DataError, match=r"x\.txt:2: not valid UTF-8"):
+        list(iter_documents([bad_utf8], None, CleaningConfig(on_error="fatal")))
+
+
+def test_missing_and_empty_files_are_named(tmp_path):
+    with pytest.raises(DataError, match="data file not found: .*nope"):
+        DocumentSource([str(tmp_path / "nope*.txt")], "en", CleaningConfig())
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(DataError, match="data file is empty: .*empty.txt"):
+        DocumentSource([str(tmp_path / "empty.txt")], "en", CleaningConfig())
+    with pytest.raises(ConfigError, match="single string"):
+        DocumentSource(str(tmp_path / "empty.txt"), "en", CleaningConfig())
+
+
+def test_parallel_rendering_rotates_styles(tmp_path):
+    pairs = [{"en": f"sentence number {i}", "ar": f"الجملة رقم {i}"} for i in range(8)]
+    path = _write(tmp_path / "p.jsonl", [json.dumps(p, ensure_ascii=False) for p in pairs])
+    docs = list(iter_documents([path], None, CleaningConfig(), parallel=ParallelRendering()))
+    assert docs[0] == "الجملة رقم 0"
+    assert docs[1] == "sentence number 1\nالجملة رقم 1"
+    assert docs[2].startswith("Translate into Arabic: sentence number 2\n") and docs[2].endswith("الجملة رقم 2")
+    assert docs[3].startswith("ترجم إلى الإنجليزية: الجملة رقم 3\n") and docs[3].endswith("sentence number 3")
+    with pytest.raises(ConfigError, match="unknown style"):
+        ParallelRendering(styles=("klingon",))
+
+
+def test_document_sharding_is_a_disjoint_cover(tmp_path):
+    path = _write(tmp_path / "en.txt", [f"document number {i} of the corpus" for i in range(50)])
+    shards = [list(iter_documents([path], "en", CleaningConfig(), shard=(i, 3))) for i in range(3)]
+    flat = [d for s in shards for d in s]
+    assert sorted(flat) == sorted(iter_documents([path], "en", CleaningConfig())) and len(set(flat)) == 50
+    files = [_write(tmp_path / f"f{i}.txt", [f"file {i} line {j} text" for j in range(3)]) for i in range(4)]
+    by_file = [list(iter_documents(files, "en", CleaningConfig(), shard=(i, 2))) for i in range(2)]
+    assert all(d.startswith(("file 0", "file 2")) for d in by_file[0]) and len(by_file[0]) == 6
+
+
+def test_token_share_rate_math():
+    shares = rates_from_token_counts({"a": 300.0, "b": 100.0})
+    assert shares == pytest.approx({"a": 0.75, "b": 0.25})
+    flat = rates_from_token_counts({"a": 300.0, "b": 100.0}, temperature=1e9)
+    assert flat == pytest.approx({"a": 0.5, "b": 0.5}, abs=1e-6)
+    rates = example_rates_for_token_shares({"a": 0.5, "b": 0.5}, {"a": 100.0, "b": 25.0})
+    # a draws 4x fewer examples, each 4x longer: equal token shares
+    assert rates["b"] / rates["a"] == pytest.approx(4.0)
+
+
+def _data(bundled: Path, **kw) -> SeqioData:
+    paths = CorpusPaths(ar=[str(bundled / "ar.txt")], en=[str(bundled / "en.txt")],
+                        parallel=[str(bundled / "parallel.jsonl")])
+    return SeqioData(paths=paths, shuffle_buffer=2000, **kw)
+
+
+def _segments(batch, row):
+    seg = batch["segment_ids"][row]
+    for s in np.unique(seg[seg > 0]):
+        idx = np.nonzero(seg == s)[0]
+        yield idx
+
+
+def test_packed_batches_have_the_trainer_layout(bundled):
+    it = _data(bundled, rate_unit="examples").make_iterator(seq_len=128, batch_size=4)
+    vocab = ByteVocabulary()
+    for _ in range(3):
+        batch = next(it)
+        assert {k: v.shape for k, v in batch.items()} == {k: (4, 128) for k in batch}
+        for row in range(4):
+            for idx in _segments(batch, row):
+                assert np.all(np.diff(idx) == 1), "a segment is contiguous"
+                assert batch["positions"][row, idx].tolist() == list(range(len(idx)))
+                assert batch["inputs"][row, idx[0]] == BOS_ID
+                assert batch["inputs"][row, idx[1:]].tolist() == batch["targets"][row, idx[:-1]].tolist()
+                assert len(set(batch["lang_id"][row, idx].tolist())) == 1
+                text = vocab.decode(batch["targets"][row, idx].tolist())
+                assert text.strip(), "segments hold real text"
+            pad = batch["segment_ids"][row] == 0
+            assert np.all(batch["loss_weights"][row][pad] == 0) and np.all(batch["loss_weights"][row][~pad] == 1)
+            assert np.all(batch["inputs"][row][pad] == 0)
+    it.close()
+
+
+def test_realised_token_shares_match_configured_rates(bundled):
+    """Over 200 batches each task's share of real tokens is within 0.05 of its configured token share."""
+    rates = {"en_pretrain": 0.5, "ar_pretrain": 0.3, "translated_pretrain": 0.2}
+    it = _data(bundled, rates=rates, rate_unit="tokens").make_iterator(seq_len=128, batch_size=8)
+    counts = np.zeros(len(tasks_lib.TASKS))
+    for _ in range(200):
+        batch = next(it)
+        real = batch["loss_weights"] > 0
+        counts += np.bincount(batch["task_id"][real], minlength=len(counts))
+    realised = counts / counts.sum()
+    for i, spec in enumerate(tasks_lib.TASKS):
+        assert abs(realised[i] - rates[spec.name]) < 0.05, (spec.name, realised[i], rates[spec.name])
+    it.close()
+
+
+def test_resume_gives_exactly_the_next_batches(bundled):
+    data = _data(bundled, rate_unit="examples", seed=7)
+    straight = data.make_iterator(seq_len=64, batch_size=4)
+    expected = [next(straight) for _ in range(6)]
+    first = data.make_iterator(seq_len=64, batch_size=4)
+    for _ in range(3):
+        next(first)
+    state = json.loads(json.dumps(first.get_state()))  # as the checkpoint stores it
+    resumed = data.make_iterator(seq_len=64, batch_size=4)
+    resumed.set_state(state)
+    for want in expected[3:]:
+        got = next(resumed)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    other_seed = _data(bundled, rate_unit="examples", seed=8).make_iterator(seq_len=64, batch_size=4)
+    assert not np.array_equal(next(other_seed)["targets"], expected[0]["targets"])
+    with pytest.raises(ConfigError, match="not from the seqio pipeline"):
+        resumed.set_state({"epoch": 0, "row": 3})
+
+
+def test_each_process_reads_its_own_shard(bundled):
+    data = _data(bundled, rate_unit="examples")
+    parts = [data.make_iterator(seq_len=64, batch_size=4, process_index=i, process_count=2) for i in range(2)]
+    batches = [next(p) for p in parts]
+    assert all(b["targets"].shape == (2, 64) for b in batches)
+    assert not np.array_equal(batches[0]["targets"], batches[1]["targets"])
+    with pytest.raises(ConfigError, match="not divisible by the process count"):
+        data.make_iterator(seq_len=64, batch_size=3, process_index=0, process_count=2)
+
+
+def test_bad_mixture_and_task_configuration(bundled, tmp_path):
+    with pytest.raises(ConfigError, match="no files .* or do not exist"):
+        _data(bundled, rates={"fr_pretrain": 1.0}).make_iterator(64, 2)
+    with pytest.raises(ConfigError, match="non-negative"):
+        _data(bundled, rates={"en_pretrain": -1.0}, rate_unit="examples").make_iterator(64, 2)
+    with pytest.raises(ConfigError, match="vocabulary file not found"):
+        _data(bundled, vocabulary=str(tmp_path / "missing.model")).make_iterator(64, 2)
+    fatal = SeqioData(paths=CorpusPaths(en=[_write(tmp_path / "bad.jsonl", ['{"text": "ok fine text"}', "{oops"])],
+                                        ar=[], parallel=[]),
+                      rates={"en_pretrain": 1.0}, rate_unit="examples", cleaning=CleaningConfig(on_error="fatal"))
+    it = fatal.make_iterator(16, 2)
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: malformed JSON"):
+        for _ in range(5):
+            next(it)
+
+
+def test_tfds_source(tmp_path, monkeypatch):
+    """A TFDS dataset prepared locally (no download) is read through the ``tfds:`` spec."""
+    import tensorflow_datasets as tfds
+
+    class TinyArabicNews(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({"body": tfds.features.Text()}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for i in range(5):
+                yield i, {"body": f"خبر رقم {i} من الأخبار العربية"}
+
+    TinyArabicNews(data_dir=str(tmp_path)).download_and_prepare()
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    docs = sorted(iter_documents(["tfds:tiny_arabic_news@train#body"], "ar", CleaningConfig()))
+    assert docs == sorted(f"خبر رقم {i} من الأخبار العربية" for i in range(5))
+
+
+def test_task_registry_contents(bundled):
+    data = _data(bundled, rate_unit="examples")
+    data.build(seq_len=64)
+    for spec in tasks_lib.TASKS:
+        task = seqio.get_mixture_or_task(spec.name)
+        ex = next(task.get_dataset(None, "train", shuffle=False, num_epochs=1).as_numpy_iterator())
+        assert len(ex["targets"]) <= 64
+        assert set(ex["lang"].tolist()) == {tasks_lib.LANGUAGES.index(spec.lang)}
+    assert "ar_en_translated" in seqio.MixtureRegistry.names()
+
+
+def test_train_on_mixture_resumes_exactly(bundled, tmp_path):
+    """6 steps straight vs 3 + restart + 3 on the seqio mixture: the same losses, bit for bit."""
+    import dataclasses
+
+    from allam_jax.train.loop import train
+    from allam_jax.train.step import StepConfig
+    from helpers import experiment, losses
+
+    def exp(steps):
+        e = experiment([], num_steps=steps, checkpoint_every=3, async_checkpointing=False)
+        return dataclasses.replace(e, data=_data(bundled, rate_unit="examples"), step=StepConfig(num_languages=3))
+
+    train(exp(6), str(tmp_path / "straight"))
+    train(exp(3), str(tmp_path / "split"))
+    last = train(exp(6), str(tmp_path / "split"))
+    assert losses(tmp_path / "straight") == losses(tmp_path / "split")
+    assert {"loss/en", "loss/ar", "loss/translated"} <= set(last)
+
+
+def test_cli_inspect_reports_shares(bundled, tmp_path):
+    from helpers import allam
+
+    gin = tmp_path / "mix.gin"
+    gin.write_text("\n".join([
+        "include 'runs/tiny_cpu.gin'",
+        f"CorpusPaths.ar = ['{bundled / 'ar.txt'}']",
+        f"CorpusPaths.en = ['{bundled / 'en.txt'}']",
+        f"CorpusPaths.parallel = ['{bundled / 'parallel.jsonl'}']",
+        "SeqioData.shuffle_buffer = 2000",
+    ]) + "\n")
+    r = allam("data", "inspect", f"--gin_file={gin}", "--batches=5", "--batch_size=4", "--seq_len=64", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads(r.stdout)
+    assert sum(t["realised_share"] for t in report["tasks"].values()) == pytest.approx(1.0)
+    assert report["tasks"]["en_pretrain"]["configured_share"] == pytest.approx(0.4)
+    assert 0 < report["packing_efficiency"] <= 1 and len(report["examples"]) == 3
+    r = allam("data", "inspect", f"--gin_file={gin}", "--mixture=nope", "--batches=1")
+    assert r.returncode == 2 and "unknown mixture 'nope'" in r.stderr.strip().splitlines()[-1]
+    r = allam("data", "inspect", f"--gin_file={gin}", "--gin_bindings=CorpusPaths.en = ['/no/such/en.txt']")
+    assert r.returncode == 2 and "data file not found: /no/such/en.txt" in r.stderr.strip().splitlines()[-1]
