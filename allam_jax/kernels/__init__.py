@@ -2,16 +2,53 @@
 
 Every implementation takes q ``[batch, q_len, heads, head_dim]``, k/v ``[batch, kv_len, kv_heads, head_dim]``
 (heads a multiple of kv_heads; KV heads are never repeated), optional ``segment_ids [batch, len]`` and
-returns ``[batch, q_len, heads, head_dim]``. The model picks one by name (``ModelConfig.attention_impl``).
+returns ``[batch, q_len, heads, head_dim]``. The model picks one by name (``ModelConfig.attention_impl``):
+
+- ``reference``: plain XLA (any backend, any shapes, decoding included);
+- ``pallas``: the fused flash kernel (Triton on GPU, interpret mode on CPU), run per shard under
+  ``shard_map`` when a mesh is active (batch over data×fsdp, heads over tensor), since XLA cannot
+  partition a custom kernel by itself.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
+import jax
+from jax.sharding import PartitionSpec as P
+
+from allam_jax.kernels.flash_attention import BlockSizes, flash_attention
 from allam_jax.kernels.reference_attention import reference_attention
 
-ATTENTION_IMPLS: dict[str, Callable] = {"reference": reference_attention}
+_BATCH_AXES = ("data", "fsdp")
+
+
+def pallas_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: Optional[jax.Array] = None,
+                     causal: bool = True, sm_scale: Optional[float] = None,
+                     block_sizes: Optional[BlockSizes] = None) -> jax.Array:
+    """``flash_attention`` with interpret mode off the accelerators, sharded over the ambient mesh."""
+    if q.shape[1] != k.shape[1]:  # decoding against a cache: the kernel is for self-attention in training
+        return reference_attention(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale)
+    interpret = jax.default_backend() not in ("gpu", "tpu")
+
+    def local(q, k, v, segment_ids):
+        return flash_attention(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale,
+                               block_sizes=block_sizes, interpret=interpret)
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1 or not set(_BATCH_AXES + ("tensor",)) <= set(mesh.axis_names):
+        return local(q, k, v, segment_ids)
+    tensor = mesh.shape["tensor"]
+    if q.shape[2] % tensor or k.shape[2] % tensor:
+        raise ValueError(f"pallas attention: heads ({q.shape[2]}) and kv heads ({k.shape[2]}) must be divisible by "
+                         f"the tensor mesh axis ({tensor})")
+    qkv = P(_BATCH_AXES, None, "tensor", None)
+    seg = P(_BATCH_AXES, None)
+    return jax.shard_map(local, mesh=mesh, in_specs=(qkv, qkv, qkv, None if segment_ids is None else seg),
+                         out_specs=qkv, check_vma=False)(q, k, v, segment_ids)
+
+
+ATTENTION_IMPLS: dict[str, Callable] = {"reference": reference_attention, "pallas": pallas_attention}
 
 
 def get_attention_fn(name: str) -> Callable:
