@@ -88,6 +88,10 @@ def _mentions_seqio(files: Sequence[str], bindings: Sequence[str]) -> bool:
     return any(n in t for t in texts for n in _SEQIO_NAMES)
 
 
+def _binds(configurable: str) -> bool:
+    return any(f"{configurable}." in line.split("=")[0] for line in gin.config_str().splitlines())
+
+
 def _build(factory, name: str):
     try:
         return factory()
@@ -103,7 +107,13 @@ def model_config() -> ModelConfig:
 
 @gin.configurable("experiment")
 def build_experiment(data: Optional[object] = None) -> Experiment:
-    """Builds the run from the parsed gin config; ``experiment.data`` picks the input pipeline."""
+    """Builds the run from the parsed gin config; ``experiment.data`` picks the input pipeline. Unset, it is
+    the seqio mixture (``SeqioData``), or ``TextFileData`` when the config binds ``TextFileData`` parameters."""
+    if data is None and not _binds("TextFileData"):
+        _register_seqio_configurables()
+        from allam_jax.data.pipeline import SeqioData
+
+        data = _build(gin.get_configurable(SeqioData), "SeqioData")
     return Experiment(
         model=model_config(),
         optimizer=_build(OptimizerConfigG, "OptimizerConfig"),

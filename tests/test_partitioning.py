@@ -58,6 +58,20 @@ def test_sharded_step_equals_single_device(sharded_report, mesh):
         assert got == want, name
 
 
+def test_pallas_attention_under_shard_map_equals_single_device_reference():
+    """attention_impl='pallas' (interpret mode) per shard on meshes with data, fsdp and tensor axes gives the
+    single-device reference-attention loss and gradients."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", TF_CPP_MIN_LOG_LEVEL="2")
+    out = subprocess.run([sys.executable, str(HERE / "sharded_check.py"), "pallas"], capture_output=True, text=True,
+                         env=env, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(report["meshes"]) == {"[2, 2, 2]", "[1, 2, 4]"}
+    for r in report["meshes"].values():
+        assert r["loss"] == pytest.approx(r["ref_loss"], rel=1e-5)
+        assert r["max_rel_grad_diff"] < 1e-4
+
+
 def test_mesh_shape_must_match_device_count():
     with pytest.raises(ConfigError, match="needs 8 devices, but there are 1"):
         partitioning.create_mesh(partitioning.PartitioningConfig(mesh_shape=(2, 2, 2)))

@@ -290,3 +290,38 @@ def test_cli_inspect_reports_shares(bundled, tmp_path):
     assert r.returncode == 2 and "unknown mixture 'nope'" in r.stderr.strip().splitlines()[-1]
     r = allam("data", "inspect", f"--gin_file={gin}", "--gin_bindings=CorpusPaths.en = ['/no/such/en.txt']")
     assert r.returncode == 2 and "data file not found: /no/such/en.txt" in r.stderr.strip().splitlines()[-1]
+
+
+def test_deb_extraction_rejects_non_debs(tmp_path):
+    from allam_jax.data.corpora import extract_deb
+
+    fake = tmp_path / "fake.deb"
+    fake.write_bytes(b"PK\x03\x04 not an ar archive")
+    with pytest.raises(ValueError, match="not a .deb"):
+        extract_deb(fake, tmp_path / "out")
+
+
+def test_sentencepiece_vocabulary_in_the_pipeline(bundled, tmp_path):
+    """With a (merged-style) SentencePiece model, segments start with its BOS and decode back to real text
+    exactly as sentencepiece itself encodes it."""
+    import sentencepiece as spm
+
+    from allam_jax.tokenizer.train import train_tokenizer
+
+    model = str(tmp_path / "sp.model")
+    train_tokenizer([str(bundled / "en.txt"), str(bundled / "ar.txt")], 1200, model, max_sentences=3000)
+    sp = spm.SentencePieceProcessor(model_file=model)
+    it = _data(bundled, vocabulary=model, rate_unit="examples").make_iterator(seq_len=128, batch_size=4)
+    batch = next(it)
+    checked = 0
+    for row in range(4):
+        for idx in _segments(batch, row):
+            assert batch["inputs"][row, idx[0]] == sp.bos_id()
+            tokens = batch["targets"][row, idx].tolist()
+            if tokens[-1] == sp.eos_id() and len(tokens) < 128:  # a whole document
+                text = sp.decode(tokens[:-1])
+                assert sp.encode(text) == tokens[:-1]
+                checked += 1
+    assert checked > 0
+    assert int(batch["targets"].max()) < sp.get_piece_size()
+    it.close()

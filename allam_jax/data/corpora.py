@@ -23,6 +23,7 @@ import importlib
 import io
 import json
 import lzma
+import os
 import pkgutil
 import random
 import re
@@ -99,6 +100,10 @@ def fetch_debs(deb_dir: str, packages: Iterable[str] = tuple(DEBS)) -> dict[str,
         have = sorted(out.glob(f"{pkg}_*.deb"))
         if not have and shutil.which("apt-get"):
             result = subprocess.run(["apt-get", "download", pkg], cwd=out, capture_output=True, text=True)
+            if result.returncode != 0 and hasattr(os, "geteuid") and os.geteuid() == 0:
+                # a fresh machine may have empty package lists; as root, refresh them once and retry
+                subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True)
+                result = subprocess.run(["apt-get", "download", pkg], cwd=out, capture_output=True, text=True)
             if result.returncode != 0:
                 warnings.warn(f"apt-get download {pkg} failed: {result.stderr.strip().splitlines()[-1:]}")
             have = sorted(out.glob(f"{pkg}_*.deb"))
