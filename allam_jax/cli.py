@@ -116,7 +116,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default="mean_subtoken", choices=["mean_subtoken", "mean_all", "random"],
                    help="how new rows start (default mean_subtoken)")
     p.add_argument("--seed", type=int, default=0, help="seed for --init random")
+    p = sub.add_parser("convert", help="import/export Hugging Face Llama checkpoints",
+                       description="Convert between Hugging Face Llama-family checkpoints (config.json + "
+                       "safetensors) and allam-jax Orbax checkpoints.")
+    conv = p.add_subparsers(dest="convert_command", required=True, metavar="CONVERT_COMMAND")
+    c = conv.add_parser("from-hf", help="Hugging Face directory -> allam-jax checkpoint (+ model.gin)",
+                        description="Read config.json and model.safetensors (or a sharded index) tensor by tensor; "
+                        "write OUT/0/state, OUT/model.gin and OUT/conversion.json, all or nothing.")
+    c.add_argument("--hf_dir", required=True, help="directory with config.json and *.safetensors")
+    c.add_argument("--out", required=True, help="checkpoint directory to create (must not exist)")
+    c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="parameter dtype (default float32)")
+    c.add_argument("--no_scan", action="store_true", help="unscanned layers (layer_0, layer_1, ...) instead of stacked")
+    c = conv.add_parser("to-hf", help="allam-jax checkpoint -> Hugging Face directory",
+                        description="Write model.safetensors (sharded past 5 GiB), config.json and, with --tokenizer, "
+                        "the tokenizer files, so transformers' AutoModelForCausalLM/AutoTokenizer load them.")
+    _add_gin_flags(c)
+    c.add_argument("--ckpt", required=True, help="checkpoint dir (newest step used), step dir or its state dir")
+    c.add_argument("--out", required=True, help="directory to create (must not exist)")
+    c.add_argument("--tokenizer", default=None, help="SentencePiece .model to ship with the model")
+    c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="tensor dtype (default float32)")
     return parser
+
+
+def _cmd_convert(args) -> int:
+    from allam_jax.convert.checkpoints import export_to_hf, import_from_hf
+
+    if args.convert_command == "from-hf":
+        r = import_from_hf(args.hf_dir, args.out, scan_layers=not args.no_scan, dtype=args.dtype)
+        print(f"wrote {args.out}: {r['params']:,} parameters ({args.dtype}); model config in {args.out}/model.gin; "
+              f"continue with --gin_file={args.out}/model.gin --gin_bindings=\"TrainerConfig.init_from = '{args.out}'\"")
+        return 0
+    from allam_jax import gin_setup
+
+    gin_setup.parse(args.gin_file, args.gin_bindings)
+    r = export_to_hf(args.ckpt, gin_setup.model_config(), args.out, tokenizer=args.tokenizer, dtype=args.dtype)
+    print(f"wrote {r['out']}: {r['params']:,} parameters ({r['dtype']}) as safetensors + config.json"
+          + (" + tokenizer" if args.tokenizer else ""))
+    return 0
 
 
 def _cmd_tokenizer(args) -> int:
@@ -246,6 +283,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from allam_jax.train.loop import NonFiniteLossError
 
     handlers = {"train": _cmd_train, "info": _cmd_info, "data": _cmd_data, "tokenizer": _cmd_tokenizer,
+                "convert": _cmd_convert,
                 "expand-checkpoint": _cmd_expand}
     try:
         return handlers[args.command](args)

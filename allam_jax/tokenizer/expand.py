@@ -8,9 +8,6 @@ model's rows for the pieces that the *base* tokenizer splits the new piece's sur
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import jax
@@ -19,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from allam_jax.train.checkpoint import CheckpointError, resolve_state_dir
+from allam_jax.train.checkpoint import CheckpointError, resolve_state_dir, write_params_checkpoint
 from allam_jax.tokenizer.merge import check_extends
 from allam_jax.tokenizer.spm_io import ModelProto, Piece, TokenizerError, load_proto, processor_from_proto
 
@@ -151,20 +148,8 @@ def expand_checkpoint(ckpt: str, base_tokenizer: str, merged_tokenizer: str, out
         raise CheckpointError(f"{state_dir} has no params['embed']['embedding']: not an allam-jax checkpoint")
     with jax.set_mesh(mesh):
         new_params, report = expand_params(params, base, merged, method, seed)
-    out_path = Path(out).absolute()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_path.parent, prefix=out_path.name + ".tmp"))
-    try:
-        writer = ocp.StandardCheckpointer()
-        writer.save(tmp / "0" / "state", {"params": new_params})
-        writer.wait_until_finished()
-        writer.close()
-        report.update(source=str(ckpt), base_tokenizer=base_tokenizer, merged_tokenizer=merged_tokenizer)
-        (tmp / "expansion.json").write_text(json.dumps(report, indent=2) + "\n")
-        os.replace(tmp, out_path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    report.update(source=str(ckpt), base_tokenizer=base_tokenizer, merged_tokenizer=merged_tokenizer)
+    write_params_checkpoint(out, new_params, {"expansion.json": json.dumps(report, indent=2) + "\n"})
     return report
 
 

@@ -9,7 +9,10 @@ before it.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -141,3 +144,26 @@ def restore_params(path: str, abstract_params: Any) -> Any:
     if got != want:
         raise CheckpointError(f"parameter shapes in {state_dir} do not match the model config")
     return restored["params"]
+
+
+def write_params_checkpoint(out: str, params: Any, sidecars: Optional[dict[str, str]] = None) -> Path:
+    """Writes ``OUT/0/state`` holding ``{"params": params}`` plus text ``sidecars`` (name -> content), all
+    or nothing: everything goes to a temporary sibling directory that is renamed into place at the end.
+    ``TrainerConfig.init_from = OUT`` reads it."""
+    out_path = Path(out).absolute()
+    if out_path.exists():
+        raise CheckpointError(f"output already exists: {out}")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_path.parent, prefix=out_path.name + ".tmp"))
+    try:
+        writer = ocp.StandardCheckpointer()
+        writer.save(tmp / "0" / "state", {"params": params})
+        writer.wait_until_finished()
+        writer.close()
+        for name, text in (sidecars or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        os.replace(tmp, out_path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_path

@@ -1,0 +1,90 @@
+"""``allam convert from-hf`` / ``to-hf``: whole-checkpoint conversion, written all or nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from allam_jax.convert.hf_llama import (ConversionError, SafetensorsReader, config_from_hf, hf_config_from,
+                                        hf_to_params, model_gin, params_to_hf, write_safetensors,
+                                        write_tokenizer_files)
+from allam_jax.model import Decoder, ModelConfig
+from allam_jax.train.checkpoint import restore_params, write_params_checkpoint
+from allam_jax.train.state import abstract_params
+
+_DTYPES = {"float32": np.float32, "bfloat16": jax.numpy.bfloat16}
+
+
+def _np_dtype(name: str):
+    if name not in _DTYPES:
+        raise ConversionError(f"dtype must be one of {sorted(_DTYPES)}, got {name!r}")
+    return _DTYPES[name]
+
+
+def import_from_hf(hf_dir: str, out: str, scan_layers: bool = True, dtype: str = "float32",
+                   progress: bool = True) -> dict:
+    """Reads ``config.json`` + safetensors from ``hf_dir``; writes ``OUT/0/state`` (params), ``OUT/model.gin``
+    and ``OUT/conversion.json``. Returns the summary."""
+    config_path = Path(hf_dir) / "config.json"
+    if not config_path.is_file():
+        raise ConversionError(f"{config_path}: not found (is {hf_dir} a Hugging Face model directory?)")
+    try:
+        hf_config = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConversionError(f"{config_path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    if Path(out).exists():
+        raise ConversionError(f"output already exists: {out}")
+    cfg = config_from_hf(hf_config, str(config_path), scan_layers)
+    reader = SafetensorsReader(hf_dir)
+    bar = tqdm(total=len(reader.names()), desc="import", unit="tensor", disable=not progress)
+    params = hf_to_params(reader, cfg, _np_dtype(dtype), progress=lambda name: bar.update(1))
+    bar.close()
+    count = int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
+    summary = {"source": str(hf_dir), "params": count, "dtype": dtype, "scan_layers": scan_layers}
+    write_params_checkpoint(out, params, {"model.gin": model_gin(cfg),
+                                          "conversion.json": json.dumps(summary, indent=2) + "\n"})
+    return summary
+
+
+def restore_for_export(ckpt: str, cfg: ModelConfig) -> dict:
+    """Parameters of ``ckpt`` on one device, checked against ``cfg``'s shapes."""
+    device = jax.devices()[0]
+    target = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(device)),
+        abstract_params(Decoder(cfg)))
+    return restore_params(ckpt, target)
+
+
+def export_to_hf(ckpt: str, cfg: ModelConfig, out: str, tokenizer: Optional[str] = None,
+                 dtype: str = "float32", max_shard_bytes: int = 5 * 2**30) -> dict:
+    """Writes a directory that ``transformers.AutoModelForCausalLM`` (and, with ``tokenizer``,
+    ``AutoTokenizer``) loads."""
+    np_dtype = _np_dtype(dtype)
+    if tokenizer is not None and not Path(tokenizer).is_file():
+        raise ConversionError(f"tokenizer not found: {tokenizer}")
+    out_path = Path(out).absolute()
+    if out_path.exists():
+        raise ConversionError(f"output already exists: {out}")
+    params = jax.device_get(restore_for_export(ckpt, cfg))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_path.parent, prefix=out_path.name + ".tmp"))
+    try:
+        write_safetensors(params_to_hf(params, cfg, np_dtype), tmp, max_shard_bytes)
+        (tmp / "config.json").write_text(json.dumps(hf_config_from(cfg, dtype), indent=2) + "\n")
+        (tmp / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}) + "\n")
+        if tokenizer is not None:
+            write_tokenizer_files(tokenizer, tmp, cfg.max_seq_len)
+        os.replace(tmp, out_path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"out": str(out_path), "params": int(sum(np.size(x) for x in jax.tree_util.tree_leaves(params))),
+            "dtype": dtype}

@@ -1,0 +1,300 @@
+"""Hugging Face Llama-family checkpoints <-> allam-jax parameters.
+
+Our attention kernels are ``[d_model, heads, head_dim]`` and RoPE uses the half-split layout that
+Hugging Face checkpoints are already stored in, so q/k need a transpose and a reshape, never a
+permutation. Tensors are read one at a time from safetensors (single file or sharded with an index)
+into preallocated host arrays, so peak memory stays near one copy of the model.
+
+Name map (``L`` = layer; our kernels are ``W.T`` reshaped):
+
+    model.embed_tokens.weight                   embed/embedding
+    model.layers.L.self_attn.{q,k,v}_proj       attention/{query,key,value}/kernel  [d, heads, hd]
+    model.layers.L.self_attn.o_proj             attention/out/kernel                [heads, hd, d]
+    model.layers.L.mlp.{gate,up,down}_proj      mlp/{gate,up,down}/kernel
+    model.layers.L.input_layernorm              attention_norm/scale
+    model.layers.L.post_attention_layernorm     mlp_norm/scale
+    model.norm.weight                           final_norm/scale
+    lm_head.weight                              lm_head/kernel (absent when embeddings are tied)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+
+from allam_jax.model.config import ConfigError, ModelConfig
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
+
+
+class ConversionError(ConfigError):
+    """A checkpoint that cannot be converted; the message names the file, tensor or field."""
+
+
+# ---------------------------------------------------------------- configs
+
+
+def config_from_hf(hf_config: dict, source: str = "config.json", scan_layers: bool = True) -> ModelConfig:
+    """ModelConfig for a Hugging Face Llama ``config.json``; unsupported features are errors, not guesses."""
+    arch = hf_config.get("architectures") or [hf_config.get("model_type", "?")]
+    if not any(a in SUPPORTED_ARCHITECTURES for a in arch):
+        raise ConversionError(f"{source}: architecture {arch} is not supported (supported: "
+                              f"{list(SUPPORTED_ARCHITECTURES)})")
+    for flag in ("attention_bias", "mlp_bias"):
+        if hf_config.get(flag):
+            raise ConversionError(f"{source}: {flag}=true is not supported by the allam-jax decoder")
+    scaling = hf_config.get("rope_scaling")
+    if scaling and (scaling.get("rope_type") or scaling.get("type")) not in (None, "default"):
+        raise ConversionError(f"{source}: rope_scaling {scaling} is not supported (plain RoPE only)")
+    if hf_config.get("hidden_act", "silu") != "silu":
+        raise ConversionError(f"{source}: hidden_act {hf_config['hidden_act']!r} is not supported (SwiGLU uses silu)")
+    try:
+        d, heads = int(hf_config["hidden_size"]), int(hf_config["num_attention_heads"])
+        head_dim = hf_config.get("head_dim")
+        theta = hf_config.get("rope_theta")
+        if theta is None:
+            theta = ((hf_config.get("rope_parameters") or {}).get("rope_theta")) or 10000.0
+        return ModelConfig(
+            vocab_size=int(hf_config["vocab_size"]),
+            d_model=d,
+            num_layers=int(hf_config["num_hidden_layers"]),
+            num_heads=heads,
+            num_kv_heads=int(hf_config.get("num_key_value_heads") or heads),
+            mlp_dim=int(hf_config["intermediate_size"]),
+            max_seq_len=int(hf_config.get("max_position_embeddings", 4096)),
+            head_dim=None if head_dim in (None, d // heads) else int(head_dim),
+            rope_theta=float(theta),
+            norm_eps=float(hf_config.get("rms_norm_eps", 1e-6)),
+            tie_embeddings=bool(hf_config.get("tie_word_embeddings", False)),
+            scan_layers=scan_layers,
+        )
+    except KeyError as e:
+        raise ConversionError(f"{source}: missing field {e.args[0]!r}") from None
+
+
+def hf_config_from(cfg: ModelConfig, torch_dtype: str = "float32") -> dict:
+    """A ``config.json`` that transformers' LlamaForCausalLM loads."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.mlp_dim,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "head_dim": cfg.kv_head_dim,
+        "max_position_embeddings": cfg.max_seq_len,
+        "rope_theta": cfg.rope_theta,
+        "rms_norm_eps": cfg.norm_eps,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "torch_dtype": torch_dtype,
+    }
+
+
+def model_gin(cfg: ModelConfig) -> str:
+    """The gin lines that rebuild ``cfg`` (written beside a converted checkpoint)."""
+    fields = ["vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "mlp_dim", "max_seq_len",
+              "head_dim", "rope_theta", "norm_eps", "tie_embeddings", "scan_layers"]
+    return "".join(f"ModelConfig.{f} = {getattr(cfg, f)!r}\n" for f in fields)
+
+
+# ---------------------------------------------------------------- tensors
+
+
+def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    d, hd, f = cfg.d_model, cfg.kv_head_dim, cfg.mlp_dim
+    shapes = {"model.embed_tokens.weight": (cfg.vocab_size, d), "model.norm.weight": (d,)}
+    for i in range(cfg.num_layers):
+        p = f"model.layers.{i}."
+        shapes.update({
+            p + "self_attn.q_proj.weight": (cfg.num_heads * hd, d),
+            p + "self_attn.k_proj.weight": (cfg.num_kv_heads * hd, d),
+            p + "self_attn.v_proj.weight": (cfg.num_kv_heads * hd, d),
+            p + "self_attn.o_proj.weight": (d, cfg.num_heads * hd),
+            p + "mlp.gate_proj.weight": (f, d),
+            p + "mlp.up_proj.weight": (f, d),
+            p + "mlp.down_proj.weight": (d, f),
+            p + "input_layernorm.weight": (d,),
+            p + "post_attention_layernorm.weight": (d,),
+        })
+    if not cfg.tie_embeddings:
+        shapes["lm_head.weight"] = (cfg.vocab_size, d)
+    return shapes
+
+
+# our (module path, leaf) for a per-layer HF suffix, and how a HF weight becomes our kernel
+def _layer_map(cfg: ModelConfig) -> dict[str, tuple[tuple[str, ...], Callable[[np.ndarray], np.ndarray]]]:
+    d, hd = cfg.d_model, cfg.kv_head_dim
+    return {
+        "self_attn.q_proj.weight": (("attention", "query", "kernel"), lambda w: w.T.reshape(d, cfg.num_heads, hd)),
+        "self_attn.k_proj.weight": (("attention", "key", "kernel"), lambda w: w.T.reshape(d, cfg.num_kv_heads, hd)),
+        "self_attn.v_proj.weight": (("attention", "value", "kernel"), lambda w: w.T.reshape(d, cfg.num_kv_heads, hd)),
+        "self_attn.o_proj.weight": (("attention", "out", "kernel"), lambda w: w.T.reshape(cfg.num_heads, hd, d)),
+        "mlp.gate_proj.weight": (("mlp", "gate", "kernel"), lambda w: w.T),
+        "mlp.up_proj.weight": (("mlp", "up", "kernel"), lambda w: w.T),
+        "mlp.down_proj.weight": (("mlp", "down", "kernel"), lambda w: w.T),
+        "input_layernorm.weight": (("attention_norm", "scale"), lambda w: w),
+        "post_attention_layernorm.weight": (("mlp_norm", "scale"), lambda w: w),
+    }
+
+
+def _unmap(cfg: ModelConfig) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """Inverse transforms: our kernel -> HF weight, keyed by HF suffix."""
+    d = cfg.d_model
+    return {
+        "self_attn.q_proj.weight": lambda k: k.reshape(d, -1).T,
+        "self_attn.k_proj.weight": lambda k: k.reshape(d, -1).T,
+        "self_attn.v_proj.weight": lambda k: k.reshape(d, -1).T,
+        "self_attn.o_proj.weight": lambda k: k.reshape(-1, d).T,
+        "mlp.gate_proj.weight": lambda k: k.T,
+        "mlp.up_proj.weight": lambda k: k.T,
+        "mlp.down_proj.weight": lambda k: k.T,
+        "input_layernorm.weight": lambda k: k,
+        "post_attention_layernorm.weight": lambda k: k,
+    }
+
+
+class SafetensorsReader:
+    """Tensors of a Hugging Face model directory, one at a time (single file or sharded with an index)."""
+
+    def __init__(self, hf_dir: str):
+        from safetensors import safe_open
+
+        self._safe_open = safe_open
+        root = Path(hf_dir)
+        index = root / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            self.files = {name: root / f for name, f in weight_map.items()}
+        elif (root / "model.safetensors").is_file():
+            with safe_open(root / "model.safetensors", framework="numpy") as f:
+                self.files = {name: root / "model.safetensors" for name in f.keys()}
+        else:
+            raise ConversionError(f"{hf_dir}: no model.safetensors or model.safetensors.index.json (PyTorch .bin "
+                                  "checkpoints are not read: re-save them with safe_serialization=True)")
+        for path in set(self.files.values()):
+            if not path.is_file():
+                raise ConversionError(f"{path}: listed in the index but missing")
+
+    def names(self) -> set[str]:
+        return set(self.files)
+
+    def get(self, name: str) -> np.ndarray:
+        with self._safe_open(self.files[name], framework="numpy") as f:
+            return f.get_tensor(name)
+
+
+def hf_to_params(reader: SafetensorsReader, cfg: ModelConfig, dtype=np.float32,
+                 progress: Optional[Callable[[str], None]] = None) -> dict:
+    """Our parameter tree (numpy, ``dtype``) from a reader; every tensor checked by name and shape."""
+    expected = _expected_shapes(cfg)
+    have = reader.names()
+    if cfg.tie_embeddings:
+        have.discard("lm_head.weight")  # some tied checkpoints still store it
+    have = {n for n in have if not n.endswith("rotary_emb.inv_freq")}
+    missing, extra = sorted(set(expected) - have), sorted(have - set(expected))
+    if missing or extra:
+        raise ConversionError(f"tensors do not match the config: missing {missing[:5]}{'...' if len(missing) > 5 else ''}"
+                              f", unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}")
+
+    def load(name: str) -> np.ndarray:
+        w = reader.get(name)
+        if tuple(w.shape) != expected[name]:
+            raise ConversionError(f"tensor {name} has shape {tuple(w.shape)}, the config implies {expected[name]}")
+        if progress:
+            progress(name)
+        return np.asarray(w, dtype=dtype)
+
+    params: dict = {"embed": {"embedding": load("model.embed_tokens.weight")},
+                    "final_norm": {"scale": load("model.norm.weight")}}
+    if not cfg.tie_embeddings:
+        params["lm_head"] = {"kernel": load("lm_head.weight").T.copy()}
+    layer_map = _layer_map(cfg)
+    stacked: dict = {}
+    for i in range(cfg.num_layers):
+        for suffix, (path, transform) in layer_map.items():
+            w = transform(load(f"model.layers.{i}.{suffix}"))
+            if cfg.scan_layers:
+                node = stacked
+                for key in path[:-1]:
+                    node = node.setdefault(key, {})
+                if path[-1] not in node:
+                    node[path[-1]] = np.empty((cfg.num_layers, *w.shape), dtype)
+                node[path[-1]][i] = w
+            else:
+                node = params.setdefault(f"layer_{i}", {})
+                for key in path[:-1]:
+                    node = node.setdefault(key, {})
+                node[path[-1]] = np.ascontiguousarray(w)
+    if cfg.scan_layers:
+        params["layers"] = stacked
+    return params
+
+
+def params_to_hf(params: dict, cfg: ModelConfig, dtype=np.float32) -> Iterator[tuple[str, np.ndarray]]:
+    """``(hf_name, array)`` pairs for our parameters, one tensor at a time."""
+    def as_np(x):
+        return np.asarray(x, dtype=dtype)
+
+    yield "model.embed_tokens.weight", as_np(params["embed"]["embedding"])
+    yield "model.norm.weight", as_np(params["final_norm"]["scale"])
+    if not cfg.tie_embeddings:
+        yield "lm_head.weight", np.ascontiguousarray(as_np(params["lm_head"]["kernel"]).T)
+    unmap = _unmap(cfg)
+    for i in range(cfg.num_layers):
+        layer = params["layers"] if cfg.scan_layers else params[f"layer_{i}"]
+        for suffix, (path, _) in _layer_map(cfg).items():
+            node = layer
+            for key in path:
+                node = node[key]
+            w = as_np(node[i] if cfg.scan_layers else node)
+            yield f"model.layers.{i}.{suffix}", np.ascontiguousarray(unmap[suffix](w))
+
+
+def write_safetensors(tensors: Iterator[tuple[str, np.ndarray]], out: Path, max_shard_bytes: int = 5 * 2**30) -> None:
+    """Writes ``model.safetensors`` or, past ``max_shard_bytes``, shards plus ``model.safetensors.index.json``."""
+    from safetensors.numpy import save_file
+
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for name, arr in tensors:
+        if shards[-1] and size + arr.nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = arr
+        size += arr.nbytes
+    if len(shards) == 1:
+        save_file(shards[0], str(out / "model.safetensors"), metadata={"format": "pt"})
+        return
+    weight_map = {}
+    total = 0
+    for i, shard in enumerate(shards, 1):
+        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(out / fname), metadata={"format": "pt"})
+        for name, arr in shard.items():
+            weight_map[name] = fname
+            total += arr.nbytes
+    (out / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
+
+
+def write_tokenizer_files(spm_model: str, out: Path, max_len: int) -> None:
+    """``tokenizer.model`` plus the config files that make ``AutoTokenizer`` build a Llama tokenizer."""
+    shutil.copyfile(spm_model, out / "tokenizer.model")
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "model_max_length": max_len, "add_bos_token": True,
+        "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "legacy": False,
+    }, indent=2) + "\n")
+    (out / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}, indent=2) + "\n")
