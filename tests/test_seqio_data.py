@@ -13,7 +13,7 @@ from allam_jax.data.pipeline import SeqioData
 from allam_jax.data.sources import (CleaningConfig, DataError, DocumentSource, ParallelRendering, SourceStats,
                                     iter_documents)
 from allam_jax.data.tasks import CorpusPaths, example_rates_for_token_shares, rates_from_token_counts
-from allam_jax.data.text_files import BOS_ID, EOS_ID
+from allam_jax.data.text_files import BOS_ID, EOS_ID, arabic_fraction
 from allam_jax.data.vocabularies import ByteVocabulary
 from allam_jax.model.config import ConfigError
 from helpers import bundled_dir
@@ -137,7 +137,7 @@ def _segments(batch, row):
 def test_packed_batches_have_the_trainer_layout(bundled):
     it = _data(bundled, rate_unit="examples").make_iterator(seq_len=128, batch_size=4)
     vocab = ByteVocabulary()
-    for _ in range(3):
+    for _ in range(8):
         batch = next(it)
         assert {k: v.shape for k, v in batch.items()} == {k: (4, 128) for k in batch}
         for row in range(4):
@@ -149,6 +149,13 @@ def test_packed_batches_have_the_trainer_layout(bundled):
                 assert len(set(batch["lang_id"][row, idx].tolist())) == 1
                 text = vocab.decode(batch["targets"][row, idx].tolist())
                 assert text.strip(), "segments hold real text"
+                task = tasks_lib.TASKS[int(batch["task_id"][row, idx[0]])]
+                assert len(set(batch["task_id"][row, idx].tolist())) == 1
+                assert tasks_lib.LANGUAGES[int(batch["lang_id"][row, idx[0]])] == task.lang
+                if task.name == "en_pretrain":  # ids line up with the text they label
+                    assert arabic_fraction(text) < 0.5, text[:80]
+                elif task.name == "ar_pretrain":
+                    assert arabic_fraction(text) > 0.5, text[:80]
             pad = batch["segment_ids"][row] == 0
             assert np.all(batch["loss_weights"][row][pad] == 0) and np.all(batch["loss_weights"][row][~pad] == 1)
             assert np.all(batch["inputs"][row][pad] == 0)
@@ -246,7 +253,7 @@ def test_task_registry_contents(bundled):
         task = seqio.get_mixture_or_task(spec.name)
         ex = next(task.get_dataset(None, "train", shuffle=False, num_epochs=1).as_numpy_iterator())
         assert len(ex["targets"]) <= 64
-        assert set(ex["lang"].tolist()) == {tasks_lib.LANGUAGES.index(spec.lang)}
+        assert set(ex["lang"].tolist()) == {tasks_lib.LANGUAGES.index(spec.lang) + 1}  # stored +1 for packing
     assert "ar_en_translated" in seqio.MixtureRegistry.names()
 
 

@@ -77,22 +77,27 @@ def to_model_batch(ex: Mapping[str, tf.Tensor], bos: int) -> dict[str, tf.Tensor
     shifted = tf.concat([tf.fill(tf.shape(targets[..., :1]), bos), targets[..., :-1]], axis=-1)
     real = segments > 0
     inputs = tf.where(positions == 0, tf.cast(bos, targets.dtype), shifted)
+    # per-token features are stored +1 (seqio's packer cuts zeros as padding); padding becomes 0 again
+    unshift = lambda x: tf.maximum(x - 1, 0)  # noqa: E731
+    weights = tf.cast(unshift(ex["weights"]) if "weights" in ex else real, tf.float32)  # SFT: assistant tokens
     return {
         "inputs": tf.where(real, inputs, 0),
         "targets": targets,
         "segment_ids": segments,
         "positions": positions,
-        "loss_weights": tf.cast(real, tf.float32),
-        "lang_id": ex["lang"],
-        "task_id": ex["task"],
+        "loss_weights": weights * tf.cast(real, tf.float32),
+        "lang_id": unshift(ex["lang"]),
+        "task_id": unshift(ex["task"]),
     }
 
 
 def packed_dataset(mixture: str, vocab: seqio.Vocabulary, seq_len: int, local_batch: int, seed: int,
-                   shard: seqio.ShardInfo) -> tf.data.Dataset:
-    ds = seqio.get_mixture_or_task(mixture).get_dataset(
-        None, "train", shuffle=True, seed=seed, shard_info=shard, num_epochs=None, trim_output_features=False)
-    ds = seqio.utils.trim_and_pack_dataset(ds, {"targets": seq_len, "lang": seq_len, "task": seq_len})
+                   shard: seqio.ShardInfo, num_epochs: Optional[int] = None) -> tf.data.Dataset:
+    """Packed model batches of a registered task or mixture; every token feature is packed alongside."""
+    provider = seqio.get_mixture_or_task(mixture)
+    ds = provider.get_dataset(None, "train", shuffle=True, seed=seed, shard_info=shard, num_epochs=num_epochs,
+                              trim_output_features=False)
+    ds = seqio.utils.trim_and_pack_dataset(ds, {k: seq_len for k in provider.output_features})
     bos = bos_id(vocab)
     ds = ds.map(lambda ex: to_model_batch(ex, bos), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(local_batch, drop_remainder=True).prefetch(2)
@@ -117,9 +122,10 @@ class SeqioBatchIterator:
     """Iterates packed numpy batches; the position is the number of batches taken."""
 
     def __init__(self, mixture: str, vocab: seqio.Vocabulary, seq_len: int, local_batch: int, seed: int,
-                 shard: seqio.ShardInfo, expected_shares: Optional[Mapping[str, float]] = None):
+                 shard: seqio.ShardInfo, expected_shares: Optional[Mapping[str, float]] = None,
+                 num_epochs: Optional[int] = None):
         self.mixture, self.vocab, self.seq_len, self.local_batch = mixture, vocab, seq_len, local_batch
-        self.seed, self.shard = seed, shard
+        self.seed, self.shard, self.num_epochs = seed, shard, num_epochs
         self.expected_shares = dict(expected_shares or {})
         self.languages = tasks_lib.LANGUAGES
         self.batches = 0
@@ -130,7 +136,8 @@ class SeqioBatchIterator:
         self._it = None
 
     def _make(self, skip: int = 0):
-        ds = packed_dataset(self.mixture, self.vocab, self.seq_len, self.local_batch, self.seed, self.shard)
+        ds = packed_dataset(self.mixture, self.vocab, self.seq_len, self.local_batch, self.seed, self.shard,
+                            self.num_epochs)
         return iter(ds.skip(skip).as_numpy_iterator())
 
     def get_state(self) -> dict:

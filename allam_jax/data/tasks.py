@@ -72,9 +72,10 @@ def _chain(sources: Sequence[DocumentSource]):
 
 @seqio.map_over_dataset
 def _annotate(ex, lang_id: int, task_id: int, eos_id: int):
+    """Appends EOS and adds per-token ids, stored +1: seqio's packer treats 0 as padding and cuts it away."""
     targets = tf.concat([ex["targets"], [eos_id]], axis=0)
-    return {"targets": targets, "lang": tf.fill(tf.shape(targets), lang_id),
-            "task": tf.fill(tf.shape(targets), task_id)}
+    return {"targets": targets, "lang": tf.fill(tf.shape(targets), lang_id + 1),
+            "task": tf.fill(tf.shape(targets), task_id + 1)}
 
 
 def split_to_length(ds: tf.data.Dataset, max_len: int) -> tf.data.Dataset:
@@ -95,9 +96,9 @@ def register_tasks(paths: CorpusPaths, vocabulary: seqio.Vocabulary, cleaning: C
     """(Re-)registers the three pretraining tasks; tasks whose files are all unset are left out."""
     features = {
         "targets": seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32),
-        "lang": seqio.Feature(seqio.PassThroughVocabulary(len(LANGUAGES)), add_eos=False, dtype=tf.int32,
+        "lang": seqio.Feature(seqio.PassThroughVocabulary(len(LANGUAGES) + 1), add_eos=False, dtype=tf.int32,
                               required=False),
-        "task": seqio.Feature(seqio.PassThroughVocabulary(len(TASKS)), add_eos=False, dtype=tf.int32,
+        "task": seqio.Feature(seqio.PassThroughVocabulary(len(TASKS) + 1), add_eos=False, dtype=tf.int32,
                               required=False),
     }
     registered = []
