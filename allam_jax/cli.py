@@ -116,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default="mean_subtoken", choices=["mean_subtoken", "mean_all", "random"],
                    help="how new rows start (default mean_subtoken)")
     p.add_argument("--seed", type=int, default=0, help="seed for --init random")
+    p = sub.add_parser("dpo-reference", help="precompute reference log-probs for DPO data",
+                       description="One pass of the starting model (TrainerConfig.init_from) over DpoData.paths: "
+                       "writes the pairs with ref_chosen_logp and ref_rejected_logp added, for "
+                       "DpoConfig.reference = 'precomputed' (no frozen copy of the model in memory).")
+    _add_gin_flags(p)
+    p.add_argument("--out", required=True, help="JSONL file to write")
+    p.add_argument("--batch_size", type=int, default=8, help="pairs per forward pass (default 8)")
+
     p = sub.add_parser("convert", help="import/export Hugging Face Llama checkpoints",
                        description="Convert between Hugging Face Llama-family checkpoints (config.json + "
                        "safetensors) and allam-jax Orbax checkpoints.")
@@ -137,6 +145,25 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tokenizer", default=None, help="SentencePiece .model to ship with the model")
     c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="tensor dtype (default float32)")
     return parser
+
+
+def _cmd_dpo_reference(args) -> int:
+    from allam_jax import gin_setup
+    from allam_jax.align.dpo import DpoData, precompute_reference
+    from allam_jax.convert.checkpoints import restore_for_export
+    from allam_jax.model import Decoder
+    from allam_jax.model.config import ConfigError
+
+    gin_setup.parse(args.gin_file, args.gin_bindings)
+    exp = gin_setup.build_experiment()
+    if not isinstance(exp.data, DpoData):
+        raise ConfigError(f"experiment.data is {type(exp.data).__name__}, not DpoData")
+    if not exp.trainer.init_from:
+        raise ConfigError("TrainerConfig.init_from is not set: which model is the reference?")
+    params = restore_for_export(exp.trainer.init_from, exp.model)
+    n = precompute_reference(Decoder(exp.model), params, exp.data, exp.trainer.seq_len, args.out, args.batch_size)
+    print(f"wrote {args.out}: {n:,} pairs with reference log-probs from {exp.trainer.init_from}")
+    return 0
 
 
 def _cmd_convert(args) -> int:
@@ -242,6 +269,10 @@ def _cmd_data(args) -> int:
     for name in ("en.txt", "ar.txt", "parallel.jsonl"):
         size = ", ".join(f"{k}={v:,}" for k, v in counts[name].items())
         print(f"wrote {args.out}/{name}: {size}")
+    from allam_jax.align.bundled import make_alignment_sets
+
+    for name, n in make_alignment_sets(f"{args.out}/parallel.jsonl", args.out).items():
+        print(f"wrote {args.out}/{name}: {n:,} records")
     return 0
 
 
@@ -283,7 +314,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from allam_jax.train.loop import NonFiniteLossError
 
     handlers = {"train": _cmd_train, "info": _cmd_info, "data": _cmd_data, "tokenizer": _cmd_tokenizer,
-                "convert": _cmd_convert,
+                "convert": _cmd_convert, "dpo-reference": _cmd_dpo_reference,
                 "expand-checkpoint": _cmd_expand}
     try:
         return handlers[args.command](args)

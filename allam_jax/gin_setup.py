@@ -32,11 +32,14 @@ def _register_seqio_configurables() -> None:
     global _SEQIO_REGISTERED
     if _SEQIO_REGISTERED:
         return
+    from allam_jax.align.chat import ChatTemplate
+    from allam_jax.align.dpo import DpoConfig, DpoData
+    from allam_jax.align.sft_data import SftData
     from allam_jax.data.pipeline import SeqioData
     from allam_jax.data.sources import CleaningConfig, ParallelRendering
     from allam_jax.data.tasks import CorpusPaths
 
-    for cls in (SeqioData, CleaningConfig, ParallelRendering, CorpusPaths):
+    for cls in (SeqioData, CleaningConfig, ParallelRendering, CorpusPaths, ChatTemplate, SftData, DpoData, DpoConfig):
         gin.external_configurable(cls, cls.__name__)
     _SEQIO_REGISTERED = True
 
@@ -44,7 +47,8 @@ def _register_seqio_configurables() -> None:
 _SEQIO_REGISTERED = False
 
 
-_SEQIO_NAMES = ("SeqioData", "CleaningConfig", "ParallelRendering", "CorpusPaths")
+_SEQIO_NAMES = ("SeqioData", "CleaningConfig", "ParallelRendering", "CorpusPaths", "ChatTemplate", "SftData", "DpoData",
+                "DpoConfig")
 gin.constant("allam.DEFAULT_GIN_DIR", str(REPO_GIN_DIR))
 
 
@@ -106,7 +110,7 @@ def model_config() -> ModelConfig:
 
 
 @gin.configurable("experiment")
-def build_experiment(data: Optional[object] = None) -> Experiment:
+def build_experiment(data: Optional[object] = None, dpo: Optional[object] = None) -> Experiment:
     """Builds the run from the parsed gin config; ``experiment.data`` picks the input pipeline. Unset, it is
     the seqio mixture (``SeqioData``), or ``TextFileData`` when the config binds ``TextFileData`` parameters."""
     if data is None and not _binds("TextFileData"):
@@ -121,4 +125,5 @@ def build_experiment(data: Optional[object] = None) -> Experiment:
         partitioning=_build(PartitioningConfigG, "PartitioningConfig"),
         trainer=_build(TrainerConfigG, "TrainerConfig"),
         data=data if data is not None else _build(TextFileDataG, "TextFileData"),
+        dpo=dpo,
     )

@@ -28,6 +28,9 @@ def bundled_dir() -> Path:
     if not _BUNDLED:
         root = Path(tempfile.mkdtemp(prefix="allam-bundled-"))
         corpora.prepare(str(root / "bundled"))
+        from allam_jax.align.bundled import make_alignment_sets
+
+        make_alignment_sets(str(root / "bundled" / "parallel.jsonl"), str(root / "bundled"))
         _BUNDLED.append(root / "bundled")
     return _BUNDLED[0]
 

@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -71,6 +72,11 @@ class Experiment:
     partitioning: PartitioningConfig
     trainer: TrainerConfig
     data: Any  # anything with make_iterator(seq_len, batch_size, process_index, process_count)
+    dpo: Any = None  # an allam_jax.align.dpo.DpoConfig: train with DPO instead of the LM loss
+
+    @property
+    def frozen_reference(self) -> bool:
+        return self.dpo is not None and self.dpo.reference == "frozen"
 
 
 def _global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
@@ -120,6 +126,11 @@ def train(exp: Experiment, workdir: str) -> dict[str, float]:
     tx = make_optimizer(exp.optimizer)
     schedule = learning_rate_schedule(exp.optimizer)
     abstract, shardings = state_shardings(model, tx, mesh, rules)
+    if exp.frozen_reference:
+        if not tcfg.init_from:
+            log.warning("DPO with a frozen reference but no TrainerConfig.init_from: the reference is a random model")
+        abstract, shardings = (abstract.replace(ref_params=abstract.params),
+                               shardings.replace(ref_params=shardings.params))
     batch_sharding = partitioning.batch_sharding(mesh)
 
     data_iter = exp.data.make_iterator(tcfg.seq_len, tcfg.batch_size, jax.process_index(), jax.process_count())
@@ -137,17 +148,26 @@ def train(exp: Experiment, workdir: str) -> dict[str, float]:
             params = ckpt_lib.restore_params(tcfg.init_from, abstract.params)
             state = state.replace(params=params)
             log.info("initialised parameters from %s (fresh optimizer and schedule)", tcfg.init_from)
+        if exp.frozen_reference:  # a real copy: the state's buffers are donated to each step
+            state = state.replace(ref_params=jax.jit(lambda p: jax.tree_util.tree_map(jnp.copy, p),
+                                                     out_shardings=shardings.params)(state.params))
         start = 0
 
+    if exp.dpo is not None:
+        from allam_jax.align.dpo import make_dpo_step
+
+        make_step = make_dpo_step(model, tx, schedule, exp.dpo)
+    else:
+        make_step = make_train_step(model, tx, schedule, exp.step)
     step_fn = jax.jit(
-        make_train_step(model, tx, schedule, exp.step),
+        make_step,
         in_shardings=(shardings, batch_sharding),
         out_shardings=(shardings, None),
         donate_argnums=(0,),
     )
     writer = MetricsWriter(str(workdir_path), enabled=is_main, tensorboard=tcfg.tensorboard)
     languages = list(getattr(exp.data, "languages", [])) or [str(i) for i in range(exp.step.num_languages)]
-    tokens_per_step = tcfg.batch_size * tcfg.seq_len
+    tokens_per_step = tcfg.batch_size * tcfg.seq_len * (2 if exp.dpo is not None else 1)  # DPO: 2 rows a pair
     flops_per_step = exp.model.training_flops_per_token(tcfg.seq_len) * tokens_per_step
     peak = peak_flops_per_device(tcfg.peak_flops_per_device) * jax.device_count()
 
@@ -159,7 +179,14 @@ def train(exp: Experiment, workdir: str) -> dict[str, float]:
     try:
         with _SigtermFlag() as sigterm, jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
             for step in range(start + 1, tcfg.num_steps + 1):
-                batch = _global_batch(next(data_iter), batch_sharding)
+                try:
+                    local_batch = next(data_iter)
+                except StopIteration:
+                    log.info("the data ran out (all epochs done) before step %d; stopping", step)
+                    if step - 1 > start:
+                        checkpointer.save(step - 1, state, data_iter.get_state(), force=True)
+                    break
+                batch = _global_batch(local_batch, batch_sharding)
                 state, metrics = step_fn(state, batch)
                 metrics = jax.device_get(metrics)
                 loss = float(metrics["loss"])
@@ -168,19 +195,17 @@ def train(exp: Experiment, workdir: str) -> dict[str, float]:
                         f"loss is {loss} at step {step}; stopped without saving this state "
                         f"(last checkpoint: step {checkpointer.latest_step()})"
                     )
-                lang_sums += np.stack([metrics["lang_ce_sum"], metrics["lang_weight_sum"]])
+                if "lang_ce_sum" in metrics:
+                    lang_sums += np.stack([metrics["lang_ce_sum"], metrics["lang_weight_sum"]])
                 window_steps += 1
                 bar.update(1)
                 if step % tcfg.log_every == 0 or step == tcfg.num_steps:
                     elapsed = time.perf_counter() - window_start
-                    last = {
-                        "loss": loss,
-                        "log_z_sq": float(metrics["log_z_sq"]),
-                        "grad_norm": float(metrics["grad_norm"]),
-                        "learning_rate": float(metrics["learning_rate"]),
+                    last = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0 and k != "num_tokens"}
+                    last.update({
                         "tokens_per_s": tokens_per_step * window_steps / elapsed,
                         "mfu": flops_per_step * window_steps / elapsed / peak,
-                    }
+                    })
                     for i, lang in enumerate(languages[: exp.step.num_languages]):
                         if lang_sums[1, i] > 0:
                             last[f"loss/{lang}"] = lang_sums[0, i] / lang_sums[1, i]

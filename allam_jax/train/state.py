@@ -22,6 +22,7 @@ class TrainState:
     params: Any
     opt_state: Any
     rng: jax.Array
+    ref_params: Any = None  # DPO with a frozen reference: a copy of the starting parameters, never updated
 
 
 def strip_boxes(tree: Any) -> Any:

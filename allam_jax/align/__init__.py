@@ -1,0 +1,1 @@
+"""Alignment: chat formatting, supervised fine-tuning data, and direct preference optimisation."""
