@@ -45,7 +45,7 @@ class ByteVocabulary:
         return [b + 3 for b in text.encode("utf-8")]
 
     def decode(self, ids: Iterable[int]) -> str:
-        return bytes(i - 3 for i in ids if i >= 3).decode("utf-8", errors="replace")
+        return bytes(i - 3 for i in ids if 3 <= i < 259).decode("utf-8", errors="replace")  # ids past 258 pad the vocab
 
 
 def arabic_fraction(text: str) -> float:

@@ -45,11 +45,19 @@ def reference_attention(
     s, kvh = k.shape[1], k.shape[2]
     if h % kvh:
         raise ValueError(f"query heads ({h}) must be a multiple of kv heads ({kvh})")
+    return masked_attention(q, k, v, attention_mask(t, s, segment_ids, kv_segment_ids, causal), sm_scale)
+
+
+def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[jax.Array],
+                     sm_scale: Optional[float] = None) -> jax.Array:
+    """Attention under an explicit boolean mask broadcastable to ``[batch, kv_heads, groups, q_len, kv_len]``
+    (the KV-cache decoder builds its own from cache slots)."""
+    b, t, h, d = q.shape
+    kvh = k.shape[2]
     groups = h // kvh
     scale = d**-0.5 if sm_scale is None else sm_scale
     qg = q.reshape(b, t, kvh, groups, d)
     logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
-    mask = attention_mask(t, s, segment_ids, kv_segment_ids, causal)
     if mask is not None:
         logits = jnp.where(mask, logits, _MASK_VALUE)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from allam_jax.model.attention import Attention
+from allam_jax.model.attention import Attention, CacheState, LayerCache
 from allam_jax.model.config import ModelConfig
 from allam_jax.model.layers import DenseGeneral, Embed, RMSNorm, SwiGLU
 
@@ -27,14 +27,18 @@ class DecoderLayer(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: Optional[jax.Array]):
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: Optional[jax.Array],
+                 cache: Optional[LayerCache] = None, state: Optional[CacheState] = None):
         cfg = self.config
         norm = lambda name: RMSNorm(cfg.norm_eps, cfg.dtype, cfg.params_dtype, name=name)  # noqa: E731
-        h = Attention(cfg, name="attention")(norm("attention_norm")(x), positions, segment_ids)
+        h = Attention(cfg, name="attention")(norm("attention_norm")(x), positions, segment_ids, cache, state)
+        new_cache = None
+        if cache is not None:
+            h, new_cache = h
         x = nn.with_logical_constraint(x + h, _ACT)
         h = SwiGLU(cfg.mlp_dim, cfg.init_std, cfg.dtype, cfg.params_dtype, name="mlp")(norm("mlp_norm")(x))
         x = nn.with_logical_constraint(x + h, _ACT)
-        return x, None
+        return x, new_cache
 
 
 class Decoder(nn.Module):
@@ -44,8 +48,11 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(
-        self, tokens: jax.Array, positions: Optional[jax.Array] = None, segment_ids: Optional[jax.Array] = None
-    ) -> jax.Array:
+        self, tokens: jax.Array, positions: Optional[jax.Array] = None, segment_ids: Optional[jax.Array] = None,
+        cache: Optional[LayerCache] = None, state: Optional[CacheState] = None,
+    ):
+        """With ``cache`` (every layer's ``LayerCache`` stacked on a leading layer axis) and ``state``, runs
+        one decoding chunk and returns ``(logits, new_cache)``; see :mod:`allam_jax.inference`."""
         cfg = self.config
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
@@ -60,14 +67,19 @@ class Decoder(nn.Module):
                 layer_cls,
                 variable_axes={"params": 0},
                 split_rngs={"params": True},
-                in_axes=(nn.broadcast, nn.broadcast),
+                in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
                 length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x, _ = stack(cfg, name="layers")(x, positions, segment_ids)
+            x, new_cache = stack(cfg, name="layers")(x, positions, segment_ids, cache, state)
         else:
+            layers = []
             for i in range(cfg.num_layers):
-                x, _ = layer_cls(cfg, name=f"layer_{i}")(x, positions, segment_ids)
+                layer = None if cache is None else LayerCache(cache.k[i], cache.v[i])
+                x, c = layer_cls(cfg, name=f"layer_{i}")(x, positions, segment_ids, layer, state)
+                layers.append(c)
+            new_cache = None if cache is None else LayerCache(jnp.stack([c.k for c in layers]),
+                                                              jnp.stack([c.v for c in layers]))
 
         x = RMSNorm(cfg.norm_eps, cfg.dtype, cfg.params_dtype, name="final_norm")(x)
         if cfg.tie_embeddings:
@@ -78,4 +90,5 @@ class Decoder(nn.Module):
                 param_dtype=cfg.params_dtype, name="lm_head",
             )(x)
         logits = nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
-        return logits.astype(jnp.float32)
+        logits = logits.astype(jnp.float32)
+        return logits if cache is None else (logits, new_cache)

@@ -156,6 +156,10 @@ def train(exp: Experiment, workdir: str) -> dict[str, float]:
     if exp.dpo is not None:
         from allam_jax.align.dpo import make_dpo_step
 
+        if exp.step.grad_accum_steps > 1:
+            raise ConfigError("StepConfig.grad_accum_steps > 1 is not supported with DPO (experiment.dpo); "
+                              "lower TrainerConfig.batch_size instead")
+
         make_step = make_dpo_step(model, tx, schedule, exp.dpo)
     else:
         make_step = make_train_step(model, tx, schedule, exp.step)

@@ -1,0 +1,1 @@
+"""Decoding: KV-cache generation and sampling."""
