@@ -124,6 +124,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="JSONL file to write")
     p.add_argument("--batch_size", type=int, default=8, help="pairs per forward pass (default 8)")
 
+    for name, help_text in (("generate", "generate text from prompts with a KV cache"),
+                            ("chat", "interactive chat with streaming output (chat template)")):
+        p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ". The model "
+                           "shape comes from the gin files, the weights from --ckpt.")
+        _add_gin_flags(p)
+        p.add_argument("--ckpt", required=True, help="checkpoint dir (newest step used), step dir or its state dir")
+        p.add_argument("--vocabulary", default=None, help="'byte' or a SentencePiece .model (default: the gin "
+                       "data config's, else byte)")
+        p.add_argument("--max_new_tokens", type=int, default=64, help="tokens to generate at most (default 64)")
+        p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+        p.add_argument("--top_k", type=int, default=0, help="sample from the k best tokens only (0 = off)")
+        p.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+        p.add_argument("--stop", action="append", default=[], help="stop string, repeatable (cut from the output)")
+        p.add_argument("--seed", type=int, default=0, help="sampling seed")
+        if name == "generate":
+            p.add_argument("--prompt", action="append", default=[], help="a prompt, repeatable (one batch)")
+            p.add_argument("--prompts_file", default=None, help="a text file with one prompt per line")
+            p.add_argument("--chat", action="store_true", help="wrap each prompt as a user turn of the chat template")
+            p.add_argument("--json", action="store_true", help="print JSON lines instead of text")
+        else:
+            p.add_argument("--system", default=None, help="system prompt")
+
     p = sub.add_parser("convert", help="import/export Hugging Face Llama checkpoints",
                        description="Convert between Hugging Face Llama-family checkpoints (config.json + "
                        "safetensors) and allam-jax Orbax checkpoints.")
@@ -145,6 +167,51 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tokenizer", default=None, help="SentencePiece .model to ship with the model")
     c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="tensor dtype (default float32)")
     return parser
+
+
+def _sampling(args):
+    from allam_jax.inference.generate import SamplingConfig
+
+    return SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p, stop=tuple(args.stop), seed=args.seed)
+
+
+def _cmd_generate(args) -> int:
+    from pathlib import Path
+
+    from allam_jax.inference.session import load_generator
+    from allam_jax.model.config import ConfigError
+
+    texts = list(args.prompt)
+    if args.prompts_file:
+        if not Path(args.prompts_file).is_file():
+            raise FileNotFoundError(f"prompts file not found: {args.prompts_file}")
+        texts += [line for line in Path(args.prompts_file).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise ConfigError("no prompt: give --prompt TEXT (repeatable) or --prompts_file FILE")
+    sampling = _sampling(args)
+    gen = load_generator(args.gin_file, args.gin_bindings, args.ckpt, args.vocabulary)
+    if args.chat:
+        from allam_jax.align.chat import ChatTemplate, encode_prompt
+
+        prompts = [encode_prompt([{"role": "user", "content": t}], gen.vocab, ChatTemplate(), gen.bos_id) for t in texts]
+    else:
+        prompts = [gen.encode(t) for t in texts]
+    for text, result in zip(texts, gen.generate(prompts, sampling)):
+        if args.json:
+            print(json.dumps({"prompt": text, "output": result.text, "finish_reason": result.finish_reason,
+                              "tokens": len(result.tokens)}, ensure_ascii=False))
+        else:
+            print(f"### {text}\n{result.text}\n[{result.finish_reason}, {len(result.tokens)} tokens]")
+    return 0
+
+
+def _cmd_chat(args) -> int:
+    from allam_jax.inference.session import chat_loop, load_generator
+
+    gen = load_generator(args.gin_file, args.gin_bindings, args.ckpt, args.vocabulary)
+    chat_loop(gen, _sampling(args), args.system)
+    return 0
 
 
 def _cmd_dpo_reference(args) -> int:
@@ -315,6 +382,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     handlers = {"train": _cmd_train, "info": _cmd_info, "data": _cmd_data, "tokenizer": _cmd_tokenizer,
                 "convert": _cmd_convert, "dpo-reference": _cmd_dpo_reference,
+                "generate": _cmd_generate, "chat": _cmd_chat,
                 "expand-checkpoint": _cmd_expand}
     try:
         return handlers[args.command](args)

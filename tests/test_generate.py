@@ -55,3 +55,25 @@ def test_sampling_filters_and_stop_strings(setup):
         stop = greedy.text[1:3]
         cut = gen.generate(prompt, SamplingConfig(max_new_tokens=12, stop=(stop,)))[0]
         assert cut.finish_reason == "stop" and cut.text == greedy.text[: greedy.text.index(stop)]
+
+
+def test_generate_and_chat_commands(tmp_path):
+    from allam_jax import gin_setup
+    from allam_jax.train.checkpoint import write_params_checkpoint
+    from helpers import allam
+
+    gin_setup.parse(["models/tiny.gin"])
+    cfg = gin_setup.model_config()
+    from allam_jax.train.state import strip_boxes
+
+    params = strip_boxes(Decoder(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"])
+    write_params_checkpoint(str(tmp_path / "ckpt"), params)
+    common = ["--gin_file=models/tiny.gin", f"--ckpt={tmp_path / 'ckpt'}", "--max_new_tokens=5"]
+    r = allam("generate", *common, "--prompt=hello", "--prompt=مرحبا", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [__import__("json").loads(line) for line in r.stdout.splitlines()]
+    assert [row["prompt"] for row in rows] == ["hello", "مرحبا"] and all(row["tokens"] <= 5 for row in rows)
+    r = allam("chat", *common, input="Translate: cat\n\n")
+    assert r.returncode == 0 and r.stdout.count("allam> ") == 1, r.stderr[-2000:]
+    r = allam("generate", *common)
+    assert r.returncode == 2 and "no prompt" in r.stderr

@@ -1,0 +1,62 @@
+"""Loading a checkpoint for ``allam generate`` / ``allam chat``, and the interactive chat loop."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional, Sequence, TextIO
+
+from allam_jax.inference.generate import Generator, SamplingConfig
+
+
+def load_generator(gin_files: Sequence[str], bindings: Sequence[str], ckpt: str,
+                   vocabulary: Optional[str] = None) -> Generator:
+    """Model shape from gin, parameters from ``ckpt``, vocabulary from the flag or the gin data config."""
+    from allam_jax import gin_setup
+    from allam_jax.convert.checkpoints import restore_for_export
+    from allam_jax.data.vocabularies import bos_id, get_vocabulary
+
+    gin_setup.parse(gin_files, bindings)
+    cfg = gin_setup.model_config()
+    if vocabulary is None:
+        try:
+            vocabulary = getattr(gin_setup.build_experiment().data, "vocabulary", "byte")
+        except Exception:  # noqa: BLE001 - a model-only gin file has no data config: bytes, as the tiny models use
+            vocabulary = "byte"
+    vocab = get_vocabulary(vocabulary)
+    params = restore_for_export(ckpt, cfg)
+    return Generator(cfg, params, vocab, bos_id(vocab))
+
+
+def chat_loop(gen: Generator, sampling: SamplingConfig, system: Optional[str] = None,
+              stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
+    """Reads user turns line by line, streams each answer; an empty line or EOF ends the chat."""
+    from allam_jax.align.chat import ChatTemplate, encode_prompt
+
+    messages = [{"role": "system", "content": system}] if system else []
+    template = ChatTemplate()
+    turns = 0
+    while True:
+        stdout.write("you> ")
+        stdout.flush()
+        line = stdin.readline()
+        if not line or not line.strip():
+            stdout.write("\n")
+            return turns
+        messages.append({"role": "user", "content": line.strip()})
+        prompt = encode_prompt(messages, gen.vocab, template, gen.bos_id)
+        stdout.write("allam> ")
+        answer: list[int] = []
+        shown = ""
+        for step in gen.stream([prompt], sampling):
+            tok = step[0]
+            if tok is None or tok == int(gen.vocab.eos_id):
+                break
+            answer.append(tok)
+            text = gen.vocab.decode(answer)
+            if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                stdout.write(text[len(shown):])
+                stdout.flush()
+                shown = text
+        stdout.write("\n")
+        messages.append({"role": "assistant", "content": gen.vocab.decode(answer) or " "})
+        turns += 1
