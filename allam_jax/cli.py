@@ -146,6 +146,25 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--system", default=None, help="system prompt")
 
+    p = sub.add_parser("eval", help="multiple-choice benchmarks and perplexity for a checkpoint",
+                       description="Score ArabicMMLU, ACVA, Arabic EXAMS, translated MMLU and MMLU files "
+                       "(lm-evaluation-harness log-likelihood semantics: acc and acc_norm) and per-language "
+                       "perplexity / bits per byte; prints a markdown table, writes JSON and .md with --out.")
+    _add_gin_flags(p)
+    p.add_argument("--ckpt", required=True, help="checkpoint dir (newest step used), step dir or its state dir")
+    p.add_argument("--vocabulary", default=None, help="'byte' or a SentencePiece .model (default: the gin data "
+                   "config's, else byte)")
+    p.add_argument("--task", action="append", default=[], metavar="FORMAT:PATH[:DEV_PATH]",
+                   help="a benchmark file, repeatable; FORMAT: arabicmmlu, acva, exams_ar, mmlu_ar, mmlu; few-shot "
+                   "examples come from DEV_PATH (else from the other test questions)")
+    p.add_argument("--perplexity", action="append", default=[], metavar="LANG:PATH",
+                   help="held-out text (.txt a document per line, or .jsonl 'text') for perplexity, repeatable")
+    p.add_argument("--num_fewshot", type=int, default=0, help="few-shot examples per question (default 0)")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N questions/documents per file")
+    p.add_argument("--batch_size", type=int, default=16, help="sequences per forward pass (default 16)")
+    p.add_argument("--seed", type=int, default=1234, help="few-shot sampling seed")
+    p.add_argument("--out", default=None, help="write the report here (JSON) and beside it as .md")
+
     p = sub.add_parser("convert", help="import/export Hugging Face Llama checkpoints",
                        description="Convert between Hugging Face Llama-family checkpoints (config.json + "
                        "safetensors) and allam-jax Orbax checkpoints.")
@@ -211,6 +230,25 @@ def _cmd_chat(args) -> int:
 
     gen = load_generator(args.gin_file, args.gin_bindings, args.ckpt, args.vocabulary)
     chat_loop(gen, _sampling(args), args.system)
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from allam_jax.eval.report import markdown, run_eval, write_report
+    from allam_jax.eval.scorer import LoglikelihoodScorer
+    from allam_jax.inference.session import load_generator
+    from allam_jax.model.config import ConfigError
+
+    if not args.task and not args.perplexity:
+        raise ConfigError("nothing to evaluate: give --task FORMAT:PATH and/or --perplexity LANG:PATH")
+    gen = load_generator(args.gin_file, args.gin_bindings, args.ckpt, args.vocabulary)
+    scorer = LoglikelihoodScorer(gen.cfg, gen.params, lambda text: gen.encode(text, add_bos=False), gen.bos_id,
+                                 batch_size=args.batch_size, progress=True)
+    report = run_eval(scorer, args.task, args.num_fewshot, args.limit, args.perplexity, args.seed)
+    report["checkpoint"] = args.ckpt
+    print(markdown(report), end="")
+    if args.out:
+        write_report(report, args.out)
     return 0
 
 
@@ -382,7 +420,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     handlers = {"train": _cmd_train, "info": _cmd_info, "data": _cmd_data, "tokenizer": _cmd_tokenizer,
                 "convert": _cmd_convert, "dpo-reference": _cmd_dpo_reference,
-                "generate": _cmd_generate, "chat": _cmd_chat,
+                "generate": _cmd_generate, "chat": _cmd_chat, "eval": _cmd_eval,
                 "expand-checkpoint": _cmd_expand}
     try:
         return handlers[args.command](args)

@@ -1,0 +1,1 @@
+"""Evaluation: multiple-choice benchmarks, perplexity, reports."""

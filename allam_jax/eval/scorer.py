@@ -1,0 +1,141 @@
+"""Log-likelihood scoring with lm-evaluation-harness semantics, multiple-choice accuracy, perplexity.
+
+``loglikelihood(context, continuation)``: trailing spaces of the context move to the continuation; the
+two are tokenised jointly and split at the context's token length (so a merge across the boundary
+counts towards the continuation); the score is the summed log-probability of the continuation tokens
+after BOS + context. Requests are sorted by length and batched into a few padded shapes, each jitted
+once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from allam_jax.eval.readers import Question
+from allam_jax.model import Decoder, ModelConfig
+
+
+def encode_pair(encode: Callable[[str], list[int]], context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Context and continuation tokens the harness's way (``_encode_pair``)."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = encode(context + continuation)
+    ctx = encode(context)
+    return whole[: len(ctx)], whole[len(ctx):]
+
+
+@dataclasses.dataclass
+class LoglikelihoodScorer:
+    """Scores (context, continuation) pairs with one model; ``bos`` is prepended to every context."""
+
+    cfg: ModelConfig
+    params: object
+    encode: Callable[[str], list[int]]
+    bos: int
+    batch_size: int = 16
+    bucket: int = 64
+    progress: bool = False
+
+    def __post_init__(self):
+        model = Decoder(self.cfg)
+
+        def score(params, tokens, targets, weights):
+            logits = model.apply({"params": params}, tokens)
+            logp = jax.nn.log_softmax(logits, axis=-1)
+            tok = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+            greedy = jnp.all((jnp.argmax(logits, -1) == targets) | (weights == 0), axis=-1)
+            return jnp.sum(tok * weights, axis=-1), greedy
+
+        self._score = jax.jit(score)
+
+    def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
+        """``(sum log p(continuation | context), continuation is the greedy decode)`` per text request."""
+        return self.loglikelihood_tokens([encode_pair(self.encode, c, x) for c, x in requests])
+
+    def loglikelihood_tokens(self, requests: Sequence[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+        """The same for requests already tokenised as ``(context ids, continuation ids)``."""
+        encoded = []
+        for ctx, cont in requests:
+            seq = [self.bos] + list(ctx) + list(cont)
+            if len(seq) - 1 > self.cfg.max_seq_len:  # keep the end: the continuation must be scored whole
+                seq = seq[-(self.cfg.max_seq_len + 1):]
+            encoded.append((seq, len(cont)))
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
+        out: list[Optional[tuple[float, bool]]] = [None] * len(encoded)
+        batches = range(0, len(order), self.batch_size)
+        for start in tqdm(batches, desc="score", unit="batch", disable=not self.progress):
+            idx = order[start: start + self.batch_size]
+            longest = max(len(encoded[i][0]) - 1 for i in idx)
+            width = max(min(-(-longest // self.bucket) * self.bucket, self.cfg.max_seq_len), longest)
+            tokens = np.zeros((self.batch_size, width), np.int32)
+            targets = np.zeros((self.batch_size, width), np.int32)
+            weights = np.zeros((self.batch_size, width), np.float32)
+            for row, i in enumerate(idx):
+                seq, n_cont = encoded[i]
+                n = len(seq) - 1
+                tokens[row, :n], targets[row, :n] = seq[:-1], seq[1:]
+                weights[row, n - n_cont: n] = 1.0
+            ll, greedy = self._score(self.params, tokens, targets, weights)
+            for row, i in enumerate(idx):
+                out[i] = (float(ll[row]), bool(greedy[row]))
+        return out  # type: ignore[return-value]
+
+
+def fewshot_prompt(question: Question, shots: Sequence[Question]) -> str:
+    return "".join(s.with_answer() + "\n\n" for s in shots) + question.prompt
+
+
+def evaluate_multiple_choice(scorer: LoglikelihoodScorer, questions: Sequence[Question],
+                             dev: Optional[Sequence[Question]] = None, num_fewshot: int = 0,
+                             seed: int = 1234) -> dict:
+    """acc and acc_norm (log-likelihood divided by the continuation's characters) overall, per subject."""
+    rng = random.Random(seed)
+    pool = list(dev) if dev else list(questions)
+    requests, spans = [], []
+    for q in questions:
+        candidates = [s for s in pool if s.source != q.source]
+        shots = rng.sample(candidates, min(num_fewshot, len(candidates))) if num_fewshot else []
+        context = fewshot_prompt(q, shots)
+        spans.append((len(requests), len(q.choices)))
+        requests += [(context, c) for c in q.choices]
+    scores = scorer.loglikelihood(requests)
+    per_subject: dict[str, list[tuple[int, int]]] = {}
+    for q, (start, n) in zip(questions, spans):
+        ll = np.array([scores[start + j][0] for j in range(n)])
+        norm = ll / np.array([len(c) for c in q.choices])
+        per_subject.setdefault(q.subject, []).append((int(np.argmax(ll) == q.gold), int(np.argmax(norm) == q.gold)))
+    flat = [r for rows in per_subject.values() for r in rows]
+    return {
+        "acc": float(np.mean([a for a, _ in flat])),
+        "acc_norm": float(np.mean([b for _, b in flat])),
+        "n": len(flat),
+        "subjects": {s: {"acc": float(np.mean([a for a, _ in rows])), "acc_norm": float(np.mean([b for _, b in rows])),
+                         "n": len(rows)} for s, rows in sorted(per_subject.items())},
+    }
+
+
+def perplexity(scorer: LoglikelihoodScorer, documents: Sequence[str]) -> dict:
+    """Token perplexity and bits per UTF-8 byte of ``documents``. Each document is cut into windows of the
+    model's length, each predicted after BOS alone (lm-evaluation-harness's rolling log-likelihood
+    without overlap). Bits per byte compares models with different tokenizers."""
+    step = scorer.cfg.max_seq_len
+    windows = []
+    for doc in documents:
+        ids = scorer.encode(doc)
+        windows += [([], ids[start: start + step]) for start in range(0, len(ids), step)]
+    results = scorer.loglikelihood_tokens(windows)
+    nll = -sum(ll for ll, _ in results)
+    tokens = sum(len(w) for _, w in windows)
+    n_bytes = sum(len(d.encode("utf-8")) for d in documents)
+    return {"perplexity": math.exp(nll / max(tokens, 1)), "bits_per_byte": nll / max(n_bytes, 1) / math.log(2),
+            "tokens": int(tokens), "bytes": n_bytes, "documents": len(documents)}
