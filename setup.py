@@ -24,6 +24,7 @@ setup(
     extras_require={
         "test": ["pytest==9.2.0"],
         "hf": ["safetensors==0.8.0", "transformers==5.23.0", "torch==2.13.0"],
+        "lmeval": ["lm-eval==0.4.13"],
     },
     entry_points={"console_scripts": ["allam=allam_jax.cli:main"]},
 )
