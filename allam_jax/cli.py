@@ -243,7 +243,7 @@ def _cmd_eval(args) -> int:
         raise ConfigError("nothing to evaluate: give --task FORMAT:PATH and/or --perplexity LANG:PATH")
     gen = load_generator(args.gin_file, args.gin_bindings, args.ckpt, args.vocabulary)
     scorer = LoglikelihoodScorer(gen.cfg, gen.params, lambda text: gen.encode(text, add_bos=False), gen.bos_id,
-                                 batch_size=args.batch_size, progress=True)
+                                 batch_size=args.batch_size, progress=True, mesh=gen.mesh, rules=gen.rules)
     report = run_eval(scorer, args.task, args.num_fewshot, args.limit, args.perplexity, args.seed)
     report["checkpoint"] = args.ckpt
     print(markdown(report), end="")

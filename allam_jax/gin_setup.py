@@ -109,6 +109,10 @@ def model_config() -> ModelConfig:
     return _build(ModelConfigG, "ModelConfig")
 
 
+def partitioning_config() -> PartitioningConfig:
+    return _build(PartitioningConfigG, "PartitioningConfig")
+
+
 @gin.configurable("experiment")
 def build_experiment(data: Optional[object] = None, dpo: Optional[object] = None) -> Experiment:
     """Builds the run from the parsed gin config; ``experiment.data`` picks the input pipeline. Unset, it is

@@ -196,3 +196,58 @@ def test_eval_command_on_all_five_formats(tmp_path):
     bad.write_text("question,answer\nq,A\n", encoding="utf-8")
     r = allam("eval", "--gin_file=models/tiny.gin", f"--ckpt={tmp_path / 'ckpt'}", f"--task=exams_ar:{bad}")
     assert r.returncode == 2 and "wrong.csv: missing column(s) ['A', 'B', 'C', 'D']" in r.stderr
+
+
+SHARDED_SCRIPT = r"""
+import os, sys, json
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+import jax, jax.numpy as jnp
+jax.config.update("jax_default_matmul_precision", "highest")
+from allam_jax import gin_setup
+from allam_jax.data.vocabularies import ByteVocabulary
+from allam_jax.eval.scorer import LoglikelihoodScorer
+from allam_jax.inference.session import load_generator
+from allam_jax.model import Decoder
+from allam_jax.train.checkpoint import write_params_checkpoint
+from allam_jax.train.state import strip_boxes
+ckpt = sys.argv[1]
+gin_setup.parse(["models/tiny.gin"], ["ModelConfig.compute_dtype = 'float32'"])
+cfg = gin_setup.model_config()
+params = strip_boxes(Decoder(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"])
+write_params_checkpoint(ckpt, jax.tree_util.tree_map(lambda x: x * 3.0, params))
+requests = [("السؤال: ما عاصمة مصر؟\nالإجابة:", " القاهرة"), ("Answer:", " yes"), ("Q?", " A"), ("one", " two")] * 2
+out = {}
+from allam_jax.convert.checkpoints import restore_for_export
+from allam_jax.inference.generate import Generator
+for mesh in ["(1, 1, 1)", "(2, 2, 2)", "(1, 8, 1)"]:
+    if mesh == "(1, 1, 1)":  # the reference: one device, no mesh
+        gen = Generator(cfg, restore_for_export(ckpt, cfg), ByteVocabulary(), 1)
+    else:
+        gen = load_generator(["models/tiny.gin"], ["ModelConfig.compute_dtype = 'float32'",
+                                                   f"PartitioningConfig.mesh_shape = {mesh}"], ckpt)
+    leaf = gen.params["layers"]["mlp"]["up"]["kernel"]
+    scorer = LoglikelihoodScorer(gen.cfg, gen.params, ByteVocabulary().encode, 1, batch_size=8, mesh=gen.mesh,
+                                 rules=gen.rules)
+    out[mesh] = {"ll": [ll for ll, _ in scorer.loglikelihood(requests)], "devices": len(leaf.sharding.device_set),
+                 "greedy": [t for t in gen.generate([gen.encode("abc"), gen.encode("مرحبا")],
+                            __import__("allam_jax.inference.generate", fromlist=["x"]).SamplingConfig(max_new_tokens=5))[0].tokens]}
+print(json.dumps(out))
+"""
+
+
+def test_scoring_and_generation_sharded_on_8_devices_match_one(tmp_path):
+    """Parameters restored into shards over meshes of 8 fake CPU devices give the single-device scores."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    r = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, str(tmp_path / "ckpt")], capture_output=True, text=True,
+                       env=env, timeout=600, cwd=str(Path(__file__).parents[1]))
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    ref = out["(1, 1, 1)"]
+    for mesh in ("(2, 2, 2)", "(1, 8, 1)"):
+        assert out[mesh]["devices"] > 1, "parameters really are sharded"
+        np.testing.assert_allclose(out[mesh]["ll"], ref["ll"], rtol=1e-5, atol=1e-4)
+        assert out[mesh]["greedy"] == ref["greedy"]

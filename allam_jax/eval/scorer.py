@@ -45,6 +45,8 @@ class LoglikelihoodScorer:
     batch_size: int = 16
     bucket: int = 64
     progress: bool = False
+    mesh: object = None  # with a mesh, batches are split over its data and fsdp axes
+    rules: tuple = ()
 
     def __post_init__(self):
         model = Decoder(self.cfg)
@@ -57,6 +59,25 @@ class LoglikelihoodScorer:
             return jnp.sum(tok * weights, axis=-1), greedy
 
         self._score = jax.jit(score)
+        if self.mesh is not None:
+            import flax.linen as nn
+
+            parts = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+            if self.batch_size % parts:
+                from allam_jax.model.config import ConfigError
+
+                raise ConfigError(f"batch size {self.batch_size} is not divisible by the mesh's data x fsdp = {parts}")
+
+            from allam_jax import partitioning
+
+            sharding = partitioning.batch_sharding(self.mesh)
+            jitted = self._score
+
+            def sharded(params, *arrays):
+                with jax.set_mesh(self.mesh), nn.logical_axis_rules(list(self.rules)):
+                    return jitted(params, *(jax.device_put(a, sharding) for a in arrays))
+
+            self._score = sharded
 
     def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
         """``(sum log p(continuation | context), continuation is the greedy decode)`` per text request."""

@@ -75,14 +75,27 @@ class Generation:
 class Generator:
     """Batched generation for one model and vocabulary (``encode``/``decode``/``eos_id``)."""
 
-    def __init__(self, cfg: ModelConfig, params, vocab, bos_id: int):
+    def __init__(self, cfg: ModelConfig, params, vocab, bos_id: int, mesh=None, rules=()):
         self.cfg, self.params, self.vocab, self.bos_id = cfg, params, vocab, bos_id
+        self.mesh, self.rules = mesh, tuple(rules)
         self.model = Decoder(cfg)
 
         def run(params, tokens, positions, cache, index, valid):
             return self.model.apply({"params": params}, tokens, positions, None, cache, CacheState(index, valid))
 
-        self._run = jax.jit(run, donate_argnums=(3,))
+        self._run = self.under_mesh(jax.jit(run, donate_argnums=(3,)))
+
+    def under_mesh(self, fn: Callable) -> Callable:
+        """Runs ``fn`` inside the mesh and logical-axis rules the parameters were sharded with."""
+        if self.mesh is None:
+            return fn
+        import flax.linen as nn
+
+        def wrapped(*args, **kwargs):
+            with jax.set_mesh(self.mesh), nn.logical_axis_rules(list(self.rules)):
+                return fn(*args, **kwargs)
+
+        return wrapped
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
         return ([self.bos_id] if add_bos else []) + [int(t) for t in self.vocab.encode(text)]
