@@ -109,7 +109,7 @@ def test_encode_pair_follows_the_harness_with_sentencepiece(tmp_path):
 def scorer():
     params = Decoder(CFG).init(jax.random.PRNGKey(1), jnp.zeros((1, 8), jnp.int32))["params"]
     params = jax.tree_util.tree_map(lambda x: x * 3.0, params)
-    return LoglikelihoodScorer(CFG, params, VOCAB.encode, bos=1, batch_size=4, bucket=32)
+    return LoglikelihoodScorer(CFG, params, VOCAB.encode, bos=1, batch_size=4)
 
 
 def _direct(scorer, context, continuation):

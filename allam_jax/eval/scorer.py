@@ -3,8 +3,8 @@
 ``loglikelihood(context, continuation)``: trailing spaces of the context move to the continuation; the
 two are tokenised jointly and split at the context's token length (so a merge across the boundary
 counts towards the continuation); the score is the summed log-probability of the continuation tokens
-after BOS + context. Requests are sorted by length and batched into a few padded shapes, each jitted
-once.
+after BOS + context. Requests are packed several to a row (segment ids keep them apart) into one
+jitted shape.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ class LoglikelihoodScorer:
     encode: Callable[[str], list[int]]
     bos: int
     batch_size: int = 16
-    bucket: int = 64
     progress: bool = False
     mesh: object = None  # with a mesh, batches are split over its data and fsdp axes
     rules: tuple = ()
@@ -51,12 +50,11 @@ class LoglikelihoodScorer:
     def __post_init__(self):
         model = Decoder(self.cfg)
 
-        def score(params, tokens, targets, weights):
-            logits = model.apply({"params": params}, tokens)
+        def score(params, tokens, targets, positions, segments):
+            logits = model.apply({"params": params}, tokens, positions, segments)
             logp = jax.nn.log_softmax(logits, axis=-1)
             tok = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-            greedy = jnp.all((jnp.argmax(logits, -1) == targets) | (weights == 0), axis=-1)
-            return jnp.sum(tok * weights, axis=-1), greedy
+            return tok, jnp.argmax(logits, -1) == targets
 
         self._score = jax.jit(score)
         if self.mesh is not None:
@@ -84,31 +82,49 @@ class LoglikelihoodScorer:
         return self.loglikelihood_tokens([encode_pair(self.encode, c, x) for c, x in requests])
 
     def loglikelihood_tokens(self, requests: Sequence[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
-        """The same for requests already tokenised as ``(context ids, continuation ids)``."""
+        """The same for requests already tokenised as ``(context ids, continuation ids)``.
+
+        Requests are packed: longest first, each into the current row while it fits (its own segment,
+        positions from 0, BOS first), ``batch_size`` rows of ``max_seq_len`` tokens per jitted call."""
+        width = self.cfg.max_seq_len
         encoded = []
         for ctx, cont in requests:
             seq = [self.bos] + list(ctx) + list(cont)
-            if len(seq) - 1 > self.cfg.max_seq_len:  # keep the end: the continuation must be scored whole
-                seq = seq[-(self.cfg.max_seq_len + 1):]
+            if len(seq) - 1 > width:  # keep the end: the continuation must be scored whole
+                seq = seq[-(width + 1):]
             encoded.append((seq, len(cont)))
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
+        rows: list[list[int]] = [[]]
+        used = 0
+        for i in order:
+            n = len(encoded[i][0]) - 1
+            if used + n > width:
+                rows.append([])
+                used = 0
+            rows[-1].append(i)
+            used += n
         out: list[Optional[tuple[float, bool]]] = [None] * len(encoded)
-        batches = range(0, len(order), self.batch_size)
+        batches = range(0, len(rows), self.batch_size)
         for start in tqdm(batches, desc="score", unit="batch", disable=not self.progress):
-            idx = order[start: start + self.batch_size]
-            longest = max(len(encoded[i][0]) - 1 for i in idx)
-            width = max(min(-(-longest // self.bucket) * self.bucket, self.cfg.max_seq_len), longest)
-            tokens = np.zeros((self.batch_size, width), np.int32)
-            targets = np.zeros((self.batch_size, width), np.int32)
-            weights = np.zeros((self.batch_size, width), np.float32)
-            for row, i in enumerate(idx):
-                seq, n_cont = encoded[i]
-                n = len(seq) - 1
-                tokens[row, :n], targets[row, :n] = seq[:-1], seq[1:]
-                weights[row, n - n_cont: n] = 1.0
-            ll, greedy = self._score(self.params, tokens, targets, weights)
-            for row, i in enumerate(idx):
-                out[i] = (float(ll[row]), bool(greedy[row]))
+            batch_rows = rows[start: start + self.batch_size]
+            arrays = {k: np.zeros((self.batch_size, width), np.int32) for k in ("tokens", "targets", "positions",
+                                                                                   "segments")}
+            spans = []
+            for r, members in enumerate(batch_rows):
+                col = 0
+                for seg, i in enumerate(members, 1):
+                    seq, n_cont = encoded[i]
+                    n = len(seq) - 1
+                    sl = slice(col, col + n)
+                    arrays["tokens"][r, sl], arrays["targets"][r, sl] = seq[:-1], seq[1:]
+                    arrays["positions"][r, sl], arrays["segments"][r, sl] = np.arange(n), seg
+                    spans.append((i, r, col + n - n_cont, col + n))
+                    col += n
+            tok, correct = self._score(self.params, arrays["tokens"], arrays["targets"], arrays["positions"],
+                                       arrays["segments"])
+            tok, correct = np.asarray(tok), np.asarray(correct)
+            for i, r, a, b in spans:
+                out[i] = (float(tok[r, a:b].sum()), bool(correct[r, a:b].all()))
         return out  # type: ignore[return-value]
 
 
