@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from allam_jax.align.chat import ChatError, ChatTemplate, encode_conversation
 from allam_jax.data.pipeline import SeqioBatchIterator
-from allam_jax.data.sources import DataError, expand_patterns
+from allam_jax.data.sources import DataError, TrainSource, expand_patterns
 from allam_jax.data.tasks import LANGUAGES
 from allam_jax.data.text_files import arabic_fraction
 from allam_jax.data.vocabularies import bos_id, get_vocabulary
@@ -116,33 +116,17 @@ class SftData:
                         report.no_assistant_or_bad_roles, report.too_long)
 
     def register(self, vocab, seq_len: int) -> None:
-        data = self
-
-        class _ChatSource(seqio.DataSource):
-            def __init__(self):
-                super().__init__(splits=("train",), caching_permitted=False)
-
-            @property
-            def supports_arbitrary_sharding(self) -> bool:
-                return True
-
-            def list_shards(self, split):
-                return expand_patterns(data.paths)
-
-            def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, **unused):
-                shard = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
-                spec = tf.TensorSpec([None], tf.int32)
-                return tf.data.Dataset.from_generator(
-                    lambda: data.examples(vocab, seq_len, shard),
-                    output_signature={"targets": spec, "weights": spec, "lang": spec, "task": spec})
-
-        expand_patterns(self.paths)  # missing files fail here, with their names
+        spec = tf.TensorSpec([None], tf.int32)
+        source = TrainSource(lambda shard: tf.data.Dataset.from_generator(
+            lambda: self.examples(vocab, seq_len, shard),
+            output_signature={"targets": spec, "weights": spec, "lang": spec, "task": spec}),
+            expand_patterns(self.paths))  # missing files fail here, with their names
         passthrough = lambda n: seqio.Feature(seqio.PassThroughVocabulary(n), add_eos=False,  # noqa: E731
                                               dtype=tf.int32, required=False)
         if SFT_TASK in seqio.TaskRegistry.names():
             seqio.TaskRegistry.remove(SFT_TASK)
         seqio.TaskRegistry.add(
-            SFT_TASK, source=_ChatSource(), preprocessors=[],
+            SFT_TASK, source=source, preprocessors=[],
             output_features={"targets": seqio.Feature(vocab, add_eos=False, dtype=tf.int32),
                              "weights": passthrough(3), "lang": passthrough(len(LANGUAGES) + 1), "task": passthrough(2)},
             shuffle_buffer_size=self.shuffle_buffer)

@@ -222,7 +222,29 @@ def iter_documents(files: Sequence[str], script: Optional[str], cfg: CleaningCon
         log.warning("%d malformed line(s) skipped in %s", stats.malformed, ", ".join(files))
 
 
-class DocumentSource(seqio.DataSource):
+class TrainSource(seqio.DataSource):
+    """A train-only seqio ``DataSource`` whose dataset comes from ``make((shard_index, num_shards))``; it
+    shards itself, so seqio hands it the shard instead of sharding its output."""
+
+    def __init__(self, make, shards: Sequence[str]):
+        self._make, self._shards = make, list(shards)
+        super().__init__(splits=("train",), num_input_examples=None, caching_permitted=False)
+
+    @property
+    def supports_arbitrary_sharding(self) -> bool:
+        return True
+
+    def list_shards(self, split: str) -> Sequence[str]:
+        return list(self._shards)
+
+    def get_dataset(self, split: str = "train", shuffle: bool = True, seed: Optional[int] = None,
+                    shard_info: Optional[seqio.ShardInfo] = None, **unused) -> tf.data.Dataset:
+        if split != "train":
+            raise ConfigError(f"{self._shards}: only the 'train' split exists, asked for {split!r}")
+        return self._make((shard_info.index, shard_info.num_shards) if shard_info else (0, 1))
+
+
+class DocumentSource(TrainSource):
     """A seqio ``DataSource`` (split ``train``) of ``{"text": document}`` from :func:`iter_documents`."""
 
     def __init__(self, patterns: Sequence[str], script: Optional[str], cleaning: CleaningConfig,
@@ -232,34 +254,19 @@ class DocumentSource(seqio.DataSource):
             if not path.startswith("tfds:") and tf.io.gfile.stat(path).length == 0:
                 raise DataError(f"data file is empty: {path}")
         self._script, self._cleaning, self._parallel, self._field = script, cleaning, parallel, field
-        super().__init__(splits=("train",), num_input_examples=None, caching_permitted=False)
-
-    @property
-    def supports_arbitrary_sharding(self) -> bool:
-        return True
+        super().__init__(lambda shard: tf.data.Dataset.from_generator(
+            lambda: ({"text": t} for t in self.documents(shard)),
+            output_signature={"text": tf.TensorSpec([], tf.string)}), self._files)
 
     @property
     def files(self) -> list[str]:
         return list(self._files)
 
-    def list_shards(self, split: str) -> Sequence[str]:
-        return list(self._files)
-
     def documents(self, shard: tuple[int, int] = (0, 1), stats: Optional[SourceStats] = None) -> Iterator[str]:
         return iter_documents(self._files, self._script, self._cleaning, self._parallel, self._field, shard, stats)
 
-    def get_dataset(self, split: str = "train", shuffle: bool = True, seed: Optional[int] = None,
-                    shard_info: Optional[seqio.ShardInfo] = None, **unused) -> tf.data.Dataset:
-        if split != "train":
-            raise ConfigError(f"{self._files}: only the 'train' split exists, asked for {split!r}")
-        shard = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
-        return tf.data.Dataset.from_generator(
-            lambda: ({"text": t} for t in self.documents(shard)),
-            output_signature={"text": tf.TensorSpec([], tf.string)},
-        )
-
 
 __all__ = [
-    "CleaningConfig", "DataError", "DocumentSource", "ParallelRendering", "SourceStats", "expand_patterns",
-    "iter_documents",
+    "CleaningConfig", "DataError", "DocumentSource", "ParallelRendering", "SourceStats", "TrainSource",
+    "expand_patterns", "iter_documents",
 ]

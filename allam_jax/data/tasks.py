@@ -23,7 +23,7 @@ from typing import Mapping, Optional, Sequence
 import seqio
 import tensorflow as tf
 
-from allam_jax.data.sources import CleaningConfig, DocumentSource, ParallelRendering
+from allam_jax.data.sources import CleaningConfig, DocumentSource, ParallelRendering, TrainSource
 from allam_jax.model.config import ConfigError
 
 LANGUAGES = ("en", "ar", "translated")
@@ -49,25 +49,15 @@ class TaskSpec:
 TASKS = (TaskSpec("en_pretrain", "en"), TaskSpec("ar_pretrain", "ar"), TaskSpec("translated_pretrain", "translated"))
 
 
-def _chain(sources: Sequence[DocumentSource]):
-    class _Chained(seqio.DataSource):
-        def __init__(self):
-            super().__init__(splits=("train",), caching_permitted=False)
+def _chain(sources: Sequence[DocumentSource]) -> TrainSource:
+    def make(shard):
+        info = seqio.ShardInfo(*shard)
+        ds = sources[0].get_dataset("train", shard_info=info)
+        for s in sources[1:]:
+            ds = ds.concatenate(s.get_dataset("train", shard_info=info))
+        return ds
 
-        @property
-        def supports_arbitrary_sharding(self) -> bool:
-            return True
-
-        def list_shards(self, split):
-            return [f for s in sources for f in s.files]
-
-        def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, **unused):
-            ds = sources[0].get_dataset(split, shuffle, seed, shard_info)
-            for s in sources[1:]:
-                ds = ds.concatenate(s.get_dataset(split, shuffle, seed, shard_info))
-            return ds
-
-    return _Chained()
+    return TrainSource(make, [f for s in sources for f in s.files])
 
 
 @seqio.map_over_dataset
