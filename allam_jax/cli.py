@@ -43,6 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "WORKDIR/metrics.jsonl, WORKDIR/tensorboard/ and WORKDIR/config.gin.")
     _add_gin_flags(p)
     p.add_argument("--workdir", required=True, help="output directory: checkpoints, metrics, the operative config")
+    p.add_argument("--coordinator_address", default=None, help="multi-process: HOST:PORT of process 0 "
+                   "(env ALLAM_COORDINATOR)")
+    p.add_argument("--num_processes", type=int, default=None, help="multi-process: number of processes "
+                   "(env ALLAM_NUM_PROCESSES)")
+    p.add_argument("--process_id", type=int, default=None, help="multi-process: this process's id, 0..N-1 "
+                   "(env ALLAM_PROCESS_ID)")
+    p.add_argument("--distributed", choices=["off", "auto"], default="off", help="'auto': let JAX find its peers "
+                   "(TPU VM pod slices, SLURM)")
+    p.add_argument("--distributed_timeout", type=int, default=300, help="seconds to wait for the other processes")
 
     p = sub.add_parser("info", help="parameter count and FLOPs per token of a model config (allocates nothing)",
                        description="Print the parameter count (from jax.eval_shape) and FLOPs per token.")
@@ -325,13 +334,19 @@ def _cmd_train(args) -> int:
 
     import gin
 
-    from allam_jax import gin_setup
+    from allam_jax import distributed, gin_setup
     from allam_jax.train.loop import train
 
+    distributed.initialize(distributed.DistributedConfig.from_env(
+        coordinator_address=args.coordinator_address, num_processes=args.num_processes, process_id=args.process_id,
+        auto=args.distributed == "auto", timeout_s=args.distributed_timeout))
     gin_setup.parse(args.gin_file, args.gin_bindings)
     exp = gin_setup.build_experiment()
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    (Path(args.workdir) / "config.gin").write_text(gin.config_str(), encoding="utf-8")
+    import jax
+
+    if jax.process_index() == 0:
+        (Path(args.workdir) / "config.gin").write_text(gin.config_str(), encoding="utf-8")
     final = train(exp, args.workdir)
     print(json.dumps({"workdir": args.workdir, **{k: round(v, 6) for k, v in final.items()}}))
     return 0

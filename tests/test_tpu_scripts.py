@@ -34,7 +34,7 @@ def test_setup_launch_logs_delete():
                     "gs://bucket/run 1", "--gin_bindings", "TrainerConfig.num_steps = 5")
     assert cmd[:9] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "exp1", "--zone", "z", "--worker=all"]
     remote = shlex.split(cmd[-1].split(" > ")[0])  # what each worker runs
-    assert remote[3:] == ["nohup", ".venv/bin/allam", "train", "--gin_file=runs/tiny_cpu.gin", "--workdir=gs://bucket/run 1",
+    assert remote[3:] == ["nohup", ".venv/bin/allam", "train", "--distributed=auto", "--gin_file=runs/tiny_cpu.gin", "--workdir=gs://bucket/run 1",
                           "--gin_bindings=TrainerConfig.num_steps = 5"]
     [cmd] = dry_run("logs.sh", "--name", "exp1", "--zone", "z")
     assert "--worker=0" in cmd and cmd[-1].startswith("tail -n 200 -f")

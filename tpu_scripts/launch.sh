@@ -21,7 +21,7 @@ done
 need name "$NAME"; need zone "$ZONE"; need gin_file "$GIN"; need workdir "$WORKDIR"
 EXTRA=()
 [ -n "$PROJECT" ] && EXTRA+=(--project "$PROJECT")
-CMD="cd ~/$DIR && nohup .venv/bin/allam train --gin_file=$(printf '%q' "$GIN") --workdir=$(printf '%q' "$WORKDIR")"
+CMD="cd ~/$DIR && nohup .venv/bin/allam train --distributed=auto --gin_file=$(printf '%q' "$GIN") --workdir=$(printf '%q' "$WORKDIR")"
 for b in "${BINDINGS[@]+"${BINDINGS[@]}"}"; do CMD+=" --gin_bindings=$(printf '%q' "$b")"; done
 CMD+=" > ~/$DIR/train.log 2>&1 &"
 run gcloud compute tpus tpu-vm ssh "$NAME" --zone "$ZONE" --worker=all "${EXTRA[@]}" --command "$CMD"

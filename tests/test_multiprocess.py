@@ -1,0 +1,86 @@
+"""Real multi-process training on this machine: 2 and 4 CPU processes (gloo collectives) on one mesh."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import corpus_files, losses, write_gin
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _train(n: int, gin: Path, workdir: Path, steps: int) -> None:
+    port = _free_port()
+    procs = []
+    for i in range(n):
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // n}", TF_CPP_MIN_LOG_LEVEL="3",
+                   JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+        args = [sys.executable, "-m", "allam_jax", "train", f"--gin_file={gin}", f"--workdir={workdir}",
+                f"--gin_bindings=TrainerConfig.num_steps = {steps}"]
+        if n > 1:
+            args += [f"--coordinator_address=localhost:{port}", f"--num_processes={n}", f"--process_id={i}",
+                     "--distributed_timeout=120"]
+        procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mp")
+    gin = write_gin(d / "run.gin", corpus_files(d / "corpus", en_docs=60, ar_docs=200), **{
+        "PartitioningConfig.mesh_shape": "(2, 2, 2)", "TrainerConfig.batch_size": 8, "TrainerConfig.checkpoint_every": 3,
+        "TrainerConfig.async_checkpointing": False})
+    _train(1, gin, d / "single", 6)
+    return d, gin, losses(d / "single")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [2, 4])
+def test_processes_match_one_process_with_the_same_mesh(setup, n):
+    d, gin, want = setup
+    _train(n, gin, d / f"p{n}", 6)
+    got = losses(d / f"p{n}")
+    assert sorted(got) == list(range(1, 7))
+    for step, loss in want.items():
+        assert got[step] == pytest.approx(loss, rel=1e-5), step
+
+
+@pytest.mark.slow
+def test_checkpoints_move_between_process_counts(setup):
+    d, gin, want = setup
+    _train(2, gin, d / "2to1", 3)   # written by 2 processes ...
+    _train(1, gin, d / "2to1", 6)   # ... continued by one
+    _train(1, gin, d / "1to2", 3)
+    _train(2, gin, d / "1to2", 6)
+    for run in ("2to1", "1to2"):
+        got = losses(d / run)
+        for step in range(4, 7):
+            assert got[step] == pytest.approx(want[step], rel=1e-5), (run, step)
+
+
+def test_bad_distributed_settings_are_one_line_errors(tmp_path):
+    from helpers import allam
+
+    gin = write_gin(tmp_path / "g.gin", [str(_write(tmp_path))])
+    r = allam("train", f"--gin_file={gin}", f"--workdir={tmp_path / 'w'}", "--num_processes=2", "--process_id=2",
+              "--coordinator_address=localhost:1")
+    assert r.returncode == 2 and "--process_id 2 is out of range for --num_processes 2" in r.stderr
+    r = allam("train", f"--gin_file={gin}", f"--workdir={tmp_path / 'w'}", "--num_processes=2", "--process_id=1",
+              f"--coordinator_address=localhost:{_free_port()}", "--distributed_timeout=3")
+    assert r.returncode == 2 and "could not join the distributed job" in r.stderr.strip().splitlines()[-1]
+
+
+def _write(tmp_path):
+    p = tmp_path / "t.txt"
+    p.write_text("some english text for the test\n" * 20)
+    return p
