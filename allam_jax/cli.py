@@ -174,6 +174,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1234, help="few-shot sampling seed")
     p.add_argument("--out", default=None, help="write the report here (JSON) and beside it as .md")
 
+    p = sub.add_parser("sweep", help="run gin variants of an experiment one after another (or print them)",
+                       description="Train every [variant] of --variants (gin bindings per section) on top of the "
+                       "gin files, each in ROOT/VARIANT; then write ROOT/sweep.json and ROOT/sweep.md with the last "
+                       "metrics of each. A re-run resumes unfinished variants.")
+    _add_gin_flags(p)
+    p.add_argument("--variants", required=True, help="variants file: [name] headers, gin bindings below each")
+    p.add_argument("--root", required=True, help="parent directory (or gs:// prefix) of the variants' workdirs")
+    p.add_argument("--only", action="append", default=[], help="run only this variant, repeatable")
+    p.add_argument("--print_only", action="store_true", help="print each variant's allam train command, run nothing")
+    p.add_argument("--launcher", default=None, help="print commands for this launcher instead, e.g. "
+                   "'tpu_scripts/launch.sh --name exp1 --zone us-east5-b'")
+
     p = sub.add_parser("convert", help="import/export Hugging Face Llama checkpoints",
                        description="Convert between Hugging Face Llama-family checkpoints (config.json + "
                        "safetensors) and allam-jax Orbax checkpoints.")
@@ -258,6 +270,26 @@ def _cmd_eval(args) -> int:
     print(markdown(report), end="")
     if args.out:
         write_report(report, args.out)
+    return 0
+
+
+def _cmd_sweep(args) -> int:
+    from allam_jax import gin_setup
+    from allam_jax.sweep import read_variants, run_sweep, summary_table, write_summary
+
+    variants = read_variants(args.variants)
+    for name, bindings in variants.items():  # every variant must parse before anything runs
+        try:
+            gin_setup.parse(args.gin_file, list(args.gin_bindings) + bindings)
+        except Exception as e:  # noqa: BLE001 - reported with the variant's name
+            from allam_jax.model.config import ConfigError
+
+            raise ConfigError(f"variant [{name}]: {e}") from None
+    rows = run_sweep(args.gin_file, variants, args.root, args.gin_bindings, args.print_only, args.launcher, args.only)
+    if not (args.print_only or args.launcher):
+        write_summary(rows, args.root)
+        print(summary_table(rows))
+        return 0 if all(r["returncode"] == 0 for r in rows) else 1
     return 0
 
 
@@ -436,6 +468,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     handlers = {"train": _cmd_train, "info": _cmd_info, "data": _cmd_data, "tokenizer": _cmd_tokenizer,
                 "convert": _cmd_convert, "dpo-reference": _cmd_dpo_reference,
                 "generate": _cmd_generate, "chat": _cmd_chat, "eval": _cmd_eval,
+                "sweep": _cmd_sweep,
                 "expand-checkpoint": _cmd_expand}
     try:
         return handlers[args.command](args)

@@ -1,0 +1,120 @@
+"""``allam sweep``: run gin variants of one experiment one after another, or print their commands.
+
+A variants file has one section per variant, each holding gin bindings applied after the base files::
+
+    [arabic_only]
+    SeqioData.rates = {'ar_pretrain': 1.0}
+
+    [no_translated]
+    SeqioData.rates = {'en_pretrain': 0.5, 'ar_pretrain': 0.5}
+
+Variant ``NAME`` trains in ``ROOT/NAME`` (so a re-run resumes or skips what finished). With
+``--print_only`` the commands are printed instead, for local shells or, with ``--launcher``, as
+``tpu_scripts/launch.sh`` calls on a TPU VM.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from allam_jax.model.config import ConfigError
+
+_SECTION = re.compile(r"^\[([A-Za-z0-9_.-]+)\]$")
+
+
+def read_variants(path: str) -> dict[str, list[str]]:
+    """``{name: [binding, ...]}`` in file order; bindings may span lines (gin's own continuation rules)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"variants file not found: {path}")
+    variants: dict[str, list[str]] = {}
+    current: Optional[str] = None
+    for line_no, raw in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = _SECTION.match(line)
+        if m:
+            current = m.group(1)
+            if current in variants:
+                raise ConfigError(f"{path}:{line_no}: variant [{current}] appears twice")
+            variants[current] = []
+        elif current is None:
+            raise ConfigError(f"{path}:{line_no}: a binding before the first [variant] header")
+        else:
+            variants[current].append(line)
+    if not variants:
+        raise ConfigError(f"{path}: no [variant] sections")
+    return variants
+
+
+def train_command(gin_files: Sequence[str], bindings: Sequence[str], workdir: str) -> list[str]:
+    return ([sys.executable, "-m", "allam_jax", "train"] + [f"--gin_file={f}" for f in gin_files]
+            + [f"--workdir={workdir}"] + [f"--gin_bindings={b}" for b in bindings])
+
+
+def launcher_command(launcher: str, gin_files: Sequence[str], bindings: Sequence[str], workdir: str) -> list[str]:
+    if len(gin_files) != 1:
+        raise ConfigError("--launcher takes exactly one --gin_file (tpu_scripts/launch.sh passes one)")
+    cmd = shlex.split(launcher) + ["--gin_file", gin_files[0], "--workdir", workdir]
+    for b in bindings:
+        cmd += ["--gin_bindings", b]
+    return cmd
+
+
+def last_metrics(workdir: Path) -> dict:
+    from allam_jax.train.metrics import read_metrics
+
+    rows = read_metrics(str(workdir)) if (workdir / "metrics.jsonl").exists() else []
+    return rows[-1] if rows else {}
+
+
+def run_sweep(gin_files: Sequence[str], variants: dict[str, list[str]], root: str, common: Sequence[str] = (),
+              print_only: bool = False, launcher: Optional[str] = None, only: Sequence[str] = ()) -> list[dict]:
+    """Runs (or prints) each variant; returns ``{variant, workdir, returncode, metrics}`` rows."""
+    unknown = [v for v in only if v not in variants]
+    if unknown:
+        raise ConfigError(f"unknown variant(s) {unknown}; the file defines {list(variants)}")
+    rows = []
+    for name, bindings in variants.items():
+        if only and name not in only:
+            continue
+        workdir = f"{root.rstrip('/')}/{name}"
+        all_bindings = list(common) + bindings
+        if launcher:
+            cmd = launcher_command(launcher, gin_files, all_bindings, workdir)
+        else:
+            cmd = train_command(gin_files, all_bindings, workdir)
+        if print_only or launcher:
+            print(shlex.join(cmd))
+            rows.append({"variant": name, "workdir": workdir, "command": cmd})
+            continue
+        print(f"== variant {name}: {workdir}", flush=True)
+        code = subprocess.run(cmd).returncode
+        rows.append({"variant": name, "workdir": workdir, "returncode": code,
+                     "metrics": last_metrics(Path(workdir))})
+        if code != 0:
+            print(f"variant {name} failed with exit code {code}; going on with the next", file=sys.stderr)
+    return rows
+
+
+def summary_table(rows: list[dict]) -> str:
+    keys = ["loss", "loss/en", "loss/ar", "loss/translated"]
+    lines = ["| variant | exit | step | " + " | ".join(keys) + " |", "|---|---|---|" + "---|" * len(keys)]
+    for r in rows:
+        m = r.get("metrics", {})
+        vals = [f"{m[k]:.4f}" if isinstance(m.get(k), (int, float)) else "-" for k in keys]
+        lines.append(f"| {r['variant']} | {r.get('returncode', '-')} | {m.get('step', '-')} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def write_summary(rows: list[dict], root: str) -> None:
+    Path(root).mkdir(parents=True, exist_ok=True)
+    (Path(root) / "sweep.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (Path(root) / "sweep.md").write_text(summary_table(rows) + "\n")
