@@ -248,8 +248,30 @@ class PreferenceIterator:
         return picked[self.process_index * per: (self.process_index + 1) * per]
 
     def __next__(self) -> dict[str, np.ndarray]:
-        rows = [pair_rows(p, self.seq_len) for p in self.next_pairs()]
-        return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+        return stack_pairs(self.next_pairs(), self.seq_len)
+
+
+def stack_pairs(pairs: Sequence[dict], seq_len: int) -> dict[str, np.ndarray]:
+    """A batch of ``2 * len(pairs)`` interleaved rows (see :func:`pair_rows`)."""
+    rows = [pair_rows(p, seq_len) for p in pairs]
+    return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+
+
+def pair_logprobs(model: nn.Module, params_list: Sequence[Any], pairs: list[dict], seq_len: int,
+                  batch_size: int = 8, progress: Optional[str] = None) -> list[np.ndarray]:
+    """Sequence log-probs ``[len(pairs), 2]`` (chosen, rejected) under each of ``params_list``; the last
+    batch is padded so that one compiled shape serves every batch."""
+    from tqdm.auto import tqdm
+
+    fn = jax.jit(lambda p, b: sequence_logprobs(model, p, b).reshape(-1, 2))
+    outs: list[list[np.ndarray]] = [[] for _ in params_list]
+    for start in tqdm(range(0, len(pairs), batch_size), desc=progress, unit="batch", disable=progress is None):
+        chunk = pairs[start: start + batch_size]
+        batch = stack_pairs(chunk + [chunk[-1]] * (batch_size - len(chunk)), seq_len)
+        batch.pop("ref_logp")
+        for out, params in zip(outs, params_list):
+            out.append(np.asarray(fn(params, batch))[: len(chunk)])
+    return [np.concatenate(o) for o in outs]
 
 
 def precompute_reference(model: nn.Module, params: Any, data: DpoData, seq_len: int, out_path: str,
@@ -258,48 +280,31 @@ def precompute_reference(model: nn.Module, params: Any, data: DpoData, seq_len: 
     with ``ref_chosen_logp`` and ``ref_rejected_logp`` added to ``out_path`` (atomically)."""
     from pathlib import Path
 
-    from tqdm.auto import tqdm
-
     pairs = data.load(seq_len)
-    fn = jax.jit(lambda p, b: sequence_logprobs(model, p, b))
+    [logp] = pair_logprobs(model, [params], pairs, seq_len, batch_size, "reference" if progress else None)
     sources: dict[str, dict] = {}
     for path in expand_patterns(data.paths):
         for line_no, obj in read_jsonl(path, "skip", SkipReport()):
             sources[f"{path}:{line_no}"] = obj
     tmp = Path(out_path + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        for start in tqdm(range(0, len(pairs), batch_size), desc="reference", unit="batch", disable=not progress):
-            chunk = pairs[start: start + batch_size]
-            padded = chunk + [chunk[-1]] * (batch_size - len(chunk))  # one compiled shape
-            rows = [pair_rows(p, seq_len) for p in padded]
-            batch = {k: np.concatenate([r[k] for r in rows]) for k in rows[0] if k != "ref_logp"}
-            logp = np.asarray(fn(params, batch)).reshape(-1, 2)
-            for pair, (c, r) in zip(chunk, logp):
-                obj = dict(sources[pair["source"]], ref_chosen_logp=float(c), ref_rejected_logp=float(r))
-                f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        for pair, (c, r) in zip(pairs, logp):
+            obj = dict(sources[pair["source"]], ref_chosen_logp=float(c), ref_rejected_logp=float(r))
+            f.write(json.dumps(obj, ensure_ascii=False) + "\n")
     tmp.replace(out_path)
     return len(pairs)
-
-
-__all__ = ["DpoConfig", "DpoData", "PreferenceIterator", "dpo_loss", "make_dpo_step", "pair_rows",
-           "precompute_reference", "sequence_logprobs"]
 
 
 def preference_metrics(model: nn.Module, params: Any, ref_params: Any, pairs: list[dict], seq_len: int,
                        beta: float, batch_size: int = 8) -> dict[str, float]:
     """Implicit-reward metrics of ``params`` against ``ref_params`` on held-out ``pairs`` (DpoData.load)."""
-    fn = jax.jit(lambda p, b: sequence_logprobs(model, p, b).reshape(-1, 2))
-    margins, chosen, rejected = [], [], []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start: start + batch_size]
-        padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
-        rows = [pair_rows(p, seq_len) for p in padded]
-        batch = {k: np.concatenate([r[k] for r in rows]) for k in rows[0] if k != "ref_logp"}
-        pol, ref = np.asarray(fn(params, batch)), np.asarray(fn(ref_params, batch))
-        rc, rr = beta * (pol[:, 0] - ref[:, 0]), beta * (pol[:, 1] - ref[:, 1])
-        chosen += list(rc[: len(chunk)])
-        rejected += list(rr[: len(chunk)])
-        margins += list((rc - rr)[: len(chunk)])
+    pol, ref = pair_logprobs(model, [params, ref_params], pairs, seq_len, batch_size)
+    chosen, rejected = beta * (pol[:, 0] - ref[:, 0]), beta * (pol[:, 1] - ref[:, 1])
+    margins = chosen - rejected
     return {"rewards/chosen": float(np.mean(chosen)), "rewards/rejected": float(np.mean(rejected)),
-            "rewards/margins": float(np.mean(margins)), "rewards/accuracy": float(np.mean(np.array(margins) > 0)),
+            "rewards/margins": float(np.mean(margins)), "rewards/accuracy": float(np.mean(margins > 0)),
             "pairs": len(margins)}
+
+
+__all__ = ["DpoConfig", "DpoData", "PreferenceIterator", "dpo_loss", "make_dpo_step", "pair_logprobs", "pair_rows",
+           "precompute_reference", "preference_metrics", "sequence_logprobs", "stack_pairs"]
