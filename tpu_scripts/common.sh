@@ -14,6 +14,24 @@ run() {
 
 die() { echo "$(basename "$0"): error: $*" >&2; exit 2; }
 
+# parse_common "$@": takes the flags every script shares (--name, --zone, --project, --dry-run, --help)
+# and leaves the script's own flags in REST; GCLOUD_EXTRA carries --project for gcloud.
+NAME="" ZONE="" PROJECT="" REST=() GCLOUD_EXTRA=()
+parse_common() {
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --name) NAME="$2"; shift 2 ;;
+      --zone) ZONE="$2"; shift 2 ;;
+      --project) PROJECT="$2"; shift 2 ;;
+      --dry-run) DRY_RUN=1; shift ;;
+      -h|--help) sed -n '2,/^source/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
+      *) REST+=("$1"); shift ;;
+    esac
+  done
+  need name "$NAME"; need zone "$ZONE"
+  if [ -n "$PROJECT" ]; then GCLOUD_EXTRA=(--project "$PROJECT"); fi
+}
+
 need() {  # need NAME VALUE: a required flag
   [ -n "$2" ] || die "--$1 is required (see --help)"
 }

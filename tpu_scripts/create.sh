@@ -5,31 +5,26 @@
 # --type: v4-8 ... v4-N, v5litepod-N (v5e), v5p-N, v6e-N; --runtime defaults to the image for the type.
 # --queued asks through a queued resource (waits for capacity); --spot uses spot capacity.
 source "$(dirname "$0")/common.sh"
-NAME="" ZONE="" TYPE="" PROJECT="" RUNTIME="" SPOT=0 QUEUED=0
+TYPE="" RUNTIME="" SPOT=0 QUEUED=0
+parse_common "$@"
+set -- "${REST[@]+"${REST[@]}"}"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --name) NAME="$2"; shift 2 ;;
-    --zone) ZONE="$2"; shift 2 ;;
     --type) TYPE="$2"; shift 2 ;;
-    --project) PROJECT="$2"; shift 2 ;;
     --runtime) RUNTIME="$2"; shift 2 ;;
     --spot) SPOT=1; shift ;;
     --queued) QUEUED=1; shift ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
     *) die "unknown flag $1" ;;
   esac
 done
-need name "$NAME"; need zone "$ZONE"; need type "$TYPE"
+need type "$TYPE"
 RUNTIME=${RUNTIME:-$(runtime_for "$TYPE")}
-EXTRA=()
-[ -n "$PROJECT" ] && EXTRA+=(--project "$PROJECT")
+EXTRA=("${GCLOUD_EXTRA[@]+"${GCLOUD_EXTRA[@]}"}")
+[ "$SPOT" = 1 ] && EXTRA+=(--spot)
 if [ "$QUEUED" = 1 ]; then
-  [ "$SPOT" = 1 ] && EXTRA+=(--spot)
   run gcloud compute tpus queued-resources create "$NAME" --node-id "$NAME" --zone "$ZONE" \
-    --accelerator-type "$TYPE" --runtime-version "$RUNTIME" "${EXTRA[@]}"
+    --accelerator-type "$TYPE" --runtime-version "$RUNTIME" "${EXTRA[@]+"${EXTRA[@]}"}"
 else
-  [ "$SPOT" = 1 ] && EXTRA+=(--spot)
   run gcloud compute tpus tpu-vm create "$NAME" --zone "$ZONE" --accelerator-type "$TYPE" \
-    --version "$RUNTIME" "${EXTRA[@]}"
+    --version "$RUNTIME" "${EXTRA[@]+"${EXTRA[@]}"}"
 fi

@@ -3,25 +3,20 @@
 #   tpu_scripts/launch.sh --name NAME --zone ZONE --gin_file F --workdir gs://BUCKET/run
 #                         [--gin_bindings 'B'] ... [--project P] [--dir allam-jax] [--dry-run]
 source "$(dirname "$0")/common.sh"
-NAME="" ZONE="" PROJECT="" DIR="allam-jax" GIN="" WORKDIR="" BINDINGS=()
+DIR="allam-jax" GIN="" WORKDIR="" BINDINGS=()
+parse_common "$@"
+set -- "${REST[@]+"${REST[@]}"}"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --name) NAME="$2"; shift 2 ;;
-    --zone) ZONE="$2"; shift 2 ;;
-    --project) PROJECT="$2"; shift 2 ;;
     --dir) DIR="$2"; shift 2 ;;
     --gin_file) GIN="$2"; shift 2 ;;
     --workdir) WORKDIR="$2"; shift 2 ;;
     --gin_bindings) BINDINGS+=("$2"); shift 2 ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    -h|--help) sed -n '2,4p' "$0"; exit 0 ;;
     *) die "unknown flag $1" ;;
   esac
 done
-need name "$NAME"; need zone "$ZONE"; need gin_file "$GIN"; need workdir "$WORKDIR"
-EXTRA=()
-[ -n "$PROJECT" ] && EXTRA+=(--project "$PROJECT")
+need gin_file "$GIN"; need workdir "$WORKDIR"
 CMD="cd ~/$DIR && nohup .venv/bin/allam train --distributed=auto --gin_file=$(printf '%q' "$GIN") --workdir=$(printf '%q' "$WORKDIR")"
 for b in "${BINDINGS[@]+"${BINDINGS[@]}"}"; do CMD+=" --gin_bindings=$(printf '%q' "$b")"; done
 CMD+=" > ~/$DIR/train.log 2>&1 &"
-run gcloud compute tpus tpu-vm ssh "$NAME" --zone "$ZONE" --worker=all "${EXTRA[@]}" --command "$CMD"
+run gcloud compute tpus tpu-vm ssh "$NAME" --zone "$ZONE" --worker=all "${GCLOUD_EXTRA[@]+"${GCLOUD_EXTRA[@]}"}" --command "$CMD"

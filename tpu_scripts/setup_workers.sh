@@ -2,23 +2,18 @@
 # Copy this checkout to every worker of a TPU VM and install it there (with jax[tpu]).
 #   tpu_scripts/setup_workers.sh --name NAME --zone ZONE [--project P] [--dir allam-jax] [--dry-run]
 source "$(dirname "$0")/common.sh"
-NAME="" ZONE="" PROJECT="" DIR="allam-jax"
+DIR="allam-jax"
+parse_common "$@"
+set -- "${REST[@]+"${REST[@]}"}"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --name) NAME="$2"; shift 2 ;;
-    --zone) ZONE="$2"; shift 2 ;;
-    --project) PROJECT="$2"; shift 2 ;;
     --dir) DIR="$2"; shift 2 ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    -h|--help) sed -n '2,3p' "$0"; exit 0 ;;
     *) die "unknown flag $1" ;;
   esac
 done
-need name "$NAME"; need zone "$ZONE"
-EXTRA=()
-[ -n "$PROJECT" ] && EXTRA+=(--project "$PROJECT")
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 run tar -C "$ROOT" --exclude=.venv --exclude=.git --exclude=data_cache --exclude=runs -czf /tmp/allam-jax.tgz .
-run gcloud compute tpus tpu-vm scp /tmp/allam-jax.tgz "$NAME:~/allam-jax.tgz" --zone "$ZONE" --worker=all "${EXTRA[@]}"
-run gcloud compute tpus tpu-vm ssh "$NAME" --zone "$ZONE" --worker=all "${EXTRA[@]}" --command \
+run gcloud compute tpus tpu-vm scp /tmp/allam-jax.tgz "$NAME:~/allam-jax.tgz" --zone "$ZONE" --worker=all \
+  "${GCLOUD_EXTRA[@]+"${GCLOUD_EXTRA[@]}"}"
+run gcloud compute tpus tpu-vm ssh "$NAME" --zone "$ZONE" --worker=all "${GCLOUD_EXTRA[@]+"${GCLOUD_EXTRA[@]}"}" --command \
   "mkdir -p ~/$DIR && tar -C ~/$DIR -xzf ~/allam-jax.tgz && cd ~/$DIR && bash setup.sh && .venv/bin/pip install -q 'jax[tpu]==0.10.2' && .venv/bin/allam data prepare"
