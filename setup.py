@@ -25,6 +25,7 @@ setup(
         "test": ["pytest==9.2.0"],
         "hf": ["safetensors==0.8.0", "transformers==5.23.0", "torch==2.13.0"],
         "lmeval": ["lm-eval==0.4.13"],
+        "notebooks": ["nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0"],
     },
     entry_points={"console_scripts": ["allam=allam_jax.cli:main"]},
 )

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv and installs allam-jax with its pinned dependencies (CPU) and the extras the tests use:
-# test (pytest), hf (CPU PyTorch + transformers: Hugging Face parity) and lmeval (lm-evaluation-harness).
+# test (pytest), hf (CPU PyTorch + transformers: Hugging Face parity), lmeval (lm-evaluation-harness) and
+# notebooks (nbclient + ipykernel: the tests execute notebooks/ on a quick recipe run).
 # Usage: bash setup.sh            (re-running is cheap: pip skips what is installed)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -9,5 +10,5 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[test,hf,lmeval]'
+.venv/bin/python -m pip install --quiet -e '.[test,hf,lmeval,notebooks]'
 echo "allam-jax installed in .venv ($(.venv/bin/python -c 'import jax; print("jax", jax.__version__)'))"

@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 EXIT_BAD_INPUT, EXIT_RUNTIME, EXIT_NONFINITE = 2, 1, 3
+STAGE_NAMES = ("data", "base", "expand", "cpt", "sft", "dpo", "eval", "report")  # allam_jax.recipe.STAGES
 
 
 def _add_gin_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -37,6 +38,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="Python logging level (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("recipe", help="the whole ALLaM recipe at tiny scale, with ablations and a report",
+                       description="Run the recipe's stages in order, each skipped when its output exists: data "
+                       "(train/held-out split, evaluation items), base (English tokenizer and base model), expand "
+                       "(Arabic tokenizer, merge, embedding expansion), cpt (continued pretraining, one run per "
+                       "ablation arm), sft, dpo, eval (held-out bits/byte, multiple choice, preference), report "
+                       "(WORKDIR/report.md with plots and the claims table).")
+    p.add_argument("--gin_file", action="append", default=[], metavar="FILE",
+                   help="recipe gin file(s) binding RecipeConfig/HeldoutConfig (default recipes/tiny_cpu.gin)")
+    p.add_argument("--gin_bindings", action="append", default=[], metavar="BINDING",
+                   help="one gin binding such as 'RecipeConfig.cpt_steps = 100'; repeatable")
+    p.add_argument("--workdir", required=True, help="output directory of every stage; rerun to resume")
+    p.add_argument("--quick", action="store_true", help="add recipes/tiny_cpu_quick.gin: the same stages in about "
+                   "3 minutes (too few steps to judge the claims)")
+    p.add_argument("--stop_after", default="report", choices=STAGE_NAMES, help="last stage to run (default report)")
+    p.add_argument("--redo", action="append", default=[], choices=STAGE_NAMES,
+                   help="run this stage again even though it finished (repeatable; later stages are not redone)")
 
     p = sub.add_parser("train", help="train or continue training a model from gin configs",
                        description="Train a decoder. Resumes automatically from WORKDIR/checkpoints; writes "
@@ -362,25 +380,28 @@ def _cmd_expand(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from pathlib import Path
-
-    import gin
-
     from allam_jax import distributed, gin_setup
-    from allam_jax.train.loop import train
 
     distributed.initialize(distributed.DistributedConfig.from_env(
         coordinator_address=args.coordinator_address, num_processes=args.num_processes, process_id=args.process_id,
         auto=args.distributed == "auto", timeout_s=args.distributed_timeout))
-    gin_setup.parse(args.gin_file, args.gin_bindings)
-    exp = gin_setup.build_experiment()
-    Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    import jax
-
-    if jax.process_index() == 0:
-        (Path(args.workdir) / "config.gin").write_text(gin.config_str(), encoding="utf-8")
-    final = train(exp, args.workdir)
+    final = gin_setup.train_from_gin(args.gin_file, args.gin_bindings, args.workdir)
     print(json.dumps({"workdir": args.workdir, **{k: round(v, 6) for k, v in final.items()}}))
+    return 0
+
+
+def _cmd_recipe(args) -> int:
+    from allam_jax import gin_setup
+    from allam_jax.recipe.stages import Recipe
+
+    files = (args.gin_file or ["recipes/tiny_cpu.gin"]) + (["recipes/tiny_cpu_quick.gin"] if args.quick else [])
+    gin_setup.parse(files, args.gin_bindings)
+    recipe = Recipe(gin_setup.recipe_config(), args.workdir)
+    summaries = recipe.run(args.stop_after, args.redo, progress=lambda m: print(m, flush=True))
+    if "report" in summaries:
+        print(f"report: {summaries['report']['report']}")
+        for claim, verdict in summaries["report"]["claims"].items():
+            print(f"  {verdict:>20}  {claim}")
     return 0
 
 
@@ -465,7 +486,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from allam_jax.train.checkpoint import CheckpointError
     from allam_jax.train.loop import NonFiniteLossError
 
-    handlers = {"train": _cmd_train, "info": _cmd_info, "data": _cmd_data, "tokenizer": _cmd_tokenizer,
+    handlers = {"recipe": _cmd_recipe, "train": _cmd_train, "info": _cmd_info, "data": _cmd_data, "tokenizer": _cmd_tokenizer,
                 "convert": _cmd_convert, "dpo-reference": _cmd_dpo_reference,
                 "generate": _cmd_generate, "chat": _cmd_chat, "eval": _cmd_eval,
                 "sweep": _cmd_sweep,

@@ -12,6 +12,8 @@ import gin
 from allam_jax.data.text_files import TextFileData
 from allam_jax.model.config import ConfigError, ModelConfig
 from allam_jax.partitioning import PartitioningConfig
+from allam_jax.recipe.config import RecipeConfig
+from allam_jax.recipe.heldout import HeldoutConfig
 from allam_jax.train.loop import Experiment, TrainerConfig
 from allam_jax.train.optimizer import OptimizerConfig
 from allam_jax.train.step import StepConfig
@@ -24,6 +26,8 @@ StepConfigG = gin.external_configurable(StepConfig, "StepConfig")
 PartitioningConfigG = gin.external_configurable(PartitioningConfig, "PartitioningConfig")
 TrainerConfigG = gin.external_configurable(TrainerConfig, "TrainerConfig")
 TextFileDataG = gin.external_configurable(TextFileData, "TextFileData")
+RecipeConfigG = gin.external_configurable(RecipeConfig, "RecipeConfig")
+gin.external_configurable(HeldoutConfig, "HeldoutConfig")
 
 
 def _register_seqio_configurables() -> None:
@@ -109,6 +113,10 @@ def model_config() -> ModelConfig:
     return _build(ModelConfigG, "ModelConfig")
 
 
+def recipe_config() -> RecipeConfig:
+    return _build(RecipeConfigG, "RecipeConfig")
+
+
 def partitioning_config() -> PartitioningConfig:
     return _build(PartitioningConfigG, "PartitioningConfig")
 
@@ -131,3 +139,17 @@ def build_experiment(data: Optional[object] = None, dpo: Optional[object] = None
         data=data if data is not None else _build(TextFileDataG, "TextFileData"),
         dpo=dpo,
     )
+
+
+def train_from_gin(gin_files: Sequence[str], bindings: Sequence[str], workdir: str) -> dict[str, float]:
+    """``allam train`` in this process: parse, build, write ``WORKDIR/config.gin`` (process 0), train."""
+    import jax
+
+    from allam_jax.train.loop import train
+
+    parse(gin_files, bindings)
+    exp = build_experiment()
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        (Path(workdir) / "config.gin").write_text(gin.config_str(), encoding="utf-8")
+    return train(exp, workdir)

@@ -32,6 +32,8 @@ from allam_jax.model.config import ConfigError
 
 log = logging.getLogger(__name__)
 
+_MEAN_TOKENS: dict[tuple, float] = {}
+
 DEFAULT_RATES = {"en_pretrain": 0.4, "ar_pretrain": 0.35, "translated_pretrain": 0.25}
 
 
@@ -59,7 +61,15 @@ class SeqioData:
         if missing:
             raise ConfigError(f"SeqioData.rates names task(s) {missing} that have no files (CorpusPaths) or do not "
                               f"exist; tasks: {[t.name for t in tasks_lib.TASKS]}")
-        shares = tasks_lib.register_mixture(self.mixture, self.rates, self.rate_unit)
+        mean_tokens = None
+        if self.rate_unit == "tokens":  # measured once per process for the same tasks (sweeps, the recipe's arms)
+            key = (self.vocabulary, repr(self.paths), repr(self.cleaning), repr(self.rendering), seq_len)
+            mean_tokens = {}
+            for task in self.rates:
+                if (task, key) not in _MEAN_TOKENS:
+                    _MEAN_TOKENS[(task, key)] = tasks_lib.mean_tokens_per_example(task)
+                mean_tokens[task] = _MEAN_TOKENS[(task, key)]
+        shares = tasks_lib.register_mixture(self.mixture, self.rates, self.rate_unit, mean_tokens)
         return vocab, shares
 
     def make_iterator(self, seq_len: int, batch_size: int, process_index: int = 0,

@@ -11,6 +11,8 @@ acva       ``id, question, answer`` (answer صح/خطأ, also نعم/لا)      
 exams_ar   ``question, A, B, C, D, answer`` (A-D or أ-د)                     أ ب ج د     ar
 mmlu_ar    CSV without header: question, A, B, C, D, answer (translated)    أ ب ج د     ar
 mmlu       CSV without header: question, A, B, C, D, answer (Hendrycks)     A B C D     en
+cloze      JSONL ``context, choices (list), gold (index)[, language,         the texts   ``language``
+           subject]`` (HellaSwag/ARC style: each choice text is scored)
 ========== ================================================================ =========== ==========
 
 Prompts (the answer is scored as the continuation, with a leading space, lm-evaluation-harness
@@ -21,6 +23,7 @@ style)::
     exams_ar    السؤال: {question}\\nأ. {A}\\nب. {B}\\nج. {C}\\nد. {D}\\nالإجابة:        -> " أ"
     mmlu_ar     the same as exams_ar
     mmlu        {question}\\nA. {A}\\nB. {B}\\nC. {C}\\nD. {D}\\nAnswer:                 -> " A"
+    cloze       {context}                                                   -> each choice as written
 
 MMLU prompts get the harness's header ``The following are multiple choice questions (with answers)
 about {subject}.`` (Arabic: ``فيما يلي أسئلة اختيار من متعدد (مع الإجابات) حول {subject}.``) when the
@@ -170,12 +173,34 @@ def _mmlu(path: str, language: str) -> list[Question]:
     return out
 
 
+def read_cloze(path: str) -> list[Question]:
+    """Continuation scoring: no letters, the choice texts themselves are the continuations (what a small
+    model can be measured on; the lm-evaluation-harness formats of HellaSwag, ARC, PIQA)."""
+    rows = _rows(path, header=True)
+    _need(path, rows, ("context", "choices", "gold"))
+    out = []
+    for row_no, r in rows:
+        if not isinstance(r, dict) or any(f not in r for f in ("context", "choices", "gold")):
+            raise BenchmarkFileError(f"{path}:{row_no}: a cloze item needs the fields 'context', 'choices', 'gold'")
+        choices = r["choices"]
+        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
+            raise BenchmarkFileError(f"{path}:{row_no}: field 'choices' must be a list of two or more non-empty texts")
+        gold = r["gold"]
+        if isinstance(gold, bool) or not isinstance(gold, int) or not 0 <= gold < len(choices):
+            raise BenchmarkFileError(f"{path}:{row_no}: field 'gold' = {gold!r} is not an index into the "
+                                     f"{len(choices)} choices")
+        out.append(Question(str(r["context"]), tuple(choices), gold, str(r.get("subject") or Path(path).stem),
+                            str(r.get("language") or "en"), f"{path}:{row_no}"))
+    return out
+
+
 READERS: dict[str, Callable[[str], list[Question]]] = {
     "arabicmmlu": read_arabicmmlu,
     "acva": read_acva,
     "exams_ar": read_exams_ar,
     "mmlu_ar": lambda p: _mmlu(p, "ar"),
     "mmlu": lambda p: _mmlu(p, "en"),
+    "cloze": read_cloze,
 }
 
 

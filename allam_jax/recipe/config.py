@@ -1,0 +1,64 @@
+"""The knobs of ``allam recipe`` (gin: ``RecipeConfig``, ``HeldoutConfig``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Sequence
+
+from allam_jax.model.config import ConfigError
+from allam_jax.recipe.heldout import HeldoutConfig
+
+STAGES = ("data", "base", "expand", "cpt", "sft", "dpo", "eval", "report")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecipeConfig:
+    """The tiny ALLaM recipe: sizes and steps of each stage.
+
+    ``stage_bindings`` adds gin bindings to one training stage (``base``, ``cpt``, ``sft``, ``dpo``), e.g.
+    ``{'cpt': ['OptimizerConfig.schedule = "constant"']}``; ``arms_file`` is a sweep variants file whose
+    ``${placeholders}`` the recipe fills (see ``gin_configs/recipes/tiny_arms.variants``).
+    """
+
+    model_gin: str = "models/tiny.gin"
+    data_gin: str = "data/ar_en_translated.gin"
+    bundled_dir: str = "data_cache/bundled"
+    heldout: HeldoutConfig = HeldoutConfig()
+    base_vocab_size: int = 1024
+    arabic_vocab_size: int = 1024
+    pad_vocab_to_multiple: int = 64
+    batch_size: int = 8
+    seq_len: int = 256
+    base_steps: int = 400
+    base_learning_rate: float = 3e-3
+    cpt_steps: int = 250
+    cpt_learning_rate: float = 1.5e-3
+    cpt_warmup_steps: int = 25
+    sft_steps: int = 150
+    sft_learning_rate: float = 1e-3
+    dpo_steps: int = 60
+    dpo_learning_rate: float = 2e-4
+    dpo_beta: float = 0.1
+    dpo_eval_pairs: int = 200
+    curve_points: int = 4
+    arms_file: str = "recipes/tiny_arms.variants"
+    main_arm: str = "full"
+    stage_bindings: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
+    eval_batch_size: int = 8
+    shuffle_buffer: int = 2000
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("base_vocab_size", "arabic_vocab_size", "pad_vocab_to_multiple", "batch_size", "seq_len",
+                     "base_steps", "cpt_steps", "sft_steps", "dpo_steps", "dpo_eval_pairs", "curve_points",
+                     "eval_batch_size", "shuffle_buffer"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"RecipeConfig.{name} must be a positive integer, got {value!r}")
+        unknown = [k for k in self.stage_bindings if k not in ("base", "cpt", "sft", "dpo")]
+        if unknown:
+            raise ConfigError(f"RecipeConfig.stage_bindings: unknown stage(s) {unknown}; use base, cpt, sft, dpo")
+
+    def checkpoint_every(self, steps: int) -> int:
+        """Checkpoints at ``curve_points`` evenly spaced steps, all kept: the points of the training curves."""
+        return max(1, steps // self.curve_points)

@@ -1,0 +1,205 @@
+"""Stage (f) of the recipe: bits per byte through training, multiple-choice accuracy and preference metrics.
+
+Every run (the base model, each ablation arm, SFT, DPO) is read back through its own operative
+``config.gin``, so the model shape, tokenizer and starting point are the ones it trained with. Each
+checkpoint's results are cached in ``eval/cache/``: an interrupted evaluation resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from allam_jax.recipe.stages import Recipe
+
+log = logging.getLogger(__name__)
+
+MC_TASKS = ("en_cloze", "ar_cloze", "translate")
+
+
+class RunInfo:
+    """What a training workdir was: model config, tokenizer, starting checkpoint, its saved steps."""
+
+    def __init__(self, workdir: Path):
+        import gin
+
+        from allam_jax import gin_setup
+
+        self.workdir = workdir
+        config = workdir / "config.gin"
+        if not config.is_file():
+            raise FileNotFoundError(f"{config} not found: the run did not start (rerun its recipe stage)")
+        gin_setup.parse([str(config)])
+        self.model = gin_setup.model_config()
+        self.vocabulary = self._query(gin, ("SeqioData.vocabulary", "SftData.vocabulary", "DpoData.vocabulary"))
+        self.init_from = self._query(gin, ("TrainerConfig.init_from",))
+
+    @staticmethod
+    def _query(gin, names) -> Optional[str]:
+        for name in names:
+            try:
+                return gin.query_parameter(name)
+            except ValueError:
+                continue
+        return None
+
+    def steps(self) -> list[int]:
+        ckpts = self.workdir / "checkpoints"
+        return sorted(int(p.name) for p in ckpts.iterdir() if p.is_dir() and p.name.isdigit()) if ckpts.is_dir() else []
+
+
+class Evaluator:
+    """Scores checkpoints of one model shape and tokenizer; parameters are swapped, never recompiled."""
+
+    def __init__(self, cfg, vocabulary: str, batch_size: int):
+        from allam_jax.data.vocabularies import bos_id, get_vocabulary
+        from allam_jax.eval.scorer import LoglikelihoodScorer
+
+        self.cfg = cfg
+        self.vocab = get_vocabulary(vocabulary)
+        self.bos = bos_id(self.vocab)
+        self.scorer = LoglikelihoodScorer(cfg, None, self.encode, self.bos, batch_size=batch_size)
+
+    def encode(self, text: str) -> list[int]:
+        return [int(t) for t in self.vocab.encode(text)]
+
+    def load(self, checkpoint: str) -> None:
+        from allam_jax.convert.checkpoints import restore_for_export
+
+        self.scorer.params = restore_for_export(checkpoint, self.cfg)
+
+    def bits_per_byte(self, documents: dict[str, list[str]]) -> dict[str, float]:
+        from allam_jax.eval.scorer import perplexity
+
+        return {lang: perplexity(self.scorer, docs)["bits_per_byte"] for lang, docs in documents.items()}
+
+    def multiple_choice(self, mc_dir: Path) -> dict[str, dict]:
+        from allam_jax.eval.readers import read_cloze
+        from allam_jax.eval.scorer import evaluate_multiple_choice
+
+        out = {}
+        for task in MC_TASKS:
+            r = evaluate_multiple_choice(self.scorer, read_cloze(str(mc_dir / f"{task}.jsonl")))
+            out[task] = {k: r[k] for k in ("acc", "acc_norm", "n")}
+        out["chat_translate"] = self.chat_multiple_choice(mc_dir / "chat_translate.jsonl")
+        return out
+
+    def chat_multiple_choice(self, path: Path) -> dict:
+        """The translation question as a chat-template user turn; each answer is scored with its EOS."""
+        from allam_jax.align.chat import ChatTemplate, encode_prompt
+
+        items = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        requests, spans = [], []
+        for item in items:
+            context = encode_prompt(item["messages"], self.vocab, ChatTemplate(), self.bos)[1:]  # scorer adds BOS
+            spans.append(len(requests))
+            requests += [(context, self.encode(c) + [int(self.vocab.eos_id)]) for c in item["choices"]]
+        scores = self.scorer.loglikelihood_tokens(requests)
+        acc, acc_norm = [], []
+        for item, start in zip(items, spans):
+            ll = np.array([scores[start + j][0] for j in range(len(item["choices"]))])
+            acc.append(int(np.argmax(ll) == item["gold"]))
+            acc_norm.append(int(np.argmax(ll / np.array([len(c) for c in item["choices"]])) == item["gold"]))
+        return {"acc": float(np.mean(acc)), "acc_norm": float(np.mean(acc_norm)), "n": len(items)}
+
+    def preference(self, pairs: list[dict], seq_len: int) -> dict:
+        """How often the model itself gives the chosen answer a higher log-probability than the rejected one."""
+        from allam_jax.align.dpo import pair_logprobs
+        from allam_jax.model import Decoder
+
+        [logp] = pair_logprobs(Decoder(self.cfg), [self.scorer.params], pairs, seq_len)
+        return {"accuracy": float(np.mean(logp[:, 0] > logp[:, 1])),
+                "mean_logp_gap": float(np.mean(logp[:, 0] - logp[:, 1])), "pairs": len(pairs)}
+
+
+def _cache_name(recipe_dir: Path, checkpoint: str) -> str:
+    rel = str(Path(checkpoint).absolute()).replace(str(recipe_dir), "").strip("/")
+    return re.sub(r"[^A-Za-z0-9_.-]+", "__", rel) + ".json"
+
+
+def evaluate_recipe(recipe: "Recipe") -> dict:
+    """Results of every run of the recipe (see the module docstring); written to ``eval/results.json``."""
+    from allam_jax.align.chat import ChatTemplate
+    from allam_jax.align.dpo import DpoData, preference_metrics
+    from allam_jax.model import Decoder
+    from allam_jax.recipe.heldout import perplexity_documents
+
+    cfg = recipe.cfg
+    cache_dir = recipe.dir / "eval" / "cache"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    heldout = recipe.data / "heldout"
+    documents = {lang: perplexity_documents(str(heldout / f"{lang}.txt"), cfg.heldout.perplexity_bytes)
+                 for lang in ("en", "ar")}
+    arms = list(json.loads(recipe.marker("cpt").read_text())["arms"])
+    runs = {"base": recipe.dir / "base", **{arm: recipe.dir / "cpt" / arm for arm in arms},
+            "sft": recipe.dir / "sft", "dpo": recipe.dir / "dpo"}
+    aligned = {cfg.main_arm, "sft", "dpo"}
+    evaluators: dict[tuple, Evaluator] = {}
+    dpo_pairs_cache: dict[str, list[dict]] = {}
+    results: dict = {"runs": {}, "documents": {k: {"count": len(v), "bytes": sum(len(d.encode()) for d in v)}
+                                                for k, v in documents.items()}}
+    work = []
+    for name, workdir in runs.items():
+        info = RunInfo(workdir)
+        steps = info.steps()
+        if not steps:
+            raise FileNotFoundError(f"{workdir}/checkpoints holds no step: rerun the recipe stage that trains it")
+        points = [(s, str(workdir / "checkpoints" / str(s))) for s in steps]
+        if name in ("sft", "dpo"):
+            points = points[-1:]
+        elif info.init_from:  # step 0: where continued pretraining started
+            points = [(0, info.init_from)] + points
+        work.append((name, info, points))
+    total = sum(len(p) for _, _, p in work)
+    bar = tqdm(total=total, desc="eval", unit="ckpt")
+    for name, info, points in work:
+        key = (info.model, info.vocabulary)
+        if key not in evaluators:
+            evaluators[key] = Evaluator(info.model, info.vocabulary, cfg.eval_batch_size)
+        ev = evaluators[key]
+        run = {"tokenizer": Path(info.vocabulary).stem, "vocab_size": info.model.vocab_size,
+               "init_from": info.init_from, "points": []}
+        for i, (step, checkpoint) in enumerate(points):
+            final = i == len(points) - 1
+            cache = cache_dir / _cache_name(recipe.dir, checkpoint)
+            row = json.loads(cache.read_text()) if cache.is_file() else {}
+            needs_mc = final and "mc" not in row
+            needs_pref = final and name in aligned and "preference" not in row
+            if not row or needs_mc or needs_pref:
+                ev.load(checkpoint)
+                row.setdefault("bpb", ev.bits_per_byte(documents))
+                if final and "mc" not in row:
+                    row["mc"] = ev.multiple_choice(recipe.data / "mc")
+                if needs_pref:
+                    vocab = info.vocabulary
+                    if vocab not in dpo_pairs_cache:
+                        data = DpoData(paths=[str(recipe.data / "align" / "dpo_eval.jsonl")], vocabulary=vocab,
+                                       template=ChatTemplate())
+                        dpo_pairs_cache[vocab] = data.load(cfg.seq_len)[: cfg.dpo_eval_pairs]
+                    row["preference"] = ev.preference(dpo_pairs_cache[vocab], cfg.seq_len)
+                cache.write_text(json.dumps(row, indent=1))
+            run["points"].append({"step": step, "checkpoint": checkpoint, "bpb": row["bpb"]})
+            if final:
+                run["mc"] = row["mc"]
+                if "preference" in row:
+                    run["preference"] = row["preference"]
+            bar.update(1)
+        results["runs"][name] = run
+    bar.close()
+
+    # DPO's implicit reward on held-out pairs, against its frozen reference (the SFT model).
+    from allam_jax.convert.checkpoints import restore_for_export
+
+    dpo_info = RunInfo(runs["dpo"])
+    policy = restore_for_export(str(runs["dpo"] / "checkpoints"), dpo_info.model)
+    reference = restore_for_export(str(runs["sft"] / "checkpoints"), dpo_info.model)
+    results["dpo_heldout"] = preference_metrics(Decoder(dpo_info.model), policy, reference,
+                                                dpo_pairs_cache[dpo_info.vocabulary], cfg.seq_len, cfg.dpo_beta)
+    return results

@@ -1,0 +1,326 @@
+"""Stage (g) of the recipe: ``report.md`` with PNG plots and the claims table.
+
+Each ALLaM claim is tested with a stated rule, and the verdict follows from the numbers alone:
+accuracies differ "clearly" when the gap exceeds twice its binomial standard error; bits per byte
+(lower is better) when the relative gap exceeds ``BPB_TOLERANCE``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from allam_jax.recipe.stages import Recipe
+
+BPB_TOLERANCE = 0.01  # 1% relative: below this, two bits-per-byte numbers count as the same
+FORGETTING_TOLERANCE = 0.05  # English may get at most 5% worse (relative bits per byte) and still "not forget"
+
+HOLDS, UNCLEAR, FAILS = "holds", "no clear difference", "does not hold"
+
+
+def final_bpb(run: dict, lang: str) -> float:
+    return run["points"][-1]["bpb"][lang]
+
+
+def start_bpb(run: dict, lang: str) -> float:
+    return run["points"][0]["bpb"][lang]
+
+
+def accuracy_gap(a: dict, b: dict, key: str = "acc_norm") -> tuple[float, float]:
+    """``a - b`` and twice its standard error (two independent binomial proportions)."""
+    pa, pb = a[key], b[key]
+    se = math.sqrt(pa * (1 - pa) / max(a["n"], 1) + pb * (1 - pb) / max(b["n"], 1))
+    return pa - pb, 2 * se
+
+
+def verdict_accuracy(gap: float, two_se: float) -> str:
+    if gap > two_se:
+        return HOLDS
+    return UNCLEAR if gap > -two_se else FAILS
+
+
+def verdict_lower(new: float, ref: float, tolerance: float = BPB_TOLERANCE) -> str:
+    """``new`` better than ``ref`` when lower by more than ``tolerance`` (relative)."""
+    rel = (new - ref) / ref
+    if rel < -tolerance:
+        return HOLDS
+    return UNCLEAR if rel <= tolerance else FAILS
+
+
+def fertility_of(fertility: list[dict], tokenizer: str, lang: str) -> Optional[float]:
+    for row in fertility:
+        if row["tokenizer"] == tokenizer and row["language"] == lang:
+            return row["tokens_per_word"]
+    return None
+
+
+def claims(results: dict, fertility: list[dict], main: str = "full") -> list[dict]:
+    """``[{claim, evidence, verdict}]`` from the evaluation results; arms missing from the sweep are skipped."""
+    runs = results["runs"]
+    full, base = runs[main], runs["base"]
+    out = []
+
+    en_full, en_base = final_bpb(full, "en"), final_bpb(base, "en")
+    rel = (en_full - en_base) / en_base
+    evidence = (f"English bits/byte: base {en_base:.3f} → after mixture CPT {en_full:.3f} ({rel:+.1%}); English "
+                f"cloze acc_norm {base['mc']['en_cloze']['acc_norm']:.2f} → {full['mc']['en_cloze']['acc_norm']:.2f}")
+    if "arabic_only" in runs:
+        en_ar_only = final_bpb(runs["arabic_only"], "en")
+        evidence += f"; Arabic-only control {en_ar_only:.3f} ({(en_ar_only - en_base) / en_base:+.1%})"
+    out.append({"claim": "Continued pretraining on the Arabic/English/translated mixture does not catastrophically "
+                         "forget English", "evidence": evidence,
+                "verdict": HOLDS if rel <= FORGETTING_TOLERANCE else FAILS,
+                "rule": f"English bits/byte rises by at most {FORGETTING_TOLERANCE:.0%}"})
+
+    if "no_expansion" in runs:
+        fb, fm = fertility_of(fertility, "base", "ar"), fertility_of(fertility, "merged", "ar")
+        ar_full, ar_none = final_bpb(full, "ar"), final_bpb(runs["no_expansion"], "ar")
+        bpb_verdict = verdict_lower(ar_full, ar_none)
+        verdict = HOLDS if (fm < fb and bpb_verdict == HOLDS) else (UNCLEAR if fm < fb and bpb_verdict == UNCLEAR
+                                                                    else FAILS)
+        out.append({"claim": "Vocabulary expansion helps Arabic",
+                    "evidence": f"Arabic tokens/word {fb:.2f} → {fm:.2f} ({fb / fm:.1f}× shorter sequences); Arabic "
+                                f"bits/byte at equal steps: expanded {ar_full:.3f} vs not expanded {ar_none:.3f}",
+                    "verdict": verdict,
+                    "rule": "fewer Arabic tokens per word and lower Arabic bits/byte (by >1%) at equal steps"})
+
+    if "random_init" in runs:
+        rnd = runs["random_init"]
+        out.append({"claim": "Initialising new embeddings from their sub-tokens beats random initialisation",
+                    "evidence": f"Arabic bits/byte at the start {start_bpb(full, 'ar'):.3f} vs "
+                                f"{start_bpb(rnd, 'ar'):.3f}; after CPT {final_bpb(full, 'ar'):.3f} vs "
+                                f"{final_bpb(rnd, 'ar'):.3f} (mean-of-subtokens vs random)",
+                    "verdict": verdict_lower(final_bpb(full, "ar"), final_bpb(rnd, "ar")),
+                    "rule": "lower Arabic bits/byte (by >1%) after the same steps"})
+
+    if "no_translated" in runs:
+        nt = runs["no_translated"]
+        gap, two_se = accuracy_gap(full["mc"]["translate"], nt["mc"]["translate"])
+        out.append({"claim": "Translated (parallel) data helps",
+                    "evidence": f"English→Arabic translation choice acc_norm {full['mc']['translate']['acc_norm']:.2f} "
+                                f"with vs {nt['mc']['translate']['acc_norm']:.2f} without (gap {gap:+.2f}, 2 s.e. "
+                                f"{two_se:.2f}); Arabic bits/byte {final_bpb(full, 'ar'):.3f} vs {final_bpb(nt, 'ar'):.3f}",
+                    "verdict": verdict_accuracy(gap, two_se),
+                    "rule": "higher translation accuracy by more than 2 standard errors"})
+
+    sft, dpo = runs.get("sft"), runs.get("dpo")
+    if sft and dpo:
+        gap, two_se = accuracy_gap(sft["mc"]["chat_translate"], full["mc"]["chat_translate"])
+        h = results.get("dpo_heldout", {})
+        pref = {k: runs[k].get("preference", {}).get("accuracy") for k in (main, "sft", "dpo")}
+        dpo_ok = h.get("rewards/accuracy", 0) > 0.5 and h.get("rewards/margins", 0) > 0
+        sft_verdict = verdict_accuracy(gap, two_se)
+        verdict = HOLDS if (sft_verdict == HOLDS and dpo_ok) else (FAILS if sft_verdict == FAILS and not dpo_ok
+                                                                  else UNCLEAR)
+        out.append({"claim": "Alignment (SFT, then DPO) helps",
+                    "evidence": f"chat translation acc_norm: CPT {full['mc']['chat_translate']['acc_norm']:.2f} → SFT "
+                                f"{sft['mc']['chat_translate']['acc_norm']:.2f} → DPO "
+                                f"{dpo['mc']['chat_translate']['acc_norm']:.2f} (SFT gap {gap:+.2f}, 2 s.e. "
+                                f"{two_se:.2f}); held-out DPO reward accuracy {h.get('rewards/accuracy', float('nan')):.2f}, "
+                                f"margin {h.get('rewards/margins', float('nan')):+.3f}; prefers the chosen answer: "
+                                + ", ".join(f"{k} {v:.2f}" for k, v in pref.items() if v is not None),
+                    "verdict": verdict,
+                    "rule": "SFT beats CPT on chat translation by >2 s.e. and DPO's held-out reward accuracy > 0.5 "
+                            "with a positive margin"})
+    return out
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_fertility(fertility: list[dict], path: Path) -> None:
+    plt = _plt()
+    langs = sorted({r["language"] for r in fertility})
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for i, tok in enumerate(("base", "merged")):
+        values = [fertility_of(fertility, tok, lang) or 0.0 for lang in langs]
+        bars = ax.bar([x + 0.38 * i for x in range(len(langs))], values, width=0.36, label=f"{tok} tokenizer")
+        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.set_xticks([x + 0.19 for x in range(len(langs))], langs)
+    ax.set_ylabel("tokens per word (held-out)")
+    ax.set_title("Fertility before and after vocabulary expansion")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_bpb_curves(results: dict, arms: list[str], path: Path) -> None:
+    plt = _plt()
+    base = results["runs"]["base"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, lang in zip(axes, ("en", "ar")):
+        for arm in arms:
+            pts = results["runs"][arm]["points"]
+            ax.plot([p["step"] for p in pts], [p["bpb"][lang] for p in pts], marker="o", ms=3, label=arm)
+        ax.axhline(final_bpb(base, lang), color="gray", ls="--", lw=1, label="English base model")
+        ax.set_title(f"{'English' if lang == 'en' else 'Arabic'} held-out bits per byte")
+        ax.set_xlabel("continued-pretraining step")
+        ax.set_ylabel("bits / byte (lower is better)")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_training_loss(recipe: "Recipe", arms: list[str], path: Path) -> None:
+    from allam_jax.train.metrics import read_metrics
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    rows = read_metrics(str(recipe.dir / "base"))
+    axes[0].plot([r["step"] for r in rows], [r["loss"] for r in rows])
+    axes[0].set_title("(a) English base model: training loss")
+    for ax, key in zip(axes[1:], ("loss/en", "loss/ar")):
+        for arm in arms:
+            rows = [r for r in read_metrics(str(recipe.dir / "cpt" / arm)) if key in r]
+            ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=arm)
+        ax.set_title(f"(c) continued pretraining: {key} (per token)")
+    for ax in axes:
+        ax.set_xlabel("step")
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_accuracy(results: dict, runs: list[str], path: Path) -> None:
+    plt = _plt()
+    tasks = ["en_cloze", "ar_cloze", "translate", "chat_translate"]
+    fig, ax = plt.subplots(figsize=(11, 3.6))
+    width = 0.8 / len(runs)
+    for i, run in enumerate(runs):
+        mc = results["runs"][run]["mc"]
+        ax.bar([t + i * width for t in range(len(tasks))], [mc[t]["acc_norm"] for t in tasks], width=width, label=run)
+    ax.axhline(0.25, color="gray", ls=":", lw=1, label="chance (4 choices)")
+    ax.set_xticks([t + 0.4 - width / 2 for t in range(len(tasks))], tasks)
+    ax.set_ylabel("acc_norm (held-out)")
+    ax.set_ylim(0, 1)
+    ax.set_title("Multiple-choice accuracy on held-out items")
+    ax.legend(fontsize=7, ncol=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_dpo(recipe: "Recipe", results: dict, path: Path) -> None:
+    from allam_jax.train.metrics import read_metrics
+
+    plt = _plt()
+    rows = [r for r in read_metrics(str(recipe.dir / "dpo")) if "rewards/margins" in r]
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.plot([r["step"] for r in rows], [r["rewards/margins"] for r in rows], marker="o", ms=3, label="train margin")
+    h = results.get("dpo_heldout", {})
+    if rows and "rewards/margins" in h:
+        ax.scatter([rows[-1]["step"]], [h["rewards/margins"]], color="red", zorder=3, label="held-out margin")
+    ax2 = ax.twinx()
+    ax2.plot([r["step"] for r in rows], [r["rewards/accuracy"] for r in rows], color="green", ls="--",
+             label="train reward accuracy")
+    ax2.set_ylim(0, 1)
+    ax.set_xlabel("DPO step")
+    ax.set_ylabel("reward margin β·Δlog-ratio")
+    ax2.set_ylabel("reward accuracy")
+    ax.set_title("DPO reward margins")
+    ax.legend(loc="upper left", fontsize=7)
+    ax2.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- markdown
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def markdown(recipe: "Recipe", results: dict, fertility: list[dict], claim_rows: list[dict], arms: list[str]) -> str:
+    summaries = {s: json.loads(recipe.marker(s).read_text()) for s in ("data", "expand") if recipe.done(s)}
+    c = recipe.cfg
+    runs = results["runs"]
+    order = ["base", *arms, "sft", "dpo"]
+    parts = [
+        "# The tiny ALLaM recipe: report",
+        "",
+        f"Model `{c.model_gin}`, batch {c.batch_size} × {c.seq_len} tokens; steps: base {c.base_steps}, "
+        f"continued pretraining {c.cpt_steps} per arm, SFT {c.sft_steps}, DPO {c.dpo_steps}. Every number below is "
+        "measured on held-out data the models never trained on. At this scale (a ~0.1M-parameter model, "
+        "minutes of CPU) the numbers test the *direction* of each claim, not its size.",
+        "",
+        "## Claims",
+        "",
+        _table(["claim", "measured", "verdict", "rule"],
+               [[r["claim"], r["evidence"], f"**{r['verdict']}**", r["rule"]] for r in claim_rows]),
+        "",
+        "## Vocabulary expansion",
+        "",
+        "![fertility](plots/fertility.png)",
+        "",
+        _table(["tokenizer", "language", "vocab", "tokens/word", "bytes/token", "byte fallback"],
+               [[r["tokenizer"], r["language"], f"{r['vocab_size']:,}", f"{r['tokens_per_word']:.3f}",
+                 f"{r['bytes_per_token']:.2f}", f"{r['byte_fallback_rate']:.1%}"] for r in fertility]),
+    ]
+    if "expand" in summaries:
+        e = summaries["expand"]
+        parts += ["", f"{e['merge']['added']:,} Arabic pieces added ({e['vocab_sizes']['base']:,} → "
+                  f"{e['vocab_sizes']['merged']:,} with padding); new rows start as the mean of "
+                  f"{e['expansion']['mean_subtoken']['mean_subtokens_per_new_piece']:.1f} base sub-token rows on "
+                  "average (ALLaM's initialisation), or random in the `random_init` arm."]
+    parts += [
+        "", "## Training", "", "![training loss](plots/training_loss.png)", "",
+        "Per-token losses are not comparable across tokenizers; held-out bits per byte are:", "",
+        "![bits per byte](plots/bpb_curves.png)", "",
+        _table(["run", "tokenizer", "English bits/byte", "Arabic bits/byte"],
+               [[r, runs[r]["tokenizer"], f"{final_bpb(runs[r], 'en'):.4f}", f"{final_bpb(runs[r], 'ar'):.4f}"]
+                for r in order if r in runs]),
+        "", "## Multiple choice (held-out, 4 choices)", "", "![accuracy](plots/mc_accuracy.png)", "",
+        _table(["run", "en_cloze", "ar_cloze", "translate", "chat_translate"],
+               [[r] + [f"{runs[r]['mc'][t]['acc']:.2f} / {runs[r]['mc'][t]['acc_norm']:.2f}"
+                       for t in ("en_cloze", "ar_cloze", "translate", "chat_translate")] for r in order if r in runs]),
+        "", "Cells: acc / acc_norm (log-likelihood per character).", "",
+        "## Alignment", "", "![dpo](plots/dpo.png)", "",
+    ]
+    h = results.get("dpo_heldout")
+    if h:
+        parts.append(f"Held-out DPO pairs ({h['pairs']}): reward accuracy {h['rewards/accuracy']:.3f}, margin "
+                     f"{h['rewards/margins']:+.4f}, chosen {h['rewards/chosen']:+.4f}, rejected "
+                     f"{h['rewards/rejected']:+.4f}.")
+    if "data" in summaries:
+        d = summaries["data"]
+        parts += ["", "## Data", "", _table(["file", "train", "held out"],
+                                            [[k, f"{v['train']:,}", f"{v['heldout']:,}"] for k, v in d["split"].items()]),
+                  "", "Evaluation items: " + ", ".join(f"{k} {v}" for k, v in d["mc_items"].items()) + "."]
+    return "\n".join(parts) + "\n"
+
+
+def write_report(recipe: "Recipe") -> dict:
+    results = json.loads((recipe.dir / "eval" / "results.json").read_text())
+    fertility = json.loads((recipe.tok / "fertility.json").read_text())
+    arms = [r for r in results["runs"] if r not in ("base", "sft", "dpo")]
+    plots = recipe.dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    plot_fertility(fertility, plots / "fertility.png")
+    plot_bpb_curves(results, arms, plots / "bpb_curves.png")
+    plot_training_loss(recipe, arms, plots / "training_loss.png")
+    plot_accuracy(results, ["base", *arms, "sft", "dpo"], plots / "mc_accuracy.png")
+    plot_dpo(recipe, results, plots / "dpo.png")
+    claim_rows = claims(results, fertility, recipe.cfg.main_arm)
+    (recipe.dir / "claims.json").write_text(json.dumps(claim_rows, indent=2, ensure_ascii=False) + "\n")
+    (recipe.dir / "report.md").write_text(markdown(recipe, results, fertility, claim_rows, arms), encoding="utf-8")
+    return {"report": str(recipe.dir / "report.md"), "claims": {r["claim"]: r["verdict"] for r in claim_rows},
+            "plots": sorted(p.name for p in plots.glob("*.png"))}
