@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MC_TASKS = ("en_cloze", "ar_cloze", "translate")
+BPB_KEYS = {"en", "ar", "translation"}
 
 
 class RunInfo:
@@ -75,10 +77,16 @@ class Evaluator:
 
         self.scorer.params = restore_for_export(checkpoint, self.cfg)
 
-    def bits_per_byte(self, documents: dict[str, list[str]]) -> dict[str, float]:
+    def bits_per_byte(self, documents: dict[str, list[str]], translations: list[tuple[str, str]]) -> dict[str, float]:
+        """Held-out bits per byte per language, and ``translation``: bits per byte of each held-out Arabic
+        translation given its English source in the pretraining's translation prompt."""
         from allam_jax.eval.scorer import perplexity
 
-        return {lang: perplexity(self.scorer, docs)["bits_per_byte"] for lang, docs in documents.items()}
+        out = {lang: perplexity(self.scorer, docs)["bits_per_byte"] for lang, docs in documents.items()}
+        scores = self.scorer.loglikelihood(translations)
+        n_bytes = sum(len(answer.encode("utf-8")) for _, answer in translations)
+        out["translation"] = -sum(ll for ll, _ in scores) / n_bytes / math.log(2)
+        return out
 
     def multiple_choice(self, mc_dir: Path) -> dict[str, dict]:
         from allam_jax.eval.readers import read_cloze
@@ -137,12 +145,23 @@ def evaluate_recipe(recipe: "Recipe") -> dict:
     heldout = recipe.data / "heldout"
     documents = {lang: perplexity_documents(str(heldout / f"{lang}.txt"), cfg.heldout.perplexity_bytes)
                  for lang in ("en", "ar")}
+    translate = [json.loads(line) for line in (recipe.data / "mc" / "translate.jsonl").read_text(
+        encoding="utf-8").splitlines() if line.strip()]
+    translations = [(item["context"], item["choices"][item["gold"]]) for item in translate]
     arms = list(json.loads(recipe.marker("cpt").read_text())["arms"])
     runs = {"base": recipe.dir / "base", **{arm: recipe.dir / "cpt" / arm for arm in arms},
             "sft": recipe.dir / "sft", "dpo": recipe.dir / "dpo"}
     aligned = {cfg.main_arm, "sft", "dpo"}
     evaluators: dict[tuple, Evaluator] = {}
     dpo_pairs_cache: dict[str, list[dict]] = {}
+
+    def dpo_pairs(vocabulary: str) -> list[dict]:
+        """The held-out preference pairs (``dpo_eval.jsonl``, never trained on), tokenised once per vocabulary."""
+        if vocabulary not in dpo_pairs_cache:
+            data = DpoData(paths=[str(recipe.data / "align" / "dpo_eval.jsonl")], vocabulary=vocabulary,
+                           template=ChatTemplate())
+            dpo_pairs_cache[vocabulary] = data.load(cfg.seq_len)[: cfg.dpo_eval_pairs]
+        return dpo_pairs_cache[vocabulary]
     results: dict = {"runs": {}, "documents": {k: {"count": len(v), "bytes": sum(len(d.encode()) for d in v)}
                                                 for k, v in documents.items()}}
     work = []
@@ -170,20 +189,17 @@ def evaluate_recipe(recipe: "Recipe") -> dict:
             final = i == len(points) - 1
             cache = cache_dir / _cache_name(recipe.dir, checkpoint)
             row = json.loads(cache.read_text()) if cache.is_file() else {}
+            needs_bpb = not BPB_KEYS <= set(row.get("bpb", {}))
             needs_mc = final and "mc" not in row
             needs_pref = final and name in aligned and "preference" not in row
-            if not row or needs_mc or needs_pref:
+            if needs_bpb or needs_mc or needs_pref:
                 ev.load(checkpoint)
-                row.setdefault("bpb", ev.bits_per_byte(documents))
+                if needs_bpb:
+                    row["bpb"] = ev.bits_per_byte(documents, translations)
                 if final and "mc" not in row:
                     row["mc"] = ev.multiple_choice(recipe.data / "mc")
                 if needs_pref:
-                    vocab = info.vocabulary
-                    if vocab not in dpo_pairs_cache:
-                        data = DpoData(paths=[str(recipe.data / "align" / "dpo_eval.jsonl")], vocabulary=vocab,
-                                       template=ChatTemplate())
-                        dpo_pairs_cache[vocab] = data.load(cfg.seq_len)[: cfg.dpo_eval_pairs]
-                    row["preference"] = ev.preference(dpo_pairs_cache[vocab], cfg.seq_len)
+                    row["preference"] = ev.preference(dpo_pairs(info.vocabulary), cfg.seq_len)
                 cache.write_text(json.dumps(row, indent=1))
             run["points"].append({"step": step, "checkpoint": checkpoint, "bpb": row["bpb"]})
             if final:
@@ -201,5 +217,5 @@ def evaluate_recipe(recipe: "Recipe") -> dict:
     policy = restore_for_export(str(runs["dpo"] / "checkpoints"), dpo_info.model)
     reference = restore_for_export(str(runs["sft"] / "checkpoints"), dpo_info.model)
     results["dpo_heldout"] = preference_metrics(Decoder(dpo_info.model), policy, reference,
-                                                dpo_pairs_cache[dpo_info.vocabulary], cfg.seq_len, cfg.dpo_beta)
+                                                dpo_pairs(dpo_info.vocabulary), cfg.seq_len, cfg.dpo_beta)
     return results

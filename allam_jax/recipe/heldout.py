@@ -29,7 +29,7 @@ class HeldoutConfig:
 
     en_docs: int = 60
     ar_docs: int = 800
-    pairs: int = 500
+    pairs: int = 500  # distinct English texts (with all their translations)
     mc_items: int = 100
     perplexity_bytes: int = 24_000
     seed: int = 0
@@ -71,8 +71,11 @@ def split_corpora(bundled: str, out: str, cfg: HeldoutConfig) -> dict:
         _write_lines(dst / "train" / name, train)
         _write_lines(dst / "heldout" / name, [normalize_text(t) for t in held])
         counts[name] = {"train": len(train), "heldout": len(held)}
-    pairs = _lines(src / "parallel.jsonl")
-    train, held = _split(pairs, cfg.pairs, rng)
+    groups: dict[str, list[str]] = {}  # every translation of one English text goes to the same side
+    for line in _lines(src / "parallel.jsonl"):
+        groups.setdefault(normalize_text(json.loads(line)["en"]).strip().lower(), []).append(line)
+    train_groups, held_groups = _split(list(groups.values()), cfg.pairs, rng)
+    train, held = [ln for g in train_groups for ln in g], [ln for g in held_groups for ln in g]
     _write_lines(dst / "train" / "parallel.jsonl", train)
     _write_lines(dst / "heldout" / "parallel.jsonl", held)
     counts["parallel.jsonl"] = {"train": len(train), "heldout": len(held)}
@@ -93,23 +96,28 @@ def _with_gold(rng: random.Random, gold_text: str, others: list[str]) -> tuple[l
 
 def cloze_items(documents: Sequence[str], language: str, context_words: int, answer_words: int, n: int,
                 seed: int) -> list[dict]:
-    """Items from passages with at least ``context_words + answer_words`` words, one per passage."""
+    """Up to ``n`` items from non-overlapping spans of ``context_words + answer_words`` words (long passages
+    give several), drawn at random."""
     rng = random.Random(seed)
+    width = context_words + answer_words
     spans = []
     for doc in documents:
         words = doc.split()
-        if len(words) >= context_words + answer_words:
-            start = rng.randrange(len(words) - context_words - answer_words + 1)
+        for start in range(0, len(words) - width + 1, width):
             spans.append((" ".join(words[start: start + context_words]),
-                          " " + " ".join(words[start + context_words: start + context_words + answer_words])))
+                          " " + " ".join(words[start + context_words: start + width])))
     if len(spans) < 4:
-        raise ConfigError(f"only {len(spans)} held-out {language} passages have {context_words + answer_words} "
-                          "words: hold out more documents")
+        raise ConfigError(f"only {len(spans)} held-out {language} passages have {width} words: hold out more "
+                          "documents")
+    rng.shuffle(spans)
     spans = spans[:n]
     lengths = [len(a) for _, a in spans]
     items = []
     for i, (context, answer) in enumerate(spans):
-        choices, gold = _with_gold(rng, answer, [spans[j][1] for j in _distractors(rng, i, lengths)])
+        others = [spans[j][1] for j in _distractors(rng, i, lengths) if spans[j][1] != answer]
+        if len(others) < 3:
+            continue
+        choices, gold = _with_gold(rng, answer, others)
         items.append({"context": context, "choices": choices, "gold": gold, "language": language,
                       "subject": f"{language}_cloze"})
     return items
@@ -118,14 +126,23 @@ def cloze_items(documents: Sequence[str], language: str, context_words: int, ans
 def translation_items(pairs: Sequence[dict], n: int, seed: int, rendering) -> tuple[list, list]:
     """(plain items in the pretraining's en->ar prompt, chat items with ``messages``) on the same pairs."""
     rng = random.Random(seed)
-    usable = [p for p in pairs if 2 <= len(p["en"].split()) <= 25 and 2 <= len(p["ar"].split())][:n]
+    seen: set[str] = set()
+    usable = []
+    for p in pairs:  # one item per English text: another valid translation must not be a distractor
+        key = p["en"].strip().lower()
+        if key not in seen and 2 <= len(p["en"].split()) <= 25 and 2 <= len(p["ar"].split()):
+            seen.add(key)
+            usable.append(p)
+    usable = usable[:n]
     if len(usable) < 4:
         raise ConfigError(f"only {len(usable)} usable held-out pairs: hold out more (HeldoutConfig.pairs)")
     prefix = rendering.en_to_ar.split("{ar}")[0]
     lengths = [len(p["ar"]) for p in usable]
     plain, chat = [], []
     for i, p in enumerate(usable):
-        others = [usable[j]["ar"] for j in _distractors(rng, i, lengths)]
+        others = [usable[j]["ar"] for j in _distractors(rng, i, lengths) if usable[j]["ar"] != p["ar"]]
+        if len(others) < 3:
+            continue
         choices, gold = _with_gold(rng, p["ar"], others)
         plain.append({"context": prefix.format(en=p["en"]).rstrip(" "), "choices": [" " + c for c in choices],
                       "gold": gold,

@@ -1,0 +1,270 @@
+"""``allam recipe``: the held-out split and items, the claims' rules, and the quick recipe end to end with
+the notebooks executed on its output."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from allam_jax.eval.readers import BenchmarkFileError, read_cloze
+from allam_jax.model.config import ConfigError
+from allam_jax.recipe.heldout import HeldoutConfig, build_items, cloze_items, perplexity_documents, split_corpora
+from allam_jax.recipe.report import FAILS, HOLDS, UNCLEAR, accuracy_gap, claims, verdict_accuracy, verdict_lower
+from helpers import allam, bundled_dir
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------- data and items
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    out = tmp_path_factory.mktemp("recipe-data")
+    cfg = HeldoutConfig(en_docs=20, ar_docs=200, pairs=100, mc_items=30, perplexity_bytes=5000)
+    counts = split_corpora(str(bundled_dir()), str(out), cfg)
+    items = build_items(str(out / "heldout"), str(out / "mc"), cfg)
+    return out, cfg, counts, items
+
+
+def test_split_is_disjoint_and_complete(split):
+    out, cfg, counts, _ = split
+    bundled = bundled_dir()
+    for name, n_held in (("en.txt", cfg.en_docs), ("ar.txt", cfg.ar_docs), ("parallel.jsonl", cfg.pairs)):
+        original = [ln for ln in (bundled / name).read_text(encoding="utf-8").splitlines() if ln.strip()]
+        train = (out / "train" / name).read_text(encoding="utf-8").splitlines()
+        assert counts[name]["train"] + counts[name]["heldout"] == len(original) == len(train) + counts[name]["heldout"]
+        assert counts[name]["heldout"] >= n_held
+    from allam_jax.tokenizer.normalize import normalize_text
+
+    def texts(path):
+        return {normalize_text(json.loads(ln)["en"]).strip().lower() for ln in path.read_text().splitlines()}
+
+    pairs_train, pairs_held = texts(out / "train" / "parallel.jsonl"), texts(out / "heldout" / "parallel.jsonl")
+    assert len(pairs_held) == cfg.pairs and not pairs_held & pairs_train  # all translations of a text together
+    en_train = set((out / "train" / "en.txt").read_text(encoding="utf-8").splitlines())
+    held = (out / "heldout" / "en.txt").read_text(encoding="utf-8").splitlines()
+    assert not {normalize_text(t) for t in en_train} & set(held)
+
+
+def test_items_are_answerable_from_heldout_text_only(split):
+    out, cfg, _, items = split
+    assert items == {"en_cloze": cfg.mc_items, "ar_cloze": cfg.mc_items, "translate": cfg.mc_items,
+                     "chat_translate": cfg.mc_items}
+    for lang in ("en", "ar"):
+        held = " \n ".join(" ".join(doc.split()) for doc in
+                           (out / "heldout" / f"{lang}.txt").read_text(encoding="utf-8").splitlines())
+        questions = read_cloze(str(out / "mc" / f"{lang}_cloze.jsonl"))
+        for q in questions:
+            assert len(set(q.choices)) == 4
+            assert q.prompt + q.choices[q.gold] in held  # the gold continuation really follows the context
+            assert q.language == lang
+    from allam_jax.tokenizer.normalize import normalize_text
+
+    translations: dict[str, set] = {}
+    for ln in (out / "heldout" / "parallel.jsonl").read_text(encoding="utf-8").splitlines():
+        pair = json.loads(ln)
+        translations.setdefault(normalize_text(pair["en"]), set()).add(normalize_text(pair["ar"]))
+    plain, chat = _jsonl(out / "mc" / "translate.jsonl"), _jsonl(out / "mc" / "chat_translate.jsonl")
+    for p, c in zip(plain, chat):
+        en = c["messages"][0]["content"].removeprefix("Translate into Arabic: ")
+        assert p["context"] == f"Translate into Arabic: {en}\nالترجمة:"  # the pretraining's en_to_ar prompt
+        assert c["choices"][c["gold"]] in translations[en] and p["choices"][p["gold"]] == " " + c["choices"][c["gold"]]
+        assert len(set(c["choices"]) & translations[en]) == 1  # no other valid translation among the distractors
+    golds = [p["gold"] for p in plain]
+    assert len(set(golds)) > 1  # the answer is not always in the same place
+
+
+def test_perplexity_documents_respect_the_byte_budget(split):
+    out, _, _, _ = split
+    docs = perplexity_documents(str(out / "heldout" / "ar.txt"), 3000)
+    size = sum(len(d.encode("utf-8")) for d in docs)
+    assert 2500 < size <= 3000
+
+
+def test_split_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="allam data prepare"):
+        split_corpora(str(tmp_path / "missing"), str(tmp_path / "out"), HeldoutConfig())
+    (tmp_path / "b").mkdir()
+    for name in ("en.txt", "ar.txt"):
+        (tmp_path / "b" / name).write_text("a b c\n" * 5)
+    (tmp_path / "b" / "parallel.jsonl").write_text('{"en": "a b", "ar": "ب ت"}\n')
+    with pytest.raises(ConfigError, match="cannot hold out 60 of 5"):
+        split_corpora(str(tmp_path / "b"), str(tmp_path / "out"), HeldoutConfig())
+    with pytest.raises(ConfigError, match="only 0 held-out en passages"):
+        cloze_items(["too short"], "en", 12, 6, 10, 0)
+    with pytest.raises(ConfigError, match="HeldoutConfig.mc_items"):
+        HeldoutConfig(mc_items=0)
+
+
+def test_cloze_reader_errors(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"context": "x", "choices": [" a", " b"], "gold": 2}) + "\n")
+    with pytest.raises(BenchmarkFileError, match=r"bad.jsonl:1: field 'gold' = 2"):
+        read_cloze(str(bad))
+    bad.write_text(json.dumps({"context": "x", "choices": [" a", " b"], "gold": 0}) + "\n" + json.dumps({"x": 1}) + "\n")
+    with pytest.raises(BenchmarkFileError, match=r"bad.jsonl:2: a cloze item needs"):
+        read_cloze(str(bad))
+
+
+# ---------------------------------------------------------------- the claims' rules
+
+
+def test_verdict_rules():
+    assert verdict_lower(0.95, 1.0) == HOLDS and verdict_lower(1.005, 1.0) == UNCLEAR and verdict_lower(1.1, 1.0) == FAILS
+    gap, two_se = accuracy_gap({"acc_norm": 0.6, "n": 400}, {"acc_norm": 0.4, "n": 400})
+    assert gap == pytest.approx(0.2) and two_se == pytest.approx(2 * math.sqrt(2 * 0.24 / 400))
+    assert verdict_accuracy(gap, two_se) == HOLDS
+    assert verdict_accuracy(0.02, 0.1) == UNCLEAR and verdict_accuracy(-0.2, 0.1) == FAILS
+
+
+def _run(en, ar, start_ar=None, mc=None, pref=None, translation=2.0):
+    mc = mc or {}
+    run = {"points": [{"bpb": {"en": en, "ar": start_ar if start_ar is not None else ar, "translation": translation}},
+                      {"bpb": {"en": en, "ar": ar, "translation": translation}}],
+           "mc": {t: {"acc": mc.get(t, 0.25), "acc_norm": mc.get(t, 0.25), "n": 100}
+                  for t in ("en_cloze", "ar_cloze", "translate", "chat_translate")}}
+    if pref is not None:
+        run["preference"] = {"accuracy": pref, "pairs": 200}
+    return run
+
+
+def test_claims_follow_the_numbers():
+    fertility = [{"tokenizer": "base", "language": "ar", "tokens_per_word": 10.0},
+                 {"tokenizer": "merged", "language": "ar", "tokens_per_word": 2.5}]
+    results = {"runs": {
+        "base": _run(3.0, 8.0),
+        "full": _run(3.06, 3.0, start_ar=4.0, mc={"translate": 0.7, "chat_translate": 0.3}, pref=0.5, translation=1.8),
+        "arabic_only": _run(4.5, 2.9),
+        "no_translated": _run(3.05, 3.1, mc={"translate": 0.3}),
+        "random_init": _run(3.1, 3.0, start_ar=6.0),
+        "no_expansion": _run(3.0, 4.0),
+        "sft": _run(3.1, 3.0, mc={"chat_translate": 0.8}, pref=0.7),
+        "dpo": _run(3.1, 3.0, mc={"chat_translate": 0.85}, pref=0.8)},
+        "dpo_heldout": {"rewards/accuracy": 0.7, "rewards/margins": 0.2}}
+    rows = {r["claim"].split()[0]: r for r in claims(results, fertility)}
+    assert rows["Continued"]["verdict"] == HOLDS  # +2% English
+    assert "+50.0%" in rows["Continued"]["evidence"]  # the Arabic-only control is reported
+    assert rows["Vocabulary"]["verdict"] == HOLDS and "4.0× shorter" in rows["Vocabulary"]["evidence"]
+    assert rows["Initialising"]["verdict"] == UNCLEAR  # 3.0 vs 3.0 at the end
+    assert rows["Translated"]["verdict"] == HOLDS
+    assert rows["Alignment"]["verdict"] == HOLDS
+    results["runs"]["full"] = _run(3.3, 3.0, mc={"translate": 0.7, "chat_translate": 0.3}, pref=0.7,
+                                   translation=2.1)  # +10% English, worse translations
+    results["dpo_heldout"] = {"rewards/accuracy": 0.4, "rewards/margins": -0.1}
+    rows = {r["claim"].split()[0]: r for r in claims(results, fertility)}
+    assert rows["Continued"]["verdict"] == FAILS
+    assert rows["Translated"]["verdict"] == FAILS  # 2.1 vs 2.0 bits/byte
+    assert rows["Alignment"]["verdict"] == UNCLEAR  # preference still rises, DPO's held-out reward does not
+    del results["runs"]["no_expansion"], results["runs"]["random_init"]
+    assert [r["claim"].split()[0] for r in claims(results, fertility)] == ["Continued", "Translated", "Alignment"]
+
+
+def test_bad_arms_file_and_stage_names(tmp_path):
+    from allam_jax.recipe.config import RecipeConfig
+    from allam_jax.recipe.stages import Recipe
+
+    arms = tmp_path / "arms.variants"
+    arms.write_text("[full]\n[odd]\nTrainerConfig.init_from = '${nowhere}'\n")
+    with pytest.raises(ConfigError, match=r"\[odd\]: unknown placeholder 'nowhere'"):
+        Recipe(RecipeConfig(arms_file=str(arms)), str(tmp_path / "w")).arms()
+    with pytest.raises(ConfigError, match="main_arm = 'main'"):
+        Recipe(RecipeConfig(arms_file=str(arms), main_arm="main"), str(tmp_path / "w")).arms()
+    with pytest.raises(ConfigError, match="unknown stage 'train'"):
+        Recipe(RecipeConfig(), str(tmp_path / "w")).run(stop_after="train")
+    with pytest.raises(ConfigError, match="stage_bindings: unknown stage"):
+        RecipeConfig(stage_bindings={"eval": []})
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def quick_recipe(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("recipe") / "run"
+    r = allam("recipe", "--quick", f"--workdir={workdir}",
+              f"--gin_bindings=RecipeConfig.bundled_dir = '{bundled_dir()}'", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return workdir, r
+
+
+def _finite_numbers(obj, path="") -> list[str]:
+    """Paths of numbers in ``obj`` that are not finite."""
+    if isinstance(obj, dict):
+        return [p for k, v in obj.items() for p in _finite_numbers(v, f"{path}.{k}")]
+    if isinstance(obj, list):
+        return [p for i, v in enumerate(obj) for p in _finite_numbers(v, f"{path}[{i}]")]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return [path]
+    return []
+
+
+@pytest.mark.slow
+def test_quick_recipe_writes_the_report(quick_recipe):
+    workdir, r = quick_recipe
+    report = (workdir / "report.md").read_text(encoding="utf-8")
+    for section in ("## Claims", "## Vocabulary expansion", "## Training", "## Multiple choice", "## Alignment"):
+        assert section in report
+    for name in ("fertility", "bpb_curves", "training_loss", "mc_accuracy", "dpo"):
+        png = workdir / "plots" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+        assert f"plots/{name}.png" in report
+    results = json.loads((workdir / "eval" / "results.json").read_text())
+    assert not _finite_numbers(results)
+    assert set(results["runs"]) == {"base", "full", "arabic_only", "no_translated", "random_init", "no_expansion",
+                                    "sft", "dpo"}
+    for name, run in results["runs"].items():
+        for point in run["points"]:
+            assert 0.5 < point["bpb"]["en"] < 12 and 0.5 < point["bpb"]["ar"] < 12, (name, point)
+        for task in ("en_cloze", "ar_cloze", "translate", "chat_translate"):
+            assert 0 <= run["mc"][task]["acc"] <= 1 and run["mc"][task]["n"] == 24
+    # each arm's curve starts at its own starting point: step 0, then the kept checkpoints
+    assert [p["step"] for p in results["runs"]["full"]["points"]] == [0, 10, 20]
+    assert results["runs"]["no_expansion"]["vocab_size"] < results["runs"]["full"]["vocab_size"]
+    assert results["runs"]["no_expansion"]["points"][0]["bpb"] == results["runs"]["base"]["points"][-1]["bpb"]
+    claim_rows = json.loads((workdir / "claims.json").read_text())
+    assert len(claim_rows) == 5 and all(c["verdict"] in (HOLDS, UNCLEAR, FAILS) for c in claim_rows)
+    assert all(c["claim"] in report and c["evidence"] in report for c in claim_rows)
+    fertility = json.loads((workdir / "tokenizer" / "fertility.json").read_text())
+    by = {(f["tokenizer"], f["language"]): f["tokens_per_word"] for f in fertility}
+    assert by[("merged", "ar")] < by[("base", "ar")] / 2 and by[("merged", "en")] == by[("base", "en")]
+    assert "report:" in r.stdout
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_stages(quick_recipe):
+    workdir, _ = quick_recipe
+    before = (workdir / "report.md").stat().st_mtime_ns
+    r = allam("recipe", "--quick", f"--workdir={workdir}", f"--gin_bindings=RecipeConfig.bundled_dir = '{bundled_dir()}'",
+              timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("done already") == 8
+    assert (workdir / "report.md").stat().st_mtime_ns == before
+    r = allam("recipe", "--quick", f"--workdir={workdir}", "--redo", "report", "--stop_after", "report",
+              f"--gin_bindings=RecipeConfig.bundled_dir = '{bundled_dir()}'", timeout=300)
+    assert r.returncode == 0 and r.stdout.count("done already") == 7
+    assert (workdir / "report.md").stat().st_mtime_ns != before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("notebook", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
+def test_notebook_runs_on_the_quick_recipe(quick_recipe, notebook, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    workdir, _ = quick_recipe
+    monkeypatch.setenv("ALLAM_RECIPE_DIR", str(workdir))
+    nb = nbformat.read(NOTEBOOKS / notebook, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # at least one figure drawn
+    assert str(workdir) in "".join(o.get("text", "") for o in outputs)  # it read the run it was given
