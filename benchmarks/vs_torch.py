@@ -128,8 +128,8 @@ def matmul_peak(n: int = 1024, repeats: int = 5) -> dict[str, float]:
 
 
 def compare(name: str, batch_size: int, seq_len: int, rounds: int, steps: int, peak: float, compile_torch: bool,
-            scan_layers: bool) -> dict:
-    cfg = ModelConfig(**CONFIGS[name], max_seq_len=seq_len, scan_layers=scan_layers)
+            scan_layers: bool, attention: str) -> dict:
+    cfg = ModelConfig(**CONFIGS[name], max_seq_len=seq_len, scan_layers=scan_layers, attention_impl=attention)
     batch = make_batch(cfg, batch_size, seq_len)
     jx = JaxTrainer(cfg, batch)
     pt = TorchTrainer(cfg, jx.initial_params, batch, compile_torch)
@@ -215,7 +215,10 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds (default 2)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per framework per round (default 3)")
     p.add_argument("--torch_compile", action="store_true", help="also torch.compile the PyTorch model")
-    p.add_argument("--no_scan", action="store_true", help="allam-jax with unrolled layers (ModelConfig.scan_layers)")
+    p.add_argument("--scan", action="store_true", help="allam-jax with scanned layers (ModelConfig.scan_layers; "
+                   "default unrolled, faster on CPU)")
+    p.add_argument("--attention", default="blockwise", help="ModelConfig.attention_impl for allam-jax (default "
+                   "blockwise, the CPU choice; 'reference' for plain XLA)")
     p.add_argument("--data", default="data_cache/bundled", help="bundled corpora for the data-pipeline row")
     p.add_argument("--checkpoint_every", type=int, default=100, help="steps between saves for the overhead row")
     args = p.parse_args(argv)
@@ -227,6 +230,7 @@ def main(argv=None) -> int:
     peak = max(peaks.values())
     print(f"jax {jax.__version__} ({jax.devices()[0].device_kind} x{jax.device_count()}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, {os.cpu_count()} CPUs")
+    print(f"allam-jax: attention_impl={args.attention}, scan_layers={args.scan}")
     print(f"float32 matmul peak: jax {peaks['jax'] / 1e9:.1f} GFLOP/s, torch {peaks['torch'] / 1e9:.1f} GFLOP/s; "
           f"MFU below uses {peak / 1e9:.1f}")
     header = (f"{'config':<6} {'params':>12} {'tokens':>8} {'first loss jax/torch':>21} {'jax tok/s':>10} "
@@ -236,7 +240,7 @@ def main(argv=None) -> int:
     extras = []
     for name in args.configs.split(","):
         r = compare(name.strip(), args.batch_size, args.seq_len, args.rounds, args.steps, peak, args.torch_compile,
-                    not args.no_scan)
+                    args.scan, args.attention)
         loss = f"{r['first_loss']['jax']:.4f}/{r['first_loss']['torch']:.4f}"
         print(f"{r['config']:<6} {r['params']:>12,} {r['tokens']:>8} {loss:>21} {r['jax']['tokens_s']:>10,.0f} "
               f"{r['torch']['tokens_s']:>11,.0f} {r['ratio']:>8.2f}x {r['jax']['mfu']:>7.1%} {r['torch']['mfu']:>8.1%}")

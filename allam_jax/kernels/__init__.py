@@ -5,9 +5,12 @@ Every implementation takes q ``[batch, q_len, heads, head_dim]``, k/v ``[batch, 
 returns ``[batch, q_len, heads, head_dim]``. The model picks one by name (``ModelConfig.attention_impl``):
 
 - ``reference``: plain XLA (any backend, any shapes, decoding included);
-- ``pallas``: the fused flash kernel (Triton on GPU, interpret mode on CPU), run per shard under
-  ``shard_map`` when a mesh is active (batch over data×fsdp, heads over tensor), since XLA cannot
-  partition a custom kernel by itself.
+- ``pallas``: the fused flash kernel (Triton on GPU, interpret mode on CPU);
+- ``blockwise``: plain XLA, one (batch row, KV head) at a time with recomputation in the backward pass:
+  the fast choice on CPUs (see :mod:`allam_jax.kernels.blockwise_attention`).
+
+``pallas`` and ``blockwise`` run per shard under ``shard_map`` when a mesh is active (batch over
+data×fsdp, heads over tensor): XLA cannot partition a custom kernel, nor a loop over rows, by itself.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Callable, Optional
 import jax
 from jax.sharding import PartitionSpec as P
 
+from allam_jax.kernels.blockwise_attention import blockwise_attention
 from allam_jax.kernels.flash_attention import BlockSizes, flash_attention
 from allam_jax.kernels.reference_attention import reference_attention
 
@@ -35,12 +39,18 @@ def pallas_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: O
         return flash_attention(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale,
                                block_sizes=block_sizes, interpret=interpret)
 
+    return _per_shard(local, "pallas", q, k, v, segment_ids)
+
+
+def _per_shard(local: Callable, name: str, q: jax.Array, k: jax.Array, v: jax.Array,
+               segment_ids: Optional[jax.Array]) -> jax.Array:
+    """``local(q, k, v, segment_ids)`` on each shard of the ambient mesh (or directly without one)."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1 or not set(_BATCH_AXES + ("tensor",)) <= set(mesh.axis_names):
         return local(q, k, v, segment_ids)
     tensor = mesh.shape["tensor"]
     if q.shape[2] % tensor or k.shape[2] % tensor:
-        raise ValueError(f"pallas attention: heads ({q.shape[2]}) and kv heads ({k.shape[2]}) must be divisible by "
+        raise ValueError(f"{name} attention: heads ({q.shape[2]}) and kv heads ({k.shape[2]}) must be divisible by "
                          f"the tensor mesh axis ({tensor})")
     qkv = P(_BATCH_AXES, None, "tensor", None)
     seg = P(_BATCH_AXES, None)
@@ -48,7 +58,20 @@ def pallas_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: O
                          out_specs=qkv, check_vma=False)(q, k, v, segment_ids)
 
 
-ATTENTION_IMPLS: dict[str, Callable] = {"reference": reference_attention, "pallas": pallas_attention}
+def sharded_blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: Optional[jax.Array] = None,
+                                causal: bool = True, sm_scale: Optional[float] = None) -> jax.Array:
+    """``blockwise_attention`` per shard of the ambient mesh."""
+    if q.shape[1] != k.shape[1]:
+        return reference_attention(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale)
+
+    def local(q, k, v, segment_ids):
+        return blockwise_attention(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale)
+
+    return _per_shard(local, "blockwise", q, k, v, segment_ids)
+
+
+ATTENTION_IMPLS: dict[str, Callable] = {"reference": reference_attention, "pallas": pallas_attention,
+                                         "blockwise": sharded_blockwise_attention}
 
 
 def get_attention_fn(name: str) -> Callable:
