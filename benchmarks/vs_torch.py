@@ -23,6 +23,9 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# PyTorch's OpenMP threads otherwise spin for a while after each parallel region, stealing the cores from
+# the JAX step that follows (alternating runs on a small machine); passive waiting is fair to both.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
