@@ -166,19 +166,20 @@ def test_registry_entry_matches_reference():
 
 
 @pytest.mark.slow
-def test_tiny_training_run_matches_reference_attention(tmp_path):
-    """A tiny train run with attention_impl='pallas' follows the reference run's loss curve."""
+@pytest.mark.parametrize("impl", ["pallas", "blockwise"])
+def test_tiny_training_run_matches_reference_attention(tmp_path, impl):
+    """A tiny train run with a fused/blockwise attention follows the reference run's loss curve."""
     from allam_jax.train.loop import train
     from helpers import corpus_files, experiment, losses
 
     files = corpus_files(tmp_path / "corpus", en_docs=100, ar_docs=300)
     curves = {}
-    for impl in ("reference", "pallas"):
-        exp = experiment(files, num_steps=8, model={"attention_impl": impl, "compute_dtype": "float32"},
+    for name in ("reference", impl):
+        exp = experiment(files, num_steps=8, model={"attention_impl": name, "compute_dtype": "float32"},
                          async_checkpointing=False)
-        train(exp, str(tmp_path / impl))
-        curves[impl] = losses(tmp_path / impl)
-    assert sorted(curves["pallas"]) == list(range(1, 9))
-    assert curves["pallas"][8] < curves["pallas"][1] - 0.1, "the loss goes down"
+        train(exp, str(tmp_path / name))
+        curves[name] = losses(tmp_path / name)
+    assert sorted(curves[impl]) == list(range(1, 9))
+    assert curves[impl][8] < curves[impl][1] - 0.1, "the loss goes down"
     for step, loss in curves["reference"].items():
-        assert curves["pallas"][step] == pytest.approx(loss, rel=1e-4, abs=1e-4), step
+        assert curves[impl][step] == pytest.approx(loss, rel=1e-4, abs=1e-4), step
