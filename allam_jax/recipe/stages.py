@@ -88,12 +88,11 @@ class Recipe:
             progress(f"[recipe] {stage}: done in {summary['seconds']:.0f} s")
         return summaries
 
-    def model_bindings(self, vocab_size: int, vocabulary: str) -> list[str]:
+    def model_bindings(self, vocab_size: int) -> list[str]:
         c = self.cfg
         return [f"ModelConfig.vocab_size = {vocab_size}", f"ModelConfig.max_seq_len = {c.seq_len}",
                 f"TrainerConfig.batch_size = {c.batch_size}", f"TrainerConfig.seq_len = {c.seq_len}",
-                f"TrainerConfig.seed = {c.seed}", "PartitioningConfig.mesh_shape = (1, -1, 1)",
-                f"SeqioData.vocabulary = {str(vocabulary)!r}" if vocabulary else ""]
+                f"TrainerConfig.seed = {c.seed}", "PartitioningConfig.mesh_shape = (1, -1, 1)"]
 
     def schedule_bindings(self, steps: int, lr: float, warmup: int) -> list[str]:
         c = self.cfg
@@ -103,9 +102,9 @@ class Recipe:
                 f"OptimizerConfig.warmup_steps = {warmup}", f"OptimizerConfig.decay_steps = {steps}",
                 "OptimizerConfig.schedule = 'cosine'"]
 
-    def corpus_bindings(self) -> list[str]:
+    def corpus_bindings(self, vocabulary: str) -> list[str]:
         train = self.data / "train"
-        return [f"CorpusPaths.en = [{str(train / 'en.txt')!r}]", f"CorpusPaths.ar = [{str(train / 'ar.txt')!r}]",
+        return [f"SeqioData.vocabulary = {vocabulary!r}", f"CorpusPaths.en = [{str(train / 'en.txt')!r}]", f"CorpusPaths.ar = [{str(train / 'ar.txt')!r}]",
                 f"CorpusPaths.parallel = [{str(train / 'parallel.jsonl')!r}]", "CorpusPaths.translated = []",
                 f"SeqioData.seed = {self.cfg.seed}", f"SeqioData.shuffle_buffer = {self.cfg.shuffle_buffer}"]
 
@@ -141,11 +140,11 @@ class Recipe:
         if not base_model.is_file():
             self._mkdir(self.tok)
             train_tokenizer([str(self.data / "train" / "en.txt")], c.base_vocab_size, str(base_model))
-        bindings = (self.model_bindings(c.base_vocab_size, str(base_model)) + self.corpus_bindings()
+        bindings = (self.model_bindings(c.base_vocab_size) + self.corpus_bindings(str(base_model))
                     + ["SeqioData.rates = {'en_pretrain': 1.0}", "StepConfig.z_loss_weight = 1e-4"]
                     + self.schedule_bindings(c.base_steps, c.base_learning_rate, max(1, c.base_steps // 20))
                     + list(c.stage_bindings.get("base", ())))
-        _train([c.model_gin, c.data_gin], [b for b in bindings if b], str(self.dir / "base"))
+        _train([c.model_gin, c.data_gin], bindings, str(self.dir / "base"))
         return {"tokenizer": str(base_model), "workdir": str(self.dir / "base")}
 
     def stage_expand(self) -> dict:
@@ -203,13 +202,13 @@ class Recipe:
                 "base_vocab_size": str(sizes.get("base", "")), "merged_vocab_size": str(sizes.get("merged", ""))}
 
     def cpt_common(self) -> list[str]:
+        """Bindings every arm starts from: the merged vocabulary, the mean-initialised expanded model."""
         c = self.cfg
-        sizes = self.vocab_sizes()
-        return [b for b in self.model_bindings(sizes["merged"], str(self.tok / "merged.model")) if b] + \
-            self.corpus_bindings() + ["StepConfig.z_loss_weight = 1e-4",
-                                      f"TrainerConfig.init_from = {str(self.dir / 'expand' / 'mean_subtoken')!r}"] + \
-            self.schedule_bindings(c.cpt_steps, c.cpt_learning_rate, c.cpt_warmup_steps) + \
-            list(c.stage_bindings.get("cpt", ()))
+        return (self.model_bindings(self.vocab_sizes()["merged"]) + self.corpus_bindings(str(self.tok / "merged.model"))
+                + ["StepConfig.z_loss_weight = 1e-4",
+                   f"TrainerConfig.init_from = {str(self.dir / 'expand' / 'mean_subtoken')!r}"]
+                + self.schedule_bindings(c.cpt_steps, c.cpt_learning_rate, c.cpt_warmup_steps)
+                + list(c.stage_bindings.get("cpt", ())))
 
     def stage_cpt(self) -> dict:
         from allam_jax.sweep import run_sweep, summary_table, write_summary
@@ -224,7 +223,7 @@ class Recipe:
     def stage_sft(self) -> dict:
         c = self.cfg
         merged = str(self.tok / "merged.model")
-        bindings = [b for b in self.model_bindings(self.vocab_sizes()["merged"], "") if b] + [
+        bindings = self.model_bindings(self.vocab_sizes()["merged"]) + [
             "experiment.data = @SftData()", f"SftData.paths = [{str(self.data / 'align' / 'sft_train.jsonl')!r}]",
             f"SftData.vocabulary = {merged!r}", "SftData.template = @ChatTemplate()", "StepConfig.num_languages = 3",
             f"TrainerConfig.init_from = {str(self.dir / 'cpt' / c.main_arm / 'checkpoints')!r}",
@@ -237,7 +236,7 @@ class Recipe:
     def stage_dpo(self) -> dict:
         c = self.cfg
         merged = str(self.tok / "merged.model")
-        bindings = [b for b in self.model_bindings(self.vocab_sizes()["merged"], "") if b] + [
+        bindings = self.model_bindings(self.vocab_sizes()["merged"]) + [
             "experiment.data = @DpoData()", "experiment.dpo = @DpoConfig()",
             f"DpoData.paths = [{str(self.data / 'align' / 'dpo_train.jsonl')!r}]", f"DpoData.vocabulary = {merged!r}",
             "DpoData.template = @ChatTemplate()", f"DpoConfig.beta = {c.dpo_beta}", "DpoConfig.reference = 'frozen'",
