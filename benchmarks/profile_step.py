@@ -1,0 +1,93 @@
+"""Where a train step spends its time: a jax.profiler trace of a few steps, summed per model part.
+
+    python benchmarks/profile_step.py --config tiny
+    python benchmarks/profile_step.py --config 100m --attention reference --scan --detail attention
+
+Each traced XLA op is mapped back to the JAX code that produced it (the HLO ``op_name`` metadata) and
+its time is added to a group: forward/backward of attention, MLP, LM head, the rest of the model, and
+the optimizer and metrics. ``--detail PART`` lists the slowest single ops whose name contains PART.
+Times are wall time per op; the CPU runtime runs independent ops concurrently, so groups can add up to
+more than the step. The trace itself stays in ``--trace_dir`` for TensorBoard or Perfetto.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+
+from allam_jax.model import ModelConfig  # noqa: E402
+from vs_torch import CONFIGS, JaxTrainer, make_batch  # noqa: E402
+
+PARTS = ("attention", "mlp", "lm_head", "embed")
+
+
+def group_of(op_name: str) -> str:
+    if "Decoder" in op_name:
+        part = next((p for p in PARTS if f"/{p}" in op_name), "other layers")
+        return f"model {'backward' if 'transpose(' in op_name else 'forward'}: {part}"
+    return "optimizer, loss and metrics"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="tiny", choices=sorted(CONFIGS), help="model size (default tiny)")
+    p.add_argument("--batch_size", type=int, default=8, help="rows per step (default 8)")
+    p.add_argument("--seq_len", type=int, default=256, help="tokens per row (default 256)")
+    p.add_argument("--steps", type=int, default=3, help="traced steps after a warm-up step (default 3)")
+    p.add_argument("--attention", default="blockwise", help="ModelConfig.attention_impl (default blockwise)")
+    p.add_argument("--scan", action="store_true", help="scanned layers (default unrolled)")
+    p.add_argument("--detail", default=None, help="also list the slowest ops whose op_name contains this")
+    p.add_argument("--trace_dir", default=None, help="where the trace is written (default: a temporary dir)")
+    args = p.parse_args(argv)
+
+    cfg = ModelConfig(**CONFIGS[args.config], max_seq_len=args.seq_len, scan_layers=args.scan,
+                      attention_impl=args.attention)
+    trainer = JaxTrainer(cfg, make_batch(cfg, args.batch_size, args.seq_len))
+    trainer.step()
+    with jax.set_mesh(trainer.mesh), nn.logical_axis_rules(trainer.rules):
+        hlo = trainer.step_fn.lower(trainer.state, trainer.batch).compile().as_text()
+    op_names = {m.group(1): m.group(2) for m in re.finditer(r"%([\w.\-]+) = [^\n]*?op_name=\"([^\"]+)\"", hlo)}
+    trace_dir = args.trace_dir or tempfile.mkdtemp(prefix="allam-profile-")
+    jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        trainer.step()
+    step_ms = (time.perf_counter() - t0) / args.steps * 1000
+    jax.profiler.stop_trace()
+    trace = sorted(glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True))[-1]
+    groups: collections.Counter = collections.Counter()
+    ops: collections.Counter = collections.Counter()
+    for event in json.load(gzip.open(trace))["traceEvents"]:
+        op = op_names.get(event.get("name", ""))
+        if event.get("ph") != "X" or op is None:
+            continue
+        groups[group_of(op)] += event["dur"] / 1000 / args.steps
+        if args.detail and args.detail in op:
+            ops[f"{event['name']}  ({op.split('jit(train_step)/')[-1][-80:]})"] += event["dur"] / 1000 / args.steps
+    print(f"{args.config}: {args.batch_size}x{args.seq_len}, attention={args.attention}, scan={args.scan}; "
+          f"step {step_ms:.1f} ms (traced); trace in {trace_dir}")
+    for name, ms in groups.most_common():
+        print(f"{ms:10.1f} ms  {name}")
+    if args.detail:
+        print(f"\nslowest ops in '{args.detail}':")
+        for name, ms in ops.most_common(15):
+            print(f"{ms:10.1f} ms  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
