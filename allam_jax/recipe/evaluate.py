@@ -162,6 +162,7 @@ def evaluate_recipe(recipe: "Recipe") -> dict:
                            template=ChatTemplate())
             dpo_pairs_cache[vocabulary] = data.load(cfg.seq_len)[: cfg.dpo_eval_pairs]
         return dpo_pairs_cache[vocabulary]
+
     results: dict = {"runs": {}, "documents": {k: {"count": len(v), "bytes": sum(len(d.encode()) for d in v)}
                                                 for k, v in documents.items()}}
     work = []
@@ -188,7 +189,10 @@ def evaluate_recipe(recipe: "Recipe") -> dict:
         for i, (step, checkpoint) in enumerate(points):
             final = i == len(points) - 1
             cache = cache_dir / _cache_name(recipe.dir, checkpoint)
+            stamp = Path(checkpoint).stat().st_mtime_ns  # a checkpoint trained again is evaluated again
             row = json.loads(cache.read_text()) if cache.is_file() else {}
+            if row.get("checkpoint_mtime_ns") != stamp:
+                row = {"checkpoint_mtime_ns": stamp}
             needs_bpb = not BPB_KEYS <= set(row.get("bpb", {}))
             needs_mc = final and "mc" not in row
             needs_pref = final and name in aligned and "preference" not in row
@@ -196,7 +200,7 @@ def evaluate_recipe(recipe: "Recipe") -> dict:
                 ev.load(checkpoint)
                 if needs_bpb:
                     row["bpb"] = ev.bits_per_byte(documents, translations)
-                if final and "mc" not in row:
+                if needs_mc:
                     row["mc"] = ev.multiple_choice(recipe.data / "mc")
                 if needs_pref:
                     row["preference"] = ev.preference(dpo_pairs(info.vocabulary), cfg.seq_len)
