@@ -46,7 +46,8 @@ def test_decoding_shapes_fall_back_to_the_reference():
 
 
 def test_sharded_on_eight_fake_devices_matches_one_device():
-    """Under a (2, 2, 2) mesh the registry runs it per shard (shard_map): same values and gradients."""
+    """Under a (2, 2, 2) mesh the registry runs it per shard (shard_map): same values and gradients; a batch
+    of 1 (as when a model is initialised under the mesh) takes the reference path."""
     code = textwrap.dedent("""
         import jax, jax.numpy as jnp, numpy as np
         from jax.sharding import NamedSharding, PartitionSpec as P
@@ -67,6 +68,9 @@ def test_sharded_on_eight_fake_devices_matches_one_device():
         np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=1e-5)
         for a, b in zip(got[1], want[1]):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+        with jax.set_mesh(mesh):  # a batch that does not split over the mesh (model init) still works
+            one = jax.jit(lambda q, k, v: f(q, k, v, causal=True))(q[:1], k[:1], v[:1])
+        np.testing.assert_allclose(np.asarray(one), np.asarray(f(q[:1], k[:1], v[:1], causal=True)), atol=1e-5)
         print("ok")
     """)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",

@@ -39,15 +39,18 @@ def pallas_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: O
         return flash_attention(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale,
                                block_sizes=block_sizes, interpret=interpret)
 
-    return _per_shard(local, "pallas", q, k, v, segment_ids)
+    return _per_shard(local, "pallas", q, k, v, segment_ids, causal, sm_scale)
 
 
 def _per_shard(local: Callable, name: str, q: jax.Array, k: jax.Array, v: jax.Array,
-               segment_ids: Optional[jax.Array]) -> jax.Array:
-    """``local(q, k, v, segment_ids)`` on each shard of the ambient mesh (or directly without one)."""
+               segment_ids: Optional[jax.Array], causal: bool, sm_scale: Optional[float]) -> jax.Array:
+    """``local(q, k, v, segment_ids)`` on each shard of the ambient mesh (or directly without one). A batch
+    that does not split over the mesh (the batch of 1 that initialises a model) takes the reference path."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1 or not set(_BATCH_AXES + ("tensor",)) <= set(mesh.axis_names):
         return local(q, k, v, segment_ids)
+    if q.shape[0] % (mesh.shape["data"] * mesh.shape["fsdp"]):
+        return reference_attention(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale)
     tensor = mesh.shape["tensor"]
     if q.shape[2] % tensor or k.shape[2] % tensor:
         raise ValueError(f"{name} attention: heads ({q.shape[2]}) and kv heads ({k.shape[2]}) must be divisible by "
@@ -67,7 +70,7 @@ def sharded_blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, seg
     def local(q, k, v, segment_ids):
         return blockwise_attention(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale)
 
-    return _per_shard(local, "blockwise", q, k, v, segment_ids)
+    return _per_shard(local, "blockwise", q, k, v, segment_ids, causal, sm_scale)
 
 
 ATTENTION_IMPLS: dict[str, Callable] = {"reference": reference_attention, "pallas": pallas_attention,
