@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one gin binding such as 'RecipeConfig.cpt_steps = 100'; repeatable")
     p.add_argument("--workdir", required=True, help="output directory of every stage; rerun to resume")
     p.add_argument("--quick", action="store_true", help="add recipes/tiny_cpu_quick.gin: the same stages in about "
-                   "3 minutes (too few steps to judge the claims)")
+                   "2 minutes (too few steps to judge the claims)")
     p.add_argument("--stop_after", default="report", choices=STAGE_NAMES, help="last stage to run (default report)")
     p.add_argument("--redo", action="append", default=[], choices=STAGE_NAMES,
                    help="run this stage again even though it finished (repeatable; later stages are not redone)")
@@ -493,8 +493,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "expand-checkpoint": _cmd_expand}
     try:
         return handlers[args.command](args)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"allam: error: {e}", file=sys.stderr)
+    except (ConfigError, FileNotFoundError) as e:  # gin may append "In call to configurable ..." lines
+        print(f"allam: error: {(str(e).splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except CheckpointError as e:
         print(f"allam: error: {e}", file=sys.stderr)

@@ -103,8 +103,8 @@ def _binds(configurable: str) -> bool:
 def _build(factory, name: str):
     try:
         return factory()
-    except ConfigError:
-        raise
+    except ConfigError as e:  # gin appends "In call to configurable ..." lines: keep the error one line
+        raise ConfigError(str(e).splitlines()[0]) from None
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bad gin value for {name}: {_one_line(e)}") from None
 

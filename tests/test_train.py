@@ -30,8 +30,8 @@ def test_training_lowers_the_loss_and_logs_per_language(files, tmp_path):
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.5
     for key in ("grad_norm", "learning_rate", "tokens_per_s", "mfu", "loss/en"):
         assert np.isfinite(rows[-1][key])
-    if len(files) == 2:
-        assert "loss/ar" in rows[-1]
+    if len(files) == 2:  # a window of long English chapters may hold no Arabic; some window does
+        assert any("loss/ar" in r and np.isfinite(r["loss/ar"]) for r in rows)
 
 
 def test_resume_is_bit_exact(files, tmp_path):

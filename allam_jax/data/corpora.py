@@ -44,7 +44,19 @@ _SKIP_MODULES = ("antigravity", "this", "idlelib", "tkinter", "turtle", "test", 
 
 
 def python_docstring_paragraphs(min_words: int = 8) -> Iterator[str]:
-    """English paragraphs from the docstrings of the standard library's modules, classes and functions."""
+    """English paragraphs from the docstrings of the standard library's modules, classes and functions.
+
+    Collected in a fresh isolated interpreter: what a module exposes (its imported submodules, say) depends
+    on what the calling process imported before, and the corpus must not."""
+    script = ("import json, sys; from allam_jax.data.corpora import _docstring_paragraphs_in_this_process as f; "
+              f"json.dump(list(f({int(min_words)})), sys.stdout)")
+    r = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(f"collecting stdlib docstrings failed: {r.stderr.strip().splitlines()[-1:]}")
+    yield from json.loads(r.stdout)
+
+
+def _docstring_paragraphs_in_this_process(min_words: int) -> Iterator[str]:
     seen: set[str] = set()
     names = sorted(m.name for m in pkgutil.iter_modules() if m.module_finder.path.startswith(sys.base_prefix))
     names = [n for n in names if not n.startswith("_") and n not in _SKIP_MODULES]
