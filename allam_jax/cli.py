@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocabulary", default=None, help="'byte' or a SentencePiece .model (default: the gin data "
                    "config's, else byte)")
     p.add_argument("--task", action="append", default=[], metavar="FORMAT:PATH[:DEV_PATH]",
-                   help="a benchmark file, repeatable; FORMAT: arabicmmlu, acva, exams_ar, mmlu_ar, mmlu; few-shot "
+                   help="a benchmark file, repeatable; FORMAT: arabicmmlu, acva, exams_ar, mmlu_ar, mmlu, cloze; few-shot "
                    "examples come from DEV_PATH (else from the other test questions)")
     p.add_argument("--perplexity", action="append", default=[], metavar="LANG:PATH",
                    help="held-out text (.txt a document per line, or .jsonl 'text') for perplexity, repeatable")

@@ -27,10 +27,8 @@ from allam_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, m
 from allam_jax.train.state import count_params, init_train_state, state_shardings  # noqa: E402
 from allam_jax.train.step import StepConfig, make_train_step  # noqa: E402
 
-CONFIGS = {
-    "tiny": dict(vocab_size=384, d_model=64, num_layers=2, num_heads=8, num_kv_heads=4, mlp_dim=192),
-    "100m": dict(vocab_size=32000, d_model=768, num_layers=12, num_heads=12, num_kv_heads=12, mlp_dim=2048),
-}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from vs_torch import CONFIGS, make_batch  # noqa: E402  (the same model shapes and batch in every benchmark)
 
 
 def bench(name: str, batch_size: int, seq_len: int, steps: int, remat: str, peak: float) -> dict:
@@ -42,15 +40,7 @@ def bench(name: str, batch_size: int, seq_len: int, steps: int, remat: str, peak
     tx = make_optimizer(opt)
     _, shardings = state_shardings(model, tx, mesh, pcfg.rules)
     bs = partitioning.batch_sharding(mesh)
-    rng = np.random.default_rng(0)
-    batch = {
-        "inputs": rng.integers(3, cfg.vocab_size, (batch_size, seq_len)).astype(np.int32),
-        "targets": rng.integers(3, cfg.vocab_size, (batch_size, seq_len)).astype(np.int32),
-        "positions": np.tile(np.arange(seq_len), (batch_size, 1)).astype(np.int32),
-        "segment_ids": np.ones((batch_size, seq_len), np.int32),
-        "loss_weights": np.ones((batch_size, seq_len), np.float32),
-        "lang_id": np.zeros((batch_size, seq_len), np.int32),
-    }
+    batch = make_batch(cfg, batch_size, seq_len)
     with jax.set_mesh(mesh), nn.logical_axis_rules(list(pcfg.rules)):
         state = init_train_state(model, tx, mesh, pcfg.rules, seed=0)
         batch = {k: jax.device_put(v, bs) for k, v in batch.items()}
