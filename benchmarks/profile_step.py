@@ -30,7 +30,7 @@ import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 
 from allam_jax.model import ModelConfig  # noqa: E402
-from vs_torch import CONFIGS, JaxTrainer, make_batch  # noqa: E402
+from vs_torch import CONFIGS, PRECISIONS, JaxTrainer, make_batch  # noqa: E402
 
 PARTS = ("attention", "mlp", "lm_head", "embed")
 
@@ -50,12 +50,14 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=3, help="traced steps after a warm-up step (default 3)")
     p.add_argument("--attention", default="blockwise", help="ModelConfig.attention_impl (default blockwise)")
     p.add_argument("--scan", action="store_true", help="scanned layers (default unrolled)")
+    p.add_argument("--precision", default="float32", choices=sorted(PRECISIONS),
+                   help="float32, or bf16 matmuls with float32 accumulation (default float32)")
     p.add_argument("--detail", default=None, help="also list the slowest ops whose op_name contains this")
     p.add_argument("--trace_dir", default=None, help="where the trace is written (default: a temporary dir)")
     args = p.parse_args(argv)
 
     cfg = ModelConfig(**CONFIGS[args.config], max_seq_len=args.seq_len, scan_layers=args.scan,
-                      attention_impl=args.attention)
+                      attention_impl=args.attention, **PRECISIONS[args.precision])
     trainer = JaxTrainer(cfg, make_batch(cfg, args.batch_size, args.seq_len))
     trainer.step()
     with jax.set_mesh(trainer.mesh), nn.logical_axis_rules(trainer.rules):
@@ -78,7 +80,8 @@ def main(argv=None) -> int:
         groups[group_of(op)] += event["dur"] / 1000 / args.steps
         if args.detail and args.detail in op:
             ops[f"{event['name']}  ({op.split('jit(train_step)/')[-1][-80:]})"] += event["dur"] / 1000 / args.steps
-    print(f"{args.config}: {args.batch_size}x{args.seq_len}, attention={args.attention}, scan={args.scan}; "
+    print(f"{args.config}: {args.batch_size}x{args.seq_len}, attention={args.attention}, scan={args.scan}, "
+          f"precision={args.precision}; "
           f"step {step_ms:.1f} ms (traced); trace in {trace_dir}")
     for name, ms in groups.most_common():
         print(f"{ms:10.1f} ms  {name}")

@@ -1,13 +1,18 @@
 """allam-jax against Hugging Face transformers + PyTorch on the same Llama, batch and optimizer, in one run.
 
-    python benchmarks/vs_torch.py                               # tiny and ~100M, 2 rounds of 3 steps each
-    python benchmarks/vs_torch.py --configs 100m --rounds 3 --steps 2 --batch_size 4 --seq_len 256
+    python benchmarks/vs_torch.py                               # tiny and ~100M, float32 and bf16
+    python benchmarks/vs_torch.py --configs 100m --precisions bf16 --rounds 3 --steps 2 --batch_size 4
 
 Both frameworks start from the same weights (ours exported with the Hugging Face tensor map), train on the
 same batch with AdamW (betas 0.9/0.95, weight decay 0.1 except on norm scales, global-norm clipping 1.0,
 constant learning rate), and alternate: a round times ``--steps`` steps of each. The first-step losses are
 printed side by side as a check that both compute the same model. MFU is model FLOPs (6N + attention)
-per second over the best float32 matmul rate measured here with either framework.
+per second over the best matmul rate measured here with either framework in that precision.
+
+Precisions: ``float32`` everywhere (PyTorch's default), and ``bf16`` mixed precision: float32 parameters and
+optimizer, bf16 matmul inputs with float32 accumulation (allam-jax: ``compute_dtype='bfloat16'``,
+``matmul_impl='bf16_f32acc'``; PyTorch: ``torch.autocast('cpu', torch.bfloat16)``). The column
+``vs torch f32`` divides by PyTorch's float32 run of the same config, the baseline a user gets by default.
 
 Also measured (allam-jax only): KV-cache decoding tokens/s, the seqio data pipeline's tokens/s on the
 bundled corpora (if ``allam data prepare`` has run), and the checkpoint save's blocking time as a
@@ -40,6 +45,10 @@ from allam_jax.train.step import StepConfig, make_train_step  # noqa: E402
 CONFIGS = {
     "tiny": dict(vocab_size=384, d_model=64, num_layers=2, num_heads=8, num_kv_heads=4, mlp_dim=192),
     "100m": dict(vocab_size=32000, d_model=768, num_layers=12, num_heads=12, num_kv_heads=12, mlp_dim=2048),
+}
+PRECISIONS = {
+    "float32": dict(compute_dtype="float32", matmul_impl="xla"),
+    "bf16": dict(compute_dtype="bfloat16", matmul_impl="bf16_f32acc"),
 }
 OPTIMIZER = OptimizerConfig(learning_rate=1e-4, warmup_steps=0, schedule="constant", beta1=0.9, beta2=0.95,
                             eps=1e-8, weight_decay=0.1, clip_norm=1.0)
@@ -78,7 +87,7 @@ class JaxTrainer:
 
 
 class TorchTrainer:
-    def __init__(self, cfg: ModelConfig, params, batch: dict, compile_model: bool = False):
+    def __init__(self, cfg: ModelConfig, params, batch: dict, compile_model: bool = False, bf16: bool = False):
         import torch
         from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -102,10 +111,12 @@ class TorchTrainer:
         self.inputs = torch.from_numpy(batch["inputs"].astype(np.int64))
         self.targets = torch.from_numpy(batch["targets"].astype(np.int64))
         self.forward = torch.compile(self.model) if compile_model else self.model
+        self.bf16 = bf16
 
     def step(self) -> float:
         torch = self.torch
-        logits = self.forward(input_ids=self.inputs).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.forward(input_ids=self.inputs).logits
         loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), self.targets.reshape(-1))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -114,28 +125,32 @@ class TorchTrainer:
         return float(loss.detach())
 
 
-def matmul_peak(n: int = 1024, repeats: int = 5) -> dict[str, float]:
-    """Best float32 matmul FLOP/s with JAX and with PyTorch on this CPU."""
+def matmul_peak(precision: str, n: int = 1024, repeats: int = 5) -> dict[str, float]:
+    """Best matmul FLOP/s in this precision with JAX and with PyTorch on this CPU."""
+    import jax.numpy as jnp
     import torch
 
     from allam_jax.train.metrics import measure_matmul_peak
 
-    a = torch.ones(n, n)
+    bf16 = precision == "bf16"
+    a = torch.ones(n, n, dtype=torch.bfloat16 if bf16 else torch.float32)
     a @ a
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         a @ a
         best = min(best, time.perf_counter() - t0)
-    return {"jax": measure_matmul_peak(n, repeats), "torch": 2.0 * n**3 / best}
+    jax_peak = measure_matmul_peak(n, repeats, jnp.bfloat16 if bf16 else jnp.float32)
+    return {"jax": jax_peak, "torch": 2.0 * n**3 / best}
 
 
-def compare(name: str, batch_size: int, seq_len: int, rounds: int, steps: int, peak: float, compile_torch: bool,
-            scan_layers: bool, attention: str) -> dict:
-    cfg = ModelConfig(**CONFIGS[name], max_seq_len=seq_len, scan_layers=scan_layers, attention_impl=attention)
+def compare(name: str, precision: str, batch_size: int, seq_len: int, rounds: int, steps: int, peak: float,
+            compile_torch: bool, scan_layers: bool, attention: str) -> dict:
+    cfg = ModelConfig(**CONFIGS[name], max_seq_len=seq_len, scan_layers=scan_layers, attention_impl=attention,
+                      **PRECISIONS[precision])
     batch = make_batch(cfg, batch_size, seq_len)
     jx = JaxTrainer(cfg, batch)
-    pt = TorchTrainer(cfg, jx.initial_params, batch, compile_torch)
+    pt = TorchTrainer(cfg, jx.initial_params, batch, compile_torch, bf16=precision == "bf16")
     t0 = time.perf_counter()
     first = {"jax": jx.step()}
     warm = {"jax": time.perf_counter() - t0}
@@ -151,7 +166,8 @@ def compare(name: str, batch_size: int, seq_len: int, rounds: int, steps: int, p
                 times[key].append(time.perf_counter() - t0)
     tokens = batch_size * seq_len
     flops = cfg.training_flops_per_token(seq_len)
-    out = {"config": name, "params": count_params(jx.initial_params), "tokens": f"{batch_size}x{seq_len}",
+    out = {"config": name, "precision": precision, "params": count_params(jx.initial_params),
+           "tokens": f"{batch_size}x{seq_len}",
            "first_loss": first, "warmup_s": warm}
     for key in ("jax", "torch"):
         step_s = float(np.median(times[key]))
@@ -217,6 +233,9 @@ def main(argv=None) -> int:
     p.add_argument("--seq_len", type=int, default=256, help="tokens per row (default 256)")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds (default 2)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per framework per round (default 3)")
+    p.add_argument("--precisions", default="float32,bf16", help="comma-separated subset of: float32 (both "
+                   "frameworks in float32), bf16 (bf16 matmuls with float32 accumulation and float32 parameters; "
+                   "PyTorch under CPU autocast). Default both")
     p.add_argument("--torch_compile", action="store_true", help="also torch.compile the PyTorch model")
     p.add_argument("--scan", action="store_true", help="allam-jax with scanned layers (ModelConfig.scan_layers; "
                    "default unrolled, faster on CPU)")
@@ -229,33 +248,46 @@ def main(argv=None) -> int:
     import torch
     import transformers
 
-    peaks = matmul_peak()
-    peak = max(peaks.values())
+    precisions = [x.strip() for x in args.precisions.split(",") if x.strip()]
+    bad = [x for x in precisions if x not in PRECISIONS]
+    if bad or not precisions:
+        p.error(f"--precisions takes a comma-separated subset of {sorted(PRECISIONS)}, got {args.precisions!r}")
     print(f"jax {jax.__version__} ({jax.devices()[0].device_kind} x{jax.device_count()}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, {os.cpu_count()} CPUs")
     print(f"allam-jax: attention_impl={args.attention}, scan_layers={args.scan}")
-    print(f"float32 matmul peak: jax {peaks['jax'] / 1e9:.1f} GFLOP/s, torch {peaks['torch'] / 1e9:.1f} GFLOP/s; "
-          f"MFU below uses {peak / 1e9:.1f}")
-    header = (f"{'config':<6} {'params':>12} {'tokens':>8} {'first loss jax/torch':>21} {'jax tok/s':>10} "
-              f"{'torch tok/s':>11} {'jax/torch':>9} {'jax MFU':>8} {'torch MFU':>9}")
+    peak = {}
+    for precision in precisions:
+        peaks = matmul_peak(precision)
+        peak[precision] = max(peaks.values())
+        print(f"{precision} matmul peak: jax {peaks['jax'] / 1e9:.1f} GFLOP/s, torch {peaks['torch'] / 1e9:.1f} "
+              f"GFLOP/s; MFU below uses {peak[precision] / 1e9:.1f}")
+    header = (f"{'config':<6} {'precision':>9} {'params':>12} {'tokens':>8} {'first loss jax/torch':>21} "
+              f"{'jax tok/s':>10} {'torch tok/s':>11} {'jax/torch':>9} {'vs torch f32':>12} {'jax MFU':>8} "
+              f"{'torch MFU':>9}")
     print(header)
     print("-" * len(header))
     extras = []
     for name in args.configs.split(","):
-        r = compare(name.strip(), args.batch_size, args.seq_len, args.rounds, args.steps, peak, args.torch_compile,
-                    args.scan, args.attention)
-        loss = f"{r['first_loss']['jax']:.4f}/{r['first_loss']['torch']:.4f}"
-        print(f"{r['config']:<6} {r['params']:>12,} {r['tokens']:>8} {loss:>21} {r['jax']['tokens_s']:>10,.0f} "
-              f"{r['torch']['tokens_s']:>11,.0f} {r['ratio']:>8.2f}x {r['jax']['mfu']:>7.1%} {r['torch']['mfu']:>8.1%}")
-        sys.stdout.flush()
-        blocked, total = checkpoint_blocking_s(r["trainer"])
-        step_s = r["jax"]["step_s"]
-        extras.append((name, decode_tokens_per_s(r["cfg"], r["trainer"].initial_params), blocked, total, step_s))
+        torch_f32 = None
+        for precision in precisions:
+            r = compare(name.strip(), precision, args.batch_size, args.seq_len, args.rounds, args.steps,
+                        peak[precision], args.torch_compile, args.scan, args.attention)
+            if precision == "float32":
+                torch_f32 = r["torch"]["tokens_s"]
+            loss = f"{r['first_loss']['jax']:.4f}/{r['first_loss']['torch']:.4f}"
+            vs_f32 = f"{r['jax']['tokens_s'] / torch_f32:.2f}x" if torch_f32 else "-"
+            print(f"{r['config']:<6} {precision:>9} {r['params']:>12,} {r['tokens']:>8} {loss:>21} "
+                  f"{r['jax']['tokens_s']:>10,.0f} {r['torch']['tokens_s']:>11,.0f} {r['ratio']:>8.2f}x "
+                  f"{vs_f32:>12} {r['jax']['mfu']:>7.1%} {r['torch']['mfu']:>8.1%}")
+            sys.stdout.flush()
+            blocked, total = checkpoint_blocking_s(r["trainer"])
+            extras.append((f"{name} {precision}", decode_tokens_per_s(r["cfg"], r["trainer"].initial_params),
+                           blocked, total, r["jax"]["step_s"]))
     print()
-    print(f"{'config':<6} {'decode tok/s (KV cache, 8x64)':>30} {'ckpt blocking s':>16} {'ckpt on disk s':>15} "
+    print(f"{'config':<14} {'decode tok/s (KV cache, 8x64)':>30} {'ckpt blocking s':>16} {'ckpt on disk s':>15} "
           f"{'blocking / step':>16} {f'overhead @ every {args.checkpoint_every}':>20}")
     for name, decode, blocked, total, step_s in extras:
-        print(f"{name:<6} {decode:>30,.0f} {blocked:>16.3f} {total:>15.3f} {blocked / step_s:>16.2f} "
+        print(f"{name:<14} {decode:>30,.0f} {blocked:>16.3f} {total:>15.3f} {blocked / step_s:>16.2f} "
               f"{blocked / (args.checkpoint_every * step_s):>20.3%}")
     rate = data_tokens_per_s(args.data, args.seq_len, args.batch_size)
     print()

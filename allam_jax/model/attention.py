@@ -37,7 +37,8 @@ class Attention(nn.Module):
                  cache: Optional[LayerCache] = None, state: Optional[CacheState] = None):
         cfg = self.config
         hd = cfg.kv_head_dim
-        kw: dict[str, Any] = dict(std=cfg.init_std, dtype=cfg.dtype, param_dtype=cfg.params_dtype)
+        kw: dict[str, Any] = dict(std=cfg.init_std, dtype=cfg.dtype, param_dtype=cfg.params_dtype,
+                                  matmul_impl=cfg.matmul_impl)
         q = DenseGeneral((cfg.num_heads, hd), ("embed", "heads", "head_dim"), name="query", **kw)(x)
         k = DenseGeneral((cfg.num_kv_heads, hd), ("embed", "kv_heads", "head_dim"), name="key", **kw)(x)
         v = DenseGeneral((cfg.num_kv_heads, hd), ("embed", "kv_heads", "head_dim"), name="value", **kw)(x)

@@ -12,6 +12,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from allam_jax.model.matmul import MATMUL_IMPLS
+
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -54,6 +56,7 @@ class ModelConfig:
     remat_policy: str = "none"
     scan_layers: bool = True
     attention_impl: str = "reference"
+    matmul_impl: str = "xla"
     init_std: float = 0.02
 
     def __post_init__(self):
@@ -73,6 +76,8 @@ class ModelConfig:
             raise ConfigError(f"ModelConfig.remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
         if not isinstance(self.rope_theta, (int, float)) or self.rope_theta <= 0:
             raise ConfigError(f"ModelConfig.rope_theta must be a positive number, got {self.rope_theta!r}")
+        if self.matmul_impl not in MATMUL_IMPLS:
+            raise ConfigError(f"ModelConfig.matmul_impl must be one of {MATMUL_IMPLS}, got {self.matmul_impl!r}")
         resolve_dtype(self.param_dtype, field="param_dtype")
         resolve_dtype(self.compute_dtype, field="compute_dtype")
         from allam_jax.kernels import ATTENTION_IMPLS  # local import: kernels do not depend on the model

@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from allam_jax.model.matmul import project
+
 Dtype = Any
 
 
@@ -45,6 +47,7 @@ class DenseGeneral(nn.Module):
     std: float = 0.02
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    matmul_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -55,10 +58,7 @@ class DenseGeneral(nn.Module):
             tuple(in_shape) + tuple(self.features),
             self.param_dtype,
         )
-        contract = tuple(range(x.ndim - self.num_contract, x.ndim))
-        return jax.lax.dot_general(
-            x.astype(self.dtype), kernel.astype(self.dtype), ((contract, tuple(range(self.num_contract))), ((), ()))
-        )
+        return project(x, kernel, self.num_contract, self.dtype, self.matmul_impl)
 
 
 class Embed(nn.Module):
@@ -69,6 +69,7 @@ class Embed(nn.Module):
     std: float = 0.02
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    matmul_impl: str = "xla"
 
     def setup(self):
         self.embedding = self.param(
@@ -82,7 +83,7 @@ class Embed(nn.Module):
         return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
 
     def attend(self, x: jax.Array) -> jax.Array:
-        return jnp.einsum("bte,ve->btv", x.astype(self.dtype), self.embedding.astype(self.dtype))
+        return project(x, self.embedding.T, 1, self.dtype, self.matmul_impl)
 
 
 class SwiGLU(nn.Module):
@@ -92,12 +93,14 @@ class SwiGLU(nn.Module):
     std: float = 0.02
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    matmul_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         d = x.shape[-1]
         dense = lambda feats, axes, name: DenseGeneral(  # noqa: E731
-            feats, axes, std=self.std, dtype=self.dtype, param_dtype=self.param_dtype, name=name
+            feats, axes, std=self.std, dtype=self.dtype, param_dtype=self.param_dtype,
+            matmul_impl=self.matmul_impl, name=name,
         )
         gate = dense((self.mlp_dim,), ("embed", "mlp"), "gate")(x)
         up = dense((self.mlp_dim,), ("embed", "mlp"), "up")(x)

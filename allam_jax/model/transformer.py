@@ -36,7 +36,7 @@ class DecoderLayer(nn.Module):
         if cache is not None:
             h, new_cache = h
         x = nn.with_logical_constraint(x + h, _ACT)
-        h = SwiGLU(cfg.mlp_dim, cfg.init_std, cfg.dtype, cfg.params_dtype, name="mlp")(norm("mlp_norm")(x))
+        h = SwiGLU(cfg.mlp_dim, cfg.init_std, cfg.dtype, cfg.params_dtype, cfg.matmul_impl, name="mlp")(norm("mlp_norm")(x))
         x = nn.with_logical_constraint(x + h, _ACT)
         return x, new_cache
 
@@ -56,7 +56,8 @@ class Decoder(nn.Module):
         cfg = self.config
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-        embed = Embed(cfg.vocab_size, cfg.d_model, cfg.init_std, cfg.dtype, cfg.params_dtype, name="embed")
+        embed = Embed(cfg.vocab_size, cfg.d_model, cfg.init_std, cfg.dtype, cfg.params_dtype, cfg.matmul_impl,
+                      name="embed")
         x = nn.with_logical_constraint(embed(tokens), _ACT)
 
         layer_cls = DecoderLayer
@@ -87,7 +88,7 @@ class Decoder(nn.Module):
         else:
             logits = DenseGeneral(
                 (cfg.vocab_size,), ("embed", "vocab"), std=cfg.init_std, dtype=cfg.dtype,
-                param_dtype=cfg.params_dtype, name="lm_head",
+                param_dtype=cfg.params_dtype, matmul_impl=cfg.matmul_impl, name="lm_head",
             )(x)
         logits = nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
         logits = logits.astype(jnp.float32)

@@ -173,7 +173,7 @@ def train(exp: Experiment, workdir: str) -> dict[str, float]:
     languages = list(getattr(exp.data, "languages", [])) or [str(i) for i in range(exp.step.num_languages)]
     tokens_per_step = tcfg.batch_size * tcfg.seq_len * (2 if exp.dpo is not None else 1)  # DPO: 2 rows a pair
     flops_per_step = exp.model.training_flops_per_token(tcfg.seq_len) * tokens_per_step
-    peak = peak_flops_per_device(tcfg.peak_flops_per_device) * jax.device_count()
+    peak = peak_flops_per_device(tcfg.peak_flops_per_device, exp.model.dtype) * jax.device_count()
 
     last: dict[str, float] = {}
     bar = tqdm(total=tcfg.num_steps, initial=start, disable=not (tcfg.progress_bar and is_main), desc="train", unit="step",

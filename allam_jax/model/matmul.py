@@ -1,0 +1,70 @@
+"""The projection matmul, in two forms: XLA's plain ``dot_general``, or bfloat16 with float32 accumulation.
+
+``matmul_impl = 'xla'`` is a plain dot in the compute dtype: the right choice on GPUs and TPUs, whose
+compilers pick bf16 kernels with f32 accumulation themselves.
+
+``matmul_impl = 'bf16_f32acc'`` serves CPUs with bf16 dot instructions (AVX512-BF16, AMX): XLA's CPU
+backend hands a dot to its fast bf16 library (YNNPACK) only when it is bf16 x bf16 -> f32 with row-major
+operands and the contraction on the lhs's last axis. A plain bf16 dot is upcast to f32 instead, and so is
+the weight gradient that autodiff writes (it contracts the lhs's first axis). Here every dot of the forward
+and backward pass takes the fast form: outputs are accumulated in f32 and rounded to the compute dtype,
+the activation is transposed into a real row-major copy before the weight-gradient dot, and the kernel's
+gradient comes back in the parameter dtype (f32) without a bf16 rounding step.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+MATMUL_IMPLS = ("xla", "bf16_f32acc")
+
+
+def _row_major_transpose(x: jax.Array) -> jax.Array:
+    """``x.T`` as a materialised row-major array (a bare transpose would become a column-major layout)."""
+    m, k = x.shape
+    return jax.lax.optimization_barrier(jnp.transpose(x)[:, None, :]).reshape(k, m)
+
+
+def _dot_f32acc(a: jax.Array, b: jax.Array, a_contract: int, b_contract: int) -> jax.Array:
+    return jax.lax.dot_general(a, b, (((a_contract,), (b_contract,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def _matmul_f32acc(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return _dot_f32acc(x, kernel.astype(x.dtype), 1, 0).astype(x.dtype)
+
+
+def _matmul_f32acc_fwd(x: jax.Array, kernel: jax.Array):
+    return _matmul_f32acc(x, kernel), (x, kernel)
+
+
+def _matmul_f32acc_bwd(residuals, g: jax.Array):
+    x, kernel = residuals
+    g = g.astype(x.dtype)
+    dx = _dot_f32acc(g, kernel.astype(x.dtype), 1, 1).astype(x.dtype)
+    dkernel = _dot_f32acc(_row_major_transpose(x), g, 1, 0).astype(kernel.dtype)
+    return dx, dkernel
+
+
+_matmul_f32acc.defvjp(_matmul_f32acc_fwd, _matmul_f32acc_bwd)
+
+
+def project(x: jax.Array, kernel: jax.Array, num_contract: int, dtype, impl: str = "xla") -> jax.Array:
+    """Contracts the trailing ``num_contract`` axes of ``x`` with the leading axes of ``kernel``.
+
+    x: [..., *in], kernel: [*in, *out] (any dtype; cast to ``dtype`` for the dot) -> [..., *out] in ``dtype``.
+    """
+    if impl not in MATMUL_IMPLS:
+        raise ValueError(f"matmul_impl must be one of {MATMUL_IMPLS}, got {impl!r}")
+    if impl == "xla" or jnp.dtype(dtype) != jnp.bfloat16:
+        contract = tuple(range(x.ndim - num_contract, x.ndim))
+        return jax.lax.dot_general(
+            x.astype(dtype), kernel.astype(dtype), ((contract, tuple(range(num_contract))), ((), ()))
+        )
+    lead, out = x.shape[: x.ndim - num_contract], kernel.shape[num_contract:]
+    k = 1
+    for size in kernel.shape[:num_contract]:
+        k *= size
+    y = _matmul_f32acc(x.astype(dtype).reshape(-1, k), kernel.reshape(k, -1))
+    return y.reshape(*lead, *out)

@@ -1,0 +1,105 @@
+"""The bf16 / f32-accumulating projection (ModelConfig.matmul_impl = 'bf16_f32acc') against float64 NumPy."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from allam_jax.model import ConfigError, Decoder, ModelConfig
+from allam_jax.model.matmul import project
+from allam_jax.train.step import StepConfig, loss_and_grads
+
+
+def _bf16_exact(rng, shape):
+    """Values exactly representable in bf16, so the only error left is the accumulation's."""
+    return jnp.asarray(rng.standard_normal(shape).astype(np.float32)).astype(jnp.bfloat16)
+
+
+@pytest.mark.parametrize("x_shape,k_shape,num_contract", [
+    ((3, 17, 24), (24, 40), 1),        # [batch, len, embed] x [embed, mlp]
+    ((2, 9, 4, 8), (4, 8, 24), 2),     # the attention output projection: [.., heads, head_dim] x [heads, head_dim, embed]
+    ((2, 9, 24), (24, 3, 8), 1),       # a query projection into [heads, head_dim]
+])
+def test_forward_and_gradients_match_float64(x_shape, k_shape, num_contract):
+    rng = np.random.default_rng(0)
+    x = _bf16_exact(rng, x_shape)
+    kernel = _bf16_exact(rng, k_shape).astype(jnp.float32)
+    cot = _bf16_exact(rng, x_shape[: len(x_shape) - num_contract] + k_shape[num_contract:])
+
+    y, vjp = jax.vjp(lambda a, b: project(a, b, num_contract, jnp.bfloat16, "bf16_f32acc"), x, kernel)
+    dx, dk = vjp(cot)
+    assert y.dtype == jnp.bfloat16 and dx.dtype == jnp.bfloat16 and dk.dtype == jnp.float32
+
+    xs = np.asarray(x, np.float64)
+    ks = np.asarray(kernel, np.float64)
+    cs = np.asarray(cot, np.float64)
+    m = int(np.prod(x_shape[: len(x_shape) - num_contract]))
+    kk = int(np.prod(k_shape[:num_contract]))
+    x2, k2, c2 = xs.reshape(m, kk), ks.reshape(kk, -1), cs.reshape(m, -1)
+    want_y, want_dx, want_dk = x2 @ k2, c2 @ k2.T, x2.T @ c2
+    # Outputs rounded once to bf16 (8 bits of mantissa); the kernel gradient stays f32-accurate.
+    np.testing.assert_allclose(np.asarray(y, np.float64).reshape(m, -1), want_y, rtol=1e-2, atol=1e-2)
+    np.testing.assert_allclose(np.asarray(dx, np.float64).reshape(m, kk), want_dx, rtol=1e-2, atol=1e-2)
+    np.testing.assert_allclose(np.asarray(dk, np.float64).reshape(k2.shape), want_dk, rtol=1e-5, atol=1e-4)
+
+
+def test_float32_compute_takes_the_plain_dot():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((5, 12)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((12, 7)), jnp.float32)
+    np.testing.assert_array_equal(np.asarray(project(x, kernel, 1, jnp.float32, "bf16_f32acc")),
+                                  np.asarray(project(x, kernel, 1, jnp.float32, "xla")))
+
+
+def test_every_dot_of_the_gradient_is_bf16_in_f32_out():
+    """The point of the custom gradient: XLA's CPU backend would otherwise upcast the weight-gradient dot."""
+    x = jnp.ones((64, 32), jnp.bfloat16)
+    kernel = jnp.ones((32, 48), jnp.float32)
+    grad = jax.jit(jax.value_and_grad(lambda a, b: project(a, b, 1, jnp.bfloat16, "bf16_f32acc").astype(jnp.float32).sum(),
+                            argnums=(0, 1)))
+    hlo = grad.lower(x, kernel).as_text()
+    dots = re.findall(r"stablehlo\.dot_general[^\n]*", hlo)
+    assert len(dots) == 3
+    for dot in dots:
+        assert re.search(r"\(tensor<[0-9x]+xbf16>, tensor<[0-9x]+xbf16>\) -> tensor<[0-9x]+xf32>", dot), dot
+
+
+def test_model_with_bf16_matmuls_trains_like_float32():
+    """Same init, same batch, a few AdamW steps: the bf16 model's losses follow the f32 model's."""
+    base = ModelConfig(vocab_size=97, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64,
+                       max_seq_len=16, compute_dtype="float32", scan_layers=False)
+    rng = np.random.default_rng(2)
+    tokens = rng.integers(0, 97, (4, 17)).astype(np.int32)
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "positions": np.tile(np.arange(16), (4, 1)),
+             "segment_ids": np.ones((4, 16), np.int32), "loss_weights": np.ones((4, 16), np.float32),
+             "lang_id": np.zeros((4, 16), np.int32)}
+    losses = {}
+    for name, cfg in {"f32": base, "bf16": base.replace(compute_dtype="bfloat16", matmul_impl="bf16_f32acc")}.items():
+        model = Decoder(cfg)
+        params = jax.tree_util.tree_map(
+            lambda p: getattr(p, "value", p), model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16), jnp.int32))["params"],
+            is_leaf=lambda p: hasattr(p, "value"))
+        tx = optax.adamw(3e-3)
+        opt_state = tx.init(params)
+
+        @jax.jit
+        def step(params, opt_state, model=model, tx=tx):
+            loss, grads, _ = loss_and_grads(model, params, batch, StepConfig(num_languages=1))
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss
+
+        out = []
+        for _ in range(6):
+            params, opt_state, loss = step(params, opt_state)
+            out.append(float(loss))
+        losses[name] = out
+    assert losses["f32"][-1] < losses["f32"][0] - 0.1  # it learns at all
+    np.testing.assert_allclose(losses["bf16"], losses["f32"], atol=0.03)
+
+
+def test_bad_matmul_impl_names_the_field():
+    with pytest.raises(ConfigError, match="matmul_impl"):
+        ModelConfig(matmul_impl="fast")
