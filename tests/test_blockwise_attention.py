@@ -16,23 +16,31 @@ from allam_jax.kernels.blockwise_attention import blockwise_attention
 from test_flash_attention import HEAD_DIM, _compare, _inputs, _numpy_attention_and_grads, _ref, _segments
 
 
-def _blockwise(segs, causal):
-    return lambda q, k, v: blockwise_attention(q, k, v, segment_ids=segs, causal=causal)
+def _blockwise(segs, causal, query_block=None, rows_per_step=None):
+    return lambda q, k, v: blockwise_attention(q, k, v, segment_ids=segs, causal=causal, query_block=query_block,
+                                               rows_per_step=rows_per_step)
 
 
+# (query_block, rows_per_step): the defaults (one query block at these lengths, all rows in one step), causal
+# query blocks one row at a time, and blocks with several rows a step where the rows do not divide evenly.
+TILINGS = [(None, None), (16, 1), (8, 3)]
+
+
+@pytest.mark.parametrize("tiling", TILINGS)
 @pytest.mark.parametrize("causal,layout", [(True, "none"), (True, "packed"), (False, "packed"), (False, "interleaved")])
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (8, 2), (8, 1)])
-def test_matches_reference(causal, layout, heads, kv_heads):
+def test_matches_reference(causal, layout, heads, kv_heads, tiling):
     q, k, v, do = _inputs(3, 2, 48, heads, kv_heads)
     segs = _segments(layout, 2, 48, 3)
-    _compare(_blockwise(segs, causal), _ref(segs, causal), q, k, v, do, atol=2e-5)
+    _compare(_blockwise(segs, causal, *tiling), _ref(segs, causal), q, k, v, do, atol=2e-5)
 
 
-def test_matches_float64_numpy():
+@pytest.mark.parametrize("tiling", TILINGS)
+def test_matches_float64_numpy(tiling):
     q, k, v, do = _inputs(11, 2, 40, 8, 2)
     segs = _segments("packed", 2, 40, 11)
     want = _numpy_attention_and_grads(q, k, v, do, segs, True, HEAD_DIM**-0.5)
-    out, vjp = jax.vjp(_blockwise(segs, True), q, k, v)
+    out, vjp = jax.vjp(_blockwise(segs, True, *tiling), q, k, v)
     for name, a, b in zip(("out", "dq", "dk", "dv"), (out, *vjp(do)), want):
         np.testing.assert_allclose(np.asarray(a, np.float64), b, atol=3e-5, rtol=3e-5, err_msg=name)
 

@@ -2,10 +2,11 @@
 
 The reference attention materialises ``[batch, heads, q_len, kv_len]`` logits and probabilities several
 times over (logits, mask, softmax, and again in the backward pass); on a CPU those passes go through main
-memory. Here the work is split into one small problem per (batch row, KV head) — its query group's
-``[groups, q_len, kv_len]`` block fits in cache — run one after another with ``lax.map``, and the backward
-pass recomputes the probabilities from the saved log-sum-exp instead of storing them (FlashAttention's
-recomputation, at row rather than tile granularity). Same interface and results as
+memory. Here the work is split into one problem per (batch row, KV head) — its query group's
+``[groups, q_len, kv_len]`` logits — and a few such problems (``ROWS_BYTES`` of logits) run together per
+step of a ``lax.map``; causal rows are cut into query blocks that skip the masked upper triangle; the
+backward pass recomputes the probabilities from the saved log-sum-exp instead of storing them
+(FlashAttention's recomputation, at query-block granularity). Same interface and results as
 :func:`reference_attention`.
 """
 
@@ -20,55 +21,80 @@ import jax.numpy as jnp
 from allam_jax.kernels.reference_attention import _MASK_VALUE
 
 
-def _bias(segments: jax.Array, q_len: int, kv_len: int, causal: bool) -> jax.Array:
-    """Additive mask ``[q_len, kv_len]`` of one row: 0 where a query may attend, a large negative elsewhere."""
-    allowed = segments[:, None] == segments[None, :]
+# Tuned on a 2-core AVX-512 CPU with benchmarks/vs_torch.py (tiny and ~100M models, 8 x 256 tokens).
+QUERY_BLOCK = 32  # causal query block (tokens), raised so that a row has at most MAX_QUERY_BLOCKS blocks
+MAX_QUERY_BLOCKS = 16  # each block is unrolled in the program: bounds the compile time at long lengths
+ROWS_BYTES = 8 << 20  # (batch row, KV head) problems per loop step: as many as fit their logits in this
+
+
+def _query_blocks(q_len: int, causal: bool, block: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each query block. Causal query block i only sees keys ``[:stop]``, so the
+    masked upper triangle of the logits is never computed (~half the exp and dot work at long lengths)."""
+    block = max(block, -(-q_len // MAX_QUERY_BLOCKS))
+    if not causal or q_len % block or q_len <= block:
+        return [(0, q_len)]
+    return [(start, start + block) for start in range(0, q_len, block)]
+
+
+def _bias(q_segments: jax.Array, kv_segments: jax.Array, q_start: int, causal: bool) -> jax.Array:
+    """Additive mask ``[q, kv]`` of one block: 0 where a query may attend, a large negative elsewhere."""
+    allowed = q_segments[:, None] == kv_segments[None, :]
     if causal:
-        allowed &= (jnp.arange(q_len)[:, None] + (kv_len - q_len)) >= jnp.arange(kv_len)[None, :]
+        allowed &= (jnp.arange(q_segments.shape[0])[:, None] + q_start) >= jnp.arange(kv_segments.shape[0])[None, :]
     return jnp.where(allowed, 0.0, _MASK_VALUE)
 
 
-def _logits(q, k, segments, scale: float, causal: bool):
-    bias = _bias(segments, q.shape[1], k.shape[0], causal)
-    return jnp.einsum("gtd,sd->gts", q, k, preferred_element_type=jnp.float32) * scale + bias
+def _logits(q, k, segments, start: int, stop: int, scale: float, causal: bool):
+    """Logits ``[groups, stop - start, kv]`` of query block ``[start:stop]`` against the keys it may see."""
+    kv = stop if causal else k.shape[0]
+    bias = _bias(segments[start:stop], segments[:kv], start, causal)
+    return jnp.einsum("gtd,sd->gts", q[:, start:stop], k[:kv], preferred_element_type=jnp.float32) * scale + bias
 
 
-def _forward_row(scale: float, causal: bool, row):
+def _forward_row(scale: float, causal: bool, block: int, row):
     q, k, v, segments = row  # [groups, T, D], [S, D], [S, D], [T]
-    logits = _logits(q, k, segments, scale, causal)
-    m = jnp.max(logits, axis=-1, keepdims=True)
-    p = jnp.exp(logits - m)
-    total = jnp.sum(p, axis=-1, keepdims=True)
-    out = jnp.einsum("gts,sd->gtd", p, v.astype(jnp.float32)) / total
-    return out.astype(q.dtype), (m + jnp.log(total))[..., 0]
+    outs, lses = [], []
+    for start, stop in _query_blocks(q.shape[1], causal, block):
+        logits = _logits(q, k, segments, start, stop, scale, causal)
+        m = jnp.max(logits, axis=-1, keepdims=True)
+        p = jnp.exp(logits - m)
+        total = jnp.sum(p, axis=-1, keepdims=True)
+        outs.append(jnp.einsum("gts,sd->gtd", p, v[: logits.shape[-1]].astype(jnp.float32)) / total)
+        lses.append((m + jnp.log(total))[..., 0])
+    return jnp.concatenate(outs, axis=1).astype(q.dtype), jnp.concatenate(lses, axis=1)
 
 
-def _backward_row(scale: float, causal: bool, row):
+def _backward_row(scale: float, causal: bool, block: int, row):
     q, k, v, segments, out, lse, d_out = row
-    p = jnp.exp(_logits(q, k, segments, scale, causal) - lse[..., None])
     d_out = d_out.astype(jnp.float32)
-    dv = jnp.einsum("gts,gtd->sd", p, d_out)
-    dp = jnp.einsum("gtd,sd->gts", d_out, v.astype(jnp.float32))
     delta = jnp.sum(d_out * out.astype(jnp.float32), axis=-1, keepdims=True)
-    ds = p * (dp - delta) * scale
-    dq = jnp.einsum("gts,sd->gtd", ds, k.astype(jnp.float32))
-    dk = jnp.einsum("gts,gtd->sd", ds, q.astype(jnp.float32))
-    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+    k32, v32, q32 = k.astype(jnp.float32), v.astype(jnp.float32), q.astype(jnp.float32)
+    dk, dv, dqs = jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32), []
+    for start, stop in _query_blocks(q.shape[1], causal, block):
+        p = jnp.exp(_logits(q, k, segments, start, stop, scale, causal) - lse[:, start:stop, None])
+        kv = p.shape[-1]
+        do = d_out[:, start:stop]
+        dv = dv.at[:kv].add(jnp.einsum("gts,gtd->sd", p, do))
+        ds = p * (jnp.einsum("gtd,sd->gts", do, v32[:kv]) - delta[:, start:stop]) * scale
+        dqs.append(jnp.einsum("gts,sd->gtd", ds, k32[:kv]))
+        dk = dk.at[:kv].add(jnp.einsum("gts,gtd->sd", ds, q32[:, start:stop]))
+    return jnp.concatenate(dqs, axis=1).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _rows_attention(q, k, v, segments, scale: float, causal: bool):
-    return jax.lax.map(functools.partial(_forward_row, scale, causal), (q, k, v, segments))[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _rows_attention(q, k, v, segments, scale: float, causal: bool, block: int, rows: int):
+    return jax.lax.map(functools.partial(_forward_row, scale, causal, block), (q, k, v, segments), batch_size=rows)[0]
 
 
-def _rows_fwd(q, k, v, segments, scale, causal):
-    out, lse = jax.lax.map(functools.partial(_forward_row, scale, causal), (q, k, v, segments))
+def _rows_fwd(q, k, v, segments, scale, causal, block, rows):
+    out, lse = jax.lax.map(functools.partial(_forward_row, scale, causal, block), (q, k, v, segments), batch_size=rows)
     return out, (q, k, v, segments, out, lse)
 
 
-def _rows_bwd(scale, causal, residuals, d_out):
+def _rows_bwd(scale, causal, block, rows, residuals, d_out):
     q, k, v, segments, out, lse = residuals
-    dq, dk, dv = jax.lax.map(functools.partial(_backward_row, scale, causal), (q, k, v, segments, out, lse, d_out))
+    dq, dk, dv = jax.lax.map(functools.partial(_backward_row, scale, causal, block),
+                             (q, k, v, segments, out, lse, d_out), batch_size=rows)
     return dq, dk, dv, None
 
 
@@ -77,8 +103,13 @@ _rows_attention.defvjp(_rows_fwd, _rows_bwd)
 
 def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: Optional[jax.Array] = None,
                         kv_segment_ids: Optional[jax.Array] = None, causal: bool = True,
-                        sm_scale: Optional[float] = None) -> jax.Array:
-    """q ``[B, T, H, D]``, k/v ``[B, S, K, D]`` → ``[B, T, H, D]``; GQA without repeating KV heads."""
+                        sm_scale: Optional[float] = None, query_block: Optional[int] = None,
+                        rows_per_step: Optional[int] = None) -> jax.Array:
+    """q ``[B, T, H, D]``, k/v ``[B, S, K, D]`` → ``[B, T, H, D]``; GQA without repeating KV heads.
+
+    ``query_block`` (default ``QUERY_BLOCK``) and ``rows_per_step`` (default: as many as fit ``ROWS_BYTES``)
+    change the speed, not the result.
+    """
     b, t, h, d = q.shape
     s, kvh = k.shape[1], k.shape[2]
     if h % kvh:
@@ -95,5 +126,8 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids
     rows_k = k.transpose(0, 2, 1, 3).reshape(b * kvh, s, d)
     rows_v = v.transpose(0, 2, 1, 3).reshape(b * kvh, s, d)
     rows_seg = jnp.repeat(segments, kvh, axis=0)
-    out = _rows_attention(rows_q, rows_k, rows_v, rows_seg, scale, causal)
+    if rows_per_step is None:
+        rows_per_step = max(1, ROWS_BYTES // (groups * t * s * 4))
+    out = _rows_attention(rows_q, rows_k, rows_v, rows_seg, scale, causal, query_block or QUERY_BLOCK,
+                          min(rows_per_step, b * kvh))
     return out.reshape(b, kvh, groups, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
