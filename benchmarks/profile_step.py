@@ -53,6 +53,7 @@ def main(argv=None) -> int:
     p.add_argument("--precision", default="float32", choices=sorted(PRECISIONS),
                    help="float32, or bf16 matmuls with float32 accumulation (default float32)")
     p.add_argument("--detail", default=None, help="also list the slowest ops whose op_name contains this")
+    p.add_argument("--top", type=int, default=15, help="how many ops --detail lists (default 15)")
     p.add_argument("--trace_dir", default=None, help="where the trace is written (default: a temporary dir)")
     args = p.parse_args(argv)
 
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
         print(f"{ms:10.1f} ms  {name}")
     if args.detail:
         print(f"\nslowest ops in '{args.detail}':")
-        for name, ms in ops.most_common(15):
+        for name, ms in ops.most_common(args.top):
             print(f"{ms:10.1f} ms  {name}")
     return 0
 

@@ -103,3 +103,17 @@ def test_model_with_bf16_matmuls_trains_like_float32():
 def test_bad_matmul_impl_names_the_field():
     with pytest.raises(ConfigError, match="matmul_impl"):
         ModelConfig(matmul_impl="fast")
+
+
+
+def test_float32_output_keeps_the_accumulator():
+    """The LM head asks for float32 logits: no bf16 rounding of the product, and float32 gradients in."""
+    rng = np.random.default_rng(4)
+    x = _bf16_exact(rng, (6, 64))
+    kernel = _bf16_exact(rng, (64, 10)).astype(jnp.float32)
+    y, vjp = jax.vjp(lambda a, b: project(a, b, 1, jnp.bfloat16, "bf16_f32acc", out_dtype=jnp.float32), x, kernel)
+    assert y.dtype == jnp.float32
+    want = np.asarray(x, np.float64) @ np.asarray(kernel, np.float64)
+    np.testing.assert_allclose(np.asarray(y, np.float64), want, rtol=1e-5, atol=1e-5)
+    dx, dk = vjp(jnp.ones_like(y))
+    assert dx.dtype == jnp.bfloat16 and dk.dtype == jnp.float32

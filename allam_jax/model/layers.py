@@ -6,7 +6,7 @@ mapped onto the device mesh by ``allam_jax.partitioning``; nothing here knows ab
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -48,6 +48,7 @@ class DenseGeneral(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     matmul_impl: str = "xla"
+    out_dtype: Optional[Dtype] = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -58,7 +59,7 @@ class DenseGeneral(nn.Module):
             tuple(in_shape) + tuple(self.features),
             self.param_dtype,
         )
-        return project(x, kernel, self.num_contract, self.dtype, self.matmul_impl)
+        return project(x, kernel, self.num_contract, self.dtype, self.matmul_impl, self.out_dtype)
 
 
 class Embed(nn.Module):
@@ -83,7 +84,7 @@ class Embed(nn.Module):
         return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
 
     def attend(self, x: jax.Array) -> jax.Array:
-        return project(x, self.embedding.T, 1, self.dtype, self.matmul_impl)
+        return project(x, self.embedding.T, 1, self.dtype, self.matmul_impl, out_dtype=jnp.float32)
 
 
 class SwiGLU(nn.Module):

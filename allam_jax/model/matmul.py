@@ -14,6 +14,9 @@ gradient comes back in the parameter dtype (f32) without a bf16 rounding step.
 
 from __future__ import annotations
 
+import functools
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 
@@ -30,16 +33,16 @@ def _dot_f32acc(a: jax.Array, b: jax.Array, a_contract: int, b_contract: int) ->
     return jax.lax.dot_general(a, b, (((a_contract,), (b_contract,)), ((), ())), preferred_element_type=jnp.float32)
 
 
-@jax.custom_vjp
-def _matmul_f32acc(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    return _dot_f32acc(x, kernel.astype(x.dtype), 1, 0).astype(x.dtype)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _matmul_f32acc(x: jax.Array, kernel: jax.Array, out_dtype) -> jax.Array:
+    return _dot_f32acc(x, kernel.astype(x.dtype), 1, 0).astype(out_dtype)
 
 
-def _matmul_f32acc_fwd(x: jax.Array, kernel: jax.Array):
-    return _matmul_f32acc(x, kernel), (x, kernel)
+def _matmul_f32acc_fwd(x: jax.Array, kernel: jax.Array, out_dtype):
+    return _matmul_f32acc(x, kernel, out_dtype), (x, kernel)
 
 
-def _matmul_f32acc_bwd(residuals, g: jax.Array):
+def _matmul_f32acc_bwd(out_dtype, residuals, g: jax.Array):
     x, kernel = residuals
     g = g.astype(x.dtype)
     dx = _dot_f32acc(g, kernel.astype(x.dtype), 1, 1).astype(x.dtype)
@@ -50,21 +53,24 @@ def _matmul_f32acc_bwd(residuals, g: jax.Array):
 _matmul_f32acc.defvjp(_matmul_f32acc_fwd, _matmul_f32acc_bwd)
 
 
-def project(x: jax.Array, kernel: jax.Array, num_contract: int, dtype, impl: str = "xla") -> jax.Array:
+def project(x: jax.Array, kernel: jax.Array, num_contract: int, dtype, impl: str = "xla",
+            out_dtype: Optional[jnp.dtype] = None) -> jax.Array:
     """Contracts the trailing ``num_contract`` axes of ``x`` with the leading axes of ``kernel``.
 
-    x: [..., *in], kernel: [*in, *out] (any dtype; cast to ``dtype`` for the dot) -> [..., *out] in ``dtype``.
+    x: [..., *in], kernel: [*in, *out] (any dtype; cast to ``dtype`` for the dot) -> [..., *out] in
+    ``out_dtype`` (default ``dtype``; float32 keeps the accumulator's precision, as for logits).
     """
     if impl not in MATMUL_IMPLS:
         raise ValueError(f"matmul_impl must be one of {MATMUL_IMPLS}, got {impl!r}")
+    out_dtype = dtype if out_dtype is None else out_dtype
     if impl == "xla" or jnp.dtype(dtype) != jnp.bfloat16:
         contract = tuple(range(x.ndim - num_contract, x.ndim))
         return jax.lax.dot_general(
             x.astype(dtype), kernel.astype(dtype), ((contract, tuple(range(num_contract))), ((), ()))
-        )
+        ).astype(out_dtype)
     lead, out = x.shape[: x.ndim - num_contract], kernel.shape[num_contract:]
     k = 1
     for size in kernel.shape[:num_contract]:
         k *= size
-    y = _matmul_f32acc(x.astype(dtype).reshape(-1, k), kernel.reshape(k, -1))
+    y = _matmul_f32acc(x.astype(dtype).reshape(-1, k), kernel.reshape(k, -1), jnp.dtype(out_dtype))
     return y.reshape(*lead, *out)

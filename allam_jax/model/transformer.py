@@ -88,7 +88,7 @@ class Decoder(nn.Module):
         else:
             logits = DenseGeneral(
                 (cfg.vocab_size,), ("embed", "vocab"), std=cfg.init_std, dtype=cfg.dtype,
-                param_dtype=cfg.params_dtype, matmul_impl=cfg.matmul_impl, name="lm_head",
+                param_dtype=cfg.params_dtype, matmul_impl=cfg.matmul_impl, out_dtype=jnp.float32, name="lm_head",
             )(x)
         logits = nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
         logits = logits.astype(jnp.float32)
