@@ -74,6 +74,15 @@ def run(mesh_shape, devices, host_state=None, cfg=CFG):
     return jax.device_get(state), jax.device_get((new_state, grads)), jax.device_get(metrics), specs
 
 
+def _rel_diffs(a_tree, b_tree) -> list[float]:
+    return [float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-30)) for a, b in
+            zip(jax.tree_util.tree_leaves(a_tree), jax.tree_util.tree_leaves(b_tree))]
+
+
+def _max_rel_diff(a_tree, b_tree) -> float:
+    return max(_rel_diffs(a_tree, b_tree))
+
+
 def indivisible():
     from allam_jax.model.config import ConfigError
 
@@ -97,10 +106,17 @@ def main():
         import dataclasses
 
         meshes, cfg = [(2, 2, 2), (1, 2, 4)], dataclasses.replace(CFG, attention_impl="pallas")
+    if sys.argv[1:] == ["bf16"]:  # the CPU bf16 matmuls and blockwise attention, sharded vs one device
+        import dataclasses
+
+        meshes = [(2, 2, 2), (1, 2, 4)]
+        cfg = dataclasses.replace(CFG, compute_dtype="bfloat16", matmul_impl="bf16_f32acc", attention_impl="blockwise")
+        init_state, (ref_new, ref_grads), ref_metrics, _ = run((1, 1, 1), devices[:1], cfg=cfg)
+        _, (_, f32_grads), _, _ = run((1, 1, 1), devices[:1], host_state=init_state)
+        report["ref_vs_f32"] = _max_rel_diff(ref_grads, f32_grads)
     for shape in meshes:
         _, (new, grads), metrics, specs = run(shape, devices, host_state=init_state, cfg=cfg)
-        grad_diffs = [float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-30)) for a, b in
-                      zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(ref_grads))]
+        grad_diffs = _rel_diffs(grads, ref_grads)
         diffs = [float(np.max(np.abs(a - b))) for a, b in
                  zip(jax.tree_util.tree_leaves(new.params), jax.tree_util.tree_leaves(ref_new.params))]
         report["meshes"][json.dumps(list(shape))] = {
@@ -110,6 +126,7 @@ def main():
             "ref_grad_norm": float(ref_metrics["grad_norm"]),
             "max_param_diff": max(diffs),
             "max_rel_grad_diff": max(grad_diffs),
+            "vs_f32": _max_rel_diff(grads, f32_grads) if sys.argv[1:] == ["bf16"] else None,
             "specs": specs,
             "mesh_axis_sizes": dict(zip(partitioning.MESH_AXES, shape)),
         }

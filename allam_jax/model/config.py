@@ -56,7 +56,7 @@ class ModelConfig:
     remat_policy: str = "none"
     scan_layers: bool = True
     attention_impl: str = "reference"
-    matmul_impl: str = "xla"
+    matmul_impl: str = "auto"
     init_std: float = 0.02
 
     def __post_init__(self):

@@ -47,7 +47,7 @@ class DenseGeneral(nn.Module):
     std: float = 0.02
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    matmul_impl: str = "xla"
+    matmul_impl: str = "auto"
     out_dtype: Optional[Dtype] = None
 
     @nn.compact
@@ -70,7 +70,7 @@ class Embed(nn.Module):
     std: float = 0.02
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    matmul_impl: str = "xla"
+    matmul_impl: str = "auto"
 
     def setup(self):
         self.embedding = self.param(
@@ -94,7 +94,7 @@ class SwiGLU(nn.Module):
     std: float = 0.02
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    matmul_impl: str = "xla"
+    matmul_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:

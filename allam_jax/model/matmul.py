@@ -1,5 +1,7 @@
 """The projection matmul, in two forms: XLA's plain ``dot_general``, or bfloat16 with float32 accumulation.
 
+``matmul_impl = 'auto'`` (the default) is ``bf16_f32acc`` on CPUs and ``xla`` elsewhere.
+
 ``matmul_impl = 'xla'`` is a plain dot in the compute dtype: the right choice on GPUs and TPUs, whose
 compilers pick bf16 kernels with f32 accumulation themselves.
 
@@ -20,7 +22,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-MATMUL_IMPLS = ("xla", "bf16_f32acc")
+MATMUL_IMPLS = ("auto", "xla", "bf16_f32acc")
 
 
 def _row_major_transpose(x: jax.Array) -> jax.Array:
@@ -62,6 +64,8 @@ def project(x: jax.Array, kernel: jax.Array, num_contract: int, dtype, impl: str
     """
     if impl not in MATMUL_IMPLS:
         raise ValueError(f"matmul_impl must be one of {MATMUL_IMPLS}, got {impl!r}")
+    if impl == "auto":
+        impl = "bf16_f32acc" if jax.default_backend() == "cpu" else "xla"
     out_dtype = dtype if out_dtype is None else out_dtype
     if impl == "xla" or jnp.dtype(dtype) != jnp.bfloat16:
         contract = tuple(range(x.ndim - num_contract, x.ndim))
