@@ -117,3 +117,12 @@ def test_float32_output_keeps_the_accumulator():
     np.testing.assert_allclose(np.asarray(y, np.float64), want, rtol=1e-5, atol=1e-5)
     dx, dk = vjp(jnp.ones_like(y))
     assert dx.dtype == jnp.bfloat16 and dk.dtype == jnp.float32
+
+
+def test_cpu_bf16_gin_file_sets_the_fast_path():
+    from allam_jax import gin_setup
+
+    gin_setup.parse(["models/small_100m.gin", "perf/cpu_bf16.gin"])
+    cfg = gin_setup.model_config()
+    assert (cfg.compute_dtype, cfg.matmul_impl, cfg.attention_impl) == ("bfloat16", "bf16_f32acc", "blockwise")
+    assert cfg.d_model == 768  # the model file still applies
