@@ -12,13 +12,18 @@ from allam_jax.model import ConfigError
 HERE = Path(__file__).parent
 
 
+def _run_sharded_check(*mode: str, timeout: int = 900) -> str:
+    """tests/sharded_check.py in a subprocess with 8 fake CPU devices; returns its last stdout line."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", TF_CPP_MIN_LOG_LEVEL="2")
+    out = subprocess.run([sys.executable, str(HERE / "sharded_check.py"), *mode], capture_output=True, text=True,
+                         env=env, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
 @pytest.fixture(scope="module")
 def sharded_report():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", TF_CPP_MIN_LOG_LEVEL="2")
-    out = subprocess.run([sys.executable, str(HERE / "sharded_check.py")], capture_output=True, text=True,
-                         env=env, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(_run_sharded_check())
 
 
 def _expected_spec(name, sizes):
@@ -61,11 +66,7 @@ def test_sharded_step_equals_single_device(sharded_report, mesh):
 def test_pallas_attention_under_shard_map_equals_single_device_reference():
     """attention_impl='pallas' (interpret mode) per shard on meshes with data, fsdp and tensor axes gives the
     single-device reference-attention loss and gradients."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", TF_CPP_MIN_LOG_LEVEL="2")
-    out = subprocess.run([sys.executable, str(HERE / "sharded_check.py"), "pallas"], capture_output=True, text=True,
-                         env=env, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    report = json.loads(_run_sharded_check("pallas"))
     assert set(report["meshes"]) == {"[2, 2, 2]", "[1, 2, 4]"}
     for r in report["meshes"].values():
         assert r["loss"] == pytest.approx(r["ref_loss"], rel=1e-5)
@@ -76,11 +77,7 @@ def test_cpu_bf16_matmuls_and_blockwise_attention_sharded_stay_as_close_to_float
     """bf16 compute with the CPU matmul path (custom gradient, forced transposes) and blockwise attention under
     (2, 2, 2) and (1, 2, 4) meshes: same loss as one device, and gradients no further from the float32 model's
     than the single-device bf16 run is (bf16 rounding happens in a different order when sharded)."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", TF_CPP_MIN_LOG_LEVEL="2")
-    out = subprocess.run([sys.executable, str(HERE / "sharded_check.py"), "bf16"], capture_output=True, text=True,
-                         env=env, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    report = json.loads(_run_sharded_check("bf16"))
     assert set(report["meshes"]) == {"[2, 2, 2]", "[1, 2, 4]"}
     assert 0 < report["ref_vs_f32"] < 0.05
     for r in report["meshes"].values():
@@ -99,9 +96,5 @@ def test_mesh_shape_must_match_device_count():
 
 def test_indivisible_dimension_names_the_parameter():
     """heads=8, kv_heads=4 cannot be split 8 ways over 'tensor': the error names the array."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", TF_CPP_MIN_LOG_LEVEL="2")
-    out = subprocess.run([sys.executable, str(HERE / "sharded_check.py"), "indivisible"], capture_output=True,
-                         text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    msg = out.stdout.strip().splitlines()[-1]
+    msg = _run_sharded_check("indivisible", timeout=300)
     assert "dimension" in msg and "not divisible by mesh axes ('tensor',)" in msg and "kernel" in msg, msg
