@@ -67,10 +67,11 @@ def test_every_dot_of_the_gradient_is_bf16_in_f32_out():
         assert re.search(r"\(tensor<[0-9x]+xbf16>, tensor<[0-9x]+xbf16>\) -> tensor<[0-9x]+xf32>", dot), dot
 
 
-def test_model_with_bf16_matmuls_trains_like_float32():
+@pytest.mark.parametrize("tie_embeddings", [False, True])
+def test_model_with_bf16_matmuls_trains_like_float32(tie_embeddings):
     """Same init, same batch, a few AdamW steps: the bf16 model's losses follow the f32 model's."""
     base = ModelConfig(vocab_size=97, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64,
-                       max_seq_len=16, compute_dtype="float32", scan_layers=False)
+                       max_seq_len=16, compute_dtype="float32", scan_layers=False, tie_embeddings=tie_embeddings)
     rng = np.random.default_rng(2)
     tokens = rng.integers(0, 97, (4, 17)).astype(np.int32)
     batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "positions": np.tile(np.arange(16), (4, 1)),
@@ -126,3 +127,22 @@ def test_cpu_bf16_gin_file_sets_the_fast_path():
     cfg = gin_setup.model_config()
     assert (cfg.compute_dtype, cfg.matmul_impl, cfg.attention_impl) == ("bfloat16", "bf16_f32acc", "blockwise")
     assert cfg.d_model == 768  # the model file still applies
+
+
+@pytest.mark.parametrize("overrides", [
+    {}, {"tie_embeddings": True}, {"remat_policy": "full"}, {"num_kv_heads": 1, "head_dim": 16},
+    {"attention_impl": "blockwise", "scan_layers": False, "tie_embeddings": True},
+])
+def test_bf16_matmuls_compile_and_run_for_every_model_variant(overrides):
+    """XLA may rewrite a dot after deciding to keep it in bf16 (a tied LM head's gradient did), and the CPU
+    runtime then refuses it; every variant, including one-token and odd shapes, must compile and give finite
+    gradients."""
+    cfg = ModelConfig(**{**dict(vocab_size=97, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64,
+                                max_seq_len=16, compute_dtype="bfloat16", matmul_impl="bf16_f32acc"), **overrides})
+    model = Decoder(cfg)
+    for shape in [(4, 16), (1, 1), (3, 5)]:
+        tokens = jnp.asarray(np.random.default_rng(0).integers(0, 97, shape), jnp.int32)
+        params = model.init(jax.random.PRNGKey(0), tokens)["params"]
+        loss, grads = jax.jit(jax.value_and_grad(lambda p: model.apply({"params": p}, tokens).mean()))(params)
+        assert np.isfinite(float(loss))
+        assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree_util.tree_leaves(grads))

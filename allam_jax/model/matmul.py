@@ -31,13 +31,17 @@ def _row_major_transpose(x: jax.Array) -> jax.Array:
     return jax.lax.optimization_barrier(jnp.transpose(x)[:, None, :]).reshape(k, m)
 
 
-def _dot_f32acc(a: jax.Array, b: jax.Array, a_contract: int, b_contract: int) -> jax.Array:
-    return jax.lax.dot_general(a, b, (((a_contract,), (b_contract,)), ((), ())), preferred_element_type=jnp.float32)
+def _dot_f32acc(a: jax.Array, b: jax.Array, a_contract: int, b_contract: int, out_dtype) -> jax.Array:
+    """The dot in the fast form, rounded to ``out_dtype``. The barrier keeps XLA from folding a later transpose
+    of the result into the dot (it would swap the operands into a form the fast library rejects, after the
+    pass that decided to keep the dot in bf16: the CPU runtime then fails with 'Unsupported element type')."""
+    out = jax.lax.dot_general(a, b, (((a_contract,), (b_contract,)), ((), ())), preferred_element_type=jnp.float32)
+    return jax.lax.optimization_barrier(out.astype(out_dtype))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _matmul_f32acc(x: jax.Array, kernel: jax.Array, out_dtype) -> jax.Array:
-    return _dot_f32acc(x, kernel.astype(x.dtype), 1, 0).astype(out_dtype)
+    return _dot_f32acc(x, kernel.astype(x.dtype), 1, 0, out_dtype)
 
 
 def _matmul_f32acc_fwd(x: jax.Array, kernel: jax.Array, out_dtype):
@@ -47,8 +51,8 @@ def _matmul_f32acc_fwd(x: jax.Array, kernel: jax.Array, out_dtype):
 def _matmul_f32acc_bwd(out_dtype, residuals, g: jax.Array):
     x, kernel = residuals
     g = g.astype(x.dtype)
-    dx = _dot_f32acc(g, kernel.astype(x.dtype), 1, 1).astype(x.dtype)
-    dkernel = _dot_f32acc(_row_major_transpose(x), g, 1, 0).astype(kernel.dtype)
+    dx = _dot_f32acc(g, kernel.astype(x.dtype), 1, 1, x.dtype)
+    dkernel = _dot_f32acc(_row_major_transpose(x), g, 1, 0, kernel.dtype)
     return dx, dkernel
 
 
