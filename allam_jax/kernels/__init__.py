@@ -6,8 +6,9 @@ returns ``[batch, q_len, heads, head_dim]``. The model picks one by name (``Mode
 
 - ``reference``: plain XLA (any backend, any shapes, decoding included);
 - ``pallas``: the fused flash kernel (Triton on GPU, interpret mode on CPU);
-- ``blockwise``: plain XLA, one (batch row, KV head) at a time with recomputation in the backward pass:
-  the fast choice on CPUs (see :mod:`allam_jax.kernels.blockwise_attention`).
+- ``blockwise``: plain XLA over groups of (batch row, KV head) problems, causal query blocks that skip the
+  masked triangle, recomputation in the backward pass: the fast choice on CPUs
+  (see :mod:`allam_jax.kernels.blockwise_attention`).
 
 ``pallas`` and ``blockwise`` run per shard under ``shard_map`` when a mesh is active (batch over
 data×fsdp, heads over tensor): XLA cannot partition a custom kernel, nor a loop over rows, by itself.
