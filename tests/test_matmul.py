@@ -20,7 +20,7 @@ def _bf16_exact(rng, shape):
 
 @pytest.mark.parametrize("x_shape,k_shape,num_contract", [
     ((3, 17, 24), (24, 40), 1),        # [batch, len, embed] x [embed, mlp]
-    ((2, 9, 4, 8), (4, 8, 24), 2),     # the attention output projection: [.., heads, head_dim] x [heads, head_dim, embed]
+    ((2, 9, 4, 8), (4, 8, 24), 2),     # attention output: [.., heads, head_dim] x [heads, head_dim, embed]
     ((2, 9, 24), (24, 3, 8), 1),       # a query projection into [heads, head_dim]
 ])
 def test_forward_and_gradients_match_float64(x_shape, k_shape, num_contract):

@@ -17,6 +17,7 @@ gradient comes back in the parameter dtype (f32) without a bf16 rounding step.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Optional
 
 import jax
@@ -77,8 +78,6 @@ def project(x: jax.Array, kernel: jax.Array, num_contract: int, dtype, impl: str
             x.astype(dtype), kernel.astype(dtype), ((contract, tuple(range(num_contract))), ((), ()))
         ).astype(out_dtype)
     lead, out = x.shape[: x.ndim - num_contract], kernel.shape[num_contract:]
-    k = 1
-    for size in kernel.shape[:num_contract]:
-        k *= size
+    k = math.prod(kernel.shape[:num_contract])
     y = _matmul_f32acc(x.astype(dtype).reshape(-1, k), kernel.reshape(k, -1), jnp.dtype(out_dtype))
     return y.reshape(*lead, *out)

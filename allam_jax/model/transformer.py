@@ -36,7 +36,8 @@ class DecoderLayer(nn.Module):
         if cache is not None:
             h, new_cache = h
         x = nn.with_logical_constraint(x + h, _ACT)
-        h = SwiGLU(cfg.mlp_dim, cfg.init_std, cfg.dtype, cfg.params_dtype, cfg.matmul_impl, name="mlp")(norm("mlp_norm")(x))
+        mlp = SwiGLU(cfg.mlp_dim, cfg.init_std, cfg.dtype, cfg.params_dtype, cfg.matmul_impl, name="mlp")
+        h = mlp(norm("mlp_norm")(x))
         x = nn.with_logical_constraint(x + h, _ACT)
         return x, new_cache
 
