@@ -5,7 +5,7 @@
 
 Each traced XLA op is mapped back to the JAX code that produced it (the HLO ``op_name`` metadata) and
 its time is added to a group: forward/backward of attention, MLP, LM head, the rest of the model, and
-the optimizer and metrics. ``--detail PART`` lists the slowest single ops whose name contains PART.
+the optimizer and metrics. ``--detail PART`` lists the slowest single ops whose JAX op_name or XLA op name contains PART.
 Times are wall time per op; the CPU runtime runs independent ops concurrently, so groups can add up to
 more than the step. The trace itself stays in ``--trace_dir`` for TensorBoard or Perfetto.
 """
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     p.add_argument("--scan", action="store_true", help="scanned layers (default unrolled)")
     p.add_argument("--precision", default="float32", choices=sorted(PRECISIONS),
                    help="float32, or bf16 matmuls with float32 accumulation (default float32)")
-    p.add_argument("--detail", default=None, help="also list the slowest ops whose op_name contains this")
+    p.add_argument("--detail", default=None, help="also list the slowest ops whose op_name (JAX code path) or XLA op name (e.g. copy_bitcast_fusion) contains this")
     p.add_argument("--top", type=int, default=15, help="how many ops --detail lists (default 15)")
     p.add_argument("--trace_dir", default=None, help="where the trace is written (default: a temporary dir)")
     args = p.parse_args(argv)
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         if event.get("ph") != "X" or op is None:
             continue
         groups[group_of(op)] += event["dur"] / 1000 / args.steps
-        if args.detail and args.detail in op:
+        if args.detail and (args.detail in op or args.detail in event["name"]):
             ops[f"{event['name']}  ({op.split('jit(train_step)/')[-1][-80:]})"] += event["dur"] / 1000 / args.steps
     print(f"{args.config}: {args.batch_size}x{args.seq_len}, attention={args.attention}, scan={args.scan}, "
           f"precision={args.precision}; "

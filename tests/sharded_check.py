@@ -110,7 +110,7 @@ def main():
         import dataclasses
 
         meshes = [(2, 2, 2), (1, 2, 4)]
-        cfg = dataclasses.replace(CFG, compute_dtype="bfloat16", matmul_impl="bf16_f32acc", attention_impl="blockwise")
+        cfg = dataclasses.replace(CFG, compute_dtype="bfloat16", matmul_impl="explicit_vjp", attention_impl="blockwise")
         init_state, (ref_new, ref_grads), ref_metrics, _ = run((1, 1, 1), devices[:1], cfg=cfg)
         _, (_, f32_grads), _, _ = run((1, 1, 1), devices[:1], host_state=init_state)
         report["ref_vs_f32"] = _max_rel_diff(ref_grads, f32_grads)
