@@ -24,6 +24,7 @@ from allam_jax.align.sft_data import SkipReport, conversation_language, read_jso
 from allam_jax.data.sources import DataError, expand_patterns
 from allam_jax.data.tasks import LANGUAGES
 from allam_jax.model.config import ConfigError
+from allam_jax.train.cross_entropy import token_cross_entropy
 from allam_jax.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -79,9 +80,8 @@ def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: j
 def sequence_logprobs(model: nn.Module, params: Any, batch: dict) -> jax.Array:
     """Sum of the log-probabilities of each row's weighted target tokens: ``[rows]``."""
     logits = model.apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"])
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    token = jnp.take_along_axis(logp, batch["targets"][..., None], axis=-1)[..., 0]
-    return jnp.sum(token * batch["loss_weights"].astype(jnp.float32), axis=-1)
+    token_ce, _ = token_cross_entropy(logits.astype(jnp.float32), batch["targets"])
+    return -jnp.sum(token_ce * batch["loss_weights"].astype(jnp.float32), axis=-1)
 
 
 def make_dpo_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule,

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from allam_jax.model.config import ConfigError
+from allam_jax.train.cross_entropy import token_cross_entropy
 from allam_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -35,9 +36,7 @@ def loss_sums(model: nn.Module, params: Any, batch: Batch, cfg: StepConfig) -> t
     Returns the objective (cross-entropy + z-loss, summed over tokens) and its parts.
     """
     logits = model.apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"])
-    log_z = jax.nn.logsumexp(logits, axis=-1)
-    target_logit = jnp.take_along_axis(logits, batch["targets"][..., None], axis=-1)[..., 0]
-    token_ce = log_z - target_logit
+    token_ce, log_z = token_cross_entropy(logits, batch["targets"])
     weights = batch["loss_weights"].astype(jnp.float32)
     ce_sum = jnp.sum(token_ce * weights)
     z_sum = jnp.sum(jnp.square(log_z) * weights)
