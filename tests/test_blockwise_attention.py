@@ -45,6 +45,24 @@ def test_matches_float64_numpy(tiling):
         np.testing.assert_allclose(np.asarray(a, np.float64), b, atol=3e-5, rtol=3e-5, err_msg=name)
 
 
+@pytest.mark.parametrize("tiling", TILINGS)
+def test_bf16_inputs_are_as_accurate_as_the_reference_in_bf16(tiling):
+    """bf16 operands in the dots (f32 accumulation, f32 softmax): errors against float64 NumPy no larger than
+    XLA's reference attention run on the same bf16 inputs, and within bf16 rounding."""
+    q, k, v, do = _inputs(12, 2, 40, 8, 2, dtype=jax.numpy.bfloat16)
+    segs = _segments("packed", 2, 40, 12)
+    want = _numpy_attention_and_grads(q, k, v, do, segs, True, HEAD_DIM**-0.5)
+    got = jax.vjp(_blockwise(segs, True, *tiling), q, k, v)
+    ref = jax.vjp(_ref(segs, True), q, k, v)
+    for name, a, r, w in zip(("out", "dq", "dk", "dv"), (got[0], *got[1](do)), (ref[0], *ref[1](do)), want):
+        assert a.dtype == jax.numpy.bfloat16, name
+        err = np.abs(np.asarray(a, np.float64) - w).max()
+        ref_err = np.abs(np.asarray(r, np.float64) - w).max()
+        scale = np.abs(w).max()
+        assert err <= max(1.5 * ref_err, 0.01 * scale), (name, err, ref_err, scale)
+        assert err <= 0.02 * scale, (name, err, scale)
+
+
 def test_decoding_shapes_fall_back_to_the_reference():
     q, _, _, _ = _inputs(5, 2, 3, 4, 2)
     _, k, v, _ = _inputs(6, 2, 10, 4, 2)

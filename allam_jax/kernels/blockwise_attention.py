@@ -3,11 +3,12 @@
 The reference attention materialises ``[batch, heads, q_len, kv_len]`` logits and probabilities several
 times over (logits, mask, softmax, and again in the backward pass); on a CPU those passes go through main
 memory. Here the work is split into one problem per (batch row, KV head) — its query group's
-``[groups, q_len, kv_len]`` logits — and a few such problems (``ROWS_BYTES`` of logits) run together per
-step of a ``lax.map``; causal rows are cut into query blocks that skip the masked upper triangle; the
+``[groups, q_len, kv_len]`` logits — and a few such problems (``ROWS_BYTES`` of working set) run together
+per step of a ``lax.map``; causal rows are cut into query blocks that skip the masked upper triangle; the
 backward pass recomputes the probabilities from the saved log-sum-exp instead of storing them
-(FlashAttention's recomputation, at query-block granularity). Same interface and results as
-:func:`reference_attention`.
+(FlashAttention's recomputation, at query-block granularity). As in FlashAttention, the dots take their
+operands in the input dtype (probabilities and their gradients rounded to bf16 for bf16 inputs) and
+accumulate in f32; the softmax itself is f32. Same interface and results as :func:`reference_attention`.
 """
 
 from __future__ import annotations
@@ -22,9 +23,14 @@ from allam_jax.kernels.reference_attention import _MASK_VALUE
 
 
 # Tuned on a 2-core AVX-512 CPU with benchmarks/vs_torch.py (tiny and ~100M models, 8 x 256 tokens).
-QUERY_BLOCK = 32  # causal query block (tokens), raised so that a row has at most MAX_QUERY_BLOCKS blocks
+QUERY_BLOCK = 64  # causal query block (tokens), raised so that a row has at most MAX_QUERY_BLOCKS blocks
 MAX_QUERY_BLOCKS = 16  # each block is unrolled in the program: bounds the compile time at long lengths
-ROWS_BYTES = 8 << 20  # (batch row, KV head) problems per loop step: as many as fit their logits in this
+ROWS_BYTES = 10 << 20  # (batch row, KV head) problems per loop step: as many as fit their working set in this
+
+
+def _row_bytes(groups: int, q_len: int, kv_len: int, head_dim: int) -> int:
+    """Working set of one (batch row, KV head) problem: f32 logits, plus its q/k/v rows and their gradients."""
+    return 4 * groups * q_len * kv_len + 16 * (groups * q_len + 2 * kv_len) * head_dim
 
 
 def _query_blocks(q_len: int, causal: bool, block: int) -> list[tuple[int, int]]:
@@ -59,25 +65,26 @@ def _forward_row(scale: float, causal: bool, block: int, row):
         m = jnp.max(logits, axis=-1, keepdims=True)
         p = jnp.exp(logits - m)
         total = jnp.sum(p, axis=-1, keepdims=True)
-        outs.append(jnp.einsum("gts,sd->gtd", p, v[: logits.shape[-1]].astype(jnp.float32)) / total)
+        pv = jnp.einsum("gts,sd->gtd", p.astype(v.dtype), v[: logits.shape[-1]], preferred_element_type=jnp.float32)
+        outs.append(pv / total)
         lses.append((m + jnp.log(total))[..., 0])
     return jnp.concatenate(outs, axis=1).astype(q.dtype), jnp.concatenate(lses, axis=1)
 
 
 def _backward_row(scale: float, causal: bool, block: int, row):
     q, k, v, segments, out, lse, d_out = row
-    d_out = d_out.astype(jnp.float32)
-    delta = jnp.sum(d_out * out.astype(jnp.float32), axis=-1, keepdims=True)
-    k32, v32, q32 = k.astype(jnp.float32), v.astype(jnp.float32), q.astype(jnp.float32)
+    dt = q.dtype  # dot operands in the input dtype, accumulation in f32 (as FlashAttention does in bf16)
+    delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
     dk, dv, dqs = jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32), []
     for start, stop in _query_blocks(q.shape[1], causal, block):
         p = jnp.exp(_logits(q, k, segments, start, stop, scale, causal) - lse[:, start:stop, None])
         kv = p.shape[-1]
         do = d_out[:, start:stop]
-        dv = dv.at[:kv].add(jnp.einsum("gts,gtd->sd", p, do))
-        ds = p * (jnp.einsum("gtd,sd->gts", do, v32[:kv]) - delta[:, start:stop]) * scale
-        dqs.append(jnp.einsum("gts,sd->gtd", ds, k32[:kv]))
-        dk = dk.at[:kv].add(jnp.einsum("gts,gtd->sd", ds, q32[:, start:stop]))
+        dv = dv.at[:kv].add(jnp.einsum("gts,gtd->sd", p.astype(dt), do, preferred_element_type=jnp.float32))
+        dp = jnp.einsum("gtd,sd->gts", do, v[:kv], preferred_element_type=jnp.float32)
+        ds = (p * (dp - delta[:, start:stop]) * scale).astype(dt)
+        dqs.append(jnp.einsum("gts,sd->gtd", ds, k[:kv], preferred_element_type=jnp.float32))
+        dk = dk.at[:kv].add(jnp.einsum("gts,gtd->sd", ds, q[:, start:stop], preferred_element_type=jnp.float32))
     return jnp.concatenate(dqs, axis=1).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
@@ -127,7 +134,8 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids
     rows_v = v.transpose(0, 2, 1, 3).reshape(b * kvh, s, d)
     rows_seg = jnp.repeat(segments, kvh, axis=0)
     if rows_per_step is None:
-        rows_per_step = max(1, ROWS_BYTES // (groups * t * s * 4))
+        fit = max(1, ROWS_BYTES // _row_bytes(groups, t, s, d))
+        rows_per_step = max(n for n in range(1, fit + 1) if (b * kvh) % n == 0)  # no ragged last step
     out = _rows_attention(rows_q, rows_k, rows_v, rows_seg, scale, causal, query_block or QUERY_BLOCK,
                           min(rows_per_step, b * kvh))
     return out.reshape(b, kvh, groups, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
