@@ -475,6 +475,10 @@ def _cmd_data_inspect(args) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    if argv is None:  # a real command line (not a call from Python): restart once with huge-page malloc
+        from allam_jax.hugepages import reexec_with_hugepages
+
+        reexec_with_hugepages()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "jax._src", "orbax"):

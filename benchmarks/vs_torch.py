@@ -254,7 +254,8 @@ def main(argv=None) -> int:
         p.error(f"--precisions takes a comma-separated subset of {sorted(PRECISIONS)}, got {args.precisions!r}")
     print(f"jax {jax.__version__} ({jax.devices()[0].device_kind} x{jax.device_count()}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, {os.cpu_count()} CPUs")
-    print(f"allam-jax: attention_impl={args.attention}, scan_layers={args.scan}")
+    print(f"allam-jax: attention_impl={args.attention}, scan_layers={args.scan}; process GLIBC_TUNABLES="
+          f"{os.environ.get('GLIBC_TUNABLES', '(unset)')} (both frameworks run in this process)")
     peak = {}
     for precision in precisions:
         peaks = matmul_peak(precision)
@@ -297,4 +298,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from allam_jax.hugepages import reexec_with_hugepages
+
+    reexec_with_hugepages()  # as the allam command does (ALLAM_HUGEPAGES=0 to measure without)
     sys.exit(main())
