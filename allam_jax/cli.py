@@ -33,7 +33,9 @@ def _add_gin_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="allam", description="allam-jax: Arabic-English LLM training the ALLaM way (JAX/Flax)."
+        prog="allam", description="allam-jax: Arabic-English LLM training the ALLaM way (JAX/Flax).",
+        epilog="Environment: ALLAM_HUGEPAGES=0 stops the one-time restart with glibc's huge-page malloc "
+        "(GLIBC_TUNABLES=glibc.malloc.hugetlb=1), which speeds up XLA on CPU; see README 'Benchmarks'.",
     )
     parser.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="Python logging level (default INFO)")
