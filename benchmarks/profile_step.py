@@ -5,8 +5,8 @@
 
 Each traced XLA op is mapped back to the JAX code that produced it (the HLO ``op_name`` metadata) and
 its time is added to a group: forward/backward of attention, MLP, LM head, the rest of the model, and
-the optimizer and metrics. ``--detail PART`` lists the slowest single ops whose JAX op_name or XLA op name contains PART.
-Times are wall time per op; the CPU runtime runs independent ops concurrently, so groups can add up to
+the optimizer and metrics (ops XLA made inside a loop body count for the loop). ``--detail PART`` lists
+the slowest single ops whose JAX op_name or XLA op name contains PART. Times are wall time per op; the CPU runtime runs independent ops concurrently, so groups can add up to
 more than the step. The trace itself stays in ``--trace_dir`` for TensorBoard or Perfetto.
 """
 
@@ -42,6 +42,42 @@ def group_of(op_name: str) -> str:
     return "optimizer, loss and metrics"
 
 
+def hlo_op_names(hlo: str) -> dict[str, str]:
+    """XLA instruction name -> the JAX op_name it came from. Instructions without metadata (fusions XLA made
+    inside a loop body, say) take the op_name of the instruction that calls their computation (the while)."""
+    own, calls, members, computation = {}, {}, collections.defaultdict(list), ""
+    for line in hlo.splitlines():
+        header = re.match(r"(?:ENTRY )?%([\w.\-]+) \(", line)
+        if header:
+            computation = header.group(1)
+            continue
+        inst = re.match(r"\s+(?:ROOT )?%([\w.\-]+) = ", line)
+        if not inst:
+            continue
+        name = inst.group(1)
+        members[computation].append(name)
+        meta = re.search(r'op_name="([^"]+)"', line)
+        if meta:
+            own[name] = meta.group(1)
+        for callee in re.findall(r"(?:body|condition|calls|to_apply)=%([\w.\-]+)", line):
+            calls[callee] = name
+    resolved: dict[str, str] = {}
+
+    def resolve(name: str, computation: str, depth: int = 0) -> str | None:
+        if name in own or depth > 20:
+            return own.get(name)
+        caller = calls.get(computation)
+        return resolve(caller, caller_of.get(caller, ""), depth + 1) if caller else None
+
+    caller_of = {n: c for c, names in members.items() for n in names}
+    for computation, names in members.items():
+        for name in names:
+            op = resolve(name, computation)
+            if op is not None:
+                resolved[name] = op
+    return resolved
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="tiny", choices=sorted(CONFIGS), help="model size (default tiny)")
@@ -62,8 +98,12 @@ def main(argv=None) -> int:
     trainer = JaxTrainer(cfg, make_batch(cfg, args.batch_size, args.seq_len))
     trainer.step()
     with jax.set_mesh(trainer.mesh), nn.logical_axis_rules(trainer.rules):
-        hlo = trainer.step_fn.lower(trainer.state, trainer.batch).compile().as_text()
-    op_names = {m.group(1): m.group(2) for m in re.finditer(r"%([\w.\-]+) = [^\n]*?op_name=\"([^\"]+)\"", hlo)}
+        compiled = trainer.step_fn.lower(trainer.state, trainer.batch).compile()
+    # Trace this very executable: op names (fusion.N) differ between two compilations of the same step.
+    trainer.step_fn = compiled
+    trainer.step()
+    hlo = compiled.as_text()
+    op_names = hlo_op_names(hlo)
     trace_dir = args.trace_dir or tempfile.mkdtemp(prefix="allam-profile-")
     jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
     t0 = time.perf_counter()
