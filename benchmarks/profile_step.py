@@ -7,7 +7,8 @@ Each traced XLA op is mapped back to the JAX code that produced it (the HLO ``op
 its time is added to a group: forward/backward of attention, MLP, LM head, the rest of the model, and
 the optimizer and metrics (ops XLA made inside a loop body count for the loop). ``--detail PART`` lists
 the slowest single ops whose JAX op_name or XLA op name contains PART. Times are wall time per op; the
-CPU runtime runs independent ops concurrently, so groups can add up to more than the step. The trace itself stays in ``--trace_dir`` for TensorBoard or Perfetto.
+CPU runtime runs independent ops concurrently, so groups can add up to more than the step. The trace
+itself stays in ``--trace_dir`` for TensorBoard or Perfetto.
 """
 
 from __future__ import annotations
