@@ -46,7 +46,7 @@ def group_of(op_name: str) -> str:
 def hlo_op_names(hlo: str) -> dict[str, str]:
     """XLA instruction name -> the JAX op_name it came from. Instructions without metadata (fusions XLA made
     inside a loop body, say) take the op_name of the instruction that calls their computation (the while)."""
-    own, calls, members, computation = {}, {}, collections.defaultdict(list), ""
+    own, computation_of, caller_of, computation = {}, {}, {}, ""
     for line in hlo.splitlines():
         header = re.match(r"(?:ENTRY )?%([\w.\-]+) \(", line)
         if header:
@@ -56,27 +56,21 @@ def hlo_op_names(hlo: str) -> dict[str, str]:
         if not inst:
             continue
         name = inst.group(1)
-        members[computation].append(name)
+        computation_of[name] = computation
         meta = re.search(r'op_name="([^"]+)"', line)
         if meta:
             own[name] = meta.group(1)
         for callee in re.findall(r"(?:body|condition|calls|to_apply)=%([\w.\-]+)", line):
-            calls[callee] = name
-    resolved: dict[str, str] = {}
+            caller_of[callee] = name
 
-    def resolve(name: str, computation: str, depth: int = 0) -> str | None:
-        if name in own or depth > 20:
-            return own.get(name)
-        caller = calls.get(computation)
-        return resolve(caller, caller_of.get(caller, ""), depth + 1) if caller else None
+    def origin(name: str | None) -> str | None:
+        for _ in range(20):  # nesting depth of computations
+            if name is None or name in own:
+                return own.get(name)
+            name = caller_of.get(computation_of.get(name))
+        return None
 
-    caller_of = {n: c for c, names in members.items() for n in names}
-    for computation, names in members.items():
-        for name in names:
-            op = resolve(name, computation)
-            if op is not None:
-                resolved[name] = op
-    return resolved
+    return {name: op for name in computation_of if (op := origin(name)) is not None}
 
 
 def main(argv=None) -> int:
@@ -89,7 +83,8 @@ def main(argv=None) -> int:
     p.add_argument("--scan", action="store_true", help="scanned layers (default unrolled)")
     p.add_argument("--precision", default="float32", choices=sorted(PRECISIONS),
                    help="float32, or bf16 matmuls with float32 accumulation (default float32)")
-    p.add_argument("--detail", default=None, help="also list the slowest ops whose op_name (JAX code path) or XLA op name (e.g. copy_bitcast_fusion) contains this")
+    p.add_argument("--detail", default=None, help="also list the slowest ops whose op_name (JAX code path) or "
+                   "XLA op name (e.g. copy_bitcast_fusion) contains this")
     p.add_argument("--top", type=int, default=15, help="how many ops --detail lists (default 15)")
     p.add_argument("--trace_dir", default=None, help="where the trace is written (default: a temporary dir)")
     args = p.parse_args(argv)
@@ -97,12 +92,11 @@ def main(argv=None) -> int:
     cfg = ModelConfig(**CONFIGS[args.config], max_seq_len=args.seq_len, scan_layers=args.scan,
                       attention_impl=args.attention, **PRECISIONS[args.precision])
     trainer = JaxTrainer(cfg, make_batch(cfg, args.batch_size, args.seq_len))
-    trainer.step()
     with jax.set_mesh(trainer.mesh), nn.logical_axis_rules(trainer.rules):
         compiled = trainer.step_fn.lower(trainer.state, trainer.batch).compile()
     # Trace this very executable: op names (fusion.N) differ between two compilations of the same step.
     trainer.step_fn = compiled
-    trainer.step()
+    trainer.step()  # warm-up
     hlo = compiled.as_text()
     op_names = hlo_op_names(hlo)
     trace_dir = args.trace_dir or tempfile.mkdtemp(prefix="allam-profile-")
