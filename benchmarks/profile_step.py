@@ -43,6 +43,16 @@ def group_of(op_name: str) -> str:
     return "optimizer, loss and metrics"
 
 
+def op_kind(xla_name: str, op_name: str) -> str:
+    """``ynn_fusion.609`` from ``transpose(jvp(Decoder))/.../vmap(gts,sd->gtd)/dot_general`` ->
+    ``backward ynn_fusion vmap(gts,sd->gtd)/dot_general``: one line per kind of op, its layers and loop steps
+    summed."""
+    direction = "backward" if "transpose(" in op_name else "forward"
+    primitive = "/".join(op_name.split("/")[-2:]) if "vmap(" in op_name else op_name.split("/")[-1]
+    kind = re.sub(r"[.]\d+$", "", xla_name)
+    return f"{direction:8s} {kind}  {primitive}"
+
+
 def hlo_op_names(hlo: str) -> dict[str, str]:
     """XLA instruction name -> the JAX op_name it came from. Instructions without metadata (fusions XLA made
     inside a loop body, say) take the op_name of the instruction that calls their computation (the while)."""
@@ -109,6 +119,7 @@ def main(argv=None) -> int:
     trace = sorted(glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True))[-1]
     groups: collections.Counter = collections.Counter()
     ops: collections.Counter = collections.Counter()
+    kinds: collections.Counter = collections.Counter()
     for event in json.load(gzip.open(trace))["traceEvents"]:
         op = op_names.get(event.get("name", ""))
         if event.get("ph") != "X" or op is None:
@@ -116,6 +127,7 @@ def main(argv=None) -> int:
         groups[group_of(op)] += event["dur"] / 1000 / args.steps
         if args.detail and (args.detail in op or args.detail in event["name"]):
             ops[f"{event['name']}  ({op.split('jit(train_step)/')[-1][-80:]})"] += event["dur"] / 1000 / args.steps
+            kinds[op_kind(event["name"], op)] += event["dur"] / 1000 / args.steps
     print(f"{args.config}: {args.batch_size}x{args.seq_len}, attention={args.attention}, scan={args.scan}, "
           f"precision={args.precision}; "
           f"step {step_ms:.1f} ms (traced); trace in {trace_dir}")
@@ -124,6 +136,9 @@ def main(argv=None) -> int:
     if args.detail:
         print(f"\nslowest ops in '{args.detail}':")
         for name, ms in ops.most_common(args.top):
+            print(f"{ms:10.1f} ms  {name}")
+        print(f"\nthe same ops summed by kind (forward/backward, XLA op, JAX primitive):")
+        for name, ms in kinds.most_common(args.top):
             print(f"{ms:10.1f} ms  {name}")
     return 0
 

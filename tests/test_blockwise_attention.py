@@ -13,6 +13,7 @@ import pytest
 
 from allam_jax.kernels import get_attention_fn
 from allam_jax.kernels.blockwise_attention import blockwise_attention
+from allam_jax.kernels.reference_attention import reference_attention
 from test_flash_attention import HEAD_DIM, _compare, _inputs, _numpy_attention_and_grads, _ref, _segments
 
 
@@ -33,6 +34,27 @@ def test_matches_reference(causal, layout, heads, kv_heads, tiling):
     q, k, v, do = _inputs(3, 2, 48, heads, kv_heads)
     segs = _segments(layout, 2, 48, 3)
     _compare(_blockwise(segs, causal, *tiling), _ref(segs, causal), q, k, v, do, atol=2e-5)
+
+
+@pytest.mark.parametrize("tiling", TILINGS)
+@pytest.mark.parametrize("causal", [True, False])
+def test_separate_kv_segment_ids_match_reference(causal, tiling):
+    """Keys with their own segment ids (some keys of each document masked out; each document keeps its first key,
+    so that no query is left with nothing to attend to)."""
+    q, k, v, do = _inputs(4, 2, 48, 8, 2)
+    segs = jax.numpy.asarray(_segments("packed", 2, 48, 4))
+    first = np.concatenate([np.ones((2, 1), bool), np.asarray(segs[:, 1:] != segs[:, :-1])], axis=1)
+    dropped = (np.random.RandomState(4).rand(2, 48) < 0.3) & ~first
+    kv_segs = jax.numpy.where(dropped, -1, segs)
+
+    def blockwise(q, k, v):
+        return blockwise_attention(q, k, v, segment_ids=segs, kv_segment_ids=kv_segs, causal=causal,
+                                   query_block=tiling[0], rows_per_step=tiling[1])
+
+    def reference(q, k, v):
+        return reference_attention(q, k, v, segment_ids=segs, kv_segment_ids=kv_segs, causal=causal)
+
+    _compare(blockwise, reference, q, k, v, do, atol=2e-5)
 
 
 @pytest.mark.parametrize("tiling", TILINGS)

@@ -9,6 +9,11 @@ backward pass recomputes the probabilities from the saved log-sum-exp instead of
 (FlashAttention's recomputation, at query-block granularity). As in FlashAttention, the dots take their
 operands in the input dtype (probabilities and their gradients rounded to bf16 for bf16 inputs) and
 accumulate in f32; the softmax itself is f32. Same interface and results as :func:`reference_attention`.
+
+The query and key segment ids enter the loop as two separate inputs even when they are the same array:
+XLA's CPU backend fuses the mask into the exponential, and a fused loop that reads one loop input under two
+broadcasts (``seg[:, None] == seg[None, :]``) is not vectorised: ~4 ns instead of ~0.5 ns an element,
+which made the mask most of the attention time at the ~100M shapes.
 """
 
 from __future__ import annotations
@@ -50,18 +55,18 @@ def _bias(q_segments: jax.Array, kv_segments: jax.Array, q_start: int, causal: b
     return jnp.where(allowed, 0.0, _MASK_VALUE)
 
 
-def _logits(q, k, segments, start: int, stop: int, scale: float, causal: bool):
+def _logits(q, k, segments, kv_segments, start: int, stop: int, scale: float, causal: bool):
     """Logits ``[groups, stop - start, kv]`` of query block ``[start:stop]`` against the keys it may see."""
     kv = stop if causal else k.shape[0]
-    bias = _bias(segments[start:stop], segments[:kv], start, causal)
+    bias = _bias(segments[start:stop], kv_segments[:kv], start, causal)
     return jnp.einsum("gtd,sd->gts", q[:, start:stop], k[:kv], preferred_element_type=jnp.float32) * scale + bias
 
 
 def _forward_row(scale: float, causal: bool, block: int, row):
-    q, k, v, segments = row  # [groups, T, D], [S, D], [S, D], [T]
+    q, k, v, segments, kv_segments = row  # [groups, T, D], [S, D], [S, D], [T], [S]
     outs, lses = [], []
     for start, stop in _query_blocks(q.shape[1], causal, block):
-        logits = _logits(q, k, segments, start, stop, scale, causal)
+        logits = _logits(q, k, segments, kv_segments, start, stop, scale, causal)
         m = jnp.max(logits, axis=-1, keepdims=True)
         p = jnp.exp(logits - m)
         total = jnp.sum(p, axis=-1, keepdims=True)
@@ -72,12 +77,12 @@ def _forward_row(scale: float, causal: bool, block: int, row):
 
 
 def _backward_row(scale: float, causal: bool, block: int, row):
-    q, k, v, segments, out, lse, d_out = row
+    q, k, v, segments, kv_segments, out, lse, d_out = row
     dt = q.dtype  # dot operands in the input dtype, accumulation in f32 (as FlashAttention does in bf16)
     delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
     dk, dv, dqs = jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32), []
     for start, stop in _query_blocks(q.shape[1], causal, block):
-        p = jnp.exp(_logits(q, k, segments, start, stop, scale, causal) - lse[:, start:stop, None])
+        p = jnp.exp(_logits(q, k, segments, kv_segments, start, stop, scale, causal) - lse[:, start:stop, None])
         kv = p.shape[-1]
         do = d_out[:, start:stop]
         dv = dv.at[:kv].add(jnp.einsum("gts,gtd->sd", p.astype(dt), do, preferred_element_type=jnp.float32))
@@ -88,21 +93,21 @@ def _backward_row(scale: float, causal: bool, block: int, row):
     return jnp.concatenate(dqs, axis=1).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def _rows_attention(q, k, v, segments, scale: float, causal: bool, block: int, rows: int):
-    return jax.lax.map(functools.partial(_forward_row, scale, causal, block), (q, k, v, segments), batch_size=rows)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def _rows_attention(q, k, v, segments, kv_segments, scale: float, causal: bool, block: int, rows: int):
+    return _rows_fwd(q, k, v, segments, kv_segments, scale, causal, block, rows)[0]
 
 
-def _rows_fwd(q, k, v, segments, scale, causal, block, rows):
-    out, lse = jax.lax.map(functools.partial(_forward_row, scale, causal, block), (q, k, v, segments), batch_size=rows)
-    return out, (q, k, v, segments, out, lse)
+def _rows_fwd(q, k, v, segments, kv_segments, scale, causal, block, rows):
+    out, lse = jax.lax.map(functools.partial(_forward_row, scale, causal, block), (q, k, v, segments, kv_segments),
+                           batch_size=rows)
+    return out, (q, k, v, segments, kv_segments, out, lse)
 
 
 def _rows_bwd(scale, causal, block, rows, residuals, d_out):
-    q, k, v, segments, out, lse = residuals
-    dq, dk, dv = jax.lax.map(functools.partial(_backward_row, scale, causal, block),
-                             (q, k, v, segments, out, lse, d_out), batch_size=rows)
-    return dq, dk, dv, None
+    dq, dk, dv = jax.lax.map(functools.partial(_backward_row, scale, causal, block), (*residuals, d_out),
+                             batch_size=rows)
+    return dq, dk, dv, None, None
 
 
 _rows_attention.defvjp(_rows_fwd, _rows_bwd)
@@ -121,7 +126,7 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids
     s, kvh = k.shape[1], k.shape[2]
     if h % kvh:
         raise ValueError(f"query heads ({h}) must be a multiple of kv heads ({kvh})")
-    if t != s or (kv_segment_ids is not None and kv_segment_ids is not segment_ids):
+    if t != s:
         from allam_jax.kernels.reference_attention import reference_attention
 
         return reference_attention(q, k, v, segment_ids=segment_ids, kv_segment_ids=kv_segment_ids, causal=causal,
@@ -129,13 +134,15 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids
     groups = h // kvh
     scale = d**-0.5 if sm_scale is None else float(sm_scale)
     segments = segment_ids if segment_ids is not None else jnp.ones((b, t), jnp.int32)
+    kv_segments = kv_segment_ids if segment_ids is not None and kv_segment_ids is not None else segments
     rows_q = q.reshape(b, t, kvh, groups, d).transpose(0, 2, 3, 1, 4).reshape(b * kvh, groups, t, d)
     rows_k = k.transpose(0, 2, 1, 3).reshape(b * kvh, s, d)
     rows_v = v.transpose(0, 2, 1, 3).reshape(b * kvh, s, d)
     rows_seg = jnp.repeat(segments, kvh, axis=0)
+    rows_kv_seg = jnp.repeat(kv_segments, kvh, axis=0)  # a separate loop input even if equal (module docstring)
     if rows_per_step is None:
         fit = max(1, ROWS_BYTES // _row_bytes(groups, t, s, d))
         rows_per_step = max(n for n in range(1, fit + 1) if (b * kvh) % n == 0)  # no ragged last step
-    out = _rows_attention(rows_q, rows_k, rows_v, rows_seg, scale, causal, query_block or QUERY_BLOCK,
+    out = _rows_attention(rows_q, rows_k, rows_v, rows_seg, rows_kv_seg, scale, causal, query_block or QUERY_BLOCK,
                           min(rows_per_step, b * kvh))
     return out.reshape(b, kvh, groups, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
