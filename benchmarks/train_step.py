@@ -2,14 +2,22 @@
 
     python benchmarks/train_step.py                      # tiny and ~100M configs
     python benchmarks/train_step.py --configs 100m --batch_size 8 --seq_len 512 --steps 5
+    python benchmarks/train_step.py --gin_file models/small_100m.gin --gin_file perf/cpu_bf16.gin \
+        --gin_param "ModelConfig.remat_policy='dots'"     # any gin-defined model, mesh and precision
+
+With ``--gin_file``/``--gin_param`` the model (``ModelConfig``) and the mesh (``PartitioningConfig``) come from
+gin, as ``allam train`` builds them, and ``--configs`` is not used: the way to measure a tuned config such as
+``gin_configs/perf/*.gin`` on the machine it is meant for.
 
 MFU = model FLOPs (6N + attention, see ModelConfig.flops_per_token) x tokens/s / peak. The peak is the
-data-sheet bf16 value on TPU/GPU and a measured float32 matmul peak on CPU (or --peak_flops).
+data-sheet bf16 value on TPU/GPU and, on CPU, a matmul peak measured in the model's compute dtype (or
+--peak_flops).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -22,6 +30,7 @@ import numpy as np  # noqa: E402
 
 from allam_jax import partitioning  # noqa: E402
 from allam_jax.model import Decoder, ModelConfig  # noqa: E402
+from allam_jax.model.config import ConfigError  # noqa: E402
 from allam_jax.train.metrics import peak_flops_per_device  # noqa: E402
 from allam_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer  # noqa: E402
 from allam_jax.train.state import count_params, init_train_state, state_shardings  # noqa: E402
@@ -31,9 +40,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from vs_torch import CONFIGS, make_batch  # noqa: E402  (the same model shapes and batch in every benchmark)
 
 
-def bench(name: str, batch_size: int, seq_len: int, steps: int, remat: str, peak: float) -> dict:
-    cfg = ModelConfig(**CONFIGS[name], max_seq_len=seq_len, remat_policy=remat)
-    pcfg = partitioning.PartitioningConfig(mesh_shape=(1, -1, 1))
+def bench(name: str, cfg: ModelConfig, pcfg: partitioning.PartitioningConfig, batch_size: int, seq_len: int,
+          steps: int, peak: float) -> dict:
+    """Compiles the train step of ``cfg`` on the mesh of ``pcfg`` and times ``steps`` steps after the first."""
     mesh = partitioning.create_mesh(pcfg)
     model = Decoder(cfg)
     opt = OptimizerConfig()
@@ -75,20 +84,41 @@ def main(argv=None) -> int:
     p.add_argument("--batch_size", type=int, default=8, help="global batch size (default 8)")
     p.add_argument("--seq_len", type=int, default=256, help="tokens per row (default 256)")
     p.add_argument("--steps", type=int, default=5, help="timed steps after the compile step (default 5)")
-    p.add_argument("--remat", default="none", help="ModelConfig.remat_policy (default none)")
+    p.add_argument("--remat", default="none", help="ModelConfig.remat_policy (default none; with --gin_file bind "
+                   "ModelConfig.remat_policy instead)")
     p.add_argument("--peak_flops", type=float, default=None, help="peak FLOP/s per device for MFU "
                    "(default: data sheet on TPU/GPU, measured matmul peak on CPU)")
+    p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable; relative to gin_configs/ "
+                   "or the current directory) defining ModelConfig and PartitioningConfig; replaces --configs")
+    p.add_argument("--gin_param", action="append", default=[], help="gin binding (repeatable), e.g. "
+                   "\"ModelConfig.attention_impl='pallas'\"")
     args = p.parse_args(argv)
-    peak = peak_flops_per_device(args.peak_flops)
+    if args.gin_file or args.gin_param:
+        from allam_jax import gin_setup
+
+        try:
+            gin_setup.parse(args.gin_file, args.gin_param)
+            cfg = gin_setup.model_config()
+            pcfg = gin_setup.partitioning_config()
+        except (ConfigError, FileNotFoundError) as e:
+            print(f"train_step.py: {e}", file=sys.stderr)
+            return 2
+        cfg = dataclasses.replace(cfg, max_seq_len=max(cfg.max_seq_len, args.seq_len))
+        runs = [("+".join(os.path.basename(f).removesuffix(".gin") for f in args.gin_file) or "gin", cfg, pcfg)]
+    else:
+        runs = [(name.strip(), ModelConfig(**CONFIGS[name.strip()], max_seq_len=args.seq_len, remat_policy=args.remat),
+                 partitioning.PartitioningConfig(mesh_shape=(1, -1, 1))) for name in args.configs.split(",")]
+    peak = peak_flops_per_device(args.peak_flops, runs[0][1].dtype)
     dev = jax.devices()[0]
     print(f"backend={jax.default_backend()} device={dev.device_kind} x{jax.device_count()} "
           f"peak={peak / 1e9:.1f} GFLOP/s/device jax={jax.__version__}")
-    header = f"{'config':<6} {'params':>12} {'tokens':>9} {'compile s':>9} {'step s':>8} {'tokens/s':>10} {'MFU':>7}"
+    width = max(6, *(len(name) for name, _, _ in runs))
+    header = f"{'config':<{width}} {'params':>12} {'tokens':>9} {'compile s':>9} {'step s':>8} {'tokens/s':>10} {'MFU':>7}"
     print(header)
     print("-" * len(header))
-    for name in args.configs.split(","):
-        r = bench(name.strip(), args.batch_size, args.seq_len, args.steps, args.remat, peak)
-        print(f"{r['config']:<6} {r['params']:>12,} {r['tokens']:>9} {r['compile_s']:>9.2f} {r['step_s']:>8.3f} "
+    for name, cfg, pcfg in runs:
+        r = bench(name, cfg, pcfg, args.batch_size, args.seq_len, args.steps, peak)
+        print(f"{r['config']:<{width}} {r['params']:>12,} {r['tokens']:>9} {r['compile_s']:>9.2f} {r['step_s']:>8.3f} "
               f"{r['tokens_s']:>10.0f} {r['mfu']:>6.1%}")
         sys.stdout.flush()
     return 0

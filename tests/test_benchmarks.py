@@ -65,3 +65,45 @@ def test_groups_split_forward_backward_and_parts():
     assert group_of("jit(train_step)/jvp(Decoder)/layer_3/mlp/up/dot_general") == "model forward: mlp"
     assert group_of("jit(train_step)/transpose(jvp(Decoder))/layer_0/attention/while") == "model backward: attention"
     assert group_of("jit(train_step)/adam/mul") == "optimizer, loss and metrics"
+
+
+def test_op_kinds_sum_layers_and_loop_steps_together():
+    from profile_step import op_kind
+
+    a = op_kind("ynn_fusion.609", "jit(train_step)/transpose(jvp(Decoder))/layer_0/attention/while/body/closed_call/"
+                "vmap(gts,sd->gtd)/dot_general")
+    b = op_kind("ynn_fusion.12", "jit(train_step)/transpose(jvp(Decoder))/layer_7/attention/while/body/closed_call/"
+                "vmap(gts,sd->gtd)/dot_general")
+    assert a == b and a.split() == ["backward", "ynn_fusion", "vmap(gts,sd->gtd)/dot_general"]
+    fwd = op_kind("subtract_exponential_fusion.3", "jit(train_step)/jvp(Decoder)/layer_0/attention/while/body/"
+                  "closed_call/vmap()/exp")
+    assert fwd.split() == ["forward", "subtract_exponential_fusion", "vmap()/exp"]
+    assert op_kind("multiply_add_fusion", "jit(train_step)/add").split() == ["forward", "multiply_add_fusion", "add"]
+
+
+def _params_in_table(capsys, argv):
+    import train_step
+
+    assert train_step.main(argv) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1].split()
+    return row[0], int(row[1].replace(",", ""))
+
+
+def test_train_step_measures_the_model_gin_defines(capsys):
+    """Bindings reach the benchmarked model: one more layer adds exactly one Llama block's parameters (attention
+    with 8 query and 4 KV heads of 8 dims, a SwiGLU MLP, two RMSNorm scales)."""
+    common = ["--gin_file", "models/tiny.gin", "--steps", "1", "--batch_size", "2", "--seq_len", "32",
+              "--peak_flops", "1e12"]
+    name, one = _params_in_table(capsys, common + ["--gin_param", "ModelConfig.num_layers=1"])
+    _, two = _params_in_table(capsys, common + ["--gin_param", "ModelConfig.num_layers=2"])
+    d, heads, kv_heads, head_dim, mlp = 64, 8, 4, 8, 192
+    block = d * heads * head_dim * 2 + d * kv_heads * head_dim * 2 + 3 * d * mlp + 2 * d
+    assert name == "tiny" and two - one == block
+
+
+def test_train_step_bad_gin_is_one_line(capsys):
+    import train_step
+
+    assert train_step.main(["--gin_file", "models/tiny.gin", "--gin_param", "ModelConfig.bogus=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bogus" in err
