@@ -6,7 +6,8 @@
 Each traced XLA op is mapped back to the JAX code that produced it (the HLO ``op_name`` metadata) and
 its time is added to a group: forward/backward of attention, MLP, LM head, the rest of the model, and
 the optimizer and metrics (ops XLA made inside a loop body count for the loop). ``--detail PART`` lists
-the slowest single ops whose JAX op_name or XLA op name contains PART. Times are wall time per op; the
+the slowest single ops whose JAX op_name or XLA op name contains PART, then the same ops summed by kind
+(forward or backward, XLA op, JAX primitive: every layer's and loop step's copy of an op on one line). Times are wall time per op; the
 CPU runtime runs independent ops concurrently, so groups can add up to more than the step. The trace
 itself stays in ``--trace_dir`` for TensorBoard or Perfetto.
 """
@@ -94,7 +95,8 @@ def main(argv=None) -> int:
     p.add_argument("--precision", default="float32", choices=sorted(PRECISIONS),
                    help="float32, or bf16 matmuls with float32 accumulation (default float32)")
     p.add_argument("--detail", default=None, help="also list the slowest ops whose op_name (JAX code path) or "
-                   "XLA op name (e.g. copy_bitcast_fusion) contains this")
+                   "XLA op name (e.g. copy_bitcast_fusion) contains this ('/' for all), and their totals by "
+                   "kind")
     p.add_argument("--top", type=int, default=15, help="how many ops --detail lists (default 15)")
     p.add_argument("--trace_dir", default=None, help="where the trace is written (default: a temporary dir)")
     args = p.parse_args(argv)

@@ -57,7 +57,8 @@ def test_train_via_python_dash_m_module_and_bindings(gin, tmp_path):
 
 
 @pytest.mark.parametrize("gin_file,low,high", [
-    ("models/allam_7b.gin", 6.9e9, 7.1e9), ("models/allam_13b.gin", 12.8e9, 13.5e9),
+    ("models/allam_1b.gin", 0.95e9, 1.05e9), ("models/allam_7b.gin", 6.9e9, 7.1e9),
+    ("models/allam_13b.gin", 12.8e9, 13.5e9),
     ("models/allam_70b.gin", 68e9, 70e9),
 ])
 def test_info_reports_param_counts(gin_file, low, high):
