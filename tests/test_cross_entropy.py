@@ -4,9 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import pytest
-
-from allam_jax.train.cross_entropy import subtract_at_targets, token_cross_entropy
+from allam_jax.train.cross_entropy import token_cross_entropy
 
 
 def _numpy_reference(logits: np.ndarray, targets: np.ndarray, w_ce: np.ndarray, w_z: np.ndarray):
@@ -55,19 +53,3 @@ def test_gradient_matches_autodiff_of_the_plain_formula_under_jit():
     v2, g2 = jax.jit(jax.value_and_grad(custom))(logits)
     np.testing.assert_allclose(float(v2), float(v1), rtol=1e-6)
     np.testing.assert_allclose(np.asarray(g2), np.asarray(g1), rtol=1e-4, atol=1e-8)
-
-
-@pytest.mark.parametrize("scatter", [True, False])
-def test_both_ways_of_subtracting_the_one_hot_agree_with_numpy(scatter):
-    """The scatter (CPUs) and the fused compare (GPUs/TPUs) give the same gradient term, repeated targets
-    included."""
-    rng = np.random.default_rng(2)
-    x = rng.normal(0, 1, (2, 5, 9))
-    targets = rng.integers(0, 9, (2, 5))
-    targets[0, :3] = 4
-    values = rng.uniform(0, 1, (2, 5))
-    want = x - np.eye(9)[targets] * values[..., None]
-    got = jax.jit(subtract_at_targets, static_argnames="scatter")(
-        jnp.asarray(x, jnp.float32), jnp.asarray(targets, jnp.int32), jnp.asarray(values, jnp.float32),
-        scatter=scatter)
-    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-6)
