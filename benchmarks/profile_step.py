@@ -7,9 +7,9 @@ Each traced XLA op is mapped back to the JAX code that produced it (the HLO ``op
 its time is added to a group: forward/backward of attention, MLP, LM head, the rest of the model, and
 the optimizer and metrics (ops XLA made inside a loop body count for the loop). ``--detail PART`` lists
 the slowest single ops whose JAX op_name or XLA op name contains PART, then the same ops summed by kind
-(forward or backward, XLA op, JAX primitive: every layer's and loop step's copy of an op on one line). Times are wall time per op; the
-CPU runtime runs independent ops concurrently, so groups can add up to more than the step. The trace
-itself stays in ``--trace_dir`` for TensorBoard or Perfetto.
+(forward or backward, XLA op, JAX primitive: every layer's and loop step's copy of an op on one line).
+Times are wall time per op; the CPU runtime runs independent ops concurrently, so groups can add up to
+more than the step. The trace itself stays in ``--trace_dir`` for TensorBoard or Perfetto.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
         print(f"\nslowest ops in '{args.detail}':")
         for name, ms in ops.most_common(args.top):
             print(f"{ms:10.1f} ms  {name}")
-        print(f"\nthe same ops summed by kind (forward/backward, XLA op, JAX primitive):")
+        print("\nthe same ops summed by kind (forward/backward, XLA op, JAX primitive):")
         for name, ms in kinds.most_common(args.top):
             print(f"{ms:10.1f} ms  {name}")
     return 0

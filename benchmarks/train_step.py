@@ -17,7 +17,6 @@ data-sheet bf16 value on TPU/GPU and, on CPU, a matmul peak measured in the mode
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -103,7 +102,7 @@ def main(argv=None) -> int:
         except (ConfigError, FileNotFoundError) as e:
             print(f"train_step.py: {e}", file=sys.stderr)
             return 2
-        cfg = dataclasses.replace(cfg, max_seq_len=max(cfg.max_seq_len, args.seq_len))
+        cfg = cfg.replace(max_seq_len=max(cfg.max_seq_len, args.seq_len))
         runs = [("+".join(os.path.basename(f).removesuffix(".gin") for f in args.gin_file) or "gin", cfg, pcfg)]
     else:
         runs = [(name.strip(), ModelConfig(**CONFIGS[name.strip()], max_seq_len=args.seq_len, remat_policy=args.remat),
@@ -113,7 +112,8 @@ def main(argv=None) -> int:
     print(f"backend={jax.default_backend()} device={dev.device_kind} x{jax.device_count()} "
           f"peak={peak / 1e9:.1f} GFLOP/s/device jax={jax.__version__}")
     width = max(6, *(len(name) for name, _, _ in runs))
-    header = f"{'config':<{width}} {'params':>12} {'tokens':>9} {'compile s':>9} {'step s':>8} {'tokens/s':>10} {'MFU':>7}"
+    header = (f"{'config':<{width}} {'params':>12} {'tokens':>9} {'compile s':>9} {'step s':>8} {'tokens/s':>10} "
+              f"{'MFU':>7}")
     print(header)
     print("-" * len(header))
     for name, cfg, pcfg in runs:
