@@ -40,8 +40,9 @@ from vs_torch import CONFIGS, make_batch  # noqa: E402  (the same model shapes a
 
 
 def bench(name: str, cfg: ModelConfig, pcfg: partitioning.PartitioningConfig, batch_size: int, seq_len: int,
-          steps: int, peak: float) -> dict:
-    """Compiles the train step of ``cfg`` on the mesh of ``pcfg`` and times ``steps`` steps after the first."""
+          steps: int, peak: float, warmup: int = 3) -> dict:
+    """Compiles the train step of ``cfg`` on the mesh of ``pcfg``, runs ``warmup`` untimed steps (the first ones
+    after compiling run slower: allocator and page faults) and times ``steps`` more."""
     mesh = partitioning.create_mesh(pcfg)
     model = Decoder(cfg)
     opt = OptimizerConfig()
@@ -58,6 +59,9 @@ def bench(name: str, cfg: ModelConfig, pcfg: partitioning.PartitioningConfig, ba
         state, m = step(state, batch)
         jax.block_until_ready(m)
         compile_s = time.perf_counter() - t0
+        for _ in range(warmup):
+            state, m = step(state, batch)
+        jax.block_until_ready(m)
         times = []
         for _ in range(steps):
             t0 = time.perf_counter()
@@ -82,7 +86,8 @@ def main(argv=None) -> int:
     p.add_argument("--configs", default="tiny,100m", help="comma-separated subset of: " + ",".join(CONFIGS))
     p.add_argument("--batch_size", type=int, default=8, help="global batch size (default 8)")
     p.add_argument("--seq_len", type=int, default=256, help="tokens per row (default 256)")
-    p.add_argument("--steps", type=int, default=5, help="timed steps after the compile step (default 5)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps after the compile step (default 3)")
     p.add_argument("--remat", default="none", help="ModelConfig.remat_policy (default none; with --gin_file bind "
                    "ModelConfig.remat_policy instead)")
     p.add_argument("--peak_flops", type=float, default=None, help="peak FLOP/s per device for MFU "
@@ -117,7 +122,7 @@ def main(argv=None) -> int:
     print(header)
     print("-" * len(header))
     for name, cfg, pcfg in runs:
-        r = bench(name, cfg, pcfg, args.batch_size, args.seq_len, args.steps, peak)
+        r = bench(name, cfg, pcfg, args.batch_size, args.seq_len, args.steps, peak, args.warmup)
         print(f"{r['config']:<{width}} {r['params']:>12,} {r['tokens']:>9} {r['compile_s']:>9.2f} {r['step_s']:>8.3f} "
               f"{r['tokens_s']:>10.0f} {r['mfu']:>6.1%}")
         sys.stdout.flush()

@@ -92,7 +92,7 @@ def _params_in_table(capsys, argv):
 def test_train_step_measures_the_model_gin_defines(capsys):
     """Bindings reach the benchmarked model: one more layer adds exactly one Llama block's parameters (attention
     with 8 query and 4 KV heads of 8 dims, a SwiGLU MLP, two RMSNorm scales)."""
-    common = ["--gin_file", "models/tiny.gin", "--steps", "1", "--batch_size", "2", "--seq_len", "32",
+    common = ["--gin_file", "models/tiny.gin", "--steps", "1", "--warmup", "0", "--batch_size", "2", "--seq_len", "32",
               "--peak_flops", "1e12"]
     name, one = _params_in_table(capsys, common + ["--gin_param", "ModelConfig.num_layers=1"])
     _, two = _params_in_table(capsys, common + ["--gin_param", "ModelConfig.num_layers=2"])
