@@ -37,10 +37,15 @@ from vs_torch import CONFIGS, PRECISIONS, JaxTrainer, make_batch  # noqa: E402
 PARTS = ("attention", "mlp", "lm_head", "embed")
 
 
+def direction_of(op_name: str) -> str:
+    """Autodiff names backward-pass ops ``transpose(jvp(...))``."""
+    return "backward" if "transpose(" in op_name else "forward"
+
+
 def group_of(op_name: str) -> str:
     if "Decoder" in op_name:
         part = next((p for p in PARTS if f"/{p}" in op_name), "other layers")
-        return f"model {'backward' if 'transpose(' in op_name else 'forward'}: {part}"
+        return f"model {direction_of(op_name)}: {part}"
     return "optimizer, loss and metrics"
 
 
@@ -48,7 +53,7 @@ def op_kind(xla_name: str, op_name: str) -> str:
     """``ynn_fusion.609`` from ``transpose(jvp(Decoder))/.../vmap(gts,sd->gtd)/dot_general`` ->
     ``backward ynn_fusion vmap(gts,sd->gtd)/dot_general``: one line per kind of op, its layers and loop steps
     summed."""
-    direction = "backward" if "transpose(" in op_name else "forward"
+    direction = direction_of(op_name)
     primitive = "/".join(op_name.split("/")[-2:]) if "vmap(" in op_name else op_name.split("/")[-1]
     kind = re.sub(r"[.]\d+$", "", xla_name)
     return f"{direction:8s} {kind}  {primitive}"
