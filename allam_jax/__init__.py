@@ -1,3 +1,7 @@
 """allam-jax: train Arabic-English LLMs the ALLaM way in JAX/Flax."""
 
+from allam_jax.core.platform import quiet_absent_tpu
+
+quiet_absent_tpu()
+
 __version__ = "0.1.0"

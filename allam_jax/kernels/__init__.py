@@ -5,7 +5,7 @@ Every implementation takes q ``[batch, q_len, heads, head_dim]``, k/v ``[batch, 
 returns ``[batch, q_len, heads, head_dim]``. The model picks one by name (``ModelConfig.attention_impl``):
 
 - ``reference``: plain XLA (any backend, any shapes, decoding included);
-- ``pallas``: the fused flash kernel (Triton on GPU, interpret mode on CPU);
+- ``pallas``: the fused flash kernel (Triton on GPU, JAX's splash kernel on TPU, interpret mode on CPU);
 - ``blockwise``: plain XLA over groups of (batch row, KV head) problems, causal query blocks that skip the
   masked triangle, recomputation in the backward pass: the fast choice on CPUs
   (see :mod:`allam_jax.kernels.blockwise_attention`).
@@ -21,6 +21,7 @@ from typing import Callable, Optional
 import jax
 from jax.sharding import PartitionSpec as P
 
+from allam_jax.core.platform import target_platform
 from allam_jax.kernels.blockwise_attention import blockwise_attention
 from allam_jax.kernels.flash_attention import BlockSizes, flash_attention
 from allam_jax.kernels.reference_attention import reference_attention
@@ -31,14 +32,16 @@ _BATCH_AXES = ("data", "fsdp")
 def pallas_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: Optional[jax.Array] = None,
                      causal: bool = True, sm_scale: Optional[float] = None,
                      block_sizes: Optional[BlockSizes] = None) -> jax.Array:
-    """``flash_attention`` with interpret mode off the accelerators, sharded over the ambient mesh."""
+    """``flash_attention`` for the target platform (the ambient mesh's devices: an ahead-of-time compile for a
+    TPU topology gets the TPU kernel), interpret mode off the accelerators, sharded over the ambient mesh."""
     if q.shape[1] != k.shape[1]:  # decoding against a cache: the kernel is for self-attention in training
         return reference_attention(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale)
-    interpret = jax.default_backend() not in ("gpu", "tpu")
+    backend = target_platform()
+    interpret = backend not in ("gpu", "tpu")
 
     def local(q, k, v, segment_ids):
         return flash_attention(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale,
-                               block_sizes=block_sizes, interpret=interpret)
+                               block_sizes=block_sizes, interpret=interpret, backend=backend)
 
     return _per_shard(local, "pallas", q, k, v, segment_ids, causal, sm_scale)
 

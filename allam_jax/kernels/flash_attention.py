@@ -12,9 +12,10 @@ Packed sequences: tokens attend only within their ``segment_ids``. Causal maskin
 past the diagonal entirely. Lengths that are not a multiple of the block are padded (padding gets its
 own segment id, so no real token sees it) and the padding is sliced off.
 
-Backends: on GPU the kernels lower through Triton (layout ``[B, T, H, D]`` read in place); elsewhere
-the same kernel bodies run with a heads-major layout ``[B, H, T, D]``, the tiling Mosaic (TPU) wants.
-``interpret=True`` runs them anywhere (the CPU tests do).
+Backends: on GPU the kernels lower through Triton (layout ``[B, T, H, D]`` read in place). On TPU,
+``flash_attention`` hands the call to JAX's splash attention kernel (:mod:`allam_jax.kernels.splash_attention`
+says why). ``interpret=True`` runs these kernel bodies anywhere with a heads-major layout ``[B, H, T, D]``
+(the CPU tests do).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
+
+from allam_jax.core.platform import target_platform
+from allam_jax.kernels.splash_attention import splash_attention
 
 _MASK = -0.7 * float(jnp.finfo(jnp.float32).max)
 _LOG2E = math.log2(math.e)
@@ -328,7 +332,10 @@ def flash_attention(
 ) -> jax.Array:
     """Fused attention. q ``[B, T, H, D]``, k/v ``[B, T, K, D]`` (H a multiple of K), optional
     ``segment_ids [B, T]`` int32; returns ``[B, T, H, D]`` in q's dtype. Self-attention only (q and k
-    share positions, as in training); decoding with a cache uses the reference implementation."""
+    share positions, as in training); decoding with a cache uses the reference implementation.
+
+    ``backend`` (default: the target platform) ``'tpu'`` runs JAX's splash kernel (``block_sizes`` are the
+    Triton tiles and do not apply there); any other value runs this module's kernels."""
     b, t, h, d = q.shape
     if k.shape != v.shape or k.shape[0] != b or k.shape[1] != t or k.shape[3] != d:
         raise ValueError(f"flash_attention: k {k.shape} and v {v.shape} must be [batch={b}, seq={t}, kv_heads, "
@@ -337,8 +344,11 @@ def flash_attention(
         raise ValueError(f"flash_attention: query heads ({h}) must be a multiple of kv heads ({k.shape[2]})")
     if segment_ids is not None and segment_ids.shape != (b, t):
         raise ValueError(f"flash_attention: segment_ids {segment_ids.shape} must be [batch, seq] = {(b, t)}")
+    backend = backend or target_platform()
+    if backend == "tpu":
+        return splash_attention(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale,
+                                interpret=interpret)
     blocks = block_sizes or BlockSizes()
-    backend = backend or jax.default_backend()
     scale = float(d**-0.5 if sm_scale is None else sm_scale)
 
     block = max(blocks.block_q, blocks.block_k, blocks.block_q_bwd, blocks.block_k_bwd)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-import jax
 import jax.numpy as jnp
 
+from allam_jax.core.platform import target_platform
 from allam_jax.model.matmul import MATMUL_IMPLS
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
@@ -30,7 +30,7 @@ def _positive_int(owner: str, name: str, value) -> None:
 def resolve_dtype(name: str, owner: str = "ModelConfig", field: str = "dtype"):
     """Maps a dtype name to a jnp dtype; 'auto' means bf16 on accelerators and fp32 on CPU."""
     if name == "auto":
-        return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+        return jnp.float32 if target_platform() == "cpu" else jnp.bfloat16
     if name not in _DTYPES:
         raise ConfigError(f"{owner}.{field} must be one of {sorted(_DTYPES) + ['auto']}, got {name!r}")
     return _DTYPES[name]

@@ -28,6 +28,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from allam_jax.core.platform import target_platform
+
 MATMUL_IMPLS = ("auto", "xla", "explicit_vjp")
 
 
@@ -75,7 +77,7 @@ def project(x: jax.Array, kernel: jax.Array, num_contract: int, dtype, impl: str
     if impl not in MATMUL_IMPLS:
         raise ValueError(f"matmul_impl must be one of {MATMUL_IMPLS}, got {impl!r}")
     if impl == "auto":
-        impl = "explicit_vjp" if jax.default_backend() == "cpu" else "xla"
+        impl = "explicit_vjp" if target_platform() == "cpu" else "xla"
     out_dtype = dtype if out_dtype is None else out_dtype
     if impl == "xla":
         contract = tuple(range(x.ndim - num_contract, x.ndim))

@@ -1,0 +1,1 @@
+"""The ground floor: small modules every other package may import (no model, data or training code)."""

@@ -1,0 +1,84 @@
+"""Attention on TPU: JAX's splash attention kernel behind this project's interface.
+
+Why splash and not this project's own Pallas kernel on TPU: splash is the TPU flash-attention kernel that
+JAX ships and Google tunes for each TPU generation (MaxText runs it on TPUs); it obeys Mosaic's tiling
+(lane-dense log-sum-exp and segment-id layouts, blocks that divide 8 x 128), skips fully masked blocks
+from a precomputed block mask, handles GQA without repeating K/V, and has a fused backward kernel. Our
+kernel's TPU layout did not lower through Mosaic (its segment-id and log-sum-exp blocks are not
+8 x 128-aligned), and keeping a second TPU kernel in step with splash is work without a gain.
+
+Layout: q ``[B, T, H, D]``, k/v ``[B, T, K, D]`` in, ``[B, T, H, D]`` out (splash itself wants heads first
+and runs per batch row, so rows are vmapped). Sequences are padded to a multiple of 128 (padding gets its
+own segment id, as in the GPU kernel) and split into query/key blocks of up to 512.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+LANE = 128  # TPU vector lanes: the sequence blocks must be multiples of this
+MAX_BLOCK = 512  # MaxText's default splash block (q, kv, kv compute, dkv) on v4/v5
+_PAD_SEGMENT = -1
+
+
+def _block(length: int) -> int:
+    for block in (MAX_BLOCK, 256, LANE):
+        if length % block == 0:
+            return block
+    raise AssertionError(f"padded length {length} is not a multiple of {LANE}")
+
+
+@functools.lru_cache(maxsize=64)
+def _kernel(seq_len: int, heads: int, causal: bool, interpret: bool):
+    """The splash kernel for one shape; building it computes the block mask in NumPy, so it is cached."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+    b = _block(seq_len)
+    blocks = sk.BlockSizes(block_q=b, block_kv=b, block_kv_compute=b, block_q_dkv=b, block_kv_dkv=b,
+                           block_kv_dkv_compute=b, use_fused_bwd_kernel=True)
+    mask = sm.CausalMask((seq_len, seq_len)) if causal else sm.FullMask((seq_len, seq_len))
+    return sk.make_splash_mha(sm.MultiHeadMask([mask] * heads), block_sizes=blocks, head_shards=1, q_seq_shards=1,
+                              interpret=interpret)
+
+
+def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: Optional[jax.Array] = None,
+                     causal: bool = True, sm_scale: Optional[float] = None, interpret: bool = False) -> jax.Array:
+    """Self-attention with JAX's TPU splash kernel; same contract as ``flash_attention``.
+
+    ``interpret=True`` uses Pallas' generic interpreter; for TPU semantics on a CPU run the call under
+    ``jax.experimental.pallas.tpu.force_tpu_interpret_mode()`` instead (the tests do).
+    """
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+
+    b, t, h, d = q.shape
+    if k.shape != v.shape or k.shape[0] != b or k.shape[1] != t or k.shape[3] != d:
+        raise ValueError(f"splash_attention: k {k.shape} and v {v.shape} must be [batch={b}, seq={t}, kv_heads, "
+                         f"head_dim={d}] like q {q.shape}")
+    if h % k.shape[2]:
+        raise ValueError(f"splash_attention: query heads ({h}) must be a multiple of kv heads ({k.shape[2]})")
+    scale = d**-0.5 if sm_scale is None else sm_scale
+    padded = -(-t // LANE) * LANE
+    if segment_ids is None and padded != t:
+        segment_ids = jnp.zeros((b, t), jnp.int32)
+    if segment_ids is not None:
+        segment_ids = segment_ids.astype(jnp.int32)
+        if padded != t:
+            segment_ids = jnp.pad(segment_ids, ((0, 0), (0, padded - t)), constant_values=_PAD_SEGMENT)
+    if padded != t:
+        q, k, v = (jnp.pad(x, ((0, 0), (0, padded - t), (0, 0), (0, 0))) for x in (q, k, v))
+
+    kernel = _kernel(padded, h, bool(causal), bool(interpret))
+    # splash applies no softmax scale: scale q (in f32, then back to q's dtype, as MaxText does)
+    q = (q.astype(jnp.float32) * scale).astype(q.dtype)
+    qh, kh, vh = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))  # [B, heads, T, D]
+    if segment_ids is None:
+        out = jax.vmap(kernel)(qh, kh, vh)
+    else:
+        out = jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=sk.SegmentIds(q=s, kv=s)))(qh, kh, vh,
+                                                                                                  segment_ids)
+    return jnp.swapaxes(out, 1, 2)[:, :t]
