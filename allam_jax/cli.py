@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: ModelConfig.max_seq_len)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    from allam_jax.aot import command as compile_command
+
+    compile_command.add_parser(sub)
+
     p = sub.add_parser("data", help="data utilities", description="Data utilities.")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     prep = data_sub.add_parser("prepare", help="extract the bundled real corpora into a directory",
@@ -432,6 +436,12 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _cmd_compile(args) -> int:
+    from allam_jax.aot import command
+
+    return command.run(args)
+
+
 def _cmd_data(args) -> int:
     if args.data_command == "inspect":
         return _cmd_data_inspect(args)
@@ -496,7 +506,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "convert": _cmd_convert, "dpo-reference": _cmd_dpo_reference,
                 "generate": _cmd_generate, "chat": _cmd_chat, "eval": _cmd_eval,
                 "sweep": _cmd_sweep,
-                "expand-checkpoint": _cmd_expand}
+                "expand-checkpoint": _cmd_expand, "compile": _cmd_compile}
     try:
         return handlers[args.command](args)
     except (ConfigError, FileNotFoundError) as e:  # gin may append "In call to configurable ..." lines

@@ -12,7 +12,9 @@ import os
 
 # libtpu reads these at start-up; set for compile-only topologies so it does not warn about a missing TPU VM.
 _COMPILE_ONLY_TPU_ENV = {"TPU_ACCELERATOR_TYPE": "v5litepod-4", "TPU_WORKER_HOSTNAMES": "localhost",
-                         "TPU_WORKER_ID": "0", "TPU_SKIP_MDS_QUERY": "1"}
+                         "TPU_WORKER_ID": "0", "TPU_SKIP_MDS_QUERY": "1",
+                         # compile-only: no chip is opened, so several processes (tests, dry runs) may load libtpu
+                         "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
 
 
 def target_platform() -> str:
@@ -58,6 +60,11 @@ def quiet_absent_tpu() -> None:
 
 
 def prepare_compile_only_tpu() -> None:
-    """Environment for building TPU topologies on a host without TPUs (quiet libtpu start-up)."""
+    """Environment for building TPU topologies on a host without TPUs (quiet libtpu start-up). Also asks the
+    TPU compiler to finish a program that does not fit instead of stopping at its first estimate, so the
+    dry run can report the real per-chip numbers and the largest buffers. Must run before libtpu loads."""
     for key, value in _COMPILE_ONLY_TPU_ENV.items():
         os.environ.setdefault(key, value)
+    args = os.environ.get("LIBTPU_INIT_ARGS", "")
+    if "xla_tpu_no_crash_on_oom" not in args:
+        os.environ["LIBTPU_INIT_ARGS"] = (args + " --xla_tpu_no_crash_on_oom=true").strip()

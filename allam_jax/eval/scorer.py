@@ -10,6 +10,7 @@ jitted shape.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import random
 from typing import Callable, Optional, Sequence
@@ -34,6 +35,15 @@ def encode_pair(encode: Callable[[str], list[int]], context: str, continuation: 
     return whole[: len(ctx)], whole[len(ctx):]
 
 
+def score_tokens(model: Decoder, params, tokens: jax.Array, targets: jax.Array, positions: jax.Array,
+                 segments: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The scoring step: each target token's log-probability and whether it is the greedy choice."""
+    logits = model.apply({"params": params}, tokens, positions, segments)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    tok = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    return tok, jnp.argmax(logits, -1) == targets
+
+
 @dataclasses.dataclass
 class LoglikelihoodScorer:
     """Scores (context, continuation) pairs with one model; ``bos`` is prepended to every context."""
@@ -48,15 +58,7 @@ class LoglikelihoodScorer:
     rules: tuple = ()
 
     def __post_init__(self):
-        model = Decoder(self.cfg)
-
-        def score(params, tokens, targets, positions, segments):
-            logits = model.apply({"params": params}, tokens, positions, segments)
-            logp = jax.nn.log_softmax(logits, axis=-1)
-            tok = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-            return tok, jnp.argmax(logits, -1) == targets
-
-        self._score = jax.jit(score)
+        self._score = jax.jit(functools.partial(score_tokens, Decoder(self.cfg)))
         if self.mesh is not None:
             import flax.linen as nn
 

@@ -82,6 +82,15 @@ def _in_compute_dtype(params, dtype):
     return jax.tree_util.tree_map(cast, params)
 
 
+def decode_fn(model: Decoder) -> Callable:
+    """One decoding chunk: ``(params, tokens, positions, cache, index, valid) -> (logits, new cache)``; the
+    prefill runs it with the prompts, each later step with one token per row."""
+    def run(params, tokens, positions, cache, index, valid):
+        return model.apply({"params": params}, tokens, positions, None, cache, CacheState(index, valid))
+
+    return run
+
+
 class Generator:
     """Batched generation for one model and vocabulary (``encode``/``decode``/``eos_id``)."""
 
@@ -89,11 +98,7 @@ class Generator:
         self.cfg, self.params, self.vocab, self.bos_id = cfg, _in_compute_dtype(params, cfg.dtype), vocab, bos_id
         self.mesh, self.rules = mesh, tuple(rules)
         self.model = Decoder(cfg)
-
-        def run(params, tokens, positions, cache, index, valid):
-            return self.model.apply({"params": params}, tokens, positions, None, cache, CacheState(index, valid))
-
-        self._run = self.under_mesh(jax.jit(run, donate_argnums=(3,)))
+        self._run = self.under_mesh(jax.jit(decode_fn(self.model), donate_argnums=(3,)))
 
     def under_mesh(self, fn: Callable) -> Callable:
         """Runs ``fn`` inside the mesh and logical-axis rules the parameters were sharded with."""

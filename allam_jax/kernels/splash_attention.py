@@ -14,7 +14,7 @@ own segment id, as in the GPU kernel) and split into query/key blocks of up to 5
 
 from __future__ import annotations
 
-import functools
+import contextlib
 from typing import Optional
 
 import jax
@@ -32,9 +32,9 @@ def _block(length: int) -> int:
     raise AssertionError(f"padded length {length} is not a multiple of {LANE}")
 
 
-@functools.lru_cache(maxsize=64)
 def _kernel(seq_len: int, heads: int, causal: bool, interpret: bool):
-    """The splash kernel for one shape; building it computes the block mask in NumPy, so it is cached."""
+    """The splash kernel for one shape. Built afresh for each trace: it holds its block mask as arrays, which
+    inside a trace are that trace's values (a cached kernel would leak them into the next one)."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
@@ -77,8 +77,50 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: O
     q = (q.astype(jnp.float32) * scale).astype(q.dtype)
     qh, kh, vh = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))  # [B, heads, T, D]
     if segment_ids is None:
-        out = jax.vmap(kernel)(qh, kh, vh)
+        row = lambda q, k, v, s: kernel(q, k, v)  # noqa: E731
     else:
-        out = jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=sk.SegmentIds(q=s, kv=s)))(qh, kh, vh,
-                                                                                                  segment_ids)
+        row = lambda q, k, v, s: kernel(q, k, v, segment_ids=sk.SegmentIds(q=s, kv=s))  # noqa: E731
+    if _tpu_interpret_mode():  # its simulator cannot batch a kernel's grid: one row at a time
+        run = lambda q, k, v, s: jax.lax.map(lambda a: row(*a), (q, k, v, s))  # noqa: E731
+    else:
+        run = lambda q, k, v, s: jax.vmap(row)(q, k, v, s)  # noqa: E731
+    out = _with_kernel_precision(run, qh, kh, vh, segment_ids)
     return jnp.swapaxes(out, 1, 2)[:, :t]
+
+
+def _tpu_interpret_mode() -> bool:
+    """True under ``pltpu.force_tpu_interpret_mode()`` (TPU kernels simulated on CPU)."""
+    try:
+        from jax._src import config
+
+        return config.pallas_tpu_interpret_mode_context_manager.value is not None
+    except AttributeError:  # a JAX without the switch has no TPU interpret mode either
+        return False
+
+
+def _kernel_precision(dtype):
+    """Mosaic rejects an fp32-precision dot on 16-bit operands, so a global ``jax_default_matmul_precision =
+    'highest'`` must not reach a bf16 kernel; float32 kernels keep whatever precision is asked for."""
+    return contextlib.nullcontext() if dtype == jnp.float32 else jax.default_matmul_precision("default")
+
+
+def _with_kernel_precision(run, q, k, v, segment_ids):
+    """``run(q, k, v, segment_ids)`` traced, forward and backward, under :func:`_kernel_precision` (the backward
+    is traced when the gradient is taken, outside any context the caller could set around the forward)."""
+
+    @jax.custom_vjp
+    def call(q, k, v):
+        with _kernel_precision(q.dtype):
+            return run(q, k, v, segment_ids)
+
+    def fwd(q, k, v):
+        with _kernel_precision(q.dtype):
+            out, pullback = jax.vjp(lambda q, k, v: run(q, k, v, segment_ids), q, k, v)
+        return out, pullback
+
+    def bwd(pullback, g):
+        with _kernel_precision(g.dtype):
+            return pullback(g)
+
+    call.defvjp(fwd, bwd)
+    return call(q, k, v)

@@ -11,15 +11,12 @@ from typing import Optional
 
 import jax.numpy as jnp
 
+from allam_jax.core.errors import ConfigError
 from allam_jax.core.platform import target_platform
 from allam_jax.model.matmul import MATMUL_IMPLS
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message names the field and the value."""
 
 
 def _positive_int(owner: str, name: str, value) -> None:

@@ -23,9 +23,10 @@ from allam_jax.model.config import ConfigError
 from allam_jax.partitioning import PartitioningConfig
 from allam_jax.train import checkpoint as ckpt_lib
 from allam_jax.train.metrics import MetricsWriter, peak_flops_per_device
-from allam_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
-from allam_jax.train.state import TrainState, init_train_state, state_shardings
-from allam_jax.train.step import StepConfig, make_train_step
+from allam_jax.train.optimizer import OptimizerConfig
+from allam_jax.train.program import build_train_program
+from allam_jax.train.state import TrainState, init_train_state
+from allam_jax.train.step import StepConfig
 
 log = logging.getLogger(__name__)
 
@@ -109,29 +110,16 @@ def train(exp: Experiment, workdir: str) -> dict[str, float]:
     Returns the last logged metrics.
     """
     tcfg = exp.trainer
-    if tcfg.seq_len > exp.model.max_seq_len:
-        raise ConfigError(f"TrainerConfig.seq_len={tcfg.seq_len} exceeds ModelConfig.max_seq_len={exp.model.max_seq_len}")
+    mesh = partitioning.create_mesh(exp.partitioning)
+    rules = exp.partitioning.rules
+    program = build_train_program(exp, mesh)
     workdir_path = Path(workdir)
     workdir_path.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
-
-    mesh = partitioning.create_mesh(exp.partitioning)
-    rules = exp.partitioning.rules
-    batch_parts = mesh.shape["data"] * mesh.shape["fsdp"]
-    if tcfg.batch_size % batch_parts:
-        raise ConfigError(
-            f"TrainerConfig.batch_size={tcfg.batch_size} is not divisible by data x fsdp = {batch_parts} devices"
-        )
-    model = Decoder(exp.model)
-    tx = make_optimizer(exp.optimizer)
-    schedule = learning_rate_schedule(exp.optimizer)
-    abstract, shardings = state_shardings(model, tx, mesh, rules)
-    if exp.frozen_reference:
-        if not tcfg.init_from:
-            log.warning("DPO with a frozen reference but no TrainerConfig.init_from: the reference is a random model")
-        abstract, shardings = (abstract.replace(ref_params=abstract.params),
-                               shardings.replace(ref_params=shardings.params))
-    batch_sharding = partitioning.batch_sharding(mesh)
+    model, tx, abstract, shardings = program.model, program.tx, program.abstract_state, program.shardings
+    if exp.frozen_reference and not tcfg.init_from:
+        log.warning("DPO with a frozen reference but no TrainerConfig.init_from: the reference is a random model")
+    batch_sharding = program.batch_sharding
 
     data_iter = exp.data.make_iterator(tcfg.seq_len, tcfg.batch_size, jax.process_index(), jax.process_count())
     checkpointer = ckpt_lib.Checkpointer(
@@ -153,25 +141,10 @@ def train(exp: Experiment, workdir: str) -> dict[str, float]:
                                                      out_shardings=shardings.params)(state.params))
         start = 0
 
-    if exp.dpo is not None:
-        from allam_jax.align.dpo import make_dpo_step
-
-        if exp.step.grad_accum_steps > 1:
-            raise ConfigError("StepConfig.grad_accum_steps > 1 is not supported with DPO (experiment.dpo); "
-                              "lower TrainerConfig.batch_size instead")
-
-        make_step = make_dpo_step(model, tx, schedule, exp.dpo)
-    else:
-        make_step = make_train_step(model, tx, schedule, exp.step)
-    step_fn = jax.jit(
-        make_step,
-        in_shardings=(shardings, batch_sharding),
-        out_shardings=(shardings, None),
-        donate_argnums=(0,),
-    )
+    step_fn = program.step_fn
     writer = MetricsWriter(str(workdir_path), enabled=is_main, tensorboard=tcfg.tensorboard)
     languages = list(getattr(exp.data, "languages", [])) or [str(i) for i in range(exp.step.num_languages)]
-    tokens_per_step = tcfg.batch_size * tcfg.seq_len * (2 if exp.dpo is not None else 1)  # DPO: 2 rows a pair
+    tokens_per_step = program.rows_per_step * tcfg.seq_len  # DPO: 2 rows a pair
     flops_per_step = exp.model.training_flops_per_token(tcfg.seq_len) * tokens_per_step
     peak = peak_flops_per_device(tcfg.peak_flops_per_device, exp.model.dtype) * jax.device_count()
 

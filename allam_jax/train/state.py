@@ -25,6 +25,10 @@ class TrainState:
     ref_params: Any = None  # DPO with a frozen reference: a copy of the starting parameters, never updated
 
 
+# a raw PRNG key's shape: eval_shape needs no concrete key (none can be made on compile-only devices)
+_ABSTRACT_KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)
+
+
 def strip_boxes(tree: Any) -> Any:
     """Drops the logical-axis boxes without applying sharding constraints (safe outside jit)."""
     is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
@@ -44,7 +48,7 @@ def state_shardings(
     model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, rules, seq_len: int = 8
 ) -> tuple[TrainState, TrainState]:
     """Returns (abstract unboxed state, NamedSharding tree) without allocating any parameter."""
-    boxed = jax.eval_shape(_init_fn(model, tx, seq_len), jax.random.PRNGKey(0))
+    boxed = jax.eval_shape(_init_fn(model, tx, seq_len), _ABSTRACT_KEY)
     logical = nn.get_partition_spec(boxed)
     shardings = partitioning.logical_to_sharding(logical, mesh, rules)
     abstract = strip_boxes(boxed)
@@ -67,7 +71,7 @@ def init_train_state(
 
 def abstract_params(model: nn.Module, seq_len: int = 8) -> Any:
     """Parameter shapes from ``jax.eval_shape``: no memory is allocated (used by ``allam info``)."""
-    boxed = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, seq_len), jnp.int32)), jax.random.PRNGKey(0))
+    boxed = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, seq_len), jnp.int32)), _ABSTRACT_KEY)
     return strip_boxes(boxed)["params"]
 
 

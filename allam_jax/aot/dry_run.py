@@ -1,0 +1,202 @@
+"""Compile a run's train, eval or decode step for a topology from abstract arrays, and measure it.
+
+Nothing is allocated: parameters, optimizer state and batches are ``ShapeDtypeStruct``s carrying the
+shardings ``allam train`` would give them, so a 70B model compiles for a pod slice on a laptop. The XLA TPU
+compiler then reports what each chip needs (arguments, temporaries, outputs), which collectives the
+partitioned program runs, and how many FLOPs it executes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+import time
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from allam_jax import partitioning
+from allam_jax.aot.hlo_stats import collective_stats, largest_buffers
+from allam_jax.aot.topology import Topology
+from allam_jax.core.errors import ConfigError
+
+STEPS = ("train", "eval", "decode")
+_OOM = re.compile(r"RESOURCE_EXHAUSTED|Ran out of memory|out of memory", re.IGNORECASE)
+_USED = re.compile(r"Used ([\d.]+)([KMGT]?)i?B? of ([\d.]+)([KMGT]?)i?B? hbm", re.IGNORECASE)
+_REQUIRED = re.compile(r"total memory required for HLO temporaries \(([\d.]+)([KMGT]?)\) exceeds available HBM "
+                       r"\(([\d.]+)([KMGT]?)\)", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+@dataclasses.dataclass
+class CompileReport:
+    step: str
+    topology: str
+    libtpu_topology: Optional[str]
+    num_devices: int
+    mesh_shape: dict[str, int]
+    params: int
+    rows: int
+    seq_len: int
+    grad_accum_steps: int
+    attention_impl: str
+    remat_policy: str
+    compute_dtype: str
+    hbm_bytes: float
+    fits: bool
+    compile_seconds: float
+    argument_bytes: Optional[float] = None
+    output_bytes: Optional[float] = None
+    alias_bytes: Optional[float] = None
+    temp_bytes: Optional[float] = None
+    required_bytes: Optional[float] = None  # per device: arguments + temporaries + outputs not aliased
+    model_flops: float = 0.0  # per step, whole slice
+    peak_flops_per_device: Optional[float] = None
+    collectives: dict = dataclasses.field(default_factory=dict)
+    oom_message: Optional[str] = None  # the compiler's words when it stopped early for memory
+    largest_buffers: list = dataclasses.field(default_factory=list)  # when it does not fit: the biggest arrays
+
+    @property
+    def model_flops_per_device(self) -> float:
+        return self.model_flops / self.num_devices
+
+    def step_seconds(self, mfu: float) -> Optional[float]:
+        if not self.peak_flops_per_device:
+            return None
+        return self.model_flops_per_device / (self.peak_flops_per_device * mfu)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.update(model_flops_per_device=self.model_flops_per_device, step_seconds_at_100pct_mfu=self.step_seconds(1.0),
+                 step_seconds_at_50pct_mfu=self.step_seconds(0.5))
+        return d
+
+
+def _bytes(value: str, unit: str) -> float:
+    return float(value) * _UNITS[unit.upper()]
+
+
+def _abstract(tree: Any, shardings: Any, dtype=None) -> Any:
+    def one(a, s):
+        dt = dtype if (dtype is not None and jnp.issubdtype(a.dtype, jnp.floating)) else a.dtype
+        return jax.ShapeDtypeStruct(a.shape, dt, sharding=s)
+
+    return jax.tree_util.tree_map(one, tree, shardings)
+
+
+def _train_lowered(exp, program, seq_len):
+    with_ref = exp.dpo is not None and exp.dpo.reference != "frozen"
+    return program.step_fn.lower(program.abstract_state, program.abstract_batch(seq_len, with_ref_logp=with_ref))
+
+
+def _eval_lowered(exp, program, seq_len):
+    from allam_jax.eval.scorer import score_tokens
+
+    rows = exp.trainer.batch_size
+    bs = program.batch_sharding
+    fn = jax.jit(functools.partial(score_tokens, program.model), in_shardings=(program.shardings.params,) + (bs,) * 4,
+                 out_shardings=(bs, bs))
+    arrays = [jax.ShapeDtypeStruct((rows, seq_len), jnp.int32, sharding=bs) for _ in range(4)]
+    return fn.lower(program.abstract_state.params, *arrays)
+
+
+def _decode_lowered(exp, program, seq_len, mesh):
+    from allam_jax.inference.generate import decode_fn
+    from allam_jax.model.attention import LayerCache
+
+    cfg = exp.model
+    rows = exp.trainer.batch_size
+    bs = program.batch_sharding
+    cache_spec = NamedSharding(mesh, P(None, partitioning.BATCH_AXES, None, "tensor", None))
+    shape = (cfg.num_layers, rows, seq_len, cfg.num_kv_heads, cfg.kv_head_dim)
+    cache = LayerCache(*(jax.ShapeDtypeStruct(shape, cfg.dtype, sharding=cache_spec) for _ in range(2)))
+    replicated = NamedSharding(mesh, P())
+    params = _abstract(program.abstract_state.params, program.shardings.params, cfg.dtype)  # as Generator casts
+    fn = jax.jit(decode_fn(program.model), donate_argnums=(3,))
+    return fn.lower(params, jax.ShapeDtypeStruct((rows, 1), jnp.int32, sharding=bs),
+                    jax.ShapeDtypeStruct((rows, 1), jnp.int32, sharding=bs), cache,
+                    jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
+                    jax.ShapeDtypeStruct((rows, seq_len), jnp.bool_, sharding=bs))
+
+
+def _model_flops(exp, step: str, rows: int, seq_len: int) -> float:
+    cfg = exp.model
+    if step == "train":
+        return cfg.training_flops_per_token(seq_len) * rows * seq_len
+    if step == "eval":
+        return cfg.flops_per_token(seq_len) * rows * seq_len
+    return cfg.flops_per_token(seq_len) * rows  # one new token per row against a cache of seq_len
+
+
+def compile_step(exp, topology: Topology, step: str = "train") -> CompileReport:
+    """Lowers and compiles ``step`` of experiment ``exp`` for ``topology``; a program that does not fit is
+    reported (``fits=False`` with the compiler's message), not raised."""
+    from allam_jax.train.program import build_train_program
+    from allam_jax.train.state import count_params
+
+    if step not in STEPS:
+        raise ConfigError(f"--step must be one of {STEPS}, got {step!r}")
+    mesh = partitioning.create_mesh(exp.partitioning, topology.devices)
+    rules = list(exp.partitioning.rules)
+    seq_len = exp.trainer.seq_len
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        program = build_train_program(exp, mesh)
+        rows = program.rows_per_step if step == "train" else exp.trainer.batch_size
+        report = CompileReport(
+            step=step, topology=topology.name, libtpu_topology=topology.libtpu_name, num_devices=topology.num_devices,
+            mesh_shape=dict(mesh.shape), params=count_params(program.abstract_state.params), rows=rows,
+            seq_len=seq_len, grad_accum_steps=exp.step.grad_accum_steps if step == "train" else 1,
+            attention_impl=exp.model.attention_impl, remat_policy=exp.model.remat_policy,
+            compute_dtype=jnp.dtype(exp.model.dtype).name, hbm_bytes=topology.hbm_bytes, fits=True,
+            compile_seconds=0.0, model_flops=_model_flops(exp, step, rows, seq_len),
+            peak_flops_per_device=topology.peak_flops,
+        )
+        start = time.perf_counter()
+        try:
+            if step == "train":
+                lowered = _train_lowered(exp, program, seq_len)
+            elif step == "eval":
+                lowered = _eval_lowered(exp, program, seq_len)
+            else:
+                lowered = _decode_lowered(exp, program, seq_len, mesh)
+            compiled = lowered.compile()
+        except Exception as e:  # noqa: BLE001 - XLA raises XlaRuntimeError/ValueError with the reason inside
+            report.compile_seconds = time.perf_counter() - start
+            if not _OOM.search(str(e)):
+                raise
+            return _out_of_memory(report, str(e))
+    report.compile_seconds = time.perf_counter() - start
+    mem = compiled.memory_analysis()
+    report.argument_bytes = float(mem.argument_size_in_bytes)
+    report.output_bytes = float(mem.output_size_in_bytes)
+    report.alias_bytes = float(mem.alias_size_in_bytes)
+    report.temp_bytes = float(mem.temp_size_in_bytes)
+    report.required_bytes = report.argument_bytes + report.output_bytes - report.alias_bytes + report.temp_bytes
+    report.fits = report.required_bytes <= topology.hbm_bytes
+    hlo = compiled.as_text()
+    report.collectives = collective_stats(hlo)
+    if not report.fits:
+        report.largest_buffers = largest_buffers(hlo)
+    return report
+
+
+def _out_of_memory(report: CompileReport, message: str) -> CompileReport:
+    report.fits = False
+    lines = [ln.rstrip() for ln in message.splitlines() if ln.strip()]
+    report.oom_message = "\n".join(lines[:60])
+    used = _USED.search(message)
+    if used:
+        report.required_bytes = _bytes(used.group(1), used.group(2))
+        report.hbm_bytes = min(report.hbm_bytes, _bytes(used.group(3), used.group(4)))
+    else:
+        req = _REQUIRED.search(message)
+        if req:
+            report.temp_bytes = _bytes(req.group(1), req.group(2))
+            report.required_bytes = report.temp_bytes
+            report.hbm_bytes = min(report.hbm_bytes, _bytes(req.group(3), req.group(4)))
+    return report

@@ -1,0 +1,143 @@
+"""Numbers read from a compiled program's HLO text: collectives by kind and bytes per step.
+
+A scanned layer stack is one ``while`` loop whose body holds each layer's collectives once; XLA writes the
+loop's trip count (``known_trip_count``) on the ``while``, so every computation gets a multiplier (how many
+times one step runs it) and the totals are per step, not per line of HLO.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "bf16": 2, "f16": 2,
+          "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8, "c64": 8, "c128": 16}
+_ARRAY = re.compile(r"\b([a-z]+\d*[a-z0-9]*)\[([\d,]*)\]")
+_COMPUTATION = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+_INSTRUCTION = re.compile(r"=\s*(.+?)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(")
+_CALLEES = re.compile(r"\b(body|condition|to_apply|calls|branch_computations|called_computations)=\{?([^}\s,]+(?:,\s*%[\w.\-]+)*)\}?")
+_TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+
+
+def _array_bytes(type_text: str) -> list[float]:
+    out = []
+    for dtype, dims in _ARRAY.findall(type_text):
+        if dtype not in _BYTES:
+            continue
+        n = 1
+        for d in filter(None, dims.split(",")):
+            n *= int(d)
+        out.append(n * _BYTES[dtype])
+    return out
+
+
+def _computations(hlo: str) -> tuple[dict[str, list[str]], str]:
+    comps: dict[str, list[str]] = {}
+    entry, current = "", None
+    for line in hlo.splitlines():
+        m = _COMPUTATION.match(line.strip()) if current is None else None
+        if m:
+            current = m.group(2)
+            comps[current] = []
+            if m.group(1):
+                entry = current
+            continue
+        if current is not None:
+            if line.strip() == "}":
+                current = None
+            else:
+                comps[current].append(line)
+    return comps, entry
+
+
+def _trip_count(line: str, comps: dict[str, list[str]]) -> int:
+    """A ``while``'s trip count: XLA's ``known_trip_count`` (CPU, GPU), else the bound of its condition
+    ``counter < constant`` (what the TPU compiler leaves of a scan); 1 for anything else."""
+    if " while(" not in line:
+        return 1
+    known = _TRIP.search(line)
+    if known:
+        return int(known.group(1))
+    cond = re.search(r"condition=%?([\w.\-]+)", line)
+    body = comps.get(cond.group(1), []) if cond else []
+    if any("direction=LT" in ln for ln in body):
+        bounds = [int(c) for ln in body for c in re.findall(r"s32\[\]\S*\s+constant\((\d+)\)", ln)]
+        if len(bounds) == 1:
+            return bounds[0]
+    return 1
+
+
+def _multipliers(comps: dict[str, list[str]], entry: str) -> dict[str, int]:
+    """How many times one run of ``entry`` runs each computation (while bodies times their trip counts)."""
+    callers: dict[str, list[tuple[str, int]]] = collections.defaultdict(list)
+    for name, lines in comps.items():
+        for line in lines:
+            trip = _trip_count(line, comps)
+            for kind, targets in _CALLEES.findall(line):
+                for target in re.findall(r"%?([\w.\-]+)", targets):
+                    if target in comps and target != name:
+                        callers[target].append((name, trip if kind == "body" else 1))
+    memo: dict[str, int] = {entry: 1}
+
+    def mult(name: str, depth: int = 0) -> int:
+        if name not in memo:
+            memo[name] = 0  # guards against a cycle (HLO call graphs have none)
+            memo[name] = sum(mult(c, depth + 1) * f for c, f in callers.get(name, ()))
+        return memo[name]
+
+    return {name: mult(name) for name in comps}
+
+
+def collective_stats(hlo: str) -> dict[str, dict[str, float]]:
+    """``{kind: {"count": ops run per step, "bytes": result bytes per step per device}}`` for each collective
+    kind in the HLO (an async ``-start``/``-done`` pair counts once, by its largest operand)."""
+    comps, entry = _computations(hlo)
+    mult = _multipliers(comps, entry) if entry else {name: 1 for name in comps}
+    stats: dict[str, dict[str, float]] = {}
+    for name, lines in comps.items():
+        times = mult.get(name, 0)
+        if not times:
+            continue
+        for line in lines:
+            m = _INSTRUCTION.search(line)
+            if not m:
+                continue
+            type_text, kind, is_start = m.groups()
+            sizes = _array_bytes(type_text)
+            nbytes = max(sizes, default=0) if is_start else sum(sizes)
+            entry_stats = stats.setdefault(kind, {"count": 0, "bytes": 0.0})
+            entry_stats["count"] += times
+            entry_stats["bytes"] += times * nbytes
+    return dict(sorted(stats.items()))
+
+
+_DEF = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*([a-z]+\d*[a-z0-9]*\[[\d,]*\])(?:\{[^}]*\})?\s+([\w\-]+)\(")
+_OP_NAME = re.compile(r'op_name="([^"]+)"')
+_ALIASING_OPS = {"parameter", "bitcast", "get-tuple-element", "tuple", "copy-done", "all-gather-done", "all-reduce-done",
+                 "collective-permute-done"}
+
+
+def largest_buffers(hlo: str, top: int = 10) -> list[dict]:
+    """The ``top`` largest arrays the program computes (per device), largest first: HLO name, shape, bytes and
+    the JAX operation that made it. Arguments (reported apart) and ops that only alias another buffer
+    (bitcast, tuple access) are skipped."""
+    found = []
+    for line in hlo.splitlines():
+        m = _DEF.match(line)
+        if not m or m.group(3) in _ALIASING_OPS:
+            continue
+        sizes = _array_bytes(m.group(2))
+        if not sizes:
+            continue
+        op = _OP_NAME.search(line)
+        found.append({"name": m.group(1), "shape": m.group(2), "bytes": sizes[0], "op": m.group(3),
+                      "source": op.group(1) if op else ""})
+    found.sort(key=lambda b: -b["bytes"])
+    unique, seen = [], set()
+    for b in found:  # a fusion's copies of one array differ only in their HLO names
+        key = (b["shape"].split("{")[0], b["source"] or b["op"])
+        if key not in seen:
+            seen.add(key)
+            unique.append(b)
+    return unique[:top]

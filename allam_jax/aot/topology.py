@@ -1,0 +1,153 @@
+"""Slice names (``v5p-128``, ``v5e-16``, ``cpu:8``) -> compile-only devices and the chip's data-sheet numbers.
+
+TPU devices come from ``jax.experimental.topologies.get_topology_desc`` with libtpu installed: they exist only
+for compiling, so a CPU host can lower and compile a program for a whole pod slice. ``v4-N`` and ``v5p-N``
+count TensorCores (two per chip, one JAX device per chip); ``v5e-N``/``v5litepod-N`` and ``v6e-N`` count chips.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from typing import Any, Optional
+
+from allam_jax.core.errors import ConfigError
+
+GIB = 1024**3
+
+FAMILIES_HELP = ("v4-N, v5p-N (N TensorCores = 2 per chip), v5e-N or v5litepod-N, v6e-N (N chips), a raw "
+                 "libtpu topology such as v5e:2x2 or v5:4x4x4, or cpu:N (N fake CPU devices)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    """Data-sheet numbers of one accelerator chip (one JAX device)."""
+
+    name: str
+    hbm_bytes: float
+    peak_flops: float  # dense bf16 FLOP/s
+    topology_prefix: str  # libtpu's name of the generation ('v5' is v5p)
+    dims: int  # 3-D torus (v4, v5p) or 2-D (v5e, v6e)
+    cores_per_chip: int  # what the slice name counts per chip
+
+
+CHIPS = {
+    "v4": Chip("TPU v4", 32 * GIB, 275e12, "v4", 3, 2),
+    "v5p": Chip("TPU v5p", 95 * GIB, 459e12, "v5", 3, 2),
+    "v5e": Chip("TPU v5e", 16 * GIB, 197e12, "v5e", 2, 1),
+    "v6e": Chip("TPU v6e", 32 * GIB, 918e12, "v6e", 2, 1),
+}
+_ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6lite": "v6e", "v5": "v5p"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    name: str  # as the user wrote it
+    platform: str  # 'tpu' or 'cpu'
+    devices: tuple
+    chip: Optional[Chip]  # None for cpu:N
+    libtpu_name: Optional[str] = None
+
+    @property
+    def num_devices(self) -> int:
+        return len(self.devices)
+
+    @property
+    def hbm_bytes(self) -> float:
+        """Memory per device: the chip's HBM, or for cpu:N this host's RAM shared by the N devices."""
+        if self.chip is not None:
+            return self.chip.hbm_bytes
+        return _host_memory_bytes() / self.num_devices
+
+    @property
+    def peak_flops(self) -> Optional[float]:
+        return None if self.chip is None else self.chip.peak_flops
+
+
+def _host_memory_bytes() -> float:
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def torus_shape(chips: int, dims: int) -> tuple[int, ...]:
+    """The slice shape Cloud TPU gives a power-of-two chip count: double the last of the smallest sides,
+    starting from 2x2(x1), e.g. 3-D 16 -> 2x2x4, 64 -> 4x4x4, 256 -> 4x8x8; 2-D 8 -> 2x4, 256 -> 16x16."""
+    if chips < 1 or chips & (chips - 1):
+        raise ConfigError(f"a slice of {chips} chips is not a power of two; name the topology directly "
+                          f"(e.g. v5:4x4x12)")
+    if dims == 3 and chips <= 4:
+        return {1: (1, 1, 1), 2: (1, 2, 1), 4: (2, 2, 1)}[chips]
+    shape = [2, 2, 1] if dims == 3 else [1, 1]
+    while math.prod(shape) < chips:
+        smallest = min(shape)
+        shape[max(i for i, s in enumerate(shape) if s == smallest)] *= 2
+    return tuple(shape)
+
+
+def _parse(name: str) -> tuple[str, Optional[Chip], Optional[str]]:
+    """-> (platform, chip, libtpu topology name)."""
+    raw = re.fullmatch(r"(v\d+[a-z]*):(\d+(?:x\d+){1,2})", name)
+    if raw:
+        prefix, shape = raw.groups()
+        family = _ALIASES.get(prefix, prefix)
+        if family not in CHIPS:
+            raise ConfigError(f"unknown TPU generation {prefix!r} in --topology={name}; known: {FAMILIES_HELP}")
+        chip = CHIPS[family]
+        return "tpu", chip, f"{chip.topology_prefix}:{shape}"
+    m = re.fullmatch(r"(v\d+[a-z]*)-(\d+)", name)
+    if m:
+        family = _ALIASES.get(m.group(1), m.group(1))
+        if family not in CHIPS:
+            raise ConfigError(f"unknown TPU family in --topology={name}; known: {FAMILIES_HELP}")
+        chip = CHIPS[family]
+        count = int(m.group(2))
+        if count % chip.cores_per_chip:
+            raise ConfigError(f"--topology={name}: {family} slices count TensorCores, {chip.cores_per_chip} per "
+                              f"chip; {count} is not a multiple")
+        shape = torus_shape(count // chip.cores_per_chip, chip.dims)
+        return "tpu", chip, f"{chip.topology_prefix}:{'x'.join(map(str, shape))}"
+    raise ConfigError(f"unknown topology {name!r}; known: {FAMILIES_HELP}")
+
+
+def _libtpu_missing_message(name: str) -> str:
+    return (f"--topology={name} needs libtpu (the TPU compiler) on this machine: pip install 'allam-jax[tpu]' "
+            f"(or: pip install libtpu==0.0.42.1); no TPU is needed")
+
+
+def resolve_topology(name: str) -> Topology:
+    """Compile-only devices for ``name`` (see :data:`FAMILIES_HELP`)."""
+    m = re.fullmatch(r"cpu:(\d+)", name)
+    if m:
+        return _cpu_topology(name, int(m.group(1)))
+    platform, chip, libtpu_name = _parse(name)
+    from allam_jax.core.platform import libtpu_installed, prepare_compile_only_tpu
+
+    if not libtpu_installed():
+        raise ConfigError(_libtpu_missing_message(name))
+    prepare_compile_only_tpu()
+    from jax.experimental import topologies
+
+    dims = [int(x) for x in libtpu_name.split(":")[1].split("x")]
+    kwargs: dict[str, Any] = {}
+    if math.prod(dims) < 4:  # one host holds up to 2x2x1 chips; smaller slices are a host of their own
+        kwargs["chips_per_host_bounds"] = tuple(dims + [1] * (3 - len(dims)))
+    try:
+        devices = topologies.get_topology_desc(libtpu_name, "tpu", **kwargs).devices
+    except Exception as e:  # noqa: BLE001 - libtpu raises its own runtime errors
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"libtpu cannot build topology {libtpu_name} (from --topology={name}): {first}") from None
+    return Topology(name, platform, tuple(devices), chip, libtpu_name)
+
+
+def _cpu_topology(name: str, count: int) -> Topology:
+    import jax
+
+    if count < 1:
+        raise ConfigError(f"--topology={name}: the device count must be positive")
+    devices = jax.devices("cpu")
+    if len(devices) < count:
+        raise ConfigError(f"--topology={name} needs {count} CPU devices but this process has {len(devices)}; "
+                          f"start it with XLA_FLAGS=--xla_force_host_platform_device_count={count} "
+                          "(allam compile does this itself when JAX has not started yet)")
+    return Topology(name, "cpu", tuple(devices[:count]), None)

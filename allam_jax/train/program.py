@@ -1,0 +1,87 @@
+"""What one training run compiles: the model, optimizer, sharded state layout and the jitted step.
+
+Built once from an :class:`~allam_jax.train.loop.Experiment` and a mesh, and shared by ``allam train``
+(which then runs it) and ``allam compile`` (which lowers it from abstract arrays for another topology), so
+the dry run compiles exactly what the real run would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from allam_jax import partitioning
+from allam_jax.model import Decoder
+from allam_jax.model.config import ConfigError
+from allam_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from allam_jax.train.state import TrainState, state_shardings
+from allam_jax.train.step import make_train_step
+
+# the trainer's batch layout (allam_jax.data.pipeline.to_model_batch): name -> dtype
+BATCH_FEATURES = {"inputs": jnp.int32, "targets": jnp.int32, "segment_ids": jnp.int32, "positions": jnp.int32,
+                  "loss_weights": jnp.float32, "lang_id": jnp.int32, "task_id": jnp.int32}
+
+
+@dataclasses.dataclass
+class TrainProgram:
+    model: Decoder
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    abstract_state: TrainState  # ShapeDtypeStructs carrying their shardings
+    shardings: TrainState
+    batch_sharding: jax.sharding.NamedSharding
+    step_fn: Callable  # jitted (state, batch) -> (state, metrics), the state donated
+    rows_per_step: int  # DPO: two rows (chosen, rejected) per example
+
+    def abstract_batch(self, seq_len: int, with_ref_logp: bool = False) -> dict[str, jax.ShapeDtypeStruct]:
+        """The global batch as ShapeDtypeStructs with the batch sharding (what ``allam compile`` lowers with)."""
+        rows = self.rows_per_step
+        batch = {k: jax.ShapeDtypeStruct((rows, seq_len), dtype, sharding=self.batch_sharding)
+                 for k, dtype in BATCH_FEATURES.items()}
+        if with_ref_logp:
+            batch["ref_logp"] = jax.ShapeDtypeStruct((rows,), jnp.float32, sharding=self.batch_sharding)
+        return batch
+
+
+def build_train_program(exp: Any, mesh: Mesh) -> TrainProgram:
+    """Model, optimizer, state shardings and the jitted step for ``exp`` on ``mesh`` (nothing allocated)."""
+    tcfg = exp.trainer
+    if tcfg.seq_len > exp.model.max_seq_len:
+        raise ConfigError(f"TrainerConfig.seq_len={tcfg.seq_len} exceeds ModelConfig.max_seq_len={exp.model.max_seq_len}")
+    rules = exp.partitioning.rules
+    batch_parts = mesh.shape["data"] * mesh.shape["fsdp"]
+    if tcfg.batch_size % batch_parts:
+        raise ConfigError(
+            f"TrainerConfig.batch_size={tcfg.batch_size} is not divisible by data x fsdp = {batch_parts} devices"
+        )
+    tensor = mesh.shape["tensor"]
+    for name in ("num_heads", "num_kv_heads"):
+        if getattr(exp.model, name) % tensor:
+            raise ConfigError(f"ModelConfig.{name}={getattr(exp.model, name)} is not divisible by the tensor mesh "
+                              f"axis (size {tensor}); change PartitioningConfig.mesh_shape")
+    model = Decoder(exp.model)
+    tx = make_optimizer(exp.optimizer)
+    schedule = learning_rate_schedule(exp.optimizer)
+    abstract, shardings = state_shardings(model, tx, mesh, rules)
+    if exp.frozen_reference:
+        abstract, shardings = (abstract.replace(ref_params=abstract.params),
+                               shardings.replace(ref_params=shardings.params))
+    if exp.dpo is not None:
+        from allam_jax.align.dpo import make_dpo_step
+
+        if exp.step.grad_accum_steps > 1:
+            raise ConfigError("StepConfig.grad_accum_steps > 1 is not supported with DPO (experiment.dpo); "
+                              "lower TrainerConfig.batch_size instead")
+        make_step = make_dpo_step(model, tx, schedule, exp.dpo)
+    else:
+        make_step = make_train_step(model, tx, schedule, exp.step)
+    batch_sharding = partitioning.batch_sharding(mesh)
+    step_fn = jax.jit(make_step, in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None),
+                      donate_argnums=(0,))
+    rows = tcfg.batch_size * (2 if exp.dpo is not None else 1)
+    return TrainProgram(model, tx, schedule, abstract, shardings, batch_sharding, step_fn, rows)
