@@ -64,6 +64,10 @@ def run(args) -> int:
     return EXIT_FITS if report.fits else EXIT_DOES_NOT_FIT
 
 
+_ARGUMENTS = {"train": "parameters, optimizer state, batch", "eval": "parameters, batch",
+              "decode": "parameters in the compute dtype, KV cache, tokens"}
+
+
 def _gib(x: Optional[float]) -> str:
     return "?" if x is None else f"{x / GIB:.2f} GiB"
 
@@ -80,8 +84,11 @@ def format_report(r, gin_files=()) -> str:
     topo = r.topology + (f" (libtpu {r.libtpu_topology})" if r.libtpu_topology and r.libtpu_topology != r.topology
                          else "")
     step = {"train": "train step", "eval": "eval (scoring) step", "decode": "decode step (1 token per row)"}[r.step]
-    shape = (f"{r.rows} rows x {r.seq_len} tokens" + (f" in {r.grad_accum_steps} micro-batches"
-                                                       if r.grad_accum_steps > 1 else ""))
+    if r.step == "decode":
+        shape = f"{r.rows} rows against a KV cache of {r.seq_len} tokens"
+    else:
+        shape = (f"{r.rows} rows x {r.seq_len} tokens" + (f" in {r.grad_accum_steps} micro-batches"
+                                                           if r.grad_accum_steps > 1 else ""))
     rows = [
         ("config", " ".join(gin_files) or "-"),
         ("topology", f"{topo}: {r.num_devices} devices, {chip}"),
@@ -91,7 +98,7 @@ def format_report(r, gin_files=()) -> str:
     ]
     if r.argument_bytes is not None:
         rows += [
-            ("arguments", f"{_gib(r.argument_bytes)} per device (parameters, optimizer state, batch)"),
+            ("arguments", f"{_gib(r.argument_bytes)} per device ({_ARGUMENTS[r.step]})"),
             ("temporaries", f"{_gib(r.temp_bytes)} per device"),
             ("outputs", f"{_gib(r.output_bytes)} per device ({_gib(r.alias_bytes)} reuse donated arguments)"),
         ]
@@ -109,8 +116,9 @@ def format_report(r, gin_files=()) -> str:
     if r.peak_flops_per_device:
         t100, t50 = r.step_seconds(1.0), r.step_seconds(0.5)
         tokens = r.rows * (1 if r.step == "decode" else r.seq_len)
+        note = "; decoding is bound by memory bandwidth, so this is a floor" if r.step == "decode" else ""
         rows.append(("step time", f"{_seconds(t100)} at 100% MFU, {_seconds(t50)} at 50% MFU "
-                                  f"({tokens / t50:,.0f} tokens/s at 50%)"))
+                                  f"({tokens / t50:,.0f} tokens/s at 50%{note})"))
     if r.collectives:
         rows.append(("collectives", "; ".join(f"{k} x{int(v['count'])} {_gib(v['bytes'])}"
                                               for k, v in r.collectives.items()) + " per step per device"))

@@ -157,19 +157,22 @@ def compile_step(exp, topology: Topology, step: str = "train") -> CompileReport:
             peak_flops_per_device=topology.peak_flops,
         )
         start = time.perf_counter()
+        if step == "train":
+            lowered = _train_lowered(exp, program, seq_len)
+        elif step == "eval":
+            lowered = _eval_lowered(exp, program, seq_len)
+        else:
+            lowered = _decode_lowered(exp, program, seq_len, mesh)
         try:
-            if step == "train":
-                lowered = _train_lowered(exp, program, seq_len)
-            elif step == "eval":
-                lowered = _eval_lowered(exp, program, seq_len)
-            else:
-                lowered = _decode_lowered(exp, program, seq_len, mesh)
             compiled = lowered.compile()
         except Exception as e:  # noqa: BLE001 - XLA raises XlaRuntimeError/ValueError with the reason inside
-            report.compile_seconds = time.perf_counter() - start
             if not _OOM.search(str(e)):
                 raise
-            return _out_of_memory(report, str(e))
+            _out_of_memory(report, str(e))
+            compiled = _compile_past_oom(lowered, topology, report)
+            if compiled is None:
+                report.compile_seconds = time.perf_counter() - start
+                return report
     report.compile_seconds = time.perf_counter() - start
     mem = compiled.memory_analysis()
     report.argument_bytes = float(mem.argument_size_in_bytes)
@@ -183,6 +186,21 @@ def compile_step(exp, topology: Topology, step: str = "train") -> CompileReport:
     if not report.fits:
         report.largest_buffers = largest_buffers(hlo)
     return report
+
+
+def _compile_past_oom(lowered, topology: Topology, report: CompileReport):
+    """The TPU compiler stops at its first estimate when a program does not fit; asked not to, it finishes, so
+    the report can give real per-chip numbers and the largest arrays. None when that fails too (one array
+    larger than the chip, say: its message, which names the array's shape and HLO op, joins the report)."""
+    if topology.platform != "tpu":
+        return None
+    try:
+        return lowered.compile(compiler_options={"xla_tpu_no_crash_on_oom": True})
+    except Exception as e:  # noqa: BLE001 - XLA's runtime error carries the reason in its text
+        detail = [ln.strip() for ln in str(e).splitlines() if ln.strip()][:3]
+        if detail:
+            report.oom_message = "\n".join([report.oom_message or ""] + detail).strip()
+        return None
 
 
 def _out_of_memory(report: CompileReport, message: str) -> CompileReport:

@@ -130,6 +130,8 @@ def resolve_topology(name: str) -> Topology:
 
     dims = [int(x) for x in libtpu_name.split(":")[1].split("x")]
     kwargs: dict[str, Any] = {}
+    if chip.cores_per_chip == 2:  # one JAX device per chip (megacore), as on Cloud TPU VMs; libtpu's v4 default
+        kwargs["chip_config_name"] = "megacore"  # is a device per TensorCore
     if math.prod(dims) < 4:  # one host holds up to 2x2x1 chips; smaller slices are a host of their own
         kwargs["chips_per_host_bounds"] = tuple(dims + [1] * (3 - len(dims)))
     try:

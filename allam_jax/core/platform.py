@@ -60,11 +60,7 @@ def quiet_absent_tpu() -> None:
 
 
 def prepare_compile_only_tpu() -> None:
-    """Environment for building TPU topologies on a host without TPUs (quiet libtpu start-up). Also asks the
-    TPU compiler to finish a program that does not fit instead of stopping at its first estimate, so the
-    dry run can report the real per-chip numbers and the largest buffers. Must run before libtpu loads."""
+    """Environment for building TPU topologies on a host without TPUs (quiet libtpu start-up). Must run before
+    libtpu loads."""
     for key, value in _COMPILE_ONLY_TPU_ENV.items():
         os.environ.setdefault(key, value)
-    args = os.environ.get("LIBTPU_INIT_ARGS", "")
-    if "xla_tpu_no_crash_on_oom" not in args:
-        os.environ["LIBTPU_INIT_ARGS"] = (args + " --xla_tpu_no_crash_on_oom=true").strip()

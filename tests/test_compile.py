@@ -1,0 +1,202 @@
+"""``allam compile``: slice names, HLO statistics, and dry runs of real configs for fake TPU topologies."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from allam_jax.aot.hlo_stats import collective_stats, largest_buffers
+from allam_jax.aot.topology import resolve_topology, torus_shape
+from allam_jax.core.errors import ConfigError
+from helpers import allam
+
+TINY: list[str] = []  # runs/tiny_cpu.gin as it is: its data files need not exist for a dry run
+
+
+# Cloud TPU's published slice shapes (the user-facing name -> chip torus), written out by hand.
+@pytest.mark.parametrize("chips,dims,shape", [
+    (4, 3, (2, 2, 1)), (8, 3, (2, 2, 2)), (16, 3, (2, 2, 4)), (32, 3, (2, 4, 4)), (64, 3, (4, 4, 4)),
+    (128, 3, (4, 4, 8)), (256, 3, (4, 8, 8)), (512, 3, (8, 8, 8)), (1024, 3, (8, 8, 16)),
+    (4, 2, (2, 2)), (8, 2, (2, 4)), (16, 2, (4, 4)), (32, 2, (4, 8)), (64, 2, (8, 8)), (128, 2, (8, 16)),
+    (256, 2, (16, 16)),
+])
+def test_slice_shapes_match_cloud_tpu(chips, dims, shape):
+    assert torus_shape(chips, dims) == shape
+
+
+@pytest.mark.tpu
+@pytest.mark.parametrize("name,devices,kind", [
+    ("v5p-128", 64, "TPU v5"), ("v4-16", 8, "TPU v4"), ("v5e-16", 16, "TPU v5 lite"),
+    ("v5litepod-8", 8, "TPU v5 lite"), ("v6e-4", 4, "TPU v6 lite"), ("v5e:2x2", 4, "TPU v5 lite"),
+])
+def test_slice_names_give_compile_only_tpu_devices(name, devices, kind):
+    topo = resolve_topology(name)
+    assert topo.num_devices == devices and topo.platform == "tpu"
+    assert topo.devices[0].device_kind == kind
+
+
+@pytest.mark.parametrize("name,fragment", [
+    ("v9-8", "v4-N, v5p-N"), ("tpu-8", "v4-N, v5p-N"), ("v5p-7", "not a multiple"), ("v5p-24", "power of two"),
+    ("gpu:8", "cpu:N"),
+])
+def test_bad_topology_names_are_one_line_errors(name, fragment):
+    with pytest.raises(ConfigError) as e:
+        resolve_topology(name)
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+_SYNTHETIC_HLO = """HloModule m
+
+%body.1 (p: (s32[], f32[8,16])) -> (s32[], f32[8,16]) {
+  %p = (s32[], f32[8,16]) parameter(0)
+  %x = f32[8,16]{1,0} get-tuple-element(%p), index=1
+  %ag = f32[32,16]{1,0} all-gather(%x), dimensions={0}
+  %ar = bf16[4,4]{1,0} all-reduce(%y), to_apply=%add
+  ROOT %t = (s32[], f32[8,16]) tuple(%i, %x)
+}
+
+%cond.1 (p: (s32[], f32[8,16])) -> pred[] {
+  %p = (s32[], f32[8,16]) parameter(0)
+  %c = s32[]{:T(128)} constant(40)
+  %i = s32[] get-tuple-element(%p), index=0
+  ROOT %lt = pred[] compare(%i, %c), direction=LT
+}
+
+ENTRY %main (a: f32[8,16]) -> f32[8,16] {
+  %a = f32[8,16]{1,0} parameter(0)
+  %w = (s32[], f32[8,16]) while(%t0), condition=%cond.1, body=%body.1
+  %w2 = (s32[], f32[8,16]) while(%t1), condition=%cond.1, body=%body.1, backend_config={"known_trip_count":{"n":"3"}}
+  %rs = f32[2,16]{1,0} reduce-scatter(%a), dimensions={0}, to_apply=%add
+  %cp = (f32[8,16], f32[8,16], u32[], u32[]) collective-permute-start(%a), source_target_pairs={{0,1}}
+  ROOT %r = f32[8,16]{1,0} add(%a, %a)
+}
+"""
+
+
+def test_collective_stats_count_loop_bodies_times_their_trip_counts():
+    stats = collective_stats(_SYNTHETIC_HLO)
+    # the body runs 40 (bound of its condition) + 3 (known trip count) = 43 times per step
+    assert stats["all-gather"] == {"count": 43, "bytes": 43 * 32 * 16 * 4}
+    assert stats["all-reduce"] == {"count": 43, "bytes": 43 * 4 * 4 * 2}
+    assert stats["reduce-scatter"] == {"count": 1, "bytes": 2 * 16 * 4}
+    assert stats["collective-permute"] == {"count": 1, "bytes": 8 * 16 * 4}  # async start: its largest operand
+
+
+def test_largest_buffers_skip_aliases_and_name_the_op():
+    top = largest_buffers(_SYNTHETIC_HLO, top=2)
+    assert [b["name"] for b in top] == ["ag", "r"]
+    assert top[0]["shape"] == "f32[32,16]" and top[0]["bytes"] == 32 * 16 * 4
+
+
+@pytest.mark.tpu
+def test_collective_stats_of_a_program_compiled_for_tpu():
+    """A 5-step scan whose every step contracts a sharded axis and then applies tanh (so XLA cannot move the
+    sum out of the loop), compiled by the TPU compiler: 5 all-reduces of a float32 [8, 128] per run."""
+    devices = resolve_topology("v5e:2x2").devices
+    mesh = Mesh(np.asarray(devices), ("x",))
+
+    def f(w, c):
+        def body(c, _):
+            return jnp.tanh(jnp.einsum("ik,kj->ij", c, w)), None
+
+        return jax.lax.scan(body, c, None, length=5)[0]
+
+    w = jax.ShapeDtypeStruct((128, 128), jnp.float32, sharding=NamedSharding(mesh, P("x", None)))
+    c = jax.ShapeDtypeStruct((8, 128), jnp.float32, sharding=NamedSharding(mesh, P()))
+    hlo = jax.jit(f, out_shardings=NamedSharding(mesh, P())).lower(w, c).compile().as_text()
+    stats = collective_stats(hlo)
+    assert stats["all-reduce"] == {"count": 5, "bytes": 5 * 8 * 128 * 4}, stats
+
+
+# ------------------------------------------------------------------ the command
+
+
+@pytest.mark.tpu
+def test_compile_tiny_config_for_tpu_prints_a_table_that_fits():
+    r = allam("compile", "--gin_file", "runs/tiny_cpu.gin", "--topology", "v5e:2x2", *TINY,
+              "--gin_bindings", "ModelConfig.attention_impl = 'pallas'")
+    assert r.returncode == 0, r.stderr[-3000:]
+    for fragment in ("v5e:2x2", "4 devices", "fits", "model FLOPs", "step time", "attention pallas", "mesh"):
+        assert fragment in r.stdout, r.stdout
+
+
+@pytest.mark.tpu
+def test_compile_json_for_each_step():
+    reports = {}
+    for step in ("train", "eval", "decode"):
+        r = allam("compile", "--gin_file", "runs/tiny_cpu.gin", "--topology", "v5e-4", "--step", step, "--json")
+        assert r.returncode == 0, r.stderr[-3000:]
+        report = reports[step] = json.loads(r.stdout)
+        assert report["step"] == step and report["fits"] and report["num_devices"] == 4
+        assert 0 < report["required_bytes"] < report["hbm_bytes"]
+        assert report["argument_bytes"] > 0 and report["temp_bytes"] >= 0
+        assert report["rows"] == 8 and report["seq_len"] == 256  # runs/tiny_cpu.gin's batch
+    # training costs 3 forward passes; decoding makes one token per row instead of seq_len
+    assert reports["train"]["model_flops"] == pytest.approx(3 * reports["eval"]["model_flops"])
+    assert reports["decode"]["model_flops"] * 256 == pytest.approx(reports["eval"]["model_flops"])
+    # the decode step holds a KV cache: 2 x layers x rows x seq x kv_heads x head_dim, bf16 on TPU
+    cache = 2 * 2 * 8 * 256 * 4 * 8 * 2
+    assert reports["decode"]["argument_bytes"] >= cache / 4
+
+
+@pytest.mark.tpu
+def test_compile_reports_a_config_that_does_not_fit_with_exit_3():
+    """1B parameters, 24 rows of 2048 tokens per chip and no remat on a v5p-8 (95 GiB chips): ~123 GiB."""
+    r = allam("compile", "--gin_file", "runs/tiny_cpu.gin", "--gin_file", "models/allam_1b.gin", "--topology",
+              "v5p-8", "--gin_bindings", "ModelConfig.max_seq_len = 2048", "--gin_bindings", "TrainerConfig.seq_len = 2048",
+              "--gin_bindings", "TrainerConfig.batch_size = 96", "--gin_bindings", "ModelConfig.remat_policy = 'none'",
+              "--gin_bindings", "ModelConfig.compute_dtype = 'bfloat16'", timeout=900)
+    assert r.returncode == 3, r.stderr[-3000:]
+    assert "DOES NOT FIT" in r.stdout and "over by" in r.stdout
+    assert "StepConfig.grad_accum_steps" in r.stdout
+    # the largest arrays are the float32 logits of the 24 local rows: [24, 2048, 64000]
+    listing = r.stdout.split("Largest arrays per device")[1]
+    assert "f32[24,2048,64000]" in listing.splitlines()[1], listing
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--topology", "v9-8"], ["unknown", "v5p-N", "cpu:N"]),
+    (["--topology", "cpu:4", "--gin_bindings", "PartitioningConfig.mesh_shape = (1, 1, 4)",
+      "--gin_bindings", "ModelConfig.num_heads = 6", "--gin_bindings", "ModelConfig.num_kv_heads = 6",
+      "--gin_bindings", "ModelConfig.d_model = 48"],
+     ["ModelConfig.num_heads=6", "tensor", "4"]),
+    (["--topology", "cpu:4", "--gin_bindings", "PartitioningConfig.mesh_shape = (1, 4, 1)",
+      "--gin_bindings", "ModelConfig.d_model = 66", "--gin_bindings", "ModelConfig.head_dim = 16"],
+     ["size 66", "fsdp", "size 4"]),
+])
+def test_compile_bad_input_is_one_line_exit_2(args, fragments):
+    r = allam("compile", "--gin_file", "runs/tiny_cpu.gin", *TINY, *args)
+    assert r.returncode == 2, (r.stdout[-2000:], r.stderr[-2000:])
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("allam: error:")]
+    assert len(lines) == 1, r.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_compile_on_fake_cpu_devices():
+    r = allam("compile", "--gin_file", "runs/tiny_cpu.gin", "--topology", "cpu:4", "--json", *TINY,
+              "--gin_bindings", "PartitioningConfig.mesh_shape = (2, 2, 1)")
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(r.stdout)
+    assert report["num_devices"] == 4 and report["mesh_shape"] == {"data": 2, "fsdp": 2, "tensor": 1}
+    assert report["peak_flops_per_device"] is None and report["fits"]
+
+
+@pytest.mark.slow
+@pytest.mark.tpu
+@pytest.mark.parametrize("gin_file,topology,params", [
+    ("runs/allam_7b_stage1_en.gin", "v5p-128", 7.0e9),
+    ("runs/continue_llama2_13b_ar.gin", "v5p-128", 13.3e9),
+])
+def test_advertised_run_configs_fit_their_slices(gin_file, topology, params):
+    r = allam("compile", "--gin_file", gin_file, "--topology", topology, "--json", timeout=1200)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    report = json.loads(r.stdout)
+    assert report["fits"] and report["required_bytes"] < report["hbm_bytes"]
+    assert report["params"] == pytest.approx(params, rel=0.01)
+    assert report["attention_impl"] == "pallas" and report["compute_dtype"] == "bfloat16"
+    assert report["rows"] * report["seq_len"] >= 2 * 1024 * 1024  # the global batch of the config, not a toy one
