@@ -56,6 +56,29 @@ _SEQIO_NAMES = ("SeqioData", "CleaningConfig", "ParallelRendering", "CorpusPaths
 gin.constant("allam.DEFAULT_GIN_DIR", str(REPO_GIN_DIR))
 
 
+def _guard_package_lookup() -> None:
+    """gin resolves ``include 'a/b.gin'`` by also treating ``a`` as a Python package; a plain folder ``a/`` where
+    the user stands (``runs/`` after a recipe run) is then a namespace package without a file, and gin's check
+    crashes (``expected str ... not NoneType``) before the next search path (``gin_configs/``) is tried. Make
+    that check answer 'not here' instead, so the search goes on."""
+    from gin import config as gin_config
+    from gin import resource_reader
+
+    def exists(path: str) -> bool:
+        try:
+            return resource_reader.system_path_file_exists(path)
+        except (TypeError, ValueError, ImportError):
+            return False
+
+    gin_config._FILE_READERS[:] = [  # noqa: SLF001 - gin offers registration, not replacement
+        (reader, exists if check is resource_reader.system_path_file_exists else check)
+        for reader, check in gin_config._FILE_READERS
+    ]
+
+
+_guard_package_lookup()
+
+
 def _one_line(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     return " | ".join(lines[:3]) if lines else type(e).__name__

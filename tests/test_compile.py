@@ -49,6 +49,21 @@ def test_bad_topology_names_are_one_line_errors(name, fragment):
     assert fragment in str(e.value) and "\n" not in str(e.value)
 
 
+def test_tpu_topology_without_libtpu_says_how_to_install_it(monkeypatch):
+    import allam_jax.core.platform as platform
+
+    monkeypatch.setattr(platform, "libtpu_installed", lambda: False)
+    with pytest.raises(ConfigError) as e:
+        resolve_topology("v5p-128")
+    assert "pip install" in str(e.value) and "libtpu" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_compile_help_explains_every_flag():
+    text = allam("compile", "--help").stdout
+    for flag in ("--gin_file", "--gin_bindings", "--topology", "--step", "--json", "v5p-N", "cpu:N", "Exit 0"):
+        assert flag in text, flag
+
+
 _SYNTHETIC_HLO = """HloModule m
 
 %body.1 (p: (s32[], f32[8,16])) -> (s32[], f32[8,16]) {
