@@ -165,14 +165,18 @@ def build_experiment(data: Optional[object] = None, dpo: Optional[object] = None
 
 
 def train_from_gin(gin_files: Sequence[str], bindings: Sequence[str], workdir: str) -> dict[str, float]:
-    """``allam train`` in this process: parse, build, write ``WORKDIR/config.gin`` (process 0), train."""
+    """``allam train`` in this process: parse, build, train; ``WORKDIR/config.gin`` (process 0) is written once
+    the run is accepted."""
     import jax
 
     from allam_jax.train.loop import train
 
     parse(gin_files, bindings)
     exp = build_experiment()
-    Path(workdir).mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        (Path(workdir) / "config.gin").write_text(gin.config_str(), encoding="utf-8")
-    return train(exp, workdir)
+    operative = gin.config_str()
+
+    def write_config() -> None:  # only once the run is accepted: a refused resume keeps the old record
+        if jax.process_index() == 0:
+            (Path(workdir) / "config.gin").write_text(operative, encoding="utf-8")
+
+    return train(exp, workdir, on_accepted=write_config)

@@ -251,3 +251,14 @@ def test_scoring_and_generation_sharded_on_8_devices_match_one(tmp_path):
         assert out[mesh]["devices"] > 1, "parameters really are sharded"
         np.testing.assert_allclose(out[mesh]["ll"], ref["ll"], rtol=1e-5, atol=1e-4)
         assert out[mesh]["greedy"] == ref["greedy"]
+
+
+def test_empty_perplexity_file_is_an_error_naming_it(scorer, tmp_path):
+    from allam_jax.eval.report import run_eval
+    from allam_jax.model.config import ConfigError
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as e:
+        run_eval(scorer, [], perplexity_files=[f"ar:{empty}"])
+    assert str(empty) in str(e.value) and "no text" in str(e.value)

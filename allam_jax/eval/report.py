@@ -27,6 +27,9 @@ def run_eval(scorer: LoglikelihoodScorer, tasks: Sequence[str], num_fewshot: int
         if not path:
             raise ConfigError(f"bad --perplexity {spec!r}: use LANG:PATH")
         docs = list(iter_documents([path], None, CleaningConfig(dedup=False)))
+        if not docs:
+            raise ConfigError(f"{path}: no text to measure perplexity on (the file is empty or every line was "
+                              "dropped by cleaning)")
         report["perplexity"][f"{lang}:{Path(path).name}"] = {"language": lang, **perplexity(scorer, docs[:limit] if
                                                                                                limit else docs)}
     return report

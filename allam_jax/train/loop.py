@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -104,10 +104,12 @@ class _SigtermFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def train(exp: Experiment, workdir: str) -> dict[str, float]:
+def train(exp: Experiment, workdir: str, on_accepted: Optional[Callable[[], None]] = None) -> dict[str, float]:
     """Trains to ``trainer.num_steps``, resuming from ``WORKDIR/checkpoints`` when it holds a step.
 
-    Returns the last logged metrics.
+    ``on_accepted`` runs once the run is known to go ahead (config built, checkpoint restored or state
+    initialised), before the first step: ``allam train`` writes ``WORKDIR/config.gin`` there, so a refused run
+    leaves the workdir's record of the accepted one as it was. Returns the last logged metrics.
     """
     tcfg = exp.trainer
     mesh = partitioning.create_mesh(exp.partitioning)
@@ -142,6 +144,8 @@ def train(exp: Experiment, workdir: str) -> dict[str, float]:
         start = 0
 
     step_fn = program.step_fn
+    if on_accepted is not None:
+        on_accepted()
     writer = MetricsWriter(str(workdir_path), enabled=is_main, tensorboard=tcfg.tensorboard)
     languages = list(getattr(exp.data, "languages", [])) or [str(i) for i in range(exp.step.num_languages)]
     tokens_per_step = program.rows_per_step * tcfg.seq_len  # DPO: 2 rows a pair
