@@ -164,3 +164,28 @@ def test_metrics_survive_a_torn_line_and_duplicate_steps(tmp_path):
     assert read_metrics(str(tmp_path)) == [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.25},
                                            {"step": 3, "loss": 2.0}]
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_second_trainer_on_a_workdir_is_refused_and_a_stale_lock_is_taken_over(files, tmp_path):
+    import json as json_lib
+    import os
+    import socket
+
+    from allam_jax.model.config import ConfigError
+    from allam_jax.train.workdir_lock import LOCK_NAME, WorkdirLocked, workdir_lock
+
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    exp = experiment(files, num_steps=2)
+    with workdir_lock(str(workdir)):  # a live trainer (this very process) holds it
+        with pytest.raises(WorkdirLocked, match=f"in use by another trainer .*pid {os.getpid()}") as e:
+            train(exp, str(workdir))
+        assert isinstance(e.value, ConfigError) and "\n" not in str(e.value)
+        assert not (workdir / "checkpoints").exists() or not any((workdir / "checkpoints").iterdir())
+    # a lock left by a process of this host that no longer exists is stale: the run goes ahead and releases it
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    dead = finished.pid
+    (workdir / LOCK_NAME).write_text(json_lib.dumps({"host": socket.gethostname(), "pid": dead}))
+    train(exp, str(workdir))
+    assert (workdir / "checkpoints" / "2").exists() and not (workdir / LOCK_NAME).exists()

@@ -26,6 +26,7 @@ from allam_jax.train.metrics import MetricsWriter, peak_flops_per_device
 from allam_jax.train.optimizer import OptimizerConfig
 from allam_jax.train.program import build_train_program
 from allam_jax.train.state import TrainState, init_train_state
+from allam_jax.train.workdir_lock import workdir_lock
 from allam_jax.train.step import StepConfig
 
 log = logging.getLogger(__name__)
@@ -111,18 +112,24 @@ def train(exp: Experiment, workdir: str, on_accepted: Optional[Callable[[], None
     initialised), before the first step: ``allam train`` writes ``WORKDIR/config.gin`` there, so a refused run
     leaves the workdir's record of the accepted one as it was. Returns the last logged metrics.
     """
-    tcfg = exp.trainer
     mesh = partitioning.create_mesh(exp.partitioning)
-    rules = exp.partitioning.rules
     program = build_train_program(exp, mesh)
     workdir_path = Path(workdir)
     workdir_path.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
-    model, tx, abstract, shardings = program.model, program.tx, program.abstract_state, program.shardings
-    if exp.frozen_reference and not tcfg.init_from:
+    if exp.frozen_reference and not exp.trainer.init_from:
         log.warning("DPO with a frozen reference but no TrainerConfig.init_from: the reference is a random model")
-    batch_sharding = program.batch_sharding
+    with workdir_lock(str(workdir_path), enabled=is_main):
+        return _train_in_workdir(exp, program, mesh, workdir_path, is_main, on_accepted)
 
+
+def _train_in_workdir(exp: Experiment, program, mesh, workdir_path: Path, is_main: bool,
+                      on_accepted: Optional[Callable[[], None]]) -> dict[str, float]:
+    """The body of :func:`train`, run while this process holds the workdir lock."""
+    tcfg = exp.trainer
+    rules = exp.partitioning.rules
+    model, tx, abstract, shardings = program.model, program.tx, program.abstract_state, program.shardings
+    batch_sharding = program.batch_sharding
     data_iter = exp.data.make_iterator(tcfg.seq_len, tcfg.batch_size, jax.process_index(), jax.process_count())
     checkpointer = ckpt_lib.Checkpointer(
         str(workdir_path / "checkpoints"), tcfg.checkpoint_every, tcfg.keep_checkpoints, tcfg.async_checkpointing

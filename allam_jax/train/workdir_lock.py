@@ -1,0 +1,84 @@
+"""One trainer per workdir: an exclusive lock file naming its holder (host, pid, start time).
+
+Two ``allam train`` on one workdir would both save the same steps (Orbax fails on the second's rename, or both
+train the same steps twice and interleave ``metrics.jsonl``). The lock is a file created with ``O_EXCL``; a
+lock left by a process that died on this host is stale and taken over; one held from another host cannot be
+checked from here, so the error says how to remove it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Iterator, Optional
+
+from allam_jax.core.errors import ConfigError
+
+LOCK_NAME = ".allam-train.lock"
+
+
+class WorkdirLocked(ConfigError):
+    """Another live trainer holds the workdir."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _read(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _stale(holder: Optional[dict], path: Path) -> bool:
+    if holder is None:  # unreadable: a writer killed between create and write, unless it is being written now
+        try:
+            return time.time() - path.stat().st_mtime > 10
+        except OSError:
+            return True
+    return holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", -1)))
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str, enabled: bool = True) -> Iterator[None]:
+    """Holds ``WORKDIR/.allam-train.lock`` for the duration; ``enabled=False`` (processes other than 0 of a
+    multi-process run, which share process 0's lock) does nothing."""
+    if not enabled:
+        yield
+        return
+    path = Path(workdir) / LOCK_NAME
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for attempt in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _read(path)
+            if attempt == 0 and _stale(holder, path):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                continue
+            who = (f"host {holder.get('host')} pid {holder.get('pid')} since {holder.get('started')}" if holder
+                   else "an unknown process")
+            raise WorkdirLocked(f"workdir {workdir} is in use by another trainer ({who}; lock file {path}); "
+                                "wait for it or stop it, or delete the lock file if that run is gone") from None
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(me, f)
+        break
+    try:
+        yield
+    finally:
+        if (_read(path) or {}).get("pid") == me["pid"]:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
