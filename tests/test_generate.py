@@ -77,3 +77,16 @@ def test_generate_and_chat_commands(tmp_path):
     assert r.returncode == 0 and r.stdout.count("allam> ") == 1, r.stderr[-2000:]
     r = allam("generate", *common)
     assert r.returncode == 2 and "no prompt" in r.stderr
+    # a tokenizer with more ids than the checkpoint's 384 rows: one line, exit 2, for generate and eval alike
+    import sentencepiece as spm
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"word{i} token{i * 7} piece{i * 13}" for i in range(3000)), encoding="utf-8")
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "big"), vocab_size=1000,
+                                   model_type="bpe", byte_fallback=True, minloglevel=2)
+    big = f"--vocabulary={tmp_path / 'big.model'}"
+    for args in (["generate", "--prompt=hello", "--max_new_tokens=5"], ["eval", f"--perplexity=en:{corpus}"]):
+        r = allam(*args, *common[:2], big)
+        assert r.returncode == 2, r.stderr[-2000:]
+        errors = [ln for ln in r.stderr.splitlines() if ln.startswith("allam: error:")]
+        assert len(errors) == 1 and "1,000 ids but the model has ModelConfig.vocab_size=384" in errors[0], errors

@@ -189,3 +189,12 @@ def test_second_trainer_on_a_workdir_is_refused_and_a_stale_lock_is_taken_over(f
     (workdir / LOCK_NAME).write_text(json_lib.dumps({"host": socket.gethostname(), "pid": dead}))
     train(exp, str(workdir))
     assert (workdir / "checkpoints" / "2").exists() and not (workdir / LOCK_NAME).exists()
+
+
+def test_tokenizer_larger_than_the_model_vocabulary_stops_before_training(files, tmp_path):
+    """259 byte ids against 200 embedding rows used to train into 'loss is nan at step 1'."""
+    from allam_jax.model.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"259 ids but the model has ModelConfig.vocab_size=200"):
+        train(experiment(files, num_steps=2, model={"vocab_size": 200}), str(tmp_path))
+    assert not (tmp_path / "config.gin").exists() and not (tmp_path / "metrics.jsonl").exists()

@@ -85,3 +85,13 @@ def get_vocabulary(spec: str) -> seqio.Vocabulary:
     if Path(spec).suffix != ".model":
         raise ConfigError(f"vocabulary must be 'byte' or a SentencePiece .model file, got {spec}")
     return seqio.SentencePieceVocabulary(spec)
+
+
+def check_fits_model(vocab: seqio.Vocabulary, model_vocab_size: int, name: str = "the tokenizer") -> None:
+    """A tokenizer with more ids than the model has embedding rows gives ids with no row: training diverges
+    (NaN), decoding prints garbage, scores are NaN. Stop with one line instead."""
+    n = int(vocab.vocab_size)
+    if n > model_vocab_size:
+        raise ConfigError(f"{name} has {n:,} ids but the model has ModelConfig.vocab_size={model_vocab_size:,} "
+                          "embedding rows; use the tokenizer the model was trained with, or grow the model to it "
+                          "(allam expand-checkpoint)")

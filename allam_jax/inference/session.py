@@ -31,7 +31,7 @@ def load_generator(gin_files: Sequence[str], bindings: Sequence[str], ckpt: str,
     """Model shape from gin, parameters from ``ckpt`` sharded over the gin mesh (``PartitioningConfig``),
     vocabulary from the flag or the gin data config."""
     from allam_jax import gin_setup, partitioning
-    from allam_jax.data.vocabularies import bos_id, get_vocabulary
+    from allam_jax.data.vocabularies import bos_id, check_fits_model, get_vocabulary
 
     gin_setup.parse(gin_files, bindings)
     cfg = gin_setup.model_config()
@@ -42,6 +42,7 @@ def load_generator(gin_files: Sequence[str], bindings: Sequence[str], ckpt: str,
         except Exception:  # noqa: BLE001 - a model-only gin file has no data config: bytes, as the tiny models use
             vocabulary = "byte"
     vocab = get_vocabulary(vocabulary)
+    check_fits_model(vocab, cfg.vocab_size, f"tokenizer {vocabulary}")
     mesh = partitioning.create_mesh(pcfg)
     params = restore_sharded_params(ckpt, cfg, mesh, pcfg.rules)
     return Generator(cfg, params, vocab, bos_id(vocab), mesh=mesh, rules=pcfg.rules)

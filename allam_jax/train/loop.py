@@ -131,6 +131,11 @@ def _train_in_workdir(exp: Experiment, program, mesh, workdir_path: Path, is_mai
     model, tx, abstract, shardings = program.model, program.tx, program.abstract_state, program.shardings
     batch_sharding = program.batch_sharding
     data_iter = exp.data.make_iterator(tcfg.seq_len, tcfg.batch_size, jax.process_index(), jax.process_count())
+    vocab = getattr(data_iter, "vocab", None) or getattr(exp.data, "vocab", None)
+    if vocab is not None:
+        from allam_jax.data.vocabularies import check_fits_model
+
+        check_fits_model(vocab, exp.model.vocab_size, f"tokenizer {getattr(exp.data, 'vocabulary', 'byte')}")
     checkpointer = ckpt_lib.Checkpointer(
         str(workdir_path / "checkpoints"), tcfg.checkpoint_every, tcfg.keep_checkpoints, tcfg.async_checkpointing
     )
