@@ -90,3 +90,11 @@ def test_refused_resume_keeps_the_accepted_config_gin(gin, tmp_path):
     with pytest.raises(CheckpointError):
         gin_setup.train_from_gin([str(gin)], ["TrainerConfig.num_steps = 4", "ModelConfig.d_model = 48"], workdir)
     assert (tmp_path / "w" / "config.gin").read_text() == accepted
+
+
+def test_startup_is_quiet_on_a_cpu_machine(tmp_path):
+    """TensorFlow's start-up lines (oneDNN, CUDA drivers, cuInit) and libtpu's missing-TPU warnings stay out of
+    stderr: a bad input prints its one line and nothing else."""
+    r = allam("data", "inspect", "--batches", "2", "--gin_bindings", f"CorpusPaths.en = ['{tmp_path}/none.txt']")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"allam: error: data file not found: {tmp_path}/none.txt"], r.stderr

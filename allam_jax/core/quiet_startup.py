@@ -1,0 +1,74 @@
+"""Silence TensorFlow's start-up chatter on machines where it means nothing.
+
+seqio pulls in TensorFlow, whose C++ start-up writes to the process's stderr before any logging is set up
+(``oneDNN custom operations are on``, ``Could not find cuda drivers``, a CPU-feature notice, and at its first
+device probe ``failed call to cuInit``), twice over with tensorflow-text. On a CPU machine none of it is
+actionable, and it buries our own messages. The first ``import tensorflow`` therefore runs with file
+descriptor 2 pointed at a temporary file, together with TensorFlow's device probe; if the import fails, the
+captured text is written back to stderr before the error propagates, so nothing real is lost.
+``ALLAM_VERBOSE_STARTUP=1`` turns this off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.abc
+import importlib.util
+import os
+import sys
+import tempfile
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[None]:
+    """fd 2 goes to a temporary file; on an exception its text is written back to stderr."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            tmp.seek(0)
+            os.write(2, tmp.read())
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+class _QuietLoader(importlib.abc.Loader):
+    def __init__(self, loader):
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        with _stderr_captured():
+            self._loader.exec_module(module)
+            try:
+                module.config.list_physical_devices("GPU")  # TensorFlow's CUDA probe speaks here
+            except Exception:  # noqa: BLE001 - a probe failure is TensorFlow's to report later, loudly
+                pass
+
+
+class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)  # once: find the real spec with the other finders
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+def install() -> None:
+    """Quiet the first ``import tensorflow`` of this process (no-op if it already happened or is opted out)."""
+    if "tensorflow" in sys.modules or os.environ.get("ALLAM_VERBOSE_STARTUP", "") not in ("", "0"):
+        return
+    if not any(isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlowFinder())
