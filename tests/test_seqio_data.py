@@ -334,3 +334,32 @@ def test_sentencepiece_vocabulary_in_the_pipeline(bundled, tmp_path):
     assert checked > 0
     assert int(batch["targets"].max()) < sp.get_piece_size()
     it.close()
+
+
+@pytest.mark.parametrize("bad_file,content,reason", [
+    ("en.txt", b"a fine english line of text\n\xff\xfe not utf-8\nanother fine english line\n", "not valid UTF-8"),
+    ("pairs.jsonl", b'{"en": "good morning friend", "ar": "\xd8\xb5\xd8\xa8\xd8\xa7\xd8\xad"}\n{"en": broken\n',
+     "JSON"),
+])
+def test_fatal_bad_line_in_the_seqio_path_is_one_line_exit_2(tmp_path, bad_file, content, reason):
+    """CleaningConfig.on_error='fatal' used to end in a TensorFlow traceback and exit 1 (the error is raised in a
+    tf.data generator, first while the mixture's mean token counts are measured)."""
+    from helpers import allam
+
+    good = tmp_path / "good.txt"
+    good.write_text("\n".join(f"a perfectly ordinary english sentence number {i}" for i in range(50)), encoding="utf-8")
+    bad = tmp_path / bad_file
+    bad.write_bytes(content)
+    paths = ([f"CorpusPaths.en = ['{bad}']", "CorpusPaths.parallel = []"] if bad_file.endswith(".txt") else
+             [f"CorpusPaths.en = ['{good}']", f"CorpusPaths.parallel = ['{bad}']"])
+    rates = ("SeqioData.rates = {'en_pretrain': 1.0}" if bad_file.endswith(".txt") else
+             "SeqioData.rates = {'en_pretrain': 0.5, 'translated_pretrain': 0.5}")
+    args = ["train", "--gin_file", "runs/tiny_cpu.gin", "--workdir", str(tmp_path / "w"),
+            "--gin_bindings", "CleaningConfig.on_error = 'fatal'", "--gin_bindings", rates,
+            "--gin_bindings", f"CorpusPaths.ar = ['{good}']", "--gin_bindings", "TrainerConfig.num_steps = 2"]
+    for binding in paths:
+        args += ["--gin_bindings", binding]
+    r = allam(*args)
+    assert r.returncode == 2, r.stderr[-3000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"allam: error: {bad}:2:") and reason in lines[0], r.stderr[-3000:]

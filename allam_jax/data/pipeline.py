@@ -17,7 +17,6 @@ import atexit
 import dataclasses
 import gc
 import logging
-import re
 import weakref
 from typing import Mapping, Optional, Sequence
 
@@ -26,7 +25,7 @@ import seqio
 import tensorflow as tf
 
 from allam_jax.data import tasks as tasks_lib
-from allam_jax.data.sources import CleaningConfig, DataError, ParallelRendering
+from allam_jax.data.sources import CleaningConfig, ParallelRendering, tf_data_errors
 from allam_jax.data.vocabularies import bos_id, get_vocabulary
 from allam_jax.model.config import ConfigError
 
@@ -113,9 +112,6 @@ def packed_dataset(mixture: str, vocab: seqio.Vocabulary, seq_len: int, local_ba
     return ds.batch(local_batch, drop_remainder=True).prefetch(2)
 
 
-_OUR_MESSAGE = re.compile(r"(?:DataError|ConfigError): (.*?)(?:\n|$)")
-
-
 _LIVE: "weakref.WeakSet[SeqioBatchIterator]" = weakref.WeakSet()
 
 
@@ -169,10 +165,7 @@ class SeqioBatchIterator:
     def __next__(self) -> dict[str, np.ndarray]:
         if self._it is None:
             self._it = self._make(self.batches)
-        try:
+        with tf_data_errors():
             batch = next(self._it)
-        except tf.errors.OpError as e:
-            found = _OUR_MESSAGE.search(str(e))
-            raise DataError(found.group(1) if found else str(e).strip().splitlines()[0]) from None
         self.batches += 1
         return batch

@@ -15,10 +15,12 @@ Parallel sources yield ``{"en": ..., "ar": ...}`` objects; see :class:`ParallelR
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
+import re
 from typing import Iterator, Optional, Sequence
 
 import seqio
@@ -33,6 +35,20 @@ log = logging.getLogger(__name__)
 
 class DataError(ConfigError):
     """Bad input data; the message names the file and line."""
+
+
+_OUR_MESSAGE = re.compile(r"(?:DataError|ConfigError): (.*?)(?:\n|$)")
+
+
+@contextlib.contextmanager
+def tf_data_errors() -> Iterator[None]:
+    """Our ``FILE:LINE: reason`` errors raised inside a tf.data generator reach the caller as TensorFlow
+    ``OpError``s wrapped in a long traceback; this turns them back into one-line ``DataError``s."""
+    try:
+        yield
+    except tf.errors.OpError as e:
+        found = _OUR_MESSAGE.search(str(e))
+        raise DataError(found.group(1) if found else str(e).strip().splitlines()[0]) from None
 
 
 @dataclasses.dataclass(frozen=True)

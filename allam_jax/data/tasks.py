@@ -23,7 +23,7 @@ from typing import Mapping, Optional, Sequence
 import seqio
 import tensorflow as tf
 
-from allam_jax.data.sources import CleaningConfig, DocumentSource, ParallelRendering, TrainSource
+from allam_jax.data.sources import CleaningConfig, DocumentSource, ParallelRendering, TrainSource, tf_data_errors
 from allam_jax.model.config import ConfigError
 
 LANGUAGES = ("en", "ar", "translated")
@@ -130,9 +130,10 @@ def mean_tokens_per_example(task_name: str, max_examples: int = 5_000, seed: int
     length, so a prefix in file order would be biased)."""
     ds = seqio.get_mixture_or_task(task_name).get_dataset(None, "train", shuffle=True, seed=seed, num_epochs=1)
     total = count = 0
-    for ex in ds.take(max_examples).as_numpy_iterator():
-        total += len(ex["targets"])
-        count += 1
+    with tf_data_errors():
+        for ex in ds.take(max_examples).as_numpy_iterator():
+            total += len(ex["targets"])
+            count += 1
     if count == 0:
         raise ConfigError(f"task {task_name} produced no examples: every document was filtered out or the files "
                           "are empty")
