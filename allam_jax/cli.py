@@ -515,6 +515,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CheckpointError as e:
         print(f"allam: error: {e}", file=sys.stderr)
         return EXIT_RUNTIME
+    except OSError as e:  # a workdir that is a file, a read-only folder, a full disk: the path is in the message
+        print(f"allam: error: {e.strerror or type(e).__name__}: {e.filename or e}"
+              + (f" -> {e.filename2}" if getattr(e, "filename2", None) else ""), file=sys.stderr)
+        return EXIT_BAD_INPUT
     except NonFiniteLossError as e:
         print(f"allam: error: {e}", file=sys.stderr)
         return EXIT_NONFINITE

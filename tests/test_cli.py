@@ -98,3 +98,15 @@ def test_startup_is_quiet_on_a_cpu_machine(tmp_path):
     r = allam("data", "inspect", "--batches", "2", "--gin_bindings", f"CorpusPaths.en = ['{tmp_path}/none.txt']")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [f"allam: error: data file not found: {tmp_path}/none.txt"], r.stderr
+
+
+def test_os_errors_and_corrupt_tokenizer_are_one_line(gin, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    r = allam("train", "--gin_file", str(gin), "--workdir", str(a_file / "w"))
+    _one_line_error(r, "Not a directory", str(a_file / "w"))
+    bad_model = tmp_path / "broken.model"
+    bad_model.write_bytes(b"\x00garbage\x01\x02")
+    r = allam("generate", "--gin_file", "models/tiny.gin", "--ckpt", str(tmp_path / "none"), "--vocabulary",
+              str(bad_model), "--prompt", "hello")
+    _one_line_error(r, str(bad_model), "not a readable SentencePiece model")

@@ -84,7 +84,13 @@ def get_vocabulary(spec: str) -> seqio.Vocabulary:
         raise ConfigError(f"vocabulary file not found: {spec} (use 'byte' or a SentencePiece .model path)")
     if Path(spec).suffix != ".model":
         raise ConfigError(f"vocabulary must be 'byte' or a SentencePiece .model file, got {spec}")
-    return seqio.SentencePieceVocabulary(spec)
+    vocab = seqio.SentencePieceVocabulary(spec)
+    try:
+        vocab.vocab_size  # noqa: B018 - loads the model now, so a corrupt file is named here, not deep in tf.data
+    except Exception as e:  # noqa: BLE001 - protobuf DecodeError, sentencepiece's RuntimeError, ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ConfigError(f"{spec}: not a readable SentencePiece model ({first})") from None
+    return vocab
 
 
 def check_fits_model(vocab: seqio.Vocabulary, model_vocab_size: int, name: str = "the tokenizer") -> None:
