@@ -198,3 +198,26 @@ def test_tokenizer_larger_than_the_model_vocabulary_stops_before_training(files,
     with pytest.raises(ConfigError, match=r"259 ids but the model has ModelConfig.vocab_size=200"):
         train(experiment(files, num_steps=2, model={"vocab_size": 200}), str(tmp_path))
     assert not (tmp_path / "config.gin").exists() and not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_params_restore_falls_back_past_an_unreadable_step_and_names_a_mismatch(files, tmp_path, caplog):
+    """What eval, generate, chat and export read: a truncated newest step is skipped for the previous one (as
+    training's resume does); a checkpoint of another shape names the array."""
+    from allam_jax.model import Decoder
+    from allam_jax.train.state import abstract_params
+
+    exp = experiment(files, num_steps=10, keep_checkpoints=5)
+    train(exp, str(tmp_path))
+    abstract = abstract_params(Decoder(exp.model))
+    older = ckpt_lib.restore_params(str(tmp_path / "checkpoints" / "5"), abstract)
+    for f in (tmp_path / "checkpoints" / "10" / "state").rglob("*"):
+        if f.is_file() and "_METADATA" not in f.name and f.stat().st_size > 64:
+            f.write_bytes(f.read_bytes()[:16])  # truncated
+    with caplog.at_level(logging.WARNING):
+        params = ckpt_lib.restore_params(str(tmp_path / "checkpoints"), abstract)
+    assert "trying an older step" in caplog.text
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(older)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    wider = abstract_params(Decoder(exp.model.replace(d_model=48, mlp_dim=96)))
+    with pytest.raises(ckpt_lib.CheckpointError, match=r"\['embed'\]\['embedding'\] is \(384, 32\) on disk, \(384, 48\)"):
+        ckpt_lib.restore_params(str(tmp_path / "checkpoints" / "5"), wider)

@@ -111,25 +111,64 @@ def check_compatible(on_disk: Any, abstract_state: Any, where: Path) -> None:
             )
 
 
-def resolve_state_dir(path: str) -> Path:
-    """Accepts a checkpoint directory (newest step used), a step directory, or its ``state`` item."""
+def _state_dirs(path: str) -> list[Path]:
+    """The ``state`` directories ``path`` may mean, best first: itself (a step's ``state`` item), its ``state``
+    (a step directory), or every complete step of a checkpoint directory, newest first."""
     p = Path(path).absolute()
     if not p.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if (p / "_METADATA").exists() or (p / "_sharding").exists() or (p / "manifest.ocdbt").exists():
-        return p
+        return [p]
     if (p / "state").is_dir():
-        return p / "state"
+        return [p / "state"]
     steps = sorted((int(c.name) for c in p.iterdir() if c.name.isdigit() and (c / "state").is_dir()), reverse=True)
     if not steps:
         raise CheckpointError(f"no complete checkpoint step under {path}")
-    return p / str(steps[0]) / "state"
+    return [p / str(step) / "state" for step in steps]
+
+
+def resolve_state_dir(path: str) -> Path:
+    """Accepts a checkpoint directory (newest step used), a step directory, or its ``state`` item."""
+    return _state_dirs(path)[0]
 
 
 def restore_params(path: str, abstract_params: Any) -> Any:
-    """Reads only the parameters of a checkpoint (continued pretraining: fresh optimizer and schedule)."""
-    state_dir = resolve_state_dir(path)
+    """Reads only the parameters of a checkpoint (continued pretraining: fresh optimizer and schedule; eval,
+    decoding, export). Given a checkpoint directory, a step that cannot be read (a truncated file, say) is
+    skipped with a warning for the one before it, as training's resume does; a step of another shape is an
+    error, not a reason to fall back."""
+    candidates = _state_dirs(path)
+    failures = []
+    for state_dir in candidates:
+        try:
+            params = _restore_params_from(state_dir, abstract_params)
+        except _Unreadable as e:
+            failures.append(f"{state_dir}: {e}")
+            if len(candidates) > 1:
+                log.warning("cannot read parameters from %s (%s); trying an older step", state_dir, e)
+            continue
+        if failures:
+            log.warning("using %s: %d newer step(s) unreadable", state_dir, len(failures))
+        return params
+    raise CheckpointError(f"cannot read parameters from {path}: " + "; ".join(failures[:3]))
+
+
+class _Unreadable(Exception):
+    pass
+
+
+def _restore_params_from(state_dir: Path, abstract_params: Any) -> Any:
     item = {"params": abstract_params}
+    try:
+        on_disk = ocp.StandardCheckpointer().metadata(state_dir).item_metadata.tree
+    except Exception:  # noqa: BLE001 - unreadable metadata: the restore below says why
+        on_disk = None
+    if isinstance(on_disk, dict) and "params" in on_disk:
+        saved, wanted = _leaf_shapes(on_disk["params"]), _leaf_shapes(abstract_params)
+        for name in sorted(set(saved) | set(wanted)):
+            if saved.get(name) != wanted.get(name):
+                raise CheckpointError(f"parameters in {state_dir} do not match the model config: {name} is "
+                                      f"{saved.get(name, 'missing')} on disk, {wanted.get(name, 'absent')} in the config")
     try:
         restored = ocp.PyTreeCheckpointer().restore(
             state_dir,
@@ -137,8 +176,8 @@ def restore_params(path: str, abstract_params: Any) -> Any:
                 item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True
             ),
         )
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"cannot read parameters from {state_dir}: {str(e).splitlines()[0][:300]}") from None
+    except Exception as e:  # noqa: BLE001 - tensorstore/orbax raise many kinds; the first line says which file
+        raise _Unreadable(str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__) from None
     got = jax.tree_util.tree_map(lambda x: x.shape, restored["params"])
     want = jax.tree_util.tree_map(lambda x: x.shape, abstract_params)
     if got != want:
