@@ -221,3 +221,34 @@ def test_params_restore_falls_back_past_an_unreadable_step_and_names_a_mismatch(
     wider = abstract_params(Decoder(exp.model.replace(d_model=48, mlp_dim=96)))
     with pytest.raises(ckpt_lib.CheckpointError, match=r"\['embed'\]\['embedding'\] is \(384, 32\) on disk, \(384, 48\)"):
         ckpt_lib.restore_params(str(tmp_path / "checkpoints" / "5"), wider)
+
+
+def test_a_failed_save_stops_the_run_with_the_step_named(files, tmp_path, monkeypatch):
+    """A full disk used to give a 465-line traceback, and training went on for 5 more steps after the background
+    save had failed. Both ways a save fails (at once, or later in the background) stop at that point."""
+    import errno
+
+    real_save = ocp.CheckpointManager.save
+
+    def full_disk_at_10(self, step, *args, **kwargs):
+        if step >= 10:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "now"))
+        return real_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk_at_10)
+    with pytest.raises(ckpt_lib.CheckpointError, match=r"saving step 10 to .* No space left on device.*last complete step: 5"):
+        train(experiment(files, num_steps=20), str(tmp_path / "now"))
+    assert max(losses(tmp_path / "now")) == 10
+    monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
+
+    calls = {"n": 0}
+
+    def background_failure(self):
+        calls["n"] += 1
+        if self.latest_step() is not None and self.latest_step() >= 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "check_for_errors", background_failure)
+    with pytest.raises(ckpt_lib.CheckpointError, match=r"background save .* failed: .*No space left"):
+        train(experiment(files, num_steps=20), str(tmp_path / "later"))
+    assert max(losses(tmp_path / "later")) <= 6  # stopped at the first step after the failed save of step 5

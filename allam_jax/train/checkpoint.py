@@ -48,8 +48,32 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any, data_state: dict, force: bool = False) -> bool:
+        """Starts saving ``step`` (in the background when async). A failure, of this save or of an earlier
+        background one (a full disk, say), stops the run with the step named instead of training on."""
+        self.check_errors()
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state))
-        return self.manager.save(step, args=args, force=force)
+        try:
+            return self.manager.save(step, args=args, force=force)
+        except Exception as e:  # noqa: BLE001 - OSError (ENOSPC), tensorstore and orbax errors alike
+            raise CheckpointError(f"saving step {step} to {self.directory} failed: {_first_line(e)} "
+                                  f"(last complete step: {self.latest_complete_step()})") from None
+
+    def check_errors(self) -> None:
+        """Raises if a background save has failed since the last check."""
+        try:
+            self.manager.check_for_errors()
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"a background save to {self.directory} failed: {_first_line(e)} "
+                                  f"(last complete step: {self.latest_complete_step()}); stopped") from None
+
+    def latest_complete_step(self) -> Optional[int]:
+        """The newest committed step on disk, once saves still in flight have ended (for error messages)."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception:  # noqa: BLE001 - the failure being reported; what is on disk is what counts
+            pass
+        steps = [int(p.name) for p in self.directory.iterdir() if p.name.isdigit()] if self.directory.exists() else []
+        return max(steps, default=None)
 
     def restore_latest(self, abstract_state: Any) -> Optional[tuple[Any, dict, int]]:
         """Returns (state, data_state, step) of the newest readable step, or None when there is none."""
@@ -84,11 +108,23 @@ class Checkpointer:
         return aside
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"a background save to {self.directory} failed: {_first_line(e)} "
+                                  f"(last complete step: {self.latest_complete_step()})") from None
+        self.check_errors()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def _leaf_shapes(tree: Any) -> dict[str, tuple]:

@@ -181,6 +181,7 @@ def _train_in_workdir(exp: Experiment, program, mesh, workdir_path: Path, is_mai
                     break
                 batch = _global_batch(local_batch, batch_sharding)
                 state, metrics = step_fn(state, batch)
+                checkpointer.check_errors()  # a failed background save stops the run here, not steps later
                 metrics = jax.device_get(metrics)
                 loss = float(metrics["loss"])
                 if not math.isfinite(loss):
