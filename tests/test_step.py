@@ -121,3 +121,37 @@ def test_clipping_applies_before_adam():
     np.testing.assert_allclose(first_update(clipped, grads), first_update(clipped, big), rtol=1e-5)
     unclipped = OptimizerConfig(clip_norm=0.0, **kw)
     assert not np.allclose(first_update(unclipped, grads), first_update(unclipped, big), rtol=1e-3)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("chunk", [2, 5])
+def test_chunked_logits_give_the_same_loss_and_gradients(tied, chunk):
+    """StepConfig.logits_chunk_size changes memory, not math: loss (with z-loss), per-language sums and every
+    gradient equal the unchunked step's; and the unchunked loss is the float64 NumPy Llama's."""
+    cfg = CFG.replace(tie_embeddings=tied)
+    model = Decoder(cfg)
+    p = model.init(jax.random.PRNGKey(3), jnp.zeros((1, 8), jnp.int32))["params"]
+    params = jax.tree_util.tree_map(lambda x: getattr(x, "value", x), p, is_leaf=lambda x: hasattr(x, "value"))
+    batch = _batch(b=4, t=10, seed=1)
+    plain = StepConfig(num_languages=3, z_loss_weight=1e-3)
+    chunked = StepConfig(num_languages=3, z_loss_weight=1e-3, logits_chunk_size=chunk)
+    loss1, g1, parts1 = jax.jit(lambda p, b: loss_and_grads(model, p, b, plain))(params, batch)
+    loss2, g2, parts2 = jax.jit(lambda p, b: loss_and_grads(model, p, b, chunked))(params, batch)
+    assert float(loss2) == pytest.approx(float(loss1), rel=1e-6)
+    for k in ("z_sum", "lang_ce_sum", "lang_weight_sum"):
+        np.testing.assert_allclose(np.asarray(parts2[k]), np.asarray(parts1[k]), rtol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+    if not tied:
+        logits = numpy_llama.forward(jax.device_get(params), batch["inputs"], cfg)
+        want = numpy_llama.cross_entropy(logits, batch["targets"], batch["loss_weights"])
+        assert float(loss2) == pytest.approx(want, rel=1e-5)
+
+
+def test_chunk_size_must_divide_the_sequence():
+    from allam_jax.model.config import ConfigError
+
+    with pytest.raises(ConfigError, match="logits_chunk_size=3 must be a positive divisor of the sequence length 10"):
+        loss_sums(Decoder(CFG), _params(), _batch(t=10), StepConfig(logits_chunk_size=3))
+    with pytest.raises(ConfigError, match="logits_chunk_size"):
+        StepConfig(logits_chunk_size=-1)

@@ -50,10 +50,13 @@ class Decoder(nn.Module):
     @nn.compact
     def __call__(
         self, tokens: jax.Array, positions: Optional[jax.Array] = None, segment_ids: Optional[jax.Array] = None,
-        cache: Optional[LayerCache] = None, state: Optional[CacheState] = None,
+        cache: Optional[LayerCache] = None, state: Optional[CacheState] = None, return_hidden: bool = False,
     ):
         """With ``cache`` (every layer's ``LayerCache`` stacked on a leading layer axis) and ``state``, runs
-        one decoding chunk and returns ``(logits, new_cache)``; see :mod:`allam_jax.inference`."""
+        one decoding chunk and returns ``(logits, new_cache)``; see :mod:`allam_jax.inference`.
+
+        ``return_hidden=True`` stops before the LM head and returns the final normed hidden states
+        ``[batch, len, d_model]``, for a loss that applies the head itself in chunks (:func:`lm_head`)."""
         cfg = self.config
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
@@ -84,6 +87,8 @@ class Decoder(nn.Module):
                                                               jnp.stack([c.v for c in layers]))
 
         x = RMSNorm(cfg.norm_eps, cfg.dtype, cfg.params_dtype, name="final_norm")(x)
+        if return_hidden:
+            return x
         if cfg.tie_embeddings:
             logits = embed.attend(x)
         else:
@@ -94,3 +99,14 @@ class Decoder(nn.Module):
         logits = nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
         logits = logits.astype(jnp.float32)
         return logits if cache is None else (logits, new_cache)
+
+
+def lm_head(cfg: ModelConfig, params, hidden: jax.Array) -> jax.Array:
+    """The LM head applied outside the module (to the output of ``return_hidden=True``): float32 logits, the
+    same computation as :class:`Decoder`'s last step, from the same parameters."""
+    from allam_jax.model.matmul import project
+
+    kernel = params["embed"]["embedding"].T if cfg.tie_embeddings else params["lm_head"]["kernel"]
+    logits = project(hidden, kernel, 1, cfg.dtype, cfg.matmul_impl, out_dtype=jnp.float32)
+    logits = nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
+    return logits.astype(jnp.float32)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from allam_jax.model.config import ConfigError
-from allam_jax.train.cross_entropy import token_cross_entropy
+from allam_jax.train.cross_entropy import chunked_lm_cross_entropy, token_cross_entropy
 from allam_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -22,10 +22,15 @@ class StepConfig:
     z_loss_weight: float = 0.0
     grad_accum_steps: int = 1
     num_languages: int = 2
+    logits_chunk_size: int = 0  # > 0: LM head + cross-entropy this many positions at a time (memory, not math)
 
     def __post_init__(self):
         if isinstance(self.grad_accum_steps, bool) or not isinstance(self.grad_accum_steps, int) or self.grad_accum_steps < 1:
             raise ConfigError(f"StepConfig.grad_accum_steps must be a positive integer, got {self.grad_accum_steps!r}")
+        if isinstance(self.logits_chunk_size, bool) or not isinstance(self.logits_chunk_size, int) \
+                or self.logits_chunk_size < 0:
+            raise ConfigError(f"StepConfig.logits_chunk_size must be 0 (off) or a positive integer, got "
+                              f"{self.logits_chunk_size!r}")
         if not isinstance(self.z_loss_weight, (int, float)) or self.z_loss_weight < 0:
             raise ConfigError(f"StepConfig.z_loss_weight must be a non-negative number, got {self.z_loss_weight!r}")
 
@@ -35,8 +40,14 @@ def loss_sums(model: nn.Module, params: Any, batch: Batch, cfg: StepConfig) -> t
 
     Returns the objective (cross-entropy + z-loss, summed over tokens) and its parts.
     """
-    logits = model.apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"])
-    token_ce, log_z = token_cross_entropy(logits, batch["targets"])
+    if cfg.logits_chunk_size:
+        hidden = model.apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"],
+                             return_hidden=True)
+        token_ce, log_z = chunked_lm_cross_entropy(model.config, params, hidden, batch["targets"],
+                                                   cfg.logits_chunk_size)
+    else:
+        logits = model.apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"])
+        token_ce, log_z = token_cross_entropy(logits, batch["targets"])
     weights = batch["loss_weights"].astype(jnp.float32)
     ce_sum = jnp.sum(token_ce * weights)
     z_sum = jnp.sum(jnp.square(log_z) * weights)
