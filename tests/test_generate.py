@@ -90,3 +90,15 @@ def test_generate_and_chat_commands(tmp_path):
         assert r.returncode == 2, r.stderr[-2000:]
         errors = [ln for ln in r.stderr.splitlines() if ln.startswith("allam: error:")]
         assert len(errors) == 1 and "1,000 ids but the model has ModelConfig.vocab_size=384" in errors[0], errors
+
+
+def test_prompt_past_the_trained_length_warns(setup, caplog):
+    import logging
+
+    cfg, _, gen = setup
+    with caplog.at_level(logging.WARNING):
+        gen.generate([gen.encode("short")], SamplingConfig(max_new_tokens=4))
+    assert "max_seq_len" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        gen.generate([gen.encode("x" * (cfg.max_seq_len - 2))], SamplingConfig(max_new_tokens=4))
+    assert f"past ModelConfig.max_seq_len={cfg.max_seq_len}" in caplog.text

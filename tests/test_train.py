@@ -252,3 +252,13 @@ def test_a_failed_save_stops_the_run_with_the_step_named(files, tmp_path, monkey
     with pytest.raises(ckpt_lib.CheckpointError, match=r"background save .* failed: .*No space left"):
         train(experiment(files, num_steps=20), str(tmp_path / "later"))
     assert max(losses(tmp_path / "later")) <= 6  # stopped at the first step after the failed save of step 5
+
+
+def test_every_step_unreadable_refuses_to_start_over(files, tmp_path):
+    train(experiment(files, num_steps=5, keep_checkpoints=1), str(tmp_path))
+    for f in (tmp_path / "checkpoints" / "5" / "state").rglob("*"):
+        if f.is_file() and f.name != "_CHECKPOINT_METADATA":
+            f.write_bytes(b"\0corrupt")
+    with pytest.raises(ckpt_lib.CheckpointError, match="every checkpoint step in .* is unreadable.*refusing to start over"):
+        train(experiment(files, num_steps=8, keep_checkpoints=1), str(tmp_path))
+    assert max(losses(tmp_path)) == 5  # nothing was trained again from step 0

@@ -8,6 +8,7 @@ exactly as it would alone.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Callable, Iterator, Optional, Sequence
 
 import jax
@@ -17,6 +18,9 @@ import numpy as np
 from allam_jax.model import Decoder, ModelConfig
 from allam_jax.model.attention import CacheState, LayerCache
 from allam_jax.model.config import ConfigError
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +126,10 @@ class Generator:
             raise ConfigError("every prompt needs at least one token")
         b, p_len = len(prompts), max(len(p) for p in prompts)
         total = p_len + sampling.max_new_tokens
+        if total > self.cfg.max_seq_len:
+            log.warning("the longest prompt (%d tokens) plus max_new_tokens=%d reaches position %d, past "
+                        "ModelConfig.max_seq_len=%d that the model was trained for: output there may degrade",
+                        p_len, sampling.max_new_tokens, total, self.cfg.max_seq_len)
         lengths = np.array([len(p) for p in prompts])
         tokens = np.zeros((b, p_len), np.int32)
         valid = np.zeros((b, total), bool)

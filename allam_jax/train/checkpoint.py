@@ -79,6 +79,7 @@ class Checkpointer:
         """Returns (state, data_state, step) of the newest readable step, or None when there is none."""
         for name in self.partial_steps():
             log.warning("ignoring incomplete checkpoint %s (a save was interrupted)", self.directory / name)
+        unreadable = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 on_disk = ocp.StandardCheckpointer().metadata(self.directory / str(step) / "state").item_metadata.tree
@@ -95,8 +96,13 @@ class Checkpointer:
                 aside = self._move_aside(step)
                 log.warning("checkpoint step %d in %s is unreadable (%s); kept as %s, trying an older one",
                             step, self.directory, str(e).splitlines()[0][:200], aside)
+                unreadable.append(str(aside))
                 continue
             return restored["state"], restored["data"], step
+        if unreadable:  # a run that has checkpoints must not silently start over from step 0
+            raise CheckpointError(f"every checkpoint step in {self.directory} is unreadable (kept as "
+                                  f"{', '.join(unreadable)}); refusing to start over from step 0: move "
+                                  f"{self.directory} away to train from scratch")
         return None
 
     def _move_aside(self, step: int) -> Path:
