@@ -42,7 +42,7 @@ def batch():
     }
 
 
-def run(mesh_shape, devices, host_state=None, cfg=CFG):
+def run(mesh_shape, devices, host_state=None, cfg=CFG, step_cfg=StepConfig(num_languages=2)):
     pcfg = partitioning.PartitioningConfig(mesh_shape=mesh_shape)
     mesh = partitioning.create_mesh(pcfg, devices)
     model = Decoder(cfg)
@@ -53,10 +53,10 @@ def run(mesh_shape, devices, host_state=None, cfg=CFG):
         state = init_train_state(model, tx, mesh, pcfg.rules, seed=0)
     else:
         state = jax.device_put(host_state, shardings)
-    step = make_train_step(model, tx, learning_rate_schedule(opt), StepConfig(num_languages=2))
+    step = make_train_step(model, tx, learning_rate_schedule(opt), step_cfg)
 
     def with_grads(state, b):
-        _, grads, _ = loss_and_grads(model, state.params, b, StepConfig(num_languages=2))
+        _, grads, _ = loss_and_grads(model, state.params, b, step_cfg)
         new_state, metrics = step(state, b)
         return new_state, metrics, grads
 
@@ -114,8 +114,11 @@ def main():
         init_state, (ref_new, ref_grads), ref_metrics, _ = run((1, 1, 1), devices[:1], cfg=cfg)
         _, (_, f32_grads), _, _ = run((1, 1, 1), devices[:1], host_state=init_state)
         report["ref_vs_f32"] = _max_rel_diff(ref_grads, f32_grads)
+    step_cfg = StepConfig(num_languages=2)
+    if sys.argv[1:] == ["chunked"]:  # LM head + cross-entropy in chunks, sharded, vs the unchunked reference
+        meshes, step_cfg = [(2, 2, 2), (1, 2, 4)], StepConfig(num_languages=2, logits_chunk_size=T // 4)
     for shape in meshes:
-        _, (new, grads), metrics, specs = run(shape, devices, host_state=init_state, cfg=cfg)
+        _, (new, grads), metrics, specs = run(shape, devices, host_state=init_state, cfg=cfg, step_cfg=step_cfg)
         grad_diffs = _rel_diffs(grads, ref_grads)
         diffs = [float(np.max(np.abs(a - b))) for a, b in
                  zip(jax.tree_util.tree_leaves(new.params), jax.tree_util.tree_leaves(ref_new.params))]

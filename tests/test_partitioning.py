@@ -73,6 +73,14 @@ def test_pallas_attention_under_shard_map_equals_single_device_reference():
         assert r["max_rel_grad_diff"] < 1e-4
 
 
+def test_chunked_logits_sharded_match_one_device():
+    report = json.loads(_run_sharded_check("chunked"))
+    assert set(report["meshes"]) == {"[2, 2, 2]", "[1, 2, 4]"}
+    for r in report["meshes"].values():
+        assert r["loss"] == pytest.approx(r["ref_loss"], rel=1e-5)
+        assert r["max_rel_grad_diff"] < 1e-4
+
+
 def test_cpu_bf16_matmuls_and_blockwise_attention_sharded_stay_as_close_to_float32_as_one_device():
     """bf16 compute with the CPU matmul path (custom gradient, forced transposes) and blockwise attention under
     (2, 2, 2) and (1, 2, 4) meshes: same loss as one device, and gradients no further from the float32 model's
