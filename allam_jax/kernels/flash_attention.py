@@ -31,6 +31,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from allam_jax.core.platform import target_platform
+from allam_jax.kernels.shapes import check_self_attention
 from allam_jax.kernels.splash_attention import splash_attention
 
 _MASK = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -336,14 +337,8 @@ def flash_attention(
 
     ``backend`` (default: the target platform) ``'tpu'`` runs JAX's splash kernel (``block_sizes`` are the
     Triton tiles and do not apply there); any other value runs this module's kernels."""
+    check_self_attention("flash_attention", q, k, v, segment_ids)
     b, t, h, d = q.shape
-    if k.shape != v.shape or k.shape[0] != b or k.shape[1] != t or k.shape[3] != d:
-        raise ValueError(f"flash_attention: k {k.shape} and v {v.shape} must be [batch={b}, seq={t}, kv_heads, "
-                         f"head_dim={d}] like q {q.shape}")
-    if h % k.shape[2]:
-        raise ValueError(f"flash_attention: query heads ({h}) must be a multiple of kv heads ({k.shape[2]})")
-    if segment_ids is not None and segment_ids.shape != (b, t):
-        raise ValueError(f"flash_attention: segment_ids {segment_ids.shape} must be [batch, seq] = {(b, t)}")
     backend = backend or target_platform()
     if backend == "tpu":
         return splash_attention(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale,

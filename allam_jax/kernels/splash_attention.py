@@ -20,6 +20,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from allam_jax.kernels.shapes import check_self_attention
+
 LANE = 128  # TPU vector lanes: the sequence blocks must be multiples of this
 MAX_BLOCK = 512  # MaxText's default splash block (q, kv, kv compute, dkv) on v4/v5
 _PAD_SEGMENT = -1
@@ -55,12 +57,8 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: O
     """
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
 
+    check_self_attention("splash_attention", q, k, v, segment_ids)
     b, t, h, d = q.shape
-    if k.shape != v.shape or k.shape[0] != b or k.shape[1] != t or k.shape[3] != d:
-        raise ValueError(f"splash_attention: k {k.shape} and v {v.shape} must be [batch={b}, seq={t}, kv_heads, "
-                         f"head_dim={d}] like q {q.shape}")
-    if h % k.shape[2]:
-        raise ValueError(f"splash_attention: query heads ({h}) must be a multiple of kv heads ({k.shape[2]})")
     scale = d**-0.5 if sm_scale is None else sm_scale
     padded = -(-t // LANE) * LANE
     if segment_ids is None and padded != t:
