@@ -142,6 +142,14 @@ def test_bad_inputs_name_the_problem(tmp_path):
     (only_config / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ConversionError, match="no model.safetensors"):
         import_from_hf(str(only_config), str(tmp_path / "o4"), progress=False)
+    truncated = tmp_path / "truncated"
+    shutil.copytree(hf_dir, truncated)
+    (truncated / "config.json").write_text(json.dumps(cfg))
+    weights = next(truncated.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ConversionError, match=rf"{weights.name}: (not a readable safetensors file|cannot read tensor)"):
+        import_from_hf(str(truncated), str(tmp_path / "o5"), progress=False)
+    assert not (tmp_path / "o5").exists()
 
 
 @pytest.mark.slow

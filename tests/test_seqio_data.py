@@ -363,3 +363,17 @@ def test_fatal_bad_line_in_the_seqio_path_is_one_line_exit_2(tmp_path, bad_file,
     assert r.returncode == 2, r.stderr[-3000:]
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"allam: error: {bad}:2:") and reason in lines[0], r.stderr[-3000:]
+
+
+def test_a_skipped_line_is_reported_once_however_often_the_data_is_read(tmp_path, caplog):
+    import logging
+
+    from allam_jax.data.sources import CleaningConfig, iter_documents
+
+    path = tmp_path / "en.txt"
+    path.write_bytes(b"a fine english line of text here\n\xff\xfe not utf-8\nanother fine english line here\n")
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):  # three epochs / measurements of the same file
+            assert len(list(iter_documents([str(path)], None, CleaningConfig()))) == 2
+    assert caplog.text.count(f"skipping {path}:2") == 1
+    assert caplog.text.count("1 malformed line(s) skipped") == 1

@@ -19,6 +19,7 @@ Name map (``L`` = layer; our kernels are ``W.T`` reshaped):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -177,7 +178,7 @@ class SafetensorsReader:
             weight_map = json.loads(index.read_text())["weight_map"]
             self.files = {name: root / f for name, f in weight_map.items()}
         elif (root / "model.safetensors").is_file():
-            with safe_open(root / "model.safetensors", framework="numpy") as f:
+            with self._open(root / "model.safetensors") as f:
                 self.files = {name: root / "model.safetensors" for name in f.keys()}
         else:
             raise ConversionError(f"{hf_dir}: no model.safetensors or model.safetensors.index.json (PyTorch .bin "
@@ -190,8 +191,25 @@ class SafetensorsReader:
         return set(self.files)
 
     def get(self, name: str) -> np.ndarray:
-        with self._safe_open(self.files[name], framework="numpy") as f:
-            return f.get_tensor(name)
+        with self._open(self.files[name]) as f:
+            try:
+                return f.get_tensor(name)
+            except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError without the path
+                raise ConversionError(f"{self.files[name]}: cannot read tensor {name} ({_first_line(e)})") from None
+
+    @contextlib.contextmanager
+    def _open(self, path: Path):
+        try:
+            handle = self._safe_open(path, framework="numpy")
+        except Exception as e:  # noqa: BLE001 - a truncated or foreign file: SafetensorError, OSError
+            raise ConversionError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+        with handle as f:
+            yield f
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def hf_to_params(reader: SafetensorsReader, cfg: ModelConfig, dtype=np.float32,

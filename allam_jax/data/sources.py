@@ -136,12 +136,21 @@ def _tfds_records(spec: str) -> Iterator[tuple[int, object]]:
         yield i, record
 
 
+_ALREADY_SAID: set[str] = set()  # the data is re-read every epoch, per task and per measurement: say things once
+
+
+def _say_once(message: str) -> None:
+    if message not in _ALREADY_SAID:
+        _ALREADY_SAID.add(message)
+        log.warning("%s", message)
+
+
 def _bad(cfg: CleaningConfig, stats: SourceStats, message: str) -> None:
     if cfg.on_error == "fatal":
         raise DataError(message)
     stats.malformed += 1
     if stats.malformed <= 5:
-        log.warning("skipping %s", message)
+        _say_once(f"skipping {message}")
 
 
 def _field(record: object, field: str, where: str, cfg: CleaningConfig, stats: SourceStats) -> Optional[str]:
@@ -235,7 +244,7 @@ def iter_documents(files: Sequence[str], script: Optional[str], cfg: CleaningCon
             stats.documents += 1
             yield text
     if stats.malformed:
-        log.warning("%d malformed line(s) skipped in %s", stats.malformed, ", ".join(files))
+        _say_once(f"{stats.malformed} malformed line(s) skipped in {', '.join(files)}")
 
 
 class TrainSource(seqio.DataSource):
