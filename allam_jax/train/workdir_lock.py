@@ -54,8 +54,8 @@ def _stale(holder: Optional[dict], path: Path) -> bool:
 @contextlib.contextmanager
 def workdir_lock(workdir: str, enabled: bool = True) -> Iterator[None]:
     """Holds ``WORKDIR/.allam-train.lock`` for the duration; ``enabled=False`` (processes other than 0 of a
-    multi-process run, which share process 0's lock) does nothing."""
-    if not enabled:
+    multi-process run, which share process 0's lock) and a cloud-storage workdir do nothing."""
+    if not enabled or "://" in workdir:  # object stores (gs://) have no exclusive create to build this on
         yield
         return
     path = Path(workdir) / LOCK_NAME
