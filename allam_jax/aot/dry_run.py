@@ -2,8 +2,9 @@
 
 Nothing is allocated: parameters, optimizer state and batches are ``ShapeDtypeStruct``s carrying the
 shardings ``allam train`` would give them, so a 70B model compiles for a pod slice on a laptop. The XLA TPU
-compiler then reports what each chip needs (arguments, temporaries, outputs), which collectives the
-partitioned program runs, and how many FLOPs it executes.
+compiler then reports what each chip needs (arguments, temporaries, outputs) and which collectives the
+partitioned program runs; model FLOPs per step come from the config (the PaLM convention), not from XLA's cost
+analysis, which counts a scanned layer stack's loop body once.
 """
 
 from __future__ import annotations
