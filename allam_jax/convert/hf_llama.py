@@ -27,6 +27,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
+from allam_jax.core.errors import first_line
 from allam_jax.model.config import ConfigError, ModelConfig
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
@@ -195,21 +196,17 @@ class SafetensorsReader:
             try:
                 return f.get_tensor(name)
             except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError without the path
-                raise ConversionError(f"{self.files[name]}: cannot read tensor {name} ({_first_line(e)})") from None
+                raise ConversionError(f"{self.files[name]}: cannot read tensor {name} ({first_line(e, 200)})") from None
 
     @contextlib.contextmanager
     def _open(self, path: Path):
         try:
             handle = self._safe_open(path, framework="numpy")
         except Exception as e:  # noqa: BLE001 - a truncated or foreign file: SafetensorError, OSError
-            raise ConversionError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+            raise ConversionError(f"{path}: not a readable safetensors file ({first_line(e, 200)})") from None
         with handle as f:
             yield f
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def hf_to_params(reader: SafetensorsReader, cfg: ModelConfig, dtype=np.float32,

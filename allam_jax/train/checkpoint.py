@@ -20,6 +20,8 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 
+from allam_jax.core.errors import first_line
+
 log = logging.getLogger(__name__)
 
 _TMP_MARKER = ".orbax-checkpoint-tmp"
@@ -55,7 +57,7 @@ class Checkpointer:
         try:
             return self.manager.save(step, args=args, force=force)
         except Exception as e:  # noqa: BLE001 - OSError (ENOSPC), tensorstore and orbax errors alike
-            raise CheckpointError(f"saving step {step} to {self.directory} failed: {_first_line(e)} "
+            raise CheckpointError(f"saving step {step} to {self.directory} failed: {first_line(e)} "
                                   f"(last complete step: {self.latest_complete_step()})") from None
 
     def check_errors(self) -> None:
@@ -63,8 +65,11 @@ class Checkpointer:
         try:
             self.manager.check_for_errors()
         except Exception as e:  # noqa: BLE001
-            raise CheckpointError(f"a background save to {self.directory} failed: {_first_line(e)} "
-                                  f"(last complete step: {self.latest_complete_step()}); stopped") from None
+            raise self._background_failure(e) from None
+
+    def _background_failure(self, e: BaseException) -> CheckpointError:
+        return CheckpointError(f"a background save to {self.directory} failed: {first_line(e)} "
+                               f"(last complete step: {self.latest_complete_step()}); stopped")
 
     def latest_complete_step(self) -> Optional[int]:
         """The newest committed step on disk, once saves still in flight have ended (for error messages)."""
@@ -117,8 +122,7 @@ class Checkpointer:
         try:
             self.manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001
-            raise CheckpointError(f"a background save to {self.directory} failed: {_first_line(e)} "
-                                  f"(last complete step: {self.latest_complete_step()})") from None
+            raise self._background_failure(e) from None
         self.check_errors()
 
     def close(self) -> None:
@@ -126,11 +130,6 @@ class Checkpointer:
             self.wait()
         finally:
             self.manager.close()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def _leaf_shapes(tree: Any) -> dict[str, tuple]:
@@ -219,7 +218,7 @@ def _restore_params_from(state_dir: Path, abstract_params: Any) -> Any:
             ),
         )
     except Exception as e:  # noqa: BLE001 - tensorstore/orbax raise many kinds; the first line says which file
-        raise _Unreadable(str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__) from None
+        raise _Unreadable(first_line(e)) from None
     got = jax.tree_util.tree_map(lambda x: x.shape, restored["params"])
     want = jax.tree_util.tree_map(lambda x: x.shape, abstract_params)
     if got != want:
