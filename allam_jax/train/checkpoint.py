@@ -21,6 +21,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from allam_jax.core.errors import first_line
+from allam_jax.train.abandoned_reads import reading
 
 log = logging.getLogger(__name__)
 
@@ -87,16 +88,18 @@ class Checkpointer:
         unreadable = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
-                on_disk = ocp.StandardCheckpointer().metadata(self.directory / str(step) / "state").item_metadata.tree
+                with reading(self.directory / str(step)):
+                    on_disk = ocp.StandardCheckpointer().metadata(self.directory / str(step) / "state").item_metadata.tree
             except Exception:  # noqa: BLE001 - unreadable metadata: handled like any unreadable step below
                 on_disk = None
             if on_disk is not None:
                 check_compatible(on_disk, abstract_state, self.directory / str(step))
             try:
-                restored = self.manager.restore(
-                    step,
-                    args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()),
-                )
+                with reading(self.directory / str(step)):
+                    restored = self.manager.restore(
+                        step,
+                        args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()),
+                    )
             except Exception as e:  # noqa: BLE001 - any read failure means: try the previous step
                 aside = self._move_aside(step)
                 log.warning("checkpoint step %d in %s is unreadable (%s); kept as %s, trying an older one",
@@ -201,7 +204,8 @@ class _Unreadable(Exception):
 def _restore_params_from(state_dir: Path, abstract_params: Any) -> Any:
     item = {"params": abstract_params}
     try:
-        on_disk = ocp.StandardCheckpointer().metadata(state_dir).item_metadata.tree
+        with reading(state_dir):
+            on_disk = ocp.StandardCheckpointer().metadata(state_dir).item_metadata.tree
     except Exception:  # noqa: BLE001 - unreadable metadata: the restore below says why
         on_disk = None
     if isinstance(on_disk, dict) and "params" in on_disk:
@@ -211,12 +215,13 @@ def _restore_params_from(state_dir: Path, abstract_params: Any) -> Any:
                 raise CheckpointError(f"parameters in {state_dir} do not match the model config: {name} is "
                                       f"{saved.get(name, 'missing')} on disk, {wanted.get(name, 'absent')} in the config")
     try:
-        restored = ocp.PyTreeCheckpointer().restore(
-            state_dir,
-            args=ocp.args.PyTreeRestore(
-                item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True
-            ),
-        )
+        with reading(state_dir):
+            restored = ocp.PyTreeCheckpointer().restore(
+                state_dir,
+                args=ocp.args.PyTreeRestore(
+                    item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True
+                ),
+            )
     except Exception as e:  # noqa: BLE001 - tensorstore/orbax raise many kinds; the first line says which file
         raise _Unreadable(first_line(e)) from None
     got = jax.tree_util.tree_map(lambda x: x.shape, restored["params"])
