@@ -1,7 +1,7 @@
 """The ``allam`` command: one door in, with a subcommand per job.
 
 Exit codes: 0 done, 1 runtime failure (unreadable checkpoint), 2 bad input (gin binding, value,
-missing file), 3 non-finite loss, 130 interrupted, 143 stopped by SIGTERM after saving.
+missing file), 3 non-finite loss, 130 interrupted, 143 stopped by SIGTERM (a training run saves first).
 """
 
 from __future__ import annotations
@@ -10,12 +10,21 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from typing import Optional, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-EXIT_BAD_INPUT, EXIT_RUNTIME, EXIT_NONFINITE = 2, 1, 3
+EXIT_BAD_INPUT, EXIT_RUNTIME, EXIT_NONFINITE, EXIT_TERMINATED = 2, 1, 3, 143
+
+
+class Terminated(Exception):
+    """SIGTERM outside a training loop (which saves and exits on its own): stop, saying so."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
 STAGE_NAMES = ("data", "base", "expand", "cpt", "sft", "dpo", "eval", "report")  # allam_jax.recipe.STAGES
 
 
@@ -491,6 +500,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from allam_jax.hugepages import reexec_with_hugepages
 
         reexec_with_hugepages()
+    if argv is None:  # a Python caller keeps its own signal handling
+        signal.signal(signal.SIGTERM, _raise_terminated)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "jax._src", "orbax"):
@@ -525,6 +536,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("allam: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        where = " before the first training step (nothing to save)" if args.command == "train" else ""
+        print(f"allam: stopped by SIGTERM{where}", file=sys.stderr)
+        return EXIT_TERMINATED
 
 
 if __name__ == "__main__":

@@ -157,6 +157,25 @@ def test_sigterm_saves_then_exits_143(files, tmp_path):
     assert saved and saved[0] >= 3 and "SIGTERM" in err
 
 
+@pytest.mark.slow
+def test_sigterm_during_start_up_says_so(files, tmp_path):
+    """A SIGTERM that lands before the first step (data set-up, restore, compile) used to end the process with
+    no word at all; now it says what happened, exits 143 and leaves the workdir unlocked and unchanged."""
+    from allam_jax.train.workdir_lock import LOCK_NAME
+
+    gin = write_gin(tmp_path / "run.gin", files, **{"TrainerConfig.num_steps": 5000})
+    proc = _start(gin, tmp_path / "w")
+    deadline = time.time() + 120
+    while not (tmp_path / "w" / LOCK_NAME).exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM" in err or "SIGTERM: saved step" in err, err[-2000:]
+    assert not (tmp_path / "w" / LOCK_NAME).exists()
+
+
 def test_metrics_survive_a_torn_line_and_duplicate_steps(tmp_path):
     from allam_jax.train.metrics import MetricsWriter, read_metrics
 

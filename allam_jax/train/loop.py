@@ -129,7 +129,6 @@ def _train_in_workdir(exp: Experiment, program, mesh, workdir_path: Path, is_mai
     tcfg = exp.trainer
     rules = exp.partitioning.rules
     model, tx, abstract, shardings = program.model, program.tx, program.abstract_state, program.shardings
-    batch_sharding = program.batch_sharding
     data_iter = exp.data.make_iterator(tcfg.seq_len, tcfg.batch_size, jax.process_index(), jax.process_count())
     vocab = getattr(data_iter, "vocab", None) or getattr(exp.data, "vocab", None)
     if vocab is not None:
@@ -155,22 +154,28 @@ def _train_in_workdir(exp: Experiment, program, mesh, workdir_path: Path, is_mai
                                                      out_shardings=shardings.params)(state.params))
         start = 0
 
-    step_fn = program.step_fn
     if on_accepted is not None:
         on_accepted()
     writer = MetricsWriter(str(workdir_path), enabled=is_main, tensorboard=tcfg.tensorboard)
+    bar = tqdm(total=tcfg.num_steps, initial=start, disable=not (tcfg.progress_bar and is_main), desc="train", unit="step",
+               mininterval=0.1 if sys.stderr.isatty() else 10.0)
+    with _SigtermFlag() as sigterm:  # held until the last save is written: a late SIGTERM must not cut it
+        return _run_steps(exp, program, mesh, data_iter, state, start, checkpointer, writer, bar, sigterm)
+
+
+def _run_steps(exp: Experiment, program, mesh, data_iter, state, start: int, checkpointer, writer, bar,
+               sigterm: _SigtermFlag) -> dict[str, float]:
+    tcfg = exp.trainer
+    step_fn, batch_sharding, rules = program.step_fn, program.batch_sharding, exp.partitioning.rules
     languages = list(getattr(exp.data, "languages", [])) or [str(i) for i in range(exp.step.num_languages)]
     tokens_per_step = program.rows_per_step * tcfg.seq_len  # DPO: 2 rows a pair
     flops_per_step = exp.model.training_flops_per_token(tcfg.seq_len) * tokens_per_step
     peak = peak_flops_per_device(tcfg.peak_flops_per_device, exp.model.dtype) * jax.device_count()
-
     last: dict[str, float] = {}
-    bar = tqdm(total=tcfg.num_steps, initial=start, disable=not (tcfg.progress_bar and is_main), desc="train", unit="step",
-               mininterval=0.1 if sys.stderr.isatty() else 10.0)
     window_start, window_steps = time.perf_counter(), 0
     lang_sums = np.zeros((2, exp.step.num_languages))
     try:
-        with _SigtermFlag() as sigterm, jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
             for step in range(start + 1, tcfg.num_steps + 1):
                 try:
                     local_batch = next(data_iter)
