@@ -110,3 +110,39 @@ def test_os_errors_and_corrupt_tokenizer_are_one_line(gin, tmp_path):
     r = allam("generate", "--gin_file", "models/tiny.gin", "--ckpt", str(tmp_path / "none"), "--vocabulary",
               str(bad_model), "--prompt", "hello")
     _one_line_error(r, str(bad_model), "not a readable SentencePiece model")
+
+
+def _as_a_plain_user() -> list[str]:
+    """Root ignores file modes; a new user namespace (``unshare -U``) runs the command as an unprivileged user."""
+    import os
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("unshare") and subprocess.run(["unshare", "-U", "true"], capture_output=True).returncode == 0:
+        return ["unshare", "-U"]
+    pytest.skip("running as root without user namespaces: a read-only folder cannot be made read-only for us")
+
+
+def test_read_only_workdir_is_one_line_and_changes_nothing(gin, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from allam_jax.train.workdir_lock import LOCK_NAME
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "config.gin").write_text("# an earlier run's\n")
+    os.chmod(ro, 0o555)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    try:
+        for workdir, culprit in ((ro, str(ro / LOCK_NAME)), (ro / "new", str(ro / "new"))):
+            r = subprocess.run([*_as_a_plain_user(), sys.executable, "-m", "allam_jax", "train", "--gin_file", str(gin),
+                                "--workdir", str(workdir)], capture_output=True, text=True, env=env, timeout=600)
+            _one_line_error(r, "Permission denied", culprit)
+        assert sorted(p.name for p in ro.iterdir()) == ["config.gin"]
+        assert (ro / "config.gin").read_text() == "# an earlier run's\n"
+    finally:
+        os.chmod(ro, 0o755)

@@ -12,6 +12,7 @@ import transformers
 
 from allam_jax.convert.checkpoints import export_to_hf, import_from_hf, restore_for_export
 from allam_jax.convert.hf_llama import ConversionError, config_from_hf
+from allam_jax.core.errors import ConfigError
 from allam_jax.model import Decoder
 from helpers import allam, bundled_dir
 
@@ -103,6 +104,9 @@ def test_expanded_vocabulary_exports_and_loads_in_transformers(tmp_path):
     expand_checkpoint(str(ckpt), base_spm, merged_spm, str(expanded))
     cfg = config_from_hf(json.loads((hf_dir / "config.json").read_text())).replace(vocab_size=report.merged_size)
     out = tmp_path / "hf_expanded"
+    with pytest.raises(ConfigError, match=r"merged.model has \d+ ids but the model has ModelConfig.vocab_size=500"):
+        export_to_hf(str(ckpt), cfg.replace(vocab_size=500), str(out), tokenizer=merged_spm)  # the unexpanded model
+    assert not out.exists()
     export_to_hf(str(expanded), cfg, str(out), tokenizer=merged_spm)
 
     tok = transformers.AutoTokenizer.from_pretrained(out)

@@ -68,8 +68,12 @@ def export_to_hf(ckpt: str, cfg: ModelConfig, out: str, tokenizer: Optional[str]
     """Writes a directory that ``transformers.AutoModelForCausalLM`` (and, with ``tokenizer``,
     ``AutoTokenizer``) loads."""
     np_dtype = _np_dtype(dtype)
-    if tokenizer is not None and not Path(tokenizer).is_file():
-        raise ConversionError(f"tokenizer not found: {tokenizer}")
+    if tokenizer is not None:
+        if not Path(tokenizer).is_file():
+            raise ConversionError(f"tokenizer not found: {tokenizer}")
+        from allam_jax.data.vocabularies import check_fits_model, get_vocabulary
+
+        check_fits_model(get_vocabulary(tokenizer), cfg.vocab_size, f"tokenizer {tokenizer}")
     out_path = Path(out).absolute()
     if out_path.exists():
         raise ConversionError(f"output already exists: {out}")
