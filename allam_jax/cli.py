@@ -253,7 +253,7 @@ def _cmd_generate(args) -> int:
     from pathlib import Path
 
     from allam_jax.inference.session import load_generator
-    from allam_jax.model.config import ConfigError
+    from allam_jax.core.errors import ConfigError
 
     texts = list(args.prompt)
     if args.prompts_file:
@@ -291,7 +291,7 @@ def _cmd_eval(args) -> int:
     from allam_jax.eval.report import markdown, run_eval, write_report
     from allam_jax.eval.scorer import LoglikelihoodScorer
     from allam_jax.inference.session import load_generator
-    from allam_jax.model.config import ConfigError
+    from allam_jax.core.errors import ConfigError
 
     if not args.task and not args.perplexity:
         raise ConfigError("nothing to evaluate: give --task FORMAT:PATH and/or --perplexity LANG:PATH")
@@ -315,7 +315,7 @@ def _cmd_sweep(args) -> int:
         try:
             gin_setup.parse(args.gin_file, list(args.gin_bindings) + bindings)
         except Exception as e:  # noqa: BLE001 - reported with the variant's name
-            from allam_jax.model.config import ConfigError
+            from allam_jax.core.errors import ConfigError
 
             raise ConfigError(f"variant [{name}]: {e}") from None
     rows = run_sweep(args.gin_file, variants, args.root, args.gin_bindings, args.print_only, args.launcher, args.only)
@@ -331,7 +331,7 @@ def _cmd_dpo_reference(args) -> int:
     from allam_jax.align.dpo import DpoData, precompute_reference
     from allam_jax.convert.checkpoints import restore_for_export
     from allam_jax.model import Decoder
-    from allam_jax.model.config import ConfigError
+    from allam_jax.core.errors import ConfigError
 
     gin_setup.parse(args.gin_file, args.gin_bindings)
     exp = gin_setup.build_experiment()
@@ -476,7 +476,7 @@ def _cmd_data_inspect(args) -> int:
     from allam_jax import gin_setup
     from allam_jax.data.inspect import format_report, inspect_mixture
     from allam_jax.data.pipeline import SeqioData
-    from allam_jax.model.config import ConfigError
+    from allam_jax.core.errors import ConfigError
 
     if args.batches <= 0:
         raise ConfigError(f"--batches must be positive, got {args.batches}")
@@ -509,7 +509,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for handler in logging.getLogger().handlers:  # gin logs every search-path miss at ERROR level
         handler.addFilter(lambda record: "/gin/" not in record.pathname.replace("\\", "/"))
 
-    from allam_jax.model.config import ConfigError
+    from allam_jax.core.errors import ConfigError
     from allam_jax.train.checkpoint import CheckpointError
     from allam_jax.train.loop import NonFiniteLossError
 

@@ -13,7 +13,7 @@ import logging
 import os
 from typing import Optional
 
-from allam_jax.model.config import ConfigError
+from allam_jax.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ from typing import Optional, Sequence
 import gin
 
 from allam_jax.data.text_files import TextFileData
-from allam_jax.model.config import ConfigError, ModelConfig
+from allam_jax.core.errors import ConfigError
+from allam_jax.model.config import ModelConfig
 from allam_jax.partitioning import PartitioningConfig
 from allam_jax.recipe.config import RecipeConfig
 from allam_jax.recipe.heldout import HeldoutConfig

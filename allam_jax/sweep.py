@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from allam_jax.model.config import ConfigError
+from allam_jax.core.errors import ConfigError
 
 _SECTION = re.compile(r"^\[([A-Za-z0-9_.-]+)\]$")
 

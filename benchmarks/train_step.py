@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 from allam_jax import partitioning  # noqa: E402
 from allam_jax.model import Decoder, ModelConfig  # noqa: E402
-from allam_jax.model.config import ConfigError  # noqa: E402
+from allam_jax.core.errors import ConfigError  # noqa: E402
 from allam_jax.train.metrics import peak_flops_per_device  # noqa: E402
 from allam_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer  # noqa: E402
 from allam_jax.train.state import count_params, init_train_state, state_shardings  # noqa: E402

@@ -84,7 +84,7 @@ def _max_rel_diff(a_tree, b_tree) -> float:
 
 
 def indivisible():
-    from allam_jax.model.config import ConfigError
+    from allam_jax.core.errors import ConfigError
 
     try:
         run((1, 1, 8), jax.devices())

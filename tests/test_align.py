@@ -13,7 +13,7 @@ from allam_jax.align.dpo import DpoConfig, DpoData, dpo_loss, pair_rows, prefere
 from allam_jax.align.sft_data import SftData
 from allam_jax.data.sources import DataError
 from allam_jax.data.vocabularies import ByteVocabulary
-from allam_jax.model.config import ConfigError
+from allam_jax.core.errors import ConfigError
 from helpers import allam, bundled_dir, losses
 
 CONVERSATION = [

@@ -5,7 +5,7 @@ import pytest
 
 from allam_jax.data import corpora
 from allam_jax.data.text_files import BOS_ID, EOS_ID, ByteVocabulary, TextFileData, guess_language, pack_documents
-from allam_jax.model import ConfigError
+from allam_jax.core.errors import ConfigError
 
 
 def test_packing_layout_segments_positions_and_targets():

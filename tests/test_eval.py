@@ -255,7 +255,7 @@ def test_scoring_and_generation_sharded_on_8_devices_match_one(tmp_path):
 
 def test_empty_perplexity_file_is_an_error_naming_it(scorer, tmp_path):
     from allam_jax.eval.report import run_eval
-    from allam_jax.model.config import ConfigError
+    from allam_jax.core.errors import ConfigError
 
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n", encoding="utf-8")

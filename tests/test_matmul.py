@@ -9,7 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from allam_jax.model import ConfigError, Decoder, ModelConfig
+from allam_jax.core.errors import ConfigError
+from allam_jax.model import Decoder, ModelConfig
 from allam_jax.model.matmul import project
 from allam_jax.train.step import StepConfig, loss_and_grads
 

@@ -5,7 +5,8 @@ import pytest
 
 import numpy_llama
 from allam_jax.kernels import reference_attention
-from allam_jax.model import ConfigError, Decoder, ModelConfig
+from allam_jax.core.errors import ConfigError
+from allam_jax.model import Decoder, ModelConfig
 from allam_jax.model.layers import rope
 from allam_jax.train.state import abstract_params, count_params
 

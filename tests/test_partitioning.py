@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from allam_jax import partitioning
-from allam_jax.model import ConfigError
+from allam_jax.core.errors import ConfigError
 
 HERE = Path(__file__).parent
 

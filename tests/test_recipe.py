@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
 
 from allam_jax.eval.readers import BenchmarkFileError, read_cloze
-from allam_jax.model.config import ConfigError
+from allam_jax.core.errors import ConfigError
 from allam_jax.recipe.heldout import HeldoutConfig, build_items, cloze_items, perplexity_documents, split_corpora
 from allam_jax.recipe.report import FAILS, HOLDS, UNCLEAR, accuracy_gap, claims, verdict_accuracy, verdict_lower
 from helpers import allam, bundled_dir

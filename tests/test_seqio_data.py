@@ -15,7 +15,7 @@ from allam_jax.data.sources import (CleaningConfig, DataError, DocumentSource, P
 from allam_jax.data.tasks import CorpusPaths, example_rates_for_token_shares, rates_from_token_counts
 from allam_jax.data.text_files import BOS_ID, EOS_ID, arabic_fraction
 from allam_jax.data.vocabularies import ByteVocabulary
-from allam_jax.model.config import ConfigError
+from allam_jax.core.errors import ConfigError
 from helpers import bundled_dir
 
 

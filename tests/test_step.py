@@ -149,7 +149,7 @@ def test_chunked_logits_give_the_same_loss_and_gradients(tied, chunk):
 
 
 def test_chunk_size_must_divide_the_sequence():
-    from allam_jax.model.config import ConfigError
+    from allam_jax.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="logits_chunk_size=3 must be a positive divisor of the sequence length 10"):
         loss_sums(Decoder(CFG), _params(), _batch(t=10), StepConfig(logits_chunk_size=3))

@@ -5,7 +5,7 @@ import shlex
 
 import pytest
 
-from allam_jax.model.config import ConfigError
+from allam_jax.core.errors import ConfigError
 from allam_jax.sweep import read_variants
 from helpers import allam, corpus_files, write_gin
 

@@ -1,7 +1,6 @@
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -194,7 +193,7 @@ def test_second_trainer_on_a_workdir_is_refused_and_a_stale_lock_is_taken_over(f
     import os
     import socket
 
-    from allam_jax.model.config import ConfigError
+    from allam_jax.core.errors import ConfigError
     from allam_jax.train.workdir_lock import LOCK_NAME, WorkdirLocked, workdir_lock
 
     workdir = tmp_path / "w"
@@ -216,7 +215,7 @@ def test_second_trainer_on_a_workdir_is_refused_and_a_stale_lock_is_taken_over(f
 
 def test_tokenizer_larger_than_the_model_vocabulary_stops_before_training(files, tmp_path):
     """259 byte ids against 200 embedding rows used to train into 'loss is nan at step 1'."""
-    from allam_jax.model.config import ConfigError
+    from allam_jax.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"259 ids but the model has ModelConfig.vocab_size=200"):
         train(experiment(files, num_steps=2, model={"vocab_size": 200}), str(tmp_path))

@@ -17,13 +17,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
-from allam_jax.model.config import ConfigError
+from allam_jax.core.errors import ChatError
 
 ROLES = ("system", "user", "assistant")
-
-
-class ChatError(ConfigError):
-    """A conversation that cannot be trained on (no assistant turn, bad roles, empty content, too long)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,7 +23,7 @@ from allam_jax.align.chat import ChatError, ChatTemplate, encode_prompt
 from allam_jax.align.sft_data import SkipReport, conversation_language, read_jsonl
 from allam_jax.data.sources import DataError, expand_patterns
 from allam_jax.data.tasks import LANGUAGES
-from allam_jax.model.config import ConfigError
+from allam_jax.core.errors import ConfigError
 from allam_jax.train.cross_entropy import token_cross_entropy
 from allam_jax.train.state import TrainState
 

@@ -17,7 +17,7 @@ from allam_jax.data.sources import DataError, TrainSource, expand_patterns
 from allam_jax.data.tasks import LANGUAGES
 from allam_jax.data.text_files import arabic_fraction
 from allam_jax.data.vocabularies import bos_id, get_vocabulary
-from allam_jax.model.config import ConfigError
+from allam_jax.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -27,14 +27,10 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from allam_jax.core.errors import first_line
-from allam_jax.model.config import ConfigError, ModelConfig
+from allam_jax.core.errors import ConversionError, first_line
+from allam_jax.model.config import ModelConfig
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
-
-
-class ConversionError(ConfigError):
-    """A checkpoint that cannot be converted; the message names the file, tensor or field."""
 
 
 # ---------------------------------------------------------------- configs

@@ -1,8 +1,44 @@
-"""Error classes every layer raises; importing this module loads nothing else."""
+"""Every error class the project raises on bad input or a failed run, in one place that imports nothing.
+
+The CLI maps them to exit codes: a ``ConfigError`` (and its kinds) is bad input (2), ``CheckpointError`` a
+runtime failure (1), ``NonFiniteLossError`` a diverged run (3). Each message names the file, field or value.
+"""
 
 
 class ConfigError(ValueError):
     """A configuration value is wrong; the message names the field and the value."""
+
+
+class DataError(ConfigError):
+    """Bad input data; the message names the file and line."""
+
+
+class TokenizerError(ConfigError):
+    """A tokenizer file is missing, not a SentencePiece model, or inconsistent with another."""
+
+
+class ChatError(ConfigError):
+    """A conversation that cannot be trained on (no assistant turn, bad roles, empty content, too long)."""
+
+
+class BenchmarkFileError(ConfigError):
+    """A benchmark file with the wrong columns or a bad answer key; names the file, row and field."""
+
+
+class ConversionError(ConfigError):
+    """A checkpoint that cannot be converted; the message names the file, tensor or field."""
+
+
+class WorkdirLocked(ConfigError):
+    """Another live trainer holds the workdir."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read or written; the message names the path."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; no checkpoint of that state was written."""
 
 
 def first_line(e: BaseException, limit: int = 300) -> str:

@@ -27,7 +27,7 @@ import tensorflow as tf
 from allam_jax.data import tasks as tasks_lib
 from allam_jax.data.sources import CleaningConfig, ParallelRendering, tf_data_errors
 from allam_jax.data.vocabularies import bos_id, get_vocabulary
-from allam_jax.model.config import ConfigError
+from allam_jax.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

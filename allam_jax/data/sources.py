@@ -27,14 +27,10 @@ import seqio
 import tensorflow as tf
 
 from allam_jax.data.text_files import arabic_fraction
-from allam_jax.model.config import ConfigError
+from allam_jax.core.errors import ConfigError, DataError
 from allam_jax.tokenizer.normalize import normalize_text
 
 log = logging.getLogger(__name__)
-
-
-class DataError(ConfigError):
-    """Bad input data; the message names the file and line."""
 
 
 _OUR_MESSAGE = re.compile(r"(?:DataError|ConfigError): (.*?)(?:\n|$)")

@@ -24,7 +24,7 @@ import seqio
 import tensorflow as tf
 
 from allam_jax.data.sources import CleaningConfig, DocumentSource, ParallelRendering, TrainSource, tf_data_errors
-from allam_jax.model.config import ConfigError
+from allam_jax.core.errors import ConfigError
 
 LANGUAGES = ("en", "ar", "translated")
 

@@ -23,7 +23,7 @@ from typing import Iterable, Iterator, Optional, Protocol, Sequence
 
 import numpy as np
 
-from allam_jax.model.config import ConfigError
+from allam_jax.core.errors import ConfigError
 
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 

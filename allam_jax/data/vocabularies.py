@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from allam_jax.data.text_files import BOS_ID, EOS_ID, PAD_ID
 from allam_jax.data.text_files import ByteVocabulary as _PlainBytes
-from allam_jax.model.config import ConfigError
+from allam_jax.core.errors import ConfigError
 
 try:  # tf.data runs on the host; a TF that also claimed the GPU would fight JAX for its memory
     tf.config.set_visible_devices([], "GPU")

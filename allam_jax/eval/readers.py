@@ -41,14 +41,10 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
-from allam_jax.model.config import ConfigError
+from allam_jax.core.errors import BenchmarkFileError, ConfigError
 
 AR_LETTERS = ("أ", "ب", "ج", "د", "هـ")
 EN_LETTERS = ("A", "B", "C", "D", "E")
-
-
-class BenchmarkFileError(ConfigError):
-    """A benchmark file with the wrong columns or a bad answer key; names the file, row and field."""
 
 
 @dataclasses.dataclass(frozen=True)

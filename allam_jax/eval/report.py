@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 from allam_jax.data.sources import CleaningConfig, iter_documents
 from allam_jax.eval.readers import read_task
 from allam_jax.eval.scorer import LoglikelihoodScorer, evaluate_multiple_choice, perplexity
-from allam_jax.model.config import ConfigError
+from allam_jax.core.errors import ConfigError
 
 
 def run_eval(scorer: LoglikelihoodScorer, tasks: Sequence[str], num_fewshot: int = 0, limit: Optional[int] = None,

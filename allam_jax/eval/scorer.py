@@ -64,7 +64,7 @@ class LoglikelihoodScorer:
 
             parts = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
             if self.batch_size % parts:
-                from allam_jax.model.config import ConfigError
+                from allam_jax.core.errors import ConfigError
 
                 raise ConfigError(f"batch size {self.batch_size} is not divisible by the mesh's data x fsdp = {parts}")
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from allam_jax.model import Decoder, ModelConfig
 from allam_jax.model.attention import CacheState, LayerCache
-from allam_jax.model.config import ConfigError
+from allam_jax.core.errors import ConfigError
 
 
 log = logging.getLogger(__name__)

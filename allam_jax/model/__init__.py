@@ -1,6 +1,6 @@
 """Llama-style decoder (RMSNorm, RoPE, GQA, SwiGLU) with logically named parameters."""
 
-from allam_jax.model.config import ConfigError, ModelConfig
+from allam_jax.model.config import ModelConfig
 from allam_jax.model.transformer import Decoder
 
-__all__ = ["ConfigError", "Decoder", "ModelConfig"]
+__all__ = ["Decoder", "ModelConfig"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping, Sequence
 
-from allam_jax.model.config import ConfigError
+from allam_jax.core.errors import ConfigError
 from allam_jax.recipe.heldout import HeldoutConfig
 
 STAGES = ("data", "base", "expand", "cpt", "sft", "dpo", "eval", "report")

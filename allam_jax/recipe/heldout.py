@@ -19,7 +19,7 @@ import random
 from pathlib import Path
 from typing import Sequence
 
-from allam_jax.model.config import ConfigError
+from allam_jax.core.errors import ConfigError
 from allam_jax.tokenizer.normalize import normalize_text
 
 

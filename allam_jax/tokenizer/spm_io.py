@@ -9,14 +9,10 @@ from pathlib import Path
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as spm_pb2
 
-from allam_jax.model.config import ConfigError
+from allam_jax.core.errors import TokenizerError
 
 ModelProto = spm_pb2.ModelProto
 Piece = spm_pb2.ModelProto.SentencePiece
-
-
-class TokenizerError(ConfigError):
-    """A tokenizer file is missing, not a SentencePiece model, or inconsistent with another."""
 
 
 def load_proto(path: str) -> ModelProto:

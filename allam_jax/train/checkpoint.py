@@ -20,16 +20,12 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 
-from allam_jax.core.errors import first_line
+from allam_jax.core.errors import CheckpointError, first_line
 from allam_jax.train.abandoned_reads import reading
 
 log = logging.getLogger(__name__)
 
 _TMP_MARKER = ".orbax-checkpoint-tmp"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be read; the message names the path."""
 
 
 class Checkpointer:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from allam_jax import partitioning
 from allam_jax.model import Decoder, ModelConfig
-from allam_jax.model.config import ConfigError
+from allam_jax.core.errors import ConfigError, NonFiniteLossError
 from allam_jax.partitioning import PartitioningConfig
 from allam_jax.train import checkpoint as ckpt_lib
 from allam_jax.train.metrics import MetricsWriter, peak_flops_per_device
@@ -32,10 +32,6 @@ from allam_jax.train.step import StepConfig
 log = logging.getLogger(__name__)
 
 EXIT_PREEMPTED = 143
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf; no checkpoint of that state was written."""
 
 
 class Preempted(SystemExit):

@@ -7,7 +7,7 @@ import dataclasses
 import jax
 import optax
 
-from allam_jax.model.config import ConfigError
+from allam_jax.core.errors import ConfigError
 
 SCHEDULES = ("cosine", "linear", "constant")
 

@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 
 from allam_jax import partitioning
 from allam_jax.model import Decoder
-from allam_jax.model.config import ConfigError
+from allam_jax.core.errors import ConfigError
 from allam_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from allam_jax.train.state import TrainState, state_shardings
 from allam_jax.train.step import make_train_step

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from allam_jax.model.config import ConfigError
+from allam_jax.core.errors import ConfigError
 from allam_jax.train.cross_entropy import chunked_lm_cross_entropy, token_cross_entropy
 from allam_jax.train.state import TrainState
 

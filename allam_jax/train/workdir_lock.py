@@ -16,13 +16,9 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
-from allam_jax.core.errors import ConfigError
+from allam_jax.core.errors import WorkdirLocked
 
 LOCK_NAME = ".allam-train.lock"
-
-
-class WorkdirLocked(ConfigError):
-    """Another live trainer holds the workdir."""
 
 
 def _pid_alive(pid: int) -> bool:
