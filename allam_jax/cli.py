@@ -297,7 +297,7 @@ def _cmd_eval(args) -> int:
         raise ConfigError("nothing to evaluate: give --task FORMAT:PATH and/or --perplexity LANG:PATH")
     gen = load_generator(args.gin_file, args.gin_bindings, args.ckpt, args.vocabulary)
     scorer = LoglikelihoodScorer(gen.cfg, gen.params, lambda text: gen.encode(text, add_bos=False), gen.bos_id,
-                                 batch_size=args.batch_size, progress=True, mesh=gen.mesh, rules=gen.rules)
+                                 batch_size=args.batch_size, progress=True, partitioner=gen.partitioner)
     report = run_eval(scorer, args.task, args.num_fewshot, args.limit, args.perplexity, args.seed)
     report["checkpoint"] = args.ckpt
     print(markdown(report), end="")
@@ -395,7 +395,7 @@ def _cmd_expand(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from allam_jax import distributed, gin_setup
+    from allam_jax.core import distributed, gin_setup
 
     distributed.initialize(distributed.DistributedConfig.from_env(
         coordinator_address=args.coordinator_address, num_processes=args.num_processes, process_id=args.process_id,
@@ -497,7 +497,7 @@ def _cmd_data_inspect(args) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv is None:  # a real command line (not a call from Python): restart once with huge-page malloc
-        from allam_jax.hugepages import reexec_with_hugepages
+        from allam_jax.core.hugepages import reexec_with_hugepages
 
         reexec_with_hugepages()
     if argv is None:  # a Python caller keeps its own signal handling
@@ -509,9 +509,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for handler in logging.getLogger().handlers:  # gin logs every search-path miss at ERROR level
         handler.addFilter(lambda record: "/gin/" not in record.pathname.replace("\\", "/"))
 
-    from allam_jax.core.errors import ConfigError
-    from allam_jax.train.checkpoint import CheckpointError
-    from allam_jax.train.loop import NonFiniteLossError
+    from allam_jax.core.errors import CheckpointError, ConfigError, NonFiniteLossError
 
     handlers = {"recipe": _cmd_recipe, "train": _cmd_train, "info": _cmd_info, "data": _cmd_data, "tokenizer": _cmd_tokenizer,
                 "convert": _cmd_convert, "dpo-reference": _cmd_dpo_reference,

@@ -12,7 +12,7 @@ import gin
 from allam_jax.data.text_files import TextFileData
 from allam_jax.core.errors import ConfigError
 from allam_jax.model.config import ModelConfig
-from allam_jax.partitioning import PartitioningConfig
+from allam_jax.core.partitioning import PartitioningConfig
 from allam_jax.recipe.config import RecipeConfig
 from allam_jax.recipe.heldout import HeldoutConfig
 from allam_jax.train.loop import Experiment, TrainerConfig

@@ -28,7 +28,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 
 from allam_jax.model import ModelConfig  # noqa: E402
@@ -109,7 +108,7 @@ def main(argv=None) -> int:
     cfg = ModelConfig(**CONFIGS[args.config], max_seq_len=args.seq_len, scan_layers=args.scan,
                       attention_impl=args.attention, **PRECISIONS[args.precision])
     trainer = JaxTrainer(cfg, make_batch(cfg, args.batch_size, args.seq_len))
-    with jax.set_mesh(trainer.mesh), nn.logical_axis_rules(trainer.rules):
+    with trainer.partitioner.activate():
         compiled = trainer.step_fn.lower(trainer.state, trainer.batch).compile()
     # Trace this very executable: op names (fusion.N) differ between two compilations of the same step.
     trainer.step_fn = compiled
@@ -151,7 +150,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from allam_jax.hugepages import reexec_with_hugepages
+    from allam_jax.core.hugepages import reexec_with_hugepages
 
     reexec_with_hugepages()  # as the allam command does (ALLAM_HUGEPAGES=0 to measure without)
     sys.exit(main())

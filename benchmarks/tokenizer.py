@@ -64,7 +64,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from allam_jax.hugepages import reexec_with_hugepages
+    from allam_jax.core.hugepages import reexec_with_hugepages
 
     reexec_with_hugepages()  # as the allam command does (ALLAM_HUGEPAGES=0 to measure without)
     sys.exit(main())

@@ -23,16 +23,16 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from allam_jax import partitioning  # noqa: E402
+from allam_jax.core import partitioning  # noqa: E402
 from allam_jax.model import Decoder, ModelConfig  # noqa: E402
 from allam_jax.core.errors import ConfigError  # noqa: E402
 from allam_jax.train.metrics import peak_flops_per_device  # noqa: E402
 from allam_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer  # noqa: E402
-from allam_jax.train.state import count_params, init_train_state, state_shardings  # noqa: E402
+from allam_jax.core.params import count_params  # noqa: E402
+from allam_jax.train.state import init_train_state, state_shardings  # noqa: E402
 from allam_jax.train.step import StepConfig, make_train_step  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -43,15 +43,15 @@ def bench(name: str, cfg: ModelConfig, pcfg: partitioning.PartitioningConfig, ba
           steps: int, peak: float, warmup: int = 3) -> dict:
     """Compiles the train step of ``cfg`` on the mesh of ``pcfg``, runs ``warmup`` untimed steps (the first ones
     after compiling run slower: allocator and page faults) and times ``steps`` more."""
-    mesh = partitioning.create_mesh(pcfg)
+    partitioner = partitioning.Partitioner.create(pcfg)
     model = Decoder(cfg)
     opt = OptimizerConfig()
     tx = make_optimizer(opt)
-    _, shardings = state_shardings(model, tx, mesh, pcfg.rules)
-    bs = partitioning.batch_sharding(mesh)
+    _, shardings = state_shardings(model, tx, partitioner)
+    bs = partitioner.batch_sharding
     batch = make_batch(cfg, batch_size, seq_len)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(list(pcfg.rules)):
-        state = init_train_state(model, tx, mesh, pcfg.rules, seed=0)
+    with partitioner.activate():
+        state = init_train_state(model, tx, partitioner, seed=0)
         batch = {k: jax.device_put(v, bs) for k, v in batch.items()}
         step = jax.jit(make_train_step(model, tx, learning_rate_schedule(opt), StepConfig(num_languages=1)),
                        in_shardings=(shardings, bs), out_shardings=(shardings, None), donate_argnums=(0,))
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from allam_jax.hugepages import reexec_with_hugepages
+    from allam_jax.core.hugepages import reexec_with_hugepages
 
     reexec_with_hugepages()  # as the allam command does (ALLAM_HUGEPAGES=0 to measure without)
     sys.exit(main())

@@ -32,14 +32,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # the JAX step that follows (alternating runs on a small machine); passive waiting is fair to both.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from allam_jax import partitioning  # noqa: E402
+from allam_jax.core import partitioning  # noqa: E402
 from allam_jax.model import Decoder, ModelConfig  # noqa: E402
 from allam_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer  # noqa: E402
-from allam_jax.train.state import count_params, init_train_state, state_shardings  # noqa: E402
+from allam_jax.core.params import count_params  # noqa: E402
+from allam_jax.train.state import init_train_state, state_shardings  # noqa: E402
 from allam_jax.train.step import StepConfig, make_train_step  # noqa: E402
 
 CONFIGS = {
@@ -66,22 +66,20 @@ def make_batch(cfg: ModelConfig, batch_size: int, seq_len: int) -> dict[str, np.
 
 class JaxTrainer:
     def __init__(self, cfg: ModelConfig, batch: dict):
-        pcfg = partitioning.PartitioningConfig(mesh_shape=(1, -1, 1))
-        self.mesh = partitioning.create_mesh(pcfg)
-        self.rules = list(pcfg.rules)
+        self.partitioner = partitioning.Partitioner.create(partitioning.PartitioningConfig(mesh_shape=(1, -1, 1)))
         model = Decoder(cfg)
         tx = make_optimizer(OPTIMIZER)
-        _, shardings = state_shardings(model, tx, self.mesh, pcfg.rules)
-        bs = partitioning.batch_sharding(self.mesh)
-        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-            self.state = init_train_state(model, tx, self.mesh, pcfg.rules, seed=0)
+        _, shardings = state_shardings(model, tx, self.partitioner)
+        bs = self.partitioner.batch_sharding
+        with self.partitioner.activate():
+            self.state = init_train_state(model, tx, self.partitioner, seed=0)
             self.batch = {k: jax.device_put(v, bs) for k, v in batch.items()}
         self.initial_params = jax.device_get(self.state.params)
         self.step_fn = jax.jit(make_train_step(model, tx, learning_rate_schedule(OPTIMIZER), StepConfig(num_languages=1)),
                                in_shardings=(shardings, bs), out_shardings=(shardings, None), donate_argnums=(0,))
 
     def step(self) -> float:
-        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+        with self.partitioner.activate():
             self.state, metrics = self.step_fn(self.state, self.batch)
             return float(metrics["loss"])  # blocks until the step is done
 
@@ -298,7 +296,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from allam_jax.hugepages import reexec_with_hugepages
+    from allam_jax.core.hugepages import reexec_with_hugepages
 
     reexec_with_hugepages()  # as the allam command does (ALLAM_HUGEPAGES=0 to measure without)
     sys.exit(main())

@@ -12,7 +12,7 @@ from pathlib import Path
 from allam_jax.data import corpora
 from allam_jax.data.text_files import TextFileData
 from allam_jax.model import ModelConfig
-from allam_jax.partitioning import PartitioningConfig
+from allam_jax.core.partitioning import PartitioningConfig
 from allam_jax.train.loop import Experiment, TrainerConfig
 from allam_jax.train.optimizer import OptimizerConfig
 from allam_jax.train.step import StepConfig

@@ -10,13 +10,12 @@ os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_p
 import json  # noqa: E402
 import sys  # noqa: E402
 
-import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-from allam_jax import partitioning  # noqa: E402
+from allam_jax.core import partitioning  # noqa: E402
 from allam_jax.model import Decoder, ModelConfig  # noqa: E402
 from allam_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer  # noqa: E402
 from allam_jax.train.state import init_train_state, state_shardings  # noqa: E402
@@ -44,13 +43,13 @@ def batch():
 
 def run(mesh_shape, devices, host_state=None, cfg=CFG, step_cfg=StepConfig(num_languages=2)):
     pcfg = partitioning.PartitioningConfig(mesh_shape=mesh_shape)
-    mesh = partitioning.create_mesh(pcfg, devices)
+    partitioner = partitioning.Partitioner.create(pcfg, devices)
     model = Decoder(cfg)
     opt = OptimizerConfig(learning_rate=1e-3, warmup_steps=0, decay_steps=10)
     tx = make_optimizer(opt)
-    _, shardings = state_shardings(model, tx, mesh, pcfg.rules)
+    _, shardings = state_shardings(model, tx, partitioner)
     if host_state is None:
-        state = init_train_state(model, tx, mesh, pcfg.rules, seed=0)
+        state = init_train_state(model, tx, partitioner, seed=0)
     else:
         state = jax.device_put(host_state, shardings)
     step = make_train_step(model, tx, learning_rate_schedule(opt), step_cfg)
@@ -60,8 +59,8 @@ def run(mesh_shape, devices, host_state=None, cfg=CFG, step_cfg=StepConfig(num_l
         new_state, metrics = step(state, b)
         return new_state, metrics, grads
 
-    bs = partitioning.batch_sharding(mesh)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(list(pcfg.rules)):
+    bs = partitioner.batch_sharding
+    with partitioner.activate():
         fn = jax.jit(with_grads, in_shardings=(shardings, bs), out_shardings=(shardings, None, shardings.params))
         b = {k: jax.device_put(v, bs) for k, v in batch().items()}
         new_state, metrics, grads = fn(state, b)

@@ -99,7 +99,7 @@ def test_sharded_on_eight_fake_devices_matches_one_device():
     code = textwrap.dedent("""
         import jax, jax.numpy as jnp, numpy as np
         from jax.sharding import NamedSharding, PartitionSpec as P
-        from allam_jax import partitioning
+        from allam_jax.core import partitioning
         from allam_jax.kernels import get_attention_fn
         from test_flash_attention import _inputs, _segments
         q, k, v, do = _inputs(7, 4, 32, 8, 4)

@@ -173,8 +173,8 @@ def test_perplexity_and_bits_per_byte(scorer):
 
 def test_eval_command_on_all_five_formats(tmp_path):
     from allam_jax import gin_setup
-    from allam_jax.train.checkpoint import write_params_checkpoint
-    from allam_jax.train.state import strip_boxes
+    from allam_jax.core.params import write_params_checkpoint
+    from allam_jax.core.params import strip_boxes
 
     gin_setup.parse(["models/tiny.gin"])
     cfg = gin_setup.model_config()
@@ -208,8 +208,8 @@ from allam_jax.data.vocabularies import ByteVocabulary
 from allam_jax.eval.scorer import LoglikelihoodScorer
 from allam_jax.inference.session import load_generator
 from allam_jax.model import Decoder
-from allam_jax.train.checkpoint import write_params_checkpoint
-from allam_jax.train.state import strip_boxes
+from allam_jax.core.params import write_params_checkpoint
+from allam_jax.core.params import strip_boxes
 ckpt = sys.argv[1]
 gin_setup.parse(["models/tiny.gin"], ["ModelConfig.compute_dtype = 'float32'"])
 cfg = gin_setup.model_config()
@@ -226,8 +226,7 @@ for mesh in ["(1, 1, 1)", "(2, 2, 2)", "(1, 8, 1)"]:
         gen = load_generator(["models/tiny.gin"], ["ModelConfig.compute_dtype = 'float32'",
                                                    f"PartitioningConfig.mesh_shape = {mesh}"], ckpt)
     leaf = gen.params["layers"]["mlp"]["up"]["kernel"]
-    scorer = LoglikelihoodScorer(gen.cfg, gen.params, ByteVocabulary().encode, 1, batch_size=8, mesh=gen.mesh,
-                                 rules=gen.rules)
+    scorer = LoglikelihoodScorer(gen.cfg, gen.params, ByteVocabulary().encode, 1, batch_size=8, partitioner=gen.partitioner)
     out[mesh] = {"ll": [ll for ll, _ in scorer.loglikelihood(requests)], "devices": len(leaf.sharding.device_set),
                  "greedy": [t for t in gen.generate([gen.encode("abc"), gen.encode("مرحبا")],
                             __import__("allam_jax.inference.generate", fromlist=["x"]).SamplingConfig(max_new_tokens=5))[0].tokens]}

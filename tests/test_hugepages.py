@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from allam_jax import hugepages
+from allam_jax.core import hugepages
 
 
 def test_adds_the_tunable_and_keeps_the_others(monkeypatch):
@@ -38,7 +38,7 @@ def test_the_command_restarts_itself_once_with_the_tunable():
     """``python -m allam_jax`` re-executes with the same arguments; the child sees the tunable (or, where this
     machine cannot use it, nothing changes)."""
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "ALLAM_HUGEPAGES")}
-    code = ("import os, sys; sys.argv = ['allam', '--help']; from allam_jax.hugepages import reexec_with_hugepages; "
+    code = ("import os, sys; sys.argv = ['allam', '--help']; from allam_jax.core.hugepages import reexec_with_hugepages; "
             "print('start', os.environ.get('GLIBC_TUNABLES'), sys.orig_argv[-1] == 'marker', flush=True); "
             "reexec_with_hugepages()")
     out = subprocess.run([sys.executable, "-c", code, "marker"], env=env, capture_output=True, text=True, timeout=120)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from allam_jax import partitioning
+from allam_jax.core import partitioning
 from allam_jax.core.errors import ConfigError
 
 HERE = Path(__file__).parent

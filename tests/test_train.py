@@ -231,17 +231,17 @@ def test_params_restore_falls_back_past_an_unreadable_step_and_names_a_mismatch(
     import time
 
     from allam_jax.model import Decoder
-    from allam_jax.train.state import abstract_params
+    from allam_jax.core.params import abstract_params, restore_params
 
     exp = experiment(files, num_steps=10, keep_checkpoints=5)
     train(exp, str(tmp_path))
     abstract = abstract_params(Decoder(exp.model))
-    older = ckpt_lib.restore_params(str(tmp_path / "checkpoints" / "5"), abstract)
+    older = restore_params(str(tmp_path / "checkpoints" / "5"), abstract)
     for f in (tmp_path / "checkpoints" / "10" / "state").rglob("*"):
         if f.is_file() and "_METADATA" not in f.name and f.stat().st_size > 64:
             f.write_bytes(f.read_bytes()[:16])  # truncated
     with caplog.at_level(logging.WARNING):
-        params = ckpt_lib.restore_params(str(tmp_path / "checkpoints"), abstract)
+        params = restore_params(str(tmp_path / "checkpoints"), abstract)
     assert "trying an older step" in caplog.text
     time.sleep(1.0)  # the abandoned reads finish in the background
     gc.collect()  # asyncio reports an unretrieved exception when its task is collected
@@ -252,7 +252,7 @@ def test_params_restore_falls_back_past_an_unreadable_step_and_names_a_mismatch(
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     wider = abstract_params(Decoder(exp.model.replace(d_model=48, mlp_dim=96)))
     with pytest.raises(ckpt_lib.CheckpointError, match=r"\['embed'\]\['embedding'\] is \(384, 32\) on disk, \(384, 48\)"):
-        ckpt_lib.restore_params(str(tmp_path / "checkpoints" / "5"), wider)
+        restore_params(str(tmp_path / "checkpoints" / "5"), wider)
 
 
 def test_a_failed_save_stops_the_run_with_the_step_named(files, tmp_path, monkeypatch):

@@ -15,16 +15,15 @@ import re
 import time
 from typing import Any, Optional
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from allam_jax import partitioning
 from allam_jax.aot.hlo_stats import collective_stats, largest_buffers
 from allam_jax.aot.topology import Topology
 from allam_jax.core.errors import ConfigError
+from allam_jax.core.partitioning import Partitioner
 
 STEPS = ("train", "eval", "decode")
 _OOM = re.compile(r"RESOURCE_EXHAUSTED|Ran out of memory|out of memory", re.IGNORECASE)
@@ -106,17 +105,17 @@ def _eval_lowered(exp, program, seq_len):
     return fn.lower(program.abstract_state.params, *arrays)
 
 
-def _decode_lowered(exp, program, seq_len, mesh):
+def _decode_lowered(exp, program, seq_len, partitioner):
     from allam_jax.inference.generate import decode_fn
     from allam_jax.model.attention import LayerCache
 
     cfg = exp.model
     rows = exp.trainer.batch_size
     bs = program.batch_sharding
-    cache_spec = NamedSharding(mesh, P(None, partitioning.BATCH_AXES, None, "tensor", None))
+    cache_spec = NamedSharding(partitioner.mesh, P(None, partitioner.batch_axes, None, "tensor", None))
     shape = (cfg.num_layers, rows, seq_len, cfg.num_kv_heads, cfg.kv_head_dim)
     cache = LayerCache(*(jax.ShapeDtypeStruct(shape, cfg.dtype, sharding=cache_spec) for _ in range(2)))
-    replicated = NamedSharding(mesh, P())
+    replicated = partitioner.replicated
     params = _abstract(program.abstract_state.params, program.shardings.params, cfg.dtype)  # as Generator casts
     fn = jax.jit(decode_fn(program.model), donate_argnums=(3,))
     return fn.lower(params, jax.ShapeDtypeStruct((rows, 1), jnp.int32, sharding=bs),
@@ -138,15 +137,15 @@ def compile_step(exp, topology: Topology, step: str = "train") -> CompileReport:
     """Lowers and compiles ``step`` of experiment ``exp`` for ``topology``; a program that does not fit is
     reported (``fits=False`` with the compiler's message), not raised."""
     from allam_jax.train.program import build_train_program
-    from allam_jax.train.state import count_params
+    from allam_jax.core.params import count_params
 
     if step not in STEPS:
         raise ConfigError(f"--step must be one of {STEPS}, got {step!r}")
-    mesh = partitioning.create_mesh(exp.partitioning, topology.devices)
-    rules = list(exp.partitioning.rules)
+    partitioner = Partitioner.create(exp.partitioning, topology.devices)
+    mesh = partitioner.mesh
     seq_len = exp.trainer.seq_len
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        program = build_train_program(exp, mesh)
+    with partitioner.activate():
+        program = build_train_program(exp, partitioner)
         rows = program.rows_per_step if step == "train" else exp.trainer.batch_size
         report = CompileReport(
             step=step, topology=topology.name, libtpu_topology=topology.libtpu_name, num_devices=topology.num_devices,
@@ -163,7 +162,7 @@ def compile_step(exp, topology: Topology, step: str = "train") -> CompileReport:
         elif step == "eval":
             lowered = _eval_lowered(exp, program, seq_len)
         else:
-            lowered = _decode_lowered(exp, program, seq_len, mesh)
+            lowered = _decode_lowered(exp, program, seq_len, partitioner)
         try:
             compiled = lowered.compile()
         except Exception as e:  # noqa: BLE001 - XLA raises XlaRuntimeError/ValueError with the reason inside

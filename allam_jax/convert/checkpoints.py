@@ -16,9 +16,9 @@ from tqdm.auto import tqdm
 from allam_jax.convert.hf_llama import (ConversionError, SafetensorsReader, config_from_hf, hf_config_from,
                                         hf_to_params, model_gin, params_to_hf, write_safetensors,
                                         write_tokenizer_files)
+from allam_jax.core.params import (abstract_params, count_params, on_one_device, restore_params,
+                                    write_params_checkpoint)
 from allam_jax.model import Decoder, ModelConfig
-from allam_jax.train.checkpoint import restore_params, write_params_checkpoint
-from allam_jax.train.state import abstract_params
 
 _DTYPES = {"float32": np.float32, "bfloat16": jax.numpy.bfloat16}
 
@@ -47,7 +47,7 @@ def import_from_hf(hf_dir: str, out: str, scan_layers: bool = True, dtype: str =
     bar = tqdm(total=len(reader.names()), desc="import", unit="tensor", disable=not progress)
     params = hf_to_params(reader, cfg, _np_dtype(dtype), progress=lambda name: bar.update(1))
     bar.close()
-    count = int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
+    count = count_params(params)
     summary = {"source": str(hf_dir), "params": count, "dtype": dtype, "scan_layers": scan_layers}
     write_params_checkpoint(out, params, {"model.gin": model_gin(cfg),
                                           "conversion.json": json.dumps(summary, indent=2) + "\n"})
@@ -56,11 +56,7 @@ def import_from_hf(hf_dir: str, out: str, scan_layers: bool = True, dtype: str =
 
 def restore_for_export(ckpt: str, cfg: ModelConfig) -> dict:
     """Parameters of ``ckpt`` on one device, checked against ``cfg``'s shapes."""
-    device = jax.devices()[0]
-    target = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(device)),
-        abstract_params(Decoder(cfg)))
-    return restore_params(ckpt, target)
+    return restore_params(ckpt, on_one_device(abstract_params(Decoder(cfg))))
 
 
 def export_to_hf(ckpt: str, cfg: ModelConfig, out: str, tokenizer: Optional[str] = None,

@@ -36,7 +36,7 @@ class AllamLM(TemplateLM):
         self.max_gen_toks = int(max_gen_toks)
         size = 16 if str(batch_size) == "auto" else int(batch_size)
         self.scorer = LoglikelihoodScorer(self.gen.cfg, self.gen.params, self.tok_encode, self.gen.bos_id,
-                                          batch_size=size, mesh=self.gen.mesh, rules=self.gen.rules)
+                                          batch_size=size, partitioner=self.gen.partitioner)
 
     @property
     def eot_token_id(self) -> int:

@@ -38,7 +38,7 @@ def run_eval(scorer: LoglikelihoodScorer, tasks: Sequence[str], num_fewshot: int
 def markdown(report: dict) -> str:
     lines = []
     if report["tasks"]:
-        lines += [f"| task | language | n | acc | acc_norm |", "|---|---|---|---|---|"]
+        lines += ["| task | language | n | acc | acc_norm |", "|---|---|---|---|---|"]
         for name, r in report["tasks"].items():
             lines.append(f"| {name} | {r['language']} | {r['n']} | {r['acc']:.4f} | {r['acc_norm']:.4f} |")
         by_lang: dict[str, list[dict]] = {}

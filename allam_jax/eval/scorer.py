@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from allam_jax.core.errors import ConfigError
+from allam_jax.core.partitioning import Partitioner
 from allam_jax.eval.readers import Question
 from allam_jax.model import Decoder, ModelConfig
 
@@ -54,30 +56,19 @@ class LoglikelihoodScorer:
     bos: int
     batch_size: int = 16
     progress: bool = False
-    mesh: object = None  # with a mesh, batches are split over its data and fsdp axes
-    rules: tuple = ()
+    partitioner: Optional[Partitioner] = None  # with one, batches are split over its data and fsdp axes
 
     def __post_init__(self):
-        self._score = jax.jit(functools.partial(score_tokens, Decoder(self.cfg)))
-        if self.mesh is not None:
-            import flax.linen as nn
-
-            parts = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-            if self.batch_size % parts:
-                from allam_jax.core.errors import ConfigError
-
-                raise ConfigError(f"batch size {self.batch_size} is not divisible by the mesh's data x fsdp = {parts}")
-
-            from allam_jax import partitioning
-
-            sharding = partitioning.batch_sharding(self.mesh)
-            jitted = self._score
-
-            def sharded(params, *arrays):
-                with jax.set_mesh(self.mesh), nn.logical_axis_rules(list(self.rules)):
-                    return jitted(params, *(jax.device_put(a, sharding) for a in arrays))
-
-            self._score = sharded
+        score = functools.partial(score_tokens, Decoder(self.cfg))
+        if self.partitioner is None:
+            self._score = jax.jit(score)
+            return
+        parts = self.partitioner.axis_size(self.partitioner.batch_axes)
+        if self.batch_size % parts:
+            raise ConfigError(f"batch size {self.batch_size} is not divisible by the mesh's data x fsdp = {parts}")
+        sharding = self.partitioner.batch_sharding
+        jitted = self.partitioner.jit(score)
+        self._score = lambda params, *arrays: jitted(params, *(jax.device_put(a, sharding) for a in arrays))
 
     def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
         """``(sum log p(continuation | context), continuation is the greedy decode)`` per text request."""

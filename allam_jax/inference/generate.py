@@ -18,6 +18,7 @@ import numpy as np
 from allam_jax.model import Decoder, ModelConfig
 from allam_jax.model.attention import CacheState, LayerCache
 from allam_jax.core.errors import ConfigError
+from allam_jax.core.partitioning import Partitioner
 
 
 log = logging.getLogger(__name__)
@@ -98,23 +99,13 @@ def decode_fn(model: Decoder) -> Callable:
 class Generator:
     """Batched generation for one model and vocabulary (``encode``/``decode``/``eos_id``)."""
 
-    def __init__(self, cfg: ModelConfig, params, vocab, bos_id: int, mesh=None, rules=()):
+    def __init__(self, cfg: ModelConfig, params, vocab, bos_id: int, partitioner: Optional[Partitioner] = None):
         self.cfg, self.params, self.vocab, self.bos_id = cfg, _in_compute_dtype(params, cfg.dtype), vocab, bos_id
-        self.mesh, self.rules = mesh, tuple(rules)
+        self.partitioner = partitioner  # the mesh and rules the parameters were sharded with, if any
         self.model = Decoder(cfg)
-        self._run = self.under_mesh(jax.jit(decode_fn(self.model), donate_argnums=(3,)))
-
-    def under_mesh(self, fn: Callable) -> Callable:
-        """Runs ``fn`` inside the mesh and logical-axis rules the parameters were sharded with."""
-        if self.mesh is None:
-            return fn
-        import flax.linen as nn
-
-        def wrapped(*args, **kwargs):
-            with jax.set_mesh(self.mesh), nn.logical_axis_rules(list(self.rules)):
-                return fn(*args, **kwargs)
-
-        return wrapped
+        decode = decode_fn(self.model)
+        self._run = (partitioner.jit(decode, donate_argnums=(3,)) if partitioner is not None
+                     else jax.jit(decode, donate_argnums=(3,)))
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
         return ([self.bos_id] if add_bos else []) + [int(t) for t in self.vocab.encode(text)]

@@ -8,30 +8,15 @@ from typing import Optional, Sequence, TextIO
 from allam_jax.inference.generate import Generator, SamplingConfig
 
 
-def restore_sharded_params(ckpt: str, cfg, mesh, rules):
-    """Parameters of ``ckpt`` restored straight into their shards on ``mesh`` (never whole on one host)."""
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-
-    from allam_jax import partitioning
-    from allam_jax.model import Decoder
-    from allam_jax.train.checkpoint import restore_params
-    from allam_jax.train.state import strip_boxes
-
-    boxed = jax.eval_shape(lambda r: Decoder(cfg).init(r, jnp.zeros((1, 8), jnp.int32)), jax.random.PRNGKey(0))
-    shardings = partitioning.logical_to_sharding(nn.get_partition_spec(boxed)["params"], mesh, rules)
-    abstract = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                      strip_boxes(boxed)["params"], shardings)
-    return restore_params(ckpt, abstract)
-
-
 def load_generator(gin_files: Sequence[str], bindings: Sequence[str], ckpt: str,
                    vocabulary: Optional[str] = None) -> Generator:
     """Model shape from gin, parameters from ``ckpt`` sharded over the gin mesh (``PartitioningConfig``),
     vocabulary from the flag or the gin data config."""
-    from allam_jax import gin_setup, partitioning
+    from allam_jax import gin_setup
+    from allam_jax.core.params import abstract_params, restore_params
+    from allam_jax.core.partitioning import Partitioner
     from allam_jax.data.vocabularies import bos_id, check_fits_model, get_vocabulary
+    from allam_jax.model import Decoder
 
     gin_setup.parse(gin_files, bindings)
     cfg = gin_setup.model_config()
@@ -43,9 +28,9 @@ def load_generator(gin_files: Sequence[str], bindings: Sequence[str], ckpt: str,
             vocabulary = "byte"
     vocab = get_vocabulary(vocabulary)
     check_fits_model(vocab, cfg.vocab_size, f"tokenizer {vocabulary}")
-    mesh = partitioning.create_mesh(pcfg)
-    params = restore_sharded_params(ckpt, cfg, mesh, pcfg.rules)
-    return Generator(cfg, params, vocab, bos_id(vocab), mesh=mesh, rules=pcfg.rules)
+    partitioner = Partitioner.create(pcfg)
+    params = restore_params(ckpt, abstract_params(Decoder(cfg), partitioner))  # straight into their shards
+    return Generator(cfg, params, vocab, bos_id(vocab), partitioner=partitioner)
 
 
 def chat_loop(gen: Generator, sampling: SamplingConfig, system: Optional[str] = None,

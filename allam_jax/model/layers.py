@@ -1,7 +1,7 @@
 """Small building blocks of the decoder, each parameter tagged with logical axis names.
 
 Logical names (``embed``, ``vocab``, ``heads``, ``kv_heads``, ``head_dim``, ``mlp``, ``norm``, ``layers``) are
-mapped onto the device mesh by ``allam_jax.partitioning``; nothing here knows about devices.
+mapped onto the device mesh by ``allam_jax.core.partitioning``; nothing here knows about devices.
 """
 
 from __future__ import annotations

@@ -13,10 +13,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from allam_jax.train.checkpoint import CheckpointError, resolve_state_dir, write_params_checkpoint
+from allam_jax.core.errors import CheckpointError
+from allam_jax.core.params import abstract_params_as_saved, restore_params, write_params_checkpoint
+from allam_jax.core.partitioning import Partitioner
 from allam_jax.tokenizer.merge import check_extends
 from allam_jax.tokenizer.spm_io import ModelProto, Piece, TokenizerError, load_proto, processor_from_proto
 
@@ -40,25 +40,6 @@ def subtoken_ids(base: ModelProto, merged: ModelProto) -> list[list[int]]:
     for p in merged.pieces[len(base.pieces):]:
         out.append(split(p.piece) if p.type == Piece.NORMAL else [])
     return out
-
-
-def _sharded_restore_target(state_dir: Path) -> tuple[dict, Mesh]:
-    """Abstract params from the checkpoint's metadata, each sharded on its first divisible dimension."""
-    tree = ocp.StandardCheckpointer().metadata(state_dir).item_metadata.tree
-    if "params" not in tree:
-        raise CheckpointError(f"{state_dir} holds no 'params'")
-    devices = np.asarray(jax.devices())
-    mesh = Mesh(devices, ("fsdp",))
-
-    def target(meta):
-        spec = [None] * len(meta.shape)
-        for i, size in enumerate(meta.shape):
-            if size % len(devices) == 0:
-                spec[i] = "fsdp"
-                break
-        return jax.ShapeDtypeStruct(meta.shape, meta.dtype, sharding=NamedSharding(mesh, PartitionSpec(*spec)))
-
-    return jax.tree_util.tree_map(target, tree["params"]), mesh
 
 
 def _new_rows(table: jax.Array, ids: list[list[int]], method: str, seed: int) -> jax.Array:
@@ -133,20 +114,11 @@ def expand_checkpoint(ckpt: str, base_tokenizer: str, merged_tokenizer: str, out
     check_extends(base, merged, base_tokenizer, merged_tokenizer)
     if Path(out).exists():
         raise TokenizerError(f"output already exists: {out}")
-    state_dir = resolve_state_dir(ckpt)
-    target, mesh = _sharded_restore_target(state_dir)
-    try:
-        restored = ocp.PyTreeCheckpointer().restore(
-            state_dir,
-            args=ocp.args.PyTreeRestore(item={"params": target}, partial_restore=True,
-                                        restore_args=ocp.checkpoint_utils.construct_restore_args({"params": target})),
-        )
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"cannot read parameters from {state_dir}: {str(e).splitlines()[0][:300]}") from None
-    params = restored["params"]
+    partitioner = Partitioner.create()  # every device on fsdp: no host holds the whole model
+    params = restore_params(ckpt, abstract_params_as_saved(ckpt, partitioner))
     if "embed" not in params or "embedding" not in params["embed"]:
-        raise CheckpointError(f"{state_dir} has no params['embed']['embedding']: not an allam-jax checkpoint")
-    with jax.set_mesh(mesh):
+        raise CheckpointError(f"{ckpt} has no params['embed']['embedding']: not an allam-jax checkpoint")
+    with partitioner.activate():
         new_params, report = expand_params(params, base, merged, method, seed)
     report.update(source=str(ckpt), base_tokenizer=base_tokenizer, merged_tokenizer=merged_tokenizer)
     write_params_checkpoint(out, new_params, {"expansion.json": json.dumps(report, indent=2) + "\n"})

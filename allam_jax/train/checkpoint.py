@@ -9,10 +9,6 @@ before it.
 from __future__ import annotations
 
 import logging
-import os
-import re
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -21,7 +17,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from allam_jax.core.errors import CheckpointError, first_line
-from allam_jax.train.abandoned_reads import reading
+from allam_jax.core.abandoned_reads import reading
+from allam_jax.core.params import leaf_shapes
 
 log = logging.getLogger(__name__)
 
@@ -131,15 +128,9 @@ class Checkpointer:
             self.manager.close()
 
 
-def _leaf_shapes(tree: Any) -> dict[str, tuple]:
-    """``"['params']['embed']['embedding']" -> shape``: attribute and dict keys written alike, as on disk."""
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {re.sub(r"\.(\w+)", r"['\1']", jax.tree_util.keystr(p)): tuple(v.shape) for p, v in flat}
-
-
 def check_compatible(on_disk: Any, abstract_state: Any, where: Path) -> None:
     """A checkpoint written under another config is an error to report, not a corrupt file to skip."""
-    saved, wanted = _leaf_shapes(on_disk), _leaf_shapes(abstract_state)
+    saved, wanted = leaf_shapes(on_disk), leaf_shapes(abstract_state)
     names = sorted(set(saved) | set(wanted), key=lambda n: (not n.startswith("['params']"), n))
     for name in names:
         if saved.get(name) != wanted.get(name):
@@ -149,102 +140,3 @@ def check_compatible(on_disk: Any, abstract_state: Any, where: Path) -> None:
                 f"on disk, {wanted.get(name, 'absent')} in the config"
                 + ("" if what == "model" else " (use TrainerConfig.init_from to start a new optimizer from its params)")
             )
-
-
-def _state_dirs(path: str) -> list[Path]:
-    """The ``state`` directories ``path`` may mean, best first: itself (a step's ``state`` item), its ``state``
-    (a step directory), or every complete step of a checkpoint directory, newest first."""
-    p = Path(path).absolute()
-    if not p.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if (p / "_METADATA").exists() or (p / "_sharding").exists() or (p / "manifest.ocdbt").exists():
-        return [p]
-    if (p / "state").is_dir():
-        return [p / "state"]
-    steps = sorted((int(c.name) for c in p.iterdir() if c.name.isdigit() and (c / "state").is_dir()), reverse=True)
-    if not steps:
-        raise CheckpointError(f"no complete checkpoint step under {path}")
-    return [p / str(step) / "state" for step in steps]
-
-
-def resolve_state_dir(path: str) -> Path:
-    """Accepts a checkpoint directory (newest step used), a step directory, or its ``state`` item."""
-    return _state_dirs(path)[0]
-
-
-def restore_params(path: str, abstract_params: Any) -> Any:
-    """Reads only the parameters of a checkpoint (continued pretraining: fresh optimizer and schedule; eval,
-    decoding, export). Given a checkpoint directory, a step that cannot be read (a truncated file, say) is
-    skipped with a warning for the one before it, as training's resume does; a step of another shape is an
-    error, not a reason to fall back."""
-    candidates = _state_dirs(path)
-    failures = []
-    for state_dir in candidates:
-        try:
-            params = _restore_params_from(state_dir, abstract_params)
-        except _Unreadable as e:
-            failures.append(f"{state_dir}: {e}")
-            if len(candidates) > 1:
-                log.warning("cannot read parameters from %s (%s); trying an older step", state_dir, e)
-            continue
-        if failures:
-            log.warning("using %s: %d newer step(s) unreadable", state_dir, len(failures))
-        return params
-    raise CheckpointError(f"cannot read parameters from {path}: " + "; ".join(failures[:3]))
-
-
-class _Unreadable(Exception):
-    pass
-
-
-def _restore_params_from(state_dir: Path, abstract_params: Any) -> Any:
-    item = {"params": abstract_params}
-    try:
-        with reading(state_dir):
-            on_disk = ocp.StandardCheckpointer().metadata(state_dir).item_metadata.tree
-    except Exception:  # noqa: BLE001 - unreadable metadata: the restore below says why
-        on_disk = None
-    if isinstance(on_disk, dict) and "params" in on_disk:
-        saved, wanted = _leaf_shapes(on_disk["params"]), _leaf_shapes(abstract_params)
-        for name in sorted(set(saved) | set(wanted)):
-            if saved.get(name) != wanted.get(name):
-                raise CheckpointError(f"parameters in {state_dir} do not match the model config: {name} is "
-                                      f"{saved.get(name, 'missing')} on disk, {wanted.get(name, 'absent')} in the config")
-    try:
-        with reading(state_dir):
-            restored = ocp.PyTreeCheckpointer().restore(
-                state_dir,
-                args=ocp.args.PyTreeRestore(
-                    item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True
-                ),
-            )
-    except Exception as e:  # noqa: BLE001 - tensorstore/orbax raise many kinds; the first line says which file
-        raise _Unreadable(first_line(e)) from None
-    got = jax.tree_util.tree_map(lambda x: x.shape, restored["params"])
-    want = jax.tree_util.tree_map(lambda x: x.shape, abstract_params)
-    if got != want:
-        raise CheckpointError(f"parameter shapes in {state_dir} do not match the model config")
-    return restored["params"]
-
-
-def write_params_checkpoint(out: str, params: Any, sidecars: Optional[dict[str, str]] = None) -> Path:
-    """Writes ``OUT/0/state`` holding ``{"params": params}`` plus text ``sidecars`` (name -> content), all
-    or nothing: everything goes to a temporary sibling directory that is renamed into place at the end.
-    ``TrainerConfig.init_from = OUT`` reads it."""
-    out_path = Path(out).absolute()
-    if out_path.exists():
-        raise CheckpointError(f"output already exists: {out}")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_path.parent, prefix=out_path.name + ".tmp"))
-    try:
-        writer = ocp.StandardCheckpointer()
-        writer.save(tmp / "0" / "state", {"params": params})
-        writer.wait_until_finished()
-        writer.close()
-        for name, text in (sidecars or {}).items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        os.replace(tmp, out_path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_path

@@ -11,16 +11,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from allam_jax import partitioning
-from allam_jax.model import Decoder, ModelConfig
 from allam_jax.core.errors import ConfigError, NonFiniteLossError
-from allam_jax.partitioning import PartitioningConfig
+from allam_jax.core.params import abstract_params, count_params, restore_params
+from allam_jax.core.partitioning import Partitioner, PartitioningConfig
+from allam_jax.model import Decoder, ModelConfig
 from allam_jax.train import checkpoint as ckpt_lib
 from allam_jax.train.metrics import MetricsWriter, peak_flops_per_device
 from allam_jax.train.optimizer import OptimizerConfig
@@ -108,22 +107,21 @@ def train(exp: Experiment, workdir: str, on_accepted: Optional[Callable[[], None
     initialised), before the first step: ``allam train`` writes ``WORKDIR/config.gin`` there, so a refused run
     leaves the workdir's record of the accepted one as it was. Returns the last logged metrics.
     """
-    mesh = partitioning.create_mesh(exp.partitioning)
-    program = build_train_program(exp, mesh)
+    partitioner = Partitioner.create(exp.partitioning)
+    program = build_train_program(exp, partitioner)
     workdir_path = Path(workdir)
     workdir_path.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
     if exp.frozen_reference and not exp.trainer.init_from:
         log.warning("DPO with a frozen reference but no TrainerConfig.init_from: the reference is a random model")
     with workdir_lock(str(workdir_path), enabled=is_main):
-        return _train_in_workdir(exp, program, mesh, workdir_path, is_main, on_accepted)
+        return _train_in_workdir(exp, program, partitioner, workdir_path, is_main, on_accepted)
 
 
-def _train_in_workdir(exp: Experiment, program, mesh, workdir_path: Path, is_main: bool,
+def _train_in_workdir(exp: Experiment, program, partitioner: Partitioner, workdir_path: Path, is_main: bool,
                       on_accepted: Optional[Callable[[], None]]) -> dict[str, float]:
     """The body of :func:`train`, run while this process holds the workdir lock."""
     tcfg = exp.trainer
-    rules = exp.partitioning.rules
     model, tx, abstract, shardings = program.model, program.tx, program.abstract_state, program.shardings
     data_iter = exp.data.make_iterator(tcfg.seq_len, tcfg.batch_size, jax.process_index(), jax.process_count())
     vocab = getattr(data_iter, "vocab", None) or getattr(exp.data, "vocab", None)
@@ -140,9 +138,9 @@ def _train_in_workdir(exp: Experiment, program, mesh, workdir_path: Path, is_mai
         data_iter.set_state(data_state)
         log.info("resumed from step %d in %s", start, checkpointer.directory)
     else:
-        state = init_train_state(model, tx, mesh, rules, tcfg.seed)
+        state = init_train_state(model, tx, partitioner, tcfg.seed)
         if tcfg.init_from:
-            params = ckpt_lib.restore_params(tcfg.init_from, abstract.params)
+            params = restore_params(tcfg.init_from, abstract.params)
             state = state.replace(params=params)
             log.info("initialised parameters from %s (fresh optimizer and schedule)", tcfg.init_from)
         if exp.frozen_reference:  # a real copy: the state's buffers are donated to each step
@@ -156,13 +154,13 @@ def _train_in_workdir(exp: Experiment, program, mesh, workdir_path: Path, is_mai
     bar = tqdm(total=tcfg.num_steps, initial=start, disable=not (tcfg.progress_bar and is_main), desc="train", unit="step",
                mininterval=0.1 if sys.stderr.isatty() else 10.0)
     with _SigtermFlag() as sigterm:  # held until the last save is written: a late SIGTERM must not cut it
-        return _run_steps(exp, program, mesh, data_iter, state, start, checkpointer, writer, bar, sigterm)
+        return _run_steps(exp, program, partitioner, data_iter, state, start, checkpointer, writer, bar, sigterm)
 
 
-def _run_steps(exp: Experiment, program, mesh, data_iter, state, start: int, checkpointer, writer, bar,
+def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, state, start: int, checkpointer, writer, bar,
                sigterm: _SigtermFlag) -> dict[str, float]:
     tcfg = exp.trainer
-    step_fn, batch_sharding, rules = program.step_fn, program.batch_sharding, exp.partitioning.rules
+    step_fn, batch_sharding = program.step_fn, program.batch_sharding
     languages = list(getattr(exp.data, "languages", [])) or [str(i) for i in range(exp.step.num_languages)]
     tokens_per_step = program.rows_per_step * tcfg.seq_len  # DPO: 2 rows a pair
     flops_per_step = exp.model.training_flops_per_token(tcfg.seq_len) * tokens_per_step
@@ -171,7 +169,7 @@ def _run_steps(exp: Experiment, program, mesh, data_iter, state, start: int, che
     window_start, window_steps = time.perf_counter(), 0
     lang_sums = np.zeros((2, exp.step.num_languages))
     try:
-        with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
+        with partitioner.activate():
             for step in range(start + 1, tcfg.num_steps + 1):
                 try:
                     local_batch = next(data_iter)
@@ -223,8 +221,6 @@ def _run_steps(exp: Experiment, program, mesh, data_iter, state, start: int, che
 
 def param_count_and_flops(model_cfg: ModelConfig, seq_len: Optional[int] = None) -> dict[str, float]:
     """Parameter count from ``jax.eval_shape`` (nothing allocated) and FLOPs per token."""
-    from allam_jax.train.state import abstract_params, count_params
-
     n = count_params(abstract_params(Decoder(model_cfg)))
     return {
         "params": n,

@@ -13,11 +13,9 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh
-
-from allam_jax import partitioning
-from allam_jax.model import Decoder
 from allam_jax.core.errors import ConfigError
+from allam_jax.core.partitioning import Partitioner
+from allam_jax.model import Decoder
 from allam_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from allam_jax.train.state import TrainState, state_shardings
 from allam_jax.train.step import make_train_step
@@ -48,12 +46,13 @@ class TrainProgram:
         return batch
 
 
-def build_train_program(exp: Any, mesh: Mesh) -> TrainProgram:
-    """Model, optimizer, state shardings and the jitted step for ``exp`` on ``mesh`` (nothing allocated)."""
+def build_train_program(exp: Any, partitioner: Partitioner) -> TrainProgram:
+    """Model, optimizer, state shardings and the jitted step for ``exp`` on the partitioner's mesh (nothing
+    allocated)."""
     tcfg = exp.trainer
     if tcfg.seq_len > exp.model.max_seq_len:
         raise ConfigError(f"TrainerConfig.seq_len={tcfg.seq_len} exceeds ModelConfig.max_seq_len={exp.model.max_seq_len}")
-    rules = exp.partitioning.rules
+    mesh = partitioner.mesh
     batch_parts = mesh.shape["data"] * mesh.shape["fsdp"]
     if tcfg.batch_size % batch_parts:
         raise ConfigError(
@@ -67,7 +66,7 @@ def build_train_program(exp: Any, mesh: Mesh) -> TrainProgram:
     model = Decoder(exp.model)
     tx = make_optimizer(exp.optimizer)
     schedule = learning_rate_schedule(exp.optimizer)
-    abstract, shardings = state_shardings(model, tx, mesh, rules)
+    abstract, shardings = state_shardings(model, tx, partitioner)
     if exp.frozen_reference:
         abstract, shardings = (abstract.replace(ref_params=abstract.params),
                                shardings.replace(ref_params=shardings.params))
@@ -80,7 +79,7 @@ def build_train_program(exp: Any, mesh: Mesh) -> TrainProgram:
         make_step = make_dpo_step(model, tx, schedule, exp.dpo)
     else:
         make_step = make_train_step(model, tx, schedule, exp.step)
-    batch_sharding = partitioning.batch_sharding(mesh)
+    batch_sharding = partitioner.batch_sharding
     step_fn = jax.jit(make_step, in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None),
                       donate_argnums=(0,))
     rows = tcfg.batch_size * (2 if exp.dpo is not None else 1)

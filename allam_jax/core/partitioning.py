@@ -1,14 +1,17 @@
-"""Logical-axis rules and the device mesh; nothing model-specific lives here.
+"""Logical-axis rules and the device mesh, owned by one object: the :class:`Partitioner`.
 
 Parameters and activations carry logical axis names; ``logical_axis_rules`` map each name onto mesh
 axes ``("data", "fsdp", "tensor")``. Rules are set in gin (``PartitioningConfig.logical_axis_rules``).
+As in T5X, the model never sees devices: the trainer, evaluator, decoder and tools ask a Partitioner for
+the mesh context, the batch sharding, sharded abstract parameters and jitted functions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -120,3 +123,77 @@ def check_divisibility(abstract_tree: Any, sharding_tree: Any, what: str = "para
                     f"{what} {name} dimension {dim} of size {size} is not divisible by mesh axes {axes} "
                     f"(size {parts}); change the mesh_shape or the logical_axis_rules"
                 )
+
+
+@dataclasses.dataclass(frozen=True)
+class Partitioner:
+    """The one owner of the mesh and the logical-axis rules (T5X's ``Partitioner``)."""
+
+    mesh: Mesh
+    rules: tuple[Rule, ...] = DEFAULT_RULES
+
+    @classmethod
+    def create(cls, config: Optional[PartitioningConfig] = None, devices: Optional[Sequence[Any]] = None) -> "Partitioner":
+        """The mesh ``config`` (default: all devices on fsdp) asks for over ``devices`` (default: all)."""
+        config = config or PartitioningConfig()
+        return cls(create_mesh(config, devices), config.rules)
+
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[None]:
+        """The mesh and rules that tracing and running a sharded function need."""
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(list(self.rules)):
+            yield
+
+    @property
+    def batch_axes(self) -> tuple[str, ...]:
+        return BATCH_AXES
+
+    def axis_size(self, axes: Union[str, Sequence[str]]) -> int:
+        axes = (axes,) if isinstance(axes, str) else tuple(axes)
+        return math.prod(self.mesh.shape[a] for a in axes)
+
+    @property
+    def batch_sharding(self) -> NamedSharding:
+        return batch_sharding(self.mesh)
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec())
+
+    def shardings(self, boxed_tree: Any) -> Any:
+        """NamedShardings for a pytree whose leaves carry logical axis names (flax boxes)."""
+        return logical_to_sharding(nn.get_partition_spec(boxed_tree), self.mesh, self.rules)
+
+    def abstract(self, boxed_tree: Any, what: str = "parameter") -> tuple[Any, Any]:
+        """(unboxed ShapeDtypeStructs carrying their shardings, the sharding tree) of an ``eval_shape``
+        result; a dimension the mesh does not divide is a ConfigError naming the array."""
+        from allam_jax.core.params import strip_boxes
+
+        shardings = self.shardings(boxed_tree)
+        abstract = strip_boxes(boxed_tree)
+        check_divisibility(abstract, shardings, what)
+        sharded = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                         abstract, shardings)
+        return sharded, shardings
+
+    def abstract_init(self, init_fn: Callable[[jax.Array], Any], what: str = "parameter") -> tuple[Any, Any]:
+        """:meth:`abstract` of what ``init_fn(rng)`` would build, traced with an abstract key (nothing
+        allocated; no concrete key is needed, so it works on compile-only devices too)."""
+        from allam_jax.core.params import ABSTRACT_KEY
+
+        return self.abstract(jax.eval_shape(init_fn, ABSTRACT_KEY), what)
+
+    def jit(self, fn: Callable, **kwargs: Any) -> Callable:
+        """``jax.jit`` whose tracing and calls run under this mesh and rules (shardings as keyword args)."""
+        jitted = jax.jit(fn, **kwargs)
+
+        def call(*args: Any, **kw: Any) -> Any:
+            with self.activate():
+                return jitted(*args, **kw)
+
+        call.lower = lambda *a, **k: self._lower(jitted, *a, **k)  # type: ignore[attr-defined]
+        return call
+
+    def _lower(self, jitted: Any, *args: Any, **kwargs: Any) -> Any:
+        with self.activate():
+            return jitted.lower(*args, **kwargs)

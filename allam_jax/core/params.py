@@ -1,0 +1,197 @@
+"""Parameters, one way for everyone: build them abstractly, count them, restore them (sharded by a
+:class:`~allam_jax.core.partitioning.Partitioner`, or onto one device), write a params-only checkpoint.
+
+Train (``init_from``), eval, generate, chat, ``convert to-hf`` and ``expand-checkpoint`` all read parameters
+through :func:`restore_params`, so each gets the same fallback past an unreadable step and the same error
+naming a mismatched array. Layout read: ``DIR/<step>/state`` (what the trainer and
+:func:`write_params_checkpoint` write), a step directory, or its ``state`` item.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec
+
+from allam_jax.core.abandoned_reads import reading
+from allam_jax.core.errors import CheckpointError, first_line
+
+if TYPE_CHECKING:
+    from allam_jax.core.partitioning import Partitioner
+
+log = logging.getLogger(__name__)
+
+# a raw PRNG key's shape: eval_shape needs no concrete key (none can be made on compile-only devices)
+ABSTRACT_KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)
+
+
+def strip_boxes(tree: Any) -> Any:
+    """Drops the logical-axis boxes without applying sharding constraints (safe outside jit)."""
+    is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
+    return jax.tree_util.tree_map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree, is_leaf=is_box)
+
+
+def boxed_abstract_params(model: nn.Module, seq_len: int = 8) -> Any:
+    """The model's parameters as boxed ``ShapeDtypeStruct``s (logical axis names kept): nothing allocated."""
+    return jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, seq_len), jnp.int32)), ABSTRACT_KEY)["params"]
+
+
+def abstract_params(model: nn.Module, partitioner: Optional["Partitioner"] = None, seq_len: int = 8) -> Any:
+    """Parameter shapes and dtypes from ``jax.eval_shape`` (nothing allocated); with a ``partitioner``, each
+    carries its sharding on the partitioner's mesh (a restore target that never lands whole on one host)."""
+    boxed = boxed_abstract_params(model, seq_len)
+    if partitioner is None:
+        return strip_boxes(boxed)
+    return partitioner.abstract(boxed)[0]
+
+
+def count_params(tree: Any) -> int:
+    return int(sum(x.size for x in jax.tree_util.tree_leaves(tree)))
+
+
+def on_one_device(abstract: Any, device: Optional[Any] = None) -> Any:
+    """A restore target that puts every parameter on ``device`` (default: the first): export of small models."""
+    sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
+    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
+
+
+def leaf_shapes(tree: Any) -> dict[str, tuple]:
+    """``"['params']['embed']['embedding']" -> shape``: attribute and dict keys written alike, as on disk."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {re.sub(r"\.(\w+)", r"['\1']", jax.tree_util.keystr(p)): tuple(v.shape) for p, v in flat}
+
+
+def _state_dirs(path: str) -> list[Path]:
+    """The ``state`` directories ``path`` may mean, best first: itself (a step's ``state`` item), its ``state``
+    (a step directory), or every complete step of a checkpoint directory, newest first."""
+    p = Path(path).absolute()
+    if not p.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if (p / "_METADATA").exists() or (p / "_sharding").exists() or (p / "manifest.ocdbt").exists():
+        return [p]
+    if (p / "state").is_dir():
+        return [p / "state"]
+    steps = sorted((int(c.name) for c in p.iterdir() if c.name.isdigit() and (c / "state").is_dir()), reverse=True)
+    if not steps:
+        raise CheckpointError(f"no complete checkpoint step under {path}")
+    return [p / str(step) / "state" for step in steps]
+
+
+def resolve_state_dir(path: str) -> Path:
+    """Accepts a checkpoint directory (newest step used), a step directory, or its ``state`` item."""
+    return _state_dirs(path)[0]
+
+
+def restore_params(path: str, abstract_params: Any) -> Any:
+    """Reads only the parameters of a checkpoint (continued pretraining: fresh optimizer and schedule; eval,
+    decoding, export). Given a checkpoint directory, a step that cannot be read (a truncated file, say) is
+    skipped with a warning for the one before it, as training's resume does; a step of another shape is an
+    error, not a reason to fall back."""
+    candidates = _state_dirs(path)
+    failures = []
+    for state_dir in candidates:
+        try:
+            params = _restore_params_from(state_dir, abstract_params)
+        except _Unreadable as e:
+            failures.append(f"{state_dir}: {e}")
+            if len(candidates) > 1:
+                log.warning("cannot read parameters from %s (%s); trying an older step", state_dir, e)
+            continue
+        if failures:
+            log.warning("using %s: %d newer step(s) unreadable", state_dir, len(failures))
+        return params
+    raise CheckpointError(f"cannot read parameters from {path}: " + "; ".join(failures[:3]))
+
+
+class _Unreadable(Exception):
+    pass
+
+
+def _restore_params_from(state_dir: Path, abstract_params: Any) -> Any:
+    item = {"params": abstract_params}
+    try:
+        with reading(state_dir):
+            on_disk = ocp.StandardCheckpointer().metadata(state_dir).item_metadata.tree
+    except Exception:  # noqa: BLE001 - unreadable metadata: the restore below says why
+        on_disk = None
+    if isinstance(on_disk, dict) and "params" in on_disk:
+        saved, wanted = leaf_shapes(on_disk["params"]), leaf_shapes(abstract_params)
+        for name in sorted(set(saved) | set(wanted)):
+            if saved.get(name) != wanted.get(name):
+                raise CheckpointError(f"parameters in {state_dir} do not match the model config: {name} is "
+                                      f"{saved.get(name, 'missing')} on disk, {wanted.get(name, 'absent')} in the config")
+    try:
+        with reading(state_dir):
+            restored = ocp.PyTreeCheckpointer().restore(
+                state_dir,
+                args=ocp.args.PyTreeRestore(
+                    item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True
+                ),
+            )
+    except Exception as e:  # noqa: BLE001 - tensorstore/orbax raise many kinds; the first line says which file
+        raise _Unreadable(first_line(e)) from None
+    got = jax.tree_util.tree_map(lambda x: x.shape, restored["params"])
+    want = jax.tree_util.tree_map(lambda x: x.shape, abstract_params)
+    if got != want:
+        raise CheckpointError(f"parameter shapes in {state_dir} do not match the model config")
+    return restored["params"]
+
+
+def write_params_checkpoint(out: str, params: Any, sidecars: Optional[dict[str, str]] = None) -> Path:
+    """Writes ``OUT/0/state`` holding ``{"params": params}`` plus text ``sidecars`` (name -> content), all
+    or nothing: everything goes to a temporary sibling directory that is renamed into place at the end.
+    ``TrainerConfig.init_from = OUT`` reads it."""
+    out_path = Path(out).absolute()
+    if out_path.exists():
+        raise CheckpointError(f"output already exists: {out}")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_path.parent, prefix=out_path.name + ".tmp"))
+    try:
+        writer = ocp.StandardCheckpointer()
+        writer.save(tmp / "0" / "state", {"params": params})
+        writer.wait_until_finished()
+        writer.close()
+        for name, text in (sidecars or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        os.replace(tmp, out_path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_path
+
+
+def abstract_params_as_saved(path: str, partitioner: "Partitioner") -> Any:
+    """A restore target read from the checkpoint's own metadata (for tools that do not know the model config,
+    such as embedding surgery): each array split over the partitioner's batch axes on its first dimension
+    they divide, so no host holds the whole model."""
+    state_dir = resolve_state_dir(path)
+    try:
+        with reading(state_dir):
+            tree = ocp.StandardCheckpointer().metadata(state_dir).item_metadata.tree
+    except Exception as e:  # noqa: BLE001 - orbax raises many kinds; the first line says which file
+        raise CheckpointError(f"cannot read the metadata of {state_dir}: {first_line(e)}") from None
+    if not isinstance(tree, dict) or "params" not in tree:
+        raise CheckpointError(f"{state_dir} holds no 'params'")
+    axes = partitioner.batch_axes
+    parts = partitioner.axis_size(axes)
+
+    def target(meta):
+        spec = [None] * len(meta.shape)
+        for i, size in enumerate(meta.shape):
+            if size % parts == 0:
+                spec[i] = axes
+                break
+        return jax.ShapeDtypeStruct(meta.shape, meta.dtype,
+                                    sharding=NamedSharding(partitioner.mesh, PartitionSpec(*spec)))
+
+    return jax.tree_util.tree_map(target, tree["params"])
