@@ -328,7 +328,8 @@ def _cmd_sweep(args) -> int:
 
 def _cmd_dpo_reference(args) -> int:
     from allam_jax import gin_setup
-    from allam_jax.align.dpo import DpoData, precompute_reference
+    from allam_jax.align.dpo_reference import precompute_reference
+    from allam_jax.align.preference_data import DpoData
     from allam_jax.convert.checkpoints import restore_for_export
     from allam_jax.model import Decoder
     from allam_jax.core.errors import ConfigError

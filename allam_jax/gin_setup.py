@@ -17,7 +17,8 @@ from allam_jax.recipe.config import RecipeConfig
 from allam_jax.recipe.heldout import HeldoutConfig
 from allam_jax.train.loop import Experiment, TrainerConfig
 from allam_jax.train.optimizer import OptimizerConfig
-from allam_jax.train.step import StepConfig
+from allam_jax.objectives import objective_from
+from allam_jax.objectives.lm import StepConfig
 
 REPO_GIN_DIR = Path(__file__).resolve().parents[1] / "gin_configs"
 
@@ -38,7 +39,8 @@ def _register_seqio_configurables() -> None:
     if _SEQIO_REGISTERED:
         return
     from allam_jax.align.chat import ChatTemplate
-    from allam_jax.align.dpo import DpoConfig, DpoData
+    from allam_jax.align.preference_data import DpoData
+    from allam_jax.objectives.dpo import DpoConfig
     from allam_jax.align.sft_data import SftData
     from allam_jax.data.pipeline import SeqioData
     from allam_jax.data.sources import CleaningConfig, ParallelRendering
@@ -161,7 +163,7 @@ def build_experiment(data: Optional[object] = None, dpo: Optional[object] = None
         partitioning=_build(PartitioningConfigG, "PartitioningConfig"),
         trainer=_build(TrainerConfigG, "TrainerConfig"),
         data=data if data is not None else _build(TextFileDataG, "TextFileData"),
-        dpo=dpo,
+        objective=objective_from(_build(StepConfigG, "StepConfig"), dpo),
     )
 
 

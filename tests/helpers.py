@@ -15,7 +15,7 @@ from allam_jax.model import ModelConfig
 from allam_jax.core.partitioning import PartitioningConfig
 from allam_jax.train.loop import Experiment, TrainerConfig
 from allam_jax.train.optimizer import OptimizerConfig
-from allam_jax.train.step import StepConfig
+from allam_jax.objectives.lm import StepConfig
 
 TINY_MODEL = dict(vocab_size=384, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64, max_seq_len=64)
 

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from allam_jax.align.chat import ChatError, ChatTemplate, encode_conversation, encode_prompt
-from allam_jax.align.dpo import DpoConfig, DpoData, dpo_loss, pair_rows, preference_metrics
+from allam_jax.align.dpo_reference import preference_metrics
+from allam_jax.align.preference_data import DpoData, pair_rows
+from allam_jax.objectives.dpo import DpoConfig, dpo_loss
 from allam_jax.align.sft_data import SftData
 from allam_jax.data.sources import DataError
 from allam_jax.data.vocabularies import ByteVocabulary
@@ -178,7 +180,7 @@ def _experiment_params(gin_file, workdir, **bindings):
 
 def _answer_loss(exp, params, path, batches=6):
     from allam_jax.model import Decoder
-    from allam_jax.train.step import StepConfig, loss_sums
+    from allam_jax.objectives.lm import StepConfig, loss_sums
 
     it = SftData(paths=[str(path)], shuffle_buffer=1, epochs=1).make_iterator(128, 8)
     model = Decoder(exp.model)

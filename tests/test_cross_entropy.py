@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from allam_jax.train.cross_entropy import token_cross_entropy
+from allam_jax.objectives.cross_entropy import token_cross_entropy
 
 
 def _numpy_reference(logits: np.ndarray, targets: np.ndarray, w_ce: np.ndarray, w_z: np.ndarray):

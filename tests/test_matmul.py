@@ -12,7 +12,7 @@ import pytest
 from allam_jax.core.errors import ConfigError
 from allam_jax.model import Decoder, ModelConfig
 from allam_jax.model.matmul import project
-from allam_jax.train.step import StepConfig, loss_and_grads
+from allam_jax.objectives.lm import StepConfig, loss_and_grads
 
 
 def _bf16_exact(rng, shape):

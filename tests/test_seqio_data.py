@@ -262,7 +262,7 @@ def test_train_on_mixture_resumes_exactly(bundled, tmp_path):
     import dataclasses
 
     from allam_jax.train.loop import train
-    from allam_jax.train.step import StepConfig
+    from allam_jax.objectives.lm import StepConfig
     from helpers import experiment, losses
 
     def exp(steps):

@@ -6,7 +6,7 @@ import pytest
 import numpy_llama
 from allam_jax.model import Decoder, ModelConfig
 from allam_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer, weight_decay_mask
-from allam_jax.train.step import StepConfig, loss_and_grads, loss_sums
+from allam_jax.objectives.lm import StepConfig, loss_and_grads, loss_sums
 
 CFG = ModelConfig(vocab_size=61, d_model=16, num_layers=1, num_heads=2, num_kv_heads=1, mlp_dim=24, max_seq_len=16,
                   compute_dtype="float32")

@@ -90,8 +90,7 @@ def _abstract(tree: Any, shardings: Any, dtype=None) -> Any:
 
 
 def _train_lowered(exp, program, seq_len):
-    with_ref = exp.dpo is not None and exp.dpo.reference != "frozen"
-    return program.step_fn.lower(program.abstract_state, program.abstract_batch(seq_len, with_ref_logp=with_ref))
+    return program.step_fn.lower(program.abstract_state, program.abstract_batch(seq_len))
 
 
 def _eval_lowered(exp, program, seq_len):

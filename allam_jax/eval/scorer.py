@@ -24,6 +24,7 @@ from allam_jax.core.errors import ConfigError
 from allam_jax.core.partitioning import Partitioner
 from allam_jax.eval.readers import Question
 from allam_jax.model import Decoder, ModelConfig
+from allam_jax.objectives.logprobs import forward_logits, token_logprobs
 
 
 def encode_pair(encode: Callable[[str], list[int]], context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -40,10 +41,8 @@ def encode_pair(encode: Callable[[str], list[int]], context: str, continuation: 
 def score_tokens(model: Decoder, params, tokens: jax.Array, targets: jax.Array, positions: jax.Array,
                  segments: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The scoring step: each target token's log-probability and whether it is the greedy choice."""
-    logits = model.apply({"params": params}, tokens, positions, segments)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    tok = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    return tok, jnp.argmax(logits, -1) == targets
+    logits = forward_logits(model, params, {"inputs": tokens, "positions": positions, "segment_ids": segments})
+    return token_logprobs(logits, targets), jnp.argmax(logits, -1) == targets
 
 
 @dataclasses.dataclass

@@ -119,7 +119,7 @@ class Evaluator:
 
     def preference(self, pairs: list[dict], seq_len: int) -> dict:
         """How often the model itself gives the chosen answer a higher log-probability than the rejected one."""
-        from allam_jax.align.dpo import pair_logprobs
+        from allam_jax.align.dpo_reference import pair_logprobs
         from allam_jax.model import Decoder
 
         [logp] = pair_logprobs(Decoder(self.cfg), [self.scorer.params], pairs, seq_len)
@@ -135,7 +135,8 @@ def _cache_name(recipe_dir: Path, checkpoint: str) -> str:
 def evaluate_recipe(recipe: "Recipe") -> dict:
     """Results of every run of the recipe (see the module docstring); written to ``eval/results.json``."""
     from allam_jax.align.chat import ChatTemplate
-    from allam_jax.align.dpo import DpoData, preference_metrics
+    from allam_jax.align.dpo_reference import preference_metrics
+    from allam_jax.align.preference_data import DpoData
     from allam_jax.model import Decoder
     from allam_jax.recipe.heldout import perplexity_documents
 

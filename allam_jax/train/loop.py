@@ -26,7 +26,8 @@ from allam_jax.train.optimizer import OptimizerConfig
 from allam_jax.train.program import build_train_program
 from allam_jax.train.state import TrainState, init_train_state
 from allam_jax.train.workdir_lock import workdir_lock
-from allam_jax.train.step import StepConfig
+from allam_jax.objectives import LmObjective, Objective
+from allam_jax.objectives.lm import StepConfig
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,11 @@ class Experiment:
     partitioning: PartitioningConfig
     trainer: TrainerConfig
     data: Any  # anything with make_iterator(seq_len, batch_size, process_index, process_count)
-    dpo: Any = None  # an allam_jax.align.dpo.DpoConfig: train with DPO instead of the LM loss
+    objective: Optional[Objective] = None  # default: the LM objective with ``step``
 
-    @property
-    def frozen_reference(self) -> bool:
-        return self.dpo is not None and self.dpo.reference == "frozen"
+    def __post_init__(self):
+        if self.objective is None:
+            self.objective = LmObjective(self.step)
 
 
 def _global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
@@ -112,8 +113,6 @@ def train(exp: Experiment, workdir: str, on_accepted: Optional[Callable[[], None
     workdir_path = Path(workdir)
     workdir_path.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
-    if exp.frozen_reference and not exp.trainer.init_from:
-        log.warning("DPO with a frozen reference but no TrainerConfig.init_from: the reference is a random model")
     with workdir_lock(str(workdir_path), enabled=is_main):
         return _train_in_workdir(exp, program, partitioner, workdir_path, is_main, on_accepted)
 
@@ -143,9 +142,10 @@ def _train_in_workdir(exp: Experiment, program, partitioner: Partitioner, workdi
             params = restore_params(tcfg.init_from, abstract.params)
             state = state.replace(params=params)
             log.info("initialised parameters from %s (fresh optimizer and schedule)", tcfg.init_from)
-        if exp.frozen_reference:  # a real copy: the state's buffers are donated to each step
-            state = state.replace(ref_params=jax.jit(lambda p: jax.tree_util.tree_map(jnp.copy, p),
-                                                     out_shardings=shardings.params)(state.params))
+        if exp.objective.needs_extra_state():  # a real copy: the state's buffers are donated to each step
+            copy = partitioner.jit(lambda p: jax.tree_util.tree_map(jnp.copy, exp.objective.init_extra_state(p)),
+                                   out_shardings=shardings.params)
+            state = state.replace(ref_params=copy(state.params))
         start = 0
 
     if on_accepted is not None:
@@ -162,7 +162,7 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
     tcfg = exp.trainer
     step_fn, batch_sharding = program.step_fn, program.batch_sharding
     languages = list(getattr(exp.data, "languages", [])) or [str(i) for i in range(exp.step.num_languages)]
-    tokens_per_step = program.rows_per_step * tcfg.seq_len  # DPO: 2 rows a pair
+    tokens_per_step = program.rows_per_step * tcfg.seq_len
     flops_per_step = exp.model.training_flops_per_token(tcfg.seq_len) * tokens_per_step
     peak = peak_flops_per_device(tcfg.peak_flops_per_device, exp.model.dtype) * jax.device_count()
     last: dict[str, float] = {}

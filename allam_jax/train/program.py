@@ -34,15 +34,16 @@ class TrainProgram:
     shardings: TrainState
     batch_sharding: jax.sharding.NamedSharding
     step_fn: Callable  # jitted (state, batch) -> (state, metrics), the state donated
-    rows_per_step: int  # DPO: two rows (chosen, rejected) per example
+    rows_per_step: int  # the objective's rows per example times the batch size
+    objective: Any
 
-    def abstract_batch(self, seq_len: int, with_ref_logp: bool = False) -> dict[str, jax.ShapeDtypeStruct]:
+    def abstract_batch(self, seq_len: int) -> dict[str, jax.ShapeDtypeStruct]:
         """The global batch as ShapeDtypeStructs with the batch sharding (what ``allam compile`` lowers with)."""
         rows = self.rows_per_step
         batch = {k: jax.ShapeDtypeStruct((rows, seq_len), dtype, sharding=self.batch_sharding)
                  for k, dtype in BATCH_FEATURES.items()}
-        if with_ref_logp:
-            batch["ref_logp"] = jax.ShapeDtypeStruct((rows,), jnp.float32, sharding=self.batch_sharding)
+        for name, dtype in self.objective.batch_features().items():  # one value per row
+            batch[name] = jax.ShapeDtypeStruct((rows,), dtype, sharding=self.batch_sharding)
         return batch
 
 
@@ -67,20 +68,14 @@ def build_train_program(exp: Any, partitioner: Partitioner) -> TrainProgram:
     tx = make_optimizer(exp.optimizer)
     schedule = learning_rate_schedule(exp.optimizer)
     abstract, shardings = state_shardings(model, tx, partitioner)
-    if exp.frozen_reference:
+    objective = exp.objective
+    objective.check(tcfg)
+    if objective.needs_extra_state():
         abstract, shardings = (abstract.replace(ref_params=abstract.params),
                                shardings.replace(ref_params=shardings.params))
-    if exp.dpo is not None:
-        from allam_jax.align.dpo import make_dpo_step
-
-        if exp.step.grad_accum_steps > 1:
-            raise ConfigError("StepConfig.grad_accum_steps > 1 is not supported with DPO (experiment.dpo); "
-                              "lower TrainerConfig.batch_size instead")
-        make_step = make_dpo_step(model, tx, schedule, exp.dpo)
-    else:
-        make_step = make_train_step(model, tx, schedule, exp.step)
+    make_step = make_train_step(model, tx, schedule, objective)
     batch_sharding = partitioner.batch_sharding
     step_fn = jax.jit(make_step, in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None),
                       donate_argnums=(0,))
-    rows = tcfg.batch_size * (2 if exp.dpo is not None else 1)
-    return TrainProgram(model, tx, schedule, abstract, shardings, batch_sharding, step_fn, rows)
+    rows = tcfg.batch_size * objective.rows_per_example
+    return TrainProgram(model, tx, schedule, abstract, shardings, batch_sharding, step_fn, rows, objective)

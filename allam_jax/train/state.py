@@ -21,7 +21,8 @@ class TrainState:
     params: Any
     opt_state: Any
     rng: jax.Array
-    ref_params: Any = None  # DPO with a frozen reference: a copy of the starting parameters, never updated
+    # the objective's extra state, shaped like params (DPO's frozen reference; the name is the checkpoint's)
+    ref_params: Any = None
 
 
 def _init_fn(model: nn.Module, tx: optax.GradientTransformation, seq_len: int) -> Callable[[jax.Array], TrainState]:

@@ -1,110 +1,30 @@
-"""The loss and the single jit-compiled train step (gradient accumulation, z-loss, per-language loss)."""
+"""The single jit-compiled train step: the objective's gradients, one optimizer update."""
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import optax
 
-from allam_jax.core.errors import ConfigError
-from allam_jax.train.cross_entropy import chunked_lm_cross_entropy, token_cross_entropy
+from allam_jax.objectives.lm import LmObjective, StepConfig
 from allam_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
 
 
-@dataclasses.dataclass(frozen=True)
-class StepConfig:
-    z_loss_weight: float = 0.0
-    grad_accum_steps: int = 1
-    num_languages: int = 2
-    logits_chunk_size: int = 0  # > 0: LM head + cross-entropy this many positions at a time (memory, not math)
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    objective: Union[Any, StepConfig]) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+    """``(state, batch) -> (state, metrics)``; a bare ``StepConfig`` means the LM objective."""
+    if isinstance(objective, StepConfig):
+        objective = LmObjective(objective)
 
-    def __post_init__(self):
-        if isinstance(self.grad_accum_steps, bool) or not isinstance(self.grad_accum_steps, int) or self.grad_accum_steps < 1:
-            raise ConfigError(f"StepConfig.grad_accum_steps must be a positive integer, got {self.grad_accum_steps!r}")
-        if isinstance(self.logits_chunk_size, bool) or not isinstance(self.logits_chunk_size, int) \
-                or self.logits_chunk_size < 0:
-            raise ConfigError(f"StepConfig.logits_chunk_size must be 0 (off) or a positive integer, got "
-                              f"{self.logits_chunk_size!r}")
-        if not isinstance(self.z_loss_weight, (int, float)) or self.z_loss_weight < 0:
-            raise ConfigError(f"StepConfig.z_loss_weight must be a non-negative number, got {self.z_loss_weight!r}")
-
-
-def loss_sums(model: nn.Module, params: Any, batch: Batch, cfg: StepConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Summed (not averaged) weighted losses, so micro-batches add up to exactly the full-batch loss.
-
-    Returns the objective (cross-entropy + z-loss, summed over tokens) and its parts.
-    """
-    if cfg.logits_chunk_size:
-        hidden = model.apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"],
-                             return_hidden=True)
-        token_ce, log_z = chunked_lm_cross_entropy(model.config, params, hidden, batch["targets"],
-                                                   cfg.logits_chunk_size)
-    else:
-        logits = model.apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"])
-        token_ce, log_z = token_cross_entropy(logits, batch["targets"])
-    weights = batch["loss_weights"].astype(jnp.float32)
-    ce_sum = jnp.sum(token_ce * weights)
-    z_sum = jnp.sum(jnp.square(log_z) * weights)
-    lang = jax.nn.one_hot(batch["lang_id"], cfg.num_languages, dtype=jnp.float32) * weights[..., None]
-    parts = {
-        "ce_sum": ce_sum,
-        "z_sum": z_sum,
-        "weight_sum": jnp.sum(weights),
-        "lang_ce_sum": jnp.einsum("btl,bt->l", lang, token_ce),
-        "lang_weight_sum": jnp.sum(lang, axis=(0, 1)),
-    }
-    return ce_sum + cfg.z_loss_weight * z_sum, parts
-
-
-def loss_and_grads(model: nn.Module, params: Any, batch: Batch, cfg: StepConfig) -> tuple[jax.Array, Any, dict]:
-    """Mean token loss and its gradient over the whole batch, accumulated over ``grad_accum_steps``."""
-    grad_fn = jax.grad(lambda p, b: loss_sums(model, p, b, cfg), has_aux=True)
-    n = cfg.grad_accum_steps
-    if n == 1:
-        grads, parts = grad_fn(params, batch)
-    else:
-        size = batch["inputs"].shape[0]
-        if size % n:
-            raise ConfigError(f"batch size {size} is not divisible by StepConfig.grad_accum_steps={n}")
-        # Micro-batch i takes rows i, i+n, ...: each keeps the batch sharding without a reshuffle.
-        micro = jax.tree_util.tree_map(lambda x: x.reshape(size // n, n, *x.shape[1:]).swapaxes(0, 1), batch)
-
-        def body(carry, mb):
-            g, p = grad_fn(params, mb)
-            return jax.tree_util.tree_map(jnp.add, carry, (g, p)), None
-
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(grad_fn, params, jax.tree_util.tree_map(lambda x: x[0], micro)))
-        (grads, parts), _ = jax.lax.scan(body, zeros, micro)
-    denom = jnp.maximum(parts["weight_sum"], 1.0)
-    grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
-    loss = parts["ce_sum"] / denom
-    return loss, grads, parts
-
-
-def make_train_step(
-    model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule, cfg: StepConfig
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     def train_step(state: TrainState, batch: Batch):
-        loss, grads, parts = loss_and_grads(model, state.params, batch, cfg)
+        loss, grads, metrics = objective.loss_and_grads(model, state.params, batch, state.ref_params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        denom = jnp.maximum(parts["weight_sum"], 1.0)
-        metrics = {
-            "loss": loss,
-            "log_z_sq": parts["z_sum"] / denom,
-            "grad_norm": optax.tree.norm(grads),
-            "learning_rate": schedule(state.step),
-            "num_tokens": parts["weight_sum"],
-            "lang_ce_sum": parts["lang_ce_sum"],
-            "lang_weight_sum": parts["lang_weight_sum"],
-        }
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-        return new_state, metrics
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step), **metrics}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step

@@ -1,0 +1,122 @@
+"""The language-model objective: token cross-entropy, z-loss, per-language loss, gradient accumulation.
+
+Losses are summed, not averaged, so micro-batches add up to exactly the full-batch loss; the trainer's step
+(:mod:`allam_jax.train.step`) applies the gradients this objective returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from allam_jax.core.errors import ConfigError
+from allam_jax.objectives.cross_entropy import chunked_lm_cross_entropy, token_cross_entropy
+
+Batch = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    z_loss_weight: float = 0.0
+    grad_accum_steps: int = 1
+    num_languages: int = 2
+    logits_chunk_size: int = 0  # > 0: LM head + cross-entropy this many positions at a time (memory, not math)
+
+    def __post_init__(self):
+        if isinstance(self.grad_accum_steps, bool) or not isinstance(self.grad_accum_steps, int) or self.grad_accum_steps < 1:
+            raise ConfigError(f"StepConfig.grad_accum_steps must be a positive integer, got {self.grad_accum_steps!r}")
+        if isinstance(self.logits_chunk_size, bool) or not isinstance(self.logits_chunk_size, int) \
+                or self.logits_chunk_size < 0:
+            raise ConfigError(f"StepConfig.logits_chunk_size must be 0 (off) or a positive integer, got "
+                              f"{self.logits_chunk_size!r}")
+        if not isinstance(self.z_loss_weight, (int, float)) or self.z_loss_weight < 0:
+            raise ConfigError(f"StepConfig.z_loss_weight must be a non-negative number, got {self.z_loss_weight!r}")
+
+
+def loss_sums(model: nn.Module, params: Any, batch: Batch, cfg: StepConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Summed (not averaged) weighted losses, so micro-batches add up to exactly the full-batch loss.
+
+    Returns the objective (cross-entropy + z-loss, summed over tokens) and its parts.
+    """
+    if cfg.logits_chunk_size:
+        hidden = model.apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"],
+                             return_hidden=True)
+        token_ce, log_z = chunked_lm_cross_entropy(model.config, params, hidden, batch["targets"],
+                                                   cfg.logits_chunk_size)
+    else:
+        logits = model.apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"])
+        token_ce, log_z = token_cross_entropy(logits, batch["targets"])
+    weights = batch["loss_weights"].astype(jnp.float32)
+    ce_sum = jnp.sum(token_ce * weights)
+    z_sum = jnp.sum(jnp.square(log_z) * weights)
+    lang = jax.nn.one_hot(batch["lang_id"], cfg.num_languages, dtype=jnp.float32) * weights[..., None]
+    parts = {
+        "ce_sum": ce_sum,
+        "z_sum": z_sum,
+        "weight_sum": jnp.sum(weights),
+        "lang_ce_sum": jnp.einsum("btl,bt->l", lang, token_ce),
+        "lang_weight_sum": jnp.sum(lang, axis=(0, 1)),
+    }
+    return ce_sum + cfg.z_loss_weight * z_sum, parts
+
+
+def loss_and_grads(model: nn.Module, params: Any, batch: Batch, cfg: StepConfig) -> tuple[jax.Array, Any, dict]:
+    """Mean token loss and its gradient over the whole batch, accumulated over ``grad_accum_steps``."""
+    grad_fn = jax.grad(lambda p, b: loss_sums(model, p, b, cfg), has_aux=True)
+    n = cfg.grad_accum_steps
+    if n == 1:
+        grads, parts = grad_fn(params, batch)
+    else:
+        size = batch["inputs"].shape[0]
+        if size % n:
+            raise ConfigError(f"batch size {size} is not divisible by StepConfig.grad_accum_steps={n}")
+        # Micro-batch i takes rows i, i+n, ...: each keeps the batch sharding without a reshuffle.
+        micro = jax.tree_util.tree_map(lambda x: x.reshape(size // n, n, *x.shape[1:]).swapaxes(0, 1), batch)
+
+        def body(carry, mb):
+            g, p = grad_fn(params, mb)
+            return jax.tree_util.tree_map(jnp.add, carry, (g, p)), None
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(grad_fn, params, jax.tree_util.tree_map(lambda x: x[0], micro)))
+        (grads, parts), _ = jax.lax.scan(body, zeros, micro)
+    denom = jnp.maximum(parts["weight_sum"], 1.0)
+    grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
+    loss = parts["ce_sum"] / denom
+    return loss, grads, parts
+
+
+@dataclasses.dataclass(frozen=True)
+class LmObjective:
+    """Next-token prediction on packed rows (pretraining and SFT: ``loss_weights`` pick the scored tokens)."""
+
+    config: StepConfig = StepConfig()
+    rows_per_example: int = 1
+    name: str = "lm"
+
+    def loss_and_grads(self, model: nn.Module, params: Any, batch: Batch,
+                       extra: Optional[Any] = None) -> tuple[jax.Array, Any, dict[str, jax.Array]]:
+        loss, grads, parts = loss_and_grads(model, params, batch, self.config)
+        denom = jnp.maximum(parts["weight_sum"], 1.0)
+        metrics = {
+            "log_z_sq": parts["z_sum"] / denom,
+            "num_tokens": parts["weight_sum"],
+            "lang_ce_sum": parts["lang_ce_sum"],
+            "lang_weight_sum": parts["lang_weight_sum"],
+        }
+        return loss, grads, metrics
+
+    def batch_features(self) -> dict[str, Any]:
+        return {}
+
+    def needs_extra_state(self) -> bool:
+        return False
+
+    def init_extra_state(self, params: Any) -> Any:
+        return None
+
+    def check(self, trainer: Any) -> None:
+        pass
