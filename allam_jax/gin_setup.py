@@ -13,8 +13,6 @@ from allam_jax.data.text_files import TextFileData
 from allam_jax.core.errors import ConfigError
 from allam_jax.model.config import ModelConfig
 from allam_jax.core.partitioning import PartitioningConfig
-from allam_jax.recipe.config import RecipeConfig
-from allam_jax.recipe.heldout import HeldoutConfig
 from allam_jax.train.loop import Experiment, TrainerConfig
 from allam_jax.train.optimizer import OptimizerConfig
 from allam_jax.objectives import objective_from
@@ -28,8 +26,6 @@ StepConfigG = gin.external_configurable(StepConfig, "StepConfig")
 PartitioningConfigG = gin.external_configurable(PartitioningConfig, "PartitioningConfig")
 TrainerConfigG = gin.external_configurable(TrainerConfig, "TrainerConfig")
 TextFileDataG = gin.external_configurable(TextFileData, "TextFileData")
-RecipeConfigG = gin.external_configurable(RecipeConfig, "RecipeConfig")
-gin.external_configurable(HeldoutConfig, "HeldoutConfig")
 
 
 def _register_seqio_configurables() -> None:
@@ -52,6 +48,19 @@ def _register_seqio_configurables() -> None:
 
 
 _SEQIO_REGISTERED = False
+_RECIPE_NAMES = ("RecipeConfig", "HeldoutConfig")
+
+
+def _register_recipe_configurables() -> None:
+    """The recipe's knobs, registered when a gin file mentions them (the recipe is a client of this module)."""
+    from allam_jax.recipe.config import RecipeConfig
+    from allam_jax.recipe.heldout import HeldoutConfig
+
+    for cls in (RecipeConfig, HeldoutConfig):
+        try:
+            gin.get_configurable(cls.__name__)
+        except ValueError:
+            gin.external_configurable(cls, cls.__name__)
 
 
 _SEQIO_NAMES = ("SeqioData", "CleaningConfig", "ParallelRendering", "CorpusPaths", "ChatTemplate", "SftData", "DpoData",
@@ -97,15 +106,18 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> None:
         if not Path(f).is_file() and not (REPO_GIN_DIR / f).is_file():
             raise FileNotFoundError(f"gin file not found: {f}")
     files = [f if Path(f).is_file() else str(REPO_GIN_DIR / f) for f in gin_files]
-    if _mentions_seqio(files, bindings):
+    texts = _config_texts(files, bindings)
+    if any(n in t for t in texts for n in _SEQIO_NAMES):
         _register_seqio_configurables()
+    if any(n in t for t in texts for n in _RECIPE_NAMES):
+        _register_recipe_configurables()
     try:
         gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
     except (ValueError, SyntaxError, KeyError, TypeError, OSError, tokenize.TokenError) as e:
         raise ConfigError(f"bad gin configuration: {_one_line(e)}") from None
 
 
-def _mentions_seqio(files: Sequence[str], bindings: Sequence[str]) -> bool:
+def _config_texts(files: Sequence[str], bindings: Sequence[str]) -> list[str]:
     texts = list(bindings)
     pending = list(files)
     while pending:
@@ -119,7 +131,7 @@ def _mentions_seqio(files: Sequence[str], bindings: Sequence[str]) -> bool:
                     if (base / name).is_file():
                         pending.append(str(base / name))
                         break
-    return any(n in t for t in texts for n in _SEQIO_NAMES)
+    return texts
 
 
 def _binds(configurable: str) -> bool:
@@ -139,8 +151,10 @@ def model_config() -> ModelConfig:
     return _build(ModelConfigG, "ModelConfig")
 
 
-def recipe_config() -> RecipeConfig:
-    return _build(RecipeConfigG, "RecipeConfig")
+def recipe_config():
+    """The parsed ``RecipeConfig`` (an ``allam_jax.recipe.RecipeConfig``)."""
+    _register_recipe_configurables()
+    return _build(gin.get_configurable("RecipeConfig"), "RecipeConfig")
 
 
 def partitioning_config() -> PartitioningConfig:
@@ -183,3 +197,18 @@ def train_from_gin(gin_files: Sequence[str], bindings: Sequence[str], workdir: s
             (Path(workdir) / "config.gin").write_text(operative, encoding="utf-8")
 
     return train(exp, workdir, on_accepted=write_config)
+
+
+def load_generator(gin_files: Sequence[str], bindings: Sequence[str], ckpt: str, vocabulary: Optional[str] = None):
+    """``allam generate/chat/eval`` and the lm-eval adapter: the model shape and mesh from gin, parameters from
+    ``ckpt``, the tokenizer from ``vocabulary`` or else the gin data config's (bytes for a model-only file)."""
+    from allam_jax.inference.session import open_generator
+
+    parse(gin_files, bindings)
+    cfg, pcfg = model_config(), partitioning_config()
+    if vocabulary is None:
+        try:
+            vocabulary = getattr(build_experiment().data, "vocabulary", "byte")
+        except Exception:  # noqa: BLE001 - a model-only gin file has no data config: bytes, as the tiny models use
+            vocabulary = "byte"
+    return open_generator(cfg, ckpt, vocabulary, pcfg)

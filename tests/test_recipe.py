@@ -42,7 +42,7 @@ def test_split_is_disjoint_and_complete(split):
         train = (out / "train" / name).read_text(encoding="utf-8").splitlines()
         assert counts[name]["train"] + counts[name]["heldout"] == len(original) == len(train) + counts[name]["heldout"]
         assert counts[name]["heldout"] >= n_held
-    from allam_jax.tokenizer.normalize import normalize_text
+    from allam_jax.data.normalize import normalize_text
 
     def texts(path):
         return {normalize_text(json.loads(ln)["en"]).strip().lower() for ln in path.read_text().splitlines()}
@@ -66,7 +66,7 @@ def test_items_are_answerable_from_heldout_text_only(split):
             assert len(set(q.choices)) == 4
             assert q.prompt + q.choices[q.gold] in held  # the gold continuation really follows the context
             assert q.language == lang
-    from allam_jax.tokenizer.normalize import normalize_text
+    from allam_jax.data.normalize import normalize_text
 
     translations: dict[str, set] = {}
     for ln in (out / "heldout" / "parallel.jsonl").read_text(encoding="utf-8").splitlines():

@@ -17,7 +17,7 @@ from allam_jax.model import Decoder, ModelConfig
 from allam_jax.tokenizer.expand import expand_checkpoint
 from allam_jax.tokenizer.fertility import fertility_table
 from allam_jax.tokenizer.merge import merge_tokenizers
-from allam_jax.tokenizer.normalize import has_arabic
+from allam_jax.data.normalize import has_arabic
 from allam_jax.tokenizer.spm_io import TokenizerError, load_proto
 from allam_jax.tokenizer.train import train_tokenizer
 from allam_jax.train.loop import train

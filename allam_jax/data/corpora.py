@@ -187,7 +187,7 @@ def quran_surahs() -> Iterator[str]:
     from importlib import resources
 
     data = json.loads(resources.files("quran_text_data").joinpath("hafs.json").read_text(encoding="utf-8"))
-    from allam_jax.tokenizer.normalize import ARABIC_DIACRITICS
+    from allam_jax.data.normalize import ARABIC_DIACRITICS
 
     # A few words have no imla'i form; their Uthmani form without diacritics stands in.
     words = [w or ARABIC_DIACRITICS.sub("", u) for w, u in zip(data["rasm_imlai"], data["words"])]

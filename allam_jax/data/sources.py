@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from allam_jax.data.text_files import arabic_fraction
 from allam_jax.core.errors import ConfigError, DataError
-from allam_jax.tokenizer.normalize import normalize_text
+from allam_jax.data.normalize import normalize_text
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ import json
 from pathlib import Path
 from typing import Callable, Optional
 
-import tensorflow as tf
+from etils import epath
 
 from allam_jax.core.errors import BenchmarkFileError, ConfigError
 
@@ -64,10 +64,10 @@ class Question:
 
 
 def _rows(path: str, header: bool) -> list[tuple[int, dict | list]]:
-    if not tf.io.gfile.exists(path):
+    file = epath.Path(path)
+    if not file.exists():
         raise BenchmarkFileError(f"benchmark file not found: {path}")
-    with tf.io.gfile.GFile(path, "rb") as f:
-        raw = f.read()
+    raw = file.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:

@@ -3,32 +3,27 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Optional, TextIO
 
 from allam_jax.inference.generate import Generator, SamplingConfig
 
+if TYPE_CHECKING:
+    from allam_jax.core.partitioning import PartitioningConfig
+    from allam_jax.model import ModelConfig
 
-def load_generator(gin_files: Sequence[str], bindings: Sequence[str], ckpt: str,
-                   vocabulary: Optional[str] = None) -> Generator:
-    """Model shape from gin, parameters from ``ckpt`` sharded over the gin mesh (``PartitioningConfig``),
-    vocabulary from the flag or the gin data config."""
-    from allam_jax import gin_setup
+
+def open_generator(cfg: "ModelConfig", ckpt: str, vocabulary: str = "byte",
+                   partitioning: Optional["PartitioningConfig"] = None) -> Generator:
+    """A generator for the model ``cfg`` with the parameters of ``ckpt`` restored straight into their shards on
+    the ``partitioning`` mesh (default: every device on fsdp), and the tokenizer ``vocabulary``."""
     from allam_jax.core.params import abstract_params, restore_params
     from allam_jax.core.partitioning import Partitioner
     from allam_jax.data.vocabularies import bos_id, check_fits_model, get_vocabulary
     from allam_jax.model import Decoder
 
-    gin_setup.parse(gin_files, bindings)
-    cfg = gin_setup.model_config()
-    pcfg = gin_setup.partitioning_config()
-    if vocabulary is None:
-        try:
-            vocabulary = getattr(gin_setup.build_experiment().data, "vocabulary", "byte")
-        except Exception:  # noqa: BLE001 - a model-only gin file has no data config: bytes, as the tiny models use
-            vocabulary = "byte"
     vocab = get_vocabulary(vocabulary)
     check_fits_model(vocab, cfg.vocab_size, f"tokenizer {vocabulary}")
-    partitioner = Partitioner.create(pcfg)
+    partitioner = Partitioner.create(partitioning)
     params = restore_params(ckpt, abstract_params(Decoder(cfg), partitioner))  # straight into their shards
     return Generator(cfg, params, vocab, bos_id(vocab), partitioner=partitioner)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from allam_jax.core.errors import ConfigError
-from allam_jax.tokenizer.normalize import normalize_text
+from allam_jax.data.normalize import normalize_text
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,10 +17,10 @@ import numpy as np
 from allam_jax.core.errors import CheckpointError
 from allam_jax.core.params import abstract_params_as_saved, restore_params, write_params_checkpoint
 from allam_jax.core.partitioning import Partitioner
+from allam_jax.tokenizer import INIT_METHODS
 from allam_jax.tokenizer.merge import check_extends
 from allam_jax.tokenizer.spm_io import ModelProto, Piece, TokenizerError, load_proto, processor_from_proto
 
-INIT_METHODS = ("mean_subtoken", "mean_all", "random")
 
 
 def surface_splitter(base: ModelProto):

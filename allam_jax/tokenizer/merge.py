@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from allam_jax.tokenizer.normalize import has_arabic
+from allam_jax.data.normalize import has_arabic
 from allam_jax.tokenizer.spm_io import ModelProto, Piece, TokenizerError, load_proto, write_proto_atomically
 
 BPE = 2  # TrainerSpec.ModelType.BPE

@@ -10,7 +10,7 @@ from typing import Sequence
 import sentencepiece as spm
 
 from allam_jax.data.text_files import read_documents
-from allam_jax.tokenizer.normalize import normalize_text
+from allam_jax.data.normalize import normalize_text
 from allam_jax.tokenizer.spm_io import TokenizerError, load_proto, write_proto_atomically
 
 

@@ -1,0 +1,86 @@
+"""The ``allam`` command: one door in, a module per job family, one table of them (``COMMANDS``).
+
+Exit codes: 0 done, 1 runtime failure (a checkpoint that cannot be read or saved), 2 bad input (gin binding,
+value, missing file), 3 non-finite loss (``allam compile``: does not fit), 130 interrupted, 143 stopped by
+SIGTERM (a training run saves first). Add a command: a module here with ``add_parsers(sub)`` that gives each
+parser a ``handler``, and one line in ``COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from typing import Optional, Sequence
+
+from allam_jax.cli import align, convert, data, decode, info, recipe, tokenizer, train
+from allam_jax.cli.common import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_NONFINITE, EXIT_RUNTIME, EXIT_TERMINATED,
+                                  Terminated, raise_terminated)
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# in the order `allam --help` lists them
+COMMANDS = (recipe, train, info, data, tokenizer, align, decode, convert)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="allam", description="allam-jax: Arabic-English LLM training the ALLaM way (JAX/Flax).",
+        epilog="Environment: ALLAM_HUGEPAGES=0 stops the one-time restart with glibc's huge-page malloc "
+        "(GLIBC_TUNABLES=glibc.malloc.hugetlb=1), which speeds up XLA on CPU; see README 'Benchmarks'.",
+    )
+    parser.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="Python logging level (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS:
+        module.add_parsers(sub)
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("absl", "jax._src", "orbax"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:  # gin logs every search-path miss at ERROR level
+        handler.addFilter(lambda record: "/gin/" not in record.pathname.replace("\\", "/"))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    if argv is None:  # a real command line (not a call from Python): huge-page malloc, our SIGTERM message
+        from allam_jax.core.hugepages import reexec_with_hugepages
+
+        reexec_with_hugepages()
+        signal.signal(signal.SIGTERM, raise_terminated)
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.log_level)
+
+    from allam_jax.core.errors import CheckpointError, ConfigError, NonFiniteLossError
+
+    try:
+        return args.handler(args)
+    except (ConfigError, FileNotFoundError) as e:  # gin may append "In call to configurable ..." lines
+        print(f"allam: error: {(str(e).splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except CheckpointError as e:
+        print(f"allam: error: {e}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except OSError as e:  # a workdir that is a file, a read-only folder, a full disk: the path is in the message
+        print(f"allam: error: {e.strerror or type(e).__name__}: {e.filename or e}"
+              + (f" -> {e.filename2}" if getattr(e, "filename2", None) else ""), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except NonFiniteLossError as e:
+        print(f"allam: error: {e}", file=sys.stderr)
+        return EXIT_NONFINITE
+    except KeyboardInterrupt:
+        print("allam: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Terminated:
+        where = " before the first training step (nothing to save)" if args.command == "train" else ""
+        print(f"allam: stopped by SIGTERM{where}", file=sys.stderr)
+        return EXIT_TERMINATED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

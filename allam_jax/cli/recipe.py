@@ -1,0 +1,76 @@
+"""``allam recipe`` (the whole ALLaM recipe at tiny scale) and ``allam sweep`` (gin variants of one run)."""
+
+from __future__ import annotations
+
+import argparse
+
+from allam_jax.cli.common import add_gin_flags
+from allam_jax.recipe.config import STAGES
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("recipe", help="the whole ALLaM recipe at tiny scale, with ablations and a report",
+                       description="Run the recipe's stages in order, each skipped when its output exists: data "
+                       "(train/held-out split, evaluation items), base (English tokenizer and base model), expand "
+                       "(Arabic tokenizer, merge, embedding expansion), cpt (continued pretraining, one run per "
+                       "ablation arm), sft, dpo, eval (held-out bits/byte, multiple choice, preference), report "
+                       "(WORKDIR/report.md with plots and the claims table).")
+    p.add_argument("--gin_file", action="append", default=[], metavar="FILE",
+                   help="recipe gin file(s) binding RecipeConfig/HeldoutConfig (default recipes/tiny_cpu.gin)")
+    p.add_argument("--gin_bindings", action="append", default=[], metavar="BINDING",
+                   help="one gin binding such as 'RecipeConfig.cpt_steps = 100'; repeatable")
+    p.add_argument("--workdir", required=True, help="output directory of every stage; rerun to resume")
+    p.add_argument("--quick", action="store_true", help="add recipes/tiny_cpu_quick.gin: the same stages in about "
+                   "2 minutes (too few steps to judge the claims)")
+    p.add_argument("--stop_after", default="report", choices=STAGES, help="last stage to run (default report)")
+    p.add_argument("--redo", action="append", default=[], choices=STAGES,
+                   help="run this stage again even though it finished (repeatable; later stages are not redone)")
+    p.set_defaults(handler=run_recipe)
+
+    p = sub.add_parser("sweep", help="run gin variants of an experiment one after another (or print them)",
+                       description="Train every [variant] of --variants (gin bindings per section) on top of the "
+                       "gin files, each in ROOT/VARIANT; then write ROOT/sweep.json and ROOT/sweep.md with the last "
+                       "metrics of each. A re-run resumes unfinished variants.")
+    add_gin_flags(p)
+    p.add_argument("--variants", required=True, help="variants file: [name] headers, gin bindings below each")
+    p.add_argument("--root", required=True, help="parent directory (or gs:// prefix) of the variants' workdirs")
+    p.add_argument("--only", action="append", default=[], help="run only this variant, repeatable")
+    p.add_argument("--print_only", action="store_true", help="print each variant's allam train command, run nothing")
+    p.add_argument("--launcher", default=None, help="print commands for this launcher instead, e.g. "
+                   "'tpu_scripts/launch.sh --name exp1 --zone us-east5-b'")
+    p.set_defaults(handler=run_sweep)
+
+
+def run_recipe(args: argparse.Namespace) -> int:
+    from allam_jax import gin_setup
+    from allam_jax.recipe.stages import Recipe
+
+    files = (args.gin_file or ["recipes/tiny_cpu.gin"]) + (["recipes/tiny_cpu_quick.gin"] if args.quick else [])
+    gin_setup.parse(files, args.gin_bindings)
+    recipe = Recipe(gin_setup.recipe_config(), args.workdir)
+    summaries = recipe.run(args.stop_after, args.redo, progress=lambda m: print(m, flush=True))
+    if "report" in summaries:
+        print(f"report: {summaries['report']['report']}")
+        for claim, verdict in summaries["report"]["claims"].items():
+            print(f"  {verdict:>20}  {claim}")
+    return 0
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from allam_jax import gin_setup
+    from allam_jax.sweep import read_variants, run_sweep, summary_table, write_summary
+
+    variants = read_variants(args.variants)
+    for name, bindings in variants.items():  # every variant must parse before anything runs
+        try:
+            gin_setup.parse(args.gin_file, list(args.gin_bindings) + bindings)
+        except Exception as e:  # noqa: BLE001 - reported with the variant's name
+            from allam_jax.core.errors import ConfigError
+
+            raise ConfigError(f"variant [{name}]: {e}") from None
+    rows = run_sweep(args.gin_file, variants, args.root, args.gin_bindings, args.print_only, args.launcher, args.only)
+    if not (args.print_only or args.launcher):
+        write_summary(rows, args.root)
+        print(summary_table(rows))
+        return 0 if all(r["returncode"] == 0 for r in rows) else 1
+    return 0

@@ -1,0 +1,93 @@
+"""``allam tokenizer train|merge|fertility`` and ``allam expand-checkpoint``: vocabulary expansion."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from allam_jax.cli.common import add_checkpoint_flag
+from allam_jax.tokenizer import INIT_METHODS
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tokenizer", help="train, merge and measure SentencePiece tokenizers",
+                       description="Vocabulary expansion: learn Arabic pieces, merge them into a base model, "
+                       "and compare fertility.")
+    tok = p.add_subparsers(dest="tokenizer_command", required=True, metavar="TOKENIZER_COMMAND")
+    t = tok.add_parser("train", help="train a SentencePiece BPE model (Llama-2 conventions)",
+                       description="Train SentencePiece BPE with byte fallback and split digits on normalised text.")
+    t.add_argument("--input", nargs="+", required=True, metavar="FILE",
+                   help="text files: .txt (a document per line) or .jsonl with a 'text' field")
+    t.add_argument("--vocab_size", type=int, required=True, help="number of pieces, specials and 256 bytes included")
+    t.add_argument("--out", required=True, help="path of the .model file to write")
+    t.add_argument("--keep_tatweel", action="store_true", help="keep tatweel/kashida (removed by default)")
+    t.add_argument("--strip_diacritics", action="store_true", help="remove Arabic diacritics (kept by default)")
+    t.add_argument("--character_coverage", type=float, default=0.9995,
+                   help="share of characters covered by pieces; the rest use byte fallback (default 0.9995)")
+    t.add_argument("--max_sentences", type=int, default=2_000_000, help="sample at most this many lines")
+    m = tok.add_parser("merge", help="append new pieces to a base model; base ids unchanged",
+                       description="Merge through the SentencePiece protobuf: base pieces keep id, score and type; "
+                       "new Arabic pieces are appended; the size is padded.")
+    m.add_argument("--base", required=True, help="base model, e.g. Llama-2's tokenizer.model")
+    m.add_argument("--add", required=True, help="model whose new pieces are appended (allam tokenizer train)")
+    m.add_argument("--out", required=True, help="merged .model to write")
+    m.add_argument("--pad_to_multiple", type=int, default=128, help="pad the size with UNUSED pieces (default 128; 1 = off)")
+    m.add_argument("--all_scripts", action="store_true",
+                   help="also add pieces without Arabic letters (may change how English is split)")
+    f = tok.add_parser("fertility", help="tokens per word and more, per model and language",
+                       description="Tokens/word, characters/token, bytes/token, unknown and byte-fallback rates; "
+                       "each document's language is guessed from its script.")
+    f.add_argument("--model", nargs="+", required=True, metavar="MODEL", help="SentencePiece models to compare")
+    f.add_argument("--text", nargs="+", required=True, metavar="FILE", help=".txt or .jsonl files")
+    f.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+
+    p = sub.add_parser("expand-checkpoint", help="grow embeddings/LM head to a merged vocabulary",
+                       description="Copy old rows bit for bit; initialise new rows (default: mean of the base "
+                       "rows of the pieces the base tokenizer splits each new piece into). Writes an Orbax "
+                       "checkpoint that `allam train` continues from with TrainerConfig.init_from.")
+    add_checkpoint_flag(p)
+    p.add_argument("--base_tokenizer", required=True, help="the tokenizer the checkpoint was trained with")
+    p.add_argument("--merged_tokenizer", required=True, help="output of allam tokenizer merge")
+    p.add_argument("--out", required=True, help="new checkpoint directory (must not exist)")
+    p.add_argument("--init", default="mean_subtoken", choices=INIT_METHODS,
+                   help="how new rows start (default mean_subtoken)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --init random")
+    for parser, handler in ((t, run_train), (m, run_merge), (f, run_fertility), (p, run_expand)):
+        parser.set_defaults(handler=handler)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from allam_jax.tokenizer.train import train_tokenizer
+
+    info = train_tokenizer(args.input, args.vocab_size, args.out, remove_tatweel=not args.keep_tatweel,
+                           strip_diacritics=args.strip_diacritics, character_coverage=args.character_coverage,
+                           max_sentences=args.max_sentences)
+    print(f"wrote {info['out']}: {info['vocab_size']:,} pieces from {info['documents']:,} documents")
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from allam_jax.tokenizer.merge import merge_tokenizers
+
+    r = merge_tokenizers(args.base, args.add, args.out, args.pad_to_multiple, arabic_only=not args.all_scripts)
+    print(f"wrote {args.out}: {r.base_size:,} base + {r.added:,} new + {r.padding} padding = {r.merged_size:,} "
+          f"pieces (skipped {r.skipped_existing:,} already in base, {r.skipped_other_script:,} without Arabic)")
+    return 0
+
+
+def run_fertility(args: argparse.Namespace) -> int:
+    from allam_jax.tokenizer.fertility import fertility_table, format_table
+
+    rows = fertility_table(args.model, args.text)
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    return 0
+
+
+def run_expand(args: argparse.Namespace) -> int:
+    from allam_jax.tokenizer.expand import expand_checkpoint
+
+    r = expand_checkpoint(args.ckpt, args.base_tokenizer, args.merged_tokenizer, args.out, args.init, args.seed)
+    print(f"wrote {args.out}: vocabulary {r['base_vocab']:,} -> {r['merged_vocab']:,} ({r['init']}); continue with "
+          f"--gin_bindings=\"TrainerConfig.init_from = '{args.out}'\" "
+          f"--gin_bindings='ModelConfig.vocab_size = {r['merged_vocab']}'")
+    return 0

@@ -1,0 +1,38 @@
+"""``allam train``: one training run from gin configs (multi-process with jax.distributed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from allam_jax.cli.common import add_gin_flags
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train or continue training a model from gin configs",
+                       description="Train a decoder. Resumes automatically from WORKDIR/checkpoints; writes "
+                       "WORKDIR/metrics.jsonl, WORKDIR/tensorboard/ and WORKDIR/config.gin.")
+    add_gin_flags(p)
+    p.add_argument("--workdir", required=True, help="output directory: checkpoints, metrics, the operative config")
+    p.add_argument("--coordinator_address", default=None, help="multi-process: HOST:PORT of process 0 "
+                   "(env ALLAM_COORDINATOR)")
+    p.add_argument("--num_processes", type=int, default=None, help="multi-process: number of processes "
+                   "(env ALLAM_NUM_PROCESSES)")
+    p.add_argument("--process_id", type=int, default=None, help="multi-process: this process's id, 0..N-1 "
+                   "(env ALLAM_PROCESS_ID)")
+    p.add_argument("--distributed", choices=["off", "auto"], default="off", help="'auto': let JAX find its peers "
+                   "(TPU VM pod slices, SLURM)")
+    p.add_argument("--distributed_timeout", type=int, default=300, help="seconds to wait for the other processes")
+    p.set_defaults(handler=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from allam_jax import gin_setup
+    from allam_jax.core import distributed
+
+    distributed.initialize(distributed.DistributedConfig.from_env(
+        coordinator_address=args.coordinator_address, num_processes=args.num_processes, process_id=args.process_id,
+        auto=args.distributed == "auto", timeout_s=args.distributed_timeout))
+    final = gin_setup.train_from_gin(args.gin_file, args.gin_bindings, args.workdir)
+    print(json.dumps({"workdir": args.workdir, **{k: round(v, 6) for k, v in final.items()}}))
+    return 0
