@@ -253,7 +253,7 @@ def test_scoring_and_generation_sharded_on_8_devices_match_one(tmp_path):
 
 
 def test_empty_perplexity_file_is_an_error_naming_it(scorer, tmp_path):
-    from allam_jax.eval.report import run_eval
+    from allam_jax.eval.runner import run_eval
     from allam_jax.core.errors import ConfigError
 
     empty = tmp_path / "empty.txt"

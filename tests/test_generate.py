@@ -1,12 +1,14 @@
 """KV-cache decoding against recomputing the whole forward pass at every step."""
 
+from typing import Sequence
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from allam_jax.data.vocabularies import ByteVocabulary
-from allam_jax.inference.generate import Generator, SamplingConfig, filter_logits, full_forward_logits
+from allam_jax.inference.generate import Generator, SamplingConfig, filter_logits
 from allam_jax.model import Decoder, ModelConfig
 
 CFG = ModelConfig(vocab_size=384, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64, max_seq_len=64,
@@ -19,6 +21,25 @@ def setup(request):
     params = Decoder(cfg).init(jax.random.PRNGKey(3), jnp.zeros((1, 8), jnp.int32))["params"]
     params = jax.tree_util.tree_map(lambda x: x * 4.0, params)  # sharper distributions: greedy paths differ
     return cfg, params, Generator(cfg, params, ByteVocabulary(), bos_id=1)
+
+
+def full_forward_logits(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], continuation: np.ndarray
+                        ) -> np.ndarray:
+    """The reference: next-token logits recomputed from scratch (no cache) for left-padded prompts
+    followed by ``continuation [batch, n]``; returns the logits at the last position."""
+    b, p_len = len(prompts), max(len(p) for p in prompts)
+    n = continuation.shape[1]
+    tokens = np.zeros((b, p_len + n), np.int32)
+    segments = np.zeros((b, p_len + n), np.int32)
+    positions = np.zeros((b, p_len + n), np.int32)
+    for i, p in enumerate(prompts):
+        pad = p_len - len(p)
+        tokens[i, pad:p_len] = p
+        tokens[i, p_len:] = continuation[i]
+        segments[i, pad:] = 1
+        positions[i, pad:] = np.arange(len(p) + n)
+    logits = Decoder(cfg).apply({"params": params}, tokens, positions, segments)
+    return np.asarray(logits[:, -1])
 
 
 def test_cached_decoding_equals_full_recompute(setup):

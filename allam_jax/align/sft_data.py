@@ -15,7 +15,7 @@ from allam_jax.align.chat import ChatError, ChatTemplate, encode_conversation
 from allam_jax.data.pipeline import SeqioBatchIterator
 from allam_jax.data.sources import DataError, TrainSource, expand_patterns
 from allam_jax.data.tasks import LANGUAGES
-from allam_jax.data.text_files import arabic_fraction
+from allam_jax.data.language import arabic_fraction
 from allam_jax.data.vocabularies import bos_id, get_vocabulary
 from allam_jax.core.errors import ConfigError
 

@@ -102,7 +102,7 @@ def run_chat(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from allam_jax.eval.report import markdown, run_eval, write_report
+    from allam_jax.eval.runner import markdown, run_eval, write_report
     from allam_jax.eval.scorer import LoglikelihoodScorer
     from allam_jax.gin_setup import load_generator
     from allam_jax.core.errors import ConfigError

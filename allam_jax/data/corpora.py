@@ -37,7 +37,7 @@ import zlib
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-from allam_jax.data.text_files import arabic_fraction
+from allam_jax.data.language import arabic_fraction
 
 DEFAULT_LOCALE_DIRS = ("/usr/share/locale/ar/LC_MESSAGES", "/usr/share/locale-langpack/ar/LC_MESSAGES")
 _SKIP_MODULES = ("antigravity", "this", "idlelib", "tkinter", "turtle", "test", "lib2to3", "ensurepip", "pydoc_data")

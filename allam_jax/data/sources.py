@@ -26,7 +26,7 @@ from typing import Iterator, Optional, Sequence
 import seqio
 import tensorflow as tf
 
-from allam_jax.data.text_files import arabic_fraction
+from allam_jax.data.language import arabic_fraction
 from allam_jax.core.errors import ConfigError, DataError
 from allam_jax.data.normalize import normalize_text
 

@@ -1,7 +1,10 @@
-"""A deterministic, resumable packed-batch iterator over plain-text and JSONL files.
+"""A deterministic, resumable packed-batch iterator over plain-text and JSONL files (``TextFileData``).
 
-This is the minimal input path of the trainer; seqio pipelines plug in through the same
-``BatchIterator`` protocol (``__next__``, ``get_state``, ``set_state``).
+Why a second packer beside seqio's: this one needs no TensorFlow and no registered tasks, so tests, the
+multi-process and preemption checks and byte-level smoke runs start in a second; the seqio mixture
+(``data/pipeline.py``) is the real input path and plugs in through the same ``BatchIterator`` protocol
+(``__next__``, ``get_state``, ``set_state``). ``ByteCodec`` is its tokenizer: the same ids as seqio's
+``vocabularies.ByteVocabulary``, without seqio.
 
 Batch layout (every array ``[batch, seq_len]``)::
 
@@ -17,13 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import unicodedata
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Protocol, Sequence
 
 import numpy as np
 
 from allam_jax.core.errors import ConfigError
+from allam_jax.data.language import guess_language
 
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 
@@ -35,7 +38,7 @@ class BatchIterator(Protocol):
     def set_state(self, state: dict) -> None: ...
 
 
-class ByteVocabulary:
+class ByteCodec:
     """UTF-8 bytes shifted by 3 (pad 0, bos 1, eos 2): needs no trained model, covers every script."""
 
     pad_id, bos_id, eos_id = PAD_ID, BOS_ID, EOS_ID
@@ -48,16 +51,6 @@ class ByteVocabulary:
         return bytes(i - 3 for i in ids if 3 <= i < 259).decode("utf-8", errors="replace")  # ids past 258 pad the vocab
 
 
-def arabic_fraction(text: str) -> float:
-    letters = [c for c in text if unicodedata.category(c).startswith("L")]
-    if not letters:
-        return 0.0
-    return sum("\u0600" <= c <= "\u06ff" or "\u0750" <= c <= "\u077f" for c in letters) / len(letters)
-
-
-def guess_language(text: str) -> str:
-    """'ar' when most letters are Arabic script, else 'en'."""
-    return "ar" if arabic_fraction(text) > 0.5 else "en"
 
 
 def read_documents(path: str) -> list[tuple[str, Optional[str]]]:
@@ -164,7 +157,7 @@ class PackedTextIterator:
     ):
         if batch_size % process_count:
             raise ConfigError(f"batch size {batch_size} is not divisible by the process count {process_count}")
-        self.vocab = ByteVocabulary()
+        self.vocab = ByteCodec()
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.process_index, self.process_count = process_index, process_count
         self.languages = languages

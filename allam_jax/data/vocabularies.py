@@ -9,7 +9,7 @@ import seqio
 import tensorflow as tf
 
 from allam_jax.data.text_files import BOS_ID, EOS_ID, PAD_ID
-from allam_jax.data.text_files import ByteVocabulary as _PlainBytes
+from allam_jax.data.text_files import ByteCodec as _PlainBytes
 from allam_jax.core.errors import ConfigError
 
 try:  # tf.data runs on the host; a TF that also claimed the GPU would fight JAX for its memory
@@ -19,7 +19,7 @@ except (RuntimeError, ValueError):  # devices already initialised by the caller:
 
 
 class ByteVocabulary(seqio.Vocabulary):
-    """UTF-8 bytes + 3 with pad 0, bos 1, eos 2: the same ids as ``text_files.ByteVocabulary``.
+    """UTF-8 bytes + 3 with pad 0, bos 1, eos 2: the same ids as ``text_files.ByteCodec``.
 
     (``seqio.ByteVocabulary`` puts EOS at 1 and has no BOS; decoder-only training wants both.)
     """

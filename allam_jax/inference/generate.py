@@ -177,24 +177,5 @@ class Generator:
         return results
 
 
-def full_forward_logits(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], continuation: np.ndarray
-                        ) -> np.ndarray:
-    """Reference for tests: next-token logits recomputed from scratch (no cache) for left-padded prompts
-    followed by ``continuation [batch, n]``; returns the logits at the last position."""
-    b, p_len = len(prompts), max(len(p) for p in prompts)
-    n = continuation.shape[1]
-    tokens = np.zeros((b, p_len + n), np.int32)
-    segments = np.zeros((b, p_len + n), np.int32)
-    positions = np.zeros((b, p_len + n), np.int32)
-    for i, p in enumerate(prompts):
-        pad = p_len - len(p)
-        tokens[i, pad:p_len] = p
-        tokens[i, p_len:] = continuation[i]
-        segments[i, pad:] = 1
-        positions[i, pad:] = np.arange(len(p) + n)
-    logits = Decoder(cfg).apply({"params": params}, tokens, positions, segments)
-    return np.asarray(logits[:, -1])
-
-
-__all__ = ["Generation", "Generator", "SamplingConfig", "filter_logits", "full_forward_logits", "init_cache",
+__all__ = ["Generation", "Generator", "SamplingConfig", "filter_logits", "init_cache",
            "sample"]

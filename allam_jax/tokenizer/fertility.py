@@ -7,7 +7,8 @@ from typing import Iterable, Sequence
 
 import sentencepiece as spm
 
-from allam_jax.data.text_files import guess_language, read_documents
+from allam_jax.data.language import guess_language
+from allam_jax.data.text_files import read_documents
 from allam_jax.data.normalize import normalize_text
 from allam_jax.tokenizer.spm_io import load_processor
 
