@@ -124,6 +124,14 @@ def fewshot_prompt(question: Question, shots: Sequence[Question]) -> str:
     return "".join(s.with_answer() + "\n\n" for s in shots) + question.prompt
 
 
+def choice_correct(loglikelihoods: Sequence[float], choices: Sequence[str], gold: int) -> tuple[int, int]:
+    """(acc, acc_norm) of one question: the best log-likelihood, and the best per character of the choice
+    (lm-evaluation-harness's ``acc_norm``), against the gold index."""
+    ll = np.asarray(loglikelihoods, np.float64)
+    norm = ll / np.array([len(c) for c in choices])
+    return int(np.argmax(ll) == gold), int(np.argmax(norm) == gold)
+
+
 def evaluate_multiple_choice(scorer: LoglikelihoodScorer, questions: Sequence[Question],
                              dev: Optional[Sequence[Question]] = None, num_fewshot: int = 0,
                              seed: int = 1234) -> dict:
@@ -140,9 +148,8 @@ def evaluate_multiple_choice(scorer: LoglikelihoodScorer, questions: Sequence[Qu
     scores = scorer.loglikelihood(requests)
     per_subject: dict[str, list[tuple[int, int]]] = {}
     for q, (start, n) in zip(questions, spans):
-        ll = np.array([scores[start + j][0] for j in range(n)])
-        norm = ll / np.array([len(c) for c in q.choices])
-        per_subject.setdefault(q.subject, []).append((int(np.argmax(ll) == q.gold), int(np.argmax(norm) == q.gold)))
+        ll = [scores[start + j][0] for j in range(n)]
+        per_subject.setdefault(q.subject, []).append(choice_correct(ll, q.choices, q.gold))
     flat = [r for rows in per_subject.values() for r in rows]
     return {
         "acc": float(np.mean([a for a, _ in flat])),

@@ -102,6 +102,7 @@ class Evaluator:
     def chat_multiple_choice(self, path: Path) -> dict:
         """The translation question as a chat-template user turn; each answer is scored with its EOS."""
         from allam_jax.align.chat import ChatTemplate, encode_prompt
+        from allam_jax.eval.scorer import choice_correct
 
         items = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         requests, spans = [], []
@@ -110,12 +111,10 @@ class Evaluator:
             spans.append(len(requests))
             requests += [(context, self.encode(c) + [int(self.vocab.eos_id)]) for c in item["choices"]]
         scores = self.scorer.loglikelihood_tokens(requests)
-        acc, acc_norm = [], []
-        for item, start in zip(items, spans):
-            ll = np.array([scores[start + j][0] for j in range(len(item["choices"]))])
-            acc.append(int(np.argmax(ll) == item["gold"]))
-            acc_norm.append(int(np.argmax(ll / np.array([len(c) for c in item["choices"]])) == item["gold"]))
-        return {"acc": float(np.mean(acc)), "acc_norm": float(np.mean(acc_norm)), "n": len(items)}
+        correct = [choice_correct([scores[start + j][0] for j in range(len(item["choices"]))], item["choices"],
+                                  item["gold"]) for item, start in zip(items, spans)]
+        return {"acc": float(np.mean([a for a, _ in correct])), "acc_norm": float(np.mean([b for _, b in correct])),
+                "n": len(items)}
 
     def preference(self, pairs: list[dict], seq_len: int) -> dict:
         """How often the model itself gives the chosen answer a higher log-probability than the rejected one."""
