@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv and installs allam-jax with its pinned dependencies (CPU) and the extras the tests use:
-# test (pytest), hf (CPU PyTorch + transformers: Hugging Face parity), lmeval (lm-evaluation-harness),
+# test (pytest, pytest-xdist), hf (CPU PyTorch + transformers: Hugging Face parity), lmeval (lm-evaluation-harness),
 # notebooks (nbclient + ipykernel: the tests execute notebooks/ on a quick recipe run) and tpu (libtpu: the
 # TPU compiler that `allam compile` and the TPU tests run on this CPU).
 # Usage: bash setup.sh            (re-running is cheap: pip skips what is installed)

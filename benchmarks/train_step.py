@@ -33,7 +33,8 @@ from allam_jax.train.metrics import peak_flops_per_device  # noqa: E402
 from allam_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer  # noqa: E402
 from allam_jax.core.params import count_params  # noqa: E402
 from allam_jax.train.state import init_train_state, state_shardings  # noqa: E402
-from allam_jax.objectives.lm import StepConfig, make_train_step  # noqa: E402
+from allam_jax.objectives.lm import StepConfig  # noqa: E402
+from allam_jax.train.step import make_train_step  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from vs_torch import CONFIGS, make_batch  # noqa: E402  (the same model shapes and batch in every benchmark)

@@ -40,7 +40,8 @@ from allam_jax.model import Decoder, ModelConfig  # noqa: E402
 from allam_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer  # noqa: E402
 from allam_jax.core.params import count_params  # noqa: E402
 from allam_jax.train.state import init_train_state, state_shardings  # noqa: E402
-from allam_jax.objectives.lm import StepConfig, make_train_step  # noqa: E402
+from allam_jax.objectives.lm import StepConfig  # noqa: E402
+from allam_jax.train.step import make_train_step  # noqa: E402
 
 CONFIGS = {
     "tiny": dict(vocab_size=384, d_model=64, num_layers=2, num_heads=8, num_kv_heads=4, mlp_dim=192),

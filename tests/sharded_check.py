@@ -19,7 +19,8 @@ from allam_jax.core import partitioning  # noqa: E402
 from allam_jax.model import Decoder, ModelConfig  # noqa: E402
 from allam_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer  # noqa: E402
 from allam_jax.train.state import init_train_state, state_shardings  # noqa: E402
-from allam_jax.objectives.lm import StepConfig, loss_and_grads, make_train_step  # noqa: E402
+from allam_jax.objectives.lm import StepConfig, loss_and_grads  # noqa: E402
+from allam_jax.train.step import make_train_step  # noqa: E402
 
 MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]
 CFG = ModelConfig(vocab_size=384, d_model=64, num_layers=2, num_heads=8, num_kv_heads=4, mlp_dim=128,

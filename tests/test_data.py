@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from allam_jax.data import corpora
-from allam_jax.data.text_files import BOS_ID, EOS_ID, ByteVocabulary, TextFileData, guess_language, pack_documents
+from allam_jax.data.language import guess_language
+from allam_jax.data.text_files import BOS_ID, EOS_ID, ByteCodec, TextFileData, pack_documents
 from allam_jax.core.errors import ConfigError
 
 
@@ -26,7 +27,7 @@ def test_packing_layout_segments_positions_and_targets():
 
 
 def test_byte_vocabulary_round_trips_every_script():
-    v = ByteVocabulary()
+    v = ByteCodec()
     for text in ["والمدرسة", "Hello, world", "مرحبا hello ١٢٣", "اَلْعَرَبِيَّةُ", "emoji 🙂", "\u200fRTL\u200e"]:
         assert v.decode(v.encode(text)) == text
 

@@ -13,7 +13,8 @@ from allam_jax.data.pipeline import SeqioData
 from allam_jax.data.sources import (CleaningConfig, DataError, DocumentSource, ParallelRendering, SourceStats,
                                     iter_documents)
 from allam_jax.data.tasks import CorpusPaths, example_rates_for_token_shares, rates_from_token_counts
-from allam_jax.data.text_files import BOS_ID, EOS_ID, arabic_fraction
+from allam_jax.data.language import arabic_fraction
+from allam_jax.data.text_files import BOS_ID, EOS_ID
 from allam_jax.data.vocabularies import ByteVocabulary
 from allam_jax.core.errors import ConfigError
 from helpers import bundled_dir
