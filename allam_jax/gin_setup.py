@@ -177,7 +177,7 @@ def build_experiment(data: Optional[object] = None, dpo: Optional[object] = None
         partitioning=_build(PartitioningConfigG, "PartitioningConfig"),
         trainer=_build(TrainerConfigG, "TrainerConfig"),
         data=data if data is not None else _build(TextFileDataG, "TextFileData"),
-        objective=objective_from(_build(StepConfigG, "StepConfig"), dpo),
+        objective=objective_from(dpo),
     )
 
 

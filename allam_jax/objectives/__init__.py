@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 
 from allam_jax.objectives.dpo import DpoConfig, DpoObjective
-from allam_jax.objectives.lm import LmObjective, StepConfig
+from allam_jax.objectives.lm import LmObjective
 
 
 class Objective(Protocol):
@@ -29,19 +29,16 @@ class Objective(Protocol):
 
     def init_extra_state(self, params: Any) -> Any: ...
 
-    def check(self, trainer: Any) -> None: ...  # a ConfigError for a combination it cannot train
+    def check(self, exp: Any) -> None: ...  # a ConfigError for an experiment it cannot train
 
 
-# name -> how gin's ``experiment`` arguments build it (the LM objective unless another is bound)
-OBJECTIVES = {
-    "lm": lambda step, **_: LmObjective(step),
-    "dpo": lambda step, dpo, **_: DpoObjective(dpo, step),
-}
+# name -> the objective's class, built from its config (the LM objective's is ``StepConfig``)
+OBJECTIVES = {"lm": LmObjective, "dpo": DpoObjective}
 
 
-def objective_from(step: StepConfig, dpo: Optional[DpoConfig] = None) -> Objective:
-    """What ``experiment.dpo = @DpoConfig()`` (or nothing) in gin asks for."""
-    return OBJECTIVES["dpo" if dpo is not None else "lm"](step=step, dpo=dpo)
+def objective_from(dpo: Optional[DpoConfig] = None) -> Optional[Objective]:
+    """What ``experiment.dpo = @DpoConfig()`` in gin asks for; None (the experiment's LM objective) otherwise."""
+    return OBJECTIVES["dpo"](dpo) if dpo is not None else None
 
 
 __all__ = ["OBJECTIVES", "DpoObjective", "LmObjective", "Objective", "objective_from"]

@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 
 from allam_jax.core.errors import ConfigError
-from allam_jax.objectives.lm import StepConfig
 from allam_jax.objectives.logprobs import sequence_logprobs
 
 log = logging.getLogger(__name__)
@@ -77,7 +76,6 @@ class DpoObjective:
     reference) a copy of the starting parameters kept beside them."""
 
     config: DpoConfig = DpoConfig()
-    step: StepConfig = StepConfig()
     rows_per_example: int = 2
     name: str = "dpo"
 
@@ -107,11 +105,11 @@ class DpoObjective:
         """The frozen reference: the starting parameters (the caller copies them; steps donate the state)."""
         return params if self.needs_extra_state() else None
 
-    def check(self, trainer: Any) -> None:
-        if self.step.grad_accum_steps > 1:
+    def check(self, exp: Any) -> None:
+        if exp.step.grad_accum_steps > 1:
             raise ConfigError("StepConfig.grad_accum_steps > 1 is not supported with DPO (experiment.dpo); "
                               "lower TrainerConfig.batch_size instead")
-        if self.needs_extra_state() and not getattr(trainer, "init_from", None):
+        if self.needs_extra_state() and not exp.trainer.init_from:
             log.warning("DPO with a frozen reference but no TrainerConfig.init_from: the reference is a random model")
 
 

@@ -118,5 +118,5 @@ class LmObjective:
     def init_extra_state(self, params: Any) -> Any:
         return None
 
-    def check(self, trainer: Any) -> None:
+    def check(self, exp: Any) -> None:
         pass

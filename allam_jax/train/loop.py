@@ -70,11 +70,12 @@ class Experiment:
     partitioning: PartitioningConfig
     trainer: TrainerConfig
     data: Any  # anything with make_iterator(seq_len, batch_size, process_index, process_count)
-    objective: Optional[Objective] = None  # default: the LM objective with ``step``
+    objective: Optional[Objective] = None  # None: the LM objective with ``step`` (gin: ``experiment.dpo`` sets DPO)
 
-    def __post_init__(self):
-        if self.objective is None:
-            self.objective = LmObjective(self.step)
+    @property
+    def training_objective(self) -> Objective:
+        """What the step minimises (resolved here, so ``dataclasses.replace(exp, step=...)`` is honoured)."""
+        return self.objective if self.objective is not None else LmObjective(self.step)
 
 
 def _global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
@@ -142,8 +143,9 @@ def _train_in_workdir(exp: Experiment, program, partitioner: Partitioner, workdi
             params = restore_params(tcfg.init_from, abstract.params)
             state = state.replace(params=params)
             log.info("initialised parameters from %s (fresh optimizer and schedule)", tcfg.init_from)
-        if exp.objective.needs_extra_state():  # a real copy: the state's buffers are donated to each step
-            copy = partitioner.jit(lambda p: jax.tree_util.tree_map(jnp.copy, exp.objective.init_extra_state(p)),
+        objective = program.objective
+        if objective.needs_extra_state():  # a real copy: the state's buffers are donated to each step
+            copy = partitioner.jit(lambda p: jax.tree_util.tree_map(jnp.copy, objective.init_extra_state(p)),
                                    out_shardings=shardings.params)
             state = state.replace(ref_params=copy(state.params))
         start = 0

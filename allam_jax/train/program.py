@@ -68,8 +68,8 @@ def build_train_program(exp: Any, partitioner: Partitioner) -> TrainProgram:
     tx = make_optimizer(exp.optimizer)
     schedule = learning_rate_schedule(exp.optimizer)
     abstract, shardings = state_shardings(model, tx, partitioner)
-    objective = exp.objective
-    objective.check(tcfg)
+    objective = exp.training_objective
+    objective.check(exp)
     if objective.needs_extra_state():
         abstract, shardings = (abstract.replace(ref_params=abstract.params),
                                shardings.replace(ref_params=shardings.params))
