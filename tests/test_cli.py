@@ -137,9 +137,10 @@ def test_read_only_workdir_is_one_line_and_changes_nothing(gin, tmp_path):
     (ro / "config.gin").write_text("# an earlier run's\n")
     os.chmod(ro, 0o555)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    as_user = _as_a_plain_user()
     try:
         for workdir, culprit in ((ro, str(ro / LOCK_NAME)), (ro / "new", str(ro / "new"))):
-            r = subprocess.run([*_as_a_plain_user(), sys.executable, "-m", "allam_jax", "train", "--gin_file", str(gin),
+            r = subprocess.run([*as_user, sys.executable, "-m", "allam_jax", "train", "--gin_file", str(gin),
                                 "--workdir", str(workdir)], capture_output=True, text=True, env=env, timeout=600)
             _one_line_error(r, "Permission denied", culprit)
         assert sorted(p.name for p in ro.iterdir()) == ["config.gin"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 from typing import Optional, Sequence
@@ -18,8 +17,6 @@ from typing import Optional, Sequence
 from allam_jax.cli import align, convert, data, decode, info, recipe, tokenizer, train
 from allam_jax.cli.common import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_NONFINITE, EXIT_RUNTIME, EXIT_TERMINATED,
                                   Terminated, raise_terminated)
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # in the order `allam --help` lists them
 COMMANDS = (recipe, train, info, data, tokenizer, align, decode, convert)

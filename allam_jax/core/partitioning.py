@@ -191,9 +191,4 @@ class Partitioner:
             with self.activate():
                 return jitted(*args, **kw)
 
-        call.lower = lambda *a, **k: self._lower(jitted, *a, **k)  # type: ignore[attr-defined]
         return call
-
-    def _lower(self, jitted: Any, *args: Any, **kwargs: Any) -> Any:
-        with self.activate():
-            return jitted.lower(*args, **kwargs)

@@ -54,7 +54,7 @@ def build_train_program(exp: Any, partitioner: Partitioner) -> TrainProgram:
     if tcfg.seq_len > exp.model.max_seq_len:
         raise ConfigError(f"TrainerConfig.seq_len={tcfg.seq_len} exceeds ModelConfig.max_seq_len={exp.model.max_seq_len}")
     mesh = partitioner.mesh
-    batch_parts = mesh.shape["data"] * mesh.shape["fsdp"]
+    batch_parts = partitioner.axis_size(partitioner.batch_axes)
     if tcfg.batch_size % batch_parts:
         raise ConfigError(
             f"TrainerConfig.batch_size={tcfg.batch_size} is not divisible by data x fsdp = {batch_parts} devices"
