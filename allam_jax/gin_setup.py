@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
 import tokenize
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import gin
 
@@ -48,15 +50,12 @@ def _register_seqio_configurables() -> None:
 
 
 _SEQIO_REGISTERED = False
-_RECIPE_NAMES = ("RecipeConfig", "HeldoutConfig")
 
 
-def _register_recipe_configurables() -> None:
-    """The recipe's knobs, registered when a gin file mentions them (the recipe is a client of this module)."""
-    from allam_jax.recipe.config import RecipeConfig
-    from allam_jax.recipe.heldout import HeldoutConfig
-
-    for cls in (RecipeConfig, HeldoutConfig):
+def register(*classes: type) -> None:
+    """Makes classes configurable under their own names (once): a client of this module (the recipe)
+    registers its knobs here, so this module imports none of its clients."""
+    for cls in classes:
         try:
             gin.get_configurable(cls.__name__)
         except ValueError:
@@ -96,8 +95,47 @@ def _one_line(e: BaseException) -> str:
     return " | ".join(lines[:3]) if lines else type(e).__name__
 
 
-def parse(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> None:
-    """Parses gin files and bindings; any problem becomes a one-line ConfigError naming it."""
+class Override:
+    """Typed values for parameters of one configurable (a config class, or ``build_experiment``).
+
+    :func:`parse` applies them after the gin files and before the bindings: a file's value is replaced,
+    a user's binding still wins. Names are checked when an override is made, so a renamed field fails at
+    once, not when a run starts. A class as a value means a configured instance of it (gin's ``@Name()``).
+    """
+
+    def __init__(self, target: Union[type, Callable], **values: Any):
+        self.name = _gin_name(target)
+        known = _parameter_names(target)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{self.name} has no parameter(s) {unknown}; it has {sorted(known)}")
+        self.values = dict(values)
+
+    def bind(self) -> None:
+        from gin.config import ConfigurableReference
+
+        for field, value in self.values.items():
+            if isinstance(value, type):
+                value = ConfigurableReference(_gin_name(value), True)
+            gin.bind_parameter(f"{self.name}.{field}", value)
+
+    def __repr__(self) -> str:
+        return f"Override({self.name}, {', '.join(f'{k}={v!r}' for k, v in self.values.items())})"
+
+
+def _gin_name(target: Union[type, Callable]) -> str:
+    return "experiment" if target is build_experiment else target.__name__
+
+
+def _parameter_names(target: Union[type, Callable]) -> set[str]:
+    if dataclasses.is_dataclass(target):
+        return {f.name for f in dataclasses.fields(target) if f.init}
+    return set(inspect.signature(target).parameters)
+
+
+def parse(gin_files: Sequence[str], bindings: Sequence[str] = (), overrides: Sequence[Override] = ()) -> None:
+    """Parses gin files, then applies ``overrides``, then the bindings; any problem becomes a one-line
+    ConfigError naming it."""
     gin.clear_config()
     for extra in os.environ.get("ALLAM_GIN_PATH", "").split(os.pathsep) + [str(REPO_GIN_DIR), os.getcwd()]:
         if extra:
@@ -106,13 +144,15 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> None:
         if not Path(f).is_file() and not (REPO_GIN_DIR / f).is_file():
             raise FileNotFoundError(f"gin file not found: {f}")
     files = [f if Path(f).is_file() else str(REPO_GIN_DIR / f) for f in gin_files]
-    texts = _config_texts(files, bindings)
+    texts = _config_texts(files, bindings) + [f"{o.name} {v.__name__ if isinstance(v, type) else ''}"
+                                              for o in overrides for v in o.values.values()]
     if any(n in t for t in texts for n in _SEQIO_NAMES):
         _register_seqio_configurables()
-    if any(n in t for t in texts for n in _RECIPE_NAMES):
-        _register_recipe_configurables()
     try:
-        gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
+        gin.parse_config_files_and_bindings(files, [], finalize_config=False)
+        for override in overrides:
+            override.bind()
+        gin.parse_config_files_and_bindings([], list(bindings), finalize_config=False)
     except (ValueError, SyntaxError, KeyError, TypeError, OSError, tokenize.TokenError) as e:
         raise ConfigError(f"bad gin configuration: {_one_line(e)}") from None
 
@@ -151,10 +191,9 @@ def model_config() -> ModelConfig:
     return _build(ModelConfigG, "ModelConfig")
 
 
-def recipe_config():
-    """The parsed ``RecipeConfig`` (an ``allam_jax.recipe.RecipeConfig``)."""
-    _register_recipe_configurables()
-    return _build(gin.get_configurable("RecipeConfig"), "RecipeConfig")
+def build(cls: type):
+    """An instance of a class made configurable with :func:`register`, from the parsed config."""
+    return _build(gin.get_configurable(cls.__name__), cls.__name__)
 
 
 def partitioning_config() -> PartitioningConfig:
@@ -181,14 +220,15 @@ def build_experiment(data: Optional[object] = None, dpo: Optional[object] = None
     )
 
 
-def train_from_gin(gin_files: Sequence[str], bindings: Sequence[str], workdir: str) -> dict[str, float]:
-    """``allam train`` in this process: parse, build, train; ``WORKDIR/config.gin`` (process 0) is written once
-    the run is accepted."""
+def train_from_gin(gin_files: Sequence[str], bindings: Sequence[str], workdir: str,
+                   overrides: Sequence[Override] = ()) -> dict[str, float]:
+    """``allam train`` in this process: parse, build, train; ``WORKDIR/config.gin`` (process 0), the operative
+    config with every override in it, is written once the run is accepted."""
     import jax
 
     from allam_jax.train.loop import train
 
-    parse(gin_files, bindings)
+    parse(gin_files, bindings, overrides)
     exp = build_experiment()
     operative = gin.config_str()
 

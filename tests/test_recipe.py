@@ -183,6 +183,45 @@ def test_bad_arms_file_and_stage_names(tmp_path):
         RecipeConfig(stage_bindings={"eval": []})
 
 
+def test_stage_plans_build_typed_experiments_and_user_bindings_win(tmp_path):
+    """Every training stage's plan (gin files + typed overrides + the user's bindings) builds the experiment
+    the stage trains, with no training: the recipe's values replace the gin files', a user's stage binding
+    replaces the recipe's, and the operative config records them (evaluation reads runs back from it)."""
+    import gin
+
+    from allam_jax import gin_setup
+    from allam_jax.recipe.config import RecipeConfig
+    from allam_jax.recipe.stages import Recipe
+
+    cfg = RecipeConfig(seq_len=128, batch_size=6, dpo_beta=0.25,
+                       stage_bindings={"cpt": ["OptimizerConfig.learning_rate = 7e-4"],
+                                       "dpo": ["DpoConfig.beta = 0.5"]})
+    recipe = Recipe(cfg, str(tmp_path / "w"))
+    marker = recipe.marker("expand")
+    marker.parent.mkdir(parents=True)
+    marker.write_text(json.dumps({"vocab_sizes": {"base": 1024, "merged": 1600}}))
+    built = {}
+    for stage in ("base", "cpt", "sft", "dpo"):
+        plan = recipe.plan(stage)
+        gin_setup.parse(plan.gin_files, plan.bindings, plan.overrides)
+        built[stage] = gin_setup.build_experiment()
+        assert built[stage].model.max_seq_len == 128 and built[stage].partitioning.mesh_shape == (1, -1, 1)
+        assert f"ModelConfig.vocab_size = {built[stage].model.vocab_size}" in gin.config_str()
+    base, cpt, sft, dpo = (built[s] for s in ("base", "cpt", "sft", "dpo"))
+    assert base.model.vocab_size == 1024 and cpt.model.vocab_size == 1600
+    assert base.data.rates == {"en_pretrain": 1.0} and base.data.vocabulary.endswith("tokenizer/base.model")
+    assert base.data.paths.en == [str(recipe.data / "train" / "en.txt")] and base.data.paths.translated == []
+    assert base.trainer.num_steps == cfg.base_steps and base.optimizer.learning_rate == cfg.base_learning_rate
+    assert cpt.trainer.init_from == str(recipe.dir / "expand" / "mean_subtoken")
+    assert cpt.optimizer.learning_rate == 7e-4  # the user's stage binding beats the recipe's cpt_learning_rate
+    assert type(sft.data).__name__ == "SftData" and sft.step.num_languages == 3 and sft.optimizer.weight_decay == 0
+    assert sft.trainer.init_from == str(recipe.dir / "cpt" / "full" / "checkpoints") and sft.objective is None
+    assert type(dpo.data).__name__ == "DpoData" and dpo.trainer.batch_size == 3
+    assert dpo.objective.config.beta == 0.5 and dpo.objective.config.reference == "frozen"
+    with pytest.raises(ConfigError, match=r"ModelConfig has no parameter\(s\) \['vocab'\]"):
+        gin_setup.Override(type(base.model), vocab=3)
+
+
 # ---------------------------------------------------------------- end to end
 
 

@@ -43,11 +43,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def run_recipe(args: argparse.Namespace) -> int:
     from allam_jax import gin_setup
+    from allam_jax.recipe import HeldoutConfig, RecipeConfig
     from allam_jax.recipe.stages import Recipe
 
     files = (args.gin_file or ["recipes/tiny_cpu.gin"]) + (["recipes/tiny_cpu_quick.gin"] if args.quick else [])
+    gin_setup.register(RecipeConfig, HeldoutConfig)
     gin_setup.parse(files, args.gin_bindings)
-    recipe = Recipe(gin_setup.recipe_config(), args.workdir)
+    recipe = Recipe(gin_setup.build(RecipeConfig), args.workdir)
     summaries = recipe.run(args.stop_after, args.redo, progress=lambda m: print(m, flush=True))
     if "report" in summaries:
         print(f"report: {summaries['report']['report']}")

@@ -30,8 +30,6 @@ class RunInfo:
     """What a training workdir was: model config, tokenizer, starting checkpoint, its saved steps."""
 
     def __init__(self, workdir: Path):
-        import gin
-
         from allam_jax import gin_setup
 
         self.workdir = workdir
@@ -39,18 +37,10 @@ class RunInfo:
         if not config.is_file():
             raise FileNotFoundError(f"{config} not found: the run did not start (rerun its recipe stage)")
         gin_setup.parse([str(config)])
-        self.model = gin_setup.model_config()
-        self.vocabulary = self._query(gin, ("SeqioData.vocabulary", "SftData.vocabulary", "DpoData.vocabulary"))
-        self.init_from = self._query(gin, ("TrainerConfig.init_from",))
-
-    @staticmethod
-    def _query(gin, names) -> Optional[str]:
-        for name in names:
-            try:
-                return gin.query_parameter(name)
-            except ValueError:
-                continue
-        return None
+        experiment = gin_setup.build_experiment()
+        self.model = experiment.model
+        self.vocabulary: str = experiment.data.vocabulary
+        self.init_from: Optional[str] = experiment.trainer.init_from
 
     def steps(self) -> list[int]:
         ckpts = self.workdir / "checkpoints"

@@ -15,6 +15,7 @@ Layout of a recipe workdir::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import string
@@ -22,7 +23,9 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from allam_jax import gin_setup
 from allam_jax.core.errors import ConfigError
+from allam_jax.gin_setup import Override
 from allam_jax.recipe.config import STAGES, RecipeConfig
 
 log = logging.getLogger(__name__)
@@ -39,12 +42,22 @@ def _write_json(path: Path, obj) -> None:
     tmp.replace(path)
 
 
-def _train(gin_files: Sequence[str], bindings: Sequence[str], workdir: str) -> int:
-    from allam_jax import gin_setup
-
+def _train(gin_files: Sequence[str], bindings: Sequence[str], workdir: str, overrides: Sequence[Override] = ()) -> int:
+    """What ``allam train`` runs, in this process: the recipe's typed settings go in as overrides, between the
+    gin files and the user's bindings (``stage_bindings``, an arm's bindings), which still win."""
     log.info("training %s", workdir)
-    gin_setup.train_from_gin(gin_files, bindings, workdir)
+    gin_setup.train_from_gin(gin_files, bindings, workdir, overrides)
     return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainPlan:
+    """One training stage (or ablation arm): gin files, the recipe's typed overrides, the user's bindings."""
+
+    gin_files: tuple[str, ...]
+    overrides: tuple[Override, ...]
+    bindings: tuple[str, ...]
+    workdir: str
 
 
 class Recipe:
@@ -88,25 +101,53 @@ class Recipe:
             progress(f"[recipe] {stage}: done in {summary['seconds']:.0f} s")
         return summaries
 
-    def model_bindings(self, vocab_size: int) -> list[str]:
-        c = self.cfg
-        return [f"ModelConfig.vocab_size = {vocab_size}", f"ModelConfig.max_seq_len = {c.seq_len}",
-                f"TrainerConfig.batch_size = {c.batch_size}", f"TrainerConfig.seq_len = {c.seq_len}",
-                f"TrainerConfig.seed = {c.seed}", "PartitioningConfig.mesh_shape = (1, -1, 1)"]
+    def model_overrides(self, vocab_size: int, batch_size: int = 0) -> list[Override]:
+        from allam_jax.core.partitioning import PartitioningConfig
+        from allam_jax.model.config import ModelConfig
+        from allam_jax.train.loop import TrainerConfig
 
-    def schedule_bindings(self, steps: int, lr: float, warmup: int) -> list[str]:
         c = self.cfg
-        return [f"TrainerConfig.num_steps = {steps}", f"TrainerConfig.checkpoint_every = {c.checkpoint_every(steps)}",
-                f"TrainerConfig.keep_checkpoints = {c.curve_points + 1}",
-                f"TrainerConfig.log_every = {max(1, steps // 20)}", f"OptimizerConfig.learning_rate = {lr}",
-                f"OptimizerConfig.warmup_steps = {warmup}", f"OptimizerConfig.decay_steps = {steps}",
-                "OptimizerConfig.schedule = 'cosine'"]
+        return [Override(ModelConfig, vocab_size=vocab_size, max_seq_len=c.seq_len),
+                Override(TrainerConfig, batch_size=batch_size or c.batch_size, seq_len=c.seq_len, seed=c.seed),
+                Override(PartitioningConfig, mesh_shape=(1, -1, 1))]
 
-    def corpus_bindings(self, vocabulary: str) -> list[str]:
+    def schedule_overrides(self, steps: int, lr: float, warmup: int) -> list[Override]:
+        """A cosine schedule over ``steps``; ``curve_points`` evenly spaced checkpoints, all kept (the curves)."""
+        from allam_jax.train.loop import TrainerConfig
+        from allam_jax.train.optimizer import OptimizerConfig
+
+        c = self.cfg
+        return [Override(TrainerConfig, num_steps=steps, checkpoint_every=c.checkpoint_every(steps),
+                         keep_checkpoints=c.curve_points + 1, log_every=max(1, steps // 20)),
+                Override(OptimizerConfig, learning_rate=lr, warmup_steps=warmup, decay_steps=steps,
+                         schedule="cosine")]
+
+    def corpus_overrides(self, vocabulary: str, rates: dict[str, float] | None = None) -> list[Override]:
+        from allam_jax.data.pipeline import SeqioData
+        from allam_jax.data.tasks import CorpusPaths
+
         train = self.data / "train"
-        return [f"SeqioData.vocabulary = {vocabulary!r}", f"CorpusPaths.en = [{str(train / 'en.txt')!r}]", f"CorpusPaths.ar = [{str(train / 'ar.txt')!r}]",
-                f"CorpusPaths.parallel = [{str(train / 'parallel.jsonl')!r}]", "CorpusPaths.translated = []",
-                f"SeqioData.seed = {self.cfg.seed}", f"SeqioData.shuffle_buffer = {self.cfg.shuffle_buffer}"]
+        mixture = {"rates": rates} if rates else {}
+        return [Override(SeqioData, vocabulary=vocabulary, seed=self.cfg.seed, shuffle_buffer=self.cfg.shuffle_buffer,
+                         **mixture),
+                Override(CorpusPaths, en=[str(train / "en.txt")], ar=[str(train / "ar.txt")],
+                         parallel=[str(train / "parallel.jsonl")], translated=[])]
+
+    def alignment_overrides(self, data_cls: type, split: str, init_from: str) -> list[Override]:
+        """SFT/DPO data (chat template, three language ids), starting from ``init_from``, no weight decay."""
+        from allam_jax.align.chat import ChatTemplate
+        from allam_jax.objectives.lm import StepConfig
+        from allam_jax.train.loop import TrainerConfig
+        from allam_jax.train.optimizer import OptimizerConfig
+
+        return [Override(gin_setup.build_experiment, data=data_cls),
+                Override(data_cls, paths=[str(self.data / "align" / split)], vocabulary=str(self.tok / "merged.model"),
+                         template=ChatTemplate),
+                Override(StepConfig, num_languages=3), Override(TrainerConfig, init_from=init_from),
+                Override(OptimizerConfig, weight_decay=0.0)]
+
+    def user_bindings(self, stage: str) -> tuple[str, ...]:
+        return tuple(self.cfg.stage_bindings.get(stage, ()))
 
     def vocab_sizes(self) -> dict[str, int]:
         return _read_json(self.marker("expand"))["vocab_sizes"] if self.done("expand") else {}
@@ -140,12 +181,54 @@ class Recipe:
         if not base_model.is_file():
             self._mkdir(self.tok)
             train_tokenizer([str(self.data / "train" / "en.txt")], c.base_vocab_size, str(base_model))
-        bindings = (self.model_bindings(c.base_vocab_size) + self.corpus_bindings(str(base_model))
-                    + ["SeqioData.rates = {'en_pretrain': 1.0}", "StepConfig.z_loss_weight = 1e-4"]
-                    + self.schedule_bindings(c.base_steps, c.base_learning_rate, max(1, c.base_steps // 20))
-                    + list(c.stage_bindings.get("base", ())))
-        _train([c.model_gin, c.data_gin], bindings, str(self.dir / "base"))
+        self.train(self.plan("base"))
         return {"tokenizer": str(base_model), "workdir": str(self.dir / "base")}
+
+    def plan(self, stage: str) -> TrainPlan:
+        """The run a training stage makes (``cpt``: every arm starts from this, see :meth:`arms`)."""
+        from allam_jax.objectives.lm import StepConfig
+
+        c = self.cfg
+        if stage == "base":
+            overrides = (self.model_overrides(c.base_vocab_size)
+                         + self.corpus_overrides(str(self.tok / "base.model"), {"en_pretrain": 1.0})
+                         + [Override(StepConfig, z_loss_weight=1e-4)]
+                         + self.schedule_overrides(c.base_steps, c.base_learning_rate, max(1, c.base_steps // 20)))
+            return TrainPlan((c.model_gin, c.data_gin), tuple(overrides), self.user_bindings("base"),
+                             str(self.dir / "base"))
+        if stage == "cpt":  # the merged vocabulary, the mean-initialised expanded model
+            from allam_jax.train.loop import TrainerConfig
+
+            overrides = (self.model_overrides(self.vocab_sizes()["merged"])
+                         + self.corpus_overrides(str(self.tok / "merged.model"))
+                         + [Override(StepConfig, z_loss_weight=1e-4),
+                            Override(TrainerConfig, init_from=str(self.dir / "expand" / "mean_subtoken"))]
+                         + self.schedule_overrides(c.cpt_steps, c.cpt_learning_rate, c.cpt_warmup_steps))
+            return TrainPlan((c.model_gin, c.data_gin), tuple(overrides), self.user_bindings("cpt"),
+                             str(self.dir / "cpt"))
+        if stage == "sft":
+            from allam_jax.align.sft_data import SftData
+
+            overrides = (self.model_overrides(self.vocab_sizes()["merged"])
+                         + self.alignment_overrides(SftData, "sft_train.jsonl",
+                                                    str(self.dir / "cpt" / c.main_arm / "checkpoints"))
+                         + self.schedule_overrides(c.sft_steps, c.sft_learning_rate, max(1, c.sft_steps // 15)))
+            return TrainPlan((c.model_gin,), tuple(overrides), self.user_bindings("sft"), str(self.dir / "sft"))
+        if stage == "dpo":
+            from allam_jax.align.preference_data import DpoData
+            from allam_jax.objectives.dpo import DpoConfig
+
+            overrides = (self.model_overrides(self.vocab_sizes()["merged"], batch_size=max(1, c.batch_size // 2))
+                         + self.alignment_overrides(DpoData, "dpo_train.jsonl", str(self.dir / "sft" / "checkpoints"))
+                         + [Override(gin_setup.build_experiment, dpo=DpoConfig),
+                            Override(DpoConfig, beta=c.dpo_beta, reference="frozen")]
+                         + self.schedule_overrides(c.dpo_steps, c.dpo_learning_rate, max(1, c.dpo_steps // 10)))
+            return TrainPlan((c.model_gin,), tuple(overrides), self.user_bindings("dpo"), str(self.dir / "dpo"))
+        raise ConfigError(f"{stage!r} is not a training stage; training stages: base, cpt, sft, dpo")
+
+    @staticmethod
+    def train(plan: TrainPlan) -> None:
+        _train(plan.gin_files, plan.bindings, plan.workdir, plan.overrides)
 
     def stage_expand(self) -> dict:
         from allam_jax.tokenizer.expand import expand_checkpoint
@@ -175,11 +258,10 @@ class Recipe:
                 "expansion": reports, "vocab_sizes": sizes}
 
     def arms(self) -> dict[str, list[str]]:
-        from allam_jax.gin_setup import REPO_GIN_DIR
         from allam_jax.sweep import read_variants
 
         path = Path(self.cfg.arms_file)
-        variants = read_variants(str(path if path.is_file() else REPO_GIN_DIR / path))
+        variants = read_variants(str(path if path.is_file() else gin_setup.REPO_GIN_DIR / path))
         if self.cfg.main_arm not in variants:
             raise ConfigError(f"RecipeConfig.main_arm = {self.cfg.main_arm!r} is not a variant of "
                               f"{self.cfg.arms_file} ({list(variants)})")
@@ -201,50 +283,25 @@ class Recipe:
                 "base_tokenizer": str(self.tok / "base.model"), "merged_tokenizer": str(self.tok / "merged.model"),
                 "base_vocab_size": str(sizes.get("base", "")), "merged_vocab_size": str(sizes.get("merged", ""))}
 
-    def cpt_common(self) -> list[str]:
-        """Bindings every arm starts from: the merged vocabulary, the mean-initialised expanded model."""
-        c = self.cfg
-        return (self.model_bindings(self.vocab_sizes()["merged"]) + self.corpus_bindings(str(self.tok / "merged.model"))
-                + ["StepConfig.z_loss_weight = 1e-4",
-                   f"TrainerConfig.init_from = {str(self.dir / 'expand' / 'mean_subtoken')!r}"]
-                + self.schedule_bindings(c.cpt_steps, c.cpt_learning_rate, c.cpt_warmup_steps)
-                + list(c.stage_bindings.get("cpt", ())))
-
     def stage_cpt(self) -> dict:
         from allam_jax.sweep import run_sweep, summary_table, write_summary
 
-        c = self.cfg
-        root = str(self.dir / "cpt")
-        rows = run_sweep([c.model_gin, c.data_gin], self.arms(), root, self.cpt_common(), runner=_train)
-        write_summary(rows, root)
+        plan = self.plan("cpt")
+
+        def runner(gin_files: Sequence[str], bindings: Sequence[str], workdir: str) -> int:
+            return _train(gin_files, bindings, workdir, plan.overrides)
+
+        rows = run_sweep(plan.gin_files, self.arms(), plan.workdir, plan.bindings, runner=runner)
+        write_summary(rows, plan.workdir)
         log.info("continued pretraining arms:\n%s", summary_table(rows))
         return {"arms": {r["variant"]: r["workdir"] for r in rows}}
 
     def stage_sft(self) -> dict:
-        c = self.cfg
-        merged = str(self.tok / "merged.model")
-        bindings = self.model_bindings(self.vocab_sizes()["merged"]) + [
-            "experiment.data = @SftData()", f"SftData.paths = [{str(self.data / 'align' / 'sft_train.jsonl')!r}]",
-            f"SftData.vocabulary = {merged!r}", "SftData.template = @ChatTemplate()", "StepConfig.num_languages = 3",
-            f"TrainerConfig.init_from = {str(self.dir / 'cpt' / c.main_arm / 'checkpoints')!r}",
-            "OptimizerConfig.weight_decay = 0.0",
-        ] + self.schedule_bindings(c.sft_steps, c.sft_learning_rate, max(1, c.sft_steps // 15)) + list(
-            c.stage_bindings.get("sft", ()))
-        _train([c.model_gin], bindings, str(self.dir / "sft"))
-        return {"workdir": str(self.dir / "sft"), "init_from": f"cpt/{c.main_arm}"}
+        self.train(self.plan("sft"))
+        return {"workdir": str(self.dir / "sft"), "init_from": f"cpt/{self.cfg.main_arm}"}
 
     def stage_dpo(self) -> dict:
-        c = self.cfg
-        merged = str(self.tok / "merged.model")
-        bindings = self.model_bindings(self.vocab_sizes()["merged"]) + [
-            "experiment.data = @DpoData()", "experiment.dpo = @DpoConfig()",
-            f"DpoData.paths = [{str(self.data / 'align' / 'dpo_train.jsonl')!r}]", f"DpoData.vocabulary = {merged!r}",
-            "DpoData.template = @ChatTemplate()", f"DpoConfig.beta = {c.dpo_beta}", "DpoConfig.reference = 'frozen'",
-            "StepConfig.num_languages = 3", f"TrainerConfig.init_from = {str(self.dir / 'sft' / 'checkpoints')!r}",
-            f"TrainerConfig.batch_size = {max(1, c.batch_size // 2)}", "OptimizerConfig.weight_decay = 0.0",
-        ] + self.schedule_bindings(c.dpo_steps, c.dpo_learning_rate, max(1, c.dpo_steps // 10)) + list(
-            c.stage_bindings.get("dpo", ()))
-        _train([c.model_gin], bindings, str(self.dir / "dpo"))
+        self.train(self.plan("dpo"))
         return {"workdir": str(self.dir / "dpo"), "init_from": "sft"}
 
     def stage_eval(self) -> dict:

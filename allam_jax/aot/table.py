@@ -1,67 +1,10 @@
-"""``allam compile``: the TPU dry run. Compiles a run config's step for a slice and says whether it fits."""
+"""The table ``allam compile`` prints: per-chip memory and fit, FLOPs, step time, collectives, what to change."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import re
 from typing import Optional
 
-from allam_jax.aot.topology import FAMILIES_HELP, GIB
-
-EXIT_FITS, EXIT_BAD_INPUT, EXIT_DOES_NOT_FIT = 0, 2, 3
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "compile", help="dry-run a config on a TPU slice (or N CPU devices): per-chip memory, fit, FLOPs, collectives",
-        description="Build exactly what `allam train` would run for the gin config (model, mesh, remat, attention, "
-        "global batch and sequence length, gradient accumulation, optimizer) from abstract arrays -- nothing is "
-        "allocated -- then lower and compile the step with the real XLA compiler for --topology, and print per-chip "
-        "memory, whether it fits, model FLOPs, collectives and the step time the chip's peak allows. TPU topologies "
-        "need libtpu (the 'tpu' extra), not a TPU. Exit 0: fits; 3: does not fit; 2: bad input.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Example: allam compile --gin_file=runs/continue_llama2_13b_ar.gin --topology=v5p-128",
-    )
-    p.add_argument("--gin_file", action="append", default=[], required=True, metavar="FILE",
-                   help="gin config file (repeatable; relative paths are also looked up under gin_configs/)")
-    p.add_argument("--gin_bindings", action="append", default=[], metavar="BINDING",
-                   help="one gin binding such as 'StepConfig.grad_accum_steps = 4'; repeatable")
-    p.add_argument("--topology", required=True, help=f"the slice to compile for: {FAMILIES_HELP}")
-    p.add_argument("--step", default="train", choices=("train", "eval", "decode"),
-                   help="train: the optimizer step (default); eval: the log-likelihood scoring forward pass; "
-                   "decode: one token per row against a KV cache of seq_len (rows = TrainerConfig.batch_size)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-
-
-def _prepare_cpu_devices(topology: str) -> None:
-    """cpu:N needs N host devices, which JAX creates only when its CPU backend starts."""
-    m = re.fullmatch(r"cpu:(\d+)", topology)
-    if not m:
-        return
-    import jax
-
-    try:
-        jax.config.update("jax_num_cpu_devices", max(int(m.group(1)), 1))
-    except RuntimeError:  # the backend already started (e.g. a test process): resolve_topology checks the count
-        pass
-
-
-def run(args) -> int:
-    from allam_jax import gin_setup
-    from allam_jax.aot.dry_run import compile_step
-    from allam_jax.aot.topology import resolve_topology
-
-    _prepare_cpu_devices(args.topology)
-    topology = resolve_topology(args.topology)  # bad names fail before the (slow) gin and model build
-    gin_setup.parse(args.gin_file, args.gin_bindings)
-    exp = gin_setup.build_experiment()
-    report = compile_step(exp, topology, args.step)
-    if args.json:
-        print(json.dumps({"config": args.gin_file, **report.as_dict()}))
-    else:
-        print(format_report(report, args.gin_file))
-    return EXIT_FITS if report.fits else EXIT_DOES_NOT_FIT
+from allam_jax.aot.topology import GIB
 
 
 _ARGUMENTS = {"train": "parameters, optimizer state, batch", "eval": "parameters, batch",
