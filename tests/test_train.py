@@ -33,6 +33,53 @@ def test_training_lowers_the_loss_and_logs_per_language(files, tmp_path):
         assert any("loss/ar" in r and np.isfinite(r["loss/ar"]) for r in rows)
 
 
+@pytest.fixture
+def cpu_transfer_guard(monkeypatch):
+    """Makes ``jax.transfer_guard_device_to_host`` bite on CPU too. The CPU backend never enforces it (its
+    device memory is host memory), so reads are refused where every host read of an array goes through:
+    ``ArrayImpl._value`` (float, int, bool, tolist) and ``__array__`` (jax.device_get)."""
+    from jax._src import array, config
+
+    def refused() -> bool:
+        return config.transfer_guard_device_to_host.value in ("disallow", "disallow_explicit")
+
+    value, to_numpy = array.ArrayImpl._value, array.ArrayImpl.__array__
+
+    def guarded_value(self):
+        if refused():
+            raise RuntimeError("device-to-host transfer while the transfer guard disallows it")
+        return value.fget(self)
+
+    def guarded_array(self, *args, **kwargs):
+        if refused():
+            raise RuntimeError("device-to-host transfer (__array__) while the transfer guard disallows it")
+        return to_numpy(self, *args, **kwargs)
+
+    monkeypatch.setattr(array.ArrayImpl, "_value", property(guarded_value))
+    monkeypatch.setattr(array.ArrayImpl, "__array__", guarded_array)
+    with pytest.raises(RuntimeError), jax.transfer_guard_device_to_host("disallow_explicit"):
+        jax.device_get(jax.numpy.ones(2) + 1)  # the guard bites
+
+
+def test_steps_between_log_steps_never_read_the_device(files, tmp_path, cpu_transfer_guard):
+    """Steps that neither log nor save run with every device-to-host transfer disallowed (explicit ones
+    too): the loop queues them on the accelerator without a sync. The logged values are those of a run that
+    logs every step (the window's per-language loss is its token-weighted mean)."""
+    with jax.transfer_guard_device_to_host("disallow_explicit"):
+        train(experiment(files, num_steps=12, log_every=4, checkpoint_every=6), str(tmp_path / "windowed"))
+    train(experiment(files, num_steps=12, log_every=1, checkpoint_every=6), str(tmp_path / "every"))
+    rows = [json.loads(line) for line in (tmp_path / "windowed/metrics.jsonl").read_text().splitlines()]
+    every = {r["step"]: r for r in map(json.loads, (tmp_path / "every/metrics.jsonl").read_text().splitlines())}
+    assert [r["step"] for r in rows] == [4, 8, 12]
+    for r in rows:
+        assert r["loss"] == every[r["step"]]["loss"] and np.isfinite(r["tokens_per_s"])
+        for lang in ("en", "ar"):
+            window = [every[s][f"loss/{lang}"] for s in range(r["step"] - 3, r["step"] + 1) if f"loss/{lang}" in every[s]]
+            assert (f"loss/{lang}" in r) == bool(window)
+            if window:  # a token-weighted mean of the window's steps
+                assert min(window) - 1e-5 <= r[f"loss/{lang}"] <= max(window) + 1e-5
+
+
 def test_resume_is_bit_exact(files, tmp_path):
     train(experiment(files, num_steps=20), str(tmp_path / "straight"))
     train(experiment(files, num_steps=10), str(tmp_path / "split"))

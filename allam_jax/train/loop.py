@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import signal
 import sys
 import time
@@ -80,6 +79,24 @@ class Experiment:
 
 def _global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+@jax.jit
+def _accumulate(window: Optional[dict[str, jax.Array]], metrics: dict[str, jax.Array], step) -> dict[str, jax.Array]:
+    """The logging window's running sums, kept on the device: the first step whose loss was not finite
+    (-1: none) and the per-language loss sums. The host reads them only at log and save steps, so the
+    steps between queue up on the accelerator without a sync."""
+    loss = metrics["loss"].astype(jnp.float32)
+    if window is None:
+        window = {"first_bad": jnp.int32(-1), "bad_loss": jnp.float32(0)}
+        if "lang_ce_sum" in metrics:
+            window["lang"] = jnp.zeros((2,) + metrics["lang_ce_sum"].shape, jnp.float32)
+    first = (window["first_bad"] < 0) & ~jnp.isfinite(loss)
+    out = {"first_bad": jnp.where(first, step, window["first_bad"]).astype(jnp.int32),
+           "bad_loss": jnp.where(first, loss, window["bad_loss"])}
+    if "lang" in window:
+        out["lang"] = window["lang"] + jnp.stack([metrics["lang_ce_sum"], metrics["lang_weight_sum"]])
+    return out
 
 
 class _SigtermFlag:
@@ -169,7 +186,7 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
     peak = peak_flops_per_device(tcfg.peak_flops_per_device, exp.model.dtype) * jax.device_count()
     last: dict[str, float] = {}
     window_start, window_steps = time.perf_counter(), 0
-    lang_sums = np.zeros((2, exp.step.num_languages))
+    window: Optional[dict[str, jax.Array]] = None
     try:
         with partitioner.activate():
             for step in range(start + 1, tcfg.num_steps + 1):
@@ -178,47 +195,58 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
                 except StopIteration:
                     log.info("the data ran out (all epochs done) before step %d; stopping", step)
                     if step - 1 > start:
-                        checkpointer.save(step - 1, state, data_iter.get_state(), force=True)
+                        with _host_sync():
+                            checkpointer.save(step - 1, state, data_iter.get_state(), force=True)
                     break
                 batch = _global_batch(local_batch, batch_sharding)
                 state, metrics = step_fn(state, batch)
                 checkpointer.check_errors()  # a failed background save stops the run here, not steps later
-                metrics = jax.device_get(metrics)
-                loss = float(metrics["loss"])
-                if not math.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"loss is {loss} at step {step}; stopped without saving this state "
-                        f"(last checkpoint: step {checkpointer.latest_step()})"
-                    )
-                if "lang_ce_sum" in metrics:
-                    lang_sums += np.stack([metrics["lang_ce_sum"], metrics["lang_weight_sum"]])
+                window = _accumulate(window, metrics, step)
                 window_steps += 1
                 bar.update(1)
-                if step % tcfg.log_every == 0 or step == tcfg.num_steps:
-                    elapsed = time.perf_counter() - window_start
-                    last = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0 and k != "num_tokens"}
-                    last.update({
-                        "tokens_per_s": tokens_per_step * window_steps / elapsed,
-                        "mfu": flops_per_step * window_steps / elapsed / peak,
-                    })
-                    for i, lang in enumerate(languages[: exp.step.num_languages]):
-                        if lang_sums[1, i] > 0:
-                            last[f"loss/{lang}"] = lang_sums[0, i] / lang_sums[1, i]
-                    writer.write(step, last)
-                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
-                    window_start, window_steps = time.perf_counter(), 0
-                    lang_sums[:] = 0
-                if step % tcfg.checkpoint_every == 0 or step == tcfg.num_steps or sigterm.raised:
-                    checkpointer.save(step, state, data_iter.get_state(), force=True)
-                if sigterm.raised:
-                    checkpointer.wait()
-                    log.warning("SIGTERM: saved step %d to %s; exiting", step, checkpointer.directory)
-                    raise Preempted(EXIT_PREEMPTED)
+                log_now = step % tcfg.log_every == 0 or step == tcfg.num_steps
+                save_now = step % tcfg.checkpoint_every == 0 or step == tcfg.num_steps or sigterm.raised
+                if not (log_now or save_now):
+                    continue
+                with _host_sync():  # the only host reads of the step's results: log and save steps
+                    sums = jax.device_get(window)
+                    if sums["first_bad"] >= 0:
+                        raise NonFiniteLossError(
+                            f"loss is {float(sums['bad_loss'])} at step {int(sums['first_bad'])}; stopped without "
+                            f"saving this state "
+                            f"(last checkpoint: step {checkpointer.latest_step()})")
+                    if log_now:
+                        metrics = jax.device_get(metrics)
+                        elapsed = time.perf_counter() - window_start
+                        last = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0 and k != "num_tokens"}
+                        last.update({
+                            "tokens_per_s": tokens_per_step * window_steps / elapsed,
+                            "mfu": flops_per_step * window_steps / elapsed / peak,
+                        })
+                        if "lang" in sums:
+                            for i, lang in enumerate(languages[: exp.step.num_languages]):
+                                if sums["lang"][1, i] > 0:
+                                    last[f"loss/{lang}"] = float(sums["lang"][0, i] / sums["lang"][1, i])
+                        writer.write(step, last)
+                        bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
+                        window_start, window_steps, window = time.perf_counter(), 0, None
+                    if save_now:
+                        checkpointer.save(step, state, data_iter.get_state(), force=True)
+                    if sigterm.raised:
+                        checkpointer.wait()
+                        log.warning("SIGTERM: saved step %d to %s; exiting", step, checkpointer.directory)
+                        raise Preempted(EXIT_PREEMPTED)
     finally:
         bar.close()
         writer.close()
         checkpointer.close()
     return last
+
+
+def _host_sync():
+    """Where the loop reads device results on purpose (a test runs the other steps with device-to-host
+    transfers disallowed)."""
+    return jax.transfer_guard_device_to_host("allow")
 
 
 def param_count_and_flops(model_cfg: ModelConfig, seq_len: Optional[int] = None) -> dict[str, float]:
