@@ -226,6 +226,7 @@ def train_from_gin(gin_files: Sequence[str], bindings: Sequence[str], workdir: s
     config with every override in it, is written once the run is accepted."""
     import jax
 
+    from allam_jax.core.paths import as_path, write_text_atomically
     from allam_jax.train.loop import train
 
     parse(gin_files, bindings, overrides)
@@ -234,7 +235,7 @@ def train_from_gin(gin_files: Sequence[str], bindings: Sequence[str], workdir: s
 
     def write_config() -> None:  # only once the run is accepted: a refused resume keeps the old record
         if jax.process_index() == 0:
-            (Path(workdir) / "config.gin").write_text(operative, encoding="utf-8")
+            write_text_atomically(as_path(workdir) / "config.gin", operative)
 
     return train(exp, workdir, on_accepted=write_config)
 

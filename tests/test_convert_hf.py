@@ -198,3 +198,58 @@ def test_continued_pretraining_recipe_configs_build():
     schedule = learning_rate_schedule(gin_setup.build_experiment().optimizer)
     assert float(schedule(1000)) < float(schedule(2000)) == pytest.approx(1.5e-4)
     assert float(schedule(100000)) == pytest.approx(1.5e-5, rel=1e-3)
+
+
+_EXPORT_RSS = """
+import json, sys
+from allam_jax.convert.checkpoints import export_to_hf
+from allam_jax.core.params import abstract_params
+from allam_jax.model import Decoder, ModelConfig
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":")) / 1024
+
+cfg = ModelConfig(**json.loads(sys.argv[3]))
+abstract_params(Decoder(cfg))  # the JAX backend and the imports, before the measurement
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # resets the peak (VmHWM) to the current RSS
+before = status("VmRSS")
+export_to_hf(sys.argv[1], cfg, sys.argv[2], max_shard_bytes=64 * 2**20)
+print(json.dumps({"growth_mib": status("VmHWM") - before}))
+"""
+
+
+def test_export_streams_tensors_with_memory_independent_of_model_size(tmp_path):
+    """``to-hf`` of a 4x larger model (272 MiB vs 80 MiB, scanned layers) raises the exporting process's peak
+    RSS by about the same amount, a fraction of either model: tensors stream from storage to the safetensors
+    shards one at a time (the old export restored the whole model onto one device, then copied it to host)."""
+    import subprocess
+    import sys
+
+    import jax
+    from safetensors import safe_open
+
+    from allam_jax.core.params import abstract_params, write_params_checkpoint
+    from allam_jax.model import ModelConfig
+
+    growth, sizes = {}, {}
+    for layers in (4, 16):
+        shape = dict(vocab_size=4096, d_model=512, num_layers=layers, num_heads=8, num_kv_heads=8, mlp_dim=2048,
+                     max_seq_len=128)
+        rng = np.random.default_rng(layers)
+        params = jax.tree_util.tree_map(lambda x: rng.standard_normal(x.shape, dtype=np.float32),
+                                        abstract_params(Decoder(ModelConfig(**shape))))
+        sizes[layers] = sum(x.nbytes for x in jax.tree_util.tree_leaves(params)) / 2**20
+        write_params_checkpoint(str(tmp_path / f"ckpt{layers}"), params)
+        r = subprocess.run([sys.executable, "-c", _EXPORT_RSS, str(tmp_path / f"ckpt{layers}"),
+                            str(tmp_path / f"hf{layers}"), json.dumps(shape)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        growth[layers] = json.loads(r.stdout.strip().splitlines()[-1])["growth_mib"]
+        index = json.loads((tmp_path / f"hf{layers}" / "model.safetensors.index.json").read_text())
+        last = f"model.layers.{layers - 1}.mlp.down_proj.weight"
+        with safe_open(str(tmp_path / f"hf{layers}" / index["weight_map"][last]), framework="numpy") as f:
+            np.testing.assert_array_equal(f.get_tensor(last), params["layers"]["mlp"]["down"]["kernel"][-1].T)
+    assert sizes[16] > 3 * sizes[4] and sizes[16] - sizes[4] > 180
+    assert growth[16] - growth[4] < 24, (growth, sizes)  # 192 MiB more model, nearly no more memory
+    assert 0 < growth[16] < sizes[16] / 3, (growth, sizes)

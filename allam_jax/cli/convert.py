@@ -46,7 +46,8 @@ def run_to_hf(args: argparse.Namespace) -> int:
     from allam_jax.convert.checkpoints import export_to_hf
 
     gin_setup.parse(args.gin_file, args.gin_bindings)
-    r = export_to_hf(args.ckpt, gin_setup.model_config(), args.out, tokenizer=args.tokenizer, dtype=args.dtype)
+    r = export_to_hf(args.ckpt, gin_setup.model_config(), args.out, tokenizer=args.tokenizer, dtype=args.dtype,
+                     progress=True)
     print(f"wrote {r['out']}: {r['params']:,} parameters ({r['dtype']}) as safetensors + config.json"
           + (" + tokenizer" if args.tokenizer else ""))
     return 0

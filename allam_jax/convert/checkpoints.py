@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Optional
 
 import jax
@@ -14,10 +11,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from allam_jax.convert.hf_llama import (ConversionError, SafetensorsReader, config_from_hf, hf_config_from,
-                                        hf_to_params, model_gin, params_to_hf, write_safetensors,
+                                        hf_tensor_order, hf_to_params, model_gin, params_to_hf, write_safetensors,
                                         write_tokenizer_files)
-from allam_jax.core.params import (abstract_params, count_params, on_one_device, restore_params,
+from allam_jax.core.params import (abstract_params, count_params, on_one_device, restore_params, stored_params,
                                     write_params_checkpoint)
+from allam_jax.core.paths import as_path, is_remote
 from allam_jax.model import Decoder, ModelConfig
 
 _DTYPES = {"float32": np.float32, "bfloat16": jax.numpy.bfloat16}
@@ -33,14 +31,14 @@ def import_from_hf(hf_dir: str, out: str, scan_layers: bool = True, dtype: str =
                    progress: bool = True) -> dict:
     """Reads ``config.json`` + safetensors from ``hf_dir``; writes ``OUT/0/state`` (params), ``OUT/model.gin``
     and ``OUT/conversion.json``. Returns the summary."""
-    config_path = Path(hf_dir) / "config.json"
+    config_path = as_path(hf_dir) / "config.json"
     if not config_path.is_file():
         raise ConversionError(f"{config_path}: not found (is {hf_dir} a Hugging Face model directory?)")
     try:
         hf_config = json.loads(config_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ConversionError(f"{config_path}: malformed JSON ({e.msg} at line {e.lineno})") from None
-    if Path(out).exists():
+    if as_path(out).exists():
         raise ConversionError(f"output already exists: {out}")
     cfg = config_from_hf(hf_config, str(config_path), scan_layers)
     reader = SafetensorsReader(hf_dir)
@@ -60,31 +58,40 @@ def restore_for_export(ckpt: str, cfg: ModelConfig) -> dict:
 
 
 def export_to_hf(ckpt: str, cfg: ModelConfig, out: str, tokenizer: Optional[str] = None,
-                 dtype: str = "float32", max_shard_bytes: int = 5 * 2**30) -> dict:
+                 dtype: str = "float32", max_shard_bytes: int = 5 * 2**30, progress: bool = False) -> dict:
     """Writes a directory that ``transformers.AutoModelForCausalLM`` (and, with ``tokenizer``,
-    ``AutoTokenizer``) loads."""
+    ``AutoTokenizer``) loads. Tensors stream from the checkpoint's storage to the safetensors files one at a
+    time (one layer of a scanned stack at a time): no device holds the model and host memory holds about one
+    tensor, so a 70B model exports from a small VM. Locally the output appears whole or not at all (written
+    beside it, then renamed); on a bucket, ``config.json`` is written last."""
     np_dtype = _np_dtype(dtype)
     if tokenizer is not None:
-        if not Path(tokenizer).is_file():
+        if not as_path(tokenizer).is_file():
             raise ConversionError(f"tokenizer not found: {tokenizer}")
         from allam_jax.data.vocabularies import check_fits_model, get_vocabulary
 
         check_fits_model(get_vocabulary(tokenizer), cfg.vocab_size, f"tokenizer {tokenizer}")
-    out_path = Path(out).absolute()
+    out_path = as_path(out)
     if out_path.exists():
         raise ConversionError(f"output already exists: {out}")
-    params = jax.device_get(restore_for_export(ckpt, cfg))
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_path.parent, prefix=out_path.name + ".tmp"))
+    params = stored_params(ckpt, abstract_params(Decoder(cfg)))
+    target = out_path if is_remote(out) else out_path.parent / f"{out_path.name}.tmp{os.getpid()}"
+    target.mkdir(parents=True, exist_ok=True)
     try:
-        write_safetensors(params_to_hf(params, cfg, np_dtype), tmp, max_shard_bytes)
-        (tmp / "config.json").write_text(json.dumps(hf_config_from(cfg, dtype), indent=2) + "\n")
-        (tmp / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}) + "\n")
+        names = len(hf_tensor_order(cfg))
+        bar = tqdm(total=names, desc="export", unit="tensor", disable=not progress)
+        tensors = ((bar.update(1) or pair) for pair in params_to_hf(params, cfg, np_dtype))
+        write_safetensors(tensors, cfg, target, np_dtype, max_shard_bytes)
+        bar.close()
+        (target / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}) + "\n")
         if tokenizer is not None:
-            write_tokenizer_files(tokenizer, tmp, cfg.max_seq_len)
-        os.replace(tmp, out_path)
+            write_tokenizer_files(tokenizer, target, cfg.max_seq_len)
+        (target / "config.json").write_text(json.dumps(hf_config_from(cfg, dtype), indent=2) + "\n")
+        if target != out_path:
+            target.rename(out_path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if target != out_path and target.exists():
+            target.rmtree()
         raise
-    return {"out": str(out_path), "params": int(sum(np.size(x) for x in jax.tree_util.tree_leaves(params))),
-            "dtype": dtype}
+    count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params, is_leaf=lambda x: hasattr(x, "shape")))
+    return {"out": str(out_path), "params": count, "dtype": dtype}

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
-from pathlib import Path
+import struct
 from typing import Callable, Iterator, Optional
 
 import numpy as np
 
 from allam_jax.core.errors import ConversionError, first_line
+from allam_jax.core.paths import PathLike, as_path, is_remote
 from allam_jax.model.config import ModelConfig
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
@@ -169,7 +169,10 @@ class SafetensorsReader:
         from safetensors import safe_open
 
         self._safe_open = safe_open
-        root = Path(hf_dir)
+        if is_remote(hf_dir):  # safetensors maps local files; it has no object-store reader
+            raise ConversionError(f"{hf_dir}: Hugging Face weights are read from a local directory; copy it first "
+                                  "(gcloud storage cp -r)")
+        root = as_path(hf_dir)
         index = root / "model.safetensors.index.json"
         if index.is_file():
             weight_map = json.loads(index.read_text())["weight_map"]
@@ -195,9 +198,9 @@ class SafetensorsReader:
                 raise ConversionError(f"{self.files[name]}: cannot read tensor {name} ({first_line(e, 200)})") from None
 
     @contextlib.contextmanager
-    def _open(self, path: Path):
+    def _open(self, path: PathLike):
         try:
-            handle = self._safe_open(path, framework="numpy")
+            handle = self._safe_open(str(path), framework="numpy")
         except Exception as e:  # noqa: BLE001 - a truncated or foreign file: SafetensorError, OSError
             raise ConversionError(f"{path}: not a readable safetensors file ({first_line(e, 200)})") from None
         with handle as f:
@@ -272,36 +275,68 @@ def params_to_hf(params: dict, cfg: ModelConfig, dtype=np.float32) -> Iterator[t
             yield f"model.layers.{i}.{suffix}", np.ascontiguousarray(unmap[suffix](w))
 
 
-def write_safetensors(tensors: Iterator[tuple[str, np.ndarray]], out: Path, max_shard_bytes: int = 5 * 2**30) -> None:
-    """Writes ``model.safetensors`` or, past ``max_shard_bytes``, shards plus ``model.safetensors.index.json``."""
-    from safetensors.numpy import save_file
+def hf_tensor_order(cfg: ModelConfig) -> list[str]:
+    """The names :func:`params_to_hf` yields, in its order."""
+    names = ["model.embed_tokens.weight", "model.norm.weight"] + ([] if cfg.tie_embeddings else ["lm_head.weight"])
+    for i in range(cfg.num_layers):
+        names += [f"model.layers.{i}.{suffix}" for suffix in _layer_map(cfg)]
+    return names
 
-    shards: list[dict[str, np.ndarray]] = [{}]
+
+_SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+
+
+def write_safetensors(tensors: Iterator[tuple[str, np.ndarray]], cfg: ModelConfig, out: PathLike, dtype=np.float32,
+                      max_shard_bytes: int = 5 * 2**30) -> None:
+    """Writes ``model.safetensors`` or, past ``max_shard_bytes``, shards plus ``model.safetensors.index.json``,
+    one tensor at a time: every name and shape is known from ``cfg`` before any is read, so each shard's header
+    is written first and each tensor streamed after it; host memory holds one tensor, never a shard."""
+    out = as_path(out)
+    dtype = np.dtype(dtype)
+    shapes = _expected_shapes(cfg)
+    shards: list[list[str]] = [[]]
     size = 0
-    for name, arr in tensors:
-        if shards[-1] and size + arr.nbytes > max_shard_bytes:
-            shards.append({})
+    for name in hf_tensor_order(cfg):
+        nbytes = int(np.prod(shapes[name])) * dtype.itemsize
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
             size = 0
-        shards[-1][name] = arr
-        size += arr.nbytes
-    if len(shards) == 1:
-        save_file(shards[0], str(out / "model.safetensors"), metadata={"format": "pt"})
-        return
-    weight_map = {}
-    total = 0
-    for i, shard in enumerate(shards, 1):
-        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(out / fname), metadata={"format": "pt"})
-        for name, arr in shard.items():
+        shards[-1].append(name)
+        size += nbytes
+    files = (["model.safetensors"] if len(shards) == 1 else
+             [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)])
+    weight_map, total = {}, 0
+    for fname, names in zip(files, shards):
+        header: dict = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for name in names:
+            nbytes = int(np.prod(shapes[name])) * dtype.itemsize
+            header[name] = {"dtype": _SAFETENSORS_DTYPES[dtype.name], "shape": list(shapes[name]),
+                            "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
             weight_map[name] = fname
-            total += arr.nbytes
-    (out / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
+        text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        text += b" " * (-len(text) % 8)
+        with (out / fname).open("wb") as f:
+            f.write(struct.pack("<Q", len(text)) + text)
+            for expected in names:
+                name, arr = next(tensors)
+                arr = np.ascontiguousarray(arr, dtype=dtype)
+                if name != expected or arr.shape != tuple(shapes[name]):
+                    raise ConversionError(f"internal: tensor {name} {arr.shape} where {expected} "
+                                          f"{tuple(shapes[expected])} was planned")
+                f.write(memoryview(arr.reshape(-1).view(np.uint8)))
+                del arr
+        total += offset
+    if len(shards) > 1:
+        (out / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
 
 
-def write_tokenizer_files(spm_model: str, out: Path, max_len: int) -> None:
+def write_tokenizer_files(spm_model: str, out: PathLike, max_len: int) -> None:
     """``tokenizer.model`` plus the config files that make ``AutoTokenizer`` build a Llama tokenizer."""
-    shutil.copyfile(spm_model, out / "tokenizer.model")
+    out = as_path(out)
+    (out / "tokenizer.model").write_bytes(as_path(spm_model).read_bytes())
     (out / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "LlamaTokenizer", "model_max_length": max_len, "add_bos_token": True,
         "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",

@@ -12,19 +12,19 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec
 
 from allam_jax.core.abandoned_reads import reading
 from allam_jax.core.errors import CheckpointError, first_line
+from allam_jax.core.paths import as_path, is_remote
 
 if TYPE_CHECKING:
     from allam_jax.core.partitioning import Partitioner
@@ -71,10 +71,10 @@ def leaf_shapes(tree: Any) -> dict[str, tuple]:
     return {re.sub(r"\.(\w+)", r"['\1']", jax.tree_util.keystr(p)): tuple(v.shape) for p, v in flat}
 
 
-def _state_dirs(path: str) -> list[Path]:
+def _state_dirs(path: str) -> list[epath.Path]:
     """The ``state`` directories ``path`` may mean, best first: itself (a step's ``state`` item), its ``state``
     (a step directory), or every complete step of a checkpoint directory, newest first."""
-    p = Path(path).absolute()
+    p = as_path(path)
     if not p.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if (p / "_METADATA").exists() or (p / "_sharding").exists() or (p / "manifest.ocdbt").exists():
@@ -87,7 +87,7 @@ def _state_dirs(path: str) -> list[Path]:
     return [p / str(step) / "state" for step in steps]
 
 
-def resolve_state_dir(path: str) -> Path:
+def resolve_state_dir(path: str) -> epath.Path:
     """Accepts a checkpoint directory (newest step used), a step directory, or its ``state`` item."""
     return _state_dirs(path)[0]
 
@@ -117,7 +117,64 @@ class _Unreadable(Exception):
     pass
 
 
-def _restore_params_from(state_dir: Path, abstract_params: Any) -> Any:
+def _check_params_match(on_disk: Any, abstract_params: Any, state_dir: epath.Path) -> None:
+    saved, wanted = leaf_shapes(on_disk), leaf_shapes(abstract_params)
+    for name in sorted(set(saved) | set(wanted)):
+        if saved.get(name) != wanted.get(name):
+            raise CheckpointError(f"parameters in {state_dir} do not match the model config: {name} is "
+                                  f"{saved.get(name, 'missing')} on disk, {wanted.get(name, 'absent')} in the config")
+
+
+class StoredArray:
+    """One array of a checkpoint, left in storage: indexing reads just that part (TensorStore reads the chunks
+    it touches), with no device and nothing cached, so a tool can walk a model larger than any one chip or
+    than host memory. ``np.asarray`` reads it whole."""
+
+    def __init__(self, directory: str, name: str, shape: tuple[int, ...], dtype: Any):
+        self.directory, self.name, self.shape, self.dtype = directory, name, tuple(shape), dtype
+
+    def _open(self):
+        import tensorstore as ts
+        from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
+
+        failures = []
+        for driver in ("zarr", "zarr3"):  # Orbax writes zarr (v2) by default; zarr3 when asked to
+            spec = {"driver": driver, "kvstore": ts_utils.build_kvstore_tspec(self.directory, name=self.name)}
+            try:
+                return ts.open(spec, open=True, read=True, context=ts_utils.get_ts_context(use_ocdbt=True)).result()
+            except ValueError as e:
+                failures.append(first_line(e, 160))
+        raise CheckpointError(f"cannot read {self.name} in {self.directory}: {failures[-1]}")
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return np.asarray(self._open()[index].read().result())
+
+    def __array__(self, dtype: Any = None, copy: Optional[bool] = None) -> np.ndarray:
+        whole = self[...]
+        return whole if dtype is None else whole.astype(dtype, copy=False)
+
+
+def stored_params(path: str, abstract_params: Any) -> Any:
+    """The parameters of a checkpoint as :class:`StoredArray` leaves (nothing read yet), checked against
+    ``abstract_params``; given a checkpoint directory, the newest step whose metadata reads."""
+    failures = []
+    for state_dir in _state_dirs(path):
+        try:
+            with reading(state_dir):
+                tree = ocp.StandardCheckpointer().metadata(state_dir).item_metadata.tree
+        except Exception as e:  # noqa: BLE001 - a truncated or half-written step: try the one before
+            failures.append(f"{state_dir}: {first_line(e)}")
+            continue
+        if not isinstance(tree, dict) or "params" not in tree:
+            raise CheckpointError(f"{state_dir} holds no 'params'")
+        _check_params_match(tree["params"], abstract_params, state_dir)
+        if failures:
+            log.warning("using %s: %d newer step(s) unreadable", state_dir, len(failures))
+        return jax.tree_util.tree_map(lambda m: StoredArray(str(state_dir), m.name, m.shape, m.dtype), tree["params"])
+    raise CheckpointError(f"cannot read parameters from {path}: " + "; ".join(failures[:3]))
+
+
+def _restore_params_from(state_dir: epath.Path, abstract_params: Any) -> Any:
     item = {"params": abstract_params}
     try:
         with reading(state_dir):
@@ -125,11 +182,7 @@ def _restore_params_from(state_dir: Path, abstract_params: Any) -> Any:
     except Exception:  # noqa: BLE001 - unreadable metadata: the restore below says why
         on_disk = None
     if isinstance(on_disk, dict) and "params" in on_disk:
-        saved, wanted = leaf_shapes(on_disk["params"]), leaf_shapes(abstract_params)
-        for name in sorted(set(saved) | set(wanted)):
-            if saved.get(name) != wanted.get(name):
-                raise CheckpointError(f"parameters in {state_dir} do not match the model config: {name} is "
-                                      f"{saved.get(name, 'missing')} on disk, {wanted.get(name, 'absent')} in the config")
+        _check_params_match(on_disk["params"], abstract_params, state_dir)
     try:
         with reading(state_dir):
             restored = ocp.PyTreeCheckpointer().restore(
@@ -147,25 +200,45 @@ def _restore_params_from(state_dir: Path, abstract_params: Any) -> Any:
     return restored["params"]
 
 
-def write_params_checkpoint(out: str, params: Any, sidecars: Optional[dict[str, str]] = None) -> Path:
+def layer_chunked_save_args(tree: Any) -> Any:
+    """Orbax save arguments that store each layer of a scanned stack (an array under a ``layers`` key, the
+    layer on axis 0) as chunks of its own, so reading one layer (export, surgery) touches one layer's bytes,
+    not the whole stack. Other arrays keep Orbax's defaults."""
+
+    def args(path, leaf) -> ocp.SaveArgs:
+        keys = {getattr(k, "key", getattr(k, "name", None)) for k in path}
+        shape = getattr(leaf, "shape", ())
+        if "layers" in keys and len(shape) >= 2 and shape[0] > 1:
+            layer_bytes = int(np.prod(shape[1:])) * np.dtype(leaf.dtype).itemsize
+            return ocp.SaveArgs(chunk_byte_size=max(layer_bytes, np.dtype(leaf.dtype).itemsize), shard_axes=(0,))
+        return ocp.SaveArgs()
+
+    return jax.tree_util.tree_map_with_path(args, tree)
+
+
+def write_params_checkpoint(out: str, params: Any, sidecars: Optional[dict[str, str]] = None) -> epath.Path:
     """Writes ``OUT/0/state`` holding ``{"params": params}`` plus text ``sidecars`` (name -> content), all
-    or nothing: everything goes to a temporary sibling directory that is renamed into place at the end.
-    ``TrainerConfig.init_from = OUT`` reads it."""
-    out_path = Path(out).absolute()
+    or nothing: locally everything goes to a temporary sibling directory renamed into place at the end; on an
+    object store (no directory rename) the sidecars are written after Orbax has committed the step, so a
+    half-written output has no sidecars and no committed step. ``TrainerConfig.init_from = OUT`` reads it."""
+    out_path = as_path(out)
     if out_path.exists():
         raise CheckpointError(f"output already exists: {out}")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_path.parent, prefix=out_path.name + ".tmp"))
+    target = out_path if is_remote(out) else out_path.parent / f"{out_path.name}.tmp{os.getpid()}"
     try:
         writer = ocp.StandardCheckpointer()
-        writer.save(tmp / "0" / "state", {"params": params})
+        item = {"params": params}
+        writer.save(target / "0" / "state", item, save_args=layer_chunked_save_args(item))
         writer.wait_until_finished()
         writer.close()
         for name, text in (sidecars or {}).items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        os.replace(tmp, out_path)
+            (target / name).write_text(text, encoding="utf-8")
+        if target != out_path:
+            target.rename(out_path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if target != out_path and target.exists():
+            target.rmtree()
         raise
     return out_path
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 from typing import Iterable, Iterator, Optional, Protocol, Sequence
 
 import numpy as np
 
 from allam_jax.core.errors import ConfigError
+from allam_jax.core.paths import as_path
 from allam_jax.data.language import guess_language
 
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -55,12 +55,12 @@ class ByteCodec:
 
 def read_documents(path: str) -> list[tuple[str, Optional[str]]]:
     """Reads ``(text, lang or None)`` documents: one per non-empty line of .txt, one per JSONL object."""
-    p = Path(path)
+    p = as_path(path)
     if not p.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     docs: list[tuple[str, Optional[str]]] = []
     is_jsonl = p.suffix in (".jsonl", ".json")
-    with open(p, "rb") as f:
+    with p.open("rb") as f:
         for line_no, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import threading
 from typing import Optional, Sequence
 
 import seqio
@@ -11,6 +11,7 @@ import tensorflow as tf
 from allam_jax.data.text_files import BOS_ID, EOS_ID, PAD_ID
 from allam_jax.data.text_files import ByteCodec as _PlainBytes
 from allam_jax.core.errors import ConfigError
+from allam_jax.core.paths import as_path, is_remote
 
 try:  # tf.data runs on the host; a TF that also claimed the GPU would fight JAX for its memory
     tf.config.set_visible_devices([], "GPU")
@@ -76,15 +77,40 @@ def bos_id(vocab: seqio.Vocabulary) -> int:
     return int(bos) if bos is not None and bos >= 0 else int(vocab.eos_id)
 
 
+class SentencePieceVocabulary(seqio.SentencePieceVocabulary):
+    """seqio's SentencePiece vocabulary, its model file read through ``etils.epath`` (as every file of the
+    project is) instead of ``tf.io.gfile``: one storage client for every path, local or ``gs://``."""
+
+    _lock = threading.Lock()
+    _loaded: dict[str, object] = {}
+
+    def _model_context(self):
+        if self._model:
+            return self._model
+        if self._extra_ids or self._normalizer_spec_overrides:  # seqio's own loader handles those
+            return super()._model_context()
+        import sentencepiece as spm
+        from seqio.vocabularies import _ModelContext
+
+        with self._lock:
+            if self._sentencepiece_model_file not in self._loaded:
+                sp_model = as_path(self._sentencepiece_model_file).read_bytes()
+                tokenizer = spm.SentencePieceProcessor()
+                tokenizer.LoadFromSerializedProto(sp_model)
+                self._loaded[self._sentencepiece_model_file] = _ModelContext(tokenizer=tokenizer, sp_model=sp_model)
+            self._model = self._loaded[self._sentencepiece_model_file]
+        return self._model
+
+
 def get_vocabulary(spec: str) -> seqio.Vocabulary:
     """``"byte"`` or the path of a SentencePiece ``.model`` (local or ``gs://``)."""
     if spec == "byte":
         return ByteVocabulary()
-    if not tf.io.gfile.exists(spec):
+    if not as_path(spec).exists():
         raise ConfigError(f"vocabulary file not found: {spec} (use 'byte' or a SentencePiece .model path)")
-    if Path(spec).suffix != ".model":
+    if as_path(spec).suffix != ".model":
         raise ConfigError(f"vocabulary must be 'byte' or a SentencePiece .model file, got {spec}")
-    vocab = seqio.SentencePieceVocabulary(spec)
+    vocab = SentencePieceVocabulary(spec if is_remote(spec) else str(as_path(spec)))
     try:
         vocab.vocab_size  # noqa: B018 - loads the model now, so a corrupt file is named here, not deep in tf.data
     except Exception as e:  # noqa: BLE001 - protobuf DecodeError, sentencepiece's RuntimeError, ...

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as spm_pb2
 
 from allam_jax.core.errors import TokenizerError
+from allam_jax.core.paths import as_path, is_remote
 
 ModelProto = spm_pb2.ModelProto
 Piece = spm_pb2.ModelProto.SentencePiece
 
 
 def load_proto(path: str) -> ModelProto:
-    p = Path(path)
+    p = as_path(path)
     if not p.is_file():
         raise TokenizerError(f"tokenizer not found: {path}")
     proto = ModelProto()
@@ -42,9 +41,11 @@ def processor_from_proto(proto: ModelProto) -> spm.SentencePieceProcessor:
 
 def write_proto_atomically(proto: ModelProto, out: str) -> None:
     """Writes next to the target then renames: a crash never leaves half a model."""
-    out_path = Path(out)
+    out_path = as_path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=out_path.name + ".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(proto.SerializeToString())
-    os.replace(tmp, out_path)
+    if is_remote(out):  # an object upload is whole or absent already
+        out_path.write_bytes(proto.SerializeToString())
+        return
+    tmp = out_path.parent / f".{out_path.name}.tmp{os.getpid()}"
+    tmp.write_bytes(proto.SerializeToString())
+    tmp.replace(out_path)

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from allam_jax.core.errors import CheckpointError, first_line
 from allam_jax.core.abandoned_reads import reading
-from allam_jax.core.params import leaf_shapes
+from allam_jax.core.params import layer_chunked_save_args, leaf_shapes
+from allam_jax.core.paths import as_path
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class Checkpointer:
     """Async saves every ``save_every`` steps, keeps the last ``keep``; restores the newest readable step."""
 
     def __init__(self, directory: str, save_every: int, keep: int = 3, async_save: bool = True):
-        self.directory = Path(directory).absolute()
+        self.directory = as_path(directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=async_save, create=True
         )
@@ -47,7 +48,8 @@ class Checkpointer:
         """Starts saving ``step`` (in the background when async). A failure, of this save or of an earlier
         background one (a full disk, say), stops the run with the step named instead of training on."""
         self.check_errors()
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state))
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state, save_args=layer_chunked_save_args(state)),
+                                  data=ocp.args.JsonSave(data_state))
         try:
             return self.manager.save(step, args=args, force=force)
         except Exception as e:  # noqa: BLE001 - OSError (ENOSPC), tensorstore and orbax errors alike
@@ -106,7 +108,7 @@ class Checkpointer:
                                   f"{self.directory} away to train from scratch")
         return None
 
-    def _move_aside(self, step: int) -> Path:
+    def _move_aside(self, step: int) -> epath.Path:
         """Renames an unreadable step so a new save of that step can happen; nothing is deleted."""
         aside = self.directory / f"unreadable-{step}-{time.strftime('%Y%m%d-%H%M%S')}"
         if jax.process_index() == 0:
@@ -128,7 +130,7 @@ class Checkpointer:
             self.manager.close()
 
 
-def check_compatible(on_disk: Any, abstract_state: Any, where: Path) -> None:
+def check_compatible(on_disk: Any, abstract_state: Any, where: epath.Path) -> None:
     """A checkpoint written under another config is an error to report, not a corrupt file to skip."""
     saved, wanted = leaf_shapes(on_disk), leaf_shapes(abstract_state)
     names = sorted(set(saved) | set(wanted), key=lambda n: (not n.startswith("['params']"), n))

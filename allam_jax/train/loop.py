@@ -7,16 +7,17 @@ import logging
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from tqdm.auto import tqdm
 
 from allam_jax.core.errors import ConfigError, NonFiniteLossError
 from allam_jax.core.params import abstract_params, count_params, restore_params
+from allam_jax.core.paths import as_path
 from allam_jax.core.partitioning import Partitioner, PartitioningConfig
 from allam_jax.model import Decoder, ModelConfig
 from allam_jax.train import checkpoint as ckpt_lib
@@ -128,14 +129,14 @@ def train(exp: Experiment, workdir: str, on_accepted: Optional[Callable[[], None
     """
     partitioner = Partitioner.create(exp.partitioning)
     program = build_train_program(exp, partitioner)
-    workdir_path = Path(workdir)
+    workdir_path = as_path(workdir)
     workdir_path.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
     with workdir_lock(str(workdir_path), enabled=is_main):
         return _train_in_workdir(exp, program, partitioner, workdir_path, is_main, on_accepted)
 
 
-def _train_in_workdir(exp: Experiment, program, partitioner: Partitioner, workdir_path: Path, is_main: bool,
+def _train_in_workdir(exp: Experiment, program, partitioner: Partitioner, workdir_path: epath.Path, is_main: bool,
                       on_accepted: Optional[Callable[[], None]]) -> dict[str, float]:
     """The body of :func:`train`, run while this process holds the workdir lock."""
     tcfg = exp.trainer

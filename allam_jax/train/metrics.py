@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
-from pathlib import Path
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from allam_jax.core.paths import as_path, is_remote
 
 # Dense bf16 peak FLOP/s per device, from vendor data sheets.
 PEAK_FLOPS_BY_DEVICE_KIND = {
@@ -71,23 +73,36 @@ class MetricsWriter:
         self._tb = None
         if not enabled:
             return
-        Path(workdir).mkdir(parents=True, exist_ok=True)
-        path = Path(workdir) / "metrics.jsonl"
-        torn = path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n")
-        self._jsonl = open(path, "a", encoding="utf-8")
-        if torn:  # a killed run left half a line: end it so the next row parses
-            self._jsonl.write("\n")
+        root = as_path(workdir)
+        root.mkdir(parents=True, exist_ok=True)
+        self._path = root / "metrics.jsonl"
+        self._remote = is_remote(workdir)
+        previous = self._path.read_bytes() if self._path.exists() else b""
+        if self._remote:  # an object cannot be appended to: the log is rewritten whole at each write
+            self._rows = [previous.decode("utf-8", errors="replace")] if previous else []
+            self._jsonl = None
+        else:
+            self._jsonl = self._path.open("a", encoding="utf-8")
+        if previous and not previous.endswith(b"\n"):  # a killed run left half a line: end it so the next row parses
+            self._append("\n")
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+            self._tb = SummaryWriter(os.fspath(root / "tensorboard"))
+
+    def _append(self, text: str) -> None:
+        if self._jsonl is not None:
+            self._jsonl.write(text)
+            self._jsonl.flush()
+        else:
+            self._rows.append(text)
+            self._path.write_text("".join(self._rows), encoding="utf-8")
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
             return
         clean = {k: float(v) for k, v in scalars.items() if v is not None and np.isfinite(float(v))}
-        self._jsonl.write(json.dumps({"step": int(step), **clean}) + "\n")
-        self._jsonl.flush()
+        self._append(json.dumps({"step": int(step), **clean}) + "\n")
         if self._tb is not None:
             for key, value in clean.items():
                 self._tb.add_scalar(key, value, step)
@@ -95,7 +110,8 @@ class MetricsWriter:
 
     def close(self) -> None:
         if self.enabled:
-            self._jsonl.close()
+            if self._jsonl is not None:
+                self._jsonl.close()
             if self._tb is not None:
                 self._tb.close()
 
@@ -107,7 +123,7 @@ def read_metrics(workdir: str) -> list[dict]:
     (a run killed mid-write) are skipped.
     """
     rows: dict[int, dict] = {}
-    path = Path(workdir) / "metrics.jsonl"
+    path = as_path(workdir) / "metrics.jsonl"
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             row = json.loads(line)

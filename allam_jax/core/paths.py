@@ -1,0 +1,36 @@
+"""One path type for every user-given file or folder: ``etils.epath`` (what Orbax uses), so ``gs://`` works
+wherever a local path does. Local paths are made absolute (a run's record names where it wrote); remote ones
+are kept as given. ``pathlib`` stays for the repository's own files (gin_configs/)."""
+
+from __future__ import annotations
+
+import os
+from typing import Union
+
+from etils import epath
+
+PathLike = Union[str, os.PathLike]
+
+
+def is_remote(path: PathLike) -> bool:
+    """``gs://``, ``s3://`` and friends: object stores, where a 'folder' is a name prefix."""
+    return "://" in os.fspath(path)
+
+
+def as_path(path: PathLike) -> epath.Path:
+    """The epath of a user-given path; local ones absolute."""
+    p = epath.Path(path)
+    return p if is_remote(path) else epath.Path(os.path.abspath(os.fspath(path)))
+
+
+def write_text_atomically(path: PathLike, text: str) -> None:
+    """A whole file or none: written beside the target, then renamed (on object stores an upload is atomic
+    already, so it is written in place)."""
+    p = as_path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if is_remote(path):
+        p.write_text(text, encoding="utf-8")
+        return
+    tmp = p.parent / f".{p.name}.tmp{os.getpid()}"
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(p)
