@@ -200,7 +200,7 @@ def test_sigterm_saves_then_exits_143(files, tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-2000:]
     saved = [int(p.name) for p in (tmp_path / "w/checkpoints").iterdir() if p.name.isdigit()]
-    assert saved and saved[0] >= 3 and "SIGTERM" in err
+    assert saved and saved[0] >= 3 and "SIGTERM" in err, err[-3000:]
 
 
 @pytest.mark.slow

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("absl", "jax._src", "orbax"):
+    for noisy in ("absl", "jax._src", "orbax", "fsspec", "gcsfs", "google", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for handler in logging.getLogger().handlers:  # gin logs every search-path miss at ERROR level
         handler.addFilter(lambda record: "/gin/" not in record.pathname.replace("\\", "/"))

@@ -200,6 +200,9 @@ def _restore_params_from(state_dir: epath.Path, abstract_params: Any) -> Any:
     return restored["params"]
 
 
+_SMALL_STACK, _MIN_CHUNK = 4 * 2**20, 2**20  # Orbax warns of chunks under 1 MiB
+
+
 def layer_chunked_save_args(tree: Any) -> Any:
     """Orbax save arguments that store each layer of a scanned stack (an array under a ``layers`` key, the
     layer on axis 0) as chunks of its own, so reading one layer (export, surgery) touches one layer's bytes,
@@ -210,7 +213,8 @@ def layer_chunked_save_args(tree: Any) -> Any:
         shape = getattr(leaf, "shape", ())
         if "layers" in keys and len(shape) >= 2 and shape[0] > 1:
             layer_bytes = int(np.prod(shape[1:])) * np.dtype(leaf.dtype).itemsize
-            return ocp.SaveArgs(chunk_byte_size=max(layer_bytes, np.dtype(leaf.dtype).itemsize), shard_axes=(0,))
+            if layer_bytes * shape[0] > _SMALL_STACK:  # a small stack is cheap to read whole
+                return ocp.SaveArgs(chunk_byte_size=max(layer_bytes, _MIN_CHUNK), shard_axes=(0,))
         return ocp.SaveArgs()
 
     return jax.tree_util.tree_map_with_path(args, tree)

@@ -205,8 +205,9 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
                 window = _accumulate(window, metrics, step)
                 window_steps += 1
                 bar.update(1)
+                stop = sigterm.raised  # read once: a signal landing later in this step is seen at the next one
                 log_now = step % tcfg.log_every == 0 or step == tcfg.num_steps
-                save_now = step % tcfg.checkpoint_every == 0 or step == tcfg.num_steps or sigterm.raised
+                save_now = step % tcfg.checkpoint_every == 0 or step == tcfg.num_steps or stop
                 if not (log_now or save_now):
                     continue
                 with _host_sync():  # the only host reads of the step's results: log and save steps
@@ -233,7 +234,7 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
                         window_start, window_steps, window = time.perf_counter(), 0, None
                     if save_now:
                         checkpointer.save(step, state, data_iter.get_state(), force=True)
-                    if sigterm.raised:
+                    if stop:
                         checkpointer.wait()
                         log.warning("SIGTERM: saved step %d to %s; exiting", step, checkpointer.directory)
                         raise Preempted(EXIT_PREEMPTED)
