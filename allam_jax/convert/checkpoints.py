@@ -80,8 +80,12 @@ def export_to_hf(ckpt: str, cfg: ModelConfig, out: str, tokenizer: Optional[str]
     try:
         names = len(hf_tensor_order(cfg))
         bar = tqdm(total=names, desc="export", unit="tensor", disable=not progress)
-        tensors = ((bar.update(1) or pair) for pair in params_to_hf(params, cfg, np_dtype))
-        write_safetensors(tensors, cfg, target, np_dtype, max_shard_bytes)
+        def counted():
+            for pair in params_to_hf(params, cfg, np_dtype):
+                yield pair
+                bar.update(1)
+
+        write_safetensors(counted(), cfg, target, np_dtype, max_shard_bytes)
         bar.close()
         (target / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}) + "\n")
         if tokenizer is not None:
