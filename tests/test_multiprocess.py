@@ -84,3 +84,53 @@ def _write(tmp_path):
     p = tmp_path / "t.txt"
     p.write_text("some english text for the test\n" * 20)
     return p
+
+
+def _start(n: int, gin: Path, workdir: Path, steps: int) -> list[subprocess.Popen]:
+    port = _free_port()
+    procs = []
+    for i in range(n):
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // n}", TF_CPP_MIN_LOG_LEVEL="3",
+                   JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "allam_jax", "train", f"--gin_file={gin}", f"--workdir={workdir}",
+             f"--gin_bindings=TrainerConfig.num_steps = {steps}", f"--coordinator_address=localhost:{port}",
+             f"--num_processes={n}", f"--process_id={i}", "--distributed_timeout=120"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    return procs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [2, 4])
+def test_sigterm_to_one_process_saves_one_agreed_step_on_all(setup, n):
+    """SIGTERM to the last process only: every process stops after saving the same step (JAX's preemption
+    sync point), exits 143, and the restart continues with the losses of a run that never stopped."""
+    import json
+    import re
+    import signal
+    import time
+
+    d, gin, _ = setup
+    workdir = d / f"preempt{n}"
+    procs = _start(n, gin, workdir, 5000)
+    deadline = time.time() + 300
+    while len(losses(workdir) if (workdir / "metrics.jsonl").exists() else {}) < 3:
+        assert all(p.poll() is None for p in procs), procs[0].communicate()[1][-3000:]
+        assert time.time() < deadline, "the run logged no step 3"
+        time.sleep(0.1)
+    procs[-1].send_signal(signal.SIGTERM)
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [143] * n, [e[-1500:] for e in errs]
+    saved = {int(m) for e in errs for m in re.findall(r"SIGTERM: saved step (\d+)", e)}
+    assert len(saved) == 1 and all("SIGTERM: saved step" in e for e in errs), [e[-1500:] for e in errs]
+    step = saved.pop()
+    assert (workdir / "checkpoints" / str(step)).is_dir()
+    assert not [p for p in (workdir / "checkpoints").iterdir() if "tmp" in p.name]
+    _train(n, gin, workdir, step + 3)
+    _train(1, gin, d / f"straight{n}", step + 3)
+    want, got = losses(d / f"straight{n}"), {}
+    for line in (workdir / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        got[row["step"]] = row["loss"]  # the restart's rows come last
+    for s in range(step + 1, step + 4):
+        assert got[s] == pytest.approx(want[s], rel=1e-5), s

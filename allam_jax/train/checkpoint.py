@@ -113,6 +113,10 @@ class Checkpointer:
         aside = self.directory / f"unreadable-{step}-{time.strftime('%Y%m%d-%H%M%S')}"
         if jax.process_index() == 0:
             (self.directory / str(step)).rename(aside)
+        if jax.process_count() > 1:  # every process failed on the same files: none reloads before the rename
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"allam-move-aside-{step}")
         self.manager.reload()
         return aside
 

@@ -100,12 +100,22 @@ def _accumulate(window: Optional[dict[str, jax.Array]], metrics: dict[str, jax.A
     return out
 
 
-class _SigtermFlag:
+class _Preemption:
+    """Where a stop request comes from. One process: its own SIGTERM handler (a flag read between steps).
+    Several: JAX's preemption service, whose handler catches SIGTERM in whichever process gets it and tells
+    the others; :meth:`reached` turns True on every process at the same step (the largest step any has
+    reached, plus one), so all save that one step together. Held until the last save is written."""
+
     def __init__(self):
+        from jax._src import distributed
+
+        self.shared = jax.process_count() > 1 and distributed.global_state.preemption_sync_manager is not None
         self.raised = False
         self._previous = None
 
     def __enter__(self):
+        if self.shared:  # a Python handler would replace JAX's, and the other processes would never hear of it
+            return self
         try:
             self._previous = signal.signal(signal.SIGTERM, self._handler)
         except ValueError:  # not the main thread: leave signals alone
@@ -114,6 +124,14 @@ class _SigtermFlag:
 
     def _handler(self, signum, frame):
         self.raised = True
+
+    def reached(self, step: int) -> bool:
+        """Whether to save ``step`` and stop; every process must ask at every step."""
+        if self.shared:
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.raised
 
     def __exit__(self, *exc):
         if self._previous is not None:
@@ -173,12 +191,12 @@ def _train_in_workdir(exp: Experiment, program, partitioner: Partitioner, workdi
     writer = MetricsWriter(str(workdir_path), enabled=is_main, tensorboard=tcfg.tensorboard)
     bar = tqdm(total=tcfg.num_steps, initial=start, disable=not (tcfg.progress_bar and is_main), desc="train", unit="step",
                mininterval=0.1 if sys.stderr.isatty() else 10.0)
-    with _SigtermFlag() as sigterm:  # held until the last save is written: a late SIGTERM must not cut it
-        return _run_steps(exp, program, partitioner, data_iter, state, start, checkpointer, writer, bar, sigterm)
+    with _Preemption() as preemption:  # held until the last save is written: a late SIGTERM must not cut it
+        return _run_steps(exp, program, partitioner, data_iter, state, start, checkpointer, writer, bar, preemption)
 
 
 def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, state, start: int, checkpointer, writer, bar,
-               sigterm: _SigtermFlag) -> dict[str, float]:
+               preemption: _Preemption) -> dict[str, float]:
     tcfg = exp.trainer
     step_fn, batch_sharding = program.step_fn, program.batch_sharding
     languages = list(getattr(exp.data, "languages", [])) or [str(i) for i in range(exp.step.num_languages)]
@@ -205,7 +223,7 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
                 window = _accumulate(window, metrics, step)
                 window_steps += 1
                 bar.update(1)
-                stop = sigterm.raised  # read once: a signal landing later in this step is seen at the next one
+                stop = preemption.reached(step)  # once: a signal landing later in this step is seen at the next
                 log_now = step % tcfg.log_every == 0 or step == tcfg.num_steps
                 save_now = step % tcfg.checkpoint_every == 0 or step == tcfg.num_steps or stop
                 if not (log_now or save_now):
