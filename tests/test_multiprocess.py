@@ -17,7 +17,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train(n: int, gin: Path, workdir: Path, steps: int) -> None:
+def _train(n: int, gin: Path, workdir: Path, steps: int, mesh: str = "") -> None:
     port = _free_port()
     procs = []
     for i in range(n):
@@ -25,6 +25,8 @@ def _train(n: int, gin: Path, workdir: Path, steps: int) -> None:
                    JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
         args = [sys.executable, "-m", "allam_jax", "train", f"--gin_file={gin}", f"--workdir={workdir}",
                 f"--gin_bindings=TrainerConfig.num_steps = {steps}"]
+        if mesh:
+            args.append(f"--gin_bindings=PartitioningConfig.mesh_shape = {mesh}")
         if n > 1:
             args += [f"--coordinator_address=localhost:{port}", f"--num_processes={n}", f"--process_id={i}",
                      "--distributed_timeout=120"]
@@ -134,3 +136,30 @@ def test_sigterm_to_one_process_saves_one_agreed_step_on_all(setup, n):
         got[row["step"]] = row["loss"]  # the restart's rows come last
     for s in range(step + 1, step + 4):
         assert got[s] == pytest.approx(want[s], rel=1e-5), s
+
+
+@pytest.mark.slow
+def test_seqio_checkpoint_moves_between_1_2_and_4_processes(tmp_path):
+    """On the seqio mixture with ``SeqioData.data_shards = 4``: written by 2 processes, continued by 4, finished
+    by 1 (each with its own mesh over 8 devices), the run logs the straight single-process run's losses."""
+    from helpers import bundled_dir
+
+    b = bundled_dir()
+    gin = tmp_path / "seqio.gin"
+    gin.write_text("\n".join([
+        "include 'models/tiny.gin'", "include 'data/ar_en_translated.gin'",
+        f"CorpusPaths.en = ['{b / 'en.txt'}']", f"CorpusPaths.ar = ['{b / 'ar.txt'}']",
+        f"CorpusPaths.parallel = ['{b / 'parallel.jsonl'}']", "SeqioData.data_shards = 4",
+        "SeqioData.rate_unit = 'examples'", "SeqioData.shuffle_buffer = 200",
+        "ModelConfig.d_model = 32", "ModelConfig.mlp_dim = 64", "TrainerConfig.batch_size = 8",
+        "TrainerConfig.seq_len = 64", "TrainerConfig.log_every = 1", "TrainerConfig.checkpoint_every = 2",
+        "TrainerConfig.progress_bar = False", "TrainerConfig.tensorboard = False",
+        "TrainerConfig.async_checkpointing = False"]) + "\n")
+    _train(1, gin, tmp_path / "straight", 6)
+    _train(2, gin, tmp_path / "moved", 2, mesh="(2, 2, 2)")
+    _train(4, gin, tmp_path / "moved", 4, mesh="(4, 2, 1)")
+    _train(1, gin, tmp_path / "moved", 6, mesh="(1, 4, 2)")
+    want, got = losses(tmp_path / "straight"), losses(tmp_path / "moved")
+    assert sorted(got) == list(range(1, 7))
+    for step in range(1, 7):
+        assert got[step] == pytest.approx(want[step], rel=2e-5), step

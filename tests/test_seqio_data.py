@@ -378,3 +378,38 @@ def test_a_skipped_line_is_reported_once_however_often_the_data_is_read(tmp_path
             assert len(list(iter_documents([str(path)], None, CleaningConfig()))) == 2
     assert caplog.text.count(f"skipping {path}:2") == 1
     assert caplog.text.count("1 malformed line(s) skipped") == 1
+
+
+def test_data_shards_give_the_same_global_batches_on_any_process_count(bundled):
+    """With ``data_shards = 4`` the global batch (process batches stacked in process order) is the same for
+    1, 2 and 4 processes, and so is a resume from a state saved under another process count; with the
+    default (one shard per process) it is not, which is what the setting is for."""
+    data = _data(bundled, rate_unit="examples", data_shards=4)
+
+    def global_batches(processes: int, state=None, n: int = 3) -> list[np.ndarray]:
+        its = [data.make_iterator(64, 8, p, processes) for p in range(processes)]
+        if state is not None:
+            for it in its:
+                it.set_state(state)
+        out = []
+        for _ in range(n):
+            parts = [next(it) for it in its]
+            out.append(np.concatenate([p["targets"] for p in parts]))
+        return out
+
+    one = global_batches(1, n=4)
+    for processes in (2, 4):
+        got = global_batches(processes)
+        assert all(np.array_equal(a, b) for a, b in zip(one, got)), processes
+    state = data.make_iterator(64, 8, 0, 2).get_state() | {"batches": 1}
+    assert state["data_shards"] == 4
+    resumed = global_batches(4, state, n=3)
+    assert all(np.array_equal(a, b) for a, b in zip(one[1:], resumed))
+    per_process = _data(bundled, rate_unit="examples")
+    a = next(per_process.make_iterator(64, 8, 0, 1))["targets"]
+    b = np.concatenate([next(per_process.make_iterator(64, 8, p, 2))["targets"] for p in range(2)])
+    assert not np.array_equal(a, b)
+    with pytest.raises(ConfigError, match="data_shards = 4 cannot be split over 8 processes"):
+        data.make_iterator(64, 8, 0, 8)
+    with pytest.raises(ConfigError, match="data_shards = 3 must be 0 or a positive divisor of the batch size 8"):
+        _data(bundled, data_shards=3).make_iterator(64, 8)

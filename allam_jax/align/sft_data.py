@@ -12,7 +12,7 @@ import seqio
 import tensorflow as tf
 
 from allam_jax.align.chat import ChatError, ChatTemplate, encode_conversation
-from allam_jax.data.pipeline import SeqioBatchIterator
+from allam_jax.data.pipeline import DataShards, SeqioBatchIterator
 from allam_jax.data.sources import DataError, TrainSource, expand_patterns
 from allam_jax.data.tasks import LANGUAGES
 from allam_jax.data.language import arabic_fraction
@@ -72,6 +72,7 @@ class SftData:
     epochs: Optional[int] = None
     seed: int = 0
     shuffle_buffer: int = 10_000
+    data_shards: int = 0  # as SeqioData.data_shards
     languages: Sequence[str] = LANGUAGES
 
     def __post_init__(self):
@@ -133,9 +134,7 @@ class SftData:
 
     def make_iterator(self, seq_len: int, batch_size: int, process_index: int = 0,
                       process_count: int = 1) -> SeqioBatchIterator:
-        if batch_size % process_count:
-            raise ConfigError(f"batch size {batch_size} is not divisible by the process count {process_count}")
+        shards = DataShards.of(self.data_shards, batch_size, process_index, process_count, "SftData")
         vocab = get_vocabulary(self.vocabulary)
         self.register(vocab, seq_len)
-        return SeqioBatchIterator(SFT_TASK, vocab, seq_len, batch_size // process_count, self.seed,
-                                  seqio.ShardInfo(process_index, process_count), num_epochs=self.epochs)
+        return SeqioBatchIterator(SFT_TASK, vocab, seq_len, shards, self.seed, num_epochs=self.epochs)

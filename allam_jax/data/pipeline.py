@@ -18,7 +18,7 @@ import dataclasses
 import gc
 import logging
 import weakref
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import seqio
@@ -50,6 +50,7 @@ class SeqioData:
     seed: int = 0
     shuffle_buffer: int = 10_000
     languages: Sequence[str] = tasks_lib.LANGUAGES
+    data_shards: int = 0  # a multiple of every process count the run may use keeps its batches across slices
 
     def build(self, seq_len: int) -> tuple[seqio.Vocabulary, dict[str, float]]:
         """Registers the tasks and the mixture; returns the vocabulary and the expected token shares."""
@@ -73,11 +74,9 @@ class SeqioData:
 
     def make_iterator(self, seq_len: int, batch_size: int, process_index: int = 0,
                       process_count: int = 1) -> "SeqioBatchIterator":
-        if batch_size % process_count:
-            raise ConfigError(f"batch size {batch_size} is not divisible by the process count {process_count}")
+        shards = DataShards.of(self.data_shards, batch_size, process_index, process_count, "SeqioData")
         vocab, shares = self.build(seq_len)
-        return SeqioBatchIterator(self.mixture, vocab, seq_len, batch_size // process_count, self.seed,
-                                  seqio.ShardInfo(process_index, process_count), shares)
+        return SeqioBatchIterator(self.mixture, vocab, seq_len, shards, self.seed, shares)
 
 
 def to_model_batch(ex: Mapping[str, tf.Tensor], bos: int) -> dict[str, tf.Tensor]:
@@ -98,6 +97,54 @@ def to_model_batch(ex: Mapping[str, tf.Tensor], bos: int) -> dict[str, tf.Tensor
         "lang_id": unshift(ex["lang"]),
         "task_id": unshift(ex["task"]),
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class DataShards:
+    """How the global batch is cut. The source is split into ``count`` shards, each packed into its own
+    stream of ``global_batch / count`` rows; global batch ``b`` is batch ``b`` of every shard, stacked in shard
+    order, and a process reads the consecutive shards whose rows it holds. So the batches depend on ``count``
+    and never on the number of processes: a run moves to a slice with another process count (any divisor of
+    ``count``) and sees the same global batches. ``data_shards = 0`` means one shard per process (the fewest
+    pipelines; the order then changes with the process count)."""
+
+    count: int
+    global_batch: int
+    process_index: int = 0
+    process_count: int = 1
+
+    @classmethod
+    def of(cls, data_shards: int, global_batch: int, process_index: int, process_count: int,
+           owner: str) -> "DataShards":
+        if global_batch % process_count:
+            raise ConfigError(f"batch size {global_batch} is not divisible by the process count {process_count}")
+        count = data_shards or process_count
+        if data_shards < 0 or global_batch % count:
+            raise ConfigError(f"{owner}.data_shards = {data_shards} must be 0 or a positive divisor of the batch "
+                              f"size {global_batch}")
+        if count % process_count:
+            raise ConfigError(f"{owner}.data_shards = {count} cannot be split over {process_count} processes: use a "
+                              "multiple of every process count the run may use (e.g. 64)")
+        return cls(count, global_batch, process_index, process_count)
+
+    @property
+    def rows(self) -> int:
+        """Rows of the global batch from one shard."""
+        return self.global_batch // self.count
+
+    @property
+    def mine(self) -> range:
+        per = self.count // self.process_count
+        return range(self.process_index * per, (self.process_index + 1) * per)
+
+
+def sharded_batches(make: Callable[[seqio.ShardInfo, int], tf.data.Dataset], shards: DataShards) -> tf.data.Dataset:
+    """This process's rows of each global batch: ``make(shard, rows)`` per owned shard, zipped and stacked."""
+    parts = [make(seqio.ShardInfo(i, shards.count), shards.rows) for i in shards.mine]
+    if len(parts) == 1:
+        return parts[0]
+    return tf.data.Dataset.zip(tuple(parts)).map(
+        lambda *batches: {k: tf.concat([b[k] for b in batches], axis=0) for k in batches[0]})
 
 
 def packed_dataset(mixture: str, vocab: seqio.Vocabulary, seq_len: int, local_batch: int, seed: int,
@@ -127,11 +174,10 @@ def _close_live_iterators() -> None:
 class SeqioBatchIterator:
     """Iterates packed numpy batches; the position is the number of batches taken."""
 
-    def __init__(self, mixture: str, vocab: seqio.Vocabulary, seq_len: int, local_batch: int, seed: int,
-                 shard: seqio.ShardInfo, expected_shares: Optional[Mapping[str, float]] = None,
-                 num_epochs: Optional[int] = None):
-        self.mixture, self.vocab, self.seq_len, self.local_batch = mixture, vocab, seq_len, local_batch
-        self.seed, self.shard, self.num_epochs = seed, shard, num_epochs
+    def __init__(self, mixture: str, vocab: seqio.Vocabulary, seq_len: int, shards: DataShards, seed: int,
+                 expected_shares: Optional[Mapping[str, float]] = None, num_epochs: Optional[int] = None):
+        self.mixture, self.vocab, self.seq_len, self.shards = mixture, vocab, seq_len, shards
+        self.seed, self.num_epochs = seed, num_epochs
         self.expected_shares = dict(expected_shares or {})
         self.languages = tasks_lib.LANGUAGES
         self.batches = 0
@@ -142,12 +188,13 @@ class SeqioBatchIterator:
         self._it = None
 
     def _make(self, skip: int = 0):
-        ds = packed_dataset(self.mixture, self.vocab, self.seq_len, self.local_batch, self.seed, self.shard,
-                            self.num_epochs)
+        ds = sharded_batches(lambda shard, rows: packed_dataset(self.mixture, self.vocab, self.seq_len, rows,
+                                                                self.seed, shard, self.num_epochs), self.shards)
         return iter(ds.skip(skip).as_numpy_iterator())
 
     def get_state(self) -> dict:
-        return {"batches": int(self.batches), "seed": int(self.seed), "mixture": self.mixture}
+        return {"batches": int(self.batches), "seed": int(self.seed), "mixture": self.mixture,
+                "data_shards": self.shards.count}
 
     def set_state(self, state: Mapping) -> None:
         if "batches" not in state:
@@ -156,6 +203,10 @@ class SeqioBatchIterator:
         if state.get("mixture", self.mixture) != self.mixture or int(state.get("seed", self.seed)) != self.seed:
             log.warning("data state was saved for mixture %s seed %s; now %s seed %s: the data order changes",
                         state.get("mixture"), state.get("seed"), self.mixture, self.seed)
+        if int(state.get("data_shards", self.shards.count)) != self.shards.count:
+            log.warning("data state was saved with %s data shards, now %d: the batches after step %s differ from "
+                        "the run's own (set SeqioData.data_shards to keep them across process counts)",
+                        state.get("data_shards"), self.shards.count, state.get("batches"))
         self.batches = int(state["batches"])
         self._it = self._make(self.batches)
 
