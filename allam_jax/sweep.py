@@ -20,17 +20,17 @@ import re
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from allam_jax.core.errors import ConfigError
+from allam_jax.core.paths import as_path, write_text_atomically
 
 _SECTION = re.compile(r"^\[([A-Za-z0-9_.-]+)\]$")
 
 
 def read_variants(path: str) -> dict[str, list[str]]:
     """``{name: [binding, ...]}`` in file order; bindings may span lines (gin's own continuation rules)."""
-    p = Path(path)
+    p = as_path(path)
     if not p.is_file():
         raise FileNotFoundError(f"variants file not found: {path}")
     variants: dict[str, list[str]] = {}
@@ -68,10 +68,10 @@ def launcher_command(launcher: str, gin_files: Sequence[str], bindings: Sequence
     return cmd
 
 
-def last_metrics(workdir: Path) -> dict:
+def last_metrics(workdir: str) -> dict:
     from allam_jax.train.metrics import read_metrics
 
-    rows = read_metrics(str(workdir)) if (workdir / "metrics.jsonl").exists() else []
+    rows = read_metrics(str(workdir)) if (as_path(workdir) / "metrics.jsonl").exists() else []
     return rows[-1] if rows else {}
 
 
@@ -110,7 +110,7 @@ def run_sweep(gin_files: Sequence[str], variants: dict[str, list[str]], root: st
         print(f"== variant {name}: {workdir}", flush=True)
         code = runner(gin_files, all_bindings, workdir)
         rows.append({"variant": name, "workdir": workdir, "returncode": code,
-                     "metrics": last_metrics(Path(workdir))})
+                     "metrics": last_metrics(workdir)})
         if code != 0:
             print(f"variant {name} failed with exit code {code}; going on with the next", file=sys.stderr)
     return rows
@@ -127,6 +127,5 @@ def summary_table(rows: list[dict]) -> str:
 
 
 def write_summary(rows: list[dict], root: str) -> None:
-    Path(root).mkdir(parents=True, exist_ok=True)
-    (Path(root) / "sweep.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (Path(root) / "sweep.md").write_text(summary_table(rows) + "\n")
+    write_text_atomically(as_path(root) / "sweep.json", json.dumps(rows, indent=2) + "\n")
+    write_text_atomically(as_path(root) / "sweep.md", summary_table(rows) + "\n")

@@ -63,16 +63,17 @@ def _sampling(args: argparse.Namespace):
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from allam_jax.gin_setup import load_generator
     from allam_jax.core.errors import ConfigError
 
     texts = list(args.prompt)
     if args.prompts_file:
-        if not Path(args.prompts_file).is_file():
+        from allam_jax.core.paths import as_path
+
+        if not as_path(args.prompts_file).is_file():
             raise FileNotFoundError(f"prompts file not found: {args.prompts_file}")
-        texts += [line for line in Path(args.prompts_file).read_text(encoding="utf-8").splitlines() if line.strip()]
+        texts += [line for line in as_path(args.prompts_file).read_text(encoding="utf-8").splitlines() if line.strip()]
     if not texts:
         raise ConfigError("no prompt: give --prompt TEXT (repeatable) or --prompts_file FILE")
     sampling = _sampling(args)

@@ -58,7 +58,7 @@ def markdown(report: dict) -> str:
 
 
 def write_report(report: dict, out: str) -> None:
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    path.with_suffix(".md").write_text(markdown(report), encoding="utf-8")
+    from allam_jax.core.paths import write_text_atomically
+
+    write_text_atomically(out, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomically(str(out).removesuffix(".json") + ".md", markdown(report))

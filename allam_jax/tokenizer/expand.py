@@ -8,13 +8,13 @@ model's rows for the pieces that the *base* tokenizer splits the new piece's sur
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from allam_jax.core.errors import CheckpointError
+from allam_jax.core.paths import as_path
 from allam_jax.core.params import abstract_params_as_saved, restore_params, write_params_checkpoint
 from allam_jax.core.partitioning import Partitioner
 from allam_jax.tokenizer import INIT_METHODS
@@ -112,7 +112,7 @@ def expand_checkpoint(ckpt: str, base_tokenizer: str, merged_tokenizer: str, out
     """
     base, merged = load_proto(base_tokenizer), load_proto(merged_tokenizer)
     check_extends(base, merged, base_tokenizer, merged_tokenizer)
-    if Path(out).exists():
+    if as_path(out).exists():
         raise TokenizerError(f"output already exists: {out}")
     partitioner = Partitioner.create()  # every device on fsdp: no host holds the whole model
     params = restore_params(ckpt, abstract_params_as_saved(ckpt, partitioner))
