@@ -210,3 +210,27 @@ def test_expand_on_eight_sharded_devices_matches_one(toks, tmp_path):
     eight = ocp.StandardCheckpointer().restore(tmp_path / "eight/0/state", target)["params"]
     for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(eight)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+def test_train_reads_globs_streaming_and_samples(tmp_path, monkeypatch):
+    """``--input`` takes globs; documents stream into SentencePiece (no temporary copy of the corpus is
+    written) and at most ``max_sentences`` of them, a random sample, train it; the result says how many."""
+    import tempfile
+
+    from helpers import bundled_dir
+
+    lines = (bundled_dir() / "en.txt").read_text(encoding="utf-8").splitlines()[:900]
+    for i in range(3):
+        (tmp_path / f"part{i}.txt").write_text("\n".join(lines[i * 300:(i + 1) * 300]) + "\n", encoding="utf-8")
+
+    def no_temp(*args, **kwargs):
+        raise AssertionError("the corpus was copied to a temporary file")
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", no_temp)
+    monkeypatch.setattr(tempfile, "mkstemp", no_temp)
+    info = train_tokenizer([str(tmp_path / "part*.txt")], 400, str(tmp_path / "t.model"), max_sentences=500)
+    assert info["files"] == 3 and info["documents"] == 900 and info["sampled"] == 500
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "t.model"))
+    assert sp.get_piece_size() == 400 and sp.decode(sp.encode(lines[0])) == lines[0]
+    with pytest.raises(TokenizerError, match="no input file matches .*nothing"):
+        train_tokenizer([str(tmp_path / "nothing*.txt")], 400, str(tmp_path / "u.model"))

@@ -17,14 +17,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t = tok.add_parser("train", help="train a SentencePiece BPE model (Llama-2 conventions)",
                        description="Train SentencePiece BPE with byte fallback and split digits on normalised text.")
     t.add_argument("--input", nargs="+", required=True, metavar="FILE",
-                   help="text files: .txt (a document per line) or .jsonl with a 'text' field")
+                   help="text files or globs, local or gs:// ('gs://b/ar/*.txt'): .txt (a document per line) or "
+                   ".jsonl with a 'text' field; read streaming, nothing copied to local disk")
     t.add_argument("--vocab_size", type=int, required=True, help="number of pieces, specials and 256 bytes included")
     t.add_argument("--out", required=True, help="path of the .model file to write")
     t.add_argument("--keep_tatweel", action="store_true", help="keep tatweel/kashida (removed by default)")
     t.add_argument("--strip_diacritics", action="store_true", help="remove Arabic diacritics (kept by default)")
     t.add_argument("--character_coverage", type=float, default=0.9995,
                    help="share of characters covered by pieces; the rest use byte fallback (default 0.9995)")
-    t.add_argument("--max_sentences", type=int, default=2_000_000, help="sample at most this many lines")
+    t.add_argument("--max_sentences", type=int, default=2_000_000, help="train on a uniform random sample of at most this many documents (default 2M; the output "
+                   "says how many it used)")
     m = tok.add_parser("merge", help="append new pieces to a base model; base ids unchanged",
                        description="Merge through the SentencePiece protobuf: base pieces keep id, score and type; "
                        "new Arabic pieces are appended; the size is padded.")
@@ -62,7 +64,8 @@ def run_train(args: argparse.Namespace) -> int:
     info = train_tokenizer(args.input, args.vocab_size, args.out, remove_tatweel=not args.keep_tatweel,
                            strip_diacritics=args.strip_diacritics, character_coverage=args.character_coverage,
                            max_sentences=args.max_sentences)
-    print(f"wrote {info['out']}: {info['vocab_size']:,} pieces from {info['documents']:,} documents")
+    print(f"wrote {info['out']}: {info['vocab_size']:,} pieces, trained on {info['sampled']:,} of "
+          f"{info['documents']:,} documents from {info['files']} file(s)")
     return 0
 
 

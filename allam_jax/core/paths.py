@@ -34,3 +34,17 @@ def write_text_atomically(path: PathLike, text: str) -> None:
     tmp = p.parent / f".{p.name}.tmp{os.getpid()}"
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(p)
+
+
+def glob(pattern: str) -> list[str]:
+    """The files a pattern matches (``*``, ``?``, ``[...]``, ``**``), local or ``gs://``, sorted; a pattern
+    without wildcards is itself when it exists. Matching nothing gives ``[]`` (callers name the pattern)."""
+    first = min((i for i, c in enumerate(pattern) if c in "*?["), default=-1)
+    if first < 0:
+        return [pattern] if as_path(pattern).exists() else []
+    cut = pattern.rfind("/", 0, first)
+    base, rest = (pattern[:cut] or "/", pattern[cut + 1:]) if cut >= 0 else (".", pattern)
+    if not as_path(base).is_dir():
+        return []
+    found = sorted(str(p) for p in as_path(base).glob(rest) if p.is_file())
+    return found if is_remote(pattern) or os.path.isabs(pattern) else [os.path.relpath(p) for p in found]
