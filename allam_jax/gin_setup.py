@@ -40,11 +40,12 @@ def _register_seqio_configurables() -> None:
     from allam_jax.align.preference_data import DpoData
     from allam_jax.objectives.dpo import DpoConfig
     from allam_jax.align.sft_data import SftData
-    from allam_jax.data.pipeline import SeqioData
+    from allam_jax.data.pipeline import MixtureSchedule, SeqioData
     from allam_jax.data.sources import CleaningConfig, ParallelRendering
     from allam_jax.data.tasks import CorpusPaths
 
-    for cls in (SeqioData, CleaningConfig, ParallelRendering, CorpusPaths, ChatTemplate, SftData, DpoData, DpoConfig):
+    for cls in (SeqioData, MixtureSchedule, CleaningConfig, ParallelRendering, CorpusPaths, ChatTemplate, SftData,
+                DpoData, DpoConfig):
         gin.external_configurable(cls, cls.__name__)
     _SEQIO_REGISTERED = True
 
@@ -62,8 +63,8 @@ def register(*classes: type) -> None:
             gin.external_configurable(cls, cls.__name__)
 
 
-_SEQIO_NAMES = ("SeqioData", "CleaningConfig", "ParallelRendering", "CorpusPaths", "ChatTemplate", "SftData", "DpoData",
-                "DpoConfig")
+_SEQIO_NAMES = ("SeqioData", "MixtureSchedule", "CleaningConfig", "ParallelRendering", "CorpusPaths", "ChatTemplate",
+                "SftData", "DpoData", "DpoConfig")
 gin.constant("allam.DEFAULT_GIN_DIR", str(REPO_GIN_DIR))
 
 

@@ -413,3 +413,54 @@ def test_data_shards_give_the_same_global_batches_on_any_process_count(bundled):
         data.make_iterator(64, 8, 0, 8)
     with pytest.raises(ConfigError, match="data_shards = 3 must be 0 or a positive divisor of the batch size 8"):
         _data(bundled, data_shards=3).make_iterator(64, 8)
+
+
+def test_mixture_schedule_switches_at_its_step_and_resumes_across_the_boundary(bundled):
+    """English only for 3 batches, then the mix; a resume from batch 2 (one before the boundary) continues
+    with the same batches as the straight run, across the boundary; bad schedules are one line."""
+    from allam_jax.data.pipeline import MixtureSchedule
+
+    schedule = MixtureSchedule(stages=[(0, {"en_pretrain": 1.0}),
+                                       (3, {"en_pretrain": 0.2, "ar_pretrain": 0.4, "translated_pretrain": 0.4})])
+    data = _data(bundled, rate_unit="examples", schedule=schedule)
+    it = data.make_iterator(64, 4)
+    straight = [next(it) for _ in range(6)]
+    tasks = [set(np.unique(b["task_id"][b["segment_ids"] > 0]).tolist()) for b in straight]
+    assert tasks[:3] == [{0}] * 3 and all(t - {0} for t in tasks[3:]), tasks
+    assert it.stage == 1 and it.get_state()["stage"] == 1
+    resumed = data.make_iterator(64, 4)
+    resumed.set_state({"batches": 2, "stage": 0, "stage_starts": [0, 3]})
+    for want in straight[2:]:
+        assert np.array_equal(next(resumed)["targets"], want["targets"])
+    with pytest.raises(ConfigError, match="must start at step 0 and rise strictly"):
+        MixtureSchedule(stages=[(5, {"en_pretrain": 1.0})])
+    with pytest.raises(ConfigError, match="non-empty list of"):
+        MixtureSchedule(stages=[{"en_pretrain": 1.0}])
+
+
+@pytest.mark.slow
+def test_staged_run_resumes_exactly_across_its_boundary(tmp_path):
+    """runs/tiny_cpu_staged.gin with the boundary moved to step 3: a run of 6 steps and a run of 2 +
+    restart + 4 log the same losses, bit for bit, and the metrics say the stage of each step."""
+    from helpers import allam, losses
+
+    b = bundled_dir()
+    common = ["--gin_file", "runs/tiny_cpu_staged.gin"]
+    for binding in ("MixtureSchedule.stages = [(0, {'en_pretrain': 1.0}), (3, {'en_pretrain': 0.4, "
+                    "'ar_pretrain': 0.35, 'translated_pretrain': 0.25})]", "TrainerConfig.log_every = 1",
+                    "TrainerConfig.checkpoint_every = 2", "TrainerConfig.batch_size = 4", "TrainerConfig.seq_len = 64",
+                    "ModelConfig.d_model = 32", "ModelConfig.mlp_dim = 64", "SeqioData.rate_unit = 'examples'",
+                    "SeqioData.shuffle_buffer = 200", "TrainerConfig.progress_bar = False",
+                    f"CorpusPaths.en = ['{b / 'en.txt'}']", f"CorpusPaths.ar = ['{b / 'ar.txt'}']",
+                    f"CorpusPaths.parallel = ['{b / 'parallel.jsonl'}']"):
+        common += ["--gin_bindings", binding]
+    for workdir, steps in (("straight", [6]), ("split", [2, 6])):
+        for n in steps:
+            r = allam("train", *common, "--workdir", str(tmp_path / workdir), "--gin_bindings",
+                      f"TrainerConfig.num_steps = {n}")
+            assert r.returncode == 0, r.stderr[-3000:]
+    assert "data stage 1 from batch 3" in r.stderr and "resumed from step 2" in r.stderr
+    straight, split = losses(tmp_path / "straight"), losses(tmp_path / "split")
+    assert [split[s] for s in range(1, 7)] == [straight[s] for s in range(1, 7)]
+    rows = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["data_stage"] for r in rows] == [0, 0, 0, 1, 1, 1]

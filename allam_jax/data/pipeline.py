@@ -14,6 +14,7 @@ the skipped data (seconds per million tokens here), never a different batch.
 from __future__ import annotations
 
 import atexit
+import bisect
 import dataclasses
 import gc
 import logging
@@ -37,6 +38,32 @@ DEFAULT_RATES = {"en_pretrain": 0.4, "ar_pretrain": 0.35, "translated_pretrain":
 
 
 @dataclasses.dataclass(frozen=True)
+class MixtureSchedule:
+    """Stages of one run (gin: ``MixtureSchedule``), e.g. the ALLaM-7B recipe, English first, then the mix::
+
+        MixtureSchedule.stages = [(0, {'en_pretrain': 1.0}),
+                                  (50000, {'en_pretrain': 0.4, 'ar_pretrain': 0.35, 'translated_pretrain': 0.25})]
+
+    From step ``start + 1`` on (``start`` batches taken), batches come from that stage's rates (``rate_unit``
+    as ``SeqioData``'s); one optimizer and learning-rate schedule run through every stage, and a resume lands
+    in the right stage at the right position."""
+
+    stages: Sequence[tuple[int, Mapping[str, float]]] = ()
+
+    def __post_init__(self):
+        starts = [s[0] if isinstance(s, (tuple, list)) and len(s) == 2 else None for s in self.stages]
+        if not self.stages or None in starts or not all(isinstance(s[1], Mapping) for s in self.stages):
+            raise ConfigError(f"MixtureSchedule.stages must be a non-empty list of (start step, rates dict), got "
+                              f"{list(self.stages)!r}")
+        if starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
+            raise ConfigError(f"MixtureSchedule.stages must start at step 0 and rise strictly, got starts {starts}")
+
+    @property
+    def starts(self) -> list[int]:
+        return [int(s[0]) for s in self.stages]
+
+
+@dataclasses.dataclass(frozen=True)
 class SeqioData:
     """The mixture to train on (gin: ``SeqioData``); ``make_iterator`` registers tasks and mixture."""
 
@@ -51,13 +78,17 @@ class SeqioData:
     shuffle_buffer: int = 10_000
     languages: Sequence[str] = tasks_lib.LANGUAGES
     data_shards: int = 0  # a multiple of every process count the run may use keeps its batches across slices
+    schedule: Optional["MixtureSchedule"] = None  # stages of rates by step; replaces ``rates`` when set
 
-    def build(self, seq_len: int) -> tuple[seqio.Vocabulary, dict[str, float]]:
-        """Registers the tasks and the mixture; returns the vocabulary and the expected token shares."""
+    def build(self, seq_len: int, rates: Optional[Mapping[str, float]] = None,
+              mixture: Optional[str] = None) -> tuple[seqio.Vocabulary, dict[str, float]]:
+        """Registers the tasks and the mixture (``rates`` under the name ``mixture``: default, the configured
+        ones); returns the vocabulary and the expected token shares."""
+        rates = self.rates if rates is None else rates
         vocab = get_vocabulary(self.vocabulary)
         registered = tasks_lib.register_tasks(self.paths, vocab, self.cleaning, self.rendering, seq_len,
                                               self.shuffle_buffer)
-        missing = [t for t in self.rates if t not in registered]
+        missing = [t for t in rates if t not in registered]
         if missing:
             raise ConfigError(f"SeqioData.rates names task(s) {missing} that have no files (CorpusPaths) or do not "
                               f"exist; tasks: {[t.name for t in tasks_lib.TASKS]}")
@@ -65,18 +96,26 @@ class SeqioData:
         if self.rate_unit == "tokens":  # measured once per process for the same tasks (sweeps, the recipe's arms)
             key = (self.vocabulary, repr(self.paths), repr(self.cleaning), repr(self.rendering), seq_len)
             mean_tokens = {}
-            for task in self.rates:
+            for task in rates:
                 if (task, key) not in _MEAN_TOKENS:
                     _MEAN_TOKENS[(task, key)] = tasks_lib.mean_tokens_per_example(task)
                 mean_tokens[task] = _MEAN_TOKENS[(task, key)]
-        shares = tasks_lib.register_mixture(self.mixture, self.rates, self.rate_unit, mean_tokens)
+        shares = tasks_lib.register_mixture(mixture or self.mixture, rates, self.rate_unit, mean_tokens)
         return vocab, shares
 
     def make_iterator(self, seq_len: int, batch_size: int, process_index: int = 0,
                       process_count: int = 1) -> "SeqioBatchIterator":
         shards = DataShards.of(self.data_shards, batch_size, process_index, process_count, "SeqioData")
-        vocab, shares = self.build(seq_len)
-        return SeqioBatchIterator(self.mixture, vocab, seq_len, shards, self.seed, shares)
+        if self.schedule is None:
+            vocab, shares = self.build(seq_len)
+            return SeqioBatchIterator(self.mixture, vocab, seq_len, shards, self.seed, shares)
+
+        def stage(index: int, start_batches: int) -> SeqioBatchIterator:
+            name = f"{self.mixture}_stage{index}"
+            vocab, shares = self.build(seq_len, self.schedule.stages[index][1], name)
+            return SeqioBatchIterator(name, vocab, seq_len, shards, self.seed, shares, start_batches=start_batches)
+
+        return StagedBatchIterator(stage, self.schedule.starts, get_vocabulary(self.vocabulary))
 
 
 def to_model_batch(ex: Mapping[str, tf.Tensor], bos: int) -> dict[str, tf.Tensor]:
@@ -175,13 +214,14 @@ class SeqioBatchIterator:
     """Iterates packed numpy batches; the position is the number of batches taken."""
 
     def __init__(self, mixture: str, vocab: seqio.Vocabulary, seq_len: int, shards: DataShards, seed: int,
-                 expected_shares: Optional[Mapping[str, float]] = None, num_epochs: Optional[int] = None):
+                 expected_shares: Optional[Mapping[str, float]] = None, num_epochs: Optional[int] = None,
+                 start_batches: int = 0):
         self.mixture, self.vocab, self.seq_len, self.shards = mixture, vocab, seq_len, shards
         self.seed, self.num_epochs = seed, num_epochs
         self.expected_shares = dict(expected_shares or {})
         self.languages = tasks_lib.LANGUAGES
-        self.batches = 0
-        self._it = self._make()
+        self.batches = start_batches
+        self._it = self._make(start_batches)
         _LIVE.add(self)
 
     def close(self) -> None:
@@ -220,3 +260,57 @@ class SeqioBatchIterator:
             batch = next(self._it)
         self.batches += 1
         return batch
+
+
+class StagedBatchIterator:
+    """The batches of a :class:`MixtureSchedule`: each stage's own iterator, opened when the stage begins (or
+    at its position on a resume); the position is the number of batches taken over all stages."""
+
+    def __init__(self, open_stage: Callable[[int, int], SeqioBatchIterator], starts: Sequence[int],
+                 vocab: seqio.Vocabulary):
+        self._open, self.starts, self.vocab = open_stage, list(starts), vocab
+        self.languages = tasks_lib.LANGUAGES
+        self.batches = 0
+        self._index: Optional[int] = None
+        self._current: Optional[SeqioBatchIterator] = None
+
+    def _stage_of(self, batch: int) -> int:
+        return bisect.bisect_right(self.starts, batch) - 1
+
+    @property
+    def stage(self) -> int:
+        """The stage of the last batch taken (of the next one before any is taken)."""
+        return self._stage_of(max(self.batches - 1, 0))
+
+    def __iter__(self) -> "StagedBatchIterator":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        index = self._stage_of(self.batches)
+        if index != self._index:
+            if self._current is not None:
+                self._current.close()
+            self._current = self._open(index, self.batches - self.starts[index])
+            self._index = index
+            log.info("data stage %d from batch %d", index, self.batches)
+        batch = next(self._current)
+        self.batches += 1
+        return batch
+
+    def get_state(self) -> dict:
+        state = self._current.get_state() if self._current is not None else {}
+        return {**state, "batches": int(self.batches), "stage": self._stage_of(self.batches), "stage_starts": self.starts}
+
+    def set_state(self, state: Mapping) -> None:
+        if "batches" not in state:
+            raise ConfigError(f"data state {dict(state)} is not from the seqio pipeline (it has no 'batches')")
+        if list(state.get("stage_starts", self.starts)) != self.starts:
+            log.warning("data state was saved for stages starting at %s, now %s: stages change where they begin",
+                        state.get("stage_starts"), self.starts)
+        if self._current is not None:
+            self._current.close()
+        self.batches, self._index, self._current = int(state["batches"]), None, None
+
+    def close(self) -> None:
+        if self._current is not None:
+            self._current.close()

@@ -247,6 +247,8 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
                             for i, lang in enumerate(languages[: exp.step.num_languages]):
                                 if sums["lang"][1, i] > 0:
                                     last[f"loss/{lang}"] = float(sums["lang"][0, i] / sums["lang"][1, i])
+                        if getattr(data_iter, "stage", None) is not None:  # a staged mixture says where it is
+                            last["data_stage"] = float(data_iter.stage)
                         writer.write(step, last)
                         bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
                         window_start, window_steps, window = time.perf_counter(), 0, None
