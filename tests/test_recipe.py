@@ -181,6 +181,9 @@ def test_bad_arms_file_and_stage_names(tmp_path):
         Recipe(RecipeConfig(), str(tmp_path / "w")).run(stop_after="train")
     with pytest.raises(ConfigError, match="stage_bindings: unknown stage"):
         RecipeConfig(stage_bindings={"eval": []})
+    r = allam("recipe", "--workdir=gs://bucket/recipe", "--stop_after=data")
+    assert r.returncode == 2 and "needs a local --workdir, got gs://bucket/recipe" in r.stderr.strip().splitlines()[-1]
+    assert not Path("gs:").exists()
 
 
 def test_stage_plans_build_typed_experiments_and_user_bindings_win(tmp_path):

@@ -46,6 +46,12 @@ def run_recipe(args: argparse.Namespace) -> int:
     from allam_jax.recipe import HeldoutConfig, RecipeConfig
     from allam_jax.recipe.stages import Recipe
 
+    from allam_jax.core.errors import ConfigError
+    from allam_jax.core.paths import is_remote
+
+    if is_remote(args.workdir):  # SentencePiece, matplotlib and the notebooks want local files
+        raise ConfigError(f"allam recipe runs on one machine and needs a local --workdir, got {args.workdir} (copy "
+                          "the finished workdir to a bucket afterwards; `allam train` itself takes gs:// workdirs)")
     files = (args.gin_file or ["recipes/tiny_cpu.gin"]) + (["recipes/tiny_cpu_quick.gin"] if args.quick else [])
     gin_setup.register(RecipeConfig, HeldoutConfig)
     gin_setup.parse(files, args.gin_bindings)
