@@ -309,6 +309,31 @@ def test_deb_extraction_rejects_non_debs(tmp_path):
         extract_deb(fake, tmp_path / "out")
 
 
+@pytest.mark.parametrize("compression", ["zstd", "xz", "gzip"])
+def test_deb_extraction_handles_every_compression_debian_ships(tmp_path, compression):
+    """The hand-written unpacker rejected zstd data members (what Ubuntu ships); dpkg-deb -x reads them all.
+    Packages are built here with dpkg-deb --build, the file read back byte for byte."""
+    import shutil
+    import subprocess
+
+    from allam_jax.data.corpora import extract_deb
+
+    if not shutil.which("dpkg-deb"):
+        pytest.skip("dpkg-deb is not installed (the project's machines are Debian: it is)")
+    root = tmp_path / "pkg"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text("Package: allam-test\nVersion: 1.0\nArchitecture: all\n"
+                                              "Maintainer: t <t@example.org>\nDescription: test\n")
+    catalog = root / "usr/share/locale/ar/LC_MESSAGES/x.txt"
+    catalog.parent.mkdir(parents=True)
+    catalog.write_text("مرحبا hello\n", encoding="utf-8")
+    deb = tmp_path / f"x-{compression}.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", f"-Z{compression}", "--build", str(root), str(deb)], check=True,
+                   capture_output=True)
+    out = extract_deb(deb, tmp_path / "out")
+    assert (out / "usr/share/locale/ar/LC_MESSAGES/x.txt").read_bytes() == catalog.read_bytes()
+
+
 def test_sentencepiece_vocabulary_in_the_pipeline(bundled, tmp_path):
     """With a (merged-style) SentencePiece model, segments start with its BOS and decode back to real text
     exactly as sentencepiece itself encodes it."""

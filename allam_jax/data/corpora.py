@@ -127,10 +127,22 @@ def fetch_debs(deb_dir: str, packages: Iterable[str] = tuple(DEBS)) -> dict[str,
 
 
 def extract_deb(deb: Path, dest: Path) -> Path:
-    """Unpacks a .deb's ``data.tar.*`` (an ``ar`` archive member) into ``dest``; needs no dpkg."""
+    """Unpacks a .deb's files into ``dest`` with ``dpkg-deb -x`` (every compression Debian and Ubuntu ship,
+    zstd included); where dpkg-deb is missing, a reader of the ``ar`` archive's gzip/xz/plain ``data.tar``."""
+    with open(deb, "rb") as f:
+        if f.read(8) != b"!<arch>\n":
+            raise ValueError(f"{deb}: not a .deb (ar archive) file")
+    dest.mkdir(parents=True, exist_ok=True)
+    if shutil.which("dpkg-deb"):
+        r = subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise ValueError(f"{deb}: dpkg-deb -x failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
+        return dest
+    return _extract_deb_in_python(deb, dest)
+
+
+def _extract_deb_in_python(deb: Path, dest: Path) -> Path:
     data = deb.read_bytes()
-    if not data.startswith(b"!<arch>\n"):
-        raise ValueError(f"{deb}: not a .deb (ar archive) file")
     pos = 8
     while pos + 60 <= len(data):
         name = data[pos : pos + 16].decode().strip().rstrip("/")
@@ -138,7 +150,7 @@ def extract_deb(deb: Path, dest: Path) -> Path:
         body = data[pos + 60 : pos + 60 + size]
         if name.startswith("data.tar"):
             if name.endswith(".zst"):
-                raise ValueError(f"{deb}: zstd-compressed data; unpack it with dpkg -x instead")
+                raise ValueError(f"{deb}: zstd-compressed data and no dpkg-deb to unpack it (apt-get install dpkg)")
             raw = lzma.decompress(body) if name.endswith(".xz") else body
             mode = "r:gz" if name.endswith(".gz") else "r:"
             with tarfile.open(fileobj=io.BytesIO(raw), mode=mode) as tar:
