@@ -233,3 +233,20 @@ def test_tiny_sft_then_dpo_from_gin(tmp_path):
         "DpoData.require_reference": True, "TrainerConfig.num_steps": 3})
     assert losses(pre_dir)[1] == pytest.approx(first["loss"], abs=1e-4)
     assert losses(pre_dir)[3] == pytest.approx(losses(dpo_dir)[3], rel=1e-3), "same trajectory as the frozen copy"
+
+
+@pytest.mark.slow
+def test_sft_epochs_end_the_run_with_a_final_checkpoint(tmp_path):
+    """``SftData.epochs = 1`` on 40 conversations (a few packed batches of 4): the data runs out before ``num_steps``, and the run
+    stops after saving the last full step (its loss checked finite first)."""
+    import json
+
+    src = bundled_dir() / "sft_train.jsonl"
+    small = tmp_path / "sft40.jsonl"
+    small.write_text("\n".join(src.read_text(encoding="utf-8").splitlines()[:40]) + "\n", encoding="utf-8")
+    workdir, _ = _run_gin(tmp_path, "epoch", "runs/sft_tiny_cpu.gin", **{
+        "SftData.paths": json.dumps([str(small)]), "SftData.epochs": 1, "SftData.shuffle_buffer": 40,
+        "TrainerConfig.num_steps": 1000, "TrainerConfig.checkpoint_every": 1000, "TrainerConfig.init_from": None})
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    logged = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert steps and steps[-1] == logged[-1] < 1000 and steps[-1] >= 2

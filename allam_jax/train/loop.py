@@ -215,6 +215,7 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
                     log.info("the data ran out (all epochs done) before step %d; stopping", step)
                     if step - 1 > start:
                         with _host_sync():
+                            _check_finite(window, checkpointer)
                             checkpointer.save(step - 1, state, data_iter.get_state(), force=True)
                     break
                 batch = _global_batch(local_batch, batch_sharding)
@@ -229,12 +230,7 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
                 if not (log_now or save_now):
                     continue
                 with _host_sync():  # the only host reads of the step's results: log and save steps
-                    sums = jax.device_get(window)
-                    if sums["first_bad"] >= 0:
-                        raise NonFiniteLossError(
-                            f"loss is {float(sums['bad_loss'])} at step {int(sums['first_bad'])}; stopped without "
-                            f"saving this state "
-                            f"(last checkpoint: step {checkpointer.latest_step()})")
+                    sums = _check_finite(window, checkpointer)
                     if log_now:
                         metrics = jax.device_get(metrics)
                         elapsed = time.perf_counter() - window_start
@@ -263,6 +259,15 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
         writer.close()
         checkpointer.close()
     return last
+
+
+def _check_finite(window: Optional[dict[str, jax.Array]], checkpointer) -> dict:
+    """The window's sums on the host; a non-finite loss in it stops the run before anything is saved."""
+    sums = jax.device_get(window) if window is not None else {"first_bad": -1}
+    if sums["first_bad"] >= 0:
+        raise NonFiniteLossError(f"loss is {float(sums['bad_loss'])} at step {int(sums['first_bad'])}; stopped "
+                                 f"without saving this state (last checkpoint: step {checkpointer.latest_step()})")
+    return sums
 
 
 def _host_sync():
