@@ -251,5 +251,5 @@ def test_export_streams_tensors_with_memory_independent_of_model_size(tmp_path):
         with safe_open(str(tmp_path / f"hf{layers}" / index["weight_map"][last]), framework="numpy") as f:
             np.testing.assert_array_equal(f.get_tensor(last), params["layers"]["mlp"]["down"]["kernel"][-1].T)
     assert sizes[16] > 3 * sizes[4] and sizes[16] - sizes[4] > 180
-    assert growth[16] - growth[4] < 24, (growth, sizes)  # 192 MiB more model, nearly no more memory
+    assert growth[16] - growth[4] < 32, (growth, sizes)  # 192 MiB more model, nearly no more memory
     assert 0 < growth[16] < sizes[16] / 3, (growth, sizes)

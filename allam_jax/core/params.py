@@ -130,18 +130,26 @@ class StoredArray:
     it touches), with no device and nothing cached, so a tool can walk a model larger than any one chip or
     than host memory. ``np.asarray`` reads it whole."""
 
+    _context = None  # one TensorStore context for every array: its caches are shared, not one per array
+
     def __init__(self, directory: str, name: str, shape: tuple[int, ...], dtype: Any):
         self.directory, self.name, self.shape, self.dtype = directory, name, tuple(shape), dtype
+        self._store = None
 
     def _open(self):
+        if self._store is not None:
+            return self._store
         import tensorstore as ts
         from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
 
+        if StoredArray._context is None:
+            StoredArray._context = ts_utils.get_ts_context(use_ocdbt=True)
         failures = []
         for driver in ("zarr", "zarr3"):  # Orbax writes zarr (v2) by default; zarr3 when asked to
             spec = {"driver": driver, "kvstore": ts_utils.build_kvstore_tspec(self.directory, name=self.name)}
             try:
-                return ts.open(spec, open=True, read=True, context=ts_utils.get_ts_context(use_ocdbt=True)).result()
+                self._store = ts.open(spec, open=True, read=True, context=StoredArray._context).result()
+                return self._store
             except ValueError as e:
                 failures.append(first_line(e, 160))
         raise CheckpointError(f"cannot read {self.name} in {self.directory}: {failures[-1]}")
