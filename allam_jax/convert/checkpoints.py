@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Optional
 
 import jax
@@ -15,7 +14,7 @@ from allam_jax.convert.hf_llama import (ConversionError, SafetensorsReader, conf
                                         write_tokenizer_files)
 from allam_jax.core.params import (abstract_params, count_params, on_one_device, restore_params, stored_params,
                                     write_params_checkpoint)
-from allam_jax.core.paths import as_path, is_remote
+from allam_jax.core.paths import as_path, staged_dir
 from allam_jax.model import Decoder, ModelConfig
 
 _DTYPES = {"float32": np.float32, "bfloat16": jax.numpy.bfloat16}
@@ -75,11 +74,10 @@ def export_to_hf(ckpt: str, cfg: ModelConfig, out: str, tokenizer: Optional[str]
     if out_path.exists():
         raise ConversionError(f"output already exists: {out}")
     params = stored_params(ckpt, abstract_params(Decoder(cfg)))
-    target = out_path if is_remote(out) else out_path.parent / f"{out_path.name}.tmp{os.getpid()}"
-    target.mkdir(parents=True, exist_ok=True)
-    try:
+    with staged_dir(out) as target:
         names = len(hf_tensor_order(cfg))
         bar = tqdm(total=names, desc="export", unit="tensor", disable=not progress)
+
         def counted():
             for pair in params_to_hf(params, cfg, np_dtype):
                 yield pair
@@ -91,11 +89,5 @@ def export_to_hf(ckpt: str, cfg: ModelConfig, out: str, tokenizer: Optional[str]
         if tokenizer is not None:
             write_tokenizer_files(tokenizer, target, cfg.max_seq_len)
         (target / "config.json").write_text(json.dumps(hf_config_from(cfg, dtype), indent=2) + "\n")
-        if target != out_path:
-            target.rename(out_path)
-    except BaseException:
-        if target != out_path and target.exists():
-            target.rmtree()
-        raise
     count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params, is_leaf=lambda x: hasattr(x, "shape")))
     return {"out": str(out_path), "params": count, "dtype": dtype}

@@ -10,7 +10,6 @@ naming a mismatched array. Layout read: ``DIR/<step>/state`` (what the trainer a
 from __future__ import annotations
 
 import logging
-import os
 import re
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -24,7 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from allam_jax.core.abandoned_reads import reading
 from allam_jax.core.errors import CheckpointError, first_line
-from allam_jax.core.paths import as_path, is_remote
+from allam_jax.core.paths import as_path, staged_dir
 
 if TYPE_CHECKING:
     from allam_jax.core.partitioning import Partitioner
@@ -236,9 +235,7 @@ def write_params_checkpoint(out: str, params: Any, sidecars: Optional[dict[str, 
     out_path = as_path(out)
     if out_path.exists():
         raise CheckpointError(f"output already exists: {out}")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    target = out_path if is_remote(out) else out_path.parent / f"{out_path.name}.tmp{os.getpid()}"
-    try:
+    with staged_dir(out) as target:
         writer = ocp.StandardCheckpointer()
         item = {"params": params}
         writer.save(target / "0" / "state", item, save_args=layer_chunked_save_args(item))
@@ -246,12 +243,6 @@ def write_params_checkpoint(out: str, params: Any, sidecars: Optional[dict[str, 
         writer.close()
         for name, text in (sidecars or {}).items():
             (target / name).write_text(text, encoding="utf-8")
-        if target != out_path:
-            target.rename(out_path)
-    except BaseException:
-        if target != out_path and target.exists():
-            target.rmtree()
-        raise
     return out_path
 
 

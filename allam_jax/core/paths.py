@@ -4,8 +4,9 @@ are kept as given. ``pathlib`` stays for the repository's own files (gin_configs
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Union
+from typing import Iterator, Union
 
 from etils import epath
 
@@ -23,17 +24,39 @@ def as_path(path: PathLike) -> epath.Path:
     return p if is_remote(path) else epath.Path(os.path.abspath(os.fspath(path)))
 
 
-def write_text_atomically(path: PathLike, text: str) -> None:
+def write_bytes_atomically(path: PathLike, data: bytes) -> None:
     """A whole file or none: written beside the target, then renamed (on object stores an upload is atomic
     already, so it is written in place)."""
     p = as_path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     if is_remote(path):
-        p.write_text(text, encoding="utf-8")
+        p.write_bytes(data)
         return
     tmp = p.parent / f".{p.name}.tmp{os.getpid()}"
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_bytes(data)
     tmp.replace(p)
+
+
+def write_text_atomically(path: PathLike, text: str) -> None:
+    write_bytes_atomically(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def staged_dir(out: PathLike) -> Iterator[epath.Path]:
+    """The folder to write an output directory into, all or nothing: locally a sibling renamed to ``out`` on
+    success and removed on failure; on an object store (no directory rename) ``out`` itself, so the caller
+    writes its completion marker last."""
+    out_path = as_path(out)
+    target = out_path if is_remote(out) else out_path.parent / f"{out_path.name}.tmp{os.getpid()}"
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        yield target
+        if target != out_path:
+            target.rename(out_path)
+    except BaseException:
+        if target != out_path and target.exists():
+            target.rmtree()
+        raise
 
 
 def glob(pattern: str) -> list[str]:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as spm_pb2
 
 from allam_jax.core.errors import TokenizerError
-from allam_jax.core.paths import as_path, is_remote
+from allam_jax.core.paths import as_path, write_bytes_atomically
 
 ModelProto = spm_pb2.ModelProto
 Piece = spm_pb2.ModelProto.SentencePiece
@@ -41,11 +40,4 @@ def processor_from_proto(proto: ModelProto) -> spm.SentencePieceProcessor:
 
 def write_proto_atomically(proto: ModelProto, out: str) -> None:
     """Writes next to the target then renames: a crash never leaves half a model."""
-    out_path = as_path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    if is_remote(out):  # an object upload is whole or absent already
-        out_path.write_bytes(proto.SerializeToString())
-        return
-    tmp = out_path.parent / f".{out_path.name}.tmp{os.getpid()}"
-    tmp.write_bytes(proto.SerializeToString())
-    tmp.replace(out_path)
+    write_bytes_atomically(out, proto.SerializeToString())

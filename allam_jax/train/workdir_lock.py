@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from allam_jax.core.errors import WorkdirLocked
+from allam_jax.core.paths import is_remote
 
 LOCK_NAME = ".allam-train.lock"
 
@@ -51,7 +52,7 @@ def _stale(holder: Optional[dict], path: Path) -> bool:
 def workdir_lock(workdir: str, enabled: bool = True) -> Iterator[None]:
     """Holds ``WORKDIR/.allam-train.lock`` for the duration; ``enabled=False`` (processes other than 0 of a
     multi-process run, which share process 0's lock) and a cloud-storage workdir do nothing."""
-    if not enabled or "://" in workdir:  # object stores (gs://) have no exclusive create to build this on
+    if not enabled or is_remote(workdir):  # object stores (gs://) have no exclusive create to build this on
         yield
         return
     path = Path(workdir) / LOCK_NAME
