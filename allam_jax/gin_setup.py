@@ -40,12 +40,13 @@ def _register_seqio_configurables() -> None:
     from allam_jax.align.preference_data import DpoData
     from allam_jax.objectives.dpo import DpoConfig
     from allam_jax.align.sft_data import SftData
+    from allam_jax.data.cached_pipeline import CachedData
     from allam_jax.data.pipeline import MixtureSchedule, SeqioData
     from allam_jax.data.sources import CleaningConfig, ParallelRendering
     from allam_jax.data.tasks import CorpusPaths
 
     for cls in (SeqioData, MixtureSchedule, CleaningConfig, ParallelRendering, CorpusPaths, ChatTemplate, SftData,
-                DpoData, DpoConfig):
+                DpoData, DpoConfig, CachedData):
         gin.external_configurable(cls, cls.__name__)
     _SEQIO_REGISTERED = True
 
@@ -64,7 +65,7 @@ def register(*classes: type) -> None:
 
 
 _SEQIO_NAMES = ("SeqioData", "MixtureSchedule", "CleaningConfig", "ParallelRendering", "CorpusPaths", "ChatTemplate",
-                "SftData", "DpoData", "DpoConfig")
+                "SftData", "DpoData", "DpoConfig", "CachedData")
 gin.constant("allam.DEFAULT_GIN_DIR", str(REPO_GIN_DIR))
 
 

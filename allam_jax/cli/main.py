@@ -50,7 +50,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         reexec_with_hugepages()
         signal.signal(signal.SIGTERM, raise_terminated)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "beam_passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.beam_args = unknown  # `allam data cache` hands the options it does not know to Apache Beam
     _configure_logging(args.log_level)
 
     from allam_jax.core.errors import CheckpointError, ConfigError, NonFiniteLossError

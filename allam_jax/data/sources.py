@@ -99,7 +99,7 @@ def expand_patterns(patterns: Sequence[str]) -> list[str]:
     return files
 
 
-def _records(path: str, cfg: CleaningConfig, stats: SourceStats) -> Iterator[tuple[int, object]]:
+def read_records(path: str, cfg: CleaningConfig, stats: SourceStats) -> Iterator[tuple[int, object]]:
     """``(line, record)`` with record a str (.txt) or a parsed JSON value (.jsonl); bad lines skipped/raised."""
     if path.startswith("tfds:"):
         yield from _tfds_records(path)
@@ -149,7 +149,7 @@ def _bad(cfg: CleaningConfig, stats: SourceStats, message: str) -> None:
         _say_once(f"skipping {message}")
 
 
-def _field(record: object, field: str, where: str, cfg: CleaningConfig, stats: SourceStats) -> Optional[str]:
+def record_field(record: object, field: str, where: str, cfg: CleaningConfig, stats: SourceStats) -> Optional[str]:
     if isinstance(record, str):
         return record
     value = record.get(field) if isinstance(record, dict) else None
@@ -159,20 +159,22 @@ def _field(record: object, field: str, where: str, cfg: CleaningConfig, stats: S
     return value
 
 
-def _clean(text: str, cfg: CleaningConfig) -> str:
+def clean_text(text: str, cfg: CleaningConfig) -> str:
+    """The normalisation every document gets (whitespace folded on one-line documents)."""
     if cfg.normalize:
         text = normalize_text(text, remove_tatweel=cfg.remove_tatweel, strip_diacritics=cfg.strip_diacritics)
     return " ".join(text.split()) if "\n" not in text else text.strip()
 
 
-def _keep(text: str, script: Optional[str], cfg: CleaningConfig) -> bool:
+def drop_reason(text: str, script: Optional[str], cfg: CleaningConfig) -> Optional[str]:
+    """Why a cleaned document is filtered out (``"length"`` or ``"script"``), or None to keep it."""
     if not cfg.min_chars <= len(text) <= cfg.max_chars:
-        return False
-    if script == "ar":
-        return arabic_fraction(text) >= cfg.min_script_ratio
-    if script == "en":
-        return arabic_fraction(text) <= 1.0 - cfg.min_script_ratio
-    return True
+        return "length"
+    if script == "ar" and arabic_fraction(text) < cfg.min_script_ratio:
+        return "script"
+    if script == "en" and arabic_fraction(text) > 1.0 - cfg.min_script_ratio:
+        return "script"
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,20 +214,20 @@ def iter_documents(files: Sequence[str], script: Optional[str], cfg: CleaningCon
     seen: set[bytes] = set()
     kept = 0
     for path in files:
-        for line_no, record in _records(path, cfg, stats):
+        for line_no, record in read_records(path, cfg, stats):
             where = f"{path}:{line_no}"
             if parallel is not None:
-                en = _field(record, "en", where, cfg, stats)
-                ar = _field(record, "ar", where, cfg, stats) if en is not None else None
+                en = record_field(record, "en", where, cfg, stats)
+                ar = record_field(record, "ar", where, cfg, stats) if en is not None else None
                 if en is None or ar is None:
                     continue
-                text = parallel.render(kept, _clean(en, cfg), _clean(ar, cfg))
+                text = parallel.render(kept, clean_text(en, cfg), clean_text(ar, cfg))
             else:
-                raw = _field(record, field, where, cfg, stats)
+                raw = record_field(record, field, where, cfg, stats)
                 if raw is None:
                     continue
-                text = _clean(raw, cfg)
-            if not _keep(text, script if parallel is None else None, cfg):
+                text = clean_text(raw, cfg)
+            if drop_reason(text, script if parallel is None else None, cfg):
                 stats.filtered += 1
                 continue
             if cfg.dedup:
@@ -289,5 +291,5 @@ class DocumentSource(TrainSource):
 
 __all__ = [
     "CleaningConfig", "DataError", "DocumentSource", "ParallelRendering", "SourceStats", "TrainSource",
-    "expand_patterns", "iter_documents",
+    "clean_text", "drop_reason", "expand_patterns", "iter_documents", "read_records", "record_field",
 ]

@@ -199,7 +199,8 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
                preemption: _Preemption) -> dict[str, float]:
     tcfg = exp.trainer
     step_fn, batch_sharding = program.step_fn, program.batch_sharding
-    languages = list(getattr(exp.data, "languages", [])) or [str(i) for i in range(exp.step.num_languages)]
+    languages = (list(getattr(data_iter, "languages", None) or getattr(exp.data, "languages", []))
+                 or [str(i) for i in range(exp.step.num_languages)])
     tokens_per_step = program.rows_per_step * tcfg.seq_len
     flops_per_step = exp.model.training_flops_per_token(tcfg.seq_len) * tokens_per_step
     peak = peak_flops_per_device(tcfg.peak_flops_per_device, exp.model.dtype) * jax.device_count()
