@@ -163,3 +163,33 @@ def test_seqio_checkpoint_moves_between_1_2_and_4_processes(tmp_path):
     assert sorted(got) == list(range(1, 7))
     for step in range(1, 7):
         assert got[step] == pytest.approx(want[step], rel=2e-5), step
+
+
+@pytest.mark.slow
+def test_cached_mixture_moves_between_1_2_and_4_processes(tmp_path):
+    """On cached tasks (``allam data cache``): written by 2 processes, continued by 4, finished by 1, the run logs
+    the straight single-process run's losses (each process reads only its rows of the global batch)."""
+    from allam_jax.data.cache_job import run_cache
+    from allam_jax.data.sources import CleaningConfig, ParallelRendering
+    from allam_jax.data.tasks import CorpusPaths
+    from helpers import bundled_dir
+
+    b = bundled_dir()
+    paths = CorpusPaths(en=[str(b / "en.txt")], ar=[str(b / "ar.txt")], parallel=[str(b / "parallel.jsonl")])
+    run_cache(str(tmp_path / "cached"), paths, "byte", CleaningConfig(min_chars=8), ParallelRendering(), num_shards=2)
+    gin = tmp_path / "cached.gin"
+    gin.write_text("\n".join([
+        "include 'models/tiny.gin'", "include 'data/cached_ar_en_translated.gin'",
+        f"CachedData.cache_dir = '{tmp_path / 'cached'}'",
+        "ModelConfig.d_model = 32", "ModelConfig.mlp_dim = 64", "TrainerConfig.batch_size = 8",
+        "TrainerConfig.seq_len = 64", "TrainerConfig.log_every = 1", "TrainerConfig.checkpoint_every = 2",
+        "TrainerConfig.progress_bar = False", "TrainerConfig.tensorboard = False",
+        "TrainerConfig.async_checkpointing = False"]) + "\n")
+    _train(1, gin, tmp_path / "straight", 6)
+    _train(2, gin, tmp_path / "moved", 2, mesh="(2, 2, 2)")
+    _train(4, gin, tmp_path / "moved", 4, mesh="(4, 2, 1)")
+    _train(1, gin, tmp_path / "moved", 6, mesh="(1, 4, 2)")
+    want, got = losses(tmp_path / "straight"), losses(tmp_path / "moved")
+    assert sorted(got) == list(range(1, 7))
+    for step in range(1, 7):
+        assert got[step] == pytest.approx(want[step], rel=2e-5), step
