@@ -254,6 +254,7 @@ def test_quick_recipe_writes_the_report(quick_recipe):
     report = (workdir / "report.md").read_text(encoding="utf-8")
     for section in ("## Claims", "## Vocabulary expansion", "## Training", "## Multiple choice", "## Alignment"):
         assert section in report
+    assert "The preference pairs are synthetic" in report  # the report does not pass them off as human data
     for name in ("fertility", "bpb_curves", "training_loss", "mc_accuracy", "dpo"):
         png = workdir / "plots" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

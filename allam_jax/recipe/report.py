@@ -21,6 +21,12 @@ FORGETTING_TOLERANCE = 0.05  # English may get at most 5% worse (relative bits p
 HOLDS, UNCLEAR, FAILS = "holds", "no clear difference", "does not hold"
 
 
+SYNTHETIC_PAIRS = ("The preference pairs are synthetic, made from the bundled parallel pairs "
+                   "(`align/bundled.py`): the chosen answer is the true translation; the rejected one is, in equal "
+                   "shares, the source echoed back untranslated, the translation with its words reversed, or the "
+                   "translation of another pair. They test that DPO learns a preference, not human preference data.")
+
+
 def final_bpb(run: dict, lang: str) -> float:
     return run["points"][-1]["bpb"][lang]
 
@@ -120,7 +126,8 @@ def claims(results: dict, fertility: list[dict], main: str = "full") -> list[dic
             verdict = UNCLEAR
         tax = {lang: final_bpb(dpo, lang) - final_bpb(full, lang) for lang in ("en", "ar")}
         out.append({"claim": "Alignment (SFT, then DPO) helps",
-                    "evidence": f"held-out preference pairs where the model's own log-probability favours the chosen "
+                    "evidence": f"held-out synthetic preference pairs (rejected: echoed source, reversed words or a "
+                                f"mismatched translation) where the model's own log-probability favours the chosen "
                                 f"answer: CPT {pref[main]['accuracy']:.2f} → SFT {pref['sft']['accuracy']:.2f} → DPO "
                                 f"{pref['dpo']['accuracy']:.2f} (gap {gap:+.2f}, 2 s.e. {two_se:.2f}); DPO's "
                                 f"held-out reward accuracy {h.get('rewards/accuracy', float('nan')):.2f}, margin "
@@ -304,6 +311,7 @@ def markdown(recipe: "Recipe", results: dict, fertility: list[dict], claim_rows:
                        for t in ("en_cloze", "ar_cloze", "translate", "chat_translate")] for r in order if r in runs]),
         "", "Cells: acc / acc_norm (log-likelihood per character).", "",
         "## Alignment", "", "![dpo](plots/dpo.png)", "",
+        SYNTHETIC_PAIRS, "",
     ]
     prefs = [(r, runs[r]["preference"]) for r in order if "preference" in runs.get(r, {})]
     if prefs:
