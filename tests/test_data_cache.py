@@ -279,3 +279,18 @@ def test_cli_errors_exit_2_with_one_line(cache, tmp_path):
               f"--workdir={tmp_path / 'w'}")
     assert r.returncode == 2, r.stderr[-2000:]
     assert r.stderr.strip().splitlines()[-1].startswith("allam: error: task translated_pretrain is not cached in")
+
+
+def test_inspect_reports_the_cached_mixture(cache, tmp_path):
+    """`allam data inspect` on CachedData: whole blocks of rows realise the rates exactly."""
+    d, _, _ = cache
+    gin = tmp_path / "g.gin"
+    gin.write_text("\n".join(["include 'runs/tiny_cpu_cached.gin'", f"CachedData.cache_dir = '{d / 'cached'}'",
+                              "CachedData.rates = {'en_pretrain': 0.5, 'ar_pretrain': 0.25, "
+                              "'translated_pretrain': 0.25}", "CachedData.block_rows = 32"]) + "\n")
+    r = allam("data", "inspect", f"--gin_file={gin}", "--batches=8", "--batch_size=8", "--seq_len=32", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads(r.stdout)
+    assert report["packing_efficiency"] == 1.0
+    assert {k: v["realised_share"] for k, v in report["tasks"].items()} == {
+        "en_pretrain": 0.5, "ar_pretrain": 0.25, "translated_pretrain": 0.25}

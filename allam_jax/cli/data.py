@@ -22,7 +22,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                               "realised token share per task and language next to the configured rates, with a "
                               "few decoded examples.")
     ins.add_argument("--gin_file", action="append", default=[], metavar="FILE",
-                     help="gin file(s) configuring SeqioData (default runs/tiny_cpu.gin)")
+                     help="gin file(s) configuring SeqioData or CachedData (default runs/tiny_cpu.gin)")
     ins.add_argument("--gin_bindings", action="append", default=[], metavar="BINDING", help="extra gin binding")
     ins.add_argument("--mixture", default=None, help="the mixture to inspect (default: SeqioData.mixture)")
     ins.add_argument("--batches", type=int, default=50, help="number of batches to draw (default 50)")
@@ -116,6 +116,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
     from allam_jax import gin_setup
     from allam_jax.data.inspect import format_report, inspect_mixture
+    from allam_jax.data.cached_pipeline import CachedData
     from allam_jax.data.pipeline import SeqioData
     from allam_jax.core.errors import ConfigError
 
@@ -123,10 +124,11 @@ def run_inspect(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batches must be positive, got {args.batches}")
     gin_setup.parse(args.gin_file or ["runs/tiny_cpu.gin"], args.gin_bindings)
     exp = gin_setup.build_experiment()
-    if not isinstance(exp.data, SeqioData):
-        raise ConfigError(f"experiment.data is {type(exp.data).__name__}, not SeqioData: nothing to inspect")
+    if not isinstance(exp.data, (SeqioData, CachedData)):
+        raise ConfigError(f"experiment.data is {type(exp.data).__name__}, not SeqioData or CachedData: nothing to "
+                          "inspect")
     data = exp.data
-    if args.mixture and args.mixture != data.mixture:
+    if args.mixture and args.mixture != getattr(data, "mixture", None):
         raise ConfigError(f"unknown mixture {args.mixture!r}: the gin config defines {data.mixture!r} "
                           "(set SeqioData.mixture and SeqioData.rates to define another)")
     report = inspect_mixture(dataclasses.replace(data), args.seq_len or exp.trainer.seq_len,

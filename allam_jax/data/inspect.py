@@ -8,12 +8,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from allam_jax.data import tasks as tasks_lib
-from allam_jax.data.pipeline import SeqioData
 
 
-def inspect_mixture(data: SeqioData, seq_len: int, batch_size: int, num_batches: int, num_examples: int = 3,
+def inspect_mixture(data, seq_len: int, batch_size: int, num_batches: int, num_examples: int = 3,
                     progress: bool = True) -> dict:
-    """Draws ``num_batches`` packed batches; returns realised token shares per task and language, packing
+    """Draws ``num_batches`` packed batches of a ``SeqioData`` or ``CachedData``; returns realised token shares per task and language, packing
     efficiency, and the first ``num_examples`` segments decoded."""
     it = data.make_iterator(seq_len, batch_size)
     task_tokens = np.zeros(len(tasks_lib.TASKS))
@@ -42,7 +41,7 @@ def inspect_mixture(data: SeqioData, seq_len: int, batch_size: int, num_batches:
     total = task_tokens.sum()
     configured: Mapping[str, float] = it.expected_shares
     return {
-        "mixture": data.mixture,
+        "mixture": getattr(data, "mixture", None) or f"cached tasks in {getattr(data, 'cache_dir', '?')}",
         "batches": num_batches,
         "tokens": int(total),
         "packing_efficiency": float(total / (num_batches * batch_size * seq_len)),
