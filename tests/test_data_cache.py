@@ -294,3 +294,35 @@ def test_inspect_reports_the_cached_mixture(cache, tmp_path):
     assert report["packing_efficiency"] == 1.0
     assert {k: v["realised_share"] for k, v in report["tasks"].items()} == {
         "en_pretrain": 0.5, "ar_pretrain": 0.25, "translated_pretrain": 0.25}
+
+
+@pytest.mark.slow
+def test_cli_caches_the_bundled_corpora_and_trains_on_them(tmp_path):
+    """`allam data cache` with its default runner (Beam's DirectRunner, worker processes) on the bundled
+    corpora, then `allam train` on the cached mixture: 3 steps, a restart to 5, equal to a straight 5."""
+    from helpers import losses
+
+    b = bundled_dir()
+    corpus = [f"--gin_bindings=CorpusPaths.{k} = ['{b / f}']"
+              for k, f in (("en", "en.txt"), ("ar", "ar.txt"), ("parallel", "parallel.jsonl"))]
+    r = allam("data", "cache", "--gin_file=runs/tiny_cpu.gin", *corpus, f"--out={tmp_path / 'cached'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    for task in ("en_pretrain", "ar_pretrain", "translated_pretrain"):
+        stats = json.loads((tmp_path / "cached" / task / "stats.train.json").read_text())
+        assert stats["examples"] > 1000 and f"{task}" in r.stdout
+    gin = tmp_path / "run.gin"
+    gin.write_text("\n".join([
+        "include 'runs/tiny_cpu_cached.gin'", f"CachedData.cache_dir = '{tmp_path / 'cached'}'",
+        "ModelConfig.d_model = 32", "ModelConfig.mlp_dim = 64", "TrainerConfig.batch_size = 4",
+        "TrainerConfig.seq_len = 64", "TrainerConfig.log_every = 1", "TrainerConfig.checkpoint_every = 3",
+        "TrainerConfig.progress_bar = False", "TrainerConfig.tensorboard = False",
+        "PartitioningConfig.mesh_shape = (1, 1, 1)"]) + "\n")
+    for workdir, steps in (("straight", 5), ("resumed", 3), ("resumed", 5)):
+        r = allam("train", f"--gin_file={gin}", f"--workdir={tmp_path / workdir}",
+                  f"--gin_bindings=TrainerConfig.num_steps = {steps}")
+        assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from step 3" in r.stderr
+    want, got = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
+    assert sorted(got) == list(range(1, 6)) and "loss/ar" in (tmp_path / "resumed" / "metrics.jsonl").read_text()
+    for step in range(1, 6):
+        assert got[step] == pytest.approx(want[step], rel=1e-6), step
