@@ -147,10 +147,11 @@ class TaskStream:
     def _order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """(records in this epoch's order, token offset where each starts)."""
         if epoch not in self._epochs:
-            n = self.task.num_records
-            blocks = np.arange(0, n, self.block_records)
+            n, size = self.task.num_records, self.block_records
             rng = np.random.default_rng([self.seed, _TASK_IDS.get(self.task.name, 99), epoch])
-            order = np.concatenate([np.arange(b, min(b + self.block_records, n)) for b in rng.permutation(blocks)])
+            blocks = rng.permutation(-(-n // size))
+            order = (blocks[:, None] * size + np.arange(size)).ravel()
+            order = order[order < n]  # the last block may be short
             starts = np.concatenate([[0], np.cumsum(self.task.lengths[order])[:-1]])
             self._epochs[epoch] = (order, starts)
             if len(self._epochs) > 2:
