@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from allam_jax.align.chat import ChatError, ChatTemplate, encode_conversation
 from allam_jax.data.pipeline import DataShards, SeqioBatchIterator
+from allam_jax.core.paths import as_path
 from allam_jax.data.sources import DataError, TrainSource, expand_patterns
 from allam_jax.data.tasks import LANGUAGES
 from allam_jax.data.language import arabic_fraction
@@ -39,7 +40,7 @@ class SkipReport:
 
 def read_jsonl(path: str, on_error: str, report: SkipReport) -> Iterator[tuple[int, dict]]:
     """``(line, object)`` of a JSONL file; malformed lines skipped and counted, or fatal."""
-    with tf.io.gfile.GFile(path, "rb") as f:
+    with as_path(path).open("rb") as f:
         for line_no, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8").strip()

@@ -2,7 +2,7 @@
 
 Reading happens in Python (not in TF ops) so that every problem can name its file and line, bad lines
 can be skipped and counted, and exact de-duplication can keep a set of hashes. Paths go through
-``tf.io.gfile``, so ``gs://`` patterns work as local ones do.
+``etils.epath`` (:mod:`allam_jax.core.paths`), so ``gs://`` patterns work as local ones do.
 
 A source string is one of::
 
@@ -26,6 +26,7 @@ from typing import Iterator, Optional, Sequence
 import seqio
 import tensorflow as tf
 
+from allam_jax.core import paths
 from allam_jax.data.language import arabic_fraction
 from allam_jax.core.errors import ConfigError, DataError
 from allam_jax.data.normalize import normalize_text
@@ -90,7 +91,7 @@ def expand_patterns(patterns: Sequence[str]) -> list[str]:
         if pattern.startswith("tfds:"):
             files.append(pattern)
             continue
-        matched = sorted(tf.io.gfile.glob(pattern))
+        matched = paths.glob(pattern)
         if not matched:
             raise DataError(f"data file not found: {pattern}")
         files.extend(matched)
@@ -105,7 +106,7 @@ def read_records(path: str, cfg: CleaningConfig, stats: SourceStats) -> Iterator
         yield from _tfds_records(path)
         return
     is_jsonl = path.endswith((".jsonl", ".json"))
-    with tf.io.gfile.GFile(path, "rb") as f:
+    with paths.as_path(path).open("rb") as f:
         for line_no, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8").strip()
@@ -274,7 +275,7 @@ class DocumentSource(TrainSource):
                  parallel: Optional[ParallelRendering] = None, field: str = "text"):
         self._files = expand_patterns(patterns)
         for path in self._files:
-            if not path.startswith("tfds:") and tf.io.gfile.stat(path).length == 0:
+            if not path.startswith("tfds:") and paths.as_path(path).stat().length == 0:
                 raise DataError(f"data file is empty: {path}")
         self._script, self._cleaning, self._parallel, self._field = script, cleaning, parallel, field
         super().__init__(lambda shard: tf.data.Dataset.from_generator(
