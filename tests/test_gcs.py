@@ -1,13 +1,15 @@
 """``gs://`` end to end against a Cloud Storage emulator started here on 127.0.0.1 (gcs_emulator.py):
 train -> SIGKILL -> resume with the workdir, the data and TensorBoard in a bucket; ``init_from`` a bucket;
-``convert to-hf`` from a bucket checkpoint with a bucket tokenizer, into a bucket. Nothing may land in a local
+``convert to-hf`` from a bucket checkpoint with a bucket tokenizer, into a bucket; ``allam data cache`` from a
+bucket corpus into a bucket cache, and training on it and on the bucket corpus. Nothing may land in a local
 ``gs:`` folder.
 
 Which clients reach the emulator: etils.epath through gcsfs (``EPATH_USE_TF=false``; on a real VM epath uses
 TensorFlow's GCS client, whose endpoint is fixed to Google's servers and cannot be pointed at an emulator),
 Orbax's TensorStore (``TENSORSTORE_GCS_HTTP_URL``) and tensorboardX (google-cloud-storage,
-``STORAGE_EMULATOR_HOST``). seqio reads training text with tf.data, i.e. TensorFlow's GCS client, so the
-seqio pipeline on ``gs://`` data is the one path not exercised here.
+``STORAGE_EMULATOR_HOST``). Training text (the seqio sources, SFT files, the cached tasks) and the Beam cache
+job's reads and writes go through epath too, so both data pipelines are exercised on a bucket; ``tfds:``
+sources (TensorFlow's GCS client) are not.
 """
 
 from __future__ import annotations
@@ -162,3 +164,53 @@ def test_train_kill_resume_init_from_and_export_in_a_bucket(bucket, tmp_path):
     assert not (work / "gs:").exists() and not (repo / "gs:").exists()
     steps = [p.rsplit("/", 1)[-1] for p in fs.ls("allam-test/runs/a/checkpoints", detail=False)]
     assert max(int(s) for s in steps if s.isdigit()) == 12
+
+
+def test_cache_job_and_both_pipelines_on_a_bucket(bucket, tmp_path):
+    """`allam data cache` reads a bucket corpus and writes the cache to the bucket (Beam worker processes,
+    gcsfs): the same bytes as a local cache of the same files; training on the bucket cache logs the local
+    cache's losses; the on-the-fly seqio pipeline trains on the bucket corpus too."""
+    fs, env = bucket
+    work = tmp_path / "cwd"
+    work.mkdir()
+    local = corpus_files(tmp_path / "corpus", en_docs=120, ar_docs=400)
+    for f in local:
+        fs.put(f, f"allam-test/corpus/{Path(f).name}")
+
+    def corpus(root: str) -> list[str]:
+        return ["--gin_file=runs/tiny_cpu.gin", f"--gin_bindings=CorpusPaths.en = ['{root}/en.txt']",
+                f"--gin_bindings=CorpusPaths.ar = ['{root}/ar.txt']", "--gin_bindings=CorpusPaths.parallel = []"]
+
+    r = _allam(env, work, "data", "cache", *corpus("gs://allam-test/corpus"), "--out=gs://allam-test/cache")
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = _allam(env, work, "data", "cache", *corpus(str(tmp_path / "corpus")), f"--out={tmp_path / 'cache'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    for task in ("en_pretrain", "ar_pretrain"):
+        for f in sorted((tmp_path / "cache" / task).glob("train.*")):
+            with fs.open(f"allam-test/cache/{task}/{f.name}", "rb") as g:
+                assert g.read() == f.read_bytes(), f.name
+        assert fs.exists(f"allam-test/cache/{task}/COMPLETED")
+
+    def train(workdir: str, *bindings: str) -> dict:
+        gin = tmp_path / "cached.gin"
+        gin.write_text("\n".join([
+            "include 'models/tiny.gin'", "include 'data/cached_ar_en_translated.gin'",
+            "CachedData.rates = {'en_pretrain': 0.5, 'ar_pretrain': 0.5}",
+            "ModelConfig.d_model = 32", "ModelConfig.mlp_dim = 64", "PartitioningConfig.mesh_shape = (1, 1, 1)",
+            "TrainerConfig.batch_size = 4", "TrainerConfig.seq_len = 64", "TrainerConfig.log_every = 1",
+            "TrainerConfig.num_steps = 3", "TrainerConfig.progress_bar = False",
+            "TrainerConfig.tensorboard = False"]) + "\n")
+        r = _allam(env, work, "train", f"--gin_file={gin}", f"--workdir={workdir}",
+                   *[f"--gin_bindings={b}" for b in bindings])
+        assert r.returncode == 0, r.stderr[-3000:]
+        return losses(workdir)
+
+    from_bucket = train(str(tmp_path / "w_bucket"), "CachedData.cache_dir = 'gs://allam-test/cache'")
+    from_local = train(str(tmp_path / "w_local"), f"CachedData.cache_dir = '{tmp_path / 'cache'}'")
+    assert from_bucket == from_local and sorted(from_bucket) == [1, 2, 3]
+    on_the_fly = train(str(tmp_path / "w_seqio"), "experiment.data = @SeqioData()",
+                       "SeqioData.rates = {'en_pretrain': 0.5, 'ar_pretrain': 0.5}", "SeqioData.paths = @CorpusPaths()",
+                       "CorpusPaths.en = ['gs://allam-test/corpus/en.txt']",
+                       "CorpusPaths.ar = ['gs://allam-test/corpus/ar.txt']", "CorpusPaths.parallel = []")
+    assert sorted(on_the_fly) == [1, 2, 3]
+    assert not (work / "gs:").exists()
