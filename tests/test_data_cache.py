@@ -326,3 +326,38 @@ def test_cli_caches_the_bundled_corpora_and_trains_on_them(tmp_path):
     assert sorted(got) == list(range(1, 6)) and "loss/ar" in (tmp_path / "resumed" / "metrics.jsonl").read_text()
     for step in range(1, 6):
         assert got[step] == pytest.approx(want[step], rel=1e-6), step
+
+
+def test_cache_reads_tfds_and_jsonl_sources(tmp_path, monkeypatch):
+    """A TFDS dataset prepared locally (the ``tfds:NAME@SPLIT#FIELD`` spec) and a JSONL file with a text field
+    go through the Beam job like text files."""
+    import tensorflow_datasets as tfds
+
+    from allam_jax.data.cache_job import run_cache
+
+    docs = [f"خبر رقم {i} من الأخبار العربية اليوم" for i in range(6)]
+
+    class TinyCachedNews(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({"body": tfds.features.Text()}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for i, d in enumerate(docs + docs[:2]):  # two duplicates
+                yield i, {"body": d}
+
+    TinyCachedNews(data_dir=str(tmp_path / "tfds")).download_and_prepare()
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    en = tmp_path / "en.jsonl"
+    en.write_text("\n".join(json.dumps({"body": f"English document number {i} of the test."}) for i in range(4)))
+    paths = CorpusPaths(ar=["tfds:tiny_cached_news@train#body"], en=[str(en)], parallel=[], text_field="body")
+    stats = run_cache(str(tmp_path / "cached"), paths, "byte", CLEANING, ParallelRendering())
+    assert stats["ar_pretrain"]["examples"] == 6 and stats["ar_pretrain"]["dropped"]["duplicate"] == 2
+    assert stats["en_pretrain"]["examples"] == 4
+    vocab = get_vocabulary("byte")
+    assert _records_by_tf(tmp_path / "cached" / "ar_pretrain") == sorted(
+        tuple(vocab.encode(d)) + (vocab.eos_id,) for d in docs)

@@ -129,7 +129,7 @@ def _tfds_records(spec: str) -> Iterator[tuple[int, object]]:
     for i, ex in enumerate(tfds.as_numpy(ds), 1):
         record = {k: (v.decode("utf-8") if isinstance(v, bytes) else v) for k, v in ex.items()}
         if field:
-            record = {"text": record.get(field)}
+            record = record.get(field)  # the named field is the document (CorpusPaths.text_field is for JSONL)
         yield i, record
 
 
