@@ -15,6 +15,7 @@ every option this command does not know goes to Beam's ``PipelineOptions``.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -70,12 +71,11 @@ def source_files(paths: CorpusPaths, tasks: Optional[Sequence[str]] = None) -> l
     return out
 
 
-def read_documents(source: SourceFile, cleaning: CleaningConfig, rendering: ParallelRendering
-                   ) -> Iterator[tuple[str, object]]:
-    """``("doc", ((task, digest), ((path, line), text)))`` per kept document, ``("drop", (task, reason))`` per
-    dropped one. A parallel pair's style is chosen by its line number (the on-the-fly path counts kept pairs:
+def read_documents(source: SourceFile, cleaning: CleaningConfig, rendering: ParallelRendering) -> Iterator:
+    """``((task, digest), ((path, line), text))`` per kept document, and on the ``drop`` output
+    ``((task, reason), count)`` per reason seen in the file. A parallel pair's style is chosen by its line number (the on-the-fly path counts kept pairs:
     the order is not known in a distributed read)."""
-    stats = SourceStats()
+    stats, dropped = SourceStats(), collections.Counter()
     for line_no, record in read_records(source.path, cleaning, stats):
         where = f"{source.path}:{line_no}"
         if source.parallel:
@@ -90,12 +90,14 @@ def read_documents(source: SourceFile, cleaning: CleaningConfig, rendering: Para
             continue
         reason = drop_reason(text, None if source.parallel else source.script, cleaning)
         if reason:
-            yield "drop", (source.task, reason)
+            dropped[reason] += 1
             continue
         digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
-        yield "doc", ((source.task, digest), ((source.path, line_no), text))
-    for _ in range(stats.malformed):
-        yield "drop", (source.task, "malformed")
+        yield (source.task, digest), ((source.path, line_no), text)
+    dropped["malformed"] += stats.malformed
+    for reason, count in dropped.items():
+        if count:
+            yield beam.pvalue.TaggedOutput("drop", ((source.task, reason), count))
 
 
 _OUR_MESSAGE = re.compile(r"(?:DataError|ConfigError|TokenizerError): (.*?)(?:\n|\\n|'|$)")
@@ -142,28 +144,32 @@ def run_cache(out: str, paths: CorpusPaths, vocabulary: str, cleaning: CleaningC
 
     options = PipelineOptions(list(beam_args))
     with beam.Pipeline(options=options) as p:
-        read = (p
-                | "files" >> beam.Create(files)
-                | "spread files" >> beam.Reshuffle()
-                | "read+clean" >> beam.FlatMap(read_documents, cleaning, rendering))
-        docs = read | "docs" >> beam.Filter(lambda kv: kv[0] == "doc") | "unwrap docs" >> beam.Map(lambda kv: kv[1])
-        drops = read | "drops" >> beam.Filter(lambda kv: kv[0] == "drop") | "unwrap drops" >> beam.Map(lambda kv: kv[1])
+        docs, drops = (p
+                       | "files" >> beam.Create(files)
+                       | "spread files" >> beam.Reshuffle()
+                       | "read+clean" >> beam.FlatMap(read_documents, cleaning, rendering).with_outputs(
+                           "drop", main="docs"))
         grouped = docs | "dedup: group by hash" >> beam.GroupByKey()
         kept = grouped | "keep first copy" >> beam.Map(_first_copy)
-        duplicates = grouped | "count copies" >> beam.FlatMap(
-            lambda kv: [(kv[0][0], "duplicate")] * (len(list(kv[1])) - 1))
+        duplicates = grouped | "count copies" >> beam.FlatMap(_extra_copies)
         tokenized = kept | "tokenize" >> beam.ParDo(Tokenize(vocabulary, num_shards))
         empty = p | "every shard" >> beam.Create([((t, s), None) for t in task_names for s in range(num_shards)])
         shard_stats = ((tokenized, empty) | "with empty shards" >> beam.Flatten()
                        | "group shards" >> beam.GroupByKey()
                        | "write shards" >> beam.Map(_write_shard, out, num_shards))
         dropped = ((drops, duplicates) | "all drops" >> beam.Flatten()
-                   | "count drops" >> beam.combiners.Count.PerElement()
+                   | "count drops" >> beam.CombinePerKey(sum)
                    | "by task" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1]))))
         ({"shards": shard_stats, "dropped": dropped}
          | "join stats" >> beam.CoGroupByKey()
          | "finish tasks" >> beam.Map(_finish_task, out, num_shards, vocabulary))
     return {name: _read_stats(root / name) for name in task_names}
+
+
+def _extra_copies(kv):
+    (task, _), copies = kv
+    extra = sum(1 for _ in copies) - 1
+    return [((task, "duplicate"), extra)] if extra else []
 
 
 def _first_copy(kv):
