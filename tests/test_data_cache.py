@@ -267,6 +267,9 @@ def test_cli_errors_exit_2_with_one_line(cache, tmp_path):
     r = allam("data", "cache", f"--out={tmp_path / 'c'}", "--gin_bindings=CorpusPaths.en = ['/nowhere/*.txt']",
               "--gin_file=runs/tiny_cpu.gin")
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == "allam: error: data file not found: /nowhere/*.txt"
+    r = allam("data", "cache", f"--out={tmp_path / 'c'}", "--gin_file=runs/tiny_cpu.gin", "--shardz=4")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("allam: error: unknown option(s) --shardz")
+    assert not (tmp_path / "c").exists()
     gin = tmp_path / "g.gin"
     gin.write_text("\n".join(["include 'runs/tiny_cpu_cached.gin'", f"CachedData.cache_dir = '{d / 'cached'}'",
                               "CachedData.rates = {'en_pretrain': 1.0, 'translated_pretrain': 1.0}"]) + "\n")

@@ -131,6 +131,11 @@ def run_cache(out: str, paths: CorpusPaths, vocabulary: str, cleaning: CleaningC
     if num_shards <= 0:
         raise ConfigError(f"--shards must be positive, got {num_shards}")
     get_vocabulary(vocabulary)  # a missing or corrupt model is named here, before any worker starts
+    options = PipelineOptions(list(beam_args))
+    unknown = sorted(set(options.get_all_options(retain_unknown_options=True)) - set(options.get_all_options()))
+    if unknown:  # Beam would only log and drop them: a mistyped --shards must not pass silently
+        raise ConfigError(f"unknown option(s) {', '.join('--' + u for u in unknown)}: neither `allam data cache`'s "
+                          "nor Beam's (see --help)")
     files = source_files(paths, tasks)
     task_names = sorted({f.task for f in files})
     root = as_path(out)
@@ -142,7 +147,6 @@ def run_cache(out: str, paths: CorpusPaths, vocabulary: str, cleaning: CleaningC
             directory.rmtree()
         directory.mkdir(parents=True)
 
-    options = PipelineOptions(list(beam_args))
     with beam.Pipeline(options=options) as p:
         docs, drops = (p
                        | "files" >> beam.Create(files)
