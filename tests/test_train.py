@@ -27,9 +27,11 @@ def test_training_lowers_the_loss_and_logs_per_language(files, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [10, 20, 30, 40]
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.5
-    for key in ("grad_norm", "learning_rate", "tokens_per_s", "mfu", "loss/en"):
+    for key in ("grad_norm", "learning_rate", "tokens_per_s", "mfu"):
         assert np.isfinite(rows[-1][key])
-    if len(files) == 2:  # a window of long English chapters may hold no Arabic; some window does
+    # a window may hold one language only (long English chapters, runs of hadith); some window has each
+    assert any("loss/en" in r and np.isfinite(r["loss/en"]) for r in rows)
+    if len(files) == 2:
         assert any("loss/ar" in r and np.isfinite(r["loss/ar"]) for r in rows)
 
 
