@@ -72,12 +72,16 @@ def bucket(tmp_path_factory):
     emulator.wait(timeout=10)
 
 
-def _logged_steps(fs, path: str) -> set[int]:
-    if not fs.exists(path):
-        return set()
+def _logged_steps(fs, run: str) -> set[int]:
+    """Steps logged so far by a live bucket run: ``metrics.jsonl`` and the part objects not yet folded in."""
     fs.invalidate_cache()
-    with fs.open(path, "r") as f:
-        return {json.loads(line)["step"] for line in f.read().splitlines() if line.strip()}
+    files = [f"{run}/metrics.jsonl"] if fs.exists(f"{run}/metrics.jsonl") else []
+    files += sorted(fs.glob(f"{run}/metrics.parts/*.jsonl"))
+    steps = set()
+    for path in files:
+        with fs.open(path, "r") as f:
+            steps |= {json.loads(line)["step"] for line in f.read().splitlines() if line.strip()}
+    return steps
 
 
 def _allam(env, cwd, *args, timeout=600, **kw):
@@ -115,7 +119,7 @@ def test_train_kill_resume_init_from_and_export_in_a_bucket(bucket, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "allam_jax", "train", "--gin_file", str(gin), "--workdir", run],
                             env=env, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
-    while not _logged_steps(fs, "allam-test/runs/a/metrics.jsonl") & {6, 7}:  # step 4's save was synchronous
+    while not _logged_steps(fs, "allam-test/runs/a") & {6, 7}:  # step 4's save was synchronous
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         assert time.time() < deadline, "no step 6 logged in the bucket"
         time.sleep(0.2)
@@ -135,6 +139,7 @@ def test_train_kill_resume_init_from_and_export_in_a_bucket(bucket, tmp_path):
     assert sorted(resumed) == list(range(1, 13))
     assert [resumed[s] for s in range(1, 13)] == [reference[s] for s in range(1, 13)]
     assert fs.exists("allam-test/runs/a/config.gin")
+    assert not fs.glob("allam-test/runs/a/metrics.parts/*.jsonl")  # folded into metrics.jsonl at the end
     assert fs.find("allam-test/runs/a/tensorboard"), "no TensorBoard events in the bucket"
 
     # init_from a bucket checkpoint

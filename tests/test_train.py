@@ -237,6 +237,37 @@ def test_metrics_survive_a_torn_line_and_duplicate_steps(tmp_path):
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
+def test_bucket_metrics_upload_bounded_parts_and_fold_them(tmp_path, monkeypatch):
+    """On a bucket (``is_remote``, simulated on a local folder) each write uploads one part of at most
+    PART_ROWS rows, never the whole log; a crashed writer's parts are folded in by the next one, a closed
+    writer folds its own; read_metrics sees every row at every moment."""
+    from allam_jax.core import paths
+    from allam_jax.train import metrics
+
+    monkeypatch.setattr(metrics, "is_remote", lambda _: True)
+    monkeypatch.setattr(metrics, "PART_ROWS", 10)
+    uploads = []
+    original = paths.epath.Path.write_text
+    monkeypatch.setattr(paths.epath.Path, "write_text",
+                        lambda self, text, **kw: uploads.append((self.name, text.count("\n"))) or original(self, text, **kw))
+    w = metrics.MetricsWriter(str(tmp_path), tensorboard=False)
+    for step in range(1, 26):
+        w.write(step, {"loss": 1.0 / step})
+        assert [r["step"] for r in metrics.read_metrics(str(tmp_path))] == list(range(1, step + 1))
+    assert max(n for _, n in uploads) == 10 and len(uploads) == 25  # each write: one part, at most 10 rows
+    assert not (tmp_path / "metrics.jsonl").exists() and len(list((tmp_path / "metrics.parts").iterdir())) == 3
+    # a crash (no close): the next writer folds the 25 rows in, then logs its own (steps 21.. again, resumed)
+    w2 = metrics.MetricsWriter(str(tmp_path), tensorboard=False)
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 25
+    assert not list((tmp_path / "metrics.parts").glob("*.jsonl"))
+    for step in range(21, 31):
+        w2.write(step, {"loss": 2.0})
+    w2.close()
+    assert not list((tmp_path / "metrics.parts").glob("*.jsonl"))
+    rows = metrics.read_metrics(str(tmp_path))
+    assert [r["step"] for r in rows] == list(range(1, 31)) and rows[24]["loss"] == 2.0
+
+
 def test_second_trainer_on_a_workdir_is_refused_and_a_stale_lock_is_taken_over(files, tmp_path):
     import json as json_lib
     import os

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from allam_jax.core.paths import as_path, is_remote
+from allam_jax.core.paths import as_path, is_remote, write_text_atomically
 
 # Dense bf16 peak FLOP/s per device, from vendor data sheets.
 PEAK_FLOPS_BY_DEVICE_KIND = {
@@ -62,10 +62,17 @@ def peak_flops_per_device(configured: Optional[float] = None, dtype=jnp.float32)
     return _measured_cpu_peaks[key]
 
 
+PART_ROWS = 1000  # on a bucket: rows per part object, so each write uploads at most this many rows
+
+
 class MetricsWriter:
     """Writes one JSON object per logged step to ``metrics.jsonl`` and scalars to TensorBoard.
 
-    Only process 0 writes; the file is appended to, so a resumed run continues the same log.
+    Only process 0 writes; a resumed run continues the same log. Locally the file is appended to. An object
+    in a bucket cannot be appended to, and rewriting the whole log at each step costs quadratic uploads over a
+    long run: there the new rows go to part objects ``metrics.parts/NNNNNN.jsonl`` of at most ``PART_ROWS``
+    rows (each write re-uploads one part), which are folded into ``metrics.jsonl`` when the writer closes or,
+    after a crash, when the next run opens it. :func:`read_metrics` reads both.
     """
 
     def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
@@ -77,14 +84,17 @@ class MetricsWriter:
         root.mkdir(parents=True, exist_ok=True)
         self._path = root / "metrics.jsonl"
         self._remote = is_remote(workdir)
-        previous = self._path.read_bytes() if self._path.exists() else b""
-        if self._remote:  # an object cannot be appended to: the log is rewritten whole at each write
-            self._rows = [previous.decode("utf-8", errors="replace")] if previous else []
+        if self._remote:
             self._jsonl = None
+            self._parts = root / PARTS_DIR
+            self._part: list[str] = []
+            self._part_index = 0
+            fold_parts(root)
         else:
+            previous = self._path.read_bytes() if self._path.exists() else b""
             self._jsonl = self._path.open("a", encoding="utf-8")
-        if previous and not previous.endswith(b"\n"):  # a killed run left half a line: end it so the next row parses
-            self._append("\n")
+            if previous and not previous.endswith(b"\n"):  # a killed run left half a line: end it
+                self._append("\n")
         if tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -94,9 +104,12 @@ class MetricsWriter:
         if self._jsonl is not None:
             self._jsonl.write(text)
             self._jsonl.flush()
-        else:
-            self._rows.append(text)
-            self._path.write_text("".join(self._rows), encoding="utf-8")
+            return
+        if len(self._part) >= PART_ROWS:
+            self._part, self._part_index = [], self._part_index + 1
+        self._part.append(text)
+        self._parts.mkdir(parents=True, exist_ok=True)
+        (self._parts / f"{self._part_index:06d}.jsonl").write_text("".join(self._part), encoding="utf-8")
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
@@ -112,19 +125,47 @@ class MetricsWriter:
         if self.enabled:
             if self._jsonl is not None:
                 self._jsonl.close()
+            else:
+                fold_parts(self._path.parent)
             if self._tb is not None:
                 self._tb.close()
+
+
+PARTS_DIR = "metrics.parts"
+
+
+def _part_files(root) -> list:
+    parts = root / PARTS_DIR
+    return sorted(parts.glob("*.jsonl")) if parts.exists() else []
+
+
+def fold_parts(root) -> None:
+    """Appends the part objects' rows to ``metrics.jsonl`` (rewritten once) and deletes the parts."""
+    parts = _part_files(root)
+    if not parts:
+        return
+    path = root / "metrics.jsonl"
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if text and not text.endswith("\n"):
+        text += "\n"
+    text += "".join(p.read_text(encoding="utf-8") for p in parts)
+    write_text_atomically(path, text)
+    for p in parts:
+        p.unlink()
 
 
 def read_metrics(workdir: str) -> list[dict]:
     """Rows of ``WORKDIR/metrics.jsonl`` by step, for notebooks and reports.
 
     A resumed run logs again the steps after its last checkpoint: the later row wins. Torn lines
-    (a run killed mid-write) are skipped.
+    (a run killed mid-write) are skipped. On a bucket, the rows of part objects not yet folded in count too.
     """
     rows: dict[int, dict] = {}
-    path = as_path(workdir) / "metrics.jsonl"
-    for line in path.read_text(encoding="utf-8").splitlines():
+    root = as_path(workdir)
+    path = root / "metrics.jsonl"
+    text = path.read_text(encoding="utf-8") if path.exists() or not _part_files(root) else ""
+    text += "".join("\n" + p.read_text(encoding="utf-8") for p in _part_files(root))  # a live or crashed bucket run
+    for line in text.splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
