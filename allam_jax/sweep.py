@@ -71,7 +71,10 @@ def launcher_command(launcher: str, gin_files: Sequence[str], bindings: Sequence
 def last_metrics(workdir: str) -> dict:
     from allam_jax.train.metrics import read_metrics
 
-    rows = read_metrics(str(workdir)) if (as_path(workdir) / "metrics.jsonl").exists() else []
+    try:  # a run that logged nothing yet has no metrics (on a bucket a live run has only metrics.parts/)
+        rows = read_metrics(str(workdir))
+    except FileNotFoundError:
+        rows = []
     return rows[-1] if rows else {}
 
 
