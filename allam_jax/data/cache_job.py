@@ -18,9 +18,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import hashlib
 import logging
-import re
 from typing import Iterable, Iterator, Optional, Sequence
 
 import apache_beam as beam
@@ -29,8 +27,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from allam_jax.core.errors import ConfigError, DataError
 from allam_jax.core.paths import as_path, write_text_atomically
 from allam_jax.data import cache_format
-from allam_jax.data.sources import (CleaningConfig, ParallelRendering, SourceStats, clean_text, drop_reason,
-                                    expand_patterns, read_records, record_field)
+from allam_jax.data.sources import (CleaningConfig, ParallelRendering, SourceStats, document_digest, drop_reason,
+                                    expand_patterns, our_message, read_records, record_text)
 from allam_jax.data.tasks import TASKS, CorpusPaths
 
 log = logging.getLogger(__name__)
@@ -73,34 +71,23 @@ def source_files(paths: CorpusPaths, tasks: Optional[Sequence[str]] = None) -> l
 
 def read_documents(source: SourceFile, cleaning: CleaningConfig, rendering: ParallelRendering) -> Iterator:
     """``((task, digest), ((path, line), text))`` per kept document, and on the ``drop`` output
-    ``((task, reason), count)`` per reason seen in the file. A parallel pair's style is chosen by its line number (the on-the-fly path counts kept pairs:
-    the order is not known in a distributed read)."""
+    ``((task, reason), count)`` per reason seen in the file. A parallel pair's style is chosen by its line number
+    (the on-the-fly path counts kept pairs: the order is not known in a distributed read)."""
     stats, dropped = SourceStats(), collections.Counter()
     for line_no, record in read_records(source.path, cleaning, stats):
-        where = f"{source.path}:{line_no}"
-        if source.parallel:
-            en = record_field(record, "en", where, cleaning, stats)
-            ar = record_field(record, "ar", where, cleaning, stats) if en is not None else None
-            text = None if en is None or ar is None else rendering.render(
-                line_no, clean_text(en, cleaning), clean_text(ar, cleaning))
-        else:
-            raw = record_field(record, source.field, where, cleaning, stats)
-            text = None if raw is None else clean_text(raw, cleaning)
+        text = record_text(record, f"{source.path}:{line_no}", cleaning, stats,
+                           rendering if source.parallel else None, source.field, line_no)
         if text is None:
             continue
         reason = drop_reason(text, None if source.parallel else source.script, cleaning)
         if reason:
             dropped[reason] += 1
             continue
-        digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
-        yield (source.task, digest), ((source.path, line_no), text)
+        yield (source.task, document_digest(text)), ((source.path, line_no), text)
     dropped["malformed"] += stats.malformed
     for reason, count in dropped.items():
         if count:
             yield beam.pvalue.TaggedOutput("drop", ((source.task, reason), count))
-
-
-_OUR_MESSAGE = re.compile(r"(?:DataError|ConfigError|TokenizerError): (.*?)(?:\n|\\n|'|$)")
 
 
 @contextlib.contextmanager
@@ -112,9 +99,9 @@ def beam_errors() -> Iterator[None]:
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - the runners wrap worker errors in their own types
-        found = _OUR_MESSAGE.search(str(e))
-        if found:
-            raise DataError(found.group(1)) from None
+        message = our_message(str(e))
+        if message:
+            raise DataError(message) from None
         raise
 
 

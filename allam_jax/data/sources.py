@@ -34,7 +34,13 @@ from allam_jax.data.normalize import normalize_text
 log = logging.getLogger(__name__)
 
 
-_OUR_MESSAGE = re.compile(r"(?:DataError|ConfigError): (.*?)(?:\n|$)")
+_OUR_MESSAGE = re.compile(r"(?:DataError|ConfigError|TokenizerError): (.*?)(?:\n|$)")
+
+
+def our_message(wrapped: str) -> Optional[str]:
+    """The one-line message of our error inside another error's text (a tf.data or Beam worker traceback)."""
+    found = _OUR_MESSAGE.search(wrapped)
+    return found.group(1) if found else None
 
 
 @contextlib.contextmanager
@@ -44,8 +50,7 @@ def tf_data_errors() -> Iterator[None]:
     try:
         yield
     except tf.errors.OpError as e:
-        found = _OUR_MESSAGE.search(str(e))
-        raise DataError(found.group(1) if found else str(e).strip().splitlines()[0]) from None
+        raise DataError(our_message(str(e)) or str(e).strip().splitlines()[0]) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +172,25 @@ def clean_text(text: str, cfg: CleaningConfig) -> str:
     return " ".join(text.split()) if "\n" not in text else text.strip()
 
 
+def record_text(record: object, where: str, cfg: CleaningConfig, stats: SourceStats,
+                parallel: Optional["ParallelRendering"], field: str, style_index: int) -> Optional[str]:
+    """The cleaned document of one record (a parallel pair rendered in style ``style_index``), or None when
+    the record is malformed (counted in ``stats``, or raised with ``on_error='fatal'``)."""
+    if parallel is not None:
+        en = record_field(record, "en", where, cfg, stats)
+        ar = record_field(record, "ar", where, cfg, stats) if en is not None else None
+        if en is None or ar is None:
+            return None
+        return parallel.render(style_index, clean_text(en, cfg), clean_text(ar, cfg))
+    raw = record_field(record, field, where, cfg, stats)
+    return None if raw is None else clean_text(raw, cfg)
+
+
+def document_digest(text: str) -> bytes:
+    """The exact-dedup key of a cleaned document."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
 def drop_reason(text: str, script: Optional[str], cfg: CleaningConfig) -> Optional[str]:
     """Why a cleaned document is filtered out (``"length"`` or ``"script"``), or None to keep it."""
     if not cfg.min_chars <= len(text) <= cfg.max_chars:
@@ -216,23 +240,14 @@ def iter_documents(files: Sequence[str], script: Optional[str], cfg: CleaningCon
     kept = 0
     for path in files:
         for line_no, record in read_records(path, cfg, stats):
-            where = f"{path}:{line_no}"
-            if parallel is not None:
-                en = record_field(record, "en", where, cfg, stats)
-                ar = record_field(record, "ar", where, cfg, stats) if en is not None else None
-                if en is None or ar is None:
-                    continue
-                text = parallel.render(kept, clean_text(en, cfg), clean_text(ar, cfg))
-            else:
-                raw = record_field(record, field, where, cfg, stats)
-                if raw is None:
-                    continue
-                text = clean_text(raw, cfg)
+            text = record_text(record, f"{path}:{line_no}", cfg, stats, parallel, field, kept)
+            if text is None:
+                continue
             if drop_reason(text, script if parallel is None else None, cfg):
                 stats.filtered += 1
                 continue
             if cfg.dedup:
-                digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+                digest = document_digest(text)
                 if digest in seen:
                     stats.duplicates += 1
                     continue
@@ -292,5 +307,6 @@ class DocumentSource(TrainSource):
 
 __all__ = [
     "CleaningConfig", "DataError", "DocumentSource", "ParallelRendering", "SourceStats", "TrainSource",
-    "clean_text", "drop_reason", "expand_patterns", "iter_documents", "read_records", "record_field",
+    "clean_text", "document_digest", "drop_reason", "expand_patterns", "iter_documents", "our_message", "read_records",
+    "record_field", "record_text",
 ]
