@@ -29,7 +29,7 @@ from allam_jax.core.paths import as_path, write_text_atomically
 from allam_jax.data import cache_format
 from allam_jax.data.sources import (CleaningConfig, ParallelRendering, SourceStats, document_digest, drop_reason,
                                     expand_patterns, our_message, read_records, record_text)
-from allam_jax.data.tasks import TASKS, CorpusPaths
+from allam_jax.data.tasks import TASKS, CorpusPaths, source_groups
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +57,8 @@ def source_files(paths: CorpusPaths, tasks: Optional[Sequence[str]] = None) -> l
     for spec in TASKS:
         if tasks and spec.name not in tasks:
             continue
-        if spec.name == "translated_pretrain":
-            groups = [(paths.translated, "ar", False), (paths.parallel, None, True)]
-        else:
-            groups = [(paths.ar if spec.lang == "ar" else paths.en, spec.lang, False)]
-        for patterns, script, parallel in groups:
-            if patterns:
-                out += [SourceFile(spec.name, f, script, parallel, paths.text_field) for f in expand_patterns(patterns)]
+        for patterns, script, parallel in source_groups(paths, spec):
+            out += [SourceFile(spec.name, f, script, parallel, paths.text_field) for f in expand_patterns(patterns)]
     if not out:
         raise ConfigError(f"no source files for task(s) {list(tasks or known)} (CorpusPaths is empty)")
     return out

@@ -81,6 +81,16 @@ def split_to_length(ds: tf.data.Dataset, max_len: int) -> tf.data.Dataset:
     return ds.flat_map(pieces)
 
 
+def source_groups(paths: CorpusPaths, spec: TaskSpec) -> list[tuple[Sequence[str], Optional[str], bool]]:
+    """``(patterns, script filter, is parallel)`` of each kind of file a task reads (groups without patterns
+    left out): the one place that says which ``CorpusPaths`` field feeds which task."""
+    if spec.name == "translated_pretrain":
+        groups = [(paths.translated, "ar", False), (paths.parallel, None, True)]
+    else:
+        groups = [(paths.ar if spec.lang == "ar" else paths.en, spec.lang, False)]
+    return [g for g in groups if g[0]]
+
+
 def register_tasks(paths: CorpusPaths, vocabulary: seqio.Vocabulary, cleaning: CleaningConfig,
                    rendering: ParallelRendering, max_len: int, shuffle_buffer: int = 10_000) -> list[str]:
     """(Re-)registers the three pretraining tasks; tasks whose files are all unset are left out."""
@@ -93,15 +103,9 @@ def register_tasks(paths: CorpusPaths, vocabulary: seqio.Vocabulary, cleaning: C
     }
     registered = []
     for task_id, spec in enumerate(TASKS):
-        if spec.name == "translated_pretrain":
-            sources = []
-            if paths.translated:
-                sources.append(DocumentSource(paths.translated, "ar", cleaning, field=paths.text_field))
-            if paths.parallel:
-                sources.append(DocumentSource(paths.parallel, None, cleaning, parallel=rendering))
-        else:
-            files = paths.ar if spec.lang == "ar" else paths.en
-            sources = [DocumentSource(files, spec.lang, cleaning, field=paths.text_field)] if files else []
+        sources = [DocumentSource(patterns, script, cleaning, parallel=rendering if parallel else None,
+                                  field=paths.text_field)
+                   for patterns, script, parallel in source_groups(paths, spec)]
         if not sources:
             continue
         source = sources[0] if len(sources) == 1 else _chain(sources)
