@@ -28,7 +28,7 @@ import numpy as np
 from allam_jax.core.errors import ConfigError
 from allam_jax.data import cache_format
 from allam_jax.data.pipeline import MixtureSchedule
-from allam_jax.data.tasks import LANGUAGES, TASKS
+from allam_jax.data.tasks import LANGUAGES, TASKS, token_shares
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class CachedData:
         if batch_size % process_count:
             raise ConfigError(f"batch size {batch_size} is not divisible by the process count {process_count}")
         stages = self.schedule.stages if self.schedule is not None else [(0, self.rates)]
-        plan = RowPlan([(int(s), _shares(r)) for s, r in stages], batch_size, self.seed, self.block_rows)
+        plan = RowPlan([(int(s), token_shares(r, 'CachedData')) for s, r in stages], batch_size, self.seed, self.block_rows)
         names = sorted({t for _, shares in plan.stages for t in shares}, key=lambda t: _TASK_IDS.get(t, 99))
         unknown = [t for t in names if t not in _TASK_IDS]
         if unknown:
@@ -65,14 +65,6 @@ class CachedData:
                                     self.seed, self.block_records) for name in names}
         return CachedBatchIterator(plan, streams, get_vocabulary(self.vocabulary), batch_size, process_index,
                                    process_count, self.seed)
-
-
-def _shares(rates: Mapping[str, float]) -> dict[str, float]:
-    bad = {k: v for k, v in rates.items() if not (isinstance(v, (int, float)) and v >= 0)}
-    if bad or not any(rates.values()):
-        raise ConfigError(f"CachedData rates must be non-negative numbers, not all zero; got {dict(rates)}")
-    total = float(sum(rates.values()))
-    return {k: float(v) / total for k, v in rates.items() if v > 0}
 
 
 class RowPlan:

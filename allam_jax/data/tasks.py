@@ -162,6 +162,16 @@ def example_rates_for_token_shares(shares: Mapping[str, float], mean_tokens: Map
     return {k: shares[k] / mean_tokens[k] for k in shares}
 
 
+def token_shares(rates: Mapping[str, float], owner: str) -> dict[str, float]:
+    """Rates normalised to shares summing to 1, zero rates left out; anything but non-negative finite numbers,
+    or all zeros, is a ConfigError naming ``owner``."""
+    bad = {k: v for k, v in rates.items() if not (isinstance(v, (int, float)) and v >= 0 and math.isfinite(v))}
+    if bad or not any(rates.values()):
+        raise ConfigError(f"{owner}: rates must be non-negative numbers, not all zero; got {dict(rates)}")
+    total = float(sum(rates.values()))
+    return {k: float(v) / total for k, v in rates.items() if v > 0}
+
+
 def register_mixture(name: str, rates: Mapping[str, float], rate_unit: str = "tokens",
                      mean_tokens: Optional[Mapping[str, float]] = None) -> dict[str, float]:
     """(Re-)registers mixture ``name``; returns the token shares it is expected to realise (empty for
@@ -171,15 +181,12 @@ def register_mixture(name: str, rates: Mapping[str, float], rate_unit: str = "to
         raise ConfigError(f"mixture {name}: unknown task(s) {unknown}; registered: {sorted(seqio.TaskRegistry.names())}")
     if rate_unit not in ("tokens", "examples"):
         raise ConfigError(f"rate_unit must be 'tokens' or 'examples', got {rate_unit!r}")
-    bad = {k: v for k, v in rates.items() if not (isinstance(v, (int, float)) and v >= 0 and math.isfinite(v))}
-    if bad or not any(rates.values()):
-        raise ConfigError(f"mixture {name}: rates must be non-negative numbers, not all zero; got {dict(rates)}")
+    normalised = token_shares(rates, f"mixture {name}")
     rates = {k: float(v) for k, v in rates.items() if v > 0}
     if rate_unit == "tokens" or mean_tokens is not None:
         mean_tokens = dict(mean_tokens or {t: mean_tokens_per_example(t) for t in rates})
     if rate_unit == "tokens":
-        total = sum(rates.values())
-        shares = {k: v / total for k, v in rates.items()}
+        shares = normalised
         example_rates = example_rates_for_token_shares(shares, mean_tokens)
     elif mean_tokens is None:
         example_rates, shares = rates, {}
