@@ -163,8 +163,9 @@ def read_metrics(workdir: str) -> list[dict]:
     rows: dict[int, dict] = {}
     root = as_path(workdir)
     path = root / "metrics.jsonl"
-    text = path.read_text(encoding="utf-8") if path.exists() or not _part_files(root) else ""
-    text += "".join("\n" + p.read_text(encoding="utf-8") for p in _part_files(root))  # a live or crashed bucket run
+    parts = _part_files(root)  # a live or crashed bucket run's rows not yet folded in
+    text = path.read_text(encoding="utf-8") if path.exists() or not parts else ""
+    text += "".join("\n" + p.read_text(encoding="utf-8") for p in parts)
     for line in text.splitlines():
         try:
             row = json.loads(line)
