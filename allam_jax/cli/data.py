@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from allam_jax.cli.common import add_gin_flags
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="data utilities", description="Data utilities.")
@@ -36,16 +38,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "SeqioData (CorpusPaths: local or gs:// globs, JSONL, tfds:), normalise and filter them (CleaningConfig), "
         "drop exact duplicates across the whole corpus, tokenise with SeqioData.vocabulary and write each task in "
         "seqio's cache layout (TFRecord shards + a record index, info/stats JSON, COMPLETED) under --out. Train on "
-        "it with CachedData (gin_configs/data/cached_ar_en_translated.gin).",
+        "it with CachedData (gin_configs/data/cached_ar_en_translated.gin). The gin files default to runs/tiny_cpu.gin.",
         epilog="Every other option goes to Beam's PipelineOptions. Default: DirectRunner on all local cores "
         "(--direct_num_workers=0 --direct_running_mode=multi_processing). A cluster, e.g. Dataflow: "
         "--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp "
         "--requirements_file=requirements.txt (paths and the vocabulary must then be gs:// paths); Flink or Spark: "
         "--runner=FlinkRunner --flink_master=HOST:PORT or --runner=SparkRunner --spark_master_url=URL.")
-    cache.add_argument("--gin_file", action="append", default=[], metavar="FILE",
-                       help="gin file(s) configuring SeqioData: corpora, cleaning, rendering, vocabulary "
-                       "(default runs/tiny_cpu.gin)")
-    cache.add_argument("--gin_bindings", action="append", default=[], metavar="BINDING", help="extra gin binding")
+    add_gin_flags(cache, required=False)
     cache.add_argument("--out", default="data_cache/cached", help="cache directory, local or gs:// "
                        "(default data_cache/cached); each task goes to OUT/TASK")
     cache.add_argument("--shards", type=int, default=2, help="TFRecord shards per task (default 2; aim for "
