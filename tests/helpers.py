@@ -48,6 +48,24 @@ def corpus_files(directory: Path, en_docs: int = 300, ar_docs: int = 1500) -> li
     return files
 
 
+def prepare_tfds_text_dataset(class_name: str, data_dir: Path, field: str, texts: list[str]) -> None:
+    """A one-split TFDS text dataset (name: ``class_name`` in snake case) built under ``data_dir`` without any
+    download, for the ``tfds:`` source tests."""
+    import tensorflow_datasets as tfds
+
+    def info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({field: tfds.features.Text()}))
+
+    def generate(self):
+        for i, text in enumerate(texts):
+            yield i, {field: text}
+
+    builder = type(class_name, (tfds.core.GeneratorBasedBuilder,), {
+        "VERSION": tfds.core.Version("1.0.0"), "_info": info, "_generate_examples": generate,
+        "_split_generators": lambda self, dl_manager: {"train": self._generate_examples()}})
+    builder(data_dir=str(data_dir)).download_and_prepare()
+
+
 def experiment(files, num_steps=10, model=None, optimizer=None, **trainer) -> Experiment:
     trainer = {"batch_size": 4, "seq_len": 64, "log_every": 1, "checkpoint_every": 5, "progress_bar": False,
                "tensorboard": False, "num_steps": num_steps, **trainer}

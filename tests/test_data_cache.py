@@ -334,26 +334,11 @@ def test_cli_caches_the_bundled_corpora_and_trains_on_them(tmp_path):
 def test_cache_reads_tfds_and_jsonl_sources(tmp_path, monkeypatch):
     """A TFDS dataset prepared locally (the ``tfds:NAME@SPLIT#FIELD`` spec) and a JSONL file with a text field
     go through the Beam job like text files."""
-    import tensorflow_datasets as tfds
-
     from allam_jax.data.cache_job import run_cache
+    from helpers import prepare_tfds_text_dataset
 
     docs = [f"خبر رقم {i} من الأخبار العربية اليوم" for i in range(6)]
-
-    class TinyCachedNews(tfds.core.GeneratorBasedBuilder):
-        VERSION = tfds.core.Version("1.0.0")
-
-        def _info(self):
-            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({"body": tfds.features.Text()}))
-
-        def _split_generators(self, dl_manager):
-            return {"train": self._generate_examples()}
-
-        def _generate_examples(self):
-            for i, d in enumerate(docs + docs[:2]):  # two duplicates
-                yield i, {"body": d}
-
-    TinyCachedNews(data_dir=str(tmp_path / "tfds")).download_and_prepare()
+    prepare_tfds_text_dataset("TinyCachedNews", tmp_path / "tfds", "body", docs + docs[:2])  # two duplicates
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
     en = tmp_path / "en.jsonl"
     en.write_text("\n".join(json.dumps({"body": f"English document number {i} of the test."}) for i in range(4)))

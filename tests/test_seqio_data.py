@@ -226,22 +226,9 @@ def test_bad_mixture_and_task_configuration(bundled, tmp_path):
 
 def test_tfds_source(tmp_path, monkeypatch):
     """A TFDS dataset prepared locally (no download) is read through the ``tfds:`` spec."""
-    import tensorflow_datasets as tfds
+    from helpers import prepare_tfds_text_dataset
 
-    class TinyArabicNews(tfds.core.GeneratorBasedBuilder):
-        VERSION = tfds.core.Version("1.0.0")
-
-        def _info(self):
-            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({"body": tfds.features.Text()}))
-
-        def _split_generators(self, dl_manager):
-            return {"train": self._generate_examples()}
-
-        def _generate_examples(self):
-            for i in range(5):
-                yield i, {"body": f"خبر رقم {i} من الأخبار العربية"}
-
-    TinyArabicNews(data_dir=str(tmp_path)).download_and_prepare()
+    prepare_tfds_text_dataset("TinyArabicNews", tmp_path, "body", [f"خبر رقم {i} من الأخبار العربية" for i in range(5)])
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
     docs = sorted(iter_documents(["tfds:tiny_arabic_news@train#body"], "ar", CleaningConfig()))
     assert docs == sorted(f"خبر رقم {i} من الأخبار العربية" for i in range(5))
