@@ -116,7 +116,8 @@ def main():
         report["ref_vs_f32"] = _max_rel_diff(ref_grads, f32_grads)
     step_cfg = StepConfig(num_languages=2)
     if sys.argv[1:] == ["chunked"]:  # LM head + cross-entropy in chunks, sharded, vs the unchunked reference
-        meshes, step_cfg = [(2, 2, 2), (1, 2, 4)], StepConfig(num_languages=2, logits_chunk_size=T // 4)
+        # (2, 4, 1): no tensor axis, so the chunks run per shard under shard_map (one gather, one reduce)
+        meshes, step_cfg = [(2, 2, 2), (1, 2, 4), (2, 4, 1)], StepConfig(num_languages=2, logits_chunk_size=T // 4)
     for shape in meshes:
         _, (new, grads), metrics, specs = run(shape, devices, host_state=init_state, cfg=cfg, step_cfg=step_cfg)
         grad_diffs = _rel_diffs(grads, ref_grads)

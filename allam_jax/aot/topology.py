@@ -11,7 +11,7 @@ import dataclasses
 import math
 import os
 import re
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from allam_jax.core.errors import ConfigError
 
@@ -49,6 +49,7 @@ class Topology:
     devices: tuple
     chip: Optional[Chip]  # None for cpu:N
     libtpu_name: Optional[str] = None
+    wrap: tuple[bool, ...] = ()  # per torus dimension: whether its ring closes (wraparound links)
 
     @property
     def num_devices(self) -> int:
@@ -83,6 +84,20 @@ def torus_shape(chips: int, dims: int) -> tuple[int, ...]:
         smallest = min(shape)
         shape[max(i for i, s in enumerate(shape) if s == smallest)] *= 2
     return tuple(shape)
+
+
+def torus_wrap(shape: Sequence[int], dims: int) -> tuple[bool, ...]:
+    """Which sides of a slice close into rings, as Cloud TPU wires them: a 3-D slice (v4, v5p) has wraparound
+    links on every side once each side is a multiple of 4 (a whole number of 4x4x4 cubes), none below; a 2-D
+    slice (v5e, v6e) only along a side of 16 chips (a whole pod's side).
+
+    The TPU compiler plans collectives on these rings: without the links it lowers an all-gather over a 4x4x4
+    cube as an all-reduce of a zero-padded buffer (twice the bytes), so a dry run must describe them."""
+    shape = tuple(shape)
+    if dims == 3:
+        closed = len(shape) == 3 and all(s % 4 == 0 for s in shape)
+        return (closed,) * 3
+    return tuple(s == 16 for s in shape) + (False,) * (3 - len(shape))
 
 
 def _parse(name: str) -> tuple[str, Optional[Chip], Optional[str]]:
@@ -134,12 +149,15 @@ def resolve_topology(name: str) -> Topology:
         kwargs["chip_config_name"] = "megacore"  # is a device per TensorCore
     if math.prod(dims) < 4:  # one host holds up to 2x2x1 chips; smaller slices are a host of their own
         kwargs["chips_per_host_bounds"] = tuple(dims + [1] * (3 - len(dims)))
+    wrap = torus_wrap(dims, chip.dims)
+    if any(wrap):
+        kwargs["wrap"] = wrap
     try:
         devices = topologies.get_topology_desc(libtpu_name, "tpu", **kwargs).devices
     except Exception as e:  # noqa: BLE001 - libtpu raises its own runtime errors
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ConfigError(f"libtpu cannot build topology {libtpu_name} (from --topology={name}): {first}") from None
-    return Topology(name, platform, tuple(devices), chip, libtpu_name)
+    return Topology(name, platform, tuple(devices), chip, libtpu_name, wrap[:len(dims)])
 
 
 def _cpu_topology(name: str, count: int) -> Topology:

@@ -13,8 +13,11 @@ import jax
 import jax.numpy as jnp
 
 from allam_jax.model.matmul import project
+from allam_jax.model.weights import gathered
 
 Dtype = Any
+EMBED_AXES = ("vocab", "embed")
+LM_HEAD_AXES = ("embed", "vocab")
 
 
 def normal_init(std: float):
@@ -59,6 +62,7 @@ class DenseGeneral(nn.Module):
             tuple(in_shape) + tuple(self.features),
             self.param_dtype,
         )
+        kernel = gathered(kernel, self.logical_axes, self.dtype)
         return project(x, kernel, self.num_contract, self.dtype, self.matmul_impl, self.out_dtype)
 
 
@@ -75,16 +79,17 @@ class Embed(nn.Module):
     def setup(self):
         self.embedding = self.param(
             "embedding",
-            nn.with_logical_partitioning(normal_init(self.std), ("vocab", "embed")),
+            nn.with_logical_partitioning(normal_init(self.std), EMBED_AXES),
             (self.vocab_size, self.features),
             self.param_dtype,
         )
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
-        return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+        return jnp.take(gathered(self.embedding, EMBED_AXES, self.dtype), tokens, axis=0)
 
     def attend(self, x: jax.Array) -> jax.Array:
-        return project(x, self.embedding.T, 1, self.dtype, self.matmul_impl, out_dtype=jnp.float32)
+        table = gathered(self.embedding, EMBED_AXES, self.dtype)
+        return project(x, table.T, 1, self.dtype, self.matmul_impl, out_dtype=jnp.float32)
 
 
 class SwiGLU(nn.Module):

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 
 from allam_jax.model.attention import Attention, CacheState, LayerCache
 from allam_jax.model.config import ModelConfig
-from allam_jax.model.layers import DenseGeneral, Embed, RMSNorm, SwiGLU
+from allam_jax.model.layers import EMBED_AXES, LM_HEAD_AXES, DenseGeneral, Embed, RMSNorm, SwiGLU
+from allam_jax.model.weights import gathered
 
 _ACT = ("activation_batch", "activation_length", "activation_embed")
 
@@ -93,7 +94,7 @@ class Decoder(nn.Module):
             logits = embed.attend(x)
         else:
             logits = DenseGeneral(
-                (cfg.vocab_size,), ("embed", "vocab"), std=cfg.init_std, dtype=cfg.dtype,
+                (cfg.vocab_size,), LM_HEAD_AXES, std=cfg.init_std, dtype=cfg.dtype,
                 param_dtype=cfg.params_dtype, matmul_impl=cfg.matmul_impl, out_dtype=jnp.float32, name="lm_head",
             )(x)
         logits = nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
@@ -101,12 +102,28 @@ class Decoder(nn.Module):
         return logits if cache is None else (logits, new_cache)
 
 
-def lm_head(cfg: ModelConfig, params, hidden: jax.Array) -> jax.Array:
+def lm_head_weight(cfg: ModelConfig, params) -> tuple[jax.Array, tuple[str, str], bool]:
+    """(the stored LM-head parameter, its logical axes, whether the head is its transpose: tied embeddings)."""
+    if cfg.tie_embeddings:
+        return params["embed"]["embedding"], EMBED_AXES, True
+    return params["lm_head"]["kernel"], LM_HEAD_AXES, False
+
+
+def lm_head_kernel(cfg: ModelConfig, params) -> jax.Array:
+    """The LM head's ``[d_model, vocab]`` weight in the compute dtype, gathered over the batch mesh axes: made once
+    per step by a loss that applies the head in chunks, not once per chunk."""
+    weight, axes, transposed = lm_head_weight(cfg, params)
+    kernel = gathered(weight, axes, cfg.dtype)
+    return kernel.T if transposed else kernel
+
+
+def lm_head(cfg: ModelConfig, params, hidden: jax.Array, kernel: Optional[jax.Array] = None) -> jax.Array:
     """The LM head applied outside the module (to the output of ``return_hidden=True``): float32 logits, the
-    same computation as :class:`Decoder`'s last step, from the same parameters."""
+    same computation as :class:`Decoder`'s last step, from the same parameters (or from ``kernel``, what
+    :func:`lm_head_kernel` made of them)."""
     from allam_jax.model.matmul import project
 
-    kernel = params["embed"]["embedding"].T if cfg.tie_embeddings else params["lm_head"]["kernel"]
+    kernel = lm_head_kernel(cfg, params) if kernel is None else kernel
     logits = project(hidden, kernel, 1, cfg.dtype, cfg.matmul_impl, out_dtype=jnp.float32)
     logits = nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
     return logits.astype(jnp.float32)

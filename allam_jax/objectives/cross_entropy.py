@@ -12,6 +12,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from allam_jax.core.partitioning import BATCH_AXES
+from allam_jax.model.matmul import project
 
 
 @jax.custom_vjp
@@ -51,15 +55,45 @@ def chunked_lm_cross_entropy(cfg, params, hidden: jax.Array, targets: jax.Array,
     backward pass makes them again chunk by chunk (``jax.checkpoint``), so the head costs one more matmul in
     exchange. Same values and gradients as the unchunked form (tested).
 
+    On a data/FSDP mesh the chunks run per batch shard (``shard_map``): the head's weight is all-gathered once
+    before the first chunk, each chunk's weight gradient is added into a local partial sum, and the sum is
+    reduced once after the last. Left to the partitioner, the loop's gradient carry takes the weight's sharding
+    and every chunk reduces a whole weight-sized gradient across the slice. With tensor parallelism (a split
+    vocabulary) the partitioner keeps the loop.
+
     hidden: ``[rows, seq, d_model]`` (the decoder's ``return_hidden=True`` output); targets: ``[rows, seq]``.
     """
     from allam_jax.core.errors import ConfigError
-    from allam_jax.model.transformer import lm_head
+    from allam_jax.model.transformer import lm_head, lm_head_kernel, lm_head_weight
+    from allam_jax.model.weights import batch_only_mesh, batch_shard_spec, gather_in_shard_map
 
     rows, seq, width = hidden.shape
     if chunk <= 0 or seq % chunk:
         raise ConfigError(f"StepConfig.logits_chunk_size={chunk} must be a positive divisor of the sequence "
                           f"length {seq}")
+    mesh = batch_only_mesh(rows)
+    if mesh is None:
+        kernel = lm_head_kernel(cfg, params)
+        return _chunked(lambda h: lm_head(cfg, params, h, kernel), hidden, targets, chunk)
+
+    weight, axes, transposed = lm_head_weight(cfg, params)
+    spec = batch_shard_spec(axes)
+    batch = P(BATCH_AXES)
+
+    def local(hidden, targets, weight):
+        kernel = gather_in_shard_map(weight, spec, cfg.dtype)
+        kernel = kernel.T if transposed else kernel
+
+        head = functools.partial(project, kernel=kernel, num_contract=1, dtype=cfg.dtype, impl=cfg.matmul_impl,
+                                 out_dtype=jnp.float32)
+        return _chunked(head, hidden, targets, chunk)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(batch, batch, spec), out_specs=(batch, batch))(
+        hidden, targets, weight)
+
+
+def _chunked(head, hidden: jax.Array, targets: jax.Array, chunk: int) -> tuple[jax.Array, jax.Array]:
+    rows, seq, width = hidden.shape
     n = seq // chunk
     hs = hidden.reshape(rows, n, chunk, width).swapaxes(0, 1)
     ts = targets.reshape(rows, n, chunk).swapaxes(0, 1)
@@ -67,7 +101,7 @@ def chunked_lm_cross_entropy(cfg, params, hidden: jax.Array, targets: jax.Array,
     @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable)
     def one(args):
         h, t = args
-        return token_cross_entropy(lm_head(cfg, params, h), t)
+        return token_cross_entropy(head(h), t)
 
     ce, log_z = jax.lax.map(one, (hs, ts))
     return ce.swapaxes(0, 1).reshape(rows, seq), log_z.swapaxes(0, 1).reshape(rows, seq)

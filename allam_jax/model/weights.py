@@ -1,0 +1,103 @@
+"""Weights gathered for compute, gradients scattered back: FSDP written out, not left to the partitioner.
+
+A parameter sharded over the batch axes (``data``, ``fsdp``) must be whole on every device of those axes
+when a layer multiplies by it. Left to itself, XLA's partitioner picks per matmul between gathering the weight,
+moving activations around a ring (windowed einsum) or transposing them (all-to-all), and the gradient comes
+back as an all-reduce of the whole weight followed by a slice. :func:`gathered` fixes the choice: the weight is
+cast to the compute dtype *on its shard* (half the bytes on the wire in bf16), all-gathered over the batch axes
+only (a tensor-parallel split stays), and in the backward pass its gradient -- a partial sum on each device --
+is constrained straight back to the parameter's sharding, which XLA emits as one reduce-scatter.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional, Sequence, Union
+
+import flax.linen as nn
+import jax
+from jax.sharding import PartitionSpec as P
+
+from allam_jax.core.partitioning import BATCH_AXES
+
+MeshAxes = Union[None, str, tuple[str, ...]]
+
+
+def _without_batch_axes(axes: MeshAxes) -> MeshAxes:
+    if axes is None:
+        return None
+    kept = tuple(a for a in ((axes,) if isinstance(axes, str) else axes) if a not in BATCH_AXES)
+    return kept if len(kept) > 1 else (kept[0] if kept else None)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _gather(w: jax.Array, dtype: Any, stored: P, compute: P) -> jax.Array:
+    return jax.lax.with_sharding_constraint(w.astype(dtype), compute)
+
+
+def _gather_fwd(w, dtype, stored, compute):
+    return _gather(w, dtype, stored, compute), jax.ShapeDtypeStruct(w.shape, w.dtype)
+
+
+def _gather_bwd(dtype, stored, compute, like, g):
+    return (jax.lax.with_sharding_constraint(g, stored).astype(like.dtype),)
+
+
+_gather.defvjp(_gather_fwd, _gather_bwd)
+
+
+def batch_shard_spec(logical_axes: Sequence[Optional[str]]) -> P:
+    """The part of a parameter's sharding that lies on the batch mesh axes (what a ``shard_map`` over those axes
+    names in its ``in_specs``; other mesh axes stay with the compiler)."""
+    stored = nn.logical_to_mesh_axes(tuple(logical_axes)) or (None,) * len(logical_axes)
+
+    def batch_only(axes: MeshAxes) -> MeshAxes:
+        if axes is None:
+            return None
+        kept = tuple(a for a in ((axes,) if isinstance(axes, str) else axes) if a in BATCH_AXES)
+        return kept if len(kept) > 1 else (kept[0] if kept else None)
+
+    return P(*(batch_only(a) for a in stored))
+
+
+def batch_only_mesh(rows: int):
+    """The ambient mesh when a ``shard_map`` over all of it can take ``rows`` batch rows: the rows divide over the
+    batch axes, there is more than one device, and every other mesh axis has size 1 (data and FSDP parallelism
+    only, so the code inside needs no tensor-parallel collectives). Else None."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1 or not set(BATCH_AXES) <= set(mesh.axis_names):
+        return None
+    if any(mesh.shape[a] != 1 for a in mesh.axis_names if a not in BATCH_AXES):
+        return None
+    parts = 1
+    for axis in BATCH_AXES:
+        parts *= mesh.shape[axis]
+    return mesh if rows % parts == 0 else None
+
+
+def gather_in_shard_map(w: jax.Array, spec: P, dtype: Any) -> jax.Array:
+    """Inside a ``shard_map`` over the batch axes: the local shard of ``w`` (laid out as ``spec``) cast to
+    ``dtype`` and all-gathered whole. Autodiff makes the transpose a reduce-scatter of the local partial
+    gradient, run once where this gather ran once."""
+    w = w.astype(dtype)
+    for dim, axes in enumerate(spec):
+        if axes is not None:
+            w = jax.lax.all_gather(w, axes, axis=dim, tiled=True)
+    # typed as varying over every batch axis, like the activations it meets: a custom-VJP matmul's weight
+    # gradient then has the weight's own type, and autodiff sums it over the axes the weight was replicated on
+    missing = tuple(a for a in BATCH_AXES if a not in jax.typeof(w).mat.varying)
+    return jax.lax.pcast(w, missing, to="varying") if missing else w
+
+
+def gathered(w: jax.Array, logical_axes: Sequence[Optional[str]], dtype: Any) -> jax.Array:
+    """``w`` cast to ``dtype`` and whole over the batch mesh axes (still split where its logical axes map to
+    other mesh axes); its gradient returns reduce-scattered to ``w``'s own sharding. Without an ambient mesh
+    (one device, or model code called outside a :class:`~allam_jax.core.partitioning.Partitioner`), a cast."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+        return w.astype(dtype)
+    stored = nn.logical_to_mesh_axes(tuple(logical_axes))
+    if stored is None or all(_without_batch_axes(a) == a for a in stored):
+        return w.astype(dtype)
+    compute = P(*(_without_batch_axes(a) for a in stored))
+    return _gather(w, dtype, P(*stored), compute)
