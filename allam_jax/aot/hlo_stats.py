@@ -17,6 +17,7 @@ _ARRAY = re.compile(r"\b([a-z]+\d*[a-z0-9]*)\[([\d,]*)\]")
 _COMPUTATION = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 _INSTRUCTION = re.compile(r"=\s*(.+?)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(")
 _CALLEES = re.compile(r"\b(body|condition|to_apply|calls|branch_computations|called_computations)=\{?([^}\s,]+(?:,\s*%[\w.\-]+)*)\}?")
+_OP_NAME = re.compile(r'op_name="([^"]+)"')
 _TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 
 
@@ -89,12 +90,14 @@ def _multipliers(comps: dict[str, list[str]], entry: str) -> dict[str, int]:
     return {name: mult(name) for name in comps}
 
 
-def collective_stats(hlo: str) -> dict[str, dict[str, float]]:
-    """``{kind: {"count": ops run per step, "bytes": result bytes per step per device}}`` for each collective
-    kind in the HLO (an async ``-start``/``-done`` pair counts once, by its largest operand)."""
+def collective_ops(hlo: str) -> list[dict]:
+    """Every collective of the program, one dict each: ``kind``, ``times`` (how often one step runs it),
+    ``shapes`` (its result arrays, e.g. ``bf16[4096,11008]``), ``bytes`` (result bytes per run per device; an
+    async ``-start``/``-done`` pair counts once, by its largest operand), ``operands`` (the HLO text of its
+    operand list) and ``source`` (the JAX operation that made it)."""
     comps, entry = _computations(hlo)
     mult = _multipliers(comps, entry) if entry else {name: 1 for name in comps}
-    stats: dict[str, dict[str, float]] = {}
+    ops = []
     for name, lines in comps.items():
         times = mult.get(name, 0)
         if not times:
@@ -105,15 +108,29 @@ def collective_stats(hlo: str) -> dict[str, dict[str, float]]:
                 continue
             type_text, kind, is_start = m.groups()
             sizes = _array_bytes(type_text)
-            nbytes = max(sizes, default=0) if is_start else sum(sizes)
-            entry_stats = stats.setdefault(kind, {"count": 0, "bytes": 0.0})
-            entry_stats["count"] += times
-            entry_stats["bytes"] += times * nbytes
+            shapes = [f"{d}[{dims}]" for d, dims in _ARRAY.findall(type_text) if d in _BYTES]
+            if is_start:
+                shapes = [shapes[sizes.index(max(sizes))]] if sizes else []
+            operands = line[m.end():].split(")", 1)[0]
+            source = _OP_NAME.search(line)
+            ops.append({"kind": kind, "times": times, "shapes": shapes,
+                        "bytes": max(sizes, default=0) if is_start else sum(sizes), "operands": operands,
+                        "source": source.group(1) if source else ""})
+    return ops
+
+
+def collective_stats(hlo: str) -> dict[str, dict[str, float]]:
+    """``{kind: {"count": ops run per step, "bytes": result bytes per step per device}}`` for each collective
+    kind in the HLO (an async ``-start``/``-done`` pair counts once, by its largest operand)."""
+    stats: dict[str, dict[str, float]] = {}
+    for op in collective_ops(hlo):
+        entry_stats = stats.setdefault(op["kind"], {"count": 0, "bytes": 0.0})
+        entry_stats["count"] += op["times"]
+        entry_stats["bytes"] += op["times"] * op["bytes"]
     return dict(sorted(stats.items()))
 
 
 _DEF = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*([a-z]+\d*[a-z0-9]*\[[\d,]*\])(?:\{[^}]*\})?\s+([\w\-]+)\(")
-_OP_NAME = re.compile(r'op_name="([^"]+)"')
 _ALIASING_OPS = {"parameter", "bitcast", "get-tuple-element", "tuple", "copy-done", "all-gather-done", "all-reduce-done",
                  "collective-permute-done"}
 

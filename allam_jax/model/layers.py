@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from allam_jax.model.matmul import project
-from allam_jax.model.weights import gathered
+from allam_jax.model.weights import gathered, project_gathered
 
 Dtype = Any
 EMBED_AXES = ("vocab", "embed")
@@ -62,8 +62,8 @@ class DenseGeneral(nn.Module):
             tuple(in_shape) + tuple(self.features),
             self.param_dtype,
         )
-        kernel = gathered(kernel, self.logical_axes, self.dtype)
-        return project(x, kernel, self.num_contract, self.dtype, self.matmul_impl, self.out_dtype)
+        return project_gathered(x, kernel, self.logical_axes, self.num_contract, self.dtype, self.matmul_impl,
+                                self.out_dtype)
 
 
 class Embed(nn.Module):

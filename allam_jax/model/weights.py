@@ -16,9 +16,11 @@ from typing import Any, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from allam_jax.core.partitioning import BATCH_AXES
+from allam_jax.model.matmul import project
 
 MeshAxes = Union[None, str, tuple[str, ...]]
 
@@ -81,8 +83,10 @@ def gather_in_shard_map(w: jax.Array, spec: P, dtype: Any) -> jax.Array:
     gradient, run once where this gather ran once."""
     w = w.astype(dtype)
     for dim, axes in enumerate(spec):
-        if axes is not None:
-            w = jax.lax.all_gather(w, axes, axis=dim, tiled=True)
+        if axes is not None:  # gathered along the leading axis: its transpose, the gradient's reduce-scatter,
+            # then splits the leading axis too, which the TPU compiler keeps a reduce-scatter (a minor-axis one it
+            # lowers as an all-reduce of the whole weight followed by a slice)
+            w = jnp.moveaxis(jax.lax.all_gather(jnp.moveaxis(w, dim, 0), axes, axis=0, tiled=True), 0, dim)
     # typed as varying over every batch axis, like the activations it meets: a custom-VJP matmul's weight
     # gradient then has the weight's own type, and autodiff sums it over the axes the weight was replicated on
     missing = tuple(a for a in BATCH_AXES if a not in jax.typeof(w).mat.varying)
@@ -101,3 +105,21 @@ def gathered(w: jax.Array, logical_axes: Sequence[Optional[str]], dtype: Any) ->
         return w.astype(dtype)
     compute = P(*(_without_batch_axes(a) for a in stored))
     return _gather(w, dtype, P(*stored), compute)
+
+
+def project_gathered(x: jax.Array, kernel: jax.Array, logical_axes: Sequence[Optional[str]], num_contract: int,
+                     dtype: Any, impl: str, out_dtype: Any = None) -> jax.Array:
+    """:func:`~allam_jax.model.matmul.project` by a weight gathered for compute. On a data/FSDP mesh whose batch
+    axes divide ``x``'s rows, per shard (``shard_map``): the local rows meet the gathered weight, and the weight's
+    gradient is a local partial sum that JAX reduce-scatters onto the shard (summed over the axes the weight is
+    replicated on). Elsewhere (tensor parallelism, a batch that does not divide), :func:`gathered`."""
+    mesh = batch_only_mesh(x.shape[0]) if x.ndim > num_contract else None
+    if mesh is None:
+        return project(x, gathered(kernel, logical_axes, dtype), num_contract, dtype, impl, out_dtype)
+    spec = batch_shard_spec(logical_axes)
+    rows = P(BATCH_AXES)
+
+    def local(x: jax.Array, w: jax.Array) -> jax.Array:
+        return project(x, gather_in_shard_map(w, spec, dtype), num_contract, dtype, impl, out_dtype)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(rows, spec), out_specs=rows)(x, kernel)
