@@ -27,8 +27,10 @@ setup(
         "hf": ["safetensors==0.8.0", "transformers==5.23.0", "torch==2.13.0"],
         "lmeval": ["lm-eval==0.4.13"],
         "notebooks": ["nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0"],
-        # the version jax[tpu]==0.10.2 names: the TPU compiler for `allam compile` (also on CPU-only hosts)
-        "tpu": ["libtpu==0.0.42.1"],
+        # the TPU compiler for `allam compile` (also on CPU-only hosts). Newer than the 0.0.42.1 jax[tpu]==0.10.2
+        # names: 0.0.52 compiles the 7B train step in 16 GB less per chip (MaxText's memory); jax 0.11+, which
+        # names it, needs Python 3.12
+        "tpu": ["libtpu==0.0.52"],
     },
     entry_points={"console_scripts": ["allam=allam_jax.cli:main"]},
 )

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
+import os
 import re
+import shutil
+import tempfile
 import time
 from typing import Any, Optional
 
@@ -75,6 +79,36 @@ class CompileReport:
         d.update(model_flops_per_device=self.model_flops_per_device, step_seconds_at_100pct_mfu=self.step_seconds(1.0),
                  step_seconds_at_50pct_mfu=self.step_seconds(0.5))
         return d
+
+
+class _HloDump:
+    """The optimized HLO as the TPU compiler itself prints it (its dump of the module after optimizations), not
+    as jaxlib re-parses it: a libtpu newer than jaxlib emits instructions jaxlib's parser refuses (async-update
+    arity checks), so ``compiled.as_text()`` can fail on the very programs worth reading. CPU topologies, and a
+    dump that is missing, fall back to ``as_text()``."""
+
+    def __init__(self, topology: Topology):
+        self.dir = tempfile.mkdtemp(prefix="allam-hlo-") if topology.platform == "tpu" else None
+
+    def options(self) -> dict[str, Any]:
+        if self.dir is None:
+            return {}
+        return {"xla_dump_to": self.dir, "xla_dump_hlo_as_text": True, "xla_dump_hlo_pass_re": "^$"}
+
+    def __enter__(self) -> "_HloDump":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def text(self, compiled) -> str:
+        if self.dir is not None:
+            dumps = sorted(glob.glob(os.path.join(self.dir, "*.after_optimizations.txt")), key=os.path.getmtime)
+            if dumps:
+                with open(dumps[-1], encoding="utf-8") as f:
+                    return f.read()
+        return compiled.as_text()
 
 
 def _bytes(value: str, unit: str) -> float:
@@ -162,17 +196,12 @@ def compile_step(exp, topology: Topology, step: str = "train") -> CompileReport:
             lowered = _eval_lowered(exp, program, seq_len)
         else:
             lowered = _decode_lowered(exp, program, seq_len, partitioner)
-        try:
-            compiled = lowered.compile()
-        except Exception as e:  # noqa: BLE001 - XLA raises XlaRuntimeError/ValueError with the reason inside
-            if not _OOM.search(str(e)):
-                raise
-            _out_of_memory(report, str(e))
-            compiled = _compile_past_oom(lowered, topology, report)
+        with _HloDump(topology) as hlo_dump:
+            compiled = _compile(lowered, topology, report, hlo_dump)
+            report.compile_seconds = time.perf_counter() - start
             if compiled is None:
-                report.compile_seconds = time.perf_counter() - start
                 return report
-    report.compile_seconds = time.perf_counter() - start
+            hlo = hlo_dump.text(compiled)
     mem = compiled.memory_analysis()
     report.argument_bytes = float(mem.argument_size_in_bytes)
     report.output_bytes = float(mem.output_size_in_bytes)
@@ -180,21 +209,31 @@ def compile_step(exp, topology: Topology, step: str = "train") -> CompileReport:
     report.temp_bytes = float(mem.temp_size_in_bytes)
     report.required_bytes = report.argument_bytes + report.output_bytes - report.alias_bytes + report.temp_bytes
     report.fits = report.required_bytes <= topology.hbm_bytes
-    hlo = compiled.as_text()
     report.collectives = collective_stats(hlo)
     if not report.fits:
         report.largest_buffers = largest_buffers(hlo)
     return report
 
 
-def _compile_past_oom(lowered, topology: Topology, report: CompileReport):
+def _compile(lowered, topology: Topology, report: CompileReport, hlo_dump: "_HloDump"):
+    """The compiled program, or None when it does not fit and the compiler cannot finish it anyway."""
+    try:
+        return lowered.compile(compiler_options=hlo_dump.options())
+    except Exception as e:  # noqa: BLE001 - XLA raises XlaRuntimeError/ValueError with the reason inside
+        if not _OOM.search(str(e)):
+            raise
+        _out_of_memory(report, str(e))
+        return _compile_past_oom(lowered, topology, report, hlo_dump)
+
+
+def _compile_past_oom(lowered, topology: Topology, report: CompileReport, hlo_dump: "_HloDump"):
     """The TPU compiler stops at its first estimate when a program does not fit; asked not to, it finishes, so
     the report can give real per-chip numbers and the largest arrays. None when that fails too (one array
     larger than the chip, say: its message, which names the array's shape and HLO op, joins the report)."""
     if topology.platform != "tpu":
         return None
     try:
-        return lowered.compile(compiler_options={"xla_tpu_no_crash_on_oom": True})
+        return lowered.compile(compiler_options={"xla_tpu_no_crash_on_oom": True, **hlo_dump.options()})
     except Exception as e:  # noqa: BLE001 - XLA's runtime error carries the reason in its text
         detail = [ln.strip() for ln in str(e).splitlines() if ln.strip()][:3]
         if detail:

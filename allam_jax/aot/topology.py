@@ -127,7 +127,7 @@ def _parse(name: str) -> tuple[str, Optional[Chip], Optional[str]]:
 
 def _libtpu_missing_message(name: str) -> str:
     return (f"--topology={name} needs libtpu (the TPU compiler) on this machine: pip install 'allam-jax[tpu]' "
-            f"(or: pip install libtpu==0.0.42.1); no TPU is needed")
+            f"(or: pip install libtpu==0.0.52); no TPU is needed")
 
 
 def resolve_topology(name: str) -> Topology:
