@@ -104,8 +104,8 @@ def run_maxtext(case: Case, python: str, work: Path) -> dict:
 
 
 def run_allam(case: Case) -> dict:
-    cmd = [sys.executable, "-m", "allam_jax.cli", "compile", "--gin_file", case.allam_gin, "--topology", case.topology,
-           "--json"]
+    allam = Path(sys.executable).with_name("allam")
+    cmd = [str(allam), "compile", "--gin_file", case.allam_gin, "--topology", case.topology, "--json"]
     for binding in case.allam_bindings:
         cmd += ["--gin_bindings", binding]
     start = time.perf_counter()

@@ -109,7 +109,7 @@ def main():
     if sys.argv[1:] == ["bf16"]:  # the CPU bf16 matmuls and blockwise attention, sharded vs one device
         import dataclasses
 
-        meshes = [(2, 2, 2), (1, 2, 4)]
+        meshes = [(2, 2, 2), (1, 2, 4), (2, 4, 1)]  # (2, 4, 1): the matmuls per batch shard under shard_map
         cfg = dataclasses.replace(CFG, compute_dtype="bfloat16", matmul_impl="explicit_vjp", attention_impl="blockwise")
         init_state, (ref_new, ref_grads), ref_metrics, _ = run((1, 1, 1), devices[:1], cfg=cfg)
         _, (_, f32_grads), _, _ = run((1, 1, 1), devices[:1], host_state=init_state)
