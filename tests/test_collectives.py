@@ -69,18 +69,20 @@ def test_weights_are_all_gathered_once_per_use_on_a_whole_cube(whole_cube):
     assert not [op for op in ops if op["kind"] == "all-reduce" and "dynamic-update-slice" in op["operands"]]
     gathered = sum(op["times"] * op["bytes"] for op in ops if op["kind"] == "all-gather"
                    and all(s.startswith("bf16") for s in op["shapes"]))
-    # each layer's weights twice (the forward, and its recomputation under full remat), the embedding table and
-    # the LM head once, all in bf16: nothing more is gathered, in no other form
+    # each layer's weights twice (the forward, and its recomputation under full remat) and the LM head once, all
+    # in bf16; the embedding table at most once (for its lookup the partitioner may move rows instead): nothing
+    # more is gathered, in no other form
     layer = sum(LAYER_WEIGHTS.values())
-    assert gathered == BF16 * (2 * LAYERS * layer + 2 * VOCAB * D)
+    assert gathered in (BF16 * (2 * LAYERS * layer + VOCAB * D), BF16 * (2 * LAYERS * layer + 2 * VOCAB * D))
 
 
 @pytest.mark.tpu
 def test_lm_head_is_gathered_and_reduced_once_per_step_not_per_chunk(whole_cube):
     ops, _ = whole_cube
     vocab_sized = [op for op in ops if op["kind"] == "all-gather" and _elements(op) == D * VOCAB]
-    # the embedding table and the LM head: one gather each per step (per chunk, the head's would run 4 times)
-    assert sorted(op["times"] for op in vocab_sized) == [1, 1], vocab_sized
+    # the LM head (and the embedding table, if the lookup gathers it): one gather per step (per chunk, the head's
+    # would run 4 times)
+    assert sorted(op["times"] for op in vocab_sized) in ([1], [1, 1]), vocab_sized
     head = [op for op in ops if op["kind"] in ("all-reduce", "reduce-scatter") and f"bf16[{D},{VOCAB}]" in op["shapes"]]
     assert sum(op["times"] for op in head) == 1, head
 
