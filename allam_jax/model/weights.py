@@ -3,10 +3,13 @@
 A parameter sharded over the batch axes (``data``, ``fsdp``) must be whole on every device of those axes
 when a layer multiplies by it. Left to itself, XLA's partitioner picks per matmul between gathering the weight,
 moving activations around a ring (windowed einsum) or transposing them (all-to-all), and the gradient comes
-back as an all-reduce of the whole weight followed by a slice. :func:`gathered` fixes the choice: the weight is
-cast to the compute dtype *on its shard* (half the bytes on the wire in bf16), all-gathered over the batch axes
-only (a tensor-parallel split stays), and in the backward pass its gradient -- a partial sum on each device --
-is constrained straight back to the parameter's sharding, which XLA emits as one reduce-scatter.
+back as an all-reduce of the whole weight followed by a slice. Here the weight is cast to the compute dtype *on
+its shard* (half the bytes on the wire in bf16) and all-gathered over the batch axes only (a tensor-parallel
+split stays). :func:`project_gathered` runs the matmul per batch shard under ``shard_map`` on data x FSDP meshes,
+so the gradient is a local partial sum that JAX reduce-scatters onto the shard; :func:`gathered` (tensor-parallel
+meshes, the embedding table, the LM head outside the chunked loss) constrains the gradient back to the
+parameter's sharding and leaves the reduction to the partitioner. ``tests/test_collectives.py`` asserts what the
+TPU compiler makes of both.
 """
 
 from __future__ import annotations
