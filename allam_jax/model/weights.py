@@ -15,6 +15,7 @@ TPU compiler makes of both.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Optional, Sequence, Union
 
 import flax.linen as nn
@@ -28,10 +29,11 @@ from allam_jax.model.matmul import project
 MeshAxes = Union[None, str, tuple[str, ...]]
 
 
-def _without_batch_axes(axes: MeshAxes) -> MeshAxes:
+def _batch_part(axes: MeshAxes, batch: bool) -> MeshAxes:
+    """The mesh axes of one array dimension that are (``batch=True``) or are not batch axes."""
     if axes is None:
         return None
-    kept = tuple(a for a in ((axes,) if isinstance(axes, str) else axes) if a not in BATCH_AXES)
+    kept = tuple(a for a in ((axes,) if isinstance(axes, str) else axes) if (a in BATCH_AXES) == batch)
     return kept if len(kept) > 1 else (kept[0] if kept else None)
 
 
@@ -55,14 +57,7 @@ def batch_shard_spec(logical_axes: Sequence[Optional[str]]) -> P:
     """The part of a parameter's sharding that lies on the batch mesh axes (what a ``shard_map`` over those axes
     names in its ``in_specs``; other mesh axes stay with the compiler)."""
     stored = nn.logical_to_mesh_axes(tuple(logical_axes)) or (None,) * len(logical_axes)
-
-    def batch_only(axes: MeshAxes) -> MeshAxes:
-        if axes is None:
-            return None
-        kept = tuple(a for a in ((axes,) if isinstance(axes, str) else axes) if a in BATCH_AXES)
-        return kept if len(kept) > 1 else (kept[0] if kept else None)
-
-    return P(*(batch_only(a) for a in stored))
+    return P(*(_batch_part(a, batch=True) for a in stored))
 
 
 def batch_only_mesh(rows: int):
@@ -74,10 +69,7 @@ def batch_only_mesh(rows: int):
         return None
     if any(mesh.shape[a] != 1 for a in mesh.axis_names if a not in BATCH_AXES):
         return None
-    parts = 1
-    for axis in BATCH_AXES:
-        parts *= mesh.shape[axis]
-    return mesh if rows % parts == 0 else None
+    return mesh if rows % math.prod(mesh.shape[a] for a in BATCH_AXES) == 0 else None
 
 
 def gather_in_shard_map(w: jax.Array, spec: P, dtype: Any) -> jax.Array:
@@ -104,9 +96,9 @@ def gathered(w: jax.Array, logical_axes: Sequence[Optional[str]], dtype: Any) ->
     if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
         return w.astype(dtype)
     stored = nn.logical_to_mesh_axes(tuple(logical_axes))
-    if stored is None or all(_without_batch_axes(a) == a for a in stored):
+    compute = None if stored is None else P(*(_batch_part(a, batch=False) for a in stored))
+    if compute is None or tuple(compute) == tuple(stored):
         return w.astype(dtype)
-    compute = P(*(_without_batch_axes(a) for a in stored))
     return _gather(w, dtype, P(*stored), compute)
 
 
