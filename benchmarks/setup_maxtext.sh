@@ -4,8 +4,11 @@
 # is not on PATH (use the versioned binary: a pyenv shim named python3.12 may start another version).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON312:-$(command -v python3.12 || ls /root/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | head -1)}
-if [ -z "$PY" ] || ! "$PY" -c 'import sys; assert sys.version_info[:2] == (3, 12)'; then
+PY=""
+for candidate in ${PYTHON312:-} $(command -v python3.12) $(ls "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3.12 2>/dev/null); do
+  if "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then PY=$candidate; break; fi
+done
+if [ -z "$PY" ]; then
   echo "setup_maxtext: no Python 3.12 found; set PYTHON312=/path/to/python3.12" >&2
   exit 2
 fi

@@ -25,6 +25,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from allam_jax.aot.hlo_stats import collective_stats, largest_buffers
+from allam_jax.aot.step_time import Interconnect, estimate_step_time
 from allam_jax.aot.topology import Topology
 from allam_jax.core.errors import ConfigError
 from allam_jax.core.partitioning import Partitioner
@@ -64,6 +65,7 @@ class CompileReport:
     collectives: dict = dataclasses.field(default_factory=dict)
     oom_message: Optional[str] = None  # the compiler's words when it stopped early for memory
     largest_buffers: list = dataclasses.field(default_factory=list)  # when it does not fit: the biggest arrays
+    estimate: Optional[dict] = None  # TPU only: aot.step_time.StepTimeEstimate's fields (seconds per step)
 
     @property
     def model_flops_per_device(self) -> float:
@@ -74,10 +76,17 @@ class CompileReport:
             return None
         return self.model_flops_per_device / (self.peak_flops_per_device * mfu)
 
+    @property
+    def estimated_mfu(self) -> Optional[float]:
+        """Model FLOPs over the estimated step time at the chip's peak."""
+        if not self.estimate or not self.peak_flops_per_device or not self.estimate["step_seconds"]:
+            return None
+        return self.model_flops_per_device / (self.estimate["step_seconds"] * self.peak_flops_per_device)
+
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.update(model_flops_per_device=self.model_flops_per_device, step_seconds_at_100pct_mfu=self.step_seconds(1.0),
-                 step_seconds_at_50pct_mfu=self.step_seconds(0.5))
+                 estimated_mfu=self.estimated_mfu)
         return d
 
 
@@ -210,6 +219,9 @@ def compile_step(exp, topology: Topology, step: str = "train") -> CompileReport:
     report.required_bytes = report.argument_bytes + report.output_bytes - report.alias_bytes + report.temp_bytes
     report.fits = report.required_bytes <= topology.hbm_bytes
     report.collectives = collective_stats(hlo)
+    if topology.chip is not None:
+        net = Interconnect.from_devices(list(mesh.devices.flat), topology.wrap, topology.chip)
+        report.estimate = dataclasses.asdict(estimate_step_time(hlo, topology.chip, net))
     if not report.fits:
         report.largest_buffers = largest_buffers(hlo)
     return report

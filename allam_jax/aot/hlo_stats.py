@@ -18,10 +18,12 @@ _COMPUTATION = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 _INSTRUCTION = re.compile(r"=\s*(.+?)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(")
 _CALLEES = re.compile(r"\b(body|condition|to_apply|calls|branch_computations|called_computations)=\{?([^}\s,]+(?:,\s*%[\w.\-]+)*)\}?")
 _OP_NAME = re.compile(r'op_name="([^"]+)"')
+_NEW_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s")
 _TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 
 
-def _array_bytes(type_text: str) -> list[float]:
+def array_bytes(type_text: str) -> list[float]:
+    """Bytes of each array named in an HLO type (``f32[4,8]``, or a tuple of them), in order."""
     out = []
     for dtype, dims in _ARRAY.findall(type_text):
         if dtype not in _BYTES:
@@ -33,7 +35,8 @@ def _array_bytes(type_text: str) -> list[float]:
     return out
 
 
-def _computations(hlo: str) -> tuple[dict[str, list[str]], str]:
+def computations(hlo: str) -> tuple[dict[str, list[str]], str]:
+    """``({computation name: its instructions, one string each}, entry computation name)``."""
     comps: dict[str, list[str]] = {}
     entry, current = "", None
     for line in hlo.splitlines():
@@ -47,8 +50,10 @@ def _computations(hlo: str) -> tuple[dict[str, list[str]], str]:
         if current is not None:
             if line.strip() == "}":
                 current = None
-            else:
+            elif _NEW_INSTRUCTION.match(line) or not comps[current]:
                 comps[current].append(line)
+            else:  # a continuation: attributes (a kernel's metadata, say) may hold newlines
+                comps[current][-1] += " " + line.strip()
     return comps, entry
 
 
@@ -69,7 +74,7 @@ def _trip_count(line: str, comps: dict[str, list[str]]) -> int:
     return 1
 
 
-def _multipliers(comps: dict[str, list[str]], entry: str) -> dict[str, int]:
+def multipliers(comps: dict[str, list[str]], entry: str) -> dict[str, int]:
     """How many times one run of ``entry`` runs each computation (while bodies times their trip counts)."""
     callers: dict[str, list[tuple[str, int]]] = collections.defaultdict(list)
     for name, lines in comps.items():
@@ -95,8 +100,8 @@ def collective_ops(hlo: str) -> list[dict]:
     ``shapes`` (its result arrays, e.g. ``bf16[4096,11008]``), ``bytes`` (result bytes per run per device; an
     async ``-start``/``-done`` pair counts once, by its largest operand), ``operands`` (the HLO text of its
     operand list) and ``source`` (the JAX operation that made it)."""
-    comps, entry = _computations(hlo)
-    mult = _multipliers(comps, entry) if entry else {name: 1 for name in comps}
+    comps, entry = computations(hlo)
+    mult = multipliers(comps, entry) if entry else {name: 1 for name in comps}
     ops = []
     for name, lines in comps.items():
         times = mult.get(name, 0)
@@ -107,7 +112,7 @@ def collective_ops(hlo: str) -> list[dict]:
             if not m:
                 continue
             type_text, kind, is_start = m.groups()
-            sizes = _array_bytes(type_text)
+            sizes = array_bytes(type_text)
             shapes = [f"{d}[{dims}]" for d, dims in _ARRAY.findall(type_text) if d in _BYTES]
             if is_start:
                 shapes = [shapes[sizes.index(max(sizes))]] if sizes else []
@@ -144,7 +149,7 @@ def largest_buffers(hlo: str, top: int = 10) -> list[dict]:
         m = _DEF.match(line)
         if not m or m.group(3) in _ALIASING_OPS:
             continue
-        sizes = _array_bytes(m.group(2))
+        sizes = array_bytes(m.group(2))
         if not sizes:
             continue
         op = _OP_NAME.search(line)

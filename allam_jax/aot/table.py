@@ -56,12 +56,21 @@ def format_report(r, gin_files=()) -> str:
         verdict = f"more than {_gib(r.hbm_bytes)}: DOES NOT FIT"
     rows.append(("memory", verdict))
     rows.append(("model FLOPs", f"{r.model_flops:.3e} per step, {r.model_flops_per_device:.3e} per device"))
-    if r.peak_flops_per_device:
-        t100, t50 = r.step_seconds(1.0), r.step_seconds(0.5)
-        tokens = r.rows * (1 if r.step == "decode" else r.seq_len)
-        note = "; decoding is bound by memory bandwidth, so this is a floor" if r.step == "decode" else ""
-        rows.append(("step time", f"{_seconds(t100)} at 100% MFU, {_seconds(t50)} at 50% MFU "
-                                  f"({tokens / t50:,.0f} tokens/s at 50%{note})"))
+    tokens = r.rows * (1 if r.step == "decode" else r.seq_len)
+    if r.estimate and r.estimate["step_seconds"]:
+        e = r.estimate
+        rows.append(("step time", f"{_seconds(e['step_seconds'])} estimated: {r.estimated_mfu:.1%} MFU, "
+                                  f"{tokens / e['step_seconds']:,.0f} tokens/s (an estimate from the compiled HLO)"))
+        rows.append(("  parts", f"compute {_seconds(e['compute_seconds'])} + attention "
+                                f"{_seconds(e['attention_seconds'])} + exposed communication "
+                                f"{_seconds(e['exposed_communication_seconds'])} (of "
+                                f"{_seconds(e['communication_seconds'])}: "
+                                + ", ".join(f"{k} {_seconds(v)}" for k, v in e["by_collective"].items()) + ")"))
+        rows.append(("  bounds", f"{_seconds(r.step_seconds(1.0))} at 100% MFU; {_seconds(e['no_overlap_seconds'])} "
+                                 "if no collective overlapped compute"))
+        rows.append(("  leaves out", "; ".join(e["leaves_out"])))
+    elif r.peak_flops_per_device:
+        rows.append(("step time", f"{_seconds(r.step_seconds(1.0))} at 100% MFU (no estimate: nothing compiled)"))
     if r.collectives:
         rows.append(("collectives", "; ".join(f"{k} x{int(v['count'])} {_gib(v['bytes'])}"
                                               for k, v in r.collectives.items()) + " per step per device"))

@@ -31,13 +31,18 @@ class Chip:
     topology_prefix: str  # libtpu's name of the generation ('v5' is v5p)
     dims: int  # 3-D torus (v4, v5p) or 2-D (v5e, v6e)
     cores_per_chip: int  # what the slice name counts per chip
+    hbm_bandwidth: float  # bytes/s
+    ici_link_bandwidth: float  # bytes/s, one direction of one link to a torus neighbour
+    dcn_bandwidth: float  # bytes/s per chip between slices
 
 
+# Cloud TPU's data sheets (peak bf16, HBM, DCN per chip); per-link ICI as in "How to Scale Your Model" (jax-ml), the
+# per-chip totals of the data sheets divided over the links (v5p: 1200 GB/s bidirectional over 6 links)
 CHIPS = {
-    "v4": Chip("TPU v4", 32 * GIB, 275e12, "v4", 3, 2),
-    "v5p": Chip("TPU v5p", 95 * GIB, 459e12, "v5", 3, 2),
-    "v5e": Chip("TPU v5e", 16 * GIB, 197e12, "v5e", 2, 1),
-    "v6e": Chip("TPU v6e", 32 * GIB, 918e12, "v6e", 2, 1),
+    "v4": Chip("TPU v4", 32 * GIB, 275e12, "v4", 3, 2, 1.2e12, 4.5e10, 6.25e9),
+    "v5p": Chip("TPU v5p", 95 * GIB, 459e12, "v5", 3, 2, 2.765e12, 1.0e11, 6.25e9),
+    "v5e": Chip("TPU v5e", 16 * GIB, 197e12, "v5e", 2, 1, 8.19e11, 4.5e10, 6.25e9),
+    "v6e": Chip("TPU v6e", 32 * GIB, 918e12, "v6e", 2, 1, 1.64e12, 9.0e10, 6.25e9),
 }
 _ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6lite": "v6e", "v5": "v5p"}
 

@@ -1,0 +1,420 @@
+"""A step time read from the compiled program: a roofline per HLO op, loop trip counts applied, collectives priced
+on the slice's torus.
+
+Why not ``compiled.cost_analysis()``: on TPU it counts a ``scan`` body once, prices a Pallas kernel (splash
+attention) at zero FLOPs and every collective as HBM traffic whatever its group. Here each op of the optimized HLO
+that runs on the chip is priced on its own:
+
+- **compute**: a matmul (``convolution``/``dot``, also inside fusions) by its FLOPs, counted as XLA's cost analysis
+  counts them (only window positions that touch real input); every op takes ``max(FLOPs / peak, bytes / HBM
+  bandwidth)`` with the bytes it reads and writes (a fused ``dynamic-slice`` of a stacked weight reads the slice,
+  an in-place ``dynamic-update-slice`` writes the update);
+- **attention**: a Pallas kernel by the cost estimate it carries, else (splash attention) by its FLOPs from the
+  q/k shapes, the blocks a causal mask leaves and which pass it is (forward, dK/dV with or without dQ, dQ);
+- **communication**: each collective on the torus links its replica group spans: an all-gather of ``V`` bytes over
+  ``p`` chips takes ``V (p-1)/p`` over the summed bandwidth of the rings it uses (both directions of a ring that
+  closes, one of a line), an all-reduce twice that, an all-to-all a quarter-ring's distance, a hop ~1 us, groups
+  that span slices add the data-centre network;
+- **overlap**: collectives hide behind the compute of the computation that issues them (a loop body: layer i+1's
+  weights gather while layer i computes), so a computation takes ``max(compute, communication)``; the sum (no
+  overlap) is reported as the upper bound.
+
+Everything ``StepTimeEstimate.leaves_out`` names is what the estimate cannot see.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from typing import Optional, Sequence
+
+import numpy as np
+
+from allam_jax.aot.hlo_stats import array_bytes, computations, multipliers
+
+HOP_SECONDS = 1e-6  # per ring step of a collective (the scaling book's ICI latency)
+_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([a-z][\w\-]*)\(")
+_OPERAND = re.compile(r"%([\w.\-]+)")
+_COLLECTIVE = re.compile(r"^(all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)(-start)?$")
+_FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "conditional", "call",
+         "after-all", "partition-id", "replica-id", "copy-start", "copy-done", "opt-barrier", "add-dependency",
+         "all-gather-done", "all-reduce-done", "collective-permute-done", "reduce-scatter-done", "all-to-all-done",
+         "async-done", "async-update", "send-done", "recv-done"}
+_SLICING = {"dynamic-slice", "slice", "gather"}
+_CONTROL_CALLEES = re.compile(r"\b(body|condition|branch_computations|to_apply)=\{?([^}\s,]+(?:,\s*%[\w.\-]+)*)\}?")
+
+
+@dataclasses.dataclass
+class Instruction:
+    name: str
+    type: str  # the result's HLO type text
+    opcode: str
+    operands: list[str]
+    text: str
+
+
+def _balanced(text: str, start: int) -> tuple[str, int]:
+    """The text inside the parenthesis opening at ``start`` and the index after its close."""
+    depth = 0
+    for i in range(start, len(text)):
+        if text[i] == "(":
+            depth += 1
+        elif text[i] == ")":
+            depth -= 1
+            if depth == 0:
+                return text[start + 1:i], i + 1
+    return text[start + 1:], len(text)
+
+
+def parse_instruction(line: str) -> Optional[Instruction]:
+    m = _INSTR.match(line)
+    if not m:
+        return None
+    inside, _ = _balanced(line, m.end() - 1)
+    return Instruction(m.group(1), m.group(2), m.group(3), _OPERAND.findall(inside), line)
+
+
+def _dims(type_text: str) -> list[int]:
+    m = re.search(r"\[([\d,]*)\]", type_text)
+    return [int(d) for d in m.group(1).split(",") if d] if m else []
+
+
+def _attr(text: str, key: str) -> Optional[str]:
+    m = re.search(r"\b" + key + r"=(\{[^}]*\}|[^,\s]+)", text)
+    return m.group(1).strip("{}") if m else None
+
+
+# ---------------------------------------------------------------------------------------------------- matmul FLOPs
+def _valid_positions(out: int, window: int, inp: int, stride: int, pad_lo: int, lhs_dil: int, rhs_dil: int) -> int:
+    """(output position, window position) pairs of one spatial dimension that read real input, not padding."""
+    k = np.arange(window, dtype=np.int64)
+    if lhs_dil == 1:
+        c = k * rhs_dil - pad_lo  # input position = o * stride + c, valid in [0, inp - 1]
+        lo = np.maximum(0, -(c // stride))  # ceil(-c / stride)
+        hi = np.minimum(out - 1, np.floor_divide(inp - 1 - c, stride))
+        return int(np.maximum(0, hi - lo + 1).sum())
+    o = np.arange(out, dtype=np.int64)[:, None]
+    pos = o * stride - pad_lo + k[None, :] * rhs_dil
+    return int(((pos >= 0) & (pos <= (inp - 1) * lhs_dil) & (pos % lhs_dil == 0)).sum())
+
+
+def convolution_flops(out_type: str, lhs_type: str, rhs_type: str, attrs: str) -> float:
+    """FLOPs of an HLO ``convolution`` (how the TPU compiler writes matmuls), as XLA's HloCostAnalysis counts
+    them: 2 x input features per group x output features x batch per group x valid window positions."""
+    out, lhs, rhs = _dims(out_type), _dims(lhs_type), _dims(rhs_type)
+    labels = _attr(attrs, "dim_labels")
+    if not labels:
+        return 0.0
+    lhs_l, rest = labels.split("_", 1)
+    rhs_l, out_l = rest.split("->")
+    spatial = sorted(ch for ch in lhs_l if ch.isdigit())
+    window = _attr(attrs, "window") or ""
+
+    def field(name: str, default: int) -> list[int]:
+        m = re.search(r"\b" + name + r"=([\dx_\-]+)", window)
+        if not m:
+            return [default] * len(spatial)
+        return [int(v.split("_")[0]) if name == "pad" else int(v) for v in m.group(1).split("x")]
+
+    stride, pad, lhs_dil, rhs_dil = field("stride", 1), field("pad", 0), field("lhs_dilate", 1), field("rhs_dilate", 1)
+    positions = 1
+    for i, s in enumerate(spatial):
+        positions *= _valid_positions(out[out_l.index(s)], rhs[rhs_l.index(s)], lhs[lhs_l.index(s)], stride[i],
+                                      pad[i], lhs_dil[i], rhs_dil[i])
+    fgc = int(_attr(attrs, "feature_group_count") or 1)
+    bgc = int(_attr(attrs, "batch_group_count") or 1)
+    in_features = lhs[lhs_l.index("f")] // fgc
+    out_features = out[out_l.index("f")]
+    batch = lhs[lhs_l.index("b")] // bgc
+    return 2.0 * in_features * out_features * batch * positions
+
+
+def dot_flops(out_type: str, lhs_type: str, attrs: str) -> float:
+    contracting = _attr(attrs, "lhs_contracting_dims")
+    lhs = _dims(lhs_type)
+    k = math.prod(lhs[int(d)] for d in contracting.split(",") if d) if contracting else 1
+    return 2.0 * math.prod(_dims(out_type)) * k
+
+
+# ------------------------------------------------------------------------------------------------------- kernels
+def _causal_fraction(q_len: int, kv_len: int, block_q: int, block_kv: int) -> float:
+    """The share of (q block, kv block) pairs a causal mask leaves for a block-sparse kernel to compute."""
+    n, m = math.ceil(q_len / block_q), math.ceil(kv_len / block_kv)
+    live = sum(min(m, ((i + 1) * block_q - 1) // block_kv + 1) for i in range(n))
+    return live / (n * m)
+
+
+def kernel_cost(ins: Instruction, shapes: dict[str, str], separate_dq: bool = False) -> tuple[float, float, bool]:
+    """(FLOPs, bytes, priced) of a Pallas custom call: its own cost estimate when it carries one, else splash
+    attention's from its shapes (a causal mask assumed; its dK/dV pass computes dQ too unless the program has
+    a dQ kernel, ``separate_dq``), else bytes only (priced False)."""
+    operand_bytes = sum(sum(array_bytes(shapes.get(o, ""))) for o in ins.operands)
+    moved = operand_bytes + sum(array_bytes(ins.type))
+    est = re.search(r'"cost_estimate":\s*(\{[^}]*\})', ins.text)
+    if est:
+        cost = json.loads(est.group(1))
+        return float(cost.get("flops", 0)), float(cost.get("bytes_accessed", moved)), True
+    name = ins.name + " " + (re.search(r'op_name="([^"]+)"', ins.text) or [None, ""])[1]
+    kind = next((k for k in ("splash_mha_fwd", "splash_mha_dkv", "splash_mha_dq") if k in name), None)
+    tensors = [_dims(shapes[o]) for o in ins.operands if o in shapes and len(_dims(shapes[o])) == 4
+               and re.match(r"(bf16|f32|f16)\[", shapes[o])]
+    if kind is None or len(tensors) < 2:
+        return 0.0, moved, False
+    (batch, heads, q_len, head_dim), k_shape = tensors[0], tensors[1]
+    meta = {k: int(v) for k, v in re.findall(r'\\?"(block_q|block_kv)\\?":\s*(\d+)', ins.text)}
+    frac = _causal_fraction(q_len, k_shape[2], meta.get("block_q", q_len), meta.get("block_kv", k_shape[2]))
+    matmuls = {"splash_mha_fwd": 2, "splash_mha_dkv": 4 if separate_dq else 5, "splash_mha_dq": 3}[kind]
+    return 2.0 * matmuls * batch * heads * q_len * k_shape[2] * head_dim * frac, moved, True
+
+
+# --------------------------------------------------------------------------------------------------- collectives
+@dataclasses.dataclass(frozen=True)
+class Interconnect:
+    """Where each device of the program sits: torus coordinates (by the program's device ids), which rings
+    close, and the link bandwidths."""
+
+    coords: Sequence[tuple[int, ...]]
+    shape: tuple[int, ...]
+    wrap: tuple[bool, ...]
+    link_bandwidth: float  # one direction of one ICI link
+    dcn_bandwidth: float = 6.25e9
+    slices: Sequence[int] = ()
+
+    @classmethod
+    def from_devices(cls, devices: Sequence, wrap: Sequence[bool], chip) -> "Interconnect":
+        coords = [tuple(getattr(d, "coords", (i, 0, 0))) for i, d in enumerate(devices)]
+        shape = tuple(max(c[k] for c in coords) + 1 for k in range(len(coords[0])))
+        wrap = tuple(wrap) + (False,) * (len(shape) - len(wrap))
+        return cls(coords, shape, wrap, chip.ici_link_bandwidth, chip.dcn_bandwidth,
+                   tuple(getattr(d, "slice_index", 0) or 0 for d in devices))
+
+
+def replica_groups(text: str, num_devices: int) -> list[list[int]]:
+    """A collective's device groups from its ``replica_groups`` (explicit or iota form) or, for a permute, its
+    ``source_target_pairs``; one group of every device when the attribute is empty."""
+    iota = re.search(r"replica_groups=\[([\d,]+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?", text)
+    if iota:
+        out_shape = [int(x) for x in iota.group(1).split(",")]
+        ids = np.arange(math.prod(int(x) for x in iota.group(2).split(","))).reshape(
+            [int(x) for x in iota.group(2).split(",")])
+        if iota.group(3):
+            ids = ids.transpose([int(x) for x in iota.group(3).split(",")])
+        return ids.reshape(out_shape[0], -1).tolist()
+    m = re.search(r"(?:replica_groups|source_target_pairs)=\{((?:\{[\d,]*\},?)*)\}", text)
+    if m and m.group(1):
+        return [[int(x) for x in g.split(",") if x] for g in re.findall(r"\{([\d,]*)\}", m.group(1))]
+    return [list(range(num_devices))]
+
+
+def collective_seconds(kind: str, result_bytes: float, group: Sequence[int], net: Interconnect) -> float:
+    """One collective's time on the torus (see the module's docstring for the model)."""
+    p = len(group)
+    if p <= 1 or result_bytes <= 0:
+        return 0.0
+    pts = [net.coords[i] for i in group if i < len(net.coords)]
+    extents = [len({c[k] for c in pts}) for k in range(len(net.shape))]
+    bandwidth, hops, longest = 0.0, 0, 1
+    for k, n in enumerate(extents):
+        if n <= 1:
+            continue
+        ring = n <= 2 or (net.wrap[k] and n == net.shape[k])
+        bandwidth += net.link_bandwidth * (2 if ring else 1)
+        hops += n - 1
+        longest = max(longest, n)
+    slices = len({net.slices[i] for i in group if i < len(net.slices)}) if net.slices else 1
+    if kind == "collective-permute":
+        return result_bytes / net.link_bandwidth + HOP_SECONDS
+    volume = {"all-gather": result_bytes, "reduce-scatter": result_bytes * p, "all-reduce": 2 * result_bytes,
+              "all-to-all": result_bytes * longest / 4}[kind]
+    seconds = 0.0
+    if bandwidth:
+        seconds += volume * (p - 1) / p / bandwidth + HOP_SECONDS * hops * (2 if kind == "all-reduce" else 1)
+    if slices > 1:
+        seconds += volume * (slices - 1) / slices / net.dcn_bandwidth
+    return seconds
+
+
+# ---------------------------------------------------------------------------------------------------- the estimate
+@dataclasses.dataclass
+class StepTimeEstimate:
+    step_seconds: float  # collectives overlapped with their computation's compute
+    compute_seconds: float  # matmuls and memory-bound ops, attention kernels excluded
+    attention_seconds: float
+    communication_seconds: float  # all collectives back to back
+    exposed_communication_seconds: float  # what overlap leaves on the critical path
+    no_overlap_seconds: float  # the upper bound: nothing overlaps
+    matmul_flops: float  # per device per step, from the HLO
+    attention_flops: float
+    hbm_bytes: float
+    by_collective: dict  # kind -> seconds per step
+    unpriced_kernels: int = 0
+    leaves_out: tuple = ()
+
+    def mfu(self, model_flops_per_device: float, peak_flops: float) -> float:
+        return model_flops_per_device / (self.step_seconds * peak_flops)
+
+
+LEAVES_OUT = (
+    "the chip's instruction scheduling: an op runs at the slower of its FLOPs and bytes (a roofline), never slower",
+    "host work, input pipeline and step dispatch",
+    "contention between collectives issued together, and overlap across computations",
+    "attention kernels' masks other than causal (splash's FLOPs assume a decoder's causal mask)",
+)
+
+
+class _Costs:
+    def __init__(self, comps: dict[str, list[str]]):
+        self.comps = comps
+        self.parsed = {name: [i for i in map(parse_instruction, lines) if i] for name, lines in comps.items()}
+        self.shapes = {name: {i.name: i.type for i in ins} for name, ins in self.parsed.items()}
+        self._flops: dict[str, float] = {}
+
+    def flops(self, comp: str) -> float:
+        """Matmul FLOPs of one run of a fused computation (nested fusions included)."""
+        if comp not in self._flops:
+            self._flops[comp] = 0.0
+            self._flops[comp] = sum(self.op_flops(i, comp) for i in self.parsed.get(comp, ()))
+        return self._flops[comp]
+
+    def op_flops(self, ins: Instruction, comp: str) -> float:
+        shapes = self.shapes[comp]
+        if ins.opcode == "convolution" and len(ins.operands) >= 2:
+            return convolution_flops(ins.type, shapes.get(ins.operands[0], ""), shapes.get(ins.operands[1], ""),
+                                     ins.text)
+        if ins.opcode == "dot" and ins.operands:
+            return dot_flops(ins.type, shapes.get(ins.operands[0], ""), ins.text)
+        if ins.opcode == "fusion":
+            called = _attr(ins.text, "calls")
+            return self.flops(called.lstrip("%")) if called else 0.0
+        return 0.0
+
+    def fusion_bytes(self, ins: Instruction, comp: str) -> float:
+        """Bytes a fusion moves: each operand read whole, unless the fused code only slices it (the slices are
+        read) or updates it in place (nothing read), through nested fusions and bitcasts; the result written, a
+        fused in-place update only its update."""
+        called = (_attr(ins.text, "calls") or "").lstrip("%")
+        shapes = self.shapes[comp]
+        total = sum(self._param_read(called, index, sum(array_bytes(shapes.get(o, ""))))
+                    for index, o in enumerate(ins.operands))
+        root = next((i for i in self.parsed.get(called, []) if i.text.lstrip().startswith("ROOT")), None)
+        return total + self._written(root, called, ins.type)
+
+    def _param_read(self, comp: str, index: int, whole: float) -> float:
+        param = next((i.name for i in self.parsed.get(comp, []) if i.opcode == "parameter"
+                      and re.search(r"parameter\(" + str(index) + r"\)", i.text)), None)
+        return whole if param is None else min(whole, self._read(comp, param, whole))
+
+    def _read(self, comp: str, name: str, whole: float) -> float:
+        total, used = 0.0, False
+        for u in self.parsed.get(comp, []):
+            for pos, o in enumerate(u.operands):
+                if o != name:
+                    continue
+                used = True
+                if u.opcode in _SLICING and pos == 0:
+                    total += sum(array_bytes(u.type))
+                elif u.opcode == "dynamic-update-slice" and pos == 0:
+                    pass
+                elif u.opcode == "fusion":
+                    total += self._param_read((_attr(u.text, "calls") or "").lstrip("%"), pos, whole)
+                elif u.opcode == "bitcast":
+                    total += self._read(comp, u.name, whole)
+                else:
+                    return whole
+        return total if used else whole
+
+    def _written(self, root: Optional[Instruction], comp: str, result_type: str) -> float:
+        if root is None:
+            return sum(array_bytes(result_type))
+        if root.opcode == "dynamic-update-slice" and len(root.operands) > 1:
+            return sum(array_bytes(self.shapes[comp].get(root.operands[1], "")))
+        if root.opcode == "tuple":
+            by_name = {i.name: i for i in self.parsed[comp]}
+            return sum(self._written(by_name.get(o), comp, self.shapes[comp].get(o, "")) for o in root.operands)
+        return sum(array_bytes(root.type))
+
+    def plain_bytes(self, ins: Instruction, comp: str) -> float:
+        shapes = self.shapes[comp]
+        if ins.opcode == "dynamic-update-slice" and len(ins.operands) > 1:
+            return 2 * sum(array_bytes(shapes.get(ins.operands[1], "")))
+        if ins.opcode in _SLICING:
+            return 2 * sum(array_bytes(ins.type))
+        return sum(sum(array_bytes(shapes.get(o, ""))) for o in ins.operands) + sum(array_bytes(ins.type))
+
+
+def _control_computations(comps: dict[str, list[str]], entry: str) -> set[str]:
+    """The entry and what it runs as control flow (loop bodies, branches, calls): computations whose ops run on
+    the chip one after another, as opposed to fused computations (priced through their fusion)."""
+    seen, todo = {entry}, [entry]
+    while todo:
+        for line in comps.get(todo.pop(), ()):
+            if " fusion(" in line or " custom-call(" in line:
+                continue
+            if re.search(r"\s(reduce|reduce-window|scatter|select-and-scatter|sort|map|all-reduce|reduce-scatter)"
+                         r"(-start)?\(", line):
+                continue  # to_apply there is a scalar reducer
+            for _, targets in _CONTROL_CALLEES.findall(line):
+                for t in re.findall(r"%?([\w.\-]+)", targets):
+                    if t in comps and t not in seen:
+                        seen.add(t)
+                        todo.append(t)
+    return seen
+
+
+def estimate_step_time(hlo: str, chip, net: Interconnect) -> StepTimeEstimate:
+    """Prices the optimized HLO of one step (see the module docstring) for ``chip`` on ``net``."""
+    comps, entry = computations(hlo)
+    mult = multipliers(comps, entry) if entry else {name: 1 for name in comps}
+    costs = _Costs(comps)
+    totals = dict(step=0.0, compute=0.0, attention=0.0, comm=0.0, upper=0.0, mm=0.0, attn_flops=0.0, bytes=0.0)
+    by_kind: dict[str, float] = {}
+    unpriced = 0
+    separate_dq = "splash_mha_dq" in hlo
+    for comp in _control_computations(comps, entry or next(iter(comps))):
+        times = mult.get(comp, 0)
+        if not times:
+            continue
+        compute = attention = comm = 0.0
+        for ins in costs.parsed[comp]:
+            coll = _COLLECTIVE.match(ins.opcode)
+            if coll:
+                kind = coll.group(1)
+                sizes = array_bytes(ins.type)
+                result = max(sizes, default=0.0) if coll.group(2) else sum(sizes)
+                groups = replica_groups(ins.text, len(net.coords))
+                t = max(collective_seconds(kind, result, g, net) for g in groups)
+                comm += t
+                by_kind[kind] = by_kind.get(kind, 0.0) + times * t
+                continue
+            if ins.opcode in _FREE:
+                continue
+            if ins.opcode == "custom-call":
+                if "tpu_custom_call" not in ins.text:
+                    continue
+                flops, moved, priced = kernel_cost(ins, costs.shapes[comp], separate_dq)
+                unpriced += 0 if priced else times
+                attention += max(flops / chip.peak_flops, moved / chip.hbm_bandwidth)
+                totals["attn_flops"] += times * flops
+                totals["bytes"] += times * moved
+                continue
+            flops = costs.op_flops(ins, comp)
+            moved = costs.fusion_bytes(ins, comp) if ins.opcode == "fusion" else costs.plain_bytes(ins, comp)
+            compute += max(flops / chip.peak_flops, moved / chip.hbm_bandwidth)
+            totals["mm"] += times * flops
+            totals["bytes"] += times * moved
+        busy = compute + attention
+        totals["step"] += times * max(busy, comm)
+        totals["upper"] += times * (busy + comm)
+        totals["compute"] += times * compute
+        totals["attention"] += times * attention
+        totals["comm"] += times * comm
+    busy = totals["compute"] + totals["attention"]
+    return StepTimeEstimate(
+        step_seconds=totals["step"], compute_seconds=totals["compute"], attention_seconds=totals["attention"],
+        communication_seconds=totals["comm"], exposed_communication_seconds=totals["step"] - busy,
+        no_overlap_seconds=totals["upper"], matmul_flops=totals["mm"], attention_flops=totals["attn_flops"],
+        hbm_bytes=totals["bytes"], by_collective=dict(sorted(by_kind.items())), unpriced_kernels=unpriced,
+        leaves_out=LEAVES_OUT + ((f"{unpriced} kernel calls per step without a FLOP count, priced by their bytes",)
+                                 if unpriced else ()))
