@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -26,6 +28,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,6 +42,8 @@ class Case:
     seq_len: int
     allam_gin: str  # this project's run config of the same model, with the bindings below
     allam_bindings: tuple[str, ...]
+    maxtext_args: tuple[str, ...] = ("remat_policy=full",)
+    published_mfu: Optional[float] = None  # MaxText's measured MFU for exactly this config, where published
 
 
 CASES = {
@@ -55,15 +60,40 @@ CASES = {
          "StepConfig.logits_chunk_size = 0")),
 }
 
+# MaxText's own published measurement (its README's Llama-2 70B row: 65.4% MFU on v5p-512) with its own
+# configs/tpu/v5p/llama2_70b.sh settings; compiled here only to calibrate the step-time estimate against it
+CALIBRATION = {
+    "70b-v5p-512-maxtext-config": Case(
+        "Llama-2 70B, v5p-512, 1024 x 4096 tokens, remat save_dot_except_mlpwi (MaxText's v5p config)", "v5p-512",
+        "llama2-70b", 4, 4096, "runs/continue_llama2_70b_ar.gin", (),
+        ("remat_policy=save_dot_except_mlpwi", "use_iota_embed=true"), published_mfu=0.654),
+    # configs/tpu/v5p/32b.sh and its README row (1x v5p-128: 71.47% MFU); held out of the fit
+    "32b-v5p-128-maxtext-config": Case(
+        "MaxText's 32B (global_parameter_scale=32), v5p-128, 384 x 2048 tokens, remat minimal, fsdp x tensor 4",
+        "v5p-128", "default", 6, 2048, "", (),
+        ("remat_policy=minimal", "global_parameter_scale=32", "ici_fsdp_parallelism=-1", "ici_tensor_parallelism=4",
+         "use_iota_embed=true", "quantization="), published_mfu=0.7147),
+}
+
 _MAXTEXT_DRIVER = textwrap.dedent('''
     import json, os, sys
     out = sys.argv[1]
     from maxtext.trainers.pre_train import train_compile as tc
+    from maxtext.utils import maxtext_utils
+    configs = []
+    initialize = tc.pyconfig.initialize
+    tc.pyconfig.initialize = lambda *a, **k: configs.append(initialize(*a, **k)) or configs[-1]
     original = tc.jit_and_compile
     def keep(*args, **kwargs):
         compiled = original(*args, **kwargs)
         with open(os.path.join(out, "hlo.txt"), "w") as f:
             f.write(compiled.as_text())
+        shardings = [x for x in jax.tree_util.tree_leaves(compiled.input_shardings) if hasattr(x, "mesh")]
+        with open(os.path.join(out, "devices.json"), "w") as f:
+            json.dump([[*d.coords, getattr(d, "slice_index", 0) or 0] for d in shardings[0].mesh.devices.flat], f)
+        _, learnable, attention = maxtext_utils.calculate_tflops_training_per_device(configs[-1], log=False)
+        with open(os.path.join(out, "flops.json"), "w") as f:  # PaLM's count: attention's full T x T
+            json.dump({"model_flops_per_device": (learnable + 2 * attention) * 1e12}, f)
         m = compiled.memory_analysis()
         with open(os.path.join(out, "memory.json"), "w") as f:
             json.dump({"argument": m.argument_size_in_bytes, "output": m.output_size_in_bytes,
@@ -89,7 +119,7 @@ def run_maxtext(case: Case, python: str, work: Path) -> dict:
     driver.write_text(_MAXTEXT_DRIVER)
     args = [maxtext_config(python), f"compile_topology={case.topology}", "compile_topology_num_slices=1",
             f"model_name={case.maxtext_model}", f"per_device_batch_size={case.per_device_batch}",
-            f"max_target_length={case.seq_len}", "remat_policy=full", "attention=flash", "enable_checkpointing=false",
+            f"max_target_length={case.seq_len}", *case.maxtext_args, "attention=flash", "enable_checkpointing=false",
             "run_name=vs_allam", f"base_output_directory={work / 'out'}"]
     env = dict(os.environ, JAX_PLATFORMS="cpu", TPU_WORKER_HOSTNAMES="localhost", ALLOW_MULTIPLE_LIBTPU_LOAD="1",
                TPU_ACCELERATOR_TYPE=case.topology)
@@ -101,10 +131,38 @@ def run_maxtext(case: Case, python: str, work: Path) -> dict:
     from allam_jax.aot.hlo_stats import collective_stats
 
     memory = json.loads((work / "memory.json").read_text())
-    return {"seconds": time.perf_counter() - start, "collectives": collective_stats((work / "hlo.txt").read_text()),
+    hlo = (work / "hlo.txt").read_text()
+    devices = json.loads((work / "devices.json").read_text())
+    return {"raw_estimate": functools.partial(_estimate, hlo, case.topology, devices),"seconds": time.perf_counter() - start, "collectives": collective_stats(hlo),
+            "estimate": _estimate(hlo, case.topology, devices),
+            "model_flops_per_device": json.loads((work / "flops.json").read_text())["model_flops_per_device"],
             "temp": memory["temp"], "argument": memory["argument"],
             "required": memory["argument"] + memory["output"] - memory["alias"] + memory["temp"],
             "versions": json.loads((work / "versions.json").read_text())}
+
+
+def _estimate(hlo: str, topology: str, devices: list, efficiency: Optional[float] = None) -> dict:
+    """The same estimator ``allam compile`` runs, on another program's HLO and device order."""
+    from allam_jax.aot.step_time import Interconnect, estimate_step_time
+    from allam_jax.aot.topology import _parse, torus_wrap
+
+    _, chip, libtpu_name = _parse(topology)
+    shape = [int(x) for x in libtpu_name.split(":")[1].split("x")]
+    coords = [tuple(d[:3]) for d in devices]
+    net = Interconnect(coords, tuple(shape), torus_wrap(shape, chip.dims), chip.ici_link_bandwidth,
+                       chip.dcn_bandwidth, tuple(d[3] for d in devices))
+    return dataclasses.asdict(estimate_step_time(hlo, chip, net, efficiency))
+
+
+def _model_flops_per_device(case: Case) -> tuple[float, float]:
+    """Model FLOPs per chip per step by this project's count (PaLM's: attention's full T x T), for both programs."""
+    from allam_jax import gin_setup
+    from allam_jax.aot.topology import _parse
+
+    gin_setup.parse([case.allam_gin], list(case.allam_bindings))
+    cfg = gin_setup.model_config()
+    _, chip, _ = _parse(case.topology)
+    return cfg.training_flops_per_token(case.seq_len) * case.per_device_batch * case.seq_len, chip.peak_flops
 
 
 def run_allam(case: Case) -> dict:
@@ -123,7 +181,7 @@ def run_allam(case: Case) -> dict:
     return {"seconds": time.perf_counter() - start, "collectives": report["collectives"],
             "temp": report["temp_bytes"], "argument": report["argument_bytes"], "required": report["required_bytes"],
             "versions": {"jax": jax.__version__, "libtpu": version("libtpu")}, "params": report["params"],
-            "rows": report["rows"]}
+            "rows": report["rows"], "estimate": report["estimate"]}
 
 
 def _gb(x: float) -> str:
@@ -133,6 +191,50 @@ def _gb(x: float) -> str:
 def _collectives(stats: dict) -> str:
     parts = [f"{kind} x{int(v['count'])} ({_gb(v['bytes'])})" for kind, v in stats.items() if v["bytes"] >= 1e6]
     return ", ".join(parts) or "none"
+
+
+def _mfu(case: Case, estimate: dict) -> float:
+    flops, peak = _model_flops_per_device(case)
+    return flops / (estimate["step_seconds"] * peak)
+
+
+def _step(case: Case, estimate: dict) -> str:
+    return f"{estimate['step_seconds']:.3f} s ({_mfu(case, estimate):.1%})"
+
+
+def _parts(e: dict) -> str:
+    return (f"{e['compute_seconds']:.3f} + {e['attention_seconds']:.3f} + {e['exposed_communication_seconds']:.3f} s "
+            f"(all communication {e['communication_seconds']:.3f} s)")
+
+
+def calibration(points: list[tuple[Case, dict]]) -> str:
+    """Each published measurement against the estimate from MaxText's own compiled program: uncalibrated (matmuls
+    and kernels at the chip's peak), the efficiency that would match it, and the error at the efficiency the
+    project uses (``Chip.matmul_efficiency``, the geometric mean of the fitted ones)."""
+    from allam_jax.aot.topology import _parse
+
+    rows, fitted = [], []
+    for case, theirs in points:
+        chip = _parse(case.topology)[1]
+
+        def mfu(eff: Optional[float], theirs=theirs, chip=chip) -> float:
+            return theirs["model_flops_per_device"] / (theirs["raw_estimate"](eff)["step_seconds"] * chip.peak_flops)
+
+        lo, hi = 0.05, 1.5  # bisect the efficiency at which the estimate meets the measurement
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if mfu(mid) < case.published_mfu else (lo, mid)
+        fitted.append(lo)
+        rows.append((case, mfu(1.0), lo, mfu(None), chip.matmul_efficiency))
+    geo = math.exp(sum(math.log(f) for f in fitted) / len(fitted))
+    lines = ["### Calibration against MaxText's published measurements", "",
+             "| config | measured MFU | estimated at 100% of peak | efficiency that matches | estimated at the "
+             "project's efficiency | error |", "|---|---|---|---|---|---|"]
+    for case, raw, fit, used, eff in rows:
+        lines.append(f"| {case.name} | {case.published_mfu:.1%} | {raw:.1%} ({(raw - case.published_mfu) * 100:+.1f}) "
+                     f"| {fit:.3f} | {used:.1%} at {eff:.3f} | {(used - case.published_mfu) * 100:+.1f} points |")
+    lines += ["", f"Geometric mean of the fitted efficiencies: {geo:.3f} (what `Chip.matmul_efficiency` should hold)."]
+    return "\n".join(lines)
 
 
 def table(case: Case, mine: dict, theirs: dict) -> str:
@@ -145,6 +247,8 @@ def table(case: Case, mine: dict, theirs: dict) -> str:
         ("memory required per chip", _gb(theirs["required"]), _gb(mine["required"])),
         ("collectives per step (over 1 MB)", _collectives(theirs["collectives"]), _collectives(mine["collectives"])),
         ("collective bytes per step per chip", f"{total['m'] / 1e9:.3f} GB", f"{total['a'] / 1e9:.3f} GB"),
+        ("estimated step time (MFU)", _step(case, theirs["estimate"]), _step(case, mine["estimate"])),
+        ("  compute + attention + exposed communication", _parts(theirs["estimate"]), _parts(mine["estimate"])),
         ("compile time on this host", f"{theirs['seconds']:.0f} s", f"{mine['seconds']:.0f} s"),
     ]
     lines = [f"### {case.name}", "", "| | MaxText | allam-jax |", "|---|---|---|"]
@@ -156,7 +260,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--maxtext_python", default=str(ROOT / ".maxtext-venv" / "bin" / "python"),
                         help="the Python of a venv with maxtext[tpu] (benchmarks/setup_maxtext.sh makes one)")
-    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES), help="which comparisons")
+    parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES), help="which comparisons")
+    parser.add_argument("--calibrate", nargs="*", default=list(CALIBRATION), choices=list(CALIBRATION),
+                        help="MaxText configs with published measurements to check the step-time estimate against "
+                             "(MaxText's compile only); none: --calibrate with no names")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "vs_maxtext.md"),
                         help="the Markdown file the tables go to (also printed)")
     args = parser.parse_args(argv)
@@ -172,9 +279,19 @@ def main(argv=None) -> int:
         mine = run_allam(case)
         sections.append(table(case, mine, theirs))
         print(sections[-1] + "\n", flush=True)
+    points = []
+    for name in args.calibrate:
+        case = CALIBRATION[name]
+        with tempfile.TemporaryDirectory() as work:
+            points.append((case, run_maxtext(case, args.maxtext_python, Path(work))))
+    if points:
+        sections.append(calibration(points))
+        print(sections[-1] + "\n", flush=True)
     header = ("# allam-jax vs MaxText: one train step compiled for the same slice\n\n"
               "Written by `benchmarks/vs_maxtext.py` on a CPU host (compile only). Bytes are result sizes per chip "
-              "per step, loop trip counts applied, read from each optimized HLO by the same parser; GB = 1e9 bytes.\n")
+              "per step, loop trip counts applied, read from each optimized HLO by the same parser; GB = 1e9 bytes. "
+              "Step times are `allam_jax.aot.step_time`'s estimate from each program's HLO, MFU by this project's FLOP "
+              "count (PaLM's, attention's full T x T) for both.\n")
     Path(args.out).write_text(header + "\n" + "\n\n".join(sections) + "\n")
     return 0
 

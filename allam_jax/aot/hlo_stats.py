@@ -68,7 +68,7 @@ def _trip_count(line: str, comps: dict[str, list[str]]) -> int:
     cond = re.search(r"condition=%?([\w.\-]+)", line)
     body = comps.get(cond.group(1), []) if cond else []
     if any("direction=LT" in ln for ln in body):
-        bounds = [int(c) for ln in body for c in re.findall(r"s32\[\]\S*\s+constant\((\d+)\)", ln)]
+        bounds = [int(c) for ln in body for c in re.findall(r"[su](?:32|64)\[\]\S*\s+constant\((\d+)\)", ln)]
         if len(bounds) == 1:
             return bounds[0]
     return 1

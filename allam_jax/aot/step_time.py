@@ -330,7 +330,7 @@ class _Costs:
             return sum(array_bytes(result_type))
         if root.opcode == "dynamic-update-slice" and len(root.operands) > 1:
             return sum(array_bytes(self.shapes[comp].get(root.operands[1], "")))
-        if root.opcode == "tuple":
+        if root.opcode in ("tuple", "bitcast"):
             by_name = {i.name: i for i in self.parsed[comp]}
             return sum(self._written(by_name.get(o), comp, self.shapes[comp].get(o, "")) for o in root.operands)
         return sum(array_bytes(root.type))
@@ -363,8 +363,10 @@ def _control_computations(comps: dict[str, list[str]], entry: str) -> set[str]:
     return seen
 
 
-def estimate_step_time(hlo: str, chip, net: Interconnect) -> StepTimeEstimate:
-    """Prices the optimized HLO of one step (see the module docstring) for ``chip`` on ``net``."""
+def estimate_step_time(hlo: str, chip, net: Interconnect, efficiency: Optional[float] = None) -> StepTimeEstimate:
+    """Prices the optimized HLO of one step (see the module docstring) for ``chip`` on ``net``; matmuls and
+    kernels run at ``efficiency`` of the chip's peak (default: ``chip.matmul_efficiency``, calibrated)."""
+    peak = chip.peak_flops * (chip.matmul_efficiency if efficiency is None else efficiency)
     comps, entry = computations(hlo)
     mult = multipliers(comps, entry) if entry else {name: 1 for name in comps}
     costs = _Costs(comps)
@@ -395,13 +397,13 @@ def estimate_step_time(hlo: str, chip, net: Interconnect) -> StepTimeEstimate:
                     continue
                 flops, moved, priced = kernel_cost(ins, costs.shapes[comp], separate_dq)
                 unpriced += 0 if priced else times
-                attention += max(flops / chip.peak_flops, moved / chip.hbm_bandwidth)
+                attention += max(flops / peak, moved / chip.hbm_bandwidth)
                 totals["attn_flops"] += times * flops
                 totals["bytes"] += times * moved
                 continue
             flops = costs.op_flops(ins, comp)
             moved = costs.fusion_bytes(ins, comp) if ins.opcode == "fusion" else costs.plain_bytes(ins, comp)
-            compute += max(flops / chip.peak_flops, moved / chip.hbm_bandwidth)
+            compute += max(flops / peak, moved / chip.hbm_bandwidth)
             totals["mm"] += times * flops
             totals["bytes"] += times * moved
         busy = compute + attention

@@ -15,9 +15,11 @@ def _gib(x: Optional[float]) -> str:
     return "?" if x is None else f"{x / GIB:.2f} GiB"
 
 
-def _seconds(x: Optional[float]) -> str:
+def seconds_text(x: Optional[float]) -> str:
     if x is None:
         return "?"
+    if x < 1e-3:
+        return f"{x * 1e6:.1f} us"
     return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.2f} s"
 
 
@@ -59,18 +61,18 @@ def format_report(r, gin_files=()) -> str:
     tokens = r.rows * (1 if r.step == "decode" else r.seq_len)
     if r.estimate and r.estimate["step_seconds"]:
         e = r.estimate
-        rows.append(("step time", f"{_seconds(e['step_seconds'])} estimated: {r.estimated_mfu:.1%} MFU, "
+        rows.append(("step time", f"{seconds_text(e['step_seconds'])} estimated: {r.estimated_mfu:.1%} MFU, "
                                   f"{tokens / e['step_seconds']:,.0f} tokens/s (an estimate from the compiled HLO)"))
-        rows.append(("  parts", f"compute {_seconds(e['compute_seconds'])} + attention "
-                                f"{_seconds(e['attention_seconds'])} + exposed communication "
-                                f"{_seconds(e['exposed_communication_seconds'])} (of "
-                                f"{_seconds(e['communication_seconds'])}: "
-                                + ", ".join(f"{k} {_seconds(v)}" for k, v in e["by_collective"].items()) + ")"))
-        rows.append(("  bounds", f"{_seconds(r.step_seconds(1.0))} at 100% MFU; {_seconds(e['no_overlap_seconds'])} "
+        rows.append(("  parts", f"compute {seconds_text(e['compute_seconds'])} + attention "
+                                f"{seconds_text(e['attention_seconds'])} + exposed communication "
+                                f"{seconds_text(e['exposed_communication_seconds'])} (of "
+                                f"{seconds_text(e['communication_seconds'])}: "
+                                + ", ".join(f"{k} {seconds_text(v)}" for k, v in e["by_collective"].items()) + ")"))
+        rows.append(("  bounds", f"{seconds_text(r.step_seconds(1.0))} at 100% MFU; {seconds_text(e['no_overlap_seconds'])} "
                                  "if no collective overlapped compute"))
         rows.append(("  leaves out", "; ".join(e["leaves_out"])))
     elif r.peak_flops_per_device:
-        rows.append(("step time", f"{_seconds(r.step_seconds(1.0))} at 100% MFU (no estimate: nothing compiled)"))
+        rows.append(("step time", f"{seconds_text(r.step_seconds(1.0))} at 100% MFU (no estimate: nothing compiled)"))
     if r.collectives:
         rows.append(("collectives", "; ".join(f"{k} x{int(v['count'])} {_gib(v['bytes'])}"
                                               for k, v in r.collectives.items()) + " per step per device"))

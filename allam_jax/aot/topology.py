@@ -34,6 +34,7 @@ class Chip:
     hbm_bandwidth: float  # bytes/s
     ici_link_bandwidth: float  # bytes/s, one direction of one link to a torus neighbour
     dcn_bandwidth: float  # bytes/s per chip between slices
+    matmul_efficiency: float = 1.0  # the share of peak FLOP/s the step-time estimate grants matmuls and kernels
 
 
 # Cloud TPU's data sheets (peak bf16, HBM, DCN per chip); per-link ICI as in "How to Scale Your Model" (jax-ml), the

@@ -20,7 +20,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler=run_info)
 
+    from allam_jax.aot.search import DEFAULT_GRAD_ACCUM, DEFAULT_LOGITS_CHUNK, DEFAULT_REMAT
     from allam_jax.aot.topology import FAMILIES_HELP
+    from allam_jax.model.config import REMAT_POLICIES
 
     p = sub.add_parser(
         "compile", help="dry-run a config on a TPU slice (or N CPU devices): per-chip memory, fit, FLOPs, collectives",
@@ -38,6 +40,23 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="train: the optimizer step (default); eval: the log-likelihood scoring forward pass; "
                    "decode: one token per row against a KV cache of seq_len (rows = TrainerConfig.batch_size)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    s = p.add_argument_group("search (--search): compile variants of the config and rank those that fit by the "
+                             "estimated step time")
+    s.add_argument("--search", action="store_true",
+                   help="compile every variant below (train step only) and print them ranked, with the gin bindings "
+                        "of the fastest that fits; progress goes to stderr, one line per compile")
+    s.add_argument("--search_remat", nargs="+", default=list(DEFAULT_REMAT), choices=list(REMAT_POLICIES),
+                   metavar="POLICY", help=f"remat policies to try (default: {' '.join(DEFAULT_REMAT)})")
+    s.add_argument("--search_grad_accum", nargs="+", type=int, default=list(DEFAULT_GRAD_ACCUM), metavar="N",
+                   help="micro-batch counts (StepConfig.grad_accum_steps) to try, fewest first; the first that fits "
+                        "ends a line (default: %(default)s)")
+    s.add_argument("--search_logits_chunk", nargs="+", type=int, default=list(DEFAULT_LOGITS_CHUNK), metavar="N",
+                   help="StepConfig.logits_chunk_size values to try, 0 = unchunked (default: %(default)s)")
+    s.add_argument("--search_mesh", nargs="+", default=[], metavar="SHAPE",
+                   help="PartitioningConfig.mesh_shape values to try, e.g. '(1, -1, 1)' '(2, -1, 1)' "
+                        "(default: the config's own)")
+    s.add_argument("--headroom", type=float, default=0.1,
+                   help="share of the chip's memory to leave free (default: 0.1, i.e. use at most 90%%)")
     p.set_defaults(handler=run_compile)
 
 
@@ -87,6 +106,8 @@ def run_compile(args: argparse.Namespace) -> int:
 
     _prepare_cpu_devices(args.topology)
     topology = resolve_topology(args.topology)  # bad names fail before the (slow) gin and model build
+    if args.search:
+        return _run_search(args, topology)
     gin_setup.parse(args.gin_file, args.gin_bindings)
     report = compile_step(gin_setup.build_experiment(), topology, args.step)
     if args.json:
@@ -94,3 +115,22 @@ def run_compile(args: argparse.Namespace) -> int:
     else:
         print(format_report(report, args.gin_file))
     return EXIT_OK if report.fits else EXIT_DOES_NOT_FIT
+
+
+def _run_search(args: argparse.Namespace, topology) -> int:
+    from allam_jax.aot.search import format_search, search
+    from allam_jax.core.errors import ConfigError
+
+    if args.step != "train":
+        raise ConfigError("--search ranks train steps; drop --step or use --step=train")
+    if any(n < 1 for n in args.search_grad_accum) or any(n < 0 for n in args.search_logits_chunk):
+        raise ConfigError("--search_grad_accum takes counts >= 1 and --search_logits_chunk sizes >= 0")
+    found = search(args.gin_file, args.gin_bindings, topology, remat=args.search_remat,
+                   grad_accum=args.search_grad_accum, logits_chunk=args.search_logits_chunk, meshes=args.search_mesh,
+                   headroom=args.headroom)
+    if args.json:
+        print(json.dumps([{"bindings": list(c.bindings), "within_budget": c.within_budget, "error": c.error,
+                           "report": c.report.as_dict() if c.report else None} for c in found]))
+    else:
+        print(format_search(found, args.headroom))
+    return EXIT_OK if any(c.within_budget for c in found) else EXIT_DOES_NOT_FIT
