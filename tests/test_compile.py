@@ -135,8 +135,23 @@ def test_compile_tiny_config_for_tpu_prints_a_table_that_fits():
     r = allam("compile", "--gin_file", "runs/tiny_cpu.gin", "--topology", "v5e:2x2", *TINY,
               "--gin_bindings", "ModelConfig.attention_impl = 'pallas'")
     assert r.returncode == 0, r.stderr[-3000:]
-    for fragment in ("v5e:2x2", "4 devices", "fits", "model FLOPs", "step time", "attention pallas", "mesh"):
+    for fragment in ("v5e:2x2", "4 devices", "fits", "model FLOPs", "step time", "attention pallas", "mesh",
+                     "estimated", "MFU", "exposed communication", "leaves out", "at 100% MFU"):
         assert fragment in r.stdout, r.stdout
+
+
+@pytest.mark.tpu
+def test_compile_search_prints_the_ranked_variants_and_refuses_other_steps():
+    r = allam("compile", "--gin_file", "runs/tiny_cpu.gin", "--topology", "v5e:2x2", *TINY, "--search",
+              "--search_remat", "full", "--search_grad_accum", "1", "2", "--search_logits_chunk", "0", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    found = json.loads(r.stdout)
+    # one variant: the line stops at its first fit, one micro-batch
+    assert [c["bindings"][-1] for c in found] == ["StepConfig.grad_accum_steps = 1"]
+    assert found[0]["within_budget"] and 0 < found[0]["report"]["estimated_mfu"] < 1
+    assert "[1/2" in r.stderr  # progress, a line per compile
+    bad = allam("compile", "--gin_file", "runs/tiny_cpu.gin", "--topology", "v5e:2x2", "--search", "--step", "eval")
+    assert bad.returncode == 2 and "--search ranks train steps" in bad.stderr
 
 
 @pytest.mark.tpu
