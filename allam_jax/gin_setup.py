@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import os
 import tokenize
 from pathlib import Path
@@ -150,29 +151,46 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = (), overrides: Seq
                                               for o in overrides for v in o.values.values()]
     if any(n in t for t in texts for n in _SEQIO_NAMES):
         _register_seqio_configurables()
+    errors = (ValueError, SyntaxError, KeyError, TypeError, OSError, tokenize.TokenError)
     try:
         gin.parse_config_files_and_bindings(files, [], finalize_config=False)
         for override in overrides:
             override.bind()
-        gin.parse_config_files_and_bindings([], list(bindings), finalize_config=False)
-    except (ValueError, SyntaxError, KeyError, TypeError, OSError, tokenize.TokenError) as e:
+    except errors as e:
         raise ConfigError(f"bad gin configuration: {_one_line(e)}") from None
+    for binding in bindings:  # one at a time, so an error names its binding
+        try:
+            gin.parse_config_files_and_bindings([], [binding], finalize_config=False)
+        except errors as e:
+            raise ConfigError(f"bad gin binding {binding!r}: {_one_line(e)}") from None
 
 
 def _config_texts(files: Sequence[str], bindings: Sequence[str]) -> list[str]:
+    """The text of every gin file reached from ``files`` through ``include`` lines (and the bindings); an
+    include cycle or a file that is not UTF-8 is a ConfigError naming the files, before gin recurses forever."""
     texts = list(bindings)
-    pending = list(files)
-    while pending:
-        path = Path(pending.pop())
-        text = path.read_text(encoding="utf-8")
+
+    def visit(path: Path, chain: tuple[Path, ...]) -> None:
+        here = path.resolve()
+        if here in chain:
+            cycle = chain[chain.index(here):] + (here,)
+            raise ConfigError("gin include cycle: " + " -> ".join(str(p) for p in cycle))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"gin file {path} is not UTF-8 text (byte {e.start}: "
+                              f"{e.object[e.start:e.start + 1]!r}); save it as UTF-8") from None
         texts.append(text)
         for line in text.splitlines():
             if line.strip().startswith("include "):
                 name = line.strip()[len("include "):].strip().strip("'\"")
                 for base in (path.parent, REPO_GIN_DIR):
                     if (base / name).is_file():
-                        pending.append(str(base / name))
+                        visit(base / name, chain + (here,))
                         break
+
+    for f in files:
+        visit(Path(f), ())
     return texts
 
 
@@ -182,11 +200,30 @@ def _binds(configurable: str) -> bool:
 
 def _build(factory, name: str):
     try:
-        return factory()
+        built = factory()
     except ConfigError as e:  # gin appends "In call to configurable ..." lines: keep the error one line
         raise ConfigError(str(e).splitlines()[0]) from None
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bad gin value for {name}: {_one_line(e)}") from None
+    _check_finite(built, name)
+    return built
+
+
+def _check_finite(value: Any, where: str) -> None:
+    """Every float a config holds (in its fields, tuples and dicts) is finite: a learning rate of 1e999 or a
+    rate of nan would otherwise train until the first NaN."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number, got {value}")
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            _check_finite(getattr(value, f.name, None), f"{where}.{f.name}")
+    elif isinstance(value, (tuple, list)):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{where}[{k!r}]")
 
 
 def model_config() -> ModelConfig:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from allam_jax.cli.common import add_gin_flags
+from allam_jax.cli.common import add_gin_flags, positive_int
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +14,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        "DpoConfig.reference = 'precomputed' (no frozen copy of the model in memory).")
     add_gin_flags(p)
     p.add_argument("--out", required=True, help="JSONL file to write")
-    p.add_argument("--batch_size", type=int, default=8, help="pairs per forward pass (default 8)")
+    p.add_argument("--batch_size", type=positive_int, default=8, help="pairs per forward pass (default 8)")
     p.set_defaults(handler=run_dpo_reference)
 
 

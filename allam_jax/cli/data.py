@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from allam_jax.cli.common import add_gin_flags
+from allam_jax.cli.common import add_gin_flags, positive_int
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +28,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ins.add_argument("--gin_bindings", action="append", default=[], metavar="BINDING", help="extra gin binding")
     ins.add_argument("--mixture", default=None, help="the mixture to inspect (default: SeqioData.mixture)")
     ins.add_argument("--batches", type=int, default=50, help="number of batches to draw (default 50)")
-    ins.add_argument("--batch_size", type=int, default=None, help="rows per batch (default TrainerConfig.batch_size)")
+    ins.add_argument("--batch_size", type=positive_int, default=None, help="rows per batch (default TrainerConfig.batch_size)")
     ins.add_argument("--seq_len", type=int, default=None, help="packed length (default TrainerConfig.seq_len)")
     ins.add_argument("--examples", type=int, default=3, help="decoded segments to show (default 3)")
     ins.add_argument("--json", action="store_true", help="print JSON instead of tables")

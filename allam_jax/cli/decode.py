@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from allam_jax.cli.common import add_checkpoint_flag, add_gin_flags
+from allam_jax.cli.common import (add_checkpoint_flag, add_gin_flags, non_negative_float, non_negative_int, positive_int,
+                                  probability)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -19,10 +21,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         add_checkpoint_flag(p)
         p.add_argument("--vocabulary", default=None, help="'byte' or a SentencePiece .model (default: the gin "
                        "data config's, else byte)")
-        p.add_argument("--max_new_tokens", type=int, default=64, help="tokens to generate at most (default 64)")
-        p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-        p.add_argument("--top_k", type=int, default=0, help="sample from the k best tokens only (0 = off)")
-        p.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+        p.add_argument("--max_new_tokens", type=positive_int, default=64, help="tokens to generate at most (default 64)")
+        p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default)")
+        p.add_argument("--top_k", type=non_negative_int, default=0, help="sample from the k best tokens only (0 = off)")
+        p.add_argument("--top_p", type=probability, default=1.0, help="nucleus sampling mass (1 = off)")
         p.add_argument("--stop", action="append", default=[], help="stop string, repeatable (cut from the output)")
         p.add_argument("--seed", type=int, default=0, help="sampling seed")
         if name == "generate":
@@ -47,9 +49,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "examples come from DEV_PATH (else from the other test questions)")
     p.add_argument("--perplexity", action="append", default=[], metavar="LANG:PATH",
                    help="held-out text (.txt a document per line, or .jsonl 'text') for perplexity, repeatable")
-    p.add_argument("--num_fewshot", type=int, default=0, help="few-shot examples per question (default 0)")
-    p.add_argument("--limit", type=int, default=None, help="score only the first N questions/documents per file")
-    p.add_argument("--batch_size", type=int, default=16, help="sequences per forward pass (default 16)")
+    p.add_argument("--num_fewshot", type=non_negative_int, default=0, help="few-shot examples per question (default 0)")
+    p.add_argument("--limit", type=positive_int, default=None, help="score only the first N questions/documents per file")
+    p.add_argument("--batch_size", type=positive_int, default=16, help="sequences per forward pass (default 16)")
     p.add_argument("--seed", type=int, default=1234, help="few-shot sampling seed")
     p.add_argument("--out", default=None, help="write the report here (JSON) and beside it as .md")
     p.set_defaults(handler=run_eval)
@@ -94,22 +96,27 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_chat(args: argparse.Namespace) -> int:
+    from allam_jax.core.errors import ConfigError
     from allam_jax.gin_setup import load_generator
     from allam_jax.inference.session import chat_loop
 
+    if sys.stdin is None or sys.stdin.closed:
+        raise ConfigError("allam chat reads your turns from standard input, which is closed; run it in a terminal "
+                          "or pipe the turns in (one per line)")
     gen = load_generator(args.gin_file, args.gin_bindings, args.ckpt, args.vocabulary)
     chat_loop(gen, _sampling(args), args.system)
     return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from allam_jax.eval.runner import markdown, run_eval, write_report
+    from allam_jax.eval.runner import check_specs, markdown, run_eval, write_report
     from allam_jax.eval.scorer import LoglikelihoodScorer
     from allam_jax.gin_setup import load_generator
     from allam_jax.core.errors import ConfigError
 
     if not args.task and not args.perplexity:
         raise ConfigError("nothing to evaluate: give --task FORMAT:PATH and/or --perplexity LANG:PATH")
+    check_specs(args.task, args.perplexity)
     gen = load_generator(args.gin_file, args.gin_bindings, args.ckpt, args.vocabulary)
     scorer = LoglikelihoodScorer(gen.cfg, gen.params, lambda text: gen.encode(text, add_bos=False), gen.bos_id,
                                  batch_size=args.batch_size, progress=True, partitioner=gen.partitioner)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from allam_jax.cli.common import add_checkpoint_flag
+from allam_jax.cli.common import add_checkpoint_flag, positive_int
 from allam_jax.tokenizer import INIT_METHODS
 
 
@@ -25,15 +25,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--strip_diacritics", action="store_true", help="remove Arabic diacritics (kept by default)")
     t.add_argument("--character_coverage", type=float, default=0.9995,
                    help="share of characters covered by pieces; the rest use byte fallback (default 0.9995)")
-    t.add_argument("--max_sentences", type=int, default=2_000_000, help="train on a uniform random sample of at most this many documents (default 2M; the output "
+    t.add_argument("--max_sentences", type=positive_int, default=2_000_000,
+                   help="train on a uniform random sample of at most this many documents (default 2M; the output "
                    "says how many it used)")
+    t.add_argument("--overwrite", action="store_true", help="replace --out if it exists (refused by default)")
     m = tok.add_parser("merge", help="append new pieces to a base model; base ids unchanged",
                        description="Merge through the SentencePiece protobuf: base pieces keep id, score and type; "
                        "new Arabic pieces are appended; the size is padded.")
     m.add_argument("--base", required=True, help="base model, e.g. Llama-2's tokenizer.model")
     m.add_argument("--add", required=True, help="model whose new pieces are appended (allam tokenizer train)")
     m.add_argument("--out", required=True, help="merged .model to write")
-    m.add_argument("--pad_to_multiple", type=int, default=128, help="pad the size with UNUSED pieces (default 128; 1 = off)")
+    m.add_argument("--pad_to_multiple", type=positive_int, default=128,
+                   help="pad the size with UNUSED pieces (default 128; 1 = off)")
+    m.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it exists (refused by default; never one of the inputs)")
     m.add_argument("--all_scripts", action="store_true",
                    help="also add pieces without Arabic letters (may change how English is split)")
     f = tok.add_parser("fertility", help="tokens per word and more, per model and language",
@@ -58,8 +63,23 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         parser.set_defaults(handler=handler)
 
 
+def _check_out(out: str, overwrite: bool, inputs: tuple = ()) -> None:
+    """A tokenizer command never replaces a file unasked, and never one of its own inputs."""
+    from allam_jax.core.errors import ConfigError
+    from allam_jax.core.paths import as_path
+
+    target = as_path(out)
+    for name, path in inputs:
+        if as_path(path).exists() and target.exists() and str(as_path(path).resolve()) == str(target.resolve()):
+            raise ConfigError(f"--out {out} is the {name} file: write the result elsewhere")
+    if target.exists() and not overwrite:
+        raise ConfigError(f"--out {out} exists; choose another path or pass --overwrite to replace it")
+
+
 def run_train(args: argparse.Namespace) -> int:
     from allam_jax.tokenizer.train import train_tokenizer
+
+    _check_out(args.out, args.overwrite)
 
     info = train_tokenizer(args.input, args.vocab_size, args.out, remove_tatweel=not args.keep_tatweel,
                            strip_diacritics=args.strip_diacritics, character_coverage=args.character_coverage,
@@ -71,6 +91,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_merge(args: argparse.Namespace) -> int:
     from allam_jax.tokenizer.merge import merge_tokenizers
+
+    _check_out(args.out, args.overwrite, (("--base", args.base), ("--add", args.add)))
 
     r = merge_tokenizers(args.base, args.add, args.out, args.pad_to_multiple, arabic_only=not args.all_scripts)
     print(f"wrote {args.out}: {r.base_size:,} base + {r.added:,} new + {r.padding} padding = {r.merged_size:,} "

@@ -42,6 +42,7 @@ from typing import Callable, Optional
 from etils import epath
 
 from allam_jax.core.errors import BenchmarkFileError, ConfigError
+from allam_jax.core.paths import as_path
 
 AR_LETTERS = ("أ", "ب", "ج", "د", "هـ")
 EN_LETTERS = ("A", "B", "C", "D", "E")
@@ -200,12 +201,22 @@ READERS: dict[str, Callable[[str], list[Question]]] = {
 }
 
 
-def read_task(spec: str) -> tuple[str, list[Question], Optional[list[Question]]]:
-    """``FORMAT:PATH[:DEV_PATH]`` -> (format, test questions, dev questions for few-shot or None)."""
+def parse_task_spec(spec: str) -> tuple[str, str, str]:
+    """``FORMAT:PATH[:DEV_PATH]`` -> (format, path, dev path or ''), checked without reading the files, so a
+    command can refuse a bad spec before it loads a model."""
     fmt, _, rest = spec.partition(":")
     if fmt not in READERS or not rest:
         raise ConfigError(f"bad task {spec!r}: use FORMAT:PATH[:DEV_PATH] with FORMAT one of {sorted(READERS)}")
     path, _, dev = rest.partition(":") if not rest.startswith("gs://") else (rest, "", "")
+    for p in filter(None, (path, dev)):
+        if not as_path(p).exists():
+            raise FileNotFoundError(f"benchmark file not found: {p} (from --task {spec})")
+    return fmt, path, dev
+
+
+def read_task(spec: str) -> tuple[str, list[Question], Optional[list[Question]]]:
+    """``FORMAT:PATH[:DEV_PATH]`` -> (format, test questions, dev questions for few-shot or None)."""
+    fmt, path, dev = parse_task_spec(spec)
     test = READERS[fmt](path)
     if not test:
         raise BenchmarkFileError(f"{path}: no questions")

@@ -12,6 +12,21 @@ from allam_jax.eval.scorer import LoglikelihoodScorer, evaluate_multiple_choice,
 from allam_jax.core.errors import ConfigError
 
 
+def check_specs(tasks: Sequence[str], perplexity_files: Sequence[str]) -> None:
+    """Every ``--task`` and ``--perplexity`` well formed and its file present, before a model is loaded."""
+    from allam_jax.core.paths import as_path
+    from allam_jax.eval.readers import parse_task_spec
+
+    for spec in tasks:
+        parse_task_spec(spec)
+    for spec in perplexity_files:
+        lang, _, path = spec.partition(":")
+        if not lang or not path:
+            raise ConfigError(f"bad --perplexity {spec!r}: use LANG:PATH")
+        if not as_path(path).exists():
+            raise FileNotFoundError(f"perplexity file not found: {path} (from --perplexity {spec})")
+
+
 def run_eval(scorer: LoglikelihoodScorer, tasks: Sequence[str], num_fewshot: int = 0, limit: Optional[int] = None,
              perplexity_files: Sequence[str] = (), seed: int = 1234) -> dict:
     """``tasks``: ``FORMAT:PATH[:DEV_PATH]``; ``perplexity_files``: ``LANG:PATH`` (.txt or .jsonl ``text``)."""

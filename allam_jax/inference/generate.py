@@ -38,7 +38,7 @@ class SamplingConfig:
     def __post_init__(self):
         if self.max_new_tokens <= 0:
             raise ConfigError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
-        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+        if not self.temperature >= 0 or self.temperature == float("inf") or self.top_k < 0 or not 0 < self.top_p <= 1:
             raise ConfigError(f"bad sampling settings: temperature={self.temperature} (>= 0), top_k={self.top_k} "
                               f"(>= 0), top_p={self.top_p} (in (0, 1])")
 
@@ -115,6 +115,9 @@ class Generator:
         """Yields, per step, each row's new token (None once the row has finished)."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ConfigError("every prompt needs at least one token")
+        if sampling.top_k > self.cfg.vocab_size:
+            raise ConfigError(f"top_k={sampling.top_k} is above the vocabulary's {self.cfg.vocab_size} tokens; "
+                              f"use at most {self.cfg.vocab_size} (0 = off)")
         b, p_len = len(prompts), max(len(p) for p in prompts)
         total = p_len + sampling.max_new_tokens
         if total > self.cfg.max_seq_len:

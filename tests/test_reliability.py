@@ -1,0 +1,129 @@
+"""Issue 30's bad inputs, each in one process with tiny shapes: a one-line error and exit 2 before any model is
+loaded or step is run, nothing overwritten, no hang."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from allam_jax import gin_setup
+from allam_jax.cli.main import main
+from allam_jax.core.errors import ConfigError
+
+
+def _run(capsys, *argv) -> tuple[int, str]:
+    try:
+        rc = main(list(argv))
+    except SystemExit as e:  # argparse refuses a value itself
+        rc = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    return rc, err[-1] if err else ""
+
+
+def test_a_cyclic_gin_include_is_named_not_followed_forever(tmp_path, capsys):
+    (tmp_path / "a.gin").write_text("include 'b.gin'\n")
+    (tmp_path / "b.gin").write_text("include 'a.gin'\nTrainerConfig.batch_size = 8\n")
+    rc, err = _run(capsys, "info", "--gin_file", str(tmp_path / "a.gin"))
+    assert rc == 2 and "gin include cycle" in err and "a.gin -> " in err and "b.gin -> " in err, err
+
+
+def test_a_diamond_of_includes_is_not_a_cycle(tmp_path):
+    (tmp_path / "d.gin").write_text("TrainerConfig.batch_size = 8\n")
+    (tmp_path / "b.gin").write_text("include 'd.gin'\n")
+    (tmp_path / "c.gin").write_text("include 'd.gin'\n")
+    (tmp_path / "a.gin").write_text("include 'b.gin'\ninclude 'c.gin'\n")
+    texts = gin_setup._config_texts([str(tmp_path / "a.gin")], [])
+    assert sum("batch_size = 8" in t for t in texts) == 2
+
+
+def test_a_gin_file_that_is_not_utf8_is_named(tmp_path, capsys):
+    bad = tmp_path / "bad.gin"
+    bad.write_bytes(b"\xff\xfeTrainerConfig.batch_size = 8\n")
+    rc, err = _run(capsys, "info", "--gin_file", str(bad))
+    assert rc == 2 and "bad.gin is not UTF-8" in err, err
+
+
+def test_a_binding_with_a_syntax_error_is_named(capsys):
+    rc, err = _run(capsys, "info", "--gin_file", "runs/tiny_cpu.gin", "--gin_bindings", "TrainerConfig.batch_size = (8")
+    assert rc == 2 and "'TrainerConfig.batch_size = (8'" in err, err
+
+
+@pytest.mark.parametrize("binding,field", [("OptimizerConfig.learning_rate = 1e999", "OptimizerConfig.learning_rate"),
+                                           ("ModelConfig.rope_theta = 1e999", "ModelConfig.rope_theta")])
+def test_infinite_floats_in_configs_stop_at_build_time(binding, field):
+    gin_setup.parse(["runs/tiny_cpu.gin"], [binding])
+    with pytest.raises(ConfigError, match=f"{field} must be a finite number"):
+        gin_setup.build_experiment()
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["eval", "--batch_size", "0"], "--batch_size"),
+    (["eval", "--num_fewshot", "-3"], "--num_fewshot"),
+    (["eval", "--limit", "0"], "--limit"),
+    (["generate", "--temperature", "nan"], "--temperature"),
+    (["generate", "--temperature", "inf"], "--temperature"),
+    (["generate", "--top_p", "0"], "--top_p"),
+    (["generate", "--top_k", "-1"], "--top_k"),
+    (["generate", "--max_new_tokens", "0"], "--max_new_tokens"),
+    (["tokenizer", "train", "--input", "x.txt", "--vocab_size", "300", "--out", "o.model", "--max_sentences", "0"],
+     "--max_sentences"),
+    (["tokenizer", "merge", "--base", "a", "--add", "b", "--out", "c", "--pad_to_multiple", "-128"],
+     "--pad_to_multiple"),
+])
+def test_out_of_range_command_line_values_are_refused_by_name(argv, flag, capsys):
+    if argv[0] in ("eval", "generate"):
+        argv = argv + ["--gin_file", "runs/tiny_cpu.gin", "--ckpt", "/nonexistent"]
+    rc, err = _run(capsys, *argv)
+    assert rc == 2 and f"argument {flag}:" in err, err
+
+
+def test_top_k_above_the_vocabulary_is_refused_before_decoding():
+    import jax
+    import jax.numpy as jnp
+
+    from allam_jax.data.vocabularies import ByteVocabulary
+    from allam_jax.inference.generate import Generator, SamplingConfig
+    from allam_jax.model import Decoder, ModelConfig
+
+    cfg = ModelConfig(vocab_size=384, d_model=32, num_layers=1, num_heads=4, num_kv_heads=2, mlp_dim=64,
+                      max_seq_len=32, compute_dtype="float32")
+    params = Decoder(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    gen = Generator(cfg, params, ByteVocabulary(), bos_id=1)
+    with pytest.raises(ConfigError, match="top_k=100000 is above the vocabulary's 384"):
+        gen.generate([[1, 2, 3]], SamplingConfig(max_new_tokens=2, temperature=1.0, top_k=100000))
+    with pytest.raises(ConfigError, match="temperature=nan"):
+        SamplingConfig(temperature=float("nan"))
+
+
+def test_chat_with_stdin_closed_says_so_before_loading(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", None)
+    rc, err = _run(capsys, "chat", "--gin_file", "runs/tiny_cpu.gin", "--ckpt", "/nonexistent")
+    assert rc == 2 and "standard input, which is closed" in err, err
+
+
+def test_eval_checks_its_task_specs_before_loading_a_model(tmp_path, capsys):
+    # the checkpoint does not exist: an error about it would mean the model was loaded first
+    rc, err = _run(capsys, "eval", "--gin_file", "runs/tiny_cpu.gin", "--ckpt", "/nonexistent", "--task", "nope:x.csv")
+    assert rc == 2 and "bad task 'nope:x.csv'" in err, err
+    rc, err = _run(capsys, "eval", "--gin_file", "runs/tiny_cpu.gin", "--ckpt", "/nonexistent", "--task",
+                   f"acva:{tmp_path / 'missing.csv'}")
+    assert rc == 2 and "benchmark file not found" in err and "missing.csv" in err, err
+    rc, err = _run(capsys, "eval", "--gin_file", "runs/tiny_cpu.gin", "--ckpt", "/nonexistent", "--perplexity",
+                   str(tmp_path / "x.txt"))
+    assert rc == 2 and "use LANG:PATH" in err, err
+
+
+def test_tokenizer_commands_never_overwrite_unasked(tmp_path, capsys):
+    base, add, out = (tmp_path / n for n in ("base.model", "add.model", "out.model"))
+    base.write_bytes(b"base")
+    add.write_bytes(b"add")
+    out.write_bytes(b"precious")
+    for target in (base, add):  # never one of its own inputs, even with --overwrite
+        rc, err = _run(capsys, "tokenizer", "merge", "--base", str(base), "--add", str(add), "--out", str(target),
+                       "--overwrite")
+        assert rc == 2 and f"--out {target} is the" in err, err
+    rc, err = _run(capsys, "tokenizer", "merge", "--base", str(base), "--add", str(add), "--out", str(out))
+    assert rc == 2 and "--overwrite" in err, err
+    rc, err = _run(capsys, "tokenizer", "train", "--input", str(base), "--vocab_size", "300", "--out", str(out))
+    assert rc == 2 and "--overwrite" in err, err
+    assert (base.read_bytes(), add.read_bytes(), out.read_bytes()) == (b"base", b"add", b"precious")
