@@ -2,7 +2,6 @@
 loaded or step is run, nothing overwritten, no hang."""
 
 import sys
-from pathlib import Path
 
 import pytest
 

@@ -3,8 +3,6 @@ XLA's own cost analysis counts on a loop-free program), a scan of N bodies costi
 whose time follows its group's ring, splash attention's FLOPs against a mask counted in NumPy, and a whole train
 step's matmul FLOPs against the model's FLOP formula."""
 
-import math
-import sys
 
 import numpy as np
 import pytest
