@@ -42,6 +42,9 @@ def read_variants(path: str) -> dict[str, list[str]]:
         m = _SECTION.match(line)
         if m:
             current = m.group(1)
+            if set(current) == {"."}:  # its workdir would be ROOT/.. or ROOT itself, outside the sweep's folders
+                raise ConfigError(f"{path}:{line_no}: [{current}] cannot name a variant: a name becomes the "
+                                  "folder ROOT/NAME; use letters, digits, '_', '-' or '.' with something else")
             if current in variants:
                 raise ConfigError(f"{path}:{line_no}: variant [{current}] appears twice")
             variants[current] = []

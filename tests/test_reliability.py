@@ -126,3 +126,13 @@ def test_tokenizer_commands_never_overwrite_unasked(tmp_path, capsys):
     rc, err = _run(capsys, "tokenizer", "train", "--input", str(base), "--vocab_size", "300", "--out", str(out))
     assert rc == 2 and "--overwrite" in err, err
     assert (base.read_bytes(), add.read_bytes(), out.read_bytes()) == (b"base", b"add", b"precious")
+
+
+@pytest.mark.parametrize("name", ["..", "."])
+def test_a_sweep_variant_cannot_name_a_folder_outside_the_root(tmp_path, name):
+    from allam_jax.sweep import read_variants
+
+    variants = tmp_path / "v.variants"
+    variants.write_text(f"[ok]\nTrainerConfig.num_steps = 2\n[{name}]\nTrainerConfig.num_steps = 3\n")
+    with pytest.raises(ConfigError, match=r"v.variants:3: \[\.+\] cannot name a variant"):
+        read_variants(str(variants))

@@ -49,3 +49,15 @@ def test_bad_flags_fail_with_one_line():
     r = subprocess.run(["bash", str(SCRIPTS / "create.sh"), "--name", "a", "--zone", "z", "--type", "v9-8",
                         "--dry-run"], capture_output=True, text=True)
     assert r.returncode == 2 and "unknown accelerator type 'v9-8'" in r.stderr
+
+
+def test_a_dir_with_spaces_or_shell_metacharacters_stays_one_name_on_the_workers():
+    evil = "x; touch PWNED #"
+    setup = dry_run("setup_workers.sh", "--name", "exp1", "--zone", "z", "--dir", evil)
+    launch, = dry_run("launch.sh", "--name", "exp1", "--zone", "z", "--gin_file", "a.gin", "--workdir", "w", "--dir", evil)
+    logs, = dry_run("logs.sh", "--name", "exp1", "--zone", "z", "--dir", "my runs")
+    for remote in (setup[2][-1], launch[-1]):
+        words = shlex.split(remote)  # as the remote shell splits it
+        assert "touch" not in words and not any(w.startswith("PWNED") for w in words), remote
+        assert any(w.endswith("x; touch PWNED #") or "x; touch PWNED #/" in w for w in words), words
+    assert "~/my\\ runs/train.log" in logs[-1]

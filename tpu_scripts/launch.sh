@@ -16,7 +16,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 need gin_file "$GIN"; need workdir "$WORKDIR"
-CMD="cd ~/$DIR && nohup .venv/bin/allam train --distributed=auto --gin_file=$(printf '%q' "$GIN") --workdir=$(printf '%q' "$WORKDIR")"
+QDIR=$(printf '%q' "$DIR")  # quoted for the remote shell: spaces and metacharacters stay in the name
+CMD="cd ~/$QDIR && nohup .venv/bin/allam train --distributed=auto --gin_file=$(printf '%q' "$GIN") --workdir=$(printf '%q' "$WORKDIR")"
 for b in "${BINDINGS[@]+"${BINDINGS[@]}"}"; do CMD+=" --gin_bindings=$(printf '%q' "$b")"; done
-CMD+=" > ~/$DIR/train.log 2>&1 &"
+CMD+=" > ~/$QDIR/train.log 2>&1 &"
 run gcloud compute tpus tpu-vm ssh "$NAME" --zone "$ZONE" --worker=all "${GCLOUD_EXTRA[@]+"${GCLOUD_EXTRA[@]}"}" --command "$CMD"

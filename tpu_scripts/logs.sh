@@ -12,5 +12,6 @@ while [ $# -gt 0 ]; do
     *) die "unknown flag $1" ;;
   esac
 done
+QDIR=$(printf '%q' "$DIR")  # quoted for the remote shell: spaces and metacharacters stay in the name
 run gcloud compute tpus tpu-vm ssh "$NAME" --zone "$ZONE" --worker="$WORKER" "${GCLOUD_EXTRA[@]+"${GCLOUD_EXTRA[@]}"}" \
-  --command "tail -n 200 -f ~/$DIR/train.log"
+  --command "tail -n 200 -f ~/$QDIR/train.log"

@@ -15,5 +15,6 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 run tar -C "$ROOT" --exclude=.venv --exclude=.git --exclude=data_cache --exclude=runs -czf /tmp/allam-jax.tgz .
 run gcloud compute tpus tpu-vm scp /tmp/allam-jax.tgz "$NAME:~/allam-jax.tgz" --zone "$ZONE" --worker=all \
   "${GCLOUD_EXTRA[@]+"${GCLOUD_EXTRA[@]}"}"
+QDIR=$(printf '%q' "$DIR")  # quoted for the remote shell: spaces and metacharacters stay in the name
 run gcloud compute tpus tpu-vm ssh "$NAME" --zone "$ZONE" --worker=all "${GCLOUD_EXTRA[@]+"${GCLOUD_EXTRA[@]}"}" --command \
-  "mkdir -p ~/$DIR && tar -C ~/$DIR -xzf ~/allam-jax.tgz && cd ~/$DIR && bash setup.sh && .venv/bin/pip install -q 'jax[tpu]==0.10.2' && .venv/bin/allam data prepare"
+  "mkdir -p ~/$QDIR && tar -C ~/$QDIR -xzf ~/allam-jax.tgz && cd ~/$QDIR && bash setup.sh && .venv/bin/pip install -q 'jax[tpu]==0.10.2' && .venv/bin/allam data prepare"
