@@ -248,13 +248,18 @@ def build_experiment(data: Optional[object] = None, dpo: Optional[object] = None
         from allam_jax.data.pipeline import SeqioData
 
         data = _build(gin.get_configurable(SeqioData), "SeqioData")
+    data = data if data is not None else _build(TextFileDataG, "TextFileData")
+    if getattr(dpo, "reference", None) == "precomputed" and hasattr(data, "require_reference"):
+        # a precomputed reference read as 0 where the data has none would train against nothing: every pair
+        # must carry its ref_*_logp (allam dpo-reference writes them)
+        data = dataclasses.replace(data, require_reference=True)
     return Experiment(
         model=model_config(),
         optimizer=_build(OptimizerConfigG, "OptimizerConfig"),
         step=_build(StepConfigG, "StepConfig"),
         partitioning=_build(PartitioningConfigG, "PartitioningConfig"),
         trainer=_build(TrainerConfigG, "TrainerConfig"),
-        data=data if data is not None else _build(TextFileDataG, "TextFileData"),
+        data=data,
         objective=objective_from(dpo),
     )
 

@@ -136,3 +136,37 @@ def test_a_sweep_variant_cannot_name_a_folder_outside_the_root(tmp_path, name):
     variants.write_text(f"[ok]\nTrainerConfig.num_steps = 2\n[{name}]\nTrainerConfig.num_steps = 3\n")
     with pytest.raises(ConfigError, match=r"v.variants:3: \[\.+\] cannot name a variant"):
         read_variants(str(variants))
+
+
+def test_a_precomputed_dpo_reference_requires_it_in_every_pair(tmp_path):
+    import json
+
+    from allam_jax.core.errors import DataError
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "hi", "chosen": "yes", "rejected": "no"}) + "\n")
+    gin_setup.parse(["runs/dpo_tiny_cpu.gin"], [f"DpoData.paths = ['{pairs}']", "DpoConfig.reference = 'precomputed'",
+                                                "TrainerConfig.init_from = None"])
+    exp = gin_setup.build_experiment()
+    assert exp.data.require_reference
+    with pytest.raises(DataError, match="no usable preference pairs"):
+        exp.data.load(256)
+
+
+@pytest.mark.parametrize("gin", ["runs/sft_tiny_cpu.gin", "runs/tiny_cpu.gin"])
+def test_training_data_that_gives_no_batch_exits_2_before_any_step(tmp_path, capsys, gin):
+    import json
+
+    if "sft" in gin:  # conversations without an assistant turn are all skipped
+        data = tmp_path / "sft.jsonl"
+        data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"}]}) + "\n"
+                                for i in range(20)))
+        bindings = [f"SftData.paths = ['{data}']", "SftData.epochs = 1"]
+    else:
+        empty = tmp_path / "empty.txt"
+        empty.write_text("")
+        bindings = [f"TextFileData.paths = ['{empty}']"]
+    rc, err = _run(capsys, "train", "--gin_file", gin, "--workdir", str(tmp_path / "run"),
+                   "--gin_bindings", "TrainerConfig.init_from = None", *sum((["--gin_bindings", b] for b in bindings), []))
+    assert rc == 2, err
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())

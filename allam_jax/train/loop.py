@@ -15,7 +15,7 @@ import numpy as np
 from etils import epath
 from tqdm.auto import tqdm
 
-from allam_jax.core.errors import ConfigError, NonFiniteLossError
+from allam_jax.core.errors import ConfigError, DataError, NonFiniteLossError
 from allam_jax.core.params import abstract_params, count_params, restore_params
 from allam_jax.core.paths import as_path
 from allam_jax.core.partitioning import Partitioner, PartitioningConfig
@@ -213,6 +213,9 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
                 try:
                     local_batch = next(data_iter)
                 except StopIteration:
+                    if step == 1:  # not one batch: nothing to train on, which is bad input, not a finished run
+                        raise DataError("the training data gave no batch at all (every example skipped or the "
+                                        "files empty: see the warnings above); nothing was trained") from None
                     log.info("the data ran out (all epochs done) before step %d; stopping", step)
                     if step - 1 > start:
                         with _host_sync():
