@@ -180,7 +180,14 @@ def test_expand_init_modes_and_bad_inputs(toks, tmp_path):
     _save_base_checkpoint(tmp_path / "small", 300)
     with pytest.raises(TokenizerError, match="300 rows but the base tokenizer has"):
         expand_checkpoint(str(tmp_path / "small"), toks["base"], toks["merged"], str(tmp_path / "x2"))
+    # a checkpoint with more rows than the base tokenizer has pieces: refused, naming the rows; allowed when asked
+    _save_base_checkpoint(tmp_path / "big", n_base + 24)
+    with pytest.raises(TokenizerError, match=f"rows {n_base}-{n_base + 23} would be dropped"):
+        expand_checkpoint(str(tmp_path / "big"), toks["base"], toks["merged"], str(tmp_path / "x3"))
     assert not any(p.name.startswith("x") for p in tmp_path.iterdir())
+    report = expand_checkpoint(str(tmp_path / "big"), toks["base"], toks["merged"], str(tmp_path / "padded"),
+                               drop_extra_rows=True)
+    assert report["dropped_rows"] == [n_base, n_base + 24]
 
 
 def test_expanded_checkpoint_continues_training(toks, tmp_path):

@@ -59,6 +59,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", default="mean_subtoken", choices=INIT_METHODS,
                    help="how new rows start (default mean_subtoken)")
     p.add_argument("--seed", type=int, default=0, help="seed for --init random")
+    p.add_argument("--drop_extra_rows", action="store_true",
+                   help="allow a base tokenizer with fewer pieces than the checkpoint has rows (the rows past it "
+                        "are vocabulary padding: they are replaced, and expansion.json names them); refused by default")
     for parser, handler in ((t, run_train), (m, run_merge), (f, run_fertility), (p, run_expand)):
         parser.set_defaults(handler=handler)
 
@@ -111,7 +114,8 @@ def run_fertility(args: argparse.Namespace) -> int:
 def run_expand(args: argparse.Namespace) -> int:
     from allam_jax.tokenizer.expand import expand_checkpoint
 
-    r = expand_checkpoint(args.ckpt, args.base_tokenizer, args.merged_tokenizer, args.out, args.init, args.seed)
+    r = expand_checkpoint(args.ckpt, args.base_tokenizer, args.merged_tokenizer, args.out, args.init, args.seed,
+                         args.drop_extra_rows)
     print(f"wrote {args.out}: vocabulary {r['base_vocab']:,} -> {r['merged_vocab']:,} ({r['init']}); continue with "
           f"--gin_bindings=\"TrainerConfig.init_from = '{args.out}'\" "
           f"--gin_bindings='ModelConfig.vocab_size = {r['merged_vocab']}'")

@@ -68,8 +68,9 @@ def _new_rows(table: jax.Array, ids: list[list[int]], method: str, seed: int) ->
 
 
 def expand_params(params: dict, base: ModelProto, merged: ModelProto, method: str = "mean_subtoken",
-                  seed: int = 0) -> tuple[dict, dict]:
-    """Returns (new params, report). Rows past the base tokenizer's size (vocabulary padding) are replaced."""
+                  seed: int = 0, drop_extra_rows: bool = False) -> tuple[dict, dict]:
+    """Returns (new params, report). Rows past the base tokenizer's size are refused unless ``drop_extra_rows``
+    says they are only vocabulary padding (then they are replaced, and the report names them)."""
     if method not in INIT_METHODS:
         raise TokenizerError(f"--init must be one of {INIT_METHODS}, got {method!r}")
     base_n, merged_n = len(base.pieces), len(merged.pieces)
@@ -79,6 +80,11 @@ def expand_params(params: dict, base: ModelProto, merged: ModelProto, method: st
             f"checkpoint embedding has {embedding.shape[0]} rows but the base tokenizer has {base_n} pieces: "
             "this checkpoint was not trained with that tokenizer"
         )
+    if embedding.shape[0] > base_n and not drop_extra_rows:
+        raise TokenizerError(
+            f"checkpoint embedding has {embedding.shape[0]} rows but the base tokenizer has {base_n} pieces: rows "
+            f"{base_n}-{embedding.shape[0] - 1} would be dropped; give the tokenizer the checkpoint was trained with, "
+            "or --drop_extra_rows if those rows are only vocabulary padding")
     ids = subtoken_ids(base, merged)
     base_emb = embedding[:base_n]
     new = dict(params)
@@ -95,6 +101,7 @@ def expand_params(params: dict, base: ModelProto, merged: ModelProto, method: st
         "base_vocab": base_n,
         "merged_vocab": merged_n,
         "old_embedding_rows": int(embedding.shape[0]),
+        "dropped_rows": [base_n, int(embedding.shape[0])] if embedding.shape[0] > base_n else None,
         "new_rows": merged_n - base_n,
         "init": method,
         "mean_subtokens_per_new_piece": float(np.mean(lengths)) if lengths else 0.0,
@@ -104,7 +111,7 @@ def expand_params(params: dict, base: ModelProto, merged: ModelProto, method: st
 
 
 def expand_checkpoint(ckpt: str, base_tokenizer: str, merged_tokenizer: str, out: str,
-                      method: str = "mean_subtoken", seed: int = 0) -> dict:
+                      method: str = "mean_subtoken", seed: int = 0, drop_extra_rows: bool = False) -> dict:
     """Reads params from ``ckpt``, writes ``out/0/state`` (params only) and ``out/expansion.json``.
 
     ``allam train`` continues from it with ``TrainerConfig.init_from = OUT`` and
@@ -119,7 +126,7 @@ def expand_checkpoint(ckpt: str, base_tokenizer: str, merged_tokenizer: str, out
     if "embed" not in params or "embedding" not in params["embed"]:
         raise CheckpointError(f"{ckpt} has no params['embed']['embedding']: not an allam-jax checkpoint")
     with partitioner.activate():
-        new_params, report = expand_params(params, base, merged, method, seed)
+        new_params, report = expand_params(params, base, merged, method, seed, drop_extra_rows)
     report.update(source=str(ckpt), base_tokenizer=base_tokenizer, merged_tokenizer=merged_tokenizer)
     write_params_checkpoint(out, new_params, {"expansion.json": json.dumps(report, indent=2) + "\n"})
     return report
