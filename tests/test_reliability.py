@@ -170,3 +170,36 @@ def test_training_data_that_gives_no_batch_exits_2_before_any_step(tmp_path, cap
                    "--gin_bindings", "TrainerConfig.init_from = None", *sum((["--gin_bindings", b] for b in bindings), []))
     assert rc == 2, err
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+
+
+def test_a_resume_that_changes_the_data_positions_meaning_is_refused(tmp_path, capsys):
+    """Two steps trained, then resumed: another batch size refused; num_steps below the checkpoint's step refused
+    with config.gin left as the accepted run wrote it; the same settings resume."""
+    from helpers import corpus_files, write_gin
+
+    files = corpus_files(tmp_path / "corpus", en_docs=40, ar_docs=40)
+    gin = write_gin(tmp_path / "run.gin", files, **{"TrainerConfig.num_steps": 2, "TrainerConfig.checkpoint_every": 2})
+    work = str(tmp_path / "work")
+    assert _run(capsys, "train", "--gin_file", str(gin), "--workdir", work)[0] == 0
+    config = (tmp_path / "work" / "config.gin").read_text()
+    rc, err = _run(capsys, "train", "--gin_file", str(gin), "--workdir", work,
+                   "--gin_bindings", "TrainerConfig.batch_size = 8", "--gin_bindings", "TrainerConfig.num_steps = 4")
+    assert rc == 2 and "TrainerConfig.batch_size is 8 but the checkpoint" in err and "trained with 4" in err, err
+    rc, err = _run(capsys, "train", "--gin_file", str(gin), "--workdir", work, "--gin_bindings",
+                   "TrainerConfig.num_steps = 1")
+    assert rc == 2 and "num_steps=1 is below the step of the checkpoint" in err and "(2)" in err, err
+    assert (tmp_path / "work" / "config.gin").read_text() == config
+    assert _run(capsys, "train", "--gin_file", str(gin), "--workdir", work,
+                "--gin_bindings", "TrainerConfig.num_steps = 3")[0] == 0
+
+
+def test_resume_checks_process_count_and_warns_on_new_rates(caplog):
+    from allam_jax.train.run_record import check_resume
+
+    saved = {"batch_size": 8, "seq_len": 64, "process_count": 2, "data_shards": 0, "rates": {"ar": 1.0, "en": 1.0}}
+    with pytest.raises(ConfigError, match="written by 2 process"):
+        check_resume(saved, {**saved, "process_count": 1}, 10, 20, "ckpt")
+    check_resume(saved, {**saved, "process_count": 1, "data_shards": 8}, 10, 20, "ckpt")  # shards fixed: same data
+    with caplog.at_level("WARNING"):
+        check_resume(saved, {**saved, "rates": {"ar": 3.0, "en": 1.0}}, 10, 20, "ckpt")
+    assert "ar 1.0 -> 3.0" in caplog.text

@@ -21,6 +21,7 @@ from allam_jax.core.paths import as_path
 from allam_jax.core.partitioning import Partitioner, PartitioningConfig
 from allam_jax.model import Decoder, ModelConfig
 from allam_jax.train import checkpoint as ckpt_lib
+from allam_jax.train import run_record
 from allam_jax.train.metrics import MetricsWriter, peak_flops_per_device
 from allam_jax.train.optimizer import OptimizerConfig
 from allam_jax.train.program import build_train_program
@@ -169,8 +170,11 @@ def _train_in_workdir(exp: Experiment, program, partitioner: Partitioner, workdi
         str(workdir_path / "checkpoints"), tcfg.checkpoint_every, tcfg.keep_checkpoints, tcfg.async_checkpointing
     )
     restored = checkpointer.restore_latest(abstract)
+    record = run_record.describe(exp, jax.process_count())
     if restored is not None:
         state, data_state, start = restored
+        run_record.check_resume(run_record.read(workdir_path), record, start, tcfg.num_steps,
+                                str(checkpointer.directory))
         data_iter.set_state(data_state)
         log.info("resumed from step %d in %s", start, checkpointer.directory)
     else:
@@ -186,6 +190,8 @@ def _train_in_workdir(exp: Experiment, program, partitioner: Partitioner, workdi
             state = state.replace(ref_params=copy(state.params))
         start = 0
 
+    if is_main:
+        run_record.write(workdir_path, record)
     if on_accepted is not None:
         on_accepted()
     writer = MetricsWriter(str(workdir_path), enabled=is_main, tensorboard=tcfg.tensorboard)
