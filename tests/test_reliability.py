@@ -203,3 +203,18 @@ def test_resume_checks_process_count_and_warns_on_new_rates(caplog):
     with caplog.at_level("WARNING"):
         check_resume(saved, {**saved, "rates": {"ar": 3.0, "en": 1.0}}, 10, 20, "ckpt")
     assert "ar 1.0 -> 3.0" in caplog.text
+
+
+def test_an_error_whose_message_is_an_objects_repr_is_reported_by_its_cause():
+    from allam_jax.core.errors import first_line
+
+    try:
+        try:
+            raise OSError("DATA_LOSS: Error reading local file .../d/abc: unexpected end of file")
+        except OSError as cause:
+            raise ValueError("<bound method pybind11_detail_function_record_v1_system_libstdcpp of <object>>") \
+                from cause
+    except ValueError as e:
+        assert first_line(e) == "DATA_LOSS: Error reading local file .../d/abc: unexpected end of file"
+    assert first_line(RuntimeError("<object at 0x1>")) == "RuntimeError"
+    assert first_line(RuntimeError("plain\nmore")) == "plain"

@@ -42,6 +42,15 @@ class NonFiniteLossError(RuntimeError):
 
 
 def first_line(e: BaseException, limit: int = 300) -> str:
-    """The first line of an exception's message (libraries' errors run to pages), or its type's name."""
-    text = str(e).strip()
-    return text.splitlines()[0][:limit] if text else type(e).__name__
+    """The first line of an exception's message (libraries' errors run to pages), or its type's name. A message
+    that is only an object's repr (tensorstore's errors can read ``<bound method pybind11_...>``) says nothing:
+    the exception it came from (its cause or context) is asked instead."""
+    seen: set[int] = set()
+    current: BaseException | None = e
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(current).strip()
+        if text and not (text.startswith("<") and (text.endswith(">") or text.startswith("<bound method"))):
+            return text.splitlines()[0][:limit]
+        current = current.__cause__ or current.__context__
+    return type(e).__name__

@@ -98,7 +98,7 @@ class Checkpointer:
             except Exception as e:  # noqa: BLE001 - any read failure means: try the previous step
                 aside = self._move_aside(step)
                 log.warning("checkpoint step %d in %s is unreadable (%s); kept as %s, trying an older one",
-                            step, self.directory, str(e).splitlines()[0][:200], aside)
+                            step, self.directory, first_line(e, 200), aside)
                 unreadable.append(str(aside))
                 continue
             return restored["state"], restored["data"], step
