@@ -103,8 +103,9 @@ def test_startup_is_quiet_on_a_cpu_machine(tmp_path):
 def test_os_errors_and_corrupt_tokenizer_are_one_line(gin, tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
-    r = allam("train", "--gin_file", str(gin), "--workdir", str(a_file / "w"))
-    _one_line_error(r, "Not a directory", str(a_file / "w"))
+    for workdir in (a_file / "w", a_file):  # under a file, or the file itself
+        r = allam("train", "--gin_file", str(gin), "--workdir", str(workdir))
+        _one_line_error(r, f"{a_file} is a file, but a folder is needed there", str(workdir))
     bad_model = tmp_path / "broken.model"
     bad_model.write_bytes(b"\x00garbage\x01\x02")
     r = allam("generate", "--gin_file", "models/tiny.gin", "--ckpt", str(tmp_path / "none"), "--vocabulary",

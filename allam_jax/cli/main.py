@@ -12,6 +12,7 @@ import argparse
 import logging
 import signal
 import sys
+from etils import epath
 from typing import Optional, Sequence
 
 from allam_jax.cli import align, convert, data, decode, info, recipe, tokenizer, train
@@ -44,6 +45,17 @@ def _configure_logging(level: str) -> None:
         handler.addFilter(lambda record: "/gin/" not in record.pathname.replace("\\", "/"))
 
 
+def _os_error(e: OSError) -> str:
+    """One line naming the path; a folder wanted where a file stands (a workdir given as a file's path) says so."""
+    if isinstance(e, (FileExistsError, NotADirectoryError)) and e.filename:
+        path = epath.Path(e.filename)
+        blocking = next((p for p in (path, *path.parents) if p.is_file()), None)
+        if blocking is not None:
+            return f"{blocking} is a file, but a folder is needed there (for {e.filename}): give another path"
+    return (f"{e.strerror or type(e).__name__}: {e.filename or e}"
+            + (f" -> {e.filename2}" if getattr(e, "filename2", None) else ""))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv is None:  # a real command line (not a call from Python): huge-page malloc, our SIGTERM message
         from allam_jax.core.hugepages import reexec_with_hugepages
@@ -68,8 +80,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"allam: error: {e}", file=sys.stderr)
         return EXIT_RUNTIME
     except OSError as e:  # a workdir that is a file, a read-only folder, a full disk: the path is in the message
-        print(f"allam: error: {e.strerror or type(e).__name__}: {e.filename or e}"
-              + (f" -> {e.filename2}" if getattr(e, "filename2", None) else ""), file=sys.stderr)
+        print(f"allam: error: {_os_error(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except NonFiniteLossError as e:
         print(f"allam: error: {e}", file=sys.stderr)
