@@ -218,3 +218,9 @@ def test_an_error_whose_message_is_an_objects_repr_is_reported_by_its_cause():
         assert first_line(e) == "DATA_LOSS: Error reading local file .../d/abc: unexpected end of file"
     assert first_line(RuntimeError("<object at 0x1>")) == "RuntimeError"
     assert first_line(RuntimeError("plain\nmore")) == "plain"
+
+
+def test_micro_batches_that_do_not_split_the_batch_stop_at_build_time():
+    gin_setup.parse(["runs/tiny_cpu.gin"], ["TrainerConfig.batch_size = 8", "StepConfig.grad_accum_steps = 3"])
+    with pytest.raises(ConfigError, match="batch_size=8 is not divisible by StepConfig.grad_accum_steps=3"):
+        gin_setup.build_experiment()

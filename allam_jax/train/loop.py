@@ -73,6 +73,13 @@ class Experiment:
     data: Any  # anything with make_iterator(seq_len, batch_size, process_index, process_count)
     objective: Optional[Objective] = None  # None: the LM objective with ``step`` (gin: ``experiment.dpo`` sets DPO)
 
+    def __post_init__(self):
+        # checked here, where the config is built, not at the first step's trace a minute later
+        accum = self.step.grad_accum_steps
+        if accum > 1 and self.trainer.batch_size % accum:
+            raise ConfigError(f"TrainerConfig.batch_size={self.trainer.batch_size} is not divisible by "
+                              f"StepConfig.grad_accum_steps={accum}")
+
     @property
     def training_objective(self) -> Objective:
         """What the step minimises (resolved here, so ``dataclasses.replace(exp, step=...)`` is honoured)."""
