@@ -224,3 +224,11 @@ def test_micro_batches_that_do_not_split_the_batch_stop_at_build_time():
     gin_setup.parse(["runs/tiny_cpu.gin"], ["TrainerConfig.batch_size = 8", "StepConfig.grad_accum_steps = 3"])
     with pytest.raises(ConfigError, match="batch_size=8 is not divisible by StepConfig.grad_accum_steps=3"):
         gin_setup.build_experiment()
+
+
+def test_training_a_tokenizer_on_an_empty_file_names_the_file(tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    rc, err = _run(capsys, "tokenizer", "train", "--input", str(empty), "--vocab_size", "300", "--out",
+                   str(tmp_path / "o.model"))
+    assert rc == 2 and f"no text to train on in {empty}" in err, err

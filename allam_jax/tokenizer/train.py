@@ -70,7 +70,11 @@ def train_tokenizer(
             minloglevel=2,
         )
     except RuntimeError as e:
-        raise TokenizerError(f"SentencePiece training failed: {str(e).splitlines()[-1]}") from None
+        if seen[0] == 0:
+            raise TokenizerError(f"no text to train on in {', '.join(files)}: the file(s) are empty or every line is "
+                                 "blank") from None
+        raise TokenizerError(f"SentencePiece training on {', '.join(files)} failed: "
+                             f"{str(e).splitlines()[-1]}") from None
     proto = ModelProto()
     proto.ParseFromString(model.getvalue())
     write_proto_atomically(proto, out)
