@@ -296,6 +296,20 @@ def test_deb_extraction_rejects_non_debs(tmp_path):
         extract_deb(fake, tmp_path / "out")
 
 
+def test_data_prepare_skips_a_package_that_is_not_a_deb_with_a_warning(tmp_path):
+    """What `allam data prepare --no_fetch` unpacks from --deb_dir: a crafted file is a source that cannot be
+    had (skipped with a warning, as the README says), not a traceback."""
+    from allam_jax.data.corpora import extract_debs
+
+    fake = tmp_path / "libreoffice-l10n-ar_1.0_all.deb"
+    fake.write_bytes(b"!<arch>\ngarbage that is not an ar member")
+    plain = tmp_path / "sword-text-web_1.0_all.deb"
+    plain.write_text("hello")
+    with pytest.warns(UserWarning, match="skipping libreoffice-l10n-ar"):
+        done = extract_debs({"libreoffice-l10n-ar": fake, "sword-text-web": plain}, tmp_path / "unpacked")
+    assert done == {} and not (tmp_path / "unpacked" / "libreoffice-l10n-ar").exists()
+
+
 @pytest.mark.parametrize("compression", ["zstd", "xz", "gzip"])
 def test_deb_extraction_handles_every_compression_debian_ships(tmp_path, compression):
     """The hand-written unpacker rejected zstd data members (what Ubuntu ships); dpkg-deb -x reads them all.

@@ -271,6 +271,21 @@ def _stats(docs: list[str], source: str) -> dict:
     return {"documents": len(docs), "words": sum(len(t.split()) for t in docs), "source": source}
 
 
+def extract_debs(debs: dict[str, Path], unpacked: Path) -> dict[str, Path]:
+    """Unpacks each package into ``unpacked/NAME``; one that is not a readable .deb is skipped with a warning
+    (a source that cannot be had), and the packages unpacked are returned."""
+    done = {}
+    for pkg, deb in debs.items():
+        try:
+            extract_deb(deb, unpacked / pkg)
+        except (ValueError, OSError, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as e:
+            warnings.warn(f"skipping {pkg}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            shutil.rmtree(unpacked / pkg, ignore_errors=True)
+            continue
+        done[pkg] = deb
+    return done
+
+
 def prepare(out_dir: str, locale_dirs: Iterable[str] = DEFAULT_LOCALE_DIRS, deb_dir: Optional[str] = None,
             fetch: bool = True) -> dict:
     """Writes the bundled corpora into ``out_dir`` and returns the per-source counts."""
@@ -281,8 +296,7 @@ def prepare(out_dir: str, locale_dirs: Iterable[str] = DEFAULT_LOCALE_DIRS, deb_
     debs = (fetch_debs(str(deb_path), wanted) if fetch
             else {p: d for p in wanted for d in sorted(deb_path.glob(f"{p}_*.deb"))[-1:]})
     unpacked = out.parent / "unpacked"
-    for pkg, deb in debs.items():
-        extract_deb(deb, unpacked / pkg)
+    debs = extract_debs(debs, unpacked)
     sources: dict[str, dict] = {}
 
     english: list[str] = []
