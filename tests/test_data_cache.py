@@ -260,6 +260,12 @@ def test_bad_caches_are_one_line_errors(cache, tmp_path):
     shard.write_bytes(bytes(data[:-10]))
     with pytest.raises(DataError, match="train.tfrecord-00001-of-00003: corrupt cache shard .*size"):
         _iterator(broken, rates={"en_pretrain": 1.0})
+    index = broken / "en_pretrain" / "train.index-00001-of-00003"
+    for cut in (len(index.read_bytes()) // 2, 20):  # a truncated index (zip directory or data lost), checked like a shard
+        shutil.copyfile(d / "cached" / "en_pretrain" / index.name, index)
+        index.write_bytes(index.read_bytes()[:cut])
+        with pytest.raises(DataError, match="train.index-00001-of-00003: missing or corrupt cache index"):
+            _iterator(broken, rates={"en_pretrain": 1.0})
 
 
 def test_cli_errors_exit_2_with_one_line(cache, tmp_path):

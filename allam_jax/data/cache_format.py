@@ -21,6 +21,8 @@ import hashlib
 import io
 import json
 import struct
+import zipfile
+import zlib
 from typing import Optional, Sequence
 
 import google_crc32c
@@ -140,8 +142,9 @@ class CachedTask:
                 with index_path.open("rb") as f:
                     index = np.load(io.BytesIO(f.read()))
                     shard_offsets, shard_lengths, size = index["offsets"], index["lengths"], int(index["size"])
-            except (OSError, ValueError, KeyError) as e:
-                raise DataError(f"{index_path}: missing or corrupt cache index ({type(e).__name__})") from None
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+                raise DataError(f"{index_path}: missing or corrupt cache index ({type(e).__name__}); re-run "
+                                "`allam data cache`") from None
             if not path.exists() or path.stat().length != size:
                 actual = path.stat().length if path.exists() else "missing"
                 raise DataError(f"{path}: corrupt cache shard (size {actual}, its index says {size} bytes); "
