@@ -41,8 +41,30 @@ def _configure_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "jax._src", "orbax", "fsspec", "gcsfs", "google", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_orbax = logging.getLogger().level > logging.DEBUG
     for handler in logging.getLogger().handlers:  # gin logs every search-path miss at ERROR level
         handler.addFilter(lambda record: "/gin/" not in record.pathname.replace("\\", "/"))
+        # a failed save makes Orbax log pages of tracebacks from its threads; the trainer reports the failure in
+        # one line (--log_level DEBUG shows them)
+        handler.addFilter(lambda record: not (quiet_orbax and record.levelno < logging.CRITICAL and (
+            "/orbax/" in record.pathname.replace("\\", "/")
+            or (record.name == "asyncio" and "orbax" in record.getMessage()))))
+
+
+def _quiet_closed_loop_callbacks() -> None:
+    """When a checkpoint save fails, tensorstore's write callbacks still in flight land on Orbax's closed event
+    loop, and Python prints each as an unraisable ``RuntimeError: Event loop is closed`` traceback (dozens of
+    them around the one-line error). Those say nothing the error does not: drop them; anything else unraisable
+    is printed as Python would."""
+    default = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
+            logging.getLogger(__name__).debug("dropped an unraisable %r", unraisable.exc_value)
+            return
+        default(unraisable)
+
+    sys.unraisablehook = hook
 
 
 def _os_error(e: OSError) -> str:
@@ -68,6 +90,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.beam_args = unknown  # `allam data cache` hands the options it does not know to Apache Beam
     _configure_logging(args.log_level)
+    _quiet_closed_loop_callbacks()
 
     from allam_jax.core.errors import CheckpointError, ConfigError, NonFiniteLossError
 

@@ -40,13 +40,14 @@ def _stderr_captured() -> Iterator[None]:
 
 
 class _QuietLoader(importlib.abc.Loader):
-    def __init__(self, loader):
-        self._loader = loader
+    def __init__(self, loader, on_load=lambda: None):
+        self._loader, self._on_load = loader, on_load
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
+        self._on_load()
         with _stderr_captured():
             self._loader.exec_module(module)
             try:
@@ -56,14 +57,30 @@ class _QuietLoader(importlib.abc.Loader):
 
 
 class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
+    """Wraps the loader of ``tensorflow`` until it is imported. A lookup that does not import (a library asking
+    ``importlib.util.find_spec('tensorflow')`` whether TensorFlow is installed) must not use the finder up: it
+    stays on ``sys.meta_path`` until the module exists."""
+
+    _busy = False
+
     def find_spec(self, name, path, target=None):
-        if name != "tensorflow":
+        if name != "tensorflow" or self._busy:
             return None
-        sys.meta_path.remove(self)  # once: find the real spec with the other finders
-        spec = importlib.util.find_spec(name)
+        if "tensorflow" in sys.modules:
+            self._leave()
+            return None
+        self._busy = True
+        try:
+            spec = importlib.util.find_spec(name)  # the real spec, from the other finders
+        finally:
+            self._busy = False
         if spec is not None and spec.loader is not None:
-            spec.loader = _QuietLoader(spec.loader)
+            spec.loader = _QuietLoader(spec.loader, self._leave)
         return spec
+
+    def _leave(self) -> None:
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
 
 
 def install() -> None:

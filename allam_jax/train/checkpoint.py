@@ -9,6 +9,7 @@ before it.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any, Optional
 
@@ -24,6 +25,16 @@ from allam_jax.core.paths import as_path
 log = logging.getLogger(__name__)
 
 _TMP_MARKER = ".orbax-checkpoint-tmp"
+
+
+_OS_ERROR = re.compile(r"([A-Z][^:\[\]\"]*?)\s*\[os_error_code='(\d+)'\]")
+
+
+def save_error_text(e: BaseException) -> str:
+    """The reason a save failed, short: tensorstore's messages run to two paths and an array name before the
+    operating system's words (``No space left on device [os_error_code='28']``), which is what a user needs."""
+    m = _OS_ERROR.search(str(e))
+    return f"{m.group(1).strip()} (errno {m.group(2)})" if m else first_line(e)
 
 
 class Checkpointer:
@@ -53,19 +64,32 @@ class Checkpointer:
         try:
             return self.manager.save(step, args=args, force=force)
         except Exception as e:  # noqa: BLE001 - OSError (ENOSPC), tensorstore and orbax errors alike
-            raise CheckpointError(f"saving step {step} to {self.directory} failed: {first_line(e)} "
-                                  f"(last complete step: {self.latest_complete_step()})") from None
+            raise CheckpointError(f"saving step {step} to {self.directory} failed: {save_error_text(e)} "
+                                  f"(last complete step: {self._last_text()})") from None
 
     def check_errors(self) -> None:
-        """Raises if a background save has failed since the last check."""
+        """Raises if a background save has failed since the last check (called at every step boundary).
+
+        Orbax's ``check_for_errors`` sees a failed commit only once the next save waits for it; the thread that
+        finalizes a save holds the failure as soon as it ends, so it is looked at too (without waiting)."""
         try:
             self.manager.check_for_errors()
         except Exception as e:  # noqa: BLE001
             raise self._background_failure(e) from None
+        ref = getattr(self.manager, "_finalize_thread", None)
+        thread = ref.get() if ref is not None and hasattr(ref, "get") else None
+        failure = getattr(thread, "exception", None)
+        if thread is not None and failure is not None and not thread.is_alive():
+            raise self._background_failure(failure, getattr(thread, "step", lambda: None)())
 
-    def _background_failure(self, e: BaseException) -> CheckpointError:
-        return CheckpointError(f"a background save to {self.directory} failed: {first_line(e)} "
-                               f"(last complete step: {self.latest_complete_step()}); stopped")
+    def _background_failure(self, e: BaseException, step: Optional[int] = None) -> CheckpointError:
+        what = f"saving step {step} to {self.directory}" if step is not None else f"a background save to {self.directory}"
+        return CheckpointError(f"{what} failed: {save_error_text(e)} (last complete step: {self._last_text()}); "
+                               "stopped")
+
+    def _last_text(self) -> str:
+        last = self.latest_complete_step()
+        return "none yet" if last is None else str(last)
 
     def latest_complete_step(self) -> Optional[int]:
         """The newest committed step on disk, once saves still in flight have ended (for error messages)."""
