@@ -19,6 +19,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import re
 from typing import Iterable, Iterator, Optional, Sequence
 
 import apache_beam as beam
@@ -129,6 +130,22 @@ def run_cache(out: str, paths: CorpusPaths, vocabulary: str, cleaning: CleaningC
             directory.rmtree()
         directory.mkdir(parents=True)
 
+    try:
+        _run_pipeline(options, files, task_names, out, num_shards, vocabulary, cleaning, rendering)
+    except Exception as e:
+        for name in task_names:  # what this run started and did not finish: no shard or .tmp file is left behind
+            if not (root / name / "COMPLETED").exists():
+                (root / name).rmtree(missing_ok=True)
+        reason = re.search(r"\[Errno (\d+)\] ([^\[\]\n']+)", str(e))
+        if reason:  # Beam re-raises a worker's OSError (a full disk) as its own error, with pages of context
+            raise OSError(int(reason.group(1)), f"writing the cache failed ({reason.group(2).strip()}); the "
+                          "unfinished tasks were removed", out) from None
+        raise
+    return {name: _read_stats(root / name) for name in task_names}
+
+
+def _run_pipeline(options, files, task_names, out: str, num_shards: int, vocabulary: str,
+                  cleaning: CleaningConfig, rendering: ParallelRendering) -> None:
     with beam.Pipeline(options=options) as p:
         docs, drops = (p
                        | "files" >> beam.Create(files)
@@ -149,7 +166,6 @@ def run_cache(out: str, paths: CorpusPaths, vocabulary: str, cleaning: CleaningC
         ({"shards": shard_stats, "dropped": dropped}
          | "join stats" >> beam.CoGroupByKey()
          | "finish tasks" >> beam.Map(_finish_task, out, num_shards, vocabulary))
-    return {name: _read_stats(root / name) for name in task_names}
 
 
 def _extra_copies(kv):
