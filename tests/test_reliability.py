@@ -261,3 +261,21 @@ def test_a_real_failed_background_save_stops_the_run_in_one_line(tmp_path):
     assert "File too large (errno 27) (last complete step: none yet); stopped" in lines[0]
     steps = [json.loads(ln)["step"] for ln in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) < 50
+
+
+def test_a_tiny_text_file_warns_once_how_often_it_repeats(tmp_path, caplog):
+    from allam_jax.data.text_files import TextFileData
+
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("hello world, again!\n")  # 20 bytes: one row of 64 tokens, a quarter of a step
+    with caplog.at_level("WARNING"):
+        it = TextFileData(paths=[str(tiny)]).make_iterator(64, 4)
+        for _ in range(3):
+            next(it)
+    warnings = [r.getMessage() for r in caplog.records if "repeats" in r.getMessage()]
+    assert len(warnings) == 1 and "pack into 1 row(s) of 64 tokens, 0.25 steps' worth" in warnings[0]
+    assert "repeats 40.0 times every 10 steps" in warnings[0]
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # enough data: quiet
+        TextFileData(paths=[str(tiny)] * 200).make_iterator(16, 4)
+    assert not [r for r in caplog.records if "repeats" in r.getMessage()]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from typing import Iterable, Iterator, Optional, Protocol, Sequence
 
 import numpy as np
@@ -30,6 +31,9 @@ from allam_jax.data.language import guess_language
 
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 
+
+
+log = logging.getLogger(__name__)
 
 class BatchIterator(Protocol):
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]: ...
@@ -138,6 +142,9 @@ def pack_documents(token_docs: Sequence[tuple[list[int], int]], seq_len: int) ->
     return out
 
 
+REPEAT_WARNING_STEPS = 10  # data that repeats within this many steps is worth a warning
+
+
 class PackedTextIterator:
     """Packs shuffled documents into rows; epoch ``e`` uses the permutation seeded by ``(seed, e)``.
 
@@ -170,6 +177,12 @@ class PackedTextIterator:
                 self._docs.append((self.vocab.encode(text), languages.index(lang)))
         self.epoch, self.row = 0, 0
         self._rows = self._pack_epoch(0)
+        steps_per_epoch = self.rows_per_epoch / batch_size
+        if steps_per_epoch < REPEAT_WARNING_STEPS and process_index == 0:
+            log.warning("TextFileData: %s pack into %d row(s) of %d tokens, %.2f steps' worth at batch size %d: "
+                        "the data repeats %.1f times every %d steps; add data, or expect the model to memorise it",
+                        ", ".join(map(str, paths)), self.rows_per_epoch, seq_len, steps_per_epoch, batch_size,
+                        REPEAT_WARNING_STEPS / steps_per_epoch, REPEAT_WARNING_STEPS)
 
     def _pack_epoch(self, epoch: int) -> dict[str, np.ndarray]:
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self._docs))
