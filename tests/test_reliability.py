@@ -201,6 +201,9 @@ def test_resume_checks_process_count_and_warns_on_new_rates(caplog):
         check_resume(saved, {**saved, "process_count": 1}, 10, 20, "ckpt")
     check_resume(saved, {**saved, "process_count": 1, "data_shards": 8}, 10, 20, "ckpt")  # shards fixed: same data
     with caplog.at_level("WARNING"):
+        check_resume(saved, {**saved, "process_count": 1}, 10, 20, "ckpt", accept_new_data_order=True)
+    assert "continues on other batches" in caplog.text
+    with caplog.at_level("WARNING"):
         check_resume(saved, {**saved, "rates": {"ar": 3.0, "en": 1.0}}, 10, 20, "ckpt")
     assert "ar 1.0 -> 3.0" in caplog.text
 

@@ -53,6 +53,8 @@ class TrainerConfig:
     peak_flops_per_device: Optional[float] = None
     progress_bar: bool = True
     tensorboard: bool = True
+    # resume on another process count although the data (data_shards = 0) then continues on other batches
+    accept_new_data_order: bool = False
 
     def __post_init__(self):
         for name in ("num_steps", "batch_size", "seq_len", "log_every", "checkpoint_every", "keep_checkpoints"):
@@ -181,7 +183,7 @@ def _train_in_workdir(exp: Experiment, program, partitioner: Partitioner, workdi
     if restored is not None:
         state, data_state, start = restored
         run_record.check_resume(run_record.read(workdir_path), record, start, tcfg.num_steps,
-                                str(checkpointer.directory))
+                                str(checkpointer.directory), tcfg.accept_new_data_order)
         data_iter.set_state(data_state)
         log.info("resumed from step %d in %s", start, checkpointer.directory)
     else:

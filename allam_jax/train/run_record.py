@@ -40,9 +40,10 @@ def read(workdir: epath.Path) -> Optional[dict]:
         return None
 
 
-def check_resume(saved: Optional[dict], now: dict, start: int, num_steps: int, checkpoints: str) -> None:
+def check_resume(saved: Optional[dict], now: dict, start: int, num_steps: int, checkpoints: str,
+                 accept_new_data_order: bool = False) -> None:
     """Raises ConfigError when resuming at ``start`` with ``now`` would change what the data position means or
-    train nothing; warns when the mixture's rates changed."""
+    train nothing; warns when the mixture's rates changed (or, accepted, the process count)."""
     if num_steps < start:
         raise ConfigError(f"TrainerConfig.num_steps={num_steps} is below the step of the checkpoint in {checkpoints} "
                           f"({start}): nothing to train; raise num_steps to continue (config.gin left as it was)")
@@ -55,11 +56,15 @@ def check_resume(saved: Optional[dict], now: dict, start: int, num_steps: int, c
                               "new workdir with TrainerConfig.init_from pointing at this checkpoint")
     if (now.get("data_shards") == 0 and saved.get("process_count") is not None
             and saved["process_count"] != now["process_count"]):
+        if accept_new_data_order:
+            log.warning("resuming a run of %s process(es) on %s with data_shards = 0: the data continues on other "
+                        "batches (TrainerConfig.accept_new_data_order)", saved["process_count"], now["process_count"])
+            return
         raise ConfigError(f"the checkpoint in {checkpoints} was written by {saved['process_count']} process(es) and this "
                           f"run has {now['process_count']}: with data_shards = 0 each process reads its own data stream, "
-                          "so the run would continue on other data; resume on the same number of processes, or set "
-                          "data_shards to a multiple of every process count (the same batches on any count) in a new "
-                          "workdir with TrainerConfig.init_from")
+                          "so the run would continue on other data; resume on the same number of processes, set "
+                          "TrainerConfig.accept_new_data_order = True to go on anyway, or set data_shards to a "
+                          "multiple of every process count (the same batches on any count) in a new workdir")
     if saved.get("rates") and now.get("rates") and saved["rates"] != now["rates"]:
         changes = ", ".join(f"{k} {saved['rates'].get(k, 0)} -> {now['rates'].get(k, 0)}"
                             for k in sorted(set(saved["rates"]) | set(now["rates"]))
