@@ -282,3 +282,22 @@ def test_a_tiny_text_file_warns_once_how_often_it_repeats(tmp_path, caplog):
     with caplog.at_level("WARNING"):  # enough data: quiet
         TextFileData(paths=[str(tiny)] * 200).make_iterator(16, 4)
     assert not [r for r in caplog.records if "repeats" in r.getMessage()]
+
+
+def test_a_tiny_task_in_a_mixture_warns_how_often_it_repeats(tmp_path, caplog):
+    """One 22-character English line at half the mixture, against a real Arabic corpus: the seqio path counts
+    the small task whole and warns once; the large one stays quiet."""
+    from allam_jax.data.pipeline import SeqioData
+    from allam_jax.data.tasks import CorpusPaths
+    from helpers import corpus_files
+
+    tiny = tmp_path / "en.txt"
+    tiny.write_text("A short English line.\n")
+    ar = [f for f in corpus_files(tmp_path / "corpus", en_docs=0, ar_docs=1500) if f.endswith("ar.txt")]
+    data = SeqioData(rates={"en_pretrain": 1.0, "ar_pretrain": 1.0}, paths=CorpusPaths(en=[str(tiny)], ar=ar, parallel=()),
+                     shuffle_buffer=64)
+    with caplog.at_level("WARNING"):
+        data.make_iterator(128, 8)
+    repeats = [r.getMessage() for r in caplog.records if "repeats every" in r.getMessage()]
+    assert len(repeats) == 1 and repeats[0].startswith("task en_pretrain holds"), repeats
+    assert "50.0% of the batch" in repeats[0]

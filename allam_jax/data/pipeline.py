@@ -98,16 +98,23 @@ class SeqioData:
             mean_tokens = {}
             for task in rates:
                 if (task, key) not in _MEAN_TOKENS:
-                    _MEAN_TOKENS[(task, key)] = tasks_lib.mean_tokens_per_example(task)
-                mean_tokens[task] = _MEAN_TOKENS[(task, key)]
+                    _MEAN_TOKENS[(task, key)] = tasks_lib.task_token_stats(task)
+                mean_tokens[task] = _MEAN_TOKENS[(task, key)][0]
         shares = tasks_lib.register_mixture(mixture or self.mixture, rates, self.rate_unit, mean_tokens)
         return vocab, shares
+
+    def task_totals(self, seq_len: int) -> dict[str, int]:
+        """Total tokens of the tasks small enough to have been counted whole (see ``task_token_stats``)."""
+        key = (self.vocabulary, repr(self.paths), repr(self.cleaning), repr(self.rendering), seq_len)
+        return {task: v[1] for (task, k), v in _MEAN_TOKENS.items() if k == key and v[1] is not None}
 
     def make_iterator(self, seq_len: int, batch_size: int, process_index: int = 0,
                       process_count: int = 1) -> "SeqioBatchIterator":
         shards = DataShards.of(self.data_shards, batch_size, process_index, process_count, "SeqioData")
         if self.schedule is None:
             vocab, shares = self.build(seq_len)
+            if process_index == 0:
+                warn_repeating_tasks(shares, self.task_totals(seq_len), batch_size * seq_len)
             return SeqioBatchIterator(self.mixture, vocab, seq_len, shards, self.seed, shares)
 
         def stage(index: int, start_batches: int) -> SeqioBatchIterator:
@@ -116,6 +123,19 @@ class SeqioData:
             return SeqioBatchIterator(name, vocab, seq_len, shards, self.seed, shares, start_batches=start_batches)
 
         return StagedBatchIterator(stage, self.schedule.starts, get_vocabulary(self.vocabulary))
+
+
+def warn_repeating_tasks(shares: Mapping[str, float], totals: Mapping[str, int], tokens_per_step: int,
+                         within_steps: int = 10) -> None:
+    """A task whose whole data is smaller than what the mixture draws from it in ``within_steps`` steps repeats
+    that often (one 22-character line at a third of the mixture is a third of every batch): say so, once."""
+    for task, share in shares.items():
+        total = totals.get(task)
+        drawn = share * tokens_per_step
+        if total is not None and drawn > 0 and total < within_steps * drawn:
+            log.warning("task %s holds %d tokens in all, and the mixture draws ~%d per step from it (%.1f%% of the "
+                        "batch): it repeats every %.2f steps; add data or lower its rate", task, total, drawn,
+                        100 * share, total / drawn)
 
 
 def to_model_batch(ex: Mapping[str, tf.Tensor], bos: int) -> dict[str, tf.Tensor]:

@@ -132,16 +132,24 @@ def mean_tokens_per_example(task_name: str, max_examples: int = 5_000, seed: int
     """Mean tokens of the task's (split) examples: exact for tasks up to ``max_examples`` examples, else
     estimated from that many examples of the shuffled stream (files are often sorted by source or
     length, so a prefix in file order would be biased)."""
+    return task_token_stats(task_name, max_examples, seed)[0]
+
+
+def task_token_stats(task_name: str, max_examples: int = 5_000, seed: int = 0) -> tuple[float, Optional[int]]:
+    """(mean tokens per example, the task's total tokens when it has at most ``max_examples`` examples, else
+    None): one pass that also tells a tiny task (one that a mixture would repeat every few steps)."""
     ds = seqio.get_mixture_or_task(task_name).get_dataset(None, "train", shuffle=True, seed=seed, num_epochs=1)
     total = count = 0
     with tf_data_errors():
-        for ex in ds.take(max_examples).as_numpy_iterator():
+        for ex in ds.take(max_examples + 1).as_numpy_iterator():
+            if count == max_examples:  # more than max_examples: the total is not known
+                return total / count, None
             total += len(ex["targets"])
             count += 1
     if count == 0:
         raise ConfigError(f"task {task_name} produced no examples: every document was filtered out or the files "
                           "are empty")
-    return total / count
+    return total / count, total
 
 
 def rates_from_token_counts(token_counts: Mapping[str, float], temperature: float = 1.0) -> dict[str, float]:
