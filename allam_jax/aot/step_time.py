@@ -415,7 +415,7 @@ def estimate_step_time(hlo: str, chip, net: Interconnect, efficiency: Optional[f
     busy = totals["compute"] + totals["attention"]
     return StepTimeEstimate(
         step_seconds=totals["step"], compute_seconds=totals["compute"], attention_seconds=totals["attention"],
-        communication_seconds=totals["comm"], exposed_communication_seconds=totals["step"] - busy,
+        communication_seconds=totals["comm"], exposed_communication_seconds=max(0.0, totals["step"] - busy),
         no_overlap_seconds=totals["upper"], matmul_flops=totals["mm"], attention_flops=totals["attn_flops"],
         hbm_bytes=totals["bytes"], by_collective=dict(sorted(by_kind.items())), unpriced_kernels=unpriced,
         leaves_out=LEAVES_OUT + ((f"{unpriced} kernel calls per step without a FLOP count, priced by their bytes",)
