@@ -105,3 +105,16 @@ def allam(*args, timeout=600, **popen) -> subprocess.CompletedProcess:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", "allam_jax", *args], capture_output=True, text=True, env=env,
                           timeout=timeout, **popen)
+
+
+def file_size_limited(max_bytes: int, *argv: str) -> list[str]:
+    """A command running ``python -m allam_jax ARGV`` whose writes past ``max_bytes`` per file fail with EFBIG, as
+    a full disk's fail with ENOSPC: a real write failure without root. Set in the child itself (not with
+    ``preexec_fn``, which forks a multithreaded process); an ignored SIGXFSZ makes the write fail instead of
+    killing the process."""
+    import sys
+
+    code = ("import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({max_bytes}, {max_bytes})); "
+            "sys.argv = ['allam'] + sys.argv[1:]; runpy.run_module('allam_jax', run_name='__main__')")
+    return [sys.executable, "-c", code, *argv]

@@ -28,7 +28,7 @@ def _one_line_error(result, *fragments):
     ("OptimizerConfig.schedule = 'wavy'", ["OptimizerConfig.schedule", "'wavy'"]),
     ("PartitioningConfig.mesh_shape = (2, 2, 2)", ["needs 8 devices, but there are 1"]),
     ("TextFileData.paths = ['/nonexistent/corpus.txt']", ["/nonexistent/corpus.txt"]),
-    ("ModelConfig.num_layers = (", ["bad gin configuration"]),
+    ("ModelConfig.num_layers = (", ["bad gin binding 'ModelConfig.num_layers = ('"]),
 ])
 def test_bad_bindings_give_one_line_and_exit_2(gin, tmp_path, binding, fragments):
     r = allam("train", "--gin_file", str(gin), "--workdir", str(tmp_path / "w"), "--gin_bindings", binding)

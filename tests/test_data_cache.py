@@ -360,24 +360,16 @@ def test_cache_reads_tfds_and_jsonl_sources(tmp_path, monkeypatch):
 def test_a_write_failure_in_the_beam_job_is_one_line_and_leaves_no_partial_task(tmp_path):
     """The operating system refuses the shard writes (a file-size limit, as a full disk would, without root):
     one line, exit 2, and no unfinished task folder or .tmp shard left behind."""
-    import resource
-    import signal
     import subprocess
-    import sys
 
-    from helpers import bundled_dir
+    from helpers import bundled_dir, file_size_limited
 
     b = bundled_dir()
-
-    def limit():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
-
     out = tmp_path / "c"
-    r = subprocess.run([sys.executable, "-m", "allam_jax", "data", "cache", f"--out={out}", "--gin_file=runs/tiny_cpu.gin",
-                        f"--gin_bindings=CorpusPaths.en = ['{b / 'en.txt'}']", "--gin_bindings=CorpusPaths.ar = []",
-                        "--gin_bindings=CorpusPaths.parallel = []"],
-                       preexec_fn=limit, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(file_size_limited(64 << 10, "data", "cache", f"--out={out}", "--gin_file=runs/tiny_cpu.gin",
+                                         f"--gin_bindings=CorpusPaths.en = ['{b / 'en.txt'}']",
+                                         "--gin_bindings=CorpusPaths.ar = []", "--gin_bindings=CorpusPaths.parallel = []"),
+                       capture_output=True, text=True, timeout=900)
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("allam: error:")]
     assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
     assert "writing the cache failed (File too large)" in lines[0] and str(out) in lines[0]

@@ -242,22 +242,16 @@ def test_a_real_failed_background_save_stops_the_run_in_one_line(tmp_path):
     the checkpoint's writes, as a full disk does, without root): exit 1, one line naming the step, the reason and
     the last complete step, and the run stopped long before num_steps; no Orbax/asyncio tracebacks."""
     import json
-    import resource
-    import signal
     import subprocess
 
-    from helpers import corpus_files, write_gin
+    from helpers import corpus_files, file_size_limited, write_gin
 
     files = corpus_files(tmp_path / "corpus", en_docs=40, ar_docs=40)
     gin = write_gin(tmp_path / "run.gin", files, **{"TrainerConfig.num_steps": 200, "TrainerConfig.checkpoint_every": 5,
                                                    "ModelConfig.d_model": 128, "ModelConfig.mlp_dim": 384})
 
-    def limit():  # writes past 1 MiB fail with EFBIG instead of killing the process
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
-
-    r = subprocess.run([sys.executable, "-m", "allam_jax", "train", "--gin_file", str(gin), "--workdir",
-                        str(tmp_path / "w")], preexec_fn=limit, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(file_size_limited(1 << 20, "train", "--gin_file", str(gin), "--workdir", str(tmp_path / "w")),
+                       capture_output=True, text=True, timeout=600)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 1, r.stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith("allam: error: saving step 5 to "), r.stderr[-3000:]
