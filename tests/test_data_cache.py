@@ -370,7 +370,7 @@ def test_a_write_failure_in_the_beam_job_is_one_line_and_leaves_no_partial_task(
                                          f"--gin_bindings=CorpusPaths.en = ['{b / 'en.txt'}']",
                                          "--gin_bindings=CorpusPaths.ar = []", "--gin_bindings=CorpusPaths.parallel = []"),
                        capture_output=True, text=True, timeout=900)
-    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("allam: error:")]
-    assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("allam: error:"), r.stderr[-3000:]
     assert "writing the cache failed (File too large)" in lines[0] and str(out) in lines[0]
     assert not [p for p in out.rglob("*") if p.is_file()], sorted(out.rglob("*"))

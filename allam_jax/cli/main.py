@@ -44,6 +44,8 @@ def _configure_logging(level: str) -> None:
     quiet_orbax = logging.getLogger().level > logging.DEBUG
     for handler in logging.getLogger().handlers:  # gin logs every search-path miss at ERROR level
         handler.addFilter(lambda record: "/gin/" not in record.pathname.replace("\\", "/"))
+        # Apache Beam's import warns about Google Cloud client libraries no local pipeline uses
+        handler.addFilter(lambda record: not str(record.msg).startswith("apitools not found"))
         # a failed save makes Orbax log pages of tracebacks from its threads; the trainer reports the failure in
         # one line (--log_level DEBUG shows them)
         handler.addFilter(lambda record: not (quiet_orbax and record.levelno < logging.CRITICAL and (

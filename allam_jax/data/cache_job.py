@@ -19,7 +19,10 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import os
 import re
+import sys
+import tempfile
 from typing import Iterable, Iterator, Optional, Sequence
 
 import apache_beam as beam
@@ -130,18 +133,42 @@ def run_cache(out: str, paths: CorpusPaths, vocabulary: str, cleaning: CleaningC
             directory.rmtree()
         directory.mkdir(parents=True)
 
-    try:
-        _run_pipeline(options, files, task_names, out, num_shards, vocabulary, cleaning, rendering)
-    except Exception as e:
-        for name in task_names:  # what this run started and did not finish: no shard or .tmp file is left behind
-            if not (root / name / "COMPLETED").exists():
-                (root / name).rmtree(missing_ok=True)
-        reason = re.search(r"\[Errno (\d+)\] ([^\[\]\n']+)", str(e))
-        if reason:  # Beam re-raises a worker's OSError (a full disk) as its own error, with pages of context
-            raise OSError(int(reason.group(1)), f"writing the cache failed ({reason.group(2).strip()}); the "
-                          "unfinished tasks were removed", out) from None
-        raise
+    with tempfile.TemporaryFile() as beam_log:
+        try:
+            with _stderr_to(beam_log, keep=logging.getLogger().isEnabledFor(logging.DEBUG)):
+                _run_pipeline(options, files, task_names, out, num_shards, vocabulary, cleaning, rendering)
+        except Exception as e:
+            for name in task_names:  # what this run started and did not finish: no shard or .tmp file is left
+                if not (root / name / "COMPLETED").exists():
+                    (root / name).rmtree(missing_ok=True)
+            reason = re.search(r"\[Errno (\d+)\] ([^\[\]\n']+)", str(e))
+            if reason:  # Beam re-raises a worker's OSError (a full disk) as its own error, with pages of context
+                raise OSError(int(reason.group(1)), f"writing the cache failed ({reason.group(2).strip()}); the "
+                              "unfinished tasks were removed", out) from None
+            beam_log.seek(0)  # an error of another kind: what Beam and its workers said may explain it
+            sys.stderr.write(beam_log.read().decode("utf-8", "replace"))
+            raise
     return {name: _read_stats(root / name) for name in task_names}
+
+
+@contextlib.contextmanager
+def _stderr_to(file, keep: bool = False) -> Iterator[None]:
+    """File descriptor 2 (this process's and the Beam worker processes' it starts, which inherit it) goes to
+    ``file`` while the pipeline runs: Beam's start-up chatter (apitools, semi_persistent_directory, discarded
+    arguments), repeated by every worker, and its workers' tracebacks of an error reported here in one line.
+    ``keep`` (``--log_level DEBUG``) leaves stderr alone."""
+    if keep:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(file.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _run_pipeline(options, files, task_names, out: str, num_shards: int, vocabulary: str,
