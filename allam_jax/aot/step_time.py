@@ -252,9 +252,6 @@ class StepTimeEstimate:
     unpriced_kernels: int = 0
     leaves_out: tuple = ()
 
-    def mfu(self, model_flops_per_device: float, peak_flops: float) -> float:
-        return model_flops_per_device / (self.step_seconds * peak_flops)
-
 
 LEAVES_OUT = (
     "the chip's instruction scheduling: an op runs at the slower of its FLOPs and bytes (a roofline), never slower",
