@@ -158,11 +158,27 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = (), overrides: Seq
             override.bind()
     except errors as e:
         raise ConfigError(f"bad gin configuration: {_one_line(e)}") from None
+    _COMMAND_LINE_BINDINGS[:] = list(bindings)
     for binding in bindings:  # one at a time, so an error names its binding
         try:
             gin.parse_config_files_and_bindings([], [binding], finalize_config=False)
         except errors as e:
             raise ConfigError(f"bad gin binding {binding!r}: {_one_line(e)}") from None
+
+
+_COMMAND_LINE_BINDINGS: list[str] = []  # the last parse()'s own bindings, checked against what is built
+_DATA_CLASSES = ("TextFileData", "SeqioData", "CachedData", "SftData", "DpoData")
+
+
+def _check_data_bindings(data: object) -> None:
+    """A command-line binding of a data class the run does not build would be ignored in silence (gin binds
+    any configurable): training would read other data than the user named."""
+    used = type(data).__name__
+    for binding in _COMMAND_LINE_BINDINGS:
+        name = binding.split("=")[0].strip().split(".")[0].split("/")[-1]
+        if name in _DATA_CLASSES and name != used:
+            raise ConfigError(f"binding {binding.strip()!r} sets {name}, but this run's data is {used} "
+                              f"(experiment.data): add  experiment.data = @{name}()  or bind {used} instead")
 
 
 def _config_texts(files: Sequence[str], bindings: Sequence[str]) -> list[str]:
@@ -249,6 +265,7 @@ def build_experiment(data: Optional[object] = None, dpo: Optional[object] = None
 
         data = _build(gin.get_configurable(SeqioData), "SeqioData")
     data = data if data is not None else _build(TextFileDataG, "TextFileData")
+    _check_data_bindings(data)
     if getattr(dpo, "reference", None) == "precomputed" and hasattr(data, "require_reference"):
         # a precomputed reference read as 0 where the data has none would train against nothing: every pair
         # must carry its ref_*_logp (allam dpo-reference writes them)

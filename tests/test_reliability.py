@@ -165,11 +165,21 @@ def test_training_data_that_gives_no_batch_exits_2_before_any_step(tmp_path, cap
     else:
         empty = tmp_path / "empty.txt"
         empty.write_text("")
-        bindings = [f"TextFileData.paths = ['{empty}']"]
+        bindings = ["experiment.data = @TextFileData()", f"TextFileData.paths = ['{empty}']"]
     rc, err = _run(capsys, "train", "--gin_file", gin, "--workdir", str(tmp_path / "run"),
                    "--gin_bindings", "TrainerConfig.init_from = None", *sum((["--gin_bindings", b] for b in bindings), []))
     assert rc == 2, err
+    assert "no" in err and ("batch" in err or "usable" in err or "empty" in err), err
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+
+
+def test_a_binding_of_a_data_class_the_run_does_not_use_is_refused(tmp_path, capsys):
+    # tiny_cpu.gin trains on SeqioData: a TextFileData.paths binding alone would be ignored in silence
+    rc, err = _run(capsys, "train", "--gin_file", "runs/tiny_cpu.gin", "--workdir", str(tmp_path / "run"),
+                   "--gin_bindings", f"TextFileData.paths = ['{tmp_path / 'mine.txt'}']")
+    assert rc == 2
+    assert "sets TextFileData, but this run's data is SeqioData" in err and "experiment.data = @TextFileData()" in err
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
 
 
 def test_a_resume_that_changes_the_data_positions_meaning_is_refused(tmp_path, capsys):
