@@ -16,16 +16,28 @@ from allam_jax.data.text_files import TextFileData
 from allam_jax.core.errors import ConfigError
 from allam_jax.model.config import ModelConfig
 from allam_jax.core.partitioning import PartitioningConfig
-from allam_jax.train.loop import Experiment, TrainerConfig
+from allam_jax.train.experiment import Experiment, TrainerConfig
 from allam_jax.train.optimizer import OptimizerConfig
-from allam_jax.objectives import objective_from
+from allam_jax.objectives import OBJECTIVES, make_objective
 from allam_jax.objectives.lm import StepConfig
 
 REPO_GIN_DIR = Path(__file__).resolve().parents[1] / "gin_configs"
 
 ModelConfigG = gin.external_configurable(ModelConfig, "ModelConfig")
 OptimizerConfigG = gin.external_configurable(OptimizerConfig, "OptimizerConfig")
-StepConfigG = gin.external_configurable(StepConfig, "StepConfig")
+_STEP_DEFAULTS = {f.name: f.default for f in dataclasses.fields(StepConfig)}
+
+
+def _step_config(z_loss_weight: float = _STEP_DEFAULTS["z_loss_weight"],
+                 num_languages: int = _STEP_DEFAULTS["num_languages"],
+                 logits_chunk_size: int = _STEP_DEFAULTS["logits_chunk_size"],
+                 grad_accum_steps: Optional[int] = None) -> tuple[StepConfig, Optional[int]]:
+    """gin's ``StepConfig``: the dataclass, plus ``grad_accum_steps``, its former field (now
+    ``TrainerConfig.grad_accum_steps``), still read so configs that set it keep working."""
+    return StepConfig(z_loss_weight, num_languages, logits_chunk_size), grad_accum_steps
+
+
+StepConfigG = gin.external_configurable(_step_config, "StepConfig")
 PartitioningConfigG = gin.external_configurable(PartitioningConfig, "PartitioningConfig")
 TrainerConfigG = gin.external_configurable(TrainerConfig, "TrainerConfig")
 TextFileDataG = gin.external_configurable(TextFileData, "TextFileData")
@@ -39,15 +51,16 @@ def _register_seqio_configurables() -> None:
         return
     from allam_jax.align.chat import ChatTemplate
     from allam_jax.align.preference_data import DpoData
-    from allam_jax.objectives.dpo import DpoConfig
     from allam_jax.align.sft_data import SftData
     from allam_jax.data.cached_pipeline import CachedData
     from allam_jax.data.pipeline import MixtureSchedule, SeqioData
     from allam_jax.data.sources import CleaningConfig, ParallelRendering
     from allam_jax.data.tasks import CorpusPaths
 
-    for cls in (SeqioData, MixtureSchedule, CleaningConfig, ParallelRendering, CorpusPaths, ChatTemplate, SftData,
-                DpoData, DpoConfig, CachedData):
+    classes = (SeqioData, MixtureSchedule, CleaningConfig, ParallelRendering, CorpusPaths, ChatTemplate, SftData,
+               DpoData, CachedData)
+    assert tuple(c.__name__ for c in classes) == _SEQIO_NAMES
+    for cls in classes:
         gin.external_configurable(cls, cls.__name__)
     _SEQIO_REGISTERED = True
 
@@ -65,8 +78,9 @@ def register(*classes: type) -> None:
             gin.external_configurable(cls, cls.__name__)
 
 
+# the seqio configurables' names, registered (importing TensorFlow) only when a config mentions one
 _SEQIO_NAMES = ("SeqioData", "MixtureSchedule", "CleaningConfig", "ParallelRendering", "CorpusPaths", "ChatTemplate",
-                "SftData", "DpoData", "DpoConfig", "CachedData")
+                "SftData", "DpoData", "CachedData")
 gin.constant("allam.DEFAULT_GIN_DIR", str(REPO_GIN_DIR))
 
 
@@ -140,6 +154,7 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = (), overrides: Seq
     """Parses gin files, then applies ``overrides``, then the bindings; any problem becomes a one-line
     ConfigError naming it."""
     gin.clear_config()
+    register(*(cls.config_class for cls in OBJECTIVES.values() if cls.config_class is not StepConfig))
     for extra in os.environ.get("ALLAM_GIN_PATH", "").split(os.pathsep) + [str(REPO_GIN_DIR), os.getcwd()]:
         if extra:
             gin.add_config_file_search_path(extra)
@@ -256,9 +271,11 @@ def partitioning_config() -> PartitioningConfig:
 
 
 @gin.configurable("experiment")
-def build_experiment(data: Optional[object] = None, dpo: Optional[object] = None) -> Experiment:
-    """Builds the run from the parsed gin config; ``experiment.data`` picks the input pipeline. Unset, it is
-    the seqio mixture (``SeqioData``), or ``TextFileData`` when the config binds ``TextFileData`` parameters."""
+def build_experiment(data: Optional[object] = None, objective: str = "lm", dpo: Optional[object] = None) -> Experiment:
+    """Builds the run from the parsed gin config. ``experiment.data`` picks the input pipeline (unset: the seqio
+    mixture, ``SeqioData``, or ``TextFileData`` when the config binds ``TextFileData`` parameters);
+    ``experiment.objective`` a registered objective (``objectives.OBJECTIVES``), configured by its config
+    class's bindings; ``experiment.dpo = @DpoConfig()`` is the older spelling of ``objective = 'dpo'``."""
     if data is None and not _binds("TextFileData"):
         _register_seqio_configurables()
         from allam_jax.data.pipeline import SeqioData
@@ -266,19 +283,46 @@ def build_experiment(data: Optional[object] = None, dpo: Optional[object] = None
         data = _build(gin.get_configurable(SeqioData), "SeqioData")
     data = data if data is not None else _build(TextFileDataG, "TextFileData")
     _check_data_bindings(data)
-    if getattr(dpo, "reference", None) == "precomputed" and hasattr(data, "require_reference"):
+    step, legacy_accum = _build(StepConfigG, "StepConfig")
+    trainer = _with_legacy_accum(_build(TrainerConfigG, "TrainerConfig"), legacy_accum)
+    if dpo is not None:
+        if objective not in ("lm", "dpo"):
+            raise ConfigError(f"experiment.dpo is set but experiment.objective = {objective!r}: set one of them")
+        objective, config = "dpo", dpo
+    elif objective in OBJECTIVES and OBJECTIVES[objective].config_class is not StepConfig:
+        name = OBJECTIVES[objective].config_class.__name__
+        config = _build(gin.get_configurable(name), name)
+    else:
+        config = step
+    made = make_objective(objective, config)
+    if getattr(made.config, "reference", None) == "precomputed" and hasattr(data, "require_reference"):
         # a precomputed reference read as 0 where the data has none would train against nothing: every pair
         # must carry its ref_*_logp (allam dpo-reference writes them)
         data = dataclasses.replace(data, require_reference=True)
     return Experiment(
         model=model_config(),
         optimizer=_build(OptimizerConfigG, "OptimizerConfig"),
-        step=_build(StepConfigG, "StepConfig"),
         partitioning=_build(PartitioningConfigG, "PartitioningConfig"),
-        trainer=_build(TrainerConfigG, "TrainerConfig"),
+        trainer=trainer,
         data=data,
-        objective=objective_from(dpo),
+        objective=made,
     )
+
+
+def _with_legacy_accum(trainer: TrainerConfig, legacy: Optional[int]) -> TrainerConfig:
+    """``StepConfig.grad_accum_steps`` (the former name) becomes ``TrainerConfig.grad_accum_steps``."""
+    if legacy is None:
+        return trainer
+    if isinstance(legacy, bool) or not isinstance(legacy, int) or legacy <= 0:
+        raise ConfigError(f"StepConfig.grad_accum_steps must be a positive integer, got {legacy!r}")
+    try:
+        current = gin.query_parameter("TrainerConfig.grad_accum_steps")
+    except ValueError:
+        current = None
+    if current is not None and current != legacy:
+        raise ConfigError(f"StepConfig.grad_accum_steps = {legacy} and TrainerConfig.grad_accum_steps = {current} "
+                          "disagree; keep TrainerConfig.grad_accum_steps (the StepConfig name is the former one)")
+    return dataclasses.replace(trainer, grad_accum_steps=legacy)
 
 
 def train_from_gin(gin_files: Sequence[str], bindings: Sequence[str], workdir: str,

@@ -33,7 +33,7 @@ from allam_jax.train.metrics import peak_flops_per_device  # noqa: E402
 from allam_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer  # noqa: E402
 from allam_jax.core.params import count_params  # noqa: E402
 from allam_jax.train.state import init_train_state, state_shardings  # noqa: E402
-from allam_jax.objectives.lm import StepConfig  # noqa: E402
+from allam_jax.objectives.lm import LmObjective, StepConfig  # noqa: E402
 from allam_jax.train.step import make_train_step  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -54,7 +54,7 @@ def bench(name: str, cfg: ModelConfig, pcfg: partitioning.PartitioningConfig, ba
     with partitioner.activate():
         state = init_train_state(model, tx, partitioner, seed=0)
         batch = {k: jax.device_put(v, bs) for k, v in batch.items()}
-        step = jax.jit(make_train_step(model, tx, learning_rate_schedule(opt), StepConfig(num_languages=1)),
+        step = jax.jit(make_train_step(model, tx, learning_rate_schedule(opt), LmObjective(StepConfig(num_languages=1))),
                        in_shardings=(shardings, bs), out_shardings=(shardings, None), donate_argnums=(0,))
         t0 = time.perf_counter()
         state, m = step(state, batch)

@@ -50,12 +50,12 @@ CASES = {
     "7b-v5p-128": Case(
         "Llama-2 7B, v5p-128, 1024 x 4096 tokens, full remat, flash/splash attention, bf16", "v5p-128", "llama2-7b",
         16, 4096, "runs/allam_7b_stage1_en.gin",
-        ("ModelConfig.vocab_size = 32000", "ModelConfig.remat_policy = 'full'", "StepConfig.grad_accum_steps = 1",
+        ("ModelConfig.vocab_size = 32000", "ModelConfig.remat_policy = 'full'", "TrainerConfig.grad_accum_steps = 1",
          "StepConfig.logits_chunk_size = 512")),
     "70b-v5p-512": Case(
         "Llama-2 70B, v5p-512, 512 x 4096 tokens, full remat, flash/splash attention, bf16", "v5p-512", "llama2-70b",
         2, 4096, "runs/continue_llama2_70b_ar.gin",
-        ("ModelConfig.vocab_size = 32000", "ModelConfig.remat_policy = 'full'", "StepConfig.grad_accum_steps = 1",
+        ("ModelConfig.vocab_size = 32000", "ModelConfig.remat_policy = 'full'", "TrainerConfig.grad_accum_steps = 1",
          # at 2 rows per chip the float32 logits are 1 GB: chunking them saves nothing and holds the gathered head
          # and its gradient through the loop (+1.0 GB); MaxText does not chunk either
          "StepConfig.logits_chunk_size = 0")),

@@ -40,7 +40,7 @@ from allam_jax.model import Decoder, ModelConfig  # noqa: E402
 from allam_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer  # noqa: E402
 from allam_jax.core.params import count_params  # noqa: E402
 from allam_jax.train.state import init_train_state, state_shardings  # noqa: E402
-from allam_jax.objectives.lm import StepConfig  # noqa: E402
+from allam_jax.objectives.lm import LmObjective, StepConfig  # noqa: E402
 from allam_jax.train.step import make_train_step  # noqa: E402
 
 CONFIGS = {
@@ -76,7 +76,7 @@ class JaxTrainer:
             self.state = init_train_state(model, tx, self.partitioner, seed=0)
             self.batch = {k: jax.device_put(v, bs) for k, v in batch.items()}
         self.initial_params = jax.device_get(self.state.params)
-        self.step_fn = jax.jit(make_train_step(model, tx, learning_rate_schedule(OPTIMIZER), StepConfig(num_languages=1)),
+        self.step_fn = jax.jit(make_train_step(model, tx, learning_rate_schedule(OPTIMIZER), LmObjective(StepConfig(num_languages=1))),
                                in_shardings=(shardings, bs), out_shardings=(shardings, None), donate_argnums=(0,))
 
     def step(self) -> float:

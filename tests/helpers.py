@@ -15,7 +15,6 @@ from allam_jax.model import ModelConfig
 from allam_jax.core.partitioning import PartitioningConfig
 from allam_jax.train.loop import Experiment, TrainerConfig
 from allam_jax.train.optimizer import OptimizerConfig
-from allam_jax.objectives.lm import StepConfig
 
 TINY_MODEL = dict(vocab_size=384, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64, max_seq_len=64)
 
@@ -72,7 +71,6 @@ def experiment(files, num_steps=10, model=None, optimizer=None, **trainer) -> Ex
     return Experiment(
         model=ModelConfig(**{**TINY_MODEL, **(model or {})}),
         optimizer=OptimizerConfig(**{"learning_rate": 3e-3, "warmup_steps": 2, "decay_steps": 100, **(optimizer or {})}),
-        step=StepConfig(num_languages=2),
         partitioning=PartitioningConfig(mesh_shape=(1, 1, 1)),
         trainer=TrainerConfig(**trainer),
         data=TextFileData(paths=list(files), languages=["en", "ar"]),

@@ -19,8 +19,8 @@ from allam_jax.core import partitioning  # noqa: E402
 from allam_jax.model import Decoder, ModelConfig  # noqa: E402
 from allam_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer  # noqa: E402
 from allam_jax.train.state import init_train_state, state_shardings  # noqa: E402
-from allam_jax.objectives.lm import StepConfig, loss_and_grads  # noqa: E402
-from allam_jax.train.step import make_train_step  # noqa: E402
+from allam_jax.objectives.lm import LmObjective, StepConfig  # noqa: E402
+from allam_jax.train.step import accumulate_gradients, make_train_step  # noqa: E402
 
 MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]
 CFG = ModelConfig(vocab_size=384, d_model=64, num_layers=2, num_heads=8, num_kv_heads=4, mlp_dim=128,
@@ -53,10 +53,10 @@ def run(mesh_shape, devices, host_state=None, cfg=CFG, step_cfg=StepConfig(num_l
         state = init_train_state(model, tx, partitioner, seed=0)
     else:
         state = jax.device_put(host_state, shardings)
-    step = make_train_step(model, tx, learning_rate_schedule(opt), step_cfg)
+    step = make_train_step(model, tx, learning_rate_schedule(opt), LmObjective(step_cfg))
 
     def with_grads(state, b):
-        _, grads, _ = loss_and_grads(model, state.params, b, step_cfg)
+        _, grads, _ = accumulate_gradients(LmObjective(step_cfg), model, state.params, b)
         new_state, metrics = step(state, b)
         return new_state, metrics, grads
 

@@ -147,7 +147,7 @@ def test_compile_search_prints_the_ranked_variants_and_refuses_other_steps():
     assert r.returncode == 0, r.stderr[-3000:]
     found = json.loads(r.stdout)
     # one variant: the line stops at its first fit, one micro-batch
-    assert [c["bindings"][-1] for c in found] == ["StepConfig.grad_accum_steps = 1"]
+    assert [c["bindings"][-1] for c in found] == ["TrainerConfig.grad_accum_steps = 1"]
     assert found[0]["within_budget"] and 0 < found[0]["report"]["estimated_mfu"] < 1
     assert "[1/2" in r.stderr  # progress, a line per compile
     bad = allam("compile", "--gin_file", "runs/tiny_cpu.gin", "--topology", "v5e:2x2", "--search", "--step", "eval")
@@ -182,7 +182,7 @@ def test_compile_reports_a_config_that_does_not_fit_with_exit_3():
               "--gin_bindings", "ModelConfig.compute_dtype = 'bfloat16'", timeout=900)
     assert r.returncode == 3, r.stderr[-3000:]
     assert "DOES NOT FIT" in r.stdout and "over by" in r.stdout
-    assert "StepConfig.grad_accum_steps" in r.stdout
+    assert "TrainerConfig.grad_accum_steps" in r.stdout
     # the largest arrays are the float32 logits of the 24 local rows: [24, 2048, 64000]
     listing = r.stdout.split("Largest arrays per device")[1]
     assert "f32[24,2048,64000]" in listing.splitlines()[1], listing
@@ -229,3 +229,16 @@ def test_advertised_run_configs_fit_their_slices(gin_file, topology, params):
     assert report["params"] == pytest.approx(params, rel=0.01)
     assert report["attention_impl"] == "pallas" and report["compute_dtype"] == "bfloat16"
     assert report["rows"] * report["seq_len"] >= 2 * 1024 * 1024  # the global batch of the config, not a toy one
+
+
+@pytest.mark.slow
+@pytest.mark.tpu
+def test_dpo_70b_fits_its_slice_in_micro_batches():
+    """The 70B DPO step (policy, frozen reference, 1024 rows of 2048 tokens on a v5p-512) fits in 2
+    micro-batches (in one it needs ~112 GiB of 95); the table says how many."""
+    r = allam("compile", "--gin_file", "runs/dpo_llama2_70b_ar.gin", "--topology", "v5p-512", timeout=1200)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    assert "1024 rows x 2048 tokens in 2 micro-batches" in r.stdout
+    memory = next(line for line in r.stdout.splitlines() if line.startswith("memory"))
+    assert memory.endswith("free)") and ": fits" in memory
+    assert "69.50 B" in r.stdout

@@ -24,7 +24,7 @@ def test_search_ranks_what_fits_by_estimated_time_and_stops_each_line_at_its_fir
     compiled, original = {}, dry_run.compile_step
 
     def cached(exp, topo, step="train"):  # one compile per distinct config across both searches
-        key = (exp.model.remat_policy, exp.step.grad_accum_steps)
+        key = (exp.model.remat_policy, exp.trainer.grad_accum_steps)
         if key not in compiled:
             compiled[key] = original(exp, topo, step)
         return compiled[key]
@@ -33,7 +33,7 @@ def test_search_ranks_what_fits_by_estimated_time_and_stops_each_line_at_its_fir
     grid = dict(remat=["none", "full"], grad_accum=[1, 2], logits_chunk=[0])
     roomy = search(["runs/tiny_cpu.gin"], _bindings(), topology, headroom=0.0, log=lambda s: None, **grid)
     # everything fits with no headroom: each line stops at one micro-batch
-    assert [c.bindings[-1] for c in roomy] == ["StepConfig.grad_accum_steps = 1"] * 2
+    assert [c.bindings[-1] for c in roomy] == ["TrainerConfig.grad_accum_steps = 1"] * 2
     times = [c.step_seconds for c in roomy]
     assert all(c.within_budget for c in roomy) and times == sorted(times) and all(t > 0 for t in times)
 
@@ -44,8 +44,8 @@ def test_search_ranks_what_fits_by_estimated_time_and_stops_each_line_at_its_fir
     headroom = 1 - (small + large) / 2 / topology.hbm_bytes
     tight = search(["runs/tiny_cpu.gin"], _bindings(), topology, headroom=headroom, log=lambda s: None, **grid)
     variants = {(c.bindings[0], c.bindings[-1]): c for c in tight}
-    assert len(tight) == 3 and ("ModelConfig.remat_policy = 'full'", "StepConfig.grad_accum_steps = 2") not in variants
-    over = variants[("ModelConfig.remat_policy = 'none'", "StepConfig.grad_accum_steps = 1")]
+    assert len(tight) == 3 and ("ModelConfig.remat_policy = 'full'", "TrainerConfig.grad_accum_steps = 2") not in variants
+    over = variants[("ModelConfig.remat_policy = 'none'", "TrainerConfig.grad_accum_steps = 1")]
     assert over.report.fits and not over.within_budget
     assert tight[0].within_budget and tight[0].step_seconds == min(c.step_seconds for c in tight if c.within_budget)
     assert not tight[-1].within_budget or all(c.within_budget for c in tight)
@@ -58,7 +58,7 @@ def test_search_ranks_what_fits_by_estimated_time_and_stops_each_line_at_its_fir
     exp = gin_setup.build_experiment()
     winner = dict(b.split(" = ") for b in tight[0].bindings)
     assert repr(exp.model.remat_policy) == winner["ModelConfig.remat_policy"]
-    assert str(exp.step.grad_accum_steps) == winner["StepConfig.grad_accum_steps"]
+    assert str(exp.trainer.grad_accum_steps) == winner["TrainerConfig.grad_accum_steps"]
 
 
 def test_search_refuses_a_headroom_outside_zero_to_one():

@@ -12,7 +12,8 @@ import pytest
 from allam_jax.core.errors import ConfigError
 from allam_jax.model import Decoder, ModelConfig
 from allam_jax.model.matmul import project
-from allam_jax.objectives.lm import StepConfig, loss_and_grads
+from allam_jax.objectives.lm import LmObjective, StepConfig
+from allam_jax.train.step import accumulate_gradients
 
 
 def _bf16_exact(rng, shape):
@@ -94,7 +95,7 @@ def test_model_with_explicit_vjp_trains_like_xla_float32(tie_embeddings):
 
         @jax.jit
         def step(params, opt_state, model=model, tx=tx):
-            loss, grads, _ = loss_and_grads(model, params, batch, StepConfig(num_languages=1))
+            loss, grads, _ = accumulate_gradients(LmObjective(StepConfig(num_languages=1)), model, params, batch)
             updates, opt_state = tx.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state, loss
 

@@ -235,7 +235,7 @@ def test_an_error_whose_message_is_an_objects_repr_is_reported_by_its_cause():
 
 def test_micro_batches_that_do_not_split_the_batch_stop_at_build_time():
     gin_setup.parse(["runs/tiny_cpu.gin"], ["TrainerConfig.batch_size = 8", "StepConfig.grad_accum_steps = 3"])
-    with pytest.raises(ConfigError, match="batch_size=8 is not divisible by StepConfig.grad_accum_steps=3"):
+    with pytest.raises(ConfigError, match="batch_size=8 is not divisible by TrainerConfig.grad_accum_steps=3"):
         gin_setup.build_experiment()
 
 

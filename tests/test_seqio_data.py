@@ -250,12 +250,13 @@ def test_train_on_mixture_resumes_exactly(bundled, tmp_path):
     import dataclasses
 
     from allam_jax.train.loop import train
-    from allam_jax.objectives.lm import StepConfig
+    from allam_jax.objectives.lm import LmObjective, StepConfig
     from helpers import experiment, losses
 
     def exp(steps):
         e = experiment([], num_steps=steps, checkpoint_every=3, async_checkpointing=False)
-        return dataclasses.replace(e, data=_data(bundled, rate_unit="examples"), step=StepConfig(num_languages=3))
+        return dataclasses.replace(e, data=_data(bundled, rate_unit="examples"),
+                                   objective=LmObjective(StepConfig(num_languages=3)))
 
     train(exp(6), str(tmp_path / "straight"))
     train(exp(3), str(tmp_path / "split"))

@@ -192,7 +192,7 @@ def compile_step(exp, topology: Topology, step: str = "train") -> CompileReport:
         report = CompileReport(
             step=step, topology=topology.name, libtpu_topology=topology.libtpu_name, num_devices=topology.num_devices,
             mesh_shape=dict(mesh.shape), params=count_params(program.abstract_state.params), rows=rows,
-            seq_len=seq_len, grad_accum_steps=exp.step.grad_accum_steps if step == "train" else 1,
+            seq_len=seq_len, grad_accum_steps=exp.trainer.grad_accum_steps if step == "train" else 1,
             attention_impl=exp.model.attention_impl, remat_policy=exp.model.remat_policy,
             compute_dtype=jnp.dtype(exp.model.dtype).name, hbm_bytes=topology.hbm_bytes, fits=True,
             compile_seconds=0.0, model_flops=_model_flops(exp, step, rows, seq_len),

@@ -47,7 +47,7 @@ def variants(remat: Sequence[str], grad_accum: Sequence[int], logits_chunk: Sequ
         fixed = (f"ModelConfig.remat_policy = '{policy}'", f"StepConfig.logits_chunk_size = {chunk}")
         if mesh is not None:
             fixed += (f"PartitioningConfig.mesh_shape = {mesh}",)
-        lines.append([fixed + (f"StepConfig.grad_accum_steps = {g}",) for g in sorted(grad_accum)])
+        lines.append([fixed + (f"TrainerConfig.grad_accum_steps = {g}",) for g in sorted(grad_accum)])
     return lines
 
 

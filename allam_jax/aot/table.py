@@ -82,7 +82,7 @@ def format_report(r, gin_files=()) -> str:
     width = max(len(k) for k, _ in rows)
     text = "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
     if not r.fits:
-        text += ("\n\nWhat to change: StepConfig.grad_accum_steps (smaller micro-batches), ModelConfig.remat_policy="
+        text += ("\n\nWhat to change: TrainerConfig.grad_accum_steps (smaller micro-batches), ModelConfig.remat_policy="
                  "'full', a larger slice, or more tensor parallelism (PartitioningConfig.mesh_shape).")
         if r.largest_buffers:
             text += "\nLargest arrays per device (HLO name, shape, what made them):\n" + "\n".join(

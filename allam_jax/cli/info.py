@@ -48,7 +48,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--search_remat", nargs="+", default=list(DEFAULT_REMAT), choices=list(REMAT_POLICIES),
                    metavar="POLICY", help=f"remat policies to try (default: {' '.join(DEFAULT_REMAT)})")
     s.add_argument("--search_grad_accum", nargs="+", type=int, default=list(DEFAULT_GRAD_ACCUM), metavar="N",
-                   help="micro-batch counts (StepConfig.grad_accum_steps) to try, fewest first; the first that fits "
+                   help="micro-batch counts (TrainerConfig.grad_accum_steps) to try, fewest first; the first that fits "
                         "ends a line (default: %(default)s)")
     s.add_argument("--search_logits_chunk", nargs="+", type=int, default=list(DEFAULT_LOGITS_CHUNK), metavar="N",
                    help="StepConfig.logits_chunk_size values to try, 0 = unchunked (default: %(default)s)")

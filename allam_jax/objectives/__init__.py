@@ -1,27 +1,36 @@
 """Training objectives: what a step minimises. The trainer takes one and never names any.
 
-An objective computes ``(loss, grads, metrics)`` for a batch (the trainer applies the update), says how many
-rows one example takes, which extra per-row inputs its batches carry, and whether it keeps extra state
-beside the parameters (DPO's frozen reference). Add one: a module here and a line in ``OBJECTIVES``.
+An objective returns its loss *summed* over a batch's examples, with the statistics that normalise it
+(``loss_sums``); ``normalise`` turns a whole batch's sums into the denominator, the reported loss and the
+metrics. The trainer (:mod:`allam_jax.train.step`) micro-batches, differentiates and divides once, so any
+objective accumulates gradients. An objective also says how many rows one example takes, which extra per-row
+inputs its batches carry, and whether it keeps extra state beside the parameters (DPO's frozen reference).
+
+Add one: a module here with a frozen dataclass config (its ``config_class``, configurable in gin under its
+class name) and a line in ``OBJECTIVES``; gin then picks it with ``experiment.objective = 'name'``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Protocol
+from typing import Any, ClassVar, Optional, Protocol
 
 import flax.linen as nn
 import jax
 
+from allam_jax.core.errors import ConfigError
 from allam_jax.objectives.dpo import DpoConfig, DpoObjective
-from allam_jax.objectives.lm import LmObjective
+from allam_jax.objectives.lm import LmObjective, StepConfig
 
 
 class Objective(Protocol):
     name: str
     rows_per_example: int  # DPO: two (chosen, rejected)
+    config_class: ClassVar[type]  # the objective is built as ``cls(config_class(...))``
 
-    def loss_and_grads(self, model: nn.Module, params: Any, batch: dict,
-                       extra: Optional[Any] = None) -> tuple[jax.Array, Any, dict[str, jax.Array]]: ...
+    def loss_sums(self, model: nn.Module, params: Any, batch: dict,
+                  extra: Optional[Any] = None) -> tuple[jax.Array, dict[str, jax.Array]]: ...
+
+    def normalise(self, sums: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]: ...
 
     def batch_features(self) -> dict[str, Any]: ...  # name -> dtype of a per-row input beyond the LM layout
 
@@ -32,13 +41,18 @@ class Objective(Protocol):
     def check(self, exp: Any) -> None: ...  # a ConfigError for an experiment it cannot train
 
 
-# name -> the objective's class, built from its config (the LM objective's is ``StepConfig``)
-OBJECTIVES = {"lm": LmObjective, "dpo": DpoObjective}
+# name -> the objective's class; ``experiment.objective = 'name'`` in gin picks one
+OBJECTIVES: dict[str, type] = {"lm": LmObjective, "dpo": DpoObjective}
 
 
-def objective_from(dpo: Optional[DpoConfig] = None) -> Optional[Objective]:
-    """What ``experiment.dpo = @DpoConfig()`` in gin asks for; None (the experiment's LM objective) otherwise."""
-    return OBJECTIVES["dpo"](dpo) if dpo is not None else None
+def make_objective(name: str, config: Optional[Any] = None) -> Objective:
+    """The registered objective ``name`` built from its config (its ``config_class``'s defaults when None)."""
+    if name not in OBJECTIVES:
+        raise ConfigError(f"experiment.objective = {name!r} is not a registered objective; known: {sorted(OBJECTIVES)}")
+    cls = OBJECTIVES[name]
+    if config is not None and not isinstance(config, cls.config_class):
+        raise ConfigError(f"objective {name!r} takes a {cls.config_class.__name__}, got {type(config).__name__}")
+    return cls(config if config is not None else cls.config_class())
 
 
-__all__ = ["OBJECTIVES", "DpoObjective", "LmObjective", "Objective", "objective_from"]
+__all__ = ["OBJECTIVES", "DpoConfig", "DpoObjective", "LmObjective", "Objective", "StepConfig", "make_objective"]

@@ -47,9 +47,9 @@ class DpoConfig:
             raise ConfigError(f"DpoConfig.label_smoothing must be in [0, 0.5), got {self.label_smoothing!r}")
 
 
-def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: jax.Array,
-             ref_rejected: jax.Array, cfg: DpoConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Mean DPO loss over pairs and the usual metrics. Sigmoid (Rafailov et al.) with conservative label
+def pair_losses(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: jax.Array,
+                ref_rejected: jax.Array, cfg: DpoConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per pair: the loss and the two implicit rewards. Sigmoid (Rafailov et al.) with conservative label
     smoothing ε: ``-(1-ε) log σ(βh) - ε log σ(-βh)``; IPO: ``(h - 1/(2β))²``; h is the log-ratio margin."""
     chosen_ratio = policy_chosen - ref_chosen
     rejected_ratio = policy_rejected - ref_rejected
@@ -59,15 +59,38 @@ def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: j
         losses = -(1 - eps) * jax.nn.log_sigmoid(cfg.beta * h) - eps * jax.nn.log_sigmoid(-cfg.beta * h)
     else:
         losses = jnp.square(h - 1.0 / (2.0 * cfg.beta))
-    rewards_chosen = cfg.beta * chosen_ratio
-    rewards_rejected = cfg.beta * rejected_ratio
-    metrics = {
-        "rewards/chosen": jnp.mean(rewards_chosen),
-        "rewards/rejected": jnp.mean(rewards_rejected),
-        "rewards/margins": jnp.mean(rewards_chosen - rewards_rejected),
-        "rewards/accuracy": jnp.mean((rewards_chosen > rewards_rejected).astype(jnp.float32)),
+    return losses, cfg.beta * chosen_ratio, cfg.beta * rejected_ratio
+
+
+def pair_sums(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: jax.Array,
+              ref_rejected: jax.Array, cfg: DpoConfig) -> dict[str, jax.Array]:
+    """The loss and reward statistics summed over pairs (micro-batches add them up; :func:`normalise` divides
+    once by the pair count)."""
+    losses, chosen, rejected = pair_losses(policy_chosen, policy_rejected, ref_chosen, ref_rejected, cfg)
+    return {
+        "loss_sum": jnp.sum(losses),
+        "pairs": jnp.asarray(losses.shape[0], jnp.float32),
+        "rewards/chosen": jnp.sum(chosen),
+        "rewards/rejected": jnp.sum(rejected),
+        "rewards/margins": jnp.sum(chosen - rejected),
+        "rewards/accuracy": jnp.sum((chosen > rejected).astype(jnp.float32)),
     }
-    return jnp.mean(losses), metrics
+
+
+def normalise(sums: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    """``(denominator, mean loss over pairs, metrics)`` from a whole batch's sums."""
+    pairs = jnp.maximum(sums["pairs"], 1.0)
+    metrics = {k: sums[k] / pairs for k in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracy")}
+    if "num_tokens" in sums:
+        metrics["num_tokens"] = sums["num_tokens"]
+    return pairs, sums["loss_sum"] / pairs, metrics
+
+
+def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: jax.Array,
+             ref_rejected: jax.Array, cfg: DpoConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Mean DPO loss over pairs and the usual metrics."""
+    _, loss, metrics = normalise(pair_sums(policy_chosen, policy_rejected, ref_chosen, ref_rejected, cfg))
+    return loss, metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,21 +101,22 @@ class DpoObjective:
     config: DpoConfig = DpoConfig()
     rows_per_example: int = 2
     name: str = "dpo"
+    config_class = DpoConfig
 
-    def loss_and_grads(self, model: nn.Module, params: Any, batch: dict,
-                       extra: Optional[Any] = None) -> tuple[jax.Array, Any, dict[str, jax.Array]]:
+    def loss_sums(self, model: nn.Module, params: Any, batch: dict,
+                  extra: Optional[Any] = None) -> tuple[jax.Array, dict[str, jax.Array]]:
         if self.config.reference == "frozen":
             ref = jax.lax.stop_gradient(sequence_logprobs(model, extra, batch))
         else:
             ref = batch["ref_logp"]
         ref = ref.reshape(-1, 2)
+        pol = sequence_logprobs(model, params, batch).reshape(-1, 2)
+        sums = pair_sums(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], self.config)
+        sums["num_tokens"] = jnp.sum(batch["loss_weights"].astype(jnp.float32))
+        return sums["loss_sum"], sums
 
-        def loss_fn(p):
-            pol = sequence_logprobs(model, p, batch).reshape(-1, 2)
-            return dpo_loss(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], self.config)
-
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        return loss, grads, {"num_tokens": jnp.sum(batch["loss_weights"]), **metrics}
+    def normalise(self, sums: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+        return normalise(sums)
 
     def batch_features(self) -> dict[str, Any]:
         """Per-row inputs beyond the trainer's layout: the precomputed reference log-probs."""
@@ -106,11 +130,8 @@ class DpoObjective:
         return params if self.needs_extra_state() else None
 
     def check(self, exp: Any) -> None:
-        if exp.step.grad_accum_steps > 1:
-            raise ConfigError("StepConfig.grad_accum_steps > 1 is not supported with DPO (experiment.dpo); "
-                              "lower TrainerConfig.batch_size instead")
         if self.needs_extra_state() and not exp.trainer.init_from:
             log.warning("DPO with a frozen reference but no TrainerConfig.init_from: the reference is a random model")
 
 
-__all__ = ["DpoConfig", "DpoObjective", "LOSS_TYPES", "dpo_loss"]
+__all__ = ["DpoConfig", "DpoObjective", "LOSS_TYPES", "dpo_loss", "normalise", "pair_losses", "pair_sums"]

@@ -1,7 +1,7 @@
-"""The language-model objective: token cross-entropy, z-loss, per-language loss, gradient accumulation.
+"""The language-model objective: token cross-entropy, z-loss, per-language loss.
 
 Losses are summed, not averaged, so micro-batches add up to exactly the full-batch loss; the trainer's step
-(:mod:`allam_jax.train.step`) applies the gradients this objective returns.
+(:mod:`allam_jax.train.step`) splits the batch, differentiates the sums and normalises once.
 """
 
 from __future__ import annotations
@@ -21,20 +21,22 @@ Batch = dict[str, jax.Array]
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
+    """The LM loss's settings (gin: ``StepConfig``); the micro-batch count is the trainer's
+    (``TrainerConfig.grad_accum_steps``)."""
+
     z_loss_weight: float = 0.0
-    grad_accum_steps: int = 1
     num_languages: int = 2
     logits_chunk_size: int = 0  # > 0: LM head + cross-entropy this many positions at a time (memory, not math)
 
     def __post_init__(self):
-        if isinstance(self.grad_accum_steps, bool) or not isinstance(self.grad_accum_steps, int) or self.grad_accum_steps < 1:
-            raise ConfigError(f"StepConfig.grad_accum_steps must be a positive integer, got {self.grad_accum_steps!r}")
         if isinstance(self.logits_chunk_size, bool) or not isinstance(self.logits_chunk_size, int) \
                 or self.logits_chunk_size < 0:
             raise ConfigError(f"StepConfig.logits_chunk_size must be 0 (off) or a positive integer, got "
                               f"{self.logits_chunk_size!r}")
         if not isinstance(self.z_loss_weight, (int, float)) or self.z_loss_weight < 0:
             raise ConfigError(f"StepConfig.z_loss_weight must be a non-negative number, got {self.z_loss_weight!r}")
+        if isinstance(self.num_languages, bool) or not isinstance(self.num_languages, int) or self.num_languages < 1:
+            raise ConfigError(f"StepConfig.num_languages must be a positive integer, got {self.num_languages!r}")
 
 
 def loss_sums(model: nn.Module, params: Any, batch: Batch, cfg: StepConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -64,29 +66,16 @@ def loss_sums(model: nn.Module, params: Any, batch: Batch, cfg: StepConfig) -> t
     return ce_sum + cfg.z_loss_weight * z_sum, parts
 
 
-def loss_and_grads(model: nn.Module, params: Any, batch: Batch, cfg: StepConfig) -> tuple[jax.Array, Any, dict]:
-    """Mean token loss and its gradient over the whole batch, accumulated over ``grad_accum_steps``."""
-    grad_fn = jax.grad(lambda p, b: loss_sums(model, p, b, cfg), has_aux=True)
-    n = cfg.grad_accum_steps
-    if n == 1:
-        grads, parts = grad_fn(params, batch)
-    else:
-        size = batch["inputs"].shape[0]
-        if size % n:
-            raise ConfigError(f"batch size {size} is not divisible by StepConfig.grad_accum_steps={n}")
-        # Micro-batch i takes rows i, i+n, ...: each keeps the batch sharding without a reshuffle.
-        micro = jax.tree_util.tree_map(lambda x: x.reshape(size // n, n, *x.shape[1:]).swapaxes(0, 1), batch)
-
-        def body(carry, mb):
-            g, p = grad_fn(params, mb)
-            return jax.tree_util.tree_map(jnp.add, carry, (g, p)), None
-
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(grad_fn, params, jax.tree_util.tree_map(lambda x: x[0], micro)))
-        (grads, parts), _ = jax.lax.scan(body, zeros, micro)
+def normalise(parts: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    """``(denominator, mean token loss, metrics)`` from a whole batch's sums: the weighted token count."""
     denom = jnp.maximum(parts["weight_sum"], 1.0)
-    grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
-    loss = parts["ce_sum"] / denom
-    return loss, grads, parts
+    metrics = {
+        "log_z_sq": parts["z_sum"] / denom,
+        "num_tokens": parts["weight_sum"],
+        "lang_ce_sum": parts["lang_ce_sum"],
+        "lang_weight_sum": parts["lang_weight_sum"],
+    }
+    return denom, parts["ce_sum"] / denom, metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,18 +85,14 @@ class LmObjective:
     config: StepConfig = StepConfig()
     rows_per_example: int = 1
     name: str = "lm"
+    config_class = StepConfig
 
-    def loss_and_grads(self, model: nn.Module, params: Any, batch: Batch,
-                       extra: Optional[Any] = None) -> tuple[jax.Array, Any, dict[str, jax.Array]]:
-        loss, grads, parts = loss_and_grads(model, params, batch, self.config)
-        denom = jnp.maximum(parts["weight_sum"], 1.0)
-        metrics = {
-            "log_z_sq": parts["z_sum"] / denom,
-            "num_tokens": parts["weight_sum"],
-            "lang_ce_sum": parts["lang_ce_sum"],
-            "lang_weight_sum": parts["lang_weight_sum"],
-        }
-        return loss, grads, metrics
+    def loss_sums(self, model: nn.Module, params: Any, batch: Batch,
+                  extra: Optional[Any] = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        return loss_sums(model, params, batch, self.config)
+
+    def normalise(self, sums: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+        return normalise(sums)
 
     def batch_features(self) -> dict[str, Any]:
         return {}

@@ -220,7 +220,7 @@ class Recipe:
 
             overrides = (self.model_overrides(self.vocab_sizes()["merged"], batch_size=max(1, c.batch_size // 2))
                          + self.alignment_overrides(DpoData, "dpo_train.jsonl", str(self.dir / "sft" / "checkpoints"))
-                         + [Override(gin_setup.build_experiment, dpo=DpoConfig),
+                         + [Override(gin_setup.build_experiment, objective="dpo"),
                             Override(DpoConfig, beta=c.dpo_beta, reference="frozen")]
                          + self.schedule_overrides(c.dpo_steps, c.dpo_learning_rate, max(1, c.dpo_steps // 10)))
             return TrainPlan((c.model_gin,), tuple(overrides), self.user_bindings("dpo"), str(self.dir / "dpo"))

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import signal
 import sys
 import time
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -15,20 +14,18 @@ import numpy as np
 from etils import epath
 from tqdm.auto import tqdm
 
-from allam_jax.core.errors import ConfigError, DataError, NonFiniteLossError
+from allam_jax.core.errors import DataError, NonFiniteLossError
 from allam_jax.core.params import abstract_params, count_params, restore_params
 from allam_jax.core.paths import as_path
-from allam_jax.core.partitioning import Partitioner, PartitioningConfig
+from allam_jax.core.partitioning import Partitioner
 from allam_jax.model import Decoder, ModelConfig
 from allam_jax.train import checkpoint as ckpt_lib
 from allam_jax.train import run_record
 from allam_jax.train.metrics import MetricsWriter, peak_flops_per_device
-from allam_jax.train.optimizer import OptimizerConfig
+from allam_jax.train.experiment import Experiment, TrainerConfig
 from allam_jax.train.program import build_train_program
 from allam_jax.train.state import TrainState, init_train_state
 from allam_jax.train.workdir_lock import workdir_lock
-from allam_jax.objectives import LmObjective, Objective
-from allam_jax.objectives.lm import StepConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,55 +34,6 @@ EXIT_PREEMPTED = 143
 
 class Preempted(SystemExit):
     """SIGTERM arrived; the state was saved and the process exits with 143."""
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainerConfig:
-    num_steps: int = 100
-    batch_size: int = 8
-    seq_len: int = 128
-    seed: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 3
-    async_checkpointing: bool = True
-    init_from: Optional[str] = None
-    peak_flops_per_device: Optional[float] = None
-    progress_bar: bool = True
-    tensorboard: bool = True
-    # resume on another process count although the data (data_shards = 0) then continues on other batches
-    accept_new_data_order: bool = False
-
-    def __post_init__(self):
-        for name in ("num_steps", "batch_size", "seq_len", "log_every", "checkpoint_every", "keep_checkpoints"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"TrainerConfig.{name} must be a positive integer, got {value!r}")
-
-
-@dataclasses.dataclass
-class Experiment:
-    """Everything one run needs; built at the edge (gin) and passed in whole."""
-
-    model: ModelConfig
-    optimizer: OptimizerConfig
-    step: StepConfig
-    partitioning: PartitioningConfig
-    trainer: TrainerConfig
-    data: Any  # anything with make_iterator(seq_len, batch_size, process_index, process_count)
-    objective: Optional[Objective] = None  # None: the LM objective with ``step`` (gin: ``experiment.dpo`` sets DPO)
-
-    def __post_init__(self):
-        # checked here, where the config is built, not at the first step's trace a minute later
-        accum = self.step.grad_accum_steps
-        if accum > 1 and self.trainer.batch_size % accum:
-            raise ConfigError(f"TrainerConfig.batch_size={self.trainer.batch_size} is not divisible by "
-                              f"StepConfig.grad_accum_steps={accum}")
-
-    @property
-    def training_objective(self) -> Objective:
-        """What the step minimises (resolved here, so ``dataclasses.replace(exp, step=...)`` is honoured)."""
-        return self.objective if self.objective is not None else LmObjective(self.step)
 
 
 def _global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
@@ -214,8 +162,7 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
                preemption: _Preemption) -> dict[str, float]:
     tcfg = exp.trainer
     step_fn, batch_sharding = program.step_fn, program.batch_sharding
-    languages = (list(getattr(data_iter, "languages", None) or getattr(exp.data, "languages", []))
-                 or [str(i) for i in range(exp.step.num_languages)])
+    languages = list(getattr(data_iter, "languages", None) or getattr(exp.data, "languages", []))
     tokens_per_step = program.rows_per_step * tcfg.seq_len
     flops_per_step = exp.model.training_flops_per_token(tcfg.seq_len) * tokens_per_step
     peak = peak_flops_per_device(tcfg.peak_flops_per_device, exp.model.dtype) * jax.device_count()
@@ -259,7 +206,8 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
                             "mfu": flops_per_step * window_steps / elapsed / peak,
                         })
                         if "lang" in sums:
-                            for i, lang in enumerate(languages[: exp.step.num_languages]):
+                            for i in range(sums["lang"].shape[1]):  # the objective's languages
+                                lang = languages[i] if i < len(languages) else str(i)
                                 if sums["lang"][1, i] > 0:
                                     last[f"loss/{lang}"] = float(sums["lang"][0, i] / sums["lang"][1, i])
                         if getattr(data_iter, "stage", None) is not None:  # a staged mixture says where it is

@@ -1,6 +1,6 @@
 """What one training run compiles: the model, optimizer, sharded state layout and the jitted step.
 
-Built once from an :class:`~allam_jax.train.loop.Experiment` and a mesh, and shared by ``allam train``
+Built once from an :class:`~allam_jax.train.experiment.Experiment` and a mesh, and shared by ``allam train``
 (which then runs it) and ``allam compile`` (which lowers it from abstract arrays for another topology), so
 the dry run compiles exactly what the real run would.
 """
@@ -8,7 +8,7 @@ the dry run compiles exactly what the real run would.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +16,8 @@ import optax
 from allam_jax.core.errors import ConfigError
 from allam_jax.core.partitioning import Partitioner
 from allam_jax.model import Decoder
+from allam_jax.objectives import Objective
+from allam_jax.train.experiment import Experiment
 from allam_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from allam_jax.train.state import TrainState, state_shardings
 from allam_jax.train.step import make_train_step
@@ -35,7 +37,7 @@ class TrainProgram:
     batch_sharding: jax.sharding.NamedSharding
     step_fn: Callable  # jitted (state, batch) -> (state, metrics), the state donated
     rows_per_step: int  # the objective's rows per example times the batch size
-    objective: Any
+    objective: Objective
 
     def abstract_batch(self, seq_len: int) -> dict[str, jax.ShapeDtypeStruct]:
         """The global batch as ShapeDtypeStructs with the batch sharding (what ``allam compile`` lowers with)."""
@@ -47,7 +49,7 @@ class TrainProgram:
         return batch
 
 
-def build_train_program(exp: Any, partitioner: Partitioner) -> TrainProgram:
+def build_train_program(exp: Experiment, partitioner: Partitioner) -> TrainProgram:
     """Model, optimizer, state shardings and the jitted step for ``exp`` on the partitioner's mesh (nothing
     allocated)."""
     tcfg = exp.trainer
@@ -68,12 +70,12 @@ def build_train_program(exp: Any, partitioner: Partitioner) -> TrainProgram:
     tx = make_optimizer(exp.optimizer)
     schedule = learning_rate_schedule(exp.optimizer)
     abstract, shardings = state_shardings(model, tx, partitioner)
-    objective = exp.training_objective
+    objective = exp.objective
     objective.check(exp)
     if objective.needs_extra_state():
         abstract, shardings = (abstract.replace(ref_params=abstract.params),
                                shardings.replace(ref_params=shardings.params))
-    make_step = make_train_step(model, tx, schedule, objective)
+    make_step = make_train_step(model, tx, schedule, objective, tcfg.grad_accum_steps, shardings.params)
     batch_sharding = partitioner.batch_sharding
     step_fn = jax.jit(make_step, in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None),
                       donate_argnums=(0,))

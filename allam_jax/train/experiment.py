@@ -1,0 +1,64 @@
+"""What one run is: the typed bundle of configs the trainer, the dry run and the sweep take whole.
+
+Built at the edge (gin: :func:`allam_jax.gin_setup.build_experiment`); every check that needs two configs
+at once is made here, when the config is built, not at the first step's trace a minute later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+from allam_jax.core.errors import ConfigError
+from allam_jax.core.partitioning import PartitioningConfig
+from allam_jax.model import ModelConfig
+from allam_jax.objectives import LmObjective, Objective
+from allam_jax.train.optimizer import OptimizerConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+    num_steps: int = 100
+    batch_size: int = 8  # examples per step (DPO: pairs), over all processes
+    seq_len: int = 128
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 3
+    async_checkpointing: bool = True
+    init_from: Optional[str] = None
+    peak_flops_per_device: Optional[float] = None
+    progress_bar: bool = True
+    tensorboard: bool = True
+    # resume on another process count although the data (data_shards = 0) then continues on other batches
+    accept_new_data_order: bool = False
+    # the step's batch in this many micro-batches (gradients added in float32): memory, not math, for any objective
+    grad_accum_steps: int = 1
+
+    def __post_init__(self):
+        for name in ("num_steps", "batch_size", "seq_len", "log_every", "checkpoint_every", "keep_checkpoints",
+                     "grad_accum_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"TrainerConfig.{name} must be a positive integer, got {value!r}")
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Everything one run needs; built at the edge (gin) and passed in whole."""
+
+    model: ModelConfig
+    optimizer: OptimizerConfig
+    partitioning: PartitioningConfig
+    trainer: TrainerConfig
+    data: Any  # a DataSource: make_iterator(seq_len, batch_size, process_index, process_count)
+    objective: Objective = LmObjective()  # gin: experiment.objective = 'name' (+ that objective's config)
+
+    def __post_init__(self):
+        accum = self.trainer.grad_accum_steps
+        if accum > 1 and self.trainer.batch_size % accum:
+            raise ConfigError(f"TrainerConfig.batch_size={self.trainer.batch_size} is not divisible by "
+                              f"TrainerConfig.grad_accum_steps={accum}")
+
+
+__all__ = ["Experiment", "TrainerConfig"]
