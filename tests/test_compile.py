@@ -242,3 +242,24 @@ def test_dpo_70b_fits_its_slice_in_micro_batches():
     memory = next(line for line in r.stdout.splitlines() if line.startswith("memory"))
     assert memory.endswith("free)") and ": fits" in memory
     assert "69.50 B" in r.stdout
+
+
+def test_compile_lowers_the_very_programs_that_train_and_eval_run():
+    """``allam compile --step=train|eval`` lowers the train program's and the scorer's own jitted functions
+    (``Partitioner.jit``): the lowered programs' text is identical."""
+    from allam_jax.aot.dry_run import lower_step
+    from allam_jax.core.partitioning import PartitionedFunction, Partitioner
+    from allam_jax.eval.scorer import LoglikelihoodScorer
+    from allam_jax.train.program import build_train_program
+    from helpers import experiment
+
+    exp = experiment([], model={"max_seq_len": 64}, seq_len=64, batch_size=4)
+    partitioner = Partitioner.create(exp.partitioning)
+    program = build_train_program(exp, partitioner)
+    params = program.abstract_state.params
+    scorer = LoglikelihoodScorer(exp.model, params, lambda s: [], bos=1, batch_size=4, partitioner=partitioner)
+    assert isinstance(scorer.score_fn, PartitionedFunction) and isinstance(program.step_fn, PartitionedFunction)
+    arrays = [jax.ShapeDtypeStruct((4, 64), jnp.int32, sharding=partitioner.batch_sharding) for _ in range(4)]
+    assert scorer.score_fn.lower(params, *arrays).as_text() == lower_step(exp, partitioner, "eval", program).as_text()
+    assert program.step_fn.lower(program.abstract_state, program.abstract_batch(64)).as_text() == \
+        lower_step(exp, partitioner, "train", program).as_text()

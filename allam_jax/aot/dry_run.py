@@ -10,7 +10,6 @@ analysis, which counts a scanned layer stack's loop body once.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import glob
 import os
 import re
@@ -28,7 +27,7 @@ from allam_jax.aot.hlo_stats import collective_stats, largest_buffers
 from allam_jax.aot.step_time import Interconnect, estimate_step_time
 from allam_jax.aot.topology import Topology
 from allam_jax.core.errors import ConfigError
-from allam_jax.core.partitioning import Partitioner
+from allam_jax.core.partitioning import TENSOR_AXIS, Partitioner
 
 STEPS = ("train", "eval", "decode")
 _OOM = re.compile(r"RESOURCE_EXHAUSTED|Ran out of memory|out of memory", re.IGNORECASE)
@@ -136,34 +135,49 @@ def _train_lowered(exp, program, seq_len):
     return program.step_fn.lower(program.abstract_state, program.abstract_batch(seq_len))
 
 
-def _eval_lowered(exp, program, seq_len):
-    from allam_jax.eval.scorer import score_tokens
+def _eval_lowered(exp, program, seq_len, partitioner):
+    from allam_jax.eval.scorer import scoring_function
 
     rows = exp.trainer.batch_size
     bs = program.batch_sharding
-    fn = jax.jit(functools.partial(score_tokens, program.model), in_shardings=(program.shardings.params,) + (bs,) * 4,
-                 out_shardings=(bs, bs))
     arrays = [jax.ShapeDtypeStruct((rows, seq_len), jnp.int32, sharding=bs) for _ in range(4)]
-    return fn.lower(program.abstract_state.params, *arrays)
+    return scoring_function(program.model, partitioner).lower(program.abstract_state.params, *arrays)
 
 
 def _decode_lowered(exp, program, seq_len, partitioner):
-    from allam_jax.inference.generate import decode_fn
+    from allam_jax.inference.generate import decoding_function
     from allam_jax.model.attention import LayerCache
 
     cfg = exp.model
     rows = exp.trainer.batch_size
     bs = program.batch_sharding
-    cache_spec = NamedSharding(partitioner.mesh, P(None, partitioner.batch_axes, None, "tensor", None))
+    cache_spec = NamedSharding(partitioner.mesh, P(None, partitioner.batch_axes, None, TENSOR_AXIS, None))
     shape = (cfg.num_layers, rows, seq_len, cfg.num_kv_heads, cfg.kv_head_dim)
     cache = LayerCache(*(jax.ShapeDtypeStruct(shape, cfg.dtype, sharding=cache_spec) for _ in range(2)))
     replicated = partitioner.replicated
     params = _abstract(program.abstract_state.params, program.shardings.params, cfg.dtype)  # as Generator casts
-    fn = jax.jit(decode_fn(program.model), donate_argnums=(3,))
-    return fn.lower(params, jax.ShapeDtypeStruct((rows, 1), jnp.int32, sharding=bs),
-                    jax.ShapeDtypeStruct((rows, 1), jnp.int32, sharding=bs), cache,
-                    jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
-                    jax.ShapeDtypeStruct((rows, seq_len), jnp.bool_, sharding=bs))
+    return decoding_function(program.model, partitioner).lower(
+        params, jax.ShapeDtypeStruct((rows, 1), jnp.int32, sharding=bs),
+        jax.ShapeDtypeStruct((rows, 1), jnp.int32, sharding=bs), cache,
+        jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
+        jax.ShapeDtypeStruct((rows, seq_len), jnp.bool_, sharding=bs))
+
+
+def lower_step(exp, partitioner: Partitioner, step: str = "train", program=None):
+    """The lowered program of ``step`` (train, eval or decode) for ``exp`` on the partitioner's mesh: the
+    very jitted functions that ``allam train``, the scorer and the decoder run, lowered from abstract arrays."""
+    from allam_jax.train.program import build_train_program
+
+    if step not in STEPS:
+        raise ConfigError(f"--step must be one of {STEPS}, got {step!r}")
+    with partitioner.activate():
+        program = program or build_train_program(exp, partitioner)
+        seq_len = exp.trainer.seq_len
+        if step == "train":
+            return _train_lowered(exp, program, seq_len)
+        if step == "eval":
+            return _eval_lowered(exp, program, seq_len, partitioner)
+        return _decode_lowered(exp, program, seq_len, partitioner)
 
 
 def _model_flops(exp, step: str, rows: int, seq_len: int) -> float:
@@ -199,12 +213,7 @@ def compile_step(exp, topology: Topology, step: str = "train") -> CompileReport:
             peak_flops_per_device=topology.peak_flops,
         )
         start = time.perf_counter()
-        if step == "train":
-            lowered = _train_lowered(exp, program, seq_len)
-        elif step == "eval":
-            lowered = _eval_lowered(exp, program, seq_len)
-        else:
-            lowered = _decode_lowered(exp, program, seq_len, partitioner)
+        lowered = lower_step(exp, partitioner, step, program)
         with _HloDump(topology) as hlo_dump:
             compiled = _compile(lowered, topology, report, hlo_dump)
             report.compile_seconds = time.perf_counter() - start

@@ -21,8 +21,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from allam_jax.core.errors import ConfigError
 
-MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
+DATA_AXIS, FSDP_AXIS, TENSOR_AXIS = "data", "fsdp", "tensor"  # the mesh's axis names, spelled here only
+MESH_AXES = (DATA_AXIS, FSDP_AXIS, TENSOR_AXIS)
+BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
 
 Rule = tuple[str, Union[None, str, tuple[str, ...]]]
 
@@ -43,6 +44,27 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     ("norm", None),
     ("layers", None),
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class PartitionedFunction:
+    """A jitted function bound to a Partitioner's mesh and rules (T5X's ``PartitionedCallable``): call it, or
+    ``.lower(...)`` it from abstract arrays for another topology; both trace the same program."""
+
+    partitioner: "Partitioner"
+    jitted: Any  # the jax.jit-wrapped function
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self.partitioner.activate():
+            return self.jitted(*args, **kwargs)
+
+    def lower(self, *args: Any, **kwargs: Any) -> Any:
+        with self.partitioner.activate():
+            return self.jitted.lower(*args, **kwargs)
+
+    def trace(self, *args: Any, **kwargs: Any) -> Any:
+        with self.partitioner.activate():
+            return self.jitted.trace(*args, **kwargs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,12 +205,7 @@ class Partitioner:
 
         return self.abstract(jax.eval_shape(init_fn, ABSTRACT_KEY), what)
 
-    def jit(self, fn: Callable, **kwargs: Any) -> Callable:
-        """``jax.jit`` whose tracing and calls run under this mesh and rules (shardings as keyword args)."""
-        jitted = jax.jit(fn, **kwargs)
-
-        def call(*args: Any, **kw: Any) -> Any:
-            with self.activate():
-                return jitted(*args, **kw)
-
-        return call
+    def jit(self, fn: Callable, **kwargs: Any) -> "PartitionedFunction":
+        """``jax.jit(fn, **kwargs)`` whose calls, ``.lower`` and ``.trace`` run under this mesh and rules: the
+        train step, the scorer, the decoder and ``allam compile`` all get their programs here."""
+        return PartitionedFunction(self, jax.jit(fn, **kwargs))

@@ -45,6 +45,16 @@ def score_tokens(model: Decoder, params, tokens: jax.Array, targets: jax.Array, 
     return token_logprobs(logits, targets), jnp.argmax(logits, -1) == targets
 
 
+def scoring_function(model: Decoder, partitioner: Optional[Partitioner] = None) -> Callable:
+    """The jitted scoring step the scorer runs and ``allam compile --step=eval`` lowers: parameters and
+    batch keep the shardings they arrive with, the outputs come back split like the batch."""
+    score = functools.partial(score_tokens, model)
+    if partitioner is None:
+        return jax.jit(score)
+    bs = partitioner.batch_sharding
+    return partitioner.jit(score, out_shardings=(bs, bs))
+
+
 @dataclasses.dataclass
 class LoglikelihoodScorer:
     """Scores (context, continuation) pairs with one model; ``bos`` is prepended to every context."""
@@ -58,16 +68,15 @@ class LoglikelihoodScorer:
     partitioner: Optional[Partitioner] = None  # with one, batches are split over its data and fsdp axes
 
     def __post_init__(self):
-        score = functools.partial(score_tokens, Decoder(self.cfg))
+        self.score_fn = scoring_function(Decoder(self.cfg), self.partitioner)
         if self.partitioner is None:
-            self._score = jax.jit(score)
+            self._score = self.score_fn
             return
         parts = self.partitioner.axis_size(self.partitioner.batch_axes)
         if self.batch_size % parts:
             raise ConfigError(f"batch size {self.batch_size} is not divisible by the mesh's data x fsdp = {parts}")
         sharding = self.partitioner.batch_sharding
-        jitted = self.partitioner.jit(score)
-        self._score = lambda params, *arrays: jitted(params, *(jax.device_put(a, sharding) for a in arrays))
+        self._score = lambda params, *arrays: self.score_fn(params, *(jax.device_put(a, sharding) for a in arrays))
 
     def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
         """``(sum log p(continuation | context), continuation is the greedy decode)`` per text request."""

@@ -96,6 +96,14 @@ def decode_fn(model: Decoder) -> Callable:
     return run
 
 
+def decoding_function(model: Decoder, partitioner: Optional[Partitioner] = None) -> Callable:
+    """The jitted decoding chunk the Generator runs and ``allam compile --step=decode`` lowers (the cache,
+    argument 3, is donated: each step updates it in place)."""
+    if partitioner is None:
+        return jax.jit(decode_fn(model), donate_argnums=(3,))
+    return partitioner.jit(decode_fn(model), donate_argnums=(3,))
+
+
 class Generator:
     """Batched generation for one model and vocabulary (``encode``/``decode``/``eos_id``)."""
 
@@ -103,9 +111,7 @@ class Generator:
         self.cfg, self.params, self.vocab, self.bos_id = cfg, _in_compute_dtype(params, cfg.dtype), vocab, bos_id
         self.partitioner = partitioner  # the mesh and rules the parameters were sharded with, if any
         self.model = Decoder(cfg)
-        decode = decode_fn(self.model)
-        self._run = (partitioner.jit(decode, donate_argnums=(3,)) if partitioner is not None
-                     else jax.jit(decode, donate_argnums=(3,)))
+        self._run = decoding_function(self.model, partitioner)
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
         return ([self.bos_id] if add_bos else []) + [int(t) for t in self.vocab.encode(text)]

@@ -16,17 +16,18 @@ data×fsdp, heads over tensor): XLA cannot partition a custom kernel, nor a loop
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import jax
 from jax.sharding import PartitionSpec as P
 
+from allam_jax.core.partitioning import BATCH_AXES, MESH_AXES, TENSOR_AXIS
 from allam_jax.core.platform import target_platform
 from allam_jax.kernels.blockwise_attention import blockwise_attention
 from allam_jax.kernels.flash_attention import BlockSizes, flash_attention
 from allam_jax.kernels.reference_attention import reference_attention
 
-_BATCH_AXES = ("data", "fsdp")
 
 
 def pallas_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: Optional[jax.Array] = None,
@@ -51,16 +52,16 @@ def _per_shard(local: Callable, name: str, q: jax.Array, k: jax.Array, v: jax.Ar
     """``local(q, k, v, segment_ids)`` on each shard of the ambient mesh (or directly without one). A batch
     that does not split over the mesh (the batch of 1 that initialises a model) takes the reference path."""
     mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.size == 1 or not set(_BATCH_AXES + ("tensor",)) <= set(mesh.axis_names):
+    if mesh.empty or mesh.size == 1 or not set(MESH_AXES) <= set(mesh.axis_names):
         return local(q, k, v, segment_ids)
-    if q.shape[0] % (mesh.shape["data"] * mesh.shape["fsdp"]):
+    if q.shape[0] % math.prod(mesh.shape[a] for a in BATCH_AXES):
         return reference_attention(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale)
-    tensor = mesh.shape["tensor"]
+    tensor = mesh.shape[TENSOR_AXIS]
     if q.shape[2] % tensor or k.shape[2] % tensor:
         raise ValueError(f"{name} attention: heads ({q.shape[2]}) and kv heads ({k.shape[2]}) must be divisible by "
                          f"the tensor mesh axis ({tensor})")
-    qkv = P(_BATCH_AXES, None, "tensor", None)
-    seg = P(_BATCH_AXES, None)
+    qkv = P(BATCH_AXES, None, TENSOR_AXIS, None)
+    seg = P(BATCH_AXES, None)
     return jax.shard_map(local, mesh=mesh, in_specs=(qkv, qkv, qkv, None if segment_ids is None else seg),
                          out_specs=qkv, check_vma=False)(q, k, v, segment_ids)
 

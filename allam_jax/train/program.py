@@ -8,13 +8,13 @@ the dry run compiles exactly what the real run would.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+
 
 import jax
 import jax.numpy as jnp
 import optax
 from allam_jax.core.errors import ConfigError
-from allam_jax.core.partitioning import Partitioner
+from allam_jax.core.partitioning import TENSOR_AXIS, PartitionedFunction, Partitioner
 from allam_jax.model import Decoder
 from allam_jax.objectives import Objective
 from allam_jax.train.experiment import Experiment
@@ -35,7 +35,7 @@ class TrainProgram:
     abstract_state: TrainState  # ShapeDtypeStructs carrying their shardings
     shardings: TrainState
     batch_sharding: jax.sharding.NamedSharding
-    step_fn: Callable  # jitted (state, batch) -> (state, metrics), the state donated
+    step_fn: PartitionedFunction  # jitted (state, batch) -> (state, metrics), the state donated
     rows_per_step: int  # the objective's rows per example times the batch size
     objective: Objective
 
@@ -61,7 +61,7 @@ def build_train_program(exp: Experiment, partitioner: Partitioner) -> TrainProgr
         raise ConfigError(
             f"TrainerConfig.batch_size={tcfg.batch_size} is not divisible by data x fsdp = {batch_parts} devices"
         )
-    tensor = mesh.shape["tensor"]
+    tensor = mesh.shape[TENSOR_AXIS]
     for name in ("num_heads", "num_kv_heads"):
         if getattr(exp.model, name) % tensor:
             raise ConfigError(f"ModelConfig.{name}={getattr(exp.model, name)} is not divisible by the tensor mesh "
@@ -77,7 +77,7 @@ def build_train_program(exp: Experiment, partitioner: Partitioner) -> TrainProgr
                                shardings.replace(ref_params=shardings.params))
     make_step = make_train_step(model, tx, schedule, objective, tcfg.grad_accum_steps, shardings.params)
     batch_sharding = partitioner.batch_sharding
-    step_fn = jax.jit(make_step, in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None),
-                      donate_argnums=(0,))
+    step_fn = partitioner.jit(make_step, in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None),
+                              donate_argnums=(0,))
     rows = tcfg.batch_size * objective.rows_per_example
     return TrainProgram(model, tx, schedule, abstract, shardings, batch_sharding, step_fn, rows, objective)
