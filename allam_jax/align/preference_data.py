@@ -12,6 +12,7 @@ import numpy as np
 from allam_jax.align.chat import ChatTemplate, encode_prompt
 from allam_jax.align.sft_data import SkipReport, conversation_language, read_jsonl
 from allam_jax.core.errors import ChatError, ConfigError, DataError
+from allam_jax.data.batch import empty_rows
 from allam_jax.data.sources import expand_patterns
 from allam_jax.data.tasks import LANGUAGES
 
@@ -96,14 +97,16 @@ class DpoData:
                       process_count: int = 1) -> "PreferenceIterator":
         if batch_size % process_count:
             raise ConfigError(f"batch size {batch_size} is not divisible by the process count {process_count}")
+        from allam_jax.data.vocabularies import get_vocabulary
+
         return PreferenceIterator(self.load(seq_len), seq_len, batch_size, self.seed, self.shuffle,
-                                  process_index, process_count)
+                                  process_index, process_count, vocab=get_vocabulary(self.vocabulary),
+                                  languages=self.languages)
 
 
 def pair_rows(pair: dict, seq_len: int) -> dict[str, np.ndarray]:
     """The two rows (chosen, rejected) of one pair in the trainer's layout plus ``ref_logp``."""
-    out = {k: np.zeros((2, seq_len), np.int32) for k in ("inputs", "targets", "segment_ids", "positions", "lang_id")}
-    out["loss_weights"] = np.zeros((2, seq_len), np.float32)
+    out = empty_rows(2, seq_len)
     for r, response in enumerate((pair["chosen"], pair["rejected"])):
         ids = pair["prompt"] + response
         n = len(ids) - 1
@@ -121,10 +124,10 @@ class PreferenceIterator:
     """Batches of ``batch_size`` pairs (``2 * batch_size`` rows); each process takes its contiguous block."""
 
     def __init__(self, pairs: list[dict], seq_len: int, batch_size: int, seed: int, shuffle: bool,
-                 process_index: int = 0, process_count: int = 1):
+                 process_index: int = 0, process_count: int = 1, vocab=None, languages: Sequence[str] = LANGUAGES):
         self.pairs, self.seq_len, self.batch_size, self.seed, self.shuffle = pairs, seq_len, batch_size, seed, shuffle
         self.process_index, self.process_count = process_index, process_count
-        self.languages = LANGUAGES
+        self.vocab, self.languages, self.stage = vocab, list(languages), None
         self.epoch, self.index = 0, 0
         self._order = self._permutation(0)
 

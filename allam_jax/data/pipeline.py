@@ -240,6 +240,7 @@ class SeqioBatchIterator:
         self.seed, self.num_epochs = seed, num_epochs
         self.expected_shares = dict(expected_shares or {})
         self.languages = tasks_lib.LANGUAGES
+        self.stage = None
         self.batches = start_batches
         self._it = self._make(start_batches)
         _LIVE.add(self)

@@ -2,7 +2,7 @@
 
 Why a second packer beside seqio's: this one needs no TensorFlow and no registered tasks, so tests, the
 multi-process and preemption checks and byte-level smoke runs start in a second; the seqio mixture
-(``data/pipeline.py``) is the real input path and plugs in through the same ``BatchIterator`` protocol
+(``data/pipeline.py``) is the real input path and plugs in through the same ``BatchIterator`` protocol (``data/batch.py``)
 (``__next__``, ``get_state``, ``set_state``). ``ByteCodec`` is its tokenizer: the same ids as seqio's
 ``vocabularies.ByteVocabulary``, without seqio.
 
@@ -21,12 +21,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from typing import Iterable, Iterator, Optional, Protocol, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
 from allam_jax.core.errors import ConfigError
 from allam_jax.core.paths import as_path
+from allam_jax.data.batch import empty_rows
 from allam_jax.data.language import guess_language
 
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -34,13 +35,6 @@ PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 
 
 log = logging.getLogger(__name__)
-
-class BatchIterator(Protocol):
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]: ...
-    def __next__(self) -> dict[str, np.ndarray]: ...
-    def get_state(self) -> dict: ...
-    def set_state(self, state: dict) -> None: ...
-
 
 class ByteCodec:
     """UTF-8 bytes shifted by 3 (pad 0, bos 1, eos 2): needs no trained model, covers every script."""
@@ -125,9 +119,7 @@ def pack_documents(token_docs: Sequence[tuple[list[int], int]], seq_len: int) ->
                 used = 0
             rows[-1].append((inputs, targets, lang))
             used += len(inputs)
-    n = len(rows)
-    out = {k: np.zeros((n, seq_len), np.int32) for k in ("inputs", "targets", "segment_ids", "positions", "lang_id")}
-    out["loss_weights"] = np.zeros((n, seq_len), np.float32)
+    out = empty_rows(len(rows), seq_len)
     for r, row in enumerate(rows):
         col = 0
         for seg, (inputs, targets, lang) in enumerate(row, 1):
@@ -168,6 +160,7 @@ class PackedTextIterator:
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.process_index, self.process_count = process_index, process_count
         self.languages = languages
+        self.stage = None
         self._docs: list[tuple[list[int], int]] = []
         for path in paths:
             for text, lang in read_documents(path):

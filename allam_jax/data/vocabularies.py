@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import seqio
 import tensorflow as tf
@@ -117,6 +117,11 @@ def get_vocabulary(spec: str) -> seqio.Vocabulary:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ConfigError(f"{spec}: not a readable SentencePiece model ({first})") from None
     return vocab
+
+
+def describe_vocab(vocab: Any) -> str:
+    """How a user named this tokenizer: its SentencePiece model file, or ``byte``."""
+    return str(getattr(vocab, "sentencepiece_model_file", None) or "byte")
 
 
 def check_fits_model(vocab: seqio.Vocabulary, model_vocab_size: int, name: str = "the tokenizer") -> None:

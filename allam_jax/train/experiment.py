@@ -7,10 +7,11 @@ at once is made here, when the config is built, not at the first step's trace a 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Optional
 
 from allam_jax.core.errors import ConfigError
 from allam_jax.core.partitioning import PartitioningConfig
+from allam_jax.data.batch import DataSource
 from allam_jax.model import ModelConfig
 from allam_jax.objectives import LmObjective, Objective
 from allam_jax.train.optimizer import OptimizerConfig
@@ -51,7 +52,7 @@ class Experiment:
     optimizer: OptimizerConfig
     partitioning: PartitioningConfig
     trainer: TrainerConfig
-    data: Any  # a DataSource: make_iterator(seq_len, batch_size, process_index, process_count)
+    data: DataSource  # gin: experiment.data
     objective: Objective = LmObjective()  # gin: experiment.objective = 'name' (+ that objective's config)
 
     def __post_init__(self):

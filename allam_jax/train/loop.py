@@ -118,11 +118,10 @@ def _train_in_workdir(exp: Experiment, program, partitioner: Partitioner, workdi
     tcfg = exp.trainer
     model, tx, abstract, shardings = program.model, program.tx, program.abstract_state, program.shardings
     data_iter = exp.data.make_iterator(tcfg.seq_len, tcfg.batch_size, jax.process_index(), jax.process_count())
-    vocab = getattr(data_iter, "vocab", None) or getattr(exp.data, "vocab", None)
-    if vocab is not None:
-        from allam_jax.data.vocabularies import check_fits_model
+    if data_iter.vocab is not None:
+        from allam_jax.data.vocabularies import check_fits_model, describe_vocab
 
-        check_fits_model(vocab, exp.model.vocab_size, f"tokenizer {getattr(exp.data, 'vocabulary', 'byte')}")
+        check_fits_model(data_iter.vocab, exp.model.vocab_size, f"tokenizer {describe_vocab(data_iter.vocab)}")
     checkpointer = ckpt_lib.Checkpointer(
         str(workdir_path / "checkpoints"), tcfg.checkpoint_every, tcfg.keep_checkpoints, tcfg.async_checkpointing
     )
@@ -162,7 +161,7 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
                preemption: _Preemption) -> dict[str, float]:
     tcfg = exp.trainer
     step_fn, batch_sharding = program.step_fn, program.batch_sharding
-    languages = list(getattr(data_iter, "languages", None) or getattr(exp.data, "languages", []))
+    languages = list(data_iter.languages)
     tokens_per_step = program.rows_per_step * tcfg.seq_len
     flops_per_step = exp.model.training_flops_per_token(tcfg.seq_len) * tokens_per_step
     peak = peak_flops_per_device(tcfg.peak_flops_per_device, exp.model.dtype) * jax.device_count()
@@ -210,7 +209,7 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
                                 lang = languages[i] if i < len(languages) else str(i)
                                 if sums["lang"][1, i] > 0:
                                     last[f"loss/{lang}"] = float(sums["lang"][0, i] / sums["lang"][1, i])
-                        if getattr(data_iter, "stage", None) is not None:  # a staged mixture says where it is
+                        if data_iter.stage is not None:  # a staged mixture says where it is
                             last["data_stage"] = float(data_iter.stage)
                         writer.write(step, last)
                         bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")

@@ -11,10 +11,10 @@ import dataclasses
 
 
 import jax
-import jax.numpy as jnp
 import optax
 from allam_jax.core.errors import ConfigError
 from allam_jax.core.partitioning import TENSOR_AXIS, PartitionedFunction, Partitioner
+from allam_jax.data.batch import BATCH_FEATURES
 from allam_jax.model import Decoder
 from allam_jax.objectives import Objective
 from allam_jax.train.experiment import Experiment
@@ -22,9 +22,6 @@ from allam_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from allam_jax.train.state import TrainState, state_shardings
 from allam_jax.train.step import make_train_step
 
-# the trainer's batch layout (allam_jax.data.pipeline.to_model_batch): name -> dtype
-BATCH_FEATURES = {"inputs": jnp.int32, "targets": jnp.int32, "segment_ids": jnp.int32, "positions": jnp.int32,
-                  "loss_weights": jnp.float32, "lang_id": jnp.int32, "task_id": jnp.int32}
 
 
 @dataclasses.dataclass
