@@ -22,7 +22,7 @@ def run_dpo_reference(args: argparse.Namespace) -> int:
     from allam_jax import gin_setup
     from allam_jax.align.dpo_reference import precompute_reference
     from allam_jax.align.preference_data import DpoData
-    from allam_jax.convert.checkpoints import restore_for_export
+    from allam_jax.core.params import load_params
     from allam_jax.model import Decoder
     from allam_jax.core.errors import ConfigError
 
@@ -32,7 +32,8 @@ def run_dpo_reference(args: argparse.Namespace) -> int:
         raise ConfigError(f"experiment.data is {type(exp.data).__name__}, not DpoData")
     if not exp.trainer.init_from:
         raise ConfigError("TrainerConfig.init_from is not set: which model is the reference?")
-    params = restore_for_export(exp.trainer.init_from, exp.model)
-    n = precompute_reference(Decoder(exp.model), params, exp.data, exp.trainer.seq_len, args.out, args.batch_size)
+    model = Decoder(exp.model)
+    params = load_params(exp.trainer.init_from, model)
+    n = precompute_reference(model, params, exp.data, exp.trainer.seq_len, args.out, args.batch_size)
     print(f"wrote {args.out}: {n:,} pairs with reference log-probs from {exp.trainer.init_from}")
     return 0

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import math
 
-EXIT_OK, EXIT_RUNTIME, EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
+from allam_jax.core.errors import EXIT_PREEMPTED
+
+EXIT_OK, EXIT_RUNTIME, EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, EXIT_PREEMPTED
 
 
 class Terminated(Exception):

@@ -12,8 +12,8 @@ from tqdm.auto import tqdm
 from allam_jax.convert.hf_llama import (ConversionError, SafetensorsReader, config_from_hf, hf_config_from,
                                         hf_tensor_order, hf_to_params, model_gin, params_to_hf, write_safetensors,
                                         write_tokenizer_files)
-from allam_jax.core.params import (abstract_params, count_params, on_one_device, restore_params, stored_params,
-                                    write_params_checkpoint)
+from allam_jax.core.params import (abstract_params, count_params, load_params,
+                                    stored_params, write_params_checkpoint)
 from allam_jax.core.paths import as_path, staged_dir
 from allam_jax.model import Decoder, ModelConfig
 
@@ -52,8 +52,8 @@ def import_from_hf(hf_dir: str, out: str, scan_layers: bool = True, dtype: str =
 
 
 def restore_for_export(ckpt: str, cfg: ModelConfig) -> dict:
-    """Parameters of ``ckpt`` on one device, checked against ``cfg``'s shapes."""
-    return restore_params(ckpt, on_one_device(abstract_params(Decoder(cfg))))
+    """Parameters of ``ckpt`` on one device, checked against ``cfg``'s shapes (``core.params.load_params``)."""
+    return load_params(ckpt, Decoder(cfg))
 
 
 def export_to_hf(ckpt: str, cfg: ModelConfig, out: str, tokenizer: Optional[str] = None,

@@ -5,6 +5,9 @@ runtime failure (1), ``NonFiniteLossError`` a diverged run (3). Each message nam
 """
 
 
+
+EXIT_PREEMPTED = 143  # the exit status of a run stopped by SIGTERM after saving (128 + 15), as shells report it
+
 class ConfigError(ValueError):
     """A configuration value is wrong; the message names the field and the value."""
 

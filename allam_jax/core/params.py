@@ -116,12 +116,29 @@ class _Unreadable(Exception):
     pass
 
 
-def _check_params_match(on_disk: Any, abstract_params: Any, state_dir: epath.Path) -> None:
-    saved, wanted = leaf_shapes(on_disk), leaf_shapes(abstract_params)
-    for name in sorted(set(saved) | set(wanted)):
+def first_mismatch(on_disk: Any, abstract: Any) -> Optional[tuple[str, Any, Any]]:
+    """``(leaf name, shape on disk, shape wanted)`` of the first leaf that differs (parameters first), else
+    None: the one shape check of every checkpoint reader (resume, parameters, export)."""
+    saved, wanted = leaf_shapes(on_disk), leaf_shapes(abstract)
+    names = sorted(set(saved) | set(wanted), key=lambda n: (not n.startswith("['params']"), n))
+    for name in names:
         if saved.get(name) != wanted.get(name):
-            raise CheckpointError(f"parameters in {state_dir} do not match the model config: {name} is "
-                                  f"{saved.get(name, 'missing')} on disk, {wanted.get(name, 'absent')} in the config")
+            return name, saved.get(name, "missing"), wanted.get(name, "absent")
+    return None
+
+
+def _check_params_match(on_disk: Any, abstract_params: Any, state_dir: epath.Path) -> None:
+    bad = first_mismatch(on_disk, abstract_params)
+    if bad is not None:
+        raise CheckpointError(f"parameters in {state_dir} do not match the model config: {bad[0]} is "
+                              f"{bad[1]} on disk, {bad[2]} in the config")
+
+
+def load_params(path: str, model: nn.Module, partitioner: Optional["Partitioner"] = None) -> Any:
+    """A model's parameters from a checkpoint, checked against its shapes: straight into their shards with a
+    ``partitioner``, else on one device. What evaluation, decoding, the DPO reference and export read with."""
+    abstract = abstract_params(model, partitioner)
+    return restore_params(path, abstract if partitioner is not None else on_one_device(abstract))
 
 
 class StoredArray:

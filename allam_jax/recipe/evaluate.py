@@ -63,9 +63,10 @@ class Evaluator:
         return [int(t) for t in self.vocab.encode(text)]
 
     def load(self, checkpoint: str) -> None:
-        from allam_jax.convert.checkpoints import restore_for_export
+        from allam_jax.core.params import load_params
+        from allam_jax.model import Decoder
 
-        self.scorer.params = restore_for_export(checkpoint, self.cfg)
+        self.scorer.params = load_params(checkpoint, Decoder(self.cfg))
 
     def bits_per_byte(self, documents: dict[str, list[str]], translations: list[tuple[str, str]]) -> dict[str, float]:
         """Held-out bits per byte per language, and ``translation``: bits per byte of each held-out Arabic
@@ -205,11 +206,11 @@ def evaluate_recipe(recipe: "Recipe") -> dict:
     bar.close()
 
     # DPO's implicit reward on held-out pairs, against its frozen reference (the SFT model).
-    from allam_jax.convert.checkpoints import restore_for_export
+    from allam_jax.core.params import load_params
 
     dpo_info = RunInfo(runs["dpo"])
-    policy = restore_for_export(str(runs["dpo"] / "checkpoints"), dpo_info.model)
-    reference = restore_for_export(str(runs["sft"] / "checkpoints"), dpo_info.model)
+    policy = load_params(str(runs["dpo"] / "checkpoints"), Decoder(dpo_info.model))
+    reference = load_params(str(runs["sft"] / "checkpoints"), Decoder(dpo_info.model))
     results["dpo_heldout"] = preference_metrics(Decoder(dpo_info.model), policy, reference,
                                                 dpo_pairs(dpo_info.vocabulary), cfg.seq_len, cfg.dpo_beta)
     return results

@@ -19,7 +19,7 @@ from etils import epath
 
 from allam_jax.core.errors import CheckpointError, first_line
 from allam_jax.core.abandoned_reads import reading
-from allam_jax.core.params import layer_chunked_save_args, leaf_shapes
+from allam_jax.core.params import first_mismatch, layer_chunked_save_args
 from allam_jax.core.paths import as_path
 
 log = logging.getLogger(__name__)
@@ -160,13 +160,11 @@ class Checkpointer:
 
 def check_compatible(on_disk: Any, abstract_state: Any, where: epath.Path) -> None:
     """A checkpoint written under another config is an error to report, not a corrupt file to skip."""
-    saved, wanted = leaf_shapes(on_disk), leaf_shapes(abstract_state)
-    names = sorted(set(saved) | set(wanted), key=lambda n: (not n.startswith("['params']"), n))
-    for name in names:
-        if saved.get(name) != wanted.get(name):
-            what = "model" if name.startswith("['params']") else "optimizer"
-            raise CheckpointError(
-                f"checkpoint {where} does not match the {what} config: {name} is {saved.get(name, 'missing')} "
-                f"on disk, {wanted.get(name, 'absent')} in the config"
-                + ("" if what == "model" else " (use TrainerConfig.init_from to start a new optimizer from its params)")
-            )
+    bad = first_mismatch(on_disk, abstract_state)
+    if bad is None:
+        return
+    name, saved, wanted = bad
+    what = "model" if name.startswith("['params']") else "optimizer"
+    raise CheckpointError(
+        f"checkpoint {where} does not match the {what} config: {name} is {saved} on disk, {wanted} in the config"
+        + ("" if what == "model" else " (use TrainerConfig.init_from to start a new optimizer from its params)"))

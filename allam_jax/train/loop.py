@@ -14,7 +14,7 @@ import numpy as np
 from etils import epath
 from tqdm.auto import tqdm
 
-from allam_jax.core.errors import DataError, NonFiniteLossError
+from allam_jax.core.errors import EXIT_PREEMPTED, DataError, NonFiniteLossError
 from allam_jax.core.params import abstract_params, count_params, restore_params
 from allam_jax.core.paths import as_path
 from allam_jax.core.partitioning import Partitioner
@@ -29,7 +29,6 @@ from allam_jax.train.workdir_lock import workdir_lock
 
 log = logging.getLogger(__name__)
 
-EXIT_PREEMPTED = 143
 
 
 class Preempted(SystemExit):
