@@ -245,6 +245,22 @@ def test_task_registry_contents(bundled):
     assert "ar_en_translated" in seqio.MixtureRegistry.names()
 
 
+def test_a_new_task_is_one_tasks_line(tmp_path, monkeypatch):
+    """A task added to TASKS, its files named in CorpusPaths.more: registered and read, no other change."""
+    from allam_jax.data.tasks import InputGroup, TaskSpec, register_tasks
+
+    code = tmp_path / "code.txt"
+    code.write_text("".join(f"def function_number_{i}(x): return x + {i}\n\n" for i in range(5)))
+    monkeypatch.setattr(tasks_lib, "TASKS", tasks_lib.TASKS + (TaskSpec("code_pretrain", "en", (InputGroup("code"),)),))
+    paths = CorpusPaths(ar=(), en=(), parallel=(), more={"code": [str(code)]})
+    names = register_tasks(paths, ByteVocabulary(), CleaningConfig(dedup=False), ParallelRendering(), 64)
+    assert names == ["code_pretrain"]
+    ds = seqio.get_mixture_or_task("code_pretrain").get_dataset(None, "train", shuffle=False, num_epochs=1)
+    text = bytes(b - 3 for ex in ds.as_numpy_iterator() for b in ex["targets"] if 3 <= b < 259).decode()
+    assert all(f"function_number_{i}" in text for i in range(5))
+    assert set(next(ds.as_numpy_iterator())["task"].tolist()) == {len(tasks_lib.TASKS)}  # its id, stored +1
+
+
 def test_train_on_mixture_resumes_exactly(bundled, tmp_path):
     """6 steps straight vs 3 + restart + 3 on the seqio mixture: the same losses, bit for bit."""
     import dataclasses

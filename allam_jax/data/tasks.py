@@ -31,22 +31,47 @@ LANGUAGES = ("en", "ar", "translated")
 
 @dataclasses.dataclass(frozen=True)
 class CorpusPaths:
-    """Where each task reads (gin: ``CorpusPaths``). Globs, ``gs://`` paths and ``tfds:`` specs work."""
+    """Where each task reads (gin: ``CorpusPaths``). Globs, ``gs://`` paths and ``tfds:`` specs work. A task
+    added to ``TASKS`` that reads files of its own names them in ``more`` (``{'code': ['code/*.txt']}``)."""
 
     ar: Sequence[str] = ("data_cache/bundled/ar.txt",)
     en: Sequence[str] = ("data_cache/bundled/en.txt",)
     parallel: Sequence[str] = ("data_cache/bundled/parallel.jsonl",)
     translated: Sequence[str] = ()
     text_field: str = "text"
+    more: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
+
+    def files(self, name: str) -> Sequence[str]:
+        """The patterns of the file group ``name``: a field above, else an entry of ``more`` (none: empty)."""
+        if name in {f.name for f in dataclasses.fields(self)} - {"text_field", "more"}:
+            return getattr(self, name)
+        return tuple(self.more.get(name, ()))
+
+
+@dataclasses.dataclass(frozen=True)
+class InputGroup:
+    """One kind of file a task reads: the ``CorpusPaths`` group, the script its text must be in (None: any),
+    and whether its lines are parallel pairs (rendered by ``ParallelRendering``)."""
+
+    files: str
+    script: Optional[str] = None
+    parallel: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
     name: str
-    lang: str
+    lang: str  # one of LANGUAGES: the per-language loss it counts towards
+    inputs: tuple[InputGroup, ...] = ()
 
 
-TASKS = (TaskSpec("en_pretrain", "en"), TaskSpec("ar_pretrain", "ar"), TaskSpec("translated_pretrain", "translated"))
+# the pretraining tasks: a new one is a line here (its files in gin: CorpusPaths, rates: SeqioData.rates);
+# the same table drives `allam data cache` and CachedData's task and language ids
+TASKS = (
+    TaskSpec("en_pretrain", "en", (InputGroup("en", "en"),)),
+    TaskSpec("ar_pretrain", "ar", (InputGroup("ar", "ar"),)),
+    TaskSpec("translated_pretrain", "translated", (InputGroup("translated", "ar"), InputGroup("parallel", None, True))),
+)
 
 
 def _chain(sources: Sequence[DocumentSource]) -> TrainSource:
@@ -83,11 +108,8 @@ def split_to_length(ds: tf.data.Dataset, max_len: int) -> tf.data.Dataset:
 
 def source_groups(paths: CorpusPaths, spec: TaskSpec) -> list[tuple[Sequence[str], Optional[str], bool]]:
     """``(patterns, script filter, is parallel)`` of each kind of file a task reads (groups without patterns
-    left out): the one place that says which ``CorpusPaths`` field feeds which task."""
-    if spec.name == "translated_pretrain":
-        groups = [(paths.translated, "ar", False), (paths.parallel, None, True)]
-    else:
-        groups = [(paths.ar if spec.lang == "ar" else paths.en, spec.lang, False)]
+    left out), from the task's ``inputs``."""
+    groups = [(paths.files(g.files), g.script, g.parallel) for g in spec.inputs]
     return [g for g in groups if g[0]]
 
 
