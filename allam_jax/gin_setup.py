@@ -6,6 +6,7 @@ import dataclasses
 import inspect
 import math
 import os
+import re
 import tokenize
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
@@ -164,7 +165,7 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = (), overrides: Seq
     files = [f if Path(f).is_file() else str(REPO_GIN_DIR / f) for f in gin_files]
     texts = _config_texts(files, bindings) + [f"{o.name} {v.__name__ if isinstance(v, type) else ''}"
                                               for o in overrides for v in o.values.values()]
-    if any(n in t for t in texts for n in _SEQIO_NAMES):
+    if any(re.search(rf"\b{n}\b", t) for t in texts for n in _SEQIO_NAMES):
         _register_seqio_configurables()
     errors = (ValueError, SyntaxError, KeyError, TypeError, OSError, tokenize.TokenError)
     try:
@@ -190,7 +191,7 @@ def _check_data_bindings(data: object) -> None:
     any configurable): training would read other data than the user named."""
     used = type(data).__name__
     for binding in _COMMAND_LINE_BINDINGS:
-        name = binding.split("=")[0].strip().split(".")[0].split("/")[-1]
+        name = _binding_target(binding)
         if name in _DATA_CLASSES and name != used:
             raise ConfigError(f"binding {binding.strip()!r} sets {name}, but this run's data is {used} "
                               f"(experiment.data): add  experiment.data = @{name}()  or bind {used} instead")
@@ -225,8 +226,13 @@ def _config_texts(files: Sequence[str], bindings: Sequence[str]) -> list[str]:
     return texts
 
 
+def _binding_target(binding: str) -> str:
+    """The configurable a binding line sets: ``scope/Name.param = v`` -> ``Name``."""
+    return binding.split("=")[0].strip().split(".")[0].split("/")[-1]
+
+
 def _binds(configurable: str) -> bool:
-    return any(f"{configurable}." in line.split("=")[0] for line in gin.config_str().splitlines())
+    return any("=" in line and _binding_target(line) == configurable for line in gin.config_str().splitlines())
 
 
 def _build(factory, name: str):
