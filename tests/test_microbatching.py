@@ -210,3 +210,21 @@ def test_a_registered_objective_trains_from_gin(tmp_path, monkeypatch):
                              str(tmp_path / "toy"))
     assert losses(tmp_path / "toy")[1] == pytest.approx(0.25 * losses(tmp_path / "lm")[1], rel=1e-5)
     assert "experiment.objective = 'half_lm'" in (tmp_path / "toy" / "config.gin").read_text()
+
+
+def test_former_gin_spellings_still_configure_the_same_run():
+    """Configs written before: ``StepConfig.grad_accum_steps`` and ``experiment.dpo = @DpoConfig()``."""
+    from allam_jax import gin_setup
+    from allam_jax.core.errors import ConfigError
+
+    gin_setup.parse(["runs/dpo_tiny_cpu.gin"], ["experiment.objective = 'lm'", "experiment.dpo = @DpoConfig()",
+                                                "DpoConfig.beta = 0.25", "StepConfig.grad_accum_steps = 4"])
+    exp = gin_setup.build_experiment()
+    assert isinstance(exp.objective, DpoObjective) and exp.objective.config.beta == 0.25
+    assert exp.trainer.grad_accum_steps == 4
+    gin_setup.parse(["runs/dpo_tiny_cpu.gin"], ["StepConfig.grad_accum_steps = 4", "TrainerConfig.grad_accum_steps = 2"])
+    with pytest.raises(ConfigError, match="StepConfig.grad_accum_steps = 4 and TrainerConfig.grad_accum_steps = 2"):
+        gin_setup.build_experiment()
+    gin_setup.parse(["runs/dpo_tiny_cpu.gin"], ["experiment.objective = 'dpx'"])
+    with pytest.raises(ConfigError, match=r"'dpx' is not a registered objective; known: \['dpo', 'lm'\]"):
+        gin_setup.build_experiment()
