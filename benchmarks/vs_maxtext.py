@@ -149,9 +149,8 @@ def _estimate(hlo: str, topology: str, devices: list, efficiency: Optional[float
 
     _, chip, libtpu_name = _parse(topology)
     shape = [int(x) for x in libtpu_name.split(":")[1].split("x")]
-    coords = [tuple(d[:3]) for d in devices]
-    net = Interconnect(coords, tuple(shape), torus_wrap(shape, chip.dims), chip.ici_link_bandwidth,
-                       chip.dcn_bandwidth, tuple(d[3] for d in devices))
+    net = Interconnect.from_coords([d[:3] for d in devices], torus_wrap(shape, chip.dims), chip,
+                                   [d[3] for d in devices])
     return dataclasses.asdict(estimate_step_time(hlo, chip, net, efficiency))
 
 
@@ -195,8 +194,10 @@ def _collectives(stats: dict) -> str:
 
 
 def _mfu(case: Case, estimate: dict) -> float:
+    from allam_jax.aot.step_time import model_flops_utilization
+
     flops, peak = _model_flops_per_device(case)
-    return flops / (estimate["step_seconds"] * peak)
+    return model_flops_utilization(flops, estimate["step_seconds"], peak)
 
 
 def _step(case: Case, estimate: dict) -> str:

@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from allam_jax.aot.hlo_stats import collective_stats, largest_buffers
-from allam_jax.aot.step_time import Interconnect, estimate_step_time
+from allam_jax.aot.step_time import Interconnect, estimate_step_time, model_flops_utilization
 from allam_jax.aot.topology import Topology
 from allam_jax.core.errors import ConfigError
 from allam_jax.core.partitioning import TENSOR_AXIS, Partitioner
@@ -80,7 +80,8 @@ class CompileReport:
         """Model FLOPs over the estimated step time at the chip's peak."""
         if not self.estimate or not self.peak_flops_per_device or not self.estimate["step_seconds"]:
             return None
-        return self.model_flops_per_device / (self.estimate["step_seconds"] * self.peak_flops_per_device)
+        return model_flops_utilization(self.model_flops_per_device, self.estimate["step_seconds"],
+                                       self.peak_flops_per_device)
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

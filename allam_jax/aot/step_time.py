@@ -169,6 +169,11 @@ def kernel_cost(ins: Instruction, shapes: dict[str, str], separate_dq: bool = Fa
     return 2.0 * matmuls * batch * heads * q_len * k_shape[2] * head_dim * frac, moved, True
 
 
+def model_flops_utilization(model_flops_per_device: float, step_seconds: float, peak_flops: float) -> float:
+    """MFU: the model's FLOPs per chip over what the chip could do at peak in the step's time."""
+    return model_flops_per_device / (step_seconds * peak_flops)
+
+
 # --------------------------------------------------------------------------------------------------- collectives
 @dataclasses.dataclass(frozen=True)
 class Interconnect:
@@ -183,12 +188,19 @@ class Interconnect:
     slices: Sequence[int] = ()
 
     @classmethod
-    def from_devices(cls, devices: Sequence, wrap: Sequence[bool], chip) -> "Interconnect":
-        coords = [tuple(getattr(d, "coords", (i, 0, 0))) for i, d in enumerate(devices)]
+    def from_coords(cls, coords: Sequence[Sequence[int]], wrap: Sequence[bool], chip,
+                    slices: Sequence[int] = ()) -> "Interconnect":
+        """From each device's torus coordinates (by device id) and slice index: the torus is their extent."""
+        coords = [tuple(c) for c in coords]
         shape = tuple(max(c[k] for c in coords) + 1 for k in range(len(coords[0])))
         wrap = tuple(wrap) + (False,) * (len(shape) - len(wrap))
-        return cls(coords, shape, wrap, chip.ici_link_bandwidth, chip.dcn_bandwidth,
-                   tuple(getattr(d, "slice_index", 0) or 0 for d in devices))
+        return cls(coords, shape, wrap, chip.ici_link_bandwidth, chip.dcn_bandwidth, tuple(slices))
+
+    @classmethod
+    def from_devices(cls, devices: Sequence, wrap: Sequence[bool], chip) -> "Interconnect":
+        """From JAX devices (compile-only TPU devices carry ``coords`` and ``slice_index``)."""
+        return cls.from_coords([getattr(d, "coords", (i, 0, 0)) for i, d in enumerate(devices)], wrap, chip,
+                               [getattr(d, "slice_index", 0) or 0 for d in devices])
 
 
 def replica_groups(text: str, num_devices: int) -> list[list[int]]:
