@@ -116,3 +116,21 @@ def file_size_limited(max_bytes: int, *argv: str) -> list[str]:
             f"resource.setrlimit(resource.RLIMIT_FSIZE, ({max_bytes}, {max_bytes})); "
             "sys.argv = ['allam'] + sys.argv[1:]; runpy.run_module('allam_jax', run_name='__main__')")
     return [sys.executable, "-c", code, *argv]
+
+
+def check_batch_contract(it, rows: int, seq_len: int, extra=()) -> None:
+    """A data source's iterator keeps ``data/batch.py``'s contract: tokenizer, languages and stage said; every
+    batch exactly the layout (plus an objective's ``extra`` features); ``set_state`` returns to ``get_state``."""
+    import numpy as np
+
+    from allam_jax.data.batch import BATCH_FEATURES
+
+    assert it.vocab is not None and len(it.languages) >= 2 and it.stage is None
+    batch = next(it)
+    assert set(batch) == set(BATCH_FEATURES) | set(extra)
+    for name, dtype in BATCH_FEATURES.items():
+        assert batch[name].shape == (rows, seq_len) and batch[name].dtype == np.dtype(dtype), name
+    state = it.get_state()
+    after = next(it)
+    it.set_state(state)
+    np.testing.assert_array_equal(next(it)["inputs"], after["inputs"])

@@ -233,6 +233,13 @@ def test_token_shares_follow_the_rates(cache):
     assert (b["loss_weights"] == 1).all() and (b["lang_id"][:, 0] == b["task_id"][:, 0]).all()
 
 
+def test_the_cached_mixture_keeps_the_batch_contract(cache):
+    from helpers import check_batch_contract
+
+    d, _, _ = cache
+    check_batch_contract(_iterator(d / "cached"), 8, 48)
+
+
 def test_bad_caches_are_one_line_errors(cache, tmp_path):
     import shutil
 

@@ -1,24 +1,12 @@
 """Every data source keeps the one contract the trainer reads (``data/batch.py``): batches in exactly the
-batch layout, and iterators that say their tokenizer, languages and stage."""
+batch layout, and iterators that say their tokenizer, languages and stage (the seqio and cached sources are
+checked beside their fixtures, in test_seqio_data.py and test_data_cache.py)."""
 
 import json
 
-import numpy as np
 import pytest
 
-from allam_jax.data.batch import BATCH_FEATURES
-
-
-def _check(it, rows, seq_len, extra=()):
-    assert it.vocab is not None and len(it.languages) >= 2 and it.stage is None
-    batch = next(it)
-    assert set(batch) == set(BATCH_FEATURES) | set(extra)
-    for name, dtype in BATCH_FEATURES.items():
-        assert batch[name].shape == (rows, seq_len) and batch[name].dtype == np.dtype(dtype), name
-    state = it.get_state()
-    after = next(it)
-    it.set_state(state)
-    np.testing.assert_array_equal(next(it)["inputs"], after["inputs"])
+from helpers import check_batch_contract as _check
 
 
 def test_text_files_keep_the_contract(tmp_path):

@@ -245,6 +245,14 @@ def test_task_registry_contents(bundled):
     assert "ar_en_translated" in seqio.MixtureRegistry.names()
 
 
+def test_the_seqio_mixture_keeps_the_batch_contract(bundled):
+    from helpers import check_batch_contract
+
+    it = _data(bundled).make_iterator(64, 4)
+    check_batch_contract(it, 4, 64)
+    it.close()
+
+
 def test_a_new_task_is_one_tasks_line(tmp_path, monkeypatch):
     """A task added to TASKS, its files named in CorpusPaths.more: registered and read, no other change."""
     from allam_jax.data.tasks import InputGroup, TaskSpec, register_tasks

@@ -16,7 +16,7 @@ import re
 import shutil
 import tempfile
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +28,10 @@ from allam_jax.aot.step_time import Interconnect, estimate_step_time, model_flop
 from allam_jax.aot.topology import Topology
 from allam_jax.core.errors import ConfigError
 from allam_jax.core.partitioning import TENSOR_AXIS, Partitioner
+
+if TYPE_CHECKING:
+    from allam_jax.train.experiment import Experiment
+    from allam_jax.train.program import TrainProgram
 
 STEPS = ("train", "eval", "decode")
 _OOM = re.compile(r"RESOURCE_EXHAUSTED|Ran out of memory|out of memory", re.IGNORECASE)
@@ -164,7 +168,8 @@ def _decode_lowered(exp, program, seq_len, partitioner):
         jax.ShapeDtypeStruct((rows, seq_len), jnp.bool_, sharding=bs))
 
 
-def lower_step(exp, partitioner: Partitioner, step: str = "train", program=None):
+def lower_step(exp: "Experiment", partitioner: Partitioner, step: str = "train",
+               program: Optional["TrainProgram"] = None) -> Any:
     """The lowered program of ``step`` (train, eval or decode) for ``exp`` on the partitioner's mesh: the
     very jitted functions that ``allam train``, the scorer and the decoder run, lowered from abstract arrays."""
     from allam_jax.train.program import build_train_program
@@ -190,7 +195,7 @@ def _model_flops(exp, step: str, rows: int, seq_len: int) -> float:
     return cfg.flops_per_token(seq_len) * rows  # one new token per row against a cache of seq_len
 
 
-def compile_step(exp, topology: Topology, step: str = "train") -> CompileReport:
+def compile_step(exp: "Experiment", topology: Topology, step: str = "train") -> CompileReport:
     """Lowers and compiles ``step`` of experiment ``exp`` for ``topology``; a program that does not fit is
     reported (``fits=False`` with the compiler's message), not raised."""
     from allam_jax.train.program import build_train_program
