@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, TypeVar
 
 import flax.linen as nn
 import jax
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from allam_jax.core.partitioning import Partitioner
 
 log = logging.getLogger(__name__)
+T, R = TypeVar("T"), TypeVar("R")
 
 # a raw PRNG key's shape: eval_shape needs no concrete key (none can be made on compile-only devices)
 ABSTRACT_KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)
@@ -91,29 +92,44 @@ def resolve_state_dir(path: str) -> epath.Path:
     return _state_dirs(path)[0]
 
 
+def newest_readable(candidates: Sequence[T], read: Callable[[T], R],
+                    on_unreadable: Callable[[T, str], None] = lambda c, why: None) -> tuple[Optional[T], Optional[R],
+                                                                                            list[str]]:
+    """The one fallback of every checkpoint reader (resume, parameters, export): ``read`` each candidate step,
+    newest first, and return the first that reads, with the failures before it. A step that cannot be read
+    (a truncated file, a half-written step) is passed to ``on_unreadable`` and the next tried; a
+    :class:`CheckpointError` (a step written under another config) is an error to report, not a reason to
+    fall back, and propagates."""
+    failures: list[str] = []
+    for candidate in candidates:
+        try:
+            return candidate, read(candidate), failures
+        except CheckpointError:
+            raise
+        except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many kinds; the first line says which file
+            why = first_line(e, 200)
+            failures.append(f"{candidate}: {why}")
+            on_unreadable(candidate, why)
+    return None, None, failures
+
+
 def restore_params(path: str, abstract_params: Any) -> Any:
     """Reads only the parameters of a checkpoint (continued pretraining: fresh optimizer and schedule; eval,
     decoding, export). Given a checkpoint directory, a step that cannot be read (a truncated file, say) is
     skipped with a warning for the one before it, as training's resume does; a step of another shape is an
     error, not a reason to fall back."""
     candidates = _state_dirs(path)
-    failures = []
-    for state_dir in candidates:
-        try:
-            params = _restore_params_from(state_dir, abstract_params)
-        except _Unreadable as e:
-            failures.append(f"{state_dir}: {e}")
-            if len(candidates) > 1:
-                log.warning("cannot read parameters from %s (%s); trying an older step", state_dir, e)
-            continue
-        if failures:
-            log.warning("using %s: %d newer step(s) unreadable", state_dir, len(failures))
-        return params
-    raise CheckpointError(f"cannot read parameters from {path}: " + "; ".join(failures[:3]))
 
+    def warn(state_dir: epath.Path, why: str) -> None:
+        if len(candidates) > 1:
+            log.warning("cannot read parameters from %s (%s); trying an older step", state_dir, why)
 
-class _Unreadable(Exception):
-    pass
+    state_dir, params, failures = newest_readable(candidates, lambda d: _restore_params_from(d, abstract_params), warn)
+    if state_dir is None:
+        raise CheckpointError(f"cannot read parameters from {path}: " + "; ".join(failures[:3]))
+    if failures:
+        log.warning("using %s: %d newer step(s) unreadable", state_dir, len(failures))
+    return params
 
 
 def first_mismatch(on_disk: Any, abstract: Any) -> Optional[tuple[str, Any, Any]]:
@@ -181,21 +197,21 @@ class StoredArray:
 def stored_params(path: str, abstract_params: Any) -> Any:
     """The parameters of a checkpoint as :class:`StoredArray` leaves (nothing read yet), checked against
     ``abstract_params``; given a checkpoint directory, the newest step whose metadata reads."""
-    failures = []
-    for state_dir in _state_dirs(path):
-        try:
-            with reading(state_dir):
-                tree = ocp.StandardCheckpointer().metadata(state_dir).item_metadata.tree
-        except Exception as e:  # noqa: BLE001 - a truncated or half-written step: try the one before
-            failures.append(f"{state_dir}: {first_line(e)}")
-            continue
+
+    def read(state_dir: epath.Path) -> Any:
+        with reading(state_dir):
+            tree = ocp.StandardCheckpointer().metadata(state_dir).item_metadata.tree
         if not isinstance(tree, dict) or "params" not in tree:
             raise CheckpointError(f"{state_dir} holds no 'params'")
         _check_params_match(tree["params"], abstract_params, state_dir)
-        if failures:
-            log.warning("using %s: %d newer step(s) unreadable", state_dir, len(failures))
         return jax.tree_util.tree_map(lambda m: StoredArray(str(state_dir), m.name, m.shape, m.dtype), tree["params"])
-    raise CheckpointError(f"cannot read parameters from {path}: " + "; ".join(failures[:3]))
+
+    state_dir, params, failures = newest_readable(_state_dirs(path), read)
+    if state_dir is None:
+        raise CheckpointError(f"cannot read parameters from {path}: " + "; ".join(failures[:3]))
+    if failures:
+        log.warning("using %s: %d newer step(s) unreadable", state_dir, len(failures))
+    return params
 
 
 def _restore_params_from(state_dir: epath.Path, abstract_params: Any) -> Any:
@@ -207,16 +223,13 @@ def _restore_params_from(state_dir: epath.Path, abstract_params: Any) -> Any:
         on_disk = None
     if isinstance(on_disk, dict) and "params" in on_disk:
         _check_params_match(on_disk["params"], abstract_params, state_dir)
-    try:
-        with reading(state_dir):
-            restored = ocp.PyTreeCheckpointer().restore(
-                state_dir,
-                args=ocp.args.PyTreeRestore(
-                    item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True
-                ),
-            )
-    except Exception as e:  # noqa: BLE001 - tensorstore/orbax raise many kinds; the first line says which file
-        raise _Unreadable(first_line(e)) from None
+    with reading(state_dir):
+        restored = ocp.PyTreeCheckpointer().restore(
+            state_dir,
+            args=ocp.args.PyTreeRestore(
+                item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True
+            ),
+        )
     got = jax.tree_util.tree_map(lambda x: x.shape, restored["params"])
     want = jax.tree_util.tree_map(lambda x: x.shape, abstract_params)
     if got != want:

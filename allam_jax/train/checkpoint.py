@@ -19,7 +19,7 @@ from etils import epath
 
 from allam_jax.core.errors import CheckpointError, first_line
 from allam_jax.core.abandoned_reads import reading
-from allam_jax.core.params import first_mismatch, layer_chunked_save_args
+from allam_jax.core.params import first_mismatch, layer_chunked_save_args, newest_readable
 from allam_jax.core.paths import as_path
 
 log = logging.getLogger(__name__)
@@ -105,27 +105,31 @@ class Checkpointer:
         for name in self.partial_steps():
             log.warning("ignoring incomplete checkpoint %s (a save was interrupted)", self.directory / name)
         unreadable = []
-        for step in sorted(self.manager.all_steps(), reverse=True):
+
+        def read(step: int) -> tuple[Any, dict]:
             try:
                 with reading(self.directory / str(step)):
                     on_disk = ocp.StandardCheckpointer().metadata(self.directory / str(step) / "state").item_metadata.tree
-            except Exception:  # noqa: BLE001 - unreadable metadata: handled like any unreadable step below
+            except Exception:  # noqa: BLE001 - unreadable metadata: the restore below fails the same way
                 on_disk = None
             if on_disk is not None:
                 check_compatible(on_disk, abstract_state, self.directory / str(step))
-            try:
-                with reading(self.directory / str(step)):
-                    restored = self.manager.restore(
-                        step,
-                        args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()),
-                    )
-            except Exception as e:  # noqa: BLE001 - any read failure means: try the previous step
-                aside = self._move_aside(step)
-                log.warning("checkpoint step %d in %s is unreadable (%s); kept as %s, trying an older one",
-                            step, self.directory, first_line(e, 200), aside)
-                unreadable.append(str(aside))
-                continue
-            return restored["state"], restored["data"], step
+            with reading(self.directory / str(step)):
+                restored = self.manager.restore(
+                    step,
+                    args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()),
+                )
+            return restored["state"], restored["data"]
+
+        def move_aside(step: int, why: str) -> None:
+            aside = self._move_aside(step)
+            log.warning("checkpoint step %d in %s is unreadable (%s); kept as %s, trying an older one",
+                        step, self.directory, why, aside)
+            unreadable.append(str(aside))
+
+        step, restored, _ = newest_readable(sorted(self.manager.all_steps(), reverse=True), read, move_aside)
+        if step is not None:
+            return restored[0], restored[1], step
         if unreadable:  # a run that has checkpoints must not silently start over from step 0
             raise CheckpointError(f"every checkpoint step in {self.directory} is unreadable (kept as "
                                   f"{', '.join(unreadable)}); refusing to start over from step 0: move "
