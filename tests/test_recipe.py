@@ -218,9 +218,9 @@ def test_stage_plans_build_typed_experiments_and_user_bindings_win(tmp_path):
     assert cpt.trainer.init_from == str(recipe.dir / "expand" / "mean_subtoken")
     assert cpt.optimizer.learning_rate == 7e-4  # the user's stage binding beats the recipe's cpt_learning_rate
     assert type(sft.data).__name__ == "SftData" and sft.objective.config.num_languages == 3 and sft.optimizer.weight_decay == 0
-    assert sft.trainer.init_from == str(recipe.dir / "cpt" / "full" / "checkpoints") and sft.objective is None
+    assert sft.trainer.init_from == str(recipe.dir / "cpt" / "full" / "checkpoints") and sft.objective.name == "lm"
     assert type(dpo.data).__name__ == "DpoData" and dpo.trainer.batch_size == 3
-    assert dpo.objective.config.beta == 0.5 and dpo.objective.config.reference == "frozen"
+    assert dpo.objective.name == "dpo" and dpo.objective.config.beta == 0.5 and dpo.objective.config.reference == "frozen"
     with pytest.raises(ConfigError, match=r"ModelConfig has no parameter\(s\) \['vocab'\]"):
         gin_setup.Override(type(base.model), vocab=3)
 
