@@ -12,7 +12,7 @@ import pytest
 
 import numpy_llama
 from allam_jax.model import Decoder, ModelConfig
-from allam_jax.objectives import OBJECTIVES, DpoConfig, DpoObjective, LmObjective, StepConfig
+from allam_jax.objectives import OBJECTIVES, DpoConfig, DpoObjective, LmObjective, ObjectiveDefaults, StepConfig
 from allam_jax.train.step import accumulate_gradients, split_micro_batches
 
 CFG = ModelConfig(vocab_size=61, d_model=16, num_layers=1, num_heads=2, num_kv_heads=1, mlp_dim=24, max_seq_len=16,
@@ -162,7 +162,7 @@ class HalfLmConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class HalfLm:
+class HalfLm(ObjectiveDefaults):
     """A toy objective: the LM loss times a constant."""
 
     config: HalfLmConfig = HalfLmConfig()
@@ -177,18 +177,6 @@ class HalfLm:
     def normalise(self, sums):
         denom = jnp.maximum(sums["weight_sum"], 1.0)
         return denom, self.config.scale * sums["ce_sum"] / denom, {"num_tokens": sums["weight_sum"]}
-
-    def batch_features(self):
-        return {}
-
-    def needs_extra_state(self):
-        return False
-
-    def init_extra_state(self, params):
-        return None
-
-    def check(self, exp):
-        pass
 
 
 def test_a_registered_objective_trains_from_gin(tmp_path, monkeypatch):

@@ -6,8 +6,9 @@ metrics. The trainer (:mod:`allam_jax.train.step`) micro-batches, differentiates
 objective accumulates gradients. An objective also says how many rows one example takes, which extra per-row
 inputs its batches carry, and whether it keeps extra state beside the parameters (DPO's frozen reference).
 
-Add one: a module here with a frozen dataclass config (its ``config_class``, configurable in gin under its
-class name) and a line in ``OBJECTIVES``; gin then picks it with ``experiment.objective = 'name'``.
+Add one: a module here (inheriting ``ObjectiveDefaults`` for what it does not change) with a frozen dataclass
+config (its ``config_class``, configurable in gin under its class name) and a line in ``OBJECTIVES``; gin then
+picks it with ``experiment.objective = 'name'``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import flax.linen as nn
 import jax
 
 from allam_jax.core.errors import ConfigError
+from allam_jax.objectives.base import ObjectiveDefaults
 from allam_jax.objectives.dpo import DpoConfig, DpoObjective
 from allam_jax.objectives.lm import LmObjective, StepConfig
 
@@ -55,4 +57,5 @@ def make_objective(name: str, config: Optional[Any] = None) -> Objective:
     return cls(config if config is not None else cls.config_class())
 
 
-__all__ = ["OBJECTIVES", "DpoConfig", "DpoObjective", "LmObjective", "Objective", "StepConfig", "make_objective"]
+__all__ = ["OBJECTIVES", "DpoConfig", "DpoObjective", "LmObjective", "Objective", "ObjectiveDefaults", "StepConfig",
+           "make_objective"]

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from allam_jax.core.errors import ConfigError
+from allam_jax.objectives.base import ObjectiveDefaults
 from allam_jax.objectives.cross_entropy import chunked_lm_cross_entropy, token_cross_entropy
 
 Batch = dict[str, jax.Array]
@@ -79,7 +80,7 @@ def normalise(parts: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, dict[s
 
 
 @dataclasses.dataclass(frozen=True)
-class LmObjective:
+class LmObjective(ObjectiveDefaults):
     """Next-token prediction on packed rows (pretraining and SFT: ``loss_weights`` pick the scored tokens)."""
 
     config: StepConfig = StepConfig()
@@ -93,15 +94,3 @@ class LmObjective:
 
     def normalise(self, sums: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
         return normalise(sums)
-
-    def batch_features(self) -> dict[str, Any]:
-        return {}
-
-    def needs_extra_state(self) -> bool:
-        return False
-
-    def init_extra_state(self, params: Any) -> Any:
-        return None
-
-    def check(self, exp: Any) -> None:
-        pass
