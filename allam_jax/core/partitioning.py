@@ -67,6 +67,11 @@ class PartitionedFunction:
             return self.jitted.trace(*args, **kwargs)
 
 
+def jit_on(partitioner: Optional["Partitioner"], fn: Callable, **kwargs: Any) -> Callable:
+    """``partitioner.jit(fn)``, or plain ``jax.jit`` without a partitioner (one device, no mesh)."""
+    return jax.jit(fn, **kwargs) if partitioner is None else partitioner.jit(fn, **kwargs)
+
+
 @dataclasses.dataclass(frozen=True)
 class PartitioningConfig:
     """Mesh shape over (data, fsdp, tensor); one entry may be -1 to take the remaining devices."""

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from allam_jax.core.errors import ConfigError
-from allam_jax.core.partitioning import Partitioner
+from allam_jax.core.partitioning import Partitioner, jit_on
 from allam_jax.eval.readers import Question
 from allam_jax.model import Decoder, ModelConfig
 from allam_jax.objectives.logprobs import forward_logits, token_logprobs
@@ -48,11 +48,8 @@ def score_tokens(model: Decoder, params, tokens: jax.Array, targets: jax.Array, 
 def scoring_function(model: Decoder, partitioner: Optional[Partitioner] = None) -> Callable:
     """The jitted scoring step the scorer runs and ``allam compile --step=eval`` lowers: parameters and
     batch keep the shardings they arrive with, the outputs come back split like the batch."""
-    score = functools.partial(score_tokens, model)
-    if partitioner is None:
-        return jax.jit(score)
-    bs = partitioner.batch_sharding
-    return partitioner.jit(score, out_shardings=(bs, bs))
+    outputs = {} if partitioner is None else {"out_shardings": (partitioner.batch_sharding,) * 2}
+    return jit_on(partitioner, functools.partial(score_tokens, model), **outputs)
 
 
 @dataclasses.dataclass

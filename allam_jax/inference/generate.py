@@ -18,7 +18,7 @@ import numpy as np
 from allam_jax.model import Decoder, ModelConfig
 from allam_jax.model.attention import CacheState, LayerCache
 from allam_jax.core.errors import ConfigError
-from allam_jax.core.partitioning import Partitioner
+from allam_jax.core.partitioning import Partitioner, jit_on
 
 
 log = logging.getLogger(__name__)
@@ -99,9 +99,7 @@ def decode_fn(model: Decoder) -> Callable:
 def decoding_function(model: Decoder, partitioner: Optional[Partitioner] = None) -> Callable:
     """The jitted decoding chunk the Generator runs and ``allam compile --step=decode`` lowers (the cache,
     argument 3, is donated: each step updates it in place)."""
-    if partitioner is None:
-        return jax.jit(decode_fn(model), donate_argnums=(3,))
-    return partitioner.jit(decode_fn(model), donate_argnums=(3,))
+    return jit_on(partitioner, decode_fn(model), donate_argnums=(3,))
 
 
 class Generator:
