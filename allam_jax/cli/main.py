@@ -81,10 +81,12 @@ def _os_error(e: OSError) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    if argv is None:  # a real command line (not a call from Python): huge-page malloc, our SIGTERM message
+    if argv is None:  # a real command line (not a call from Python): huge-page malloc, C++ noise, SIGTERM message
+        from allam_jax.core import stderr_filter
         from allam_jax.core.hugepages import reexec_with_hugepages
 
         reexec_with_hugepages()
+        stderr_filter.install()
         signal.signal(signal.SIGTERM, raise_terminated)
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
