@@ -7,7 +7,7 @@ at once is made here, when the config is built, not at the first step's trace a 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Optional, Sequence
 
 from allam_jax.core.errors import ConfigError
 from allam_jax.core.partitioning import PartitioningConfig
@@ -15,6 +15,7 @@ from allam_jax.data.batch import DataSource
 from allam_jax.model import ModelConfig
 from allam_jax.objectives import LmObjective, Objective
 from allam_jax.train.optimizer import OptimizerConfig
+from allam_jax.train.trainable import TrainableSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +36,13 @@ class TrainerConfig:
     accept_new_data_order: bool = False
     # the step's batch in this many micro-batches (gradients added in float32): memory, not math, for any objective
     grad_accum_steps: int = 1
+    # only these parameters train (regular expressions searched in paths such as 'embed/embedding',
+    # 'layers/mlp/wi/kernel'; empty: all), in the vocabulary tables only ids >= trainable_rows_from, for the first
+    # trainable_steps steps (0: the whole run): the embeddings-first stage is ['embed', 'lm_head'] + the base
+    # vocabulary size + N steps
+    trainable: Sequence[str] = ()
+    trainable_rows_from: int = 0
+    trainable_steps: int = 0
 
     def __post_init__(self):
         for name in ("num_steps", "batch_size", "seq_len", "log_every", "checkpoint_every", "keep_checkpoints",
@@ -42,6 +50,19 @@ class TrainerConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"TrainerConfig.{name} must be a positive integer, got {value!r}")
+        for name in ("trainable_rows_from", "trainable_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"TrainerConfig.{name} must be a non-negative integer, got {value!r}")
+        patterns = (self.trainable,) if isinstance(self.trainable, str) else self.trainable
+        if not all(isinstance(p, str) for p in patterns):
+            raise ConfigError(f"TrainerConfig.trainable must be a list of patterns (strings), got {self.trainable!r}")
+        object.__setattr__(self, "trainable", tuple(patterns))
+        TrainableSpec(self.trainable, self.trainable_rows_from, self.trainable_steps)  # raises on a bad pattern
+
+    @property
+    def trainable_spec(self) -> TrainableSpec:
+        return TrainableSpec(self.trainable, self.trainable_rows_from, self.trainable_steps)
 
 
 @dataclasses.dataclass

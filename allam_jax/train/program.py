@@ -21,6 +21,7 @@ from allam_jax.train.experiment import Experiment
 from allam_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from allam_jax.train.state import TrainState, state_shardings
 from allam_jax.train.step import make_train_step
+from allam_jax.train.trainable import restrict
 
 
 
@@ -64,9 +65,11 @@ def build_train_program(exp: Experiment, partitioner: Partitioner) -> TrainProgr
             raise ConfigError(f"ModelConfig.{name}={getattr(exp.model, name)} is not divisible by the tensor mesh "
                               f"axis (size {tensor}); change PartitioningConfig.mesh_shape")
     model = Decoder(exp.model)
-    tx = make_optimizer(exp.optimizer)
+    trainable = tcfg.trainable_spec
+    tx = restrict(make_optimizer(exp.optimizer), trainable)
     schedule = learning_rate_schedule(exp.optimizer)
     abstract, shardings = state_shardings(model, tx, partitioner)
+    trainable.check(abstract.params)
     objective = exp.objective
     objective.check(exp)
     if objective.needs_extra_state():
