@@ -18,6 +18,7 @@ from allam_jax.core.errors import ConfigError
 from allam_jax.model.config import ModelConfig
 from allam_jax.core.partitioning import PartitioningConfig
 from allam_jax.train.experiment import Experiment, TrainerConfig
+from allam_jax.train.heldout_watch import HeldoutWatch
 from allam_jax.train.optimizer import OptimizerConfig
 from allam_jax.objectives import OBJECTIVES, make_objective
 from allam_jax.objectives.lm import StepConfig
@@ -42,6 +43,7 @@ StepConfigG = gin.external_configurable(_step_config, "StepConfig")
 PartitioningConfigG = gin.external_configurable(PartitioningConfig, "PartitioningConfig")
 TrainerConfigG = gin.external_configurable(TrainerConfig, "TrainerConfig")
 TextFileDataG = gin.external_configurable(TextFileData, "TextFileData")
+HeldoutWatchG = gin.external_configurable(HeldoutWatch, "HeldoutWatch")
 
 
 def _register_seqio_configurables() -> None:
@@ -312,6 +314,7 @@ def build_experiment(data: Optional[object] = None, objective: str = "lm", dpo: 
         trainer=trainer,
         data=data,
         objective=made,
+        watch=_build(HeldoutWatchG, "HeldoutWatch"),
     )
 
 

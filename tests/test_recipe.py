@@ -261,7 +261,8 @@ def test_quick_recipe_writes_the_report(quick_recipe):
         assert f"plots/{name}.png" in report
     results = json.loads((workdir / "eval" / "results.json").read_text())
     assert not _finite_numbers(results)
-    assert set(results["runs"]) == {"base", "full", "arabic_only", "no_translated", "random_init", "no_expansion",
+    assert set(results["runs"]) == {"base", "full", "arabic_only", "no_translated", "embeddings_first", "random_init",
+                                    "no_expansion",
                                     "sft", "dpo"}
     for name, run in results["runs"].items():
         for point in run["points"]:

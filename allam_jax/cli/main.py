@@ -1,7 +1,8 @@
 """The ``allam`` command: one door in, a module per job family, one table of them (``COMMANDS``).
 
 Exit codes: 0 done, 1 runtime failure (a checkpoint that cannot be read or saved), 2 bad input (gin binding,
-value, missing file), 3 non-finite loss (``allam compile``: does not fit), 130 interrupted, 143 stopped by
+value, missing file), 3 non-finite loss (``allam compile``: does not fit), 4 stopped by the held-out guard
+(``HeldoutWatch.action = 'stop'``, after saving), 130 interrupted, 143 stopped by
 SIGTERM (a training run saves first). Add a command: a module here with ``add_parsers(sub)`` that gives each
 parser a ``handler``, and one line in ``COMMANDS``.
 """
@@ -16,8 +17,8 @@ from etils import epath
 from typing import Optional, Sequence
 
 from allam_jax.cli import align, convert, data, decode, info, recipe, tokenizer, train
-from allam_jax.cli.common import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_NONFINITE, EXIT_RUNTIME, EXIT_TERMINATED,
-                                  Terminated, raise_terminated)
+from allam_jax.cli.common import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_NONFINITE, EXIT_RETENTION, EXIT_RUNTIME,
+                                  EXIT_TERMINATED, Terminated, raise_terminated)
 
 # in the order `allam --help` lists them
 COMMANDS = (recipe, train, info, data, tokenizer, align, decode, convert)
@@ -96,7 +97,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _configure_logging(args.log_level)
     _quiet_closed_loop_callbacks()
 
-    from allam_jax.core.errors import CheckpointError, ConfigError, NonFiniteLossError
+    from allam_jax.core.errors import CheckpointError, ConfigError, NonFiniteLossError, RetentionError
 
     try:
         return args.handler(args)
@@ -112,6 +113,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except NonFiniteLossError as e:
         print(f"allam: error: {e}", file=sys.stderr)
         return EXIT_NONFINITE
+    except RetentionError as e:
+        print(f"allam: error: {e}", file=sys.stderr)
+        return EXIT_RETENTION
     except KeyboardInterrupt:
         print("allam: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

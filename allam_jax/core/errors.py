@@ -1,7 +1,8 @@
 """Every error class the project raises on bad input or a failed run, in one place that imports nothing.
 
 The CLI maps them to exit codes: a ``ConfigError`` (and its kinds) is bad input (2), ``CheckpointError`` a
-runtime failure (1), ``NonFiniteLossError`` a diverged run (3). Each message names the file, field or value.
+runtime failure (1), ``NonFiniteLossError`` a diverged run (3), ``RetentionError`` a run stopped by its held-out
+guard (4). Each message names the file, field or value.
 """
 
 
@@ -42,6 +43,11 @@ class CheckpointError(RuntimeError):
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf; no checkpoint of that state was written."""
+
+
+class RetentionError(RuntimeError):
+    """A held-out language got worse than ``HeldoutWatch.max_rise`` allows (``action = 'stop'``); the state that
+    shows it was saved first."""
 
 
 def first_line(e: BaseException, limit: int = 300) -> str:

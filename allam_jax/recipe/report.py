@@ -196,18 +196,20 @@ def plot_training_loss(recipe: "Recipe", arms: list[str], path: Path) -> None:
     from allam_jax.train.metrics import read_metrics
 
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.4))
     rows = read_metrics(str(recipe.dir / "base"))
     axes[0].plot([r["step"] for r in rows], [r["loss"] for r in rows])
     axes[0].set_title("(a) English base model: training loss")
-    for ax, key in zip(axes[1:], ("loss/en", "loss/ar")):
+    for ax, key in zip(axes[1:], ("loss/en", "loss/ar", "heldout/en")):
         for arm in arms:
             rows = [r for r in read_metrics(str(recipe.dir / "cpt" / arm)) if key in r]
-            ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=arm)
-        ax.set_title(f"(c) continued pretraining: {key} (per token)")
+            ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=arm, marker="o" if "heldout" in key else None,
+                    ms=3)
+        ax.set_title(f"(c) CPT: {key} ({'bits/byte, the retention guard' if 'heldout' in key else 'per token'})",
+                     fontsize=9)
     for ax in axes:
         ax.set_xlabel("step")
-    axes[2].legend(fontsize=7)
+    axes[3].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -184,6 +184,17 @@ class Recipe:
         self.train(self.plan("base"))
         return {"tokenizer": str(base_model), "workdir": str(self.dir / "base")}
 
+    def watch_override(self, steps: int) -> Override:
+        """Held-out English and Arabic bits/byte four times per run, warning when English rises past the report's
+        forgetting tolerance (the arms' training curves of forgetting)."""
+        from allam_jax.recipe.report import FORGETTING_TOLERANCE
+        from allam_jax.train.heldout_watch import HeldoutWatch
+
+        held = self.data / "heldout"
+        return Override(HeldoutWatch, paths={"en": str(held / "en.txt"), "ar": str(held / "ar.txt")},
+                        every=max(1, steps // 4), max_bytes=8000, guard="en", max_rise=FORGETTING_TOLERANCE,
+                        action="warn")
+
     def plan(self, stage: str) -> TrainPlan:
         """The run a training stage makes (``cpt``: every arm starts from this, see :meth:`arms`)."""
         from allam_jax.objectives.lm import StepConfig
@@ -202,7 +213,8 @@ class Recipe:
             overrides = (self.model_overrides(self.vocab_sizes()["merged"])
                          + self.corpus_overrides(str(self.tok / "merged.model"))
                          + [Override(StepConfig, z_loss_weight=1e-4),
-                            Override(TrainerConfig, init_from=str(self.dir / "expand" / "mean_subtoken"))]
+                            Override(TrainerConfig, init_from=str(self.dir / "expand" / "mean_subtoken")),
+                            self.watch_override(c.cpt_steps)]
                          + self.schedule_overrides(c.cpt_steps, c.cpt_learning_rate, c.cpt_warmup_steps))
             return TrainPlan((c.model_gin, c.data_gin), tuple(overrides), self.user_bindings("cpt"),
                              str(self.dir / "cpt"))
@@ -281,7 +293,8 @@ class Recipe:
                 "expanded_mean_subtoken": str(self.dir / "expand" / "mean_subtoken"),
                 "expanded_random": str(self.dir / "expand" / "random"),
                 "base_tokenizer": str(self.tok / "base.model"), "merged_tokenizer": str(self.tok / "merged.model"),
-                "base_vocab_size": str(sizes.get("base", "")), "merged_vocab_size": str(sizes.get("merged", ""))}
+                "base_vocab_size": str(sizes.get("base", "")), "merged_vocab_size": str(sizes.get("merged", "")),
+                "embeddings_first_steps": str(max(1, self.cfg.cpt_steps // 5))}
 
     def stage_cpt(self) -> dict:
         from allam_jax.sweep import run_sweep, summary_table, write_summary

@@ -14,7 +14,7 @@ import numpy as np
 from etils import epath
 from tqdm.auto import tqdm
 
-from allam_jax.core.errors import EXIT_PREEMPTED, DataError, NonFiniteLossError
+from allam_jax.core.errors import EXIT_PREEMPTED, ConfigError, DataError, NonFiniteLossError
 from allam_jax.core.params import abstract_params, count_params, restore_params
 from allam_jax.core.paths import as_path
 from allam_jax.core.partitioning import Partitioner
@@ -23,6 +23,8 @@ from allam_jax.train import checkpoint as ckpt_lib
 from allam_jax.train import run_record
 from allam_jax.train.metrics import MetricsWriter, peak_flops_per_device
 from allam_jax.train.experiment import Experiment, TrainerConfig
+from allam_jax.train.heldout_watch import Watcher
+from allam_jax.train.heldout_watch import metrics as heldout_metrics
 from allam_jax.train.program import build_train_program
 from allam_jax.train.state import TrainState, init_train_state
 from allam_jax.train.workdir_lock import workdir_lock
@@ -121,6 +123,7 @@ def _train_in_workdir(exp: Experiment, program, partitioner: Partitioner, workdi
         from allam_jax.data.vocabularies import check_fits_model, describe_vocab
 
         check_fits_model(data_iter.vocab, exp.model.vocab_size, f"tokenizer {describe_vocab(data_iter.vocab)}")
+    watcher = _watcher(exp, program, partitioner, data_iter, workdir_path, is_main)  # its files read before anything
     checkpointer = ckpt_lib.Checkpointer(
         str(workdir_path / "checkpoints"), tcfg.checkpoint_every, tcfg.keep_checkpoints, tcfg.async_checkpointing
     )
@@ -153,11 +156,28 @@ def _train_in_workdir(exp: Experiment, program, partitioner: Partitioner, workdi
     bar = tqdm(total=tcfg.num_steps, initial=start, disable=not (tcfg.progress_bar and is_main), desc="train", unit="step",
                mininterval=0.1 if sys.stderr.isatty() else 10.0)
     with _Preemption() as preemption:  # held until the last save is written: a late SIGTERM must not cut it
-        return _run_steps(exp, program, partitioner, data_iter, state, start, checkpointer, writer, bar, preemption)
+        return _run_steps(exp, program, partitioner, data_iter, state, start, checkpointer, writer, bar, preemption,
+                          watcher)
+
+
+def _watcher(exp: Experiment, program, partitioner: Partitioner, data_iter, workdir_path: epath.Path,
+             is_main: bool) -> Optional[Watcher]:
+    """The held-out watch of ``exp.watch``, scoring with the run's tokenizer and mesh (None when off)."""
+    if not exp.watch.enabled:
+        return None
+    if data_iter.vocab is None:
+        raise ConfigError("HeldoutWatch needs the run's tokenizer, and this run's data gives none")
+    from allam_jax.data.vocabularies import bos_id
+    from allam_jax.eval.scorer import LoglikelihoodScorer
+
+    vocab = data_iter.vocab
+    scorer = LoglikelihoodScorer(exp.model, None, lambda text: [int(t) for t in vocab.encode(text)], bos_id(vocab),
+                                 batch_size=program.rows_per_step, partitioner=partitioner)
+    return Watcher(exp.watch, scorer, workdir_path, is_main)
 
 
 def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, state, start: int, checkpointer, writer, bar,
-               preemption: _Preemption) -> dict[str, float]:
+               preemption: _Preemption, watcher: Optional[Watcher] = None) -> dict[str, float]:
     tcfg = exp.trainer
     step_fn, batch_sharding = program.step_fn, program.batch_sharding
     languages = list(data_iter.languages)
@@ -169,6 +189,9 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
     window: Optional[dict[str, jax.Array]] = None
     try:
         with partitioner.activate():
+            if watcher is not None:
+                with _host_sync():
+                    watcher.at_start(state.params, start)
             for step in range(start + 1, tcfg.num_steps + 1):
                 try:
                     local_batch = next(data_iter)
@@ -189,7 +212,8 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
                 window_steps += 1
                 bar.update(1)
                 stop = preemption.reached(step)  # once: a signal landing later in this step is seen at the next
-                log_now = step % tcfg.log_every == 0 or step == tcfg.num_steps
+                watch_now = watcher is not None and watcher.due(step)
+                log_now = step % tcfg.log_every == 0 or step == tcfg.num_steps or watch_now
                 save_now = step % tcfg.checkpoint_every == 0 or step == tcfg.num_steps or stop
                 if not (log_now or save_now):
                     continue
@@ -210,11 +234,21 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
                                     last[f"loss/{lang}"] = float(sums["lang"][0, i] / sums["lang"][1, i])
                         if data_iter.stage is not None:  # a staged mixture says where it is
                             last["data_stage"] = float(data_iter.stage)
+                        heldout = watcher.evaluate(state.params) if watch_now else None
+                        if heldout is not None:
+                            last.update(heldout_metrics(heldout))
                         writer.write(step, last)
                         bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
                         window_start, window_steps, window = time.perf_counter(), 0, None
                     if save_now:
                         checkpointer.save(step, state, data_iter.get_state(), force=True)
+                    if watch_now:
+                        def save_and_wait(step=step, state=state):
+                            if not save_now:
+                                checkpointer.save(step, state, data_iter.get_state(), force=True)
+                            checkpointer.wait()
+
+                        watcher.check(heldout, step, save_and_wait)
                     if stop:
                         checkpointer.wait()
                         log.warning("SIGTERM: saved step %d to %s; exiting", step, checkpointer.directory)
