@@ -46,8 +46,9 @@ def silu(x):
     return x / (1.0 + np.exp(-x))
 
 
-def forward(params, tokens, cfg, positions=None, segment_ids=None):
-    """Logits [b, t, vocab] in float64 from our parameter tree (scanned or per-layer)."""
+def forward(params, tokens, cfg, positions=None, segment_ids=None, return_hidden=False):
+    """Logits [b, t, vocab] in float64 from our parameter tree (scanned or per-layer); the final normed hidden
+    states [b, t, d] with ``return_hidden``."""
     p = _to64(params)
     if positions is None:
         positions = np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape)
@@ -64,6 +65,8 @@ def forward(params, tokens, cfg, positions=None, segment_ids=None):
         m = layer["mlp"]
         x = x + (silu(h @ m["gate"]["kernel"]) * (h @ m["up"]["kernel"])) @ m["down"]["kernel"]
     x = rms_norm(x, p["final_norm"]["scale"], cfg.norm_eps)
+    if return_hidden:
+        return x
     if cfg.tie_embeddings:
         return x @ p["embed"]["embedding"].T
     return x @ p["lm_head"]["kernel"]

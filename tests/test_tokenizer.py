@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ import sentencepiece as spm
 from helpers import corpus_files, experiment
 from allam_jax.model import Decoder, ModelConfig
 from allam_jax.tokenizer.expand import expand_checkpoint
+from allam_jax.tokenizer.fit_head import HeadFit
 from allam_jax.tokenizer.fertility import fertility_table
 from allam_jax.tokenizer.merge import merge_tokenizers
 from allam_jax.data.normalize import has_arabic
@@ -241,3 +243,83 @@ def test_train_reads_globs_streaming_and_samples(tmp_path, monkeypatch):
     assert sp.get_piece_size() == 400 and sp.decode(sp.encode(lines[0])) == lines[0]
     with pytest.raises(TokenizerError, match="no input file matches .*nothing"):
         train_tokenizer([str(tmp_path / "nothing*.txt")], 400, str(tmp_path / "u.model"))
+
+
+def test_fitted_output_rows_solve_the_stated_least_squares_and_give_the_stated_probabilities():
+    """Synthetic contexts of two kinds: the rows equal an independent float64 solve of the ridge problem, and the
+    new tokens start with the share ``q`` of the new-language contexts, each in proportion to its frequency,
+    while elsewhere their logits sit OLD_OFFSET below the mean logit."""
+    from allam_jax.tokenizer.fit_head import OLD_OFFSET, RIDGE, fit_output_rows
+
+    rng = np.random.default_rng(0)
+    d, n_base, n_new = 16, 40, 12
+    centre = rng.normal(size=d) * 2
+    hidden = np.concatenate([centre + 0.1 * rng.normal(size=(300, d)), -centre + 0.1 * rng.normal(size=(500, d))])
+    hidden[:, 0] = 3.0  # a direction every context shares, as trained models' final hidden states have
+    is_new = np.arange(800) < 300
+    head = rng.normal(size=(n_base, d)) * 0.3
+    counts = rng.integers(0, 50, size=n_new)
+    q = 0.7
+    rows = fit_output_rows(head, hidden, is_new, counts, q)
+
+    logits = hidden @ head.T
+    lse = np.logaddexp.reduce(logits, axis=1)
+    w_mean = head.mean(0)
+    target = np.where(is_new, lse - hidden @ w_mean + np.log(q / (1 - q)), OLD_OFFSET)
+    augmented = np.concatenate([hidden, np.sqrt(RIDGE * len(hidden)) * np.eye(d)])
+    (u1, u2), *_ = np.linalg.lstsq(augmented, np.concatenate([np.stack([target, is_new], 1), np.zeros((d, 2))]),
+                                   rcond=None)[0].T, None
+    freq = (counts + 1.0) / (counts.sum() + n_new)
+    np.testing.assert_allclose(rows, w_mean + u1 + np.log(freq)[:, None] * u2, rtol=1e-8, atol=1e-10)
+
+    full = np.concatenate([logits, hidden @ rows.T], 1)
+    logp = full - np.logaddexp.reduce(full, axis=1, keepdims=True)
+    new_mass = np.exp(logp[:, n_base:]).sum(1)
+    assert abs(new_mass[is_new].mean() - q) < 0.02
+    np.testing.assert_allclose(logp[is_new][:, n_base:] - np.log(new_mass[is_new])[:, None],
+                               np.broadcast_to(np.log(freq), (is_new.sum(), n_new)), atol=0.1)
+    np.testing.assert_allclose((hidden @ rows.T - (hidden @ w_mean)[:, None])[~is_new], OLD_OFFSET, atol=0.25)
+
+
+def test_expand_fitted_rows_match_a_float64_fit_of_the_expanded_model(toks, tmp_path):
+    """End to end: the checkpoint's new output rows are the fit of float64 NumPy Llama hidden states of the same
+    windows (merged tokenization, BOS first, model-length windows); input rows are the sub-token means."""
+    import numpy_llama
+    from allam_jax.data.normalize import normalize_text
+    from allam_jax.tokenizer.fit_head import fit_output_rows
+
+    n_base, n_merged = len(load_proto(toks["base"]).pieces), len(load_proto(toks["merged"]).pieces)
+    cfg, params = _save_base_checkpoint(tmp_path / "base", n_base)
+    (tmp_path / "model.gin").write_text(
+        "".join(f"ModelConfig.{k} = {v!r}\n" for k, v in dataclasses.asdict(cfg).items() if k != "vocab_size"))
+    r = subprocess.run([sys.executable, "-m", "allam_jax", "expand-checkpoint", "--ckpt", str(tmp_path / "base"),
+                        "--base_tokenizer", toks["base"], "--merged_tokenizer", toks["merged"], "--out",
+                        str(tmp_path / "fit"), "--init", "fitted", "--model_gin", str(tmp_path / "model.gin")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--init fitted needs --new_text" in r.stderr and not (tmp_path / "fit").exists()
+    mcfg = cfg.replace(vocab_size=n_merged)
+    report = expand_checkpoint(str(tmp_path / "base"), toks["base"], toks["merged"], str(tmp_path / "fit"), "fitted",
+                               fit=HeadFit(mcfg, toks["ar"], toks["en"], windows=6))
+    new = jax.device_get(ocp.StandardCheckpointer().restore(tmp_path / "fit/0/state")["params"])
+    emb = params["embed"]["embedding"]
+    np.testing.assert_allclose(new["embed"]["embedding"][n_base:], _independent_means(toks["base"], toks["merged"], emb),
+                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(new["lm_head"]["kernel"][:, :n_base], params["lm_head"]["kernel"])
+
+    merged, states, is_new, new_ids = _sp(toks["merged"]), [], [], []
+    for path, lang_new in ((toks["ar"], True), (toks["en"], False)):
+        windows = []
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            ids = [merged.bos_id()] + merged.encode(normalize_text(line))
+            windows += [ids[s: s + 64] for s in range(0, len(ids) - 1, 64)]
+        for w in windows[:6]:
+            states.append(numpy_llama.forward(new, np.asarray([w]), mcfg, return_hidden=True)[0])
+            is_new += [lang_new] * len(w)
+            if lang_new:
+                new_ids += w[1:]
+    new_ids = np.asarray(new_ids)
+    counts = np.bincount(new_ids[new_ids >= n_base] - n_base, minlength=n_merged - n_base)
+    share = float((new_ids >= n_base).mean())
+    assert report["fit"]["new_token_share"] == pytest.approx(share)
+    want = fit_output_rows(params["lm_head"]["kernel"].T, np.concatenate(states), np.asarray(is_new), counts, share)
+    np.testing.assert_allclose(new["lm_head"]["kernel"][:, n_base:].T, want, rtol=1e-3, atol=1e-4)

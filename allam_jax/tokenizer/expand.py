@@ -8,6 +8,7 @@ model's rows for the pieces that the *base* tokenizer splits the new piece's sur
 from __future__ import annotations
 
 import json
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,7 @@ from allam_jax.core.paths import as_path
 from allam_jax.core.params import abstract_params_as_saved, restore_params, write_params_checkpoint
 from allam_jax.core.partitioning import Partitioner
 from allam_jax.tokenizer import INIT_METHODS
+from allam_jax.tokenizer.fit_head import HeadFit, fit_output_rows, sample_statistics
 from allam_jax.tokenizer.merge import check_extends
 from allam_jax.tokenizer.spm_io import ModelProto, Piece, TokenizerError, load_proto, processor_from_proto
 
@@ -68,11 +70,18 @@ def _new_rows(table: jax.Array, ids: list[list[int]], method: str, seed: int) ->
 
 
 def expand_params(params: dict, base: ModelProto, merged: ModelProto, method: str = "mean_subtoken",
-                  seed: int = 0, drop_extra_rows: bool = False) -> tuple[dict, dict]:
+                  seed: int = 0, drop_extra_rows: bool = False, fit: Optional[HeadFit] = None,
+                  partitioner: Optional[Partitioner] = None) -> tuple[dict, dict]:
     """Returns (new params, report). Rows past the base tokenizer's size are refused unless ``drop_extra_rows``
-    says they are only vocabulary padding (then they are replaced, and the report names them)."""
+    says they are only vocabulary padding (then they are replaced, and the report names them). ``fitted``: input
+    rows as ``mean_subtoken``, output rows fitted on the samples ``fit`` names (:mod:`.fit_head`)."""
     if method not in INIT_METHODS:
         raise TokenizerError(f"--init must be one of {INIT_METHODS}, got {method!r}")
+    if method == "fitted" and fit is None:
+        raise TokenizerError("--init fitted needs text to fit on: --new_text (the added pieces' language) and "
+                             "--old_text (text whose predictions must stay, e.g. English)")
+    if method == "fitted" and "lm_head" not in params:
+        raise TokenizerError("--init fitted sets output rows apart from input rows: it needs an untied LM head")
     base_n, merged_n = len(base.pieces), len(merged.pieces)
     embedding = params["embed"]["embedding"]
     if embedding.shape[0] < base_n:
@@ -88,14 +97,25 @@ def expand_params(params: dict, base: ModelProto, merged: ModelProto, method: st
     ids = subtoken_ids(base, merged)
     base_emb = embedding[:base_n]
     new = dict(params)
-    new["embed"] = dict(params["embed"], embedding=jnp.concatenate([base_emb, _new_rows(base_emb, ids, method, seed)]))
+    input_method, output_method = ("mean_subtoken", "mean_all") if method == "fitted" else (method, method)
+    new["embed"] = dict(params["embed"], embedding=jnp.concatenate([base_emb, _new_rows(base_emb, ids, input_method,
+                                                                                       seed)]))
+    fit_report = None
     if "lm_head" in params:
         head = params["lm_head"]["kernel"]  # [d, vocab]
         if head.shape[1] != embedding.shape[0]:
             raise TokenizerError(f"lm_head has {head.shape[1]} columns but the embedding {embedding.shape[0]} rows")
         base_head = head[:, :base_n].T
-        new_head = _new_rows(base_head, ids, method, seed + 1)
+        new_head = _new_rows(base_head, ids, output_method, seed + 1)
         new["lm_head"] = dict(params["lm_head"], kernel=jnp.concatenate([base_head, new_head]).T)
+        if method == "fitted":
+            sp = processor_from_proto(merged)
+            states, is_new, counts, share = sample_statistics(new, fit, sp.encode, sp.bos_id(), base_n,
+                                                              partitioner or Partitioner.create())
+            rows = fit_output_rows(np.asarray(jax.device_get(base_head), np.float64), states, is_new, counts, share)
+            new["lm_head"]["kernel"] = jnp.concatenate([base_head, jnp.asarray(rows, base_head.dtype)]).T
+            fit_report = {"hidden_states": {"new": int(is_new.sum()), "old": int((~is_new).sum())},
+                          "new_token_share": share, "new_text": fit.new_text, "old_text": fit.old_text}
     lengths = [len(i) for i in ids if i]
     report = {
         "base_vocab": base_n,
@@ -106,12 +126,14 @@ def expand_params(params: dict, base: ModelProto, merged: ModelProto, method: st
         "init": method,
         "mean_subtokens_per_new_piece": float(np.mean(lengths)) if lengths else 0.0,
         "tied_embeddings": "lm_head" not in params,
+        "fit": fit_report,
     }
     return new, report
 
 
 def expand_checkpoint(ckpt: str, base_tokenizer: str, merged_tokenizer: str, out: str,
-                      method: str = "mean_subtoken", seed: int = 0, drop_extra_rows: bool = False) -> dict:
+                      method: str = "mean_subtoken", seed: int = 0, drop_extra_rows: bool = False,
+                      fit: Optional[HeadFit] = None) -> dict:
     """Reads params from ``ckpt``, writes ``out/0/state`` (params only) and ``out/expansion.json``.
 
     ``allam train`` continues from it with ``TrainerConfig.init_from = OUT`` and
@@ -126,7 +148,7 @@ def expand_checkpoint(ckpt: str, base_tokenizer: str, merged_tokenizer: str, out
     if "embed" not in params or "embedding" not in params["embed"]:
         raise CheckpointError(f"{ckpt} has no params['embed']['embedding']: not an allam-jax checkpoint")
     with partitioner.activate():
-        new_params, report = expand_params(params, base, merged, method, seed, drop_extra_rows)
+        new_params, report = expand_params(params, base, merged, method, seed, drop_extra_rows, fit, partitioner)
     report.update(source=str(ckpt), base_tokenizer=base_tokenizer, merged_tokenizer=merged_tokenizer)
     write_params_checkpoint(out, new_params, {"expansion.json": json.dumps(report, indent=2) + "\n"})
     return report
