@@ -154,6 +154,14 @@ def test_claims_follow_the_numbers():
     assert "+50.0%" in rows["Continued"]["evidence"]  # the Arabic-only control is reported
     assert rows["Vocabulary"]["verdict"] == HOLDS and "4.0× shorter" in rows["Vocabulary"]["evidence"]
     assert rows["Initialising"]["verdict"] == UNCLEAR  # 3.0 vs 3.0 at the end
+    good = dict(results, runs={**results["runs"], "full": _run(3.02, 2.8, start_ar=4.0, mc={"translate": 0.7},
+                                                               pref=0.5)})
+    assert {r["claim"].split()[0]: r for r in claims(good, fertility)}["Initialising"]["verdict"] == HOLDS
+    good["runs"]["random_init"] = _run(3.1, 3.0, start_ar=3.5)  # random starts better on Arabic
+    assert {r["claim"].split()[0]: r for r in claims(good, fertility)}["Initialising"]["verdict"] == FAILS
+    good["runs"]["random_init"] = _run(3.1, 3.0, start_ar=6.0)
+    good["runs"]["full"] = _run(3.06, 2.8, start_ar=4.0, mc={"translate": 0.7}, pref=0.5)  # English +2% at the start
+    assert {r["claim"].split()[0]: r for r in claims(good, fertility)}["Initialising"]["verdict"] == UNCLEAR
     assert rows["Translated"]["verdict"] == HOLDS
     assert rows["Alignment"]["verdict"] == HOLDS
     results["runs"]["full"] = _run(3.3, 3.0, mc={"translate": 0.7, "chat_translate": 0.3}, pref=0.7,
@@ -215,7 +223,8 @@ def test_stage_plans_build_typed_experiments_and_user_bindings_win(tmp_path):
     assert base.data.rates == {"en_pretrain": 1.0} and base.data.vocabulary.endswith("tokenizer/base.model")
     assert base.data.paths.en == [str(recipe.data / "train" / "en.txt")] and base.data.paths.translated == []
     assert base.trainer.num_steps == cfg.base_steps and base.optimizer.learning_rate == cfg.base_learning_rate
-    assert cpt.trainer.init_from == str(recipe.dir / "expand" / "mean_subtoken")
+    assert cpt.trainer.init_from == str(recipe.dir / "expand" / "fitted")
+    assert cpt.watch.every == cfg.cpt_steps // 4 and cpt.watch.paths["en"] == str(recipe.data / "heldout" / "en.txt")
     assert cpt.optimizer.learning_rate == 7e-4  # the user's stage binding beats the recipe's cpt_learning_rate
     assert type(sft.data).__name__ == "SftData" and sft.objective.config.num_languages == 3 and sft.optimizer.weight_decay == 0
     assert sft.trainer.init_from == str(recipe.dir / "cpt" / "full" / "checkpoints") and sft.objective.name == "lm"
@@ -261,9 +270,8 @@ def test_quick_recipe_writes_the_report(quick_recipe):
         assert f"plots/{name}.png" in report
     results = json.loads((workdir / "eval" / "results.json").read_text())
     assert not _finite_numbers(results)
-    assert set(results["runs"]) == {"base", "full", "arabic_only", "no_translated", "embeddings_first", "random_init",
-                                    "no_expansion",
-                                    "sft", "dpo"}
+    assert set(results["runs"]) == {"base", "full", "arabic_only", "no_translated", "embeddings_first",
+                                    "mean_subtoken_init", "random_init", "no_expansion", "sft", "dpo"}
     for name, run in results["runs"].items():
         for point in run["points"]:
             assert 0.5 < point["bpb"]["en"] < 12 and 0.5 < point["bpb"]["ar"] < 12, (name, point)

@@ -9,6 +9,7 @@ from allam_jax.core.errors import ConfigError
 from allam_jax.recipe.heldout import HeldoutConfig
 
 STAGES = ("data", "base", "expand", "cpt", "sft", "dpo", "eval", "report")
+EXPAND_METHODS = ("fitted", "mean_subtoken", "random")  # the expanded checkpoints the recipe writes (expand/NAME)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,7 @@ class RecipeConfig:
     dpo_beta: float = 0.1
     dpo_eval_pairs: int = 200
     curve_points: int = 4
+    expand_init: str = "fitted"  # how the main arm's new rows start (expand-checkpoint --init)
     arms_file: str = "recipes/tiny_arms.variants"
     main_arm: str = "full"
     stage_bindings: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
@@ -55,6 +57,8 @@ class RecipeConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"RecipeConfig.{name} must be a positive integer, got {value!r}")
+        if self.expand_init not in EXPAND_METHODS:
+            raise ConfigError(f"RecipeConfig.expand_init must be one of {EXPAND_METHODS}, got {self.expand_init!r}")
         unknown = [k for k in self.stage_bindings if k not in ("base", "cpt", "sft", "dpo")]
         if unknown:
             raise ConfigError(f"RecipeConfig.stage_bindings: unknown stage(s) {unknown}; use base, cpt, sft, dpo")

@@ -6,7 +6,7 @@ Layout of a recipe workdir::
     data/train/ data/heldout/ data/align/ data/mc/      splits, alignment sets, evaluation items
     tokenizer/{base,arabic,merged}.model fertility.json
     base/                        (a) English base model (the stand-in for Llama-2)
-    expand/{mean_subtoken,random}/ (b) the base model grown to the merged vocabulary
+    expand/{fitted,mean_subtoken,random}/ (b) the base model grown to the merged vocabulary
     cpt/ARM/                     (c) continued pretraining, one workdir per ablation arm
     sft/ dpo/                    (d, e) alignment of the main arm
     eval/                        (f) results.json (+ a cache per evaluated checkpoint)
@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 from allam_jax import gin_setup
 from allam_jax.core.errors import ConfigError
 from allam_jax.gin_setup import Override
-from allam_jax.recipe.config import STAGES, RecipeConfig
+from allam_jax.recipe.config import EXPAND_METHODS, STAGES, RecipeConfig
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ class Recipe:
             overrides = (self.model_overrides(self.vocab_sizes()["merged"])
                          + self.corpus_overrides(str(self.tok / "merged.model"))
                          + [Override(StepConfig, z_loss_weight=1e-4),
-                            Override(TrainerConfig, init_from=str(self.dir / "expand" / "mean_subtoken")),
+                            Override(TrainerConfig, init_from=str(self.dir / "expand" / c.expand_init)),
                             self.watch_override(c.cpt_steps)]
                          + self.schedule_overrides(c.cpt_steps, c.cpt_learning_rate, c.cpt_warmup_steps))
             return TrainPlan((c.model_gin, c.data_gin), tuple(overrides), self.user_bindings("cpt"),
@@ -244,6 +244,7 @@ class Recipe:
 
     def stage_expand(self) -> dict:
         from allam_jax.tokenizer.expand import expand_checkpoint
+        from allam_jax.tokenizer.fit_head import HeadFit
         from allam_jax.tokenizer.fertility import fertility_table
         from allam_jax.tokenizer.merge import merge_tokenizers
         from allam_jax.tokenizer.spm_io import load_proto
@@ -259,13 +260,16 @@ class Recipe:
             row["tokenizer"] = "base" if row["model"] == str(base) else "merged"
         _write_json(self.tok / "fertility.json", fertility)
         reports = {}
-        for method in ("mean_subtoken", "random"):
+        sizes = {"base": len(load_proto(str(base)).pieces), "merged": len(load_proto(str(merged)).pieces)}
+        gin_setup.parse([str(self.dir / "base" / "config.gin")])
+        fit = HeadFit(dataclasses.replace(gin_setup.model_config(), vocab_size=sizes["merged"]),
+                      str(self.data / "train" / "ar.txt"), str(self.data / "train" / "en.txt"))
+        for method in EXPAND_METHODS:
             out = self.dir / "expand" / method
             if not (out / "expansion.json").is_file():
                 expand_checkpoint(str(self.dir / "base" / "checkpoints"), str(base), str(merged), str(out), method,
-                                  c.seed)
+                                  c.seed, fit=fit if method == "fitted" else None)
             reports[method] = _read_json(out / "expansion.json")
-        sizes = {"base": len(load_proto(str(base)).pieces), "merged": len(load_proto(str(merged)).pieces)}
         return {"merge": {"added": merge.added, "merged_size": merge.merged_size}, "fertility": fertility,
                 "expansion": reports, "vocab_sizes": sizes}
 
@@ -291,6 +295,7 @@ class Recipe:
         sizes = self.vocab_sizes()
         return {"base_checkpoint": str(self.dir / "base" / "checkpoints"),
                 "expanded_mean_subtoken": str(self.dir / "expand" / "mean_subtoken"),
+                "expanded_fitted": str(self.dir / "expand" / "fitted"),
                 "expanded_random": str(self.dir / "expand" / "random"),
                 "base_tokenizer": str(self.tok / "base.model"), "merged_tokenizer": str(self.tok / "merged.model"),
                 "base_vocab_size": str(sizes.get("base", "")), "merged_vocab_size": str(sizes.get("merged", "")),
