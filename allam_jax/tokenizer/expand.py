@@ -69,6 +69,14 @@ def _new_rows(table: jax.Array, ids: list[list[int]], method: str, seed: int) ->
     return mean(table, jnp.asarray(index), jnp.asarray(mask))
 
 
+def _norm_matched(rows: jax.Array, table: jax.Array, spelled: np.ndarray) -> jax.Array:
+    """``rows`` (those with a spelling) rescaled to the mean L2 norm of ``table``'s rows."""
+    target = jnp.linalg.norm(table.astype(jnp.float32), axis=1).mean()
+    norms = jnp.linalg.norm(rows.astype(jnp.float32), axis=1, keepdims=True)
+    scaled = rows.astype(jnp.float32) * (target / jnp.maximum(norms, 1e-12))
+    return jnp.where(jnp.asarray(spelled)[:, None], scaled, rows.astype(jnp.float32)).astype(rows.dtype)
+
+
 def expand_params(params: dict, base: ModelProto, merged: ModelProto, method: str = "mean_subtoken",
                   seed: int = 0, drop_extra_rows: bool = False, fit: Optional[HeadFit] = None,
                   partitioner: Optional[Partitioner] = None) -> tuple[dict, dict]:
@@ -98,8 +106,10 @@ def expand_params(params: dict, base: ModelProto, merged: ModelProto, method: st
     base_emb = embedding[:base_n]
     new = dict(params)
     input_method, output_method = ("mean_subtoken", "mean_all") if method == "fitted" else (method, method)
-    new["embed"] = dict(params["embed"], embedding=jnp.concatenate([base_emb, _new_rows(base_emb, ids, input_method,
-                                                                                       seed)]))
+    new_emb = _new_rows(base_emb, ids, input_method, seed)
+    if method == "fitted":  # a mean of several rows is shorter than a row: give it the base rows' length
+        new_emb = _norm_matched(new_emb, base_emb, np.asarray([bool(i) for i in ids]))
+    new["embed"] = dict(params["embed"], embedding=jnp.concatenate([base_emb, new_emb]))
     fit_report = None
     if "lm_head" in params:
         head = params["lm_head"]["kernel"]  # [d, vocab]

@@ -1,4 +1,6 @@
-"""Output rows for new tokens, fitted so each starts with the probability the data gives it.
+"""Output rows for new tokens, fitted so each starts with the probability the data gives it (``--init fitted``;
+its input rows are the mean of the sub-token rows, rescaled to the base rows' mean length: a mean of ~7 rows is
+~4x shorter than a row, and such small rows learn slower than random ones in continued pretraining).
 
 Mean-of-sub-token output rows copy the logits of the pieces a new token replaces; in text of the new language
 the base model rates those pieces highly, so probability spreads over hundreds of similar new tokens and the
