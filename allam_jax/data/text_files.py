@@ -82,6 +82,22 @@ def read_documents(path: str) -> list[tuple[str, Optional[str]]]:
     return docs
 
 
+def first_bytes(documents: Iterable[str], max_bytes: int) -> list[str]:
+    """The leading documents up to ``max_bytes`` UTF-8 bytes in all, the last one cut at a word: a held-out
+    sample of a fixed size, whatever the documents' lengths."""
+    docs, used = [], 0
+    for doc in documents:
+        size = len(doc.encode("utf-8"))
+        if used + size > max_bytes:
+            cut = doc.encode("utf-8")[: max_bytes - used].decode("utf-8", "ignore").rsplit(" ", 1)[0]
+            if cut.strip():
+                docs.append(cut)
+            break
+        docs.append(doc)
+        used += size
+    return docs
+
+
 @dataclasses.dataclass(frozen=True)
 class TextFileData:
     """Files to train on, the packing length and the language list (gin-configurable)."""

@@ -172,14 +172,6 @@ def build_items(heldout_dir: str, out_dir: str, cfg: HeldoutConfig) -> dict[str,
 
 def perplexity_documents(path: str, max_bytes: int) -> list[str]:
     """Held-out documents up to ``max_bytes`` UTF-8 bytes in all (the last one cut at a word)."""
-    docs, used = [], 0
-    for doc in _lines(Path(path)):
-        size = len(doc.encode("utf-8"))
-        if used + size > max_bytes:
-            cut = doc.encode("utf-8")[: max_bytes - used].decode("utf-8", "ignore").rsplit(" ", 1)[0]
-            if cut.strip():
-                docs.append(cut)
-            break
-        docs.append(doc)
-        used += size
-    return docs
+    from allam_jax.data.text_files import first_bytes
+
+    return first_bytes(_lines(Path(path)), max_bytes)

@@ -65,20 +65,9 @@ def read_heldout(path: str, max_bytes: int) -> list[str]:
     """The file's documents, normalised as training text is, up to ``max_bytes`` UTF-8 bytes (the last cut at a
     word); a missing, empty or malformed file is one line naming it."""
     from allam_jax.data.normalize import normalize_text
-    from allam_jax.data.text_files import read_documents
+    from allam_jax.data.text_files import first_bytes, read_documents
 
-    docs, used = [], 0
-    for text, _ in read_documents(path):
-        text = normalize_text(text)
-        size = len(text.encode("utf-8"))
-        if used + size > max_bytes:
-            cut = text.encode("utf-8")[: max_bytes - used].decode("utf-8", "ignore").rsplit(" ", 1)[0]
-            if cut.strip():
-                docs.append(cut)
-            break
-        docs.append(text)
-        used += size
-    return docs
+    return first_bytes((normalize_text(text) for text, _ in read_documents(path)), max_bytes)
 
 
 class Watcher:
