@@ -70,8 +70,8 @@ def test_english_encodes_to_identical_ids(toks):
 
 
 def test_arabic_fertility_falls_at_least_2_5x_and_english_unchanged(toks):
-    rows = {(Path(r["model"]).name, r["language"]): r for r in
-            fertility_table([toks["base"], toks["merged"]], [toks["en"], toks["ar"]])}
+    table = fertility_table([toks["base"], toks["merged"]], [toks["en"], toks["ar"]])
+    rows = {(Path(r["model"]).name, r["language"]): r for r in table if r["register"] == "all"}
     ar_before = rows[("base.model", "ar")]["tokens_per_word"]
     ar_after = rows[("merged.model", "ar")]["tokens_per_word"]
     assert ar_before / ar_after >= 2.5, (ar_before, ar_after)
@@ -326,3 +326,22 @@ def test_expand_fitted_rows_match_a_float64_fit_of_the_expanded_model(toks, tmp_
     assert report["fit"]["new_token_share"] == pytest.approx(share)
     want = fit_output_rows(params["lm_head"]["kernel"].T, np.concatenate(states), np.asarray(is_new), counts, share)
     np.testing.assert_allclose(new["lm_head"]["kernel"][:, n_base:].T, want, rtol=1e-3, atol=1e-4)
+
+
+def test_fertility_per_register_diacritised_and_labelled(toks, tmp_path):
+    vowelled = ["اَلْعَرَبِيَّةُ لُغَةٌ جَمِيلَةٌ", "كَتَبَ الطَّالِبُ الدَّرْسَ"]
+    plain = ["ذهب الطالب إلى المدرسة صباحا", "أعلنت الوزارة نتائج الامتحانات اليوم"]
+    (tmp_path / "mixed.txt").write_text("\n".join(vowelled + plain) + "\n", encoding="utf-8")
+    (tmp_path / "news.txt").write_text("\n".join(plain) + "\n", encoding="utf-8")
+    rows = fertility_table([toks["merged"]], [str(tmp_path / "mixed.txt"), f"modern={tmp_path / 'news.txt'}"])
+    by = {r["register"]: r for r in rows if r["language"] == "ar"}
+    assert list(by) == ["all", "diacritised", "modern", "undiacritised"]
+    sp = _sp(toks["merged"])
+    for register, lines in (("diacritised", vowelled), ("undiacritised", plain + plain), ("modern", plain),
+                            ("all", vowelled + plain + plain)):
+        want = sum(len(sp.encode(x)) for x in lines) / sum(len(x.split()) for x in lines)
+        assert by[register]["tokens_per_word"] == pytest.approx(want), register
+    assert by["diacritised"]["tokens_per_word"] > by["undiacritised"]["tokens_per_word"]
+    r = subprocess.run([sys.executable, "-m", "allam_jax", "tokenizer", "fertility", "--model", toks["merged"],
+                        "--text", f"modern={tmp_path / 'news.txt'}"], capture_output=True, text=True)
+    assert r.returncode == 0 and "register" in r.stdout.splitlines()[0] and " modern " in r.stdout

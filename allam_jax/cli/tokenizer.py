@@ -42,10 +42,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--all_scripts", action="store_true",
                    help="also add pieces without Arabic letters (may change how English is split)")
     f = tok.add_parser("fertility", help="tokens per word and more, per model and language",
-                       description="Tokens/word, characters/token, bytes/token, unknown and byte-fallback rates; "
-                       "each document's language is guessed from its script.")
+                       description="Tokens/word, characters/token, bytes/token, unknown and byte-fallback rates per "
+                       "model, language and register; each document's language is guessed from its script.")
     f.add_argument("--model", nargs="+", required=True, metavar="MODEL", help="SentencePiece models to compare")
-    f.add_argument("--text", nargs="+", required=True, metavar="FILE", help=".txt or .jsonl files")
+    f.add_argument("--text", nargs="+", required=True, metavar="[LABEL=]FILE",
+                   help=".txt or .jsonl files; LABEL=FILE also reports that file's documents as register LABEL "
+                   "(modern=news.txt); Arabic is always split into diacritised and undiacritised documents")
     f.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
 
     p = sub.add_parser("expand-checkpoint", help="grow embeddings/LM head to a merged vocabulary",

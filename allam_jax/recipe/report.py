@@ -58,7 +58,7 @@ def verdict_lower(new: float, ref: float, tolerance: float = BPB_TOLERANCE) -> s
 
 def fertility_of(fertility: list[dict], tokenizer: str, lang: str) -> Optional[float]:
     for row in fertility:
-        if row["tokenizer"] == tokenizer and row["language"] == lang:
+        if row["tokenizer"] == tokenizer and row["language"] == lang and row.get("register", "all") == "all":
             return row["tokens_per_word"]
     return None
 
@@ -300,8 +300,9 @@ def markdown(recipe: "Recipe", results: dict, fertility: list[dict], claim_rows:
         "",
         "![fertility](plots/fertility.png)",
         "",
-        _table(["tokenizer", "language", "vocab", "tokens/word", "bytes/token", "byte fallback"],
-               [[r["tokenizer"], r["language"], f"{r['vocab_size']:,}", f"{r['tokens_per_word']:.3f}",
+        _table(["tokenizer", "language", "register", "vocab", "tokens/word", "bytes/token", "byte fallback"],
+               [[r["tokenizer"], r["language"], r.get("register", "all"), f"{r['vocab_size']:,}",
+                 f"{r['tokens_per_word']:.3f}",
                  f"{r['bytes_per_token']:.2f}", f"{r['byte_fallback_rate']:.1%}"] for r in fertility]),
     ]
     if "expand" in summaries:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import sentencepiece as spm
 
 from allam_jax.data.language import guess_language
 from allam_jax.data.text_files import read_documents
-from allam_jax.data.normalize import normalize_text
+from allam_jax.core.paths import as_path
+from allam_jax.data.normalize import ARABIC_DIACRITICS, ARABIC_LETTER, normalize_text
 from allam_jax.tokenizer.spm_io import load_processor
 
 
@@ -36,30 +38,63 @@ def fertility_of(sp: spm.SentencePieceProcessor, texts: Iterable[str]) -> dict[s
     }
 
 
+DIACRITISED_SHARE = 0.1  # an Arabic document whose marks are over 10% of its Arabic characters is "diacritised"
+
+
+def arabic_register(text: str) -> str:
+    """``diacritised`` (vowelled, as Quranic, classical and educational text is written) or ``undiacritised``
+    (as modern text is): the share of diacritics among the document's Arabic characters."""
+    marks = len(ARABIC_DIACRITICS.findall(text))
+    letters = len(ARABIC_LETTER.findall(text))
+    return "diacritised" if letters and marks / letters > DIACRITISED_SHARE else "undiacritised"
+
+
+def labelled(text_files: Sequence[str]) -> list[tuple[Optional[str], str]]:
+    """``LABEL=FILE`` names a register for a file's documents (``modern=news.txt``); a plain path has none."""
+    out = []
+    for arg in text_files:
+        label, _, path = arg.partition("=")
+        if path and re.fullmatch(r"[A-Za-z_][\w-]*", label) and not as_path(arg).exists():
+            out.append((label, path))
+        else:
+            out.append((None, arg))
+    return out
+
+
 def fertility_table(models: Sequence[str], text_files: Sequence[str], normalize: bool = True) -> list[dict]:
-    """One row per (model, language); each document's language is guessed from its script."""
-    by_lang: dict[str, list[str]] = defaultdict(list)
-    for path in text_files:
+    """Rows per (model, language, register): ``all`` of a language's documents (each language guessed from its
+    script), Arabic split into ``diacritised`` and ``undiacritised`` documents, and each labelled file's
+    documents under its label (``modern=FILE``)."""
+    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for label, path in labelled(text_files):
         for text, lang in read_documents(path):
-            by_lang[lang or guess_language(text)].append(normalize_text(text) if normalize else text)
+            text = normalize_text(text) if normalize else text
+            lang = lang or guess_language(text)
+            groups[(lang, "all")].append(text)
+            if lang == "ar":
+                groups[(lang, arabic_register(text))].append(text)
+            if label:
+                groups[(lang, label)].append(text)
+    order = sorted(groups, key=lambda k: (k[0], k[1] != "all", k[1]))
     rows = []
     for model in models:
         sp = load_processor(model)
-        for lang in sorted(by_lang):
-            rows.append({"model": model, "language": lang, "vocab_size": sp.get_piece_size(),
-                         **fertility_of(sp, by_lang[lang])})
+        for lang, register in order:
+            rows.append({"model": model, "language": lang, "register": register, "vocab_size": sp.get_piece_size(),
+                         **fertility_of(sp, groups[(lang, register)])})
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    cols = [("model", "model", "{}"), ("lang", "language", "{}"), ("vocab", "vocab_size", "{:,}"),
+    cols = [("model", "model", "{}"), ("lang", "language", "{}"), ("register", "register", "{}"),
+            ("vocab", "vocab_size", "{:,}"),
             ("words", "words", "{:,}"), ("tok/word", "tokens_per_word", "{:.3f}"),
             ("chars/tok", "chars_per_token", "{:.3f}"), ("bytes/tok", "bytes_per_token", "{:.3f}"),
             ("unk", "unknown_rate", "{:.4%}"), ("bytefb", "byte_fallback_rate", "{:.2%}")]
     cells = [[fmt.format(r[key]) for _, key, fmt in cols] for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, (h, _, _) in enumerate(cols)]
-    lines = ["  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, ((h, _, _), w) in enumerate(zip(cols, widths)))]
+    lines = ["  ".join(h.ljust(w) if i < 3 else h.rjust(w) for i, ((h, _, _), w) in enumerate(zip(cols, widths)))]
     lines.append("  ".join("-" * w for w in widths))
     for c in cells:
-        lines.append("  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(c, widths))))
+        lines.append("  ".join(v.ljust(w) if i < 3 else v.rjust(w) for i, (v, w) in enumerate(zip(c, widths))))
     return "\n".join(lines)
