@@ -89,8 +89,11 @@ def test_arabic_fertility_falls_at_least_2_5x_and_english_unchanged(toks):
     "اَلْعَرَبِيَّةُ لُغَةٌ جَمِيلَةٌ", "سنة 2024 و ١٤٤٥ هـ", "emoji 🙂 و 🌙", "\u200fنص\u200e RTL marks",
 ])
 def test_round_trip(toks, text):
+    """Lossless up to the model's own normalisation (the training text's): a kashida is dropped, nothing else."""
+    from allam_jax.data.normalize import normalize_text
+
     sp = _sp(toks["merged"])
-    assert sp.decode(sp.encode(text)) == text
+    assert sp.decode(sp.encode(text)) == normalize_text(text)
 
 
 def test_merged_model_loads_as_seqio_vocabulary(toks):
@@ -345,3 +348,31 @@ def test_fertility_per_register_diacritised_and_labelled(toks, tmp_path):
     r = subprocess.run([sys.executable, "-m", "allam_jax", "tokenizer", "fertility", "--model", toks["merged"],
                         "--text", f"modern={tmp_path / 'news.txt'}"], capture_output=True, text=True)
     assert r.returncode == 0 and "register" in r.stdout.splitlines()[0] and " modern " in r.stdout
+
+
+def test_merged_model_carries_the_normalisation_to_every_encoder(toks, tmp_path):
+    """The merged model itself applies NFC compositions and tatweel removal (and, when asked, strips diacritics):
+    sentencepiece, TF-Text and seqio encode raw text as the training pipeline's normalize_text would."""
+    import tensorflow as tf
+    import tensorflow_text as tf_text
+
+    from allam_jax.data.normalize import normalize_text
+    from allam_jax.data.vocabularies import get_vocabulary
+
+    assert load_proto(toks["merged"]).normalizer_spec.name == "allam_nfc_tatweel"
+    raw = ["مـــرحبا بالعالم", "ا\u0653لة و\u0654", "cafe\u0301 e\u0301te\u0301", "كَتَبَ الطَّالِبُ"]
+    want = [normalize_text(t) for t in raw]
+    assert want != raw
+    merged, base = _sp(toks["merged"]), _sp(toks["base"])
+    tf_tok = tf_text.SentencepieceTokenizer(model=Path(toks["merged"]).read_bytes())
+    vocab = get_vocabulary(toks["merged"])
+    for r, w in zip(raw, want):
+        assert merged.encode(r) == merged.encode(w), r
+        assert tf_tok.tokenize(tf.constant([r])).to_list()[0] == merged.encode(w), r
+        assert list(vocab.encode(r)) == merged.encode(w), r
+    assert base.encode(raw[0]) != base.encode(want[0])  # the rules come with the merged model, not from the library
+    merge_tokenizers(toks["base"], toks["add"], str(tmp_path / "plain.model"), normalization="nfc_tatweel_nodiacritics")
+    plain = _sp(str(tmp_path / "plain.model"))
+    assert plain.encode(raw[3]) == plain.encode(normalize_text(raw[3], strip_diacritics=True))
+    merge_tokenizers(toks["base"], toks["add"], str(tmp_path / "asis.model"), normalization="base")
+    assert load_proto(str(tmp_path / "asis.model")).normalizer_spec == load_proto(toks["base"]).normalizer_spec

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from allam_jax.cli.common import add_checkpoint_flag, positive_int
-from allam_jax.tokenizer import INIT_METHODS
+from allam_jax.tokenizer import INIT_METHODS, NORMALIZATIONS
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +39,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="pad the size with UNUSED pieces (default 128; 1 = off)")
     m.add_argument("--overwrite", action="store_true",
                    help="replace --out if it exists (refused by default; never one of the inputs)")
+    m.add_argument("--normalization", default="nfc_tatweel", choices=NORMALIZATIONS,
+                   help="normalisation compiled into the merged model, so every encoder (sentencepiece, TF-Text, "
+                   "seqio) applies it: nfc_tatweel (default: canonical compositions as NFC, tatweel removed, as "
+                   "training text is), nfc_tatweel_nodiacritics (Arabic diacritics removed too), base (the base "
+                   "model's own)")
     m.add_argument("--all_scripts", action="store_true",
                    help="also add pieces without Arabic letters (may change how English is split)")
     f = tok.add_parser("fertility", help="tokens per word and more, per model and language",
@@ -109,9 +114,11 @@ def run_merge(args: argparse.Namespace) -> int:
 
     _check_out(args.out, args.overwrite, (("--base", args.base), ("--add", args.add)))
 
-    r = merge_tokenizers(args.base, args.add, args.out, args.pad_to_multiple, arabic_only=not args.all_scripts)
+    r = merge_tokenizers(args.base, args.add, args.out, args.pad_to_multiple, arabic_only=not args.all_scripts,
+                         normalization=args.normalization)
     print(f"wrote {args.out}: {r.base_size:,} base + {r.added:,} new + {r.padding} padding = {r.merged_size:,} "
-          f"pieces (skipped {r.skipped_existing:,} already in base, {r.skipped_other_script:,} without Arabic)")
+          f"pieces (skipped {r.skipped_existing:,} already in base, {r.skipped_other_script:,} without Arabic); "
+          f"normalisation {r.normalization}")
     return 0
 
 

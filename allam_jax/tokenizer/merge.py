@@ -18,6 +18,7 @@ class MergeReport:
     skipped_other_script: int
     padding: int
     merged_size: int
+    normalization: str = "base"
 
 
 def merge_protos(base: ModelProto, add: ModelProto, pad_to_multiple: int = 128, arabic_only: bool = True
@@ -68,10 +69,14 @@ def merge_protos(base: ModelProto, add: ModelProto, pad_to_multiple: int = 128, 
 
 
 def merge_tokenizers(base_path: str, add_path: str, out_path: str, pad_to_multiple: int = 128,
-                     arabic_only: bool = True) -> MergeReport:
+                     arabic_only: bool = True, normalization: str = "nfc_tatweel") -> MergeReport:
+    """Writes the merged model with normalisation ``normalization`` compiled in (:mod:`.charsmap`)."""
+    from allam_jax.tokenizer import charsmap
+
     merged, report = merge_protos(load_proto(base_path), load_proto(add_path), pad_to_multiple, arabic_only)
+    charsmap.apply(merged, normalization)
     write_proto_atomically(merged, out_path)
-    return report
+    return dataclasses.replace(report, normalization=normalization)
 
 
 def check_extends(base: ModelProto, merged: ModelProto, base_name: str, merged_name: str) -> None:

@@ -1,0 +1,69 @@
+"""The project's text normalisation compiled into a SentencePiece model, so it travels with the tokenizer.
+
+Training text goes through ``data.normalize.normalize_text`` (NFC, tatweel removed) before it is tokenized; an
+evaluation file, a prompt typed into ``allam chat`` or another library loading the ``.model`` did not, and a
+decomposed hamza or a kashida then splits into other pieces than the model trained on. SentencePiece applies a
+model's own normalisation (its ``precompiled_charsmap``) inside every encoder: its Python binding, TF-Text (and
+so seqio) and C++. ``allam tokenizer merge`` therefore writes the rules into the merged model: every canonical
+composition (a base character and one combining mark become the precomposed character, as NFC does) and tatweel
+deleted, optionally Arabic diacritics deleted too. SentencePiece's own trainer compiles them (from a rule TSV),
+and ``normalizer_spec.name`` records which rules they are.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+import unicodedata
+from pathlib import Path
+
+from allam_jax.data.normalize import ARABIC_DIACRITICS, TATWEEL
+from allam_jax.tokenizer.spm_io import ModelProto, TokenizerError
+
+from allam_jax.tokenizer import NORMALIZATIONS  # "base": keep the base model's own
+
+
+def _rules(strip_diacritics: bool) -> list[tuple[str, str]]:
+    def hexes(text: str) -> str:
+        return " ".join(f"{ord(c):04X}" for c in text)
+
+    rules = [(hexes(TATWEEL), "")]
+    for cp in range(0x80, 0x30000):
+        char = chr(cp)
+        parts = unicodedata.normalize("NFD", char)
+        if len(parts) == 2 and unicodedata.normalize("NFC", parts) == char:
+            rules.append((hexes(parts), hexes(char)))
+    if strip_diacritics:
+        marks = [chr(cp) for cp in range(0x0600, 0x0700) if ARABIC_DIACRITICS.fullmatch(chr(cp))]
+        rules += [(hexes(m), "") for m in marks]
+    return rules
+
+
+@functools.lru_cache(maxsize=None)
+def compiled(name: str) -> bytes:
+    """The ``precompiled_charsmap`` of rule set ``name``, built by SentencePiece's trainer from a rule TSV."""
+    import sentencepiece as spm
+
+    if name not in NORMALIZATIONS or name == "base":
+        raise TokenizerError(f"normalization must be one of {NORMALIZATIONS}, got {name!r}")
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        (d / "rules.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in _rules(name.endswith("nodiacritics"))))
+        (d / "text.txt").write_text("abc\n" * 20)
+        spm.SentencePieceTrainer.train(input=str(d / "text.txt"), model_prefix=str(d / "m"), vocab_size=8,
+                                       model_type="char", normalization_rule_tsv=str(d / "rules.tsv"),
+                                       minloglevel=2)
+        proto = ModelProto()
+        proto.ParseFromString((d / "m.model").read_bytes())
+    return proto.normalizer_spec.precompiled_charsmap
+
+
+def apply(proto: ModelProto, name: str) -> None:
+    """Gives ``proto`` rule set ``name`` (``base``: leaves its own normalisation as it is)."""
+    if name == "base":
+        return
+    proto.normalizer_spec.precompiled_charsmap = compiled(name)
+    proto.normalizer_spec.name = f"allam_{name}"
+
+
+__all__ = ["NORMALIZATIONS", "apply", "compiled"]
