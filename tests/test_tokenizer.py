@@ -376,3 +376,27 @@ def test_merged_model_carries_the_normalisation_to_every_encoder(toks, tmp_path)
     assert plain.encode(raw[3]) == plain.encode(normalize_text(raw[3], strip_diacritics=True))
     merge_tokenizers(toks["base"], toks["add"], str(tmp_path / "asis.model"), normalization="base")
     assert load_proto(str(tmp_path / "asis.model")).normalizer_spec == load_proto(toks["base"]).normalizer_spec
+
+
+def test_also_undiacritised_gives_pieces_for_plain_arabic_without_losing_the_marks(toks, tmp_path):
+    from allam_jax.data.normalize import ARABIC_DIACRITICS, normalize_text
+
+    lines = [normalize_text(t) for t in Path(toks["ar"]).read_text(encoding="utf-8").splitlines()]
+    vowelled = [t for t in lines if len(ARABIC_DIACRITICS.findall(t)) > 0.2 * len(t.replace(" ", ""))]
+    assert len(vowelled) > 100, "the bundled Arabic sample should be mostly vowelled classical text"
+    plain = [ARABIC_DIACRITICS.sub("", t) for t in vowelled]
+    models = {}
+    for name, kwargs in (("as_written", {}), ("both", {"also_undiacritised": True}),
+                         ("stripped", {"strip_diacritics": True})):
+        train_tokenizer([toks["ar"]], 1500, str(tmp_path / f"{name}.model"), **kwargs)
+        models[name] = _sp(str(tmp_path / f"{name}.model"))
+
+    def per_word(sp, texts):
+        return sum(len(sp.encode(t)) for t in texts) / sum(len(t.split()) for t in texts)
+
+    def byte_share(sp, texts):
+        ids = [i for t in texts for i in sp.encode(t)]
+        return sum(sp.is_byte(i) for i in ids) / len(ids)
+
+    assert per_word(models["both"], plain) < per_word(models["as_written"], plain)
+    assert byte_share(models["both"], vowelled) < 0.02 < byte_share(models["stripped"], vowelled)

@@ -23,6 +23,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", required=True, help="path of the .model file to write")
     t.add_argument("--keep_tatweel", action="store_true", help="keep tatweel/kashida (removed by default)")
     t.add_argument("--strip_diacritics", action="store_true", help="remove Arabic diacritics (kept by default)")
+    t.add_argument("--also_undiacritised", action="store_true",
+                   help="give each document with Arabic diacritics twice, as written and stripped of them: pieces for "
+                   "Arabic as it is usually written, from a vowelled (classical) corpus, while vowelled text keeps "
+                   "pieces of its own")
     t.add_argument("--character_coverage", type=float, default=0.9995,
                    help="share of characters covered by pieces; the rest use byte fallback (default 0.9995)")
     t.add_argument("--max_sentences", type=positive_int, default=2_000_000,
@@ -103,7 +107,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     info = train_tokenizer(args.input, args.vocab_size, args.out, remove_tatweel=not args.keep_tatweel,
                            strip_diacritics=args.strip_diacritics, character_coverage=args.character_coverage,
-                           max_sentences=args.max_sentences)
+                           max_sentences=args.max_sentences, also_undiacritised=args.also_undiacritised)
     print(f"wrote {info['out']}: {info['vocab_size']:,} pieces, trained on {info['sampled']:,} of "
           f"{info['documents']:,} documents from {info['files']} file(s)")
     return 0

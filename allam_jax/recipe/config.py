@@ -43,6 +43,9 @@ class RecipeConfig:
     dpo_eval_pairs: int = 200
     curve_points: int = 4
     expand_init: str = "fitted"  # how the main arm's new rows start (expand-checkpoint --init)
+    # the Arabic tokenizer also sees each vowelled document without its diacritics (tokenizer train
+    # --also_undiacritised): the bundle is mostly vowelled classical text, held-out modern text is not
+    arabic_also_undiacritised: bool = True
     arms_file: str = "recipes/tiny_arms.variants"
     main_arm: str = "full"
     stage_bindings: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)

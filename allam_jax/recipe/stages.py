@@ -252,7 +252,8 @@ class Recipe:
 
         c = self.cfg
         base, arabic, merged = self.tok / "base.model", self.tok / "arabic.model", self.tok / "merged.model"
-        train_tokenizer([str(self.data / "train" / "ar.txt")], c.arabic_vocab_size, str(arabic))
+        train_tokenizer([str(self.data / "train" / "ar.txt")], c.arabic_vocab_size, str(arabic),
+                        also_undiacritised=c.arabic_also_undiacritised)
         merge = merge_tokenizers(str(base), str(arabic), str(merged), c.pad_vocab_to_multiple)
         heldout = [str(self.data / "heldout" / "en.txt"), str(self.data / "heldout" / "ar.txt")]
         fertility = fertility_table([str(base), str(merged)], heldout)

@@ -10,7 +10,7 @@ from typing import Iterator, Sequence
 import sentencepiece as spm
 
 from allam_jax.core import paths
-from allam_jax.data.normalize import normalize_text
+from allam_jax.data.normalize import ARABIC_DIACRITICS, normalize_text
 from allam_jax.data.text_files import read_documents
 from allam_jax.tokenizer.spm_io import ModelProto, TokenizerError, write_proto_atomically
 
@@ -38,6 +38,7 @@ def train_tokenizer(
     strip_diacritics: bool = False,
     character_coverage: float = 0.9995,
     max_sentences: int = 2_000_000,
+    also_undiacritised: bool = False,
 ) -> dict:
     """Trains on the documents of ``inputs`` (paths or globs of .txt lines or .jsonl 'text', local or
     ``gs://``) and writes ``out``. Documents stream into SentencePiece (no local copy of the corpus), which
@@ -45,6 +46,10 @@ def train_tokenizer(
 
     Matches Llama-2's tokenizer: byte fallback, digits split one by one, identity normalisation
     (our own ``normalize_text`` runs first), a dummy prefix, whitespace kept as is, unk/bos/eos = 0/1/2.
+
+    ``also_undiacritised``: a document with Arabic diacritics is given twice, as written and stripped of them, so
+    a corpus of vowelled (classical) text still yields the pieces of Arabic as it is usually written while vowelled
+    text keeps pieces of its own (stripping alone leaves the marks to byte fallback).
     """
     if vocab_size < 300 and model_type == "bpe":
         raise TokenizerError(f"--vocab_size {vocab_size} is too small: byte fallback alone needs 256 + 3 pieces")
@@ -58,6 +63,9 @@ def train_tokenizer(
                 if line.strip():
                     seen[0] += 1
                     yield line
+                    plain = ARABIC_DIACRITICS.sub("", line) if also_undiacritised else line
+                    if plain != line and plain.strip():
+                        yield plain
 
     model = io.BytesIO()
     try:
