@@ -22,21 +22,31 @@ from typing import Iterator
 
 @contextlib.contextmanager
 def _stderr_captured() -> Iterator[None]:
-    """fd 2 goes to a temporary file; on an exception its text is written back to stderr."""
+    """fd 2 (and the real stderr's descriptor, where the ``allam`` command's stderr filter runs) goes to a temporary
+    file; on an exception its text is written back to stderr."""
+    from allam_jax.core.stderr_filter import stderr_fds
+
     sys.stderr.flush()
-    saved = os.dup(2)
+    saved = {fd: os.dup(fd) for fd in stderr_fds()}
     with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
+        for fd in saved:
+            os.dup2(tmp.fileno(), fd)
+
+        def restore() -> None:
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+
         try:
             yield
         except BaseException:
-            os.dup2(saved, 2)
+            restore()
             tmp.seek(0)
             os.write(2, tmp.read())
             raise
         finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+            restore()
+            for copy in saved.values():
+                os.close(copy)
 
 
 class _QuietLoader(importlib.abc.Loader):

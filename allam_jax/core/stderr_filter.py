@@ -20,6 +20,7 @@ import sys
 from typing import Sequence
 
 DROPPED = (b") LOG(INFO) precompiled_charsmap is empty",)
+_python_fd: list[int] = []  # the real stderr's descriptor, which Python's sys.stderr writes to, once installed
 
 # Runs with -S (no site-packages: ~10 ms); ignores the terminal's signals so Ctrl-C reaches the command, which
 # still has its lines to write; exits when every writer of the pipe has closed it.
@@ -48,6 +49,12 @@ except OSError:
 """
 
 
+def stderr_fds() -> tuple[int, ...]:
+    """Every descriptor this process's error output goes to: 2, and the real stderr's own once the filter runs.
+    Code that captures stderr for a while (a noisy library's start-up, Beam's workers) redirects them all."""
+    return (2, *_python_fd)
+
+
 def install(dropped: Sequence[bytes] = DROPPED) -> bool:
     """Route fd 2 through the filter for the rest of this process; False if opted out or it could not start."""
     if os.environ.get("ALLAM_VERBOSE_STARTUP", "") not in ("", "0"):
@@ -67,6 +74,7 @@ def install(dropped: Sequence[bytes] = DROPPED) -> bool:
     encoding, errors = sys.stderr.encoding, sys.stderr.errors
     sys.stderr = io.TextIOWrapper(io.FileIO(real, "w", closefd=False), encoding=encoding, errors=errors,
                                   line_buffering=True, write_through=True)
+    _python_fd.append(real)
 
     def drain() -> None:
         """Hand fd 2 back to the real stderr and let the child forward what is left before this process ends."""

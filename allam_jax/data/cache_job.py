@@ -160,15 +160,19 @@ def _stderr_to(file, keep: bool = False) -> Iterator[None]:
     if keep:
         yield
         return
+    from allam_jax.core.stderr_filter import stderr_fds
+
     sys.stderr.flush()
-    saved = os.dup(2)
-    os.dup2(file.fileno(), 2)
+    saved = {fd: os.dup(fd) for fd in stderr_fds()}
+    for fd in saved:
+        os.dup2(file.fileno(), fd)
     try:
         yield
     finally:
         sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 def _run_pipeline(options, files, task_names, out: str, num_shards: int, vocabulary: str,
