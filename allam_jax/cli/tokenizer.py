@@ -69,7 +69,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="new checkpoint directory (must not exist)")
     p.add_argument("--init", default="mean_subtoken", choices=INIT_METHODS,
                    help="how new rows start (default mean_subtoken: both matrices the mean of the sub-token rows; "
-                   "fitted: input rows so, output rows fitted on --new_text/--old_text so each new token starts "
+                   "fitted: input rows that mean rescaled to the base rows' length, output rows fitted on "
+                   "--new_text/--old_text so each new token starts "
                    "with its share of the new language and English keeps its predictions; mean_all: the mean of "
                    "all base rows; random)")
     p.add_argument("--new_text", help="--init fitted: text in the added pieces' language (.txt or .jsonl 'text'), "
