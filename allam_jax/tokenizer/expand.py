@@ -82,7 +82,8 @@ def expand_params(params: dict, base: ModelProto, merged: ModelProto, method: st
                   partitioner: Optional[Partitioner] = None) -> tuple[dict, dict]:
     """Returns (new params, report). Rows past the base tokenizer's size are refused unless ``drop_extra_rows``
     says they are only vocabulary padding (then they are replaced, and the report names them). ``fitted``: input
-    rows as ``mean_subtoken``, output rows fitted on the samples ``fit`` names (:mod:`.fit_head`)."""
+    rows as ``mean_subtoken`` rescaled to the base rows' mean length, output rows fitted on the samples ``fit``
+    names (:mod:`.fit_head`)."""
     if method not in INIT_METHODS:
         raise TokenizerError(f"--init must be one of {INIT_METHODS}, got {method!r}")
     if method == "fitted" and fit is None:
