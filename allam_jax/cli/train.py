@@ -23,6 +23,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--distributed", choices=["off", "auto"], default="off", help="'auto': let JAX find its peers "
                    "(TPU VM pod slices, SLURM)")
     p.add_argument("--distributed_timeout", type=int, default=300, help="seconds to wait for the other processes")
+    p.add_argument("--profile", nargs="?", const="0,3", default=None, metavar="START,COUNT",
+                   help="write a jax.profiler trace of COUNT steps from step START into WORKDIR/tensorboard/plugins/"
+                        "profile/ (open it in TensorBoard's profile tab or XProf); bare --profile: 3 steps from the "
+                        "third this run takes (past compilation); the same as TrainerConfig.profile_steps")
     p.set_defaults(handler=run_train)
 
 
@@ -33,6 +37,18 @@ def run_train(args: argparse.Namespace) -> int:
     distributed.initialize(distributed.DistributedConfig.from_env(
         coordinator_address=args.coordinator_address, num_processes=args.num_processes, process_id=args.process_id,
         auto=args.distributed == "auto", timeout_s=args.distributed_timeout))
-    final = gin_setup.train_from_gin(args.gin_file, args.gin_bindings, args.workdir)
+    bindings = list(args.gin_bindings or [])
+    if args.profile is not None:
+        bindings.append(f"TrainerConfig.profile_steps = ({_profile_steps(args.profile)})")
+    final = gin_setup.train_from_gin(args.gin_file, bindings, args.workdir)
     print(json.dumps({"workdir": args.workdir, **{k: round(v, 6) for k, v in final.items()}}))
     return 0
+
+
+def _profile_steps(text: str) -> str:
+    from allam_jax.core.errors import ConfigError
+
+    parts = text.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts) or int(parts[1]) < 1:
+        raise ConfigError(f"--profile takes START,COUNT (two whole numbers, COUNT >= 1), got {text!r}")
+    return f"{int(parts[0])}, {int(parts[1])}"

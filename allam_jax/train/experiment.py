@@ -44,6 +44,11 @@ class TrainerConfig:
     trainable: Sequence[str] = ()
     trainable_rows_from: int = 0
     trainable_steps: int = 0
+    # a jax.profiler trace of steps start .. start+count-1 into WORKDIR/tensorboard/plugins/profile/ (TensorBoard's
+    # profile tab, XProf); start 0: the third step this run takes (past the compile); only process 0 traces unless
+    # profile_all_processes
+    profile_steps: Optional[Sequence[int]] = None
+    profile_all_processes: bool = False
 
     def __post_init__(self):
         for name in ("num_steps", "batch_size", "seq_len", "log_every", "checkpoint_every", "keep_checkpoints",
@@ -60,6 +65,12 @@ class TrainerConfig:
             raise ConfigError(f"TrainerConfig.trainable must be a list of patterns (strings), got {self.trainable!r}")
         object.__setattr__(self, "trainable", tuple(patterns))
         TrainableSpec(self.trainable, self.trainable_rows_from, self.trainable_steps)  # raises on a bad pattern
+        if self.profile_steps is not None:
+            steps = tuple(self.profile_steps)
+            if (len(steps) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in steps) or steps[0] < 0
+                    or steps[1] < 1):
+                raise ConfigError(f"TrainerConfig.profile_steps must be (start >= 0, count >= 1), got {self.profile_steps!r}")
+            object.__setattr__(self, "profile_steps", steps)
 
     @property
     def trainable_spec(self) -> TrainableSpec:

@@ -23,6 +23,8 @@ from allam_jax.train import checkpoint as ckpt_lib
 from allam_jax.train import run_record
 from allam_jax.train.metrics import MetricsWriter, peak_flops_per_device
 from allam_jax.train.experiment import Experiment, TrainerConfig
+from allam_jax.train.goodput import GoodputRecorder, describe
+from allam_jax.train.profiler import StepProfiler
 from allam_jax.train.heldout_watch import Watcher
 from allam_jax.train.heldout_watch import metrics as heldout_metrics
 from allam_jax.train.program import build_train_program
@@ -104,17 +106,18 @@ def train(exp: Experiment, workdir: str, on_accepted: Optional[Callable[[], None
     initialised), before the first step: ``allam train`` writes ``WORKDIR/config.gin`` there, so a refused run
     leaves the workdir's record of the accepted one as it was. Returns the last logged metrics.
     """
+    started = time.time()
     partitioner = Partitioner.create(exp.partitioning)
     program = build_train_program(exp, partitioner)
     workdir_path = as_path(workdir)
     workdir_path.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
     with workdir_lock(str(workdir_path), enabled=is_main):
-        return _train_in_workdir(exp, program, partitioner, workdir_path, is_main, on_accepted)
+        return _train_in_workdir(exp, program, partitioner, workdir_path, is_main, on_accepted, started)
 
 
 def _train_in_workdir(exp: Experiment, program, partitioner: Partitioner, workdir_path: epath.Path, is_main: bool,
-                      on_accepted: Optional[Callable[[], None]]) -> dict[str, float]:
+                      on_accepted: Optional[Callable[[], None]], started: float) -> dict[str, float]:
     """The body of :func:`train`, run while this process holds the workdir lock."""
     tcfg = exp.trainer
     model, tx, abstract, shardings = program.model, program.tx, program.abstract_state, program.shardings
@@ -155,9 +158,17 @@ def _train_in_workdir(exp: Experiment, program, partitioner: Partitioner, workdi
     writer = MetricsWriter(str(workdir_path), enabled=is_main, tensorboard=tcfg.tensorboard)
     bar = tqdm(total=tcfg.num_steps, initial=start, disable=not (tcfg.progress_bar and is_main), desc="train", unit="step",
                mininterval=0.1 if sys.stderr.isatty() else 10.0)
-    with _Preemption() as preemption:  # held until the last save is written: a late SIGTERM must not cut it
-        return _run_steps(exp, program, partitioner, data_iter, state, start, checkpointer, writer, bar, preemption,
-                          watcher)
+    profiler = StepProfiler(tcfg.profile_steps, start, str(workdir_path / "tensorboard"),
+                            enabled=is_main or tcfg.profile_all_processes)
+    recorder = GoodputRecorder(workdir_path, start, write=is_main, started=started)
+    with _Preemption() as preemption, recorder:  # held until the last save is written: a late SIGTERM must not cut it
+        try:
+            return _run_steps(exp, program, partitioner, data_iter, state, start, checkpointer, writer, bar,
+                              preemption, watcher, recorder, profiler)
+        finally:
+            profiler.stop()
+            if is_main:
+                log.info("%s (WORKDIR/goodput.json)", describe(recorder.summary()))
 
 
 def _watcher(exp: Experiment, program, partitioner: Partitioner, data_iter, workdir_path: epath.Path,
@@ -177,7 +188,8 @@ def _watcher(exp: Experiment, program, partitioner: Partitioner, data_iter, work
 
 
 def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, state, start: int, checkpointer, writer, bar,
-               preemption: _Preemption, watcher: Optional[Watcher] = None) -> dict[str, float]:
+               preemption: _Preemption, watcher: Optional[Watcher], recorder: GoodputRecorder,
+               profiler: StepProfiler) -> dict[str, float]:
     tcfg = exp.trainer
     step_fn, batch_sharding = program.step_fn, program.batch_sharding
     languages = list(data_iter.languages)
@@ -190,11 +202,20 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
     try:
         with partitioner.activate():
             if watcher is not None:
-                with _host_sync():
+                with _host_sync(), recorder.timing("eval"):
                     watcher.at_start(state.params, start)
+
+            def save(step: int, state) -> None:
+                with recorder.timing("step"):  # the device finishing the step is step time, not the save's
+                    jax.block_until_ready(state)
+                with recorder.timing("checkpoint"):
+                    checkpointer.save(step, state, data_iter.get_state(), force=True)
+                recorder.saved_step(step)
+
             for step in range(start + 1, tcfg.num_steps + 1):
                 try:
-                    local_batch = next(data_iter)
+                    with recorder.timing("data"):
+                        local_batch = next(data_iter)
                 except StopIteration:
                     if step == 1:  # not one batch: nothing to train on, which is bad input, not a finished run
                         raise DataError("the training data gave no batch at all (every example skipped or the "
@@ -203,10 +224,14 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
                     if step - 1 > start:
                         with _host_sync():
                             _check_finite(window, checkpointer)
-                            checkpointer.save(step - 1, state, data_iter.get_state(), force=True)
+                            save(step - 1, state)
                     break
-                batch = _global_batch(local_batch, batch_sharding)
-                state, metrics = step_fn(state, batch)
+                with recorder.timing("data"):
+                    batch = _global_batch(local_batch, batch_sharding)
+                profiler.before(step)
+                with profiler.annotate(step), recorder.timing("step"):
+                    state, metrics = step_fn(state, batch)
+                profiler.after(step, state)
                 checkpointer.check_errors()  # a failed background save stops the run here, not steps later
                 window = _accumulate(window, metrics, step)
                 window_steps += 1
@@ -218,9 +243,11 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
                 if not (log_now or save_now):
                     continue
                 with _host_sync():  # the only host reads of the step's results: log and save steps
-                    sums = _check_finite(window, checkpointer)
+                    with recorder.timing("step"):  # waiting here is waiting for the device's steps
+                        sums = _check_finite(window, checkpointer)
                     if log_now:
-                        metrics = jax.device_get(metrics)
+                        with recorder.timing("step"):
+                            metrics = jax.device_get(metrics)
                         elapsed = time.perf_counter() - window_start
                         last = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0 and k != "num_tokens"}
                         last.update({
@@ -234,23 +261,29 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
                                     last[f"loss/{lang}"] = float(sums["lang"][0, i] / sums["lang"][1, i])
                         if data_iter.stage is not None:  # a staged mixture says where it is
                             last["data_stage"] = float(data_iter.stage)
-                        heldout = watcher.evaluate(state.params) if watch_now else None
+                        with recorder.timing("eval"):
+                            heldout = watcher.evaluate(state.params) if watch_now else None
                         if heldout is not None:
                             last.update(heldout_metrics(heldout))
+                        last.update(recorder.window(window_steps))
                         writer.write(step, last)
                         bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
                         window_start, window_steps, window = time.perf_counter(), 0, None
                     if save_now:
-                        checkpointer.save(step, state, data_iter.get_state(), force=True)
+                        save(step, state)
+                    if log_now:
+                        recorder.write()
                     if watch_now:
                         def save_and_wait(step=step, state=state):
                             if not save_now:
-                                checkpointer.save(step, state, data_iter.get_state(), force=True)
-                            checkpointer.wait()
+                                save(step, state)
+                            with recorder.timing("checkpoint"):
+                                checkpointer.wait()
 
                         watcher.check(heldout, step, save_and_wait)
                     if stop:
-                        checkpointer.wait()
+                        with recorder.timing("checkpoint"):
+                            checkpointer.wait()
                         log.warning("SIGTERM: saved step %d to %s; exiting", step, checkpointer.directory)
                         raise Preempted(EXIT_PREEMPTED)
     finally:
