@@ -24,7 +24,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from allam_jax.aot.hlo_stats import collective_stats, largest_buffers
-from allam_jax.aot.step_time import Interconnect, estimate_step_time, model_flops_utilization
+from allam_jax.aot.hlo_stats import dcn_transfers
+from allam_jax.aot.step_time import Interconnect, dcn_collectives, estimate_step_time, model_flops_utilization
 from allam_jax.aot.topology import Topology
 from allam_jax.core.errors import ConfigError
 from allam_jax.core.partitioning import TENSOR_AXIS, Partitioner
@@ -69,6 +70,9 @@ class CompileReport:
     oom_message: Optional[str] = None  # the compiler's words when it stopped early for memory
     largest_buffers: list = dataclasses.field(default_factory=list)  # when it does not fit: the biggest arrays
     estimate: Optional[dict] = None  # TPU only: aot.step_time.StepTimeEstimate's fields (seconds per step)
+    num_slices: int = 1
+    dcn_bandwidth: Optional[float] = None  # bytes/s per chip between slices
+    dcn_collectives: dict = dataclasses.field(default_factory=dict)  # between slices: kind -> count, bytes, seconds
 
     @property
     def model_flops_per_device(self) -> float:
@@ -216,7 +220,8 @@ def compile_step(exp: "Experiment", topology: Topology, step: str = "train") -> 
             attention_impl=exp.model.attention_impl, remat_policy=exp.model.remat_policy,
             compute_dtype=jnp.dtype(exp.model.dtype).name, hbm_bytes=topology.hbm_bytes, fits=True,
             compile_seconds=0.0, model_flops=_model_flops(exp, step, rows, seq_len),
-            peak_flops_per_device=topology.peak_flops,
+            peak_flops_per_device=topology.peak_flops, num_slices=topology.num_slices,
+            dcn_bandwidth=topology.chip.dcn_bandwidth if topology.chip else None,
         )
         start = time.perf_counter()
         lowered = lower_step(exp, partitioner, step, program)
@@ -236,6 +241,7 @@ def compile_step(exp: "Experiment", topology: Topology, step: str = "train") -> 
     report.collectives = collective_stats(hlo)
     if topology.chip is not None:
         net = Interconnect.from_devices(list(mesh.devices.flat), topology.wrap, topology.chip)
+        report.dcn_collectives = dcn_collectives(dcn_transfers(hlo), net)
         report.estimate = dataclasses.asdict(estimate_step_time(hlo, topology.chip, net))
     if not report.fits:
         report.largest_buffers = largest_buffers(hlo)

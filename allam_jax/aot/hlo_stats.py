@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import re
+from typing import Optional
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 _BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "bf16": 2, "f16": 2,
@@ -122,6 +123,58 @@ def collective_ops(hlo: str) -> list[dict]:
                         "bytes": max(sizes, default=0) if is_start else sum(sizes), "operands": operands,
                         "source": source.group(1) if source else ""})
     return ops
+
+
+_MEGASCALE = re.compile(r'_xla_megascale_transfer_type="([A-Z_]+)"')
+_RENDEZVOUS = re.compile(r'_xla_host_transfer_rendezvous="([^"]+)"')
+_MEGASCALE_TARGET = re.compile(r'_xla_megascale_target=("\{[\d,]*\}x[^"]*"|\{\{[\d,]*\})')
+
+
+def received_bytes(comps: dict[str, list[str]]) -> dict[str, float]:
+    """Bytes of each host-transfer ``recv`` (its data, the first of its result tuple), by its rendezvous name
+    (which its ``send`` shares)."""
+    received: dict[str, float] = {}
+    for lines in comps.values():
+        for line in lines:
+            if " recv(" in line and (rv := _RENDEZVOUS.search(line)):
+                received[rv.group(1)] = (array_bytes(line.split("=", 1)[1].split(" recv(")[0]) or [0.0])[0]
+    return received
+
+
+def dcn_transfer(line: str, received: dict[str, float]) -> Optional[dict]:
+    """``{"kind", "bytes", "slices"}`` of a ``send`` to the MegaScale runtime (see :func:`dcn_transfers`), else
+    None."""
+    kind = _MEGASCALE.search(line)
+    if " send(" not in line or not kind:
+        return None
+    sent = (array_bytes(line.split("=", 1)[1].split(" send(")[0]) or [0.0])[0]  # (data, u32[], token[])
+    rv = _RENDEZVOUS.search(line)
+    target = _MEGASCALE_TARGET.search(line)
+    slices = 1
+    if target and target.group(1).startswith('"'):  # "{1,2,3,4}x{0:3}": these slices, every device of each
+        slices = len(re.findall(r"\d+", target.group(1).split("x")[0]))
+    elif target:  # {{100000,200000},...}: explicit groups, one device per slice
+        slices = len(target.group(1).strip("{}").split(","))
+    return {"kind": kind.group(1).lower().replace("_", "-"), "bytes": received.get(rv.group(1), sent) if rv else sent,
+            "slices": slices}
+
+
+def dcn_transfers(hlo: str) -> list[dict]:
+    """The collectives between slices of a multislice program. The TPU compiler compiles one slice's program;
+    what crosses the data-centre network leaves it as a host-transfer ``send`` (and comes back as a ``recv``)
+    to the MegaScale runtime, tagged with the collective's kind and its slice group. One dict each: ``kind``
+    (``all-reduce`` ...), ``times`` per step, ``bytes`` (the result, i.e. the ``recv``, per device) and
+    ``slices`` (how many slices its group spans)."""
+    comps, entry = computations(hlo)
+    mult = multipliers(comps, entry) if entry else {name: 1 for name in comps}
+    received = received_bytes(comps)
+    out = []
+    for name, lines in comps.items():
+        for line in lines:
+            transfer = dcn_transfer(line, received) if mult.get(name, 0) else None
+            if transfer:
+                out.append({**transfer, "times": mult[name]})
+    return out
 
 
 def collective_stats(hlo: str) -> dict[str, dict[str, float]]:

@@ -32,7 +32,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from allam_jax.aot.hlo_stats import array_bytes, computations, multipliers
+from allam_jax.aot.hlo_stats import array_bytes, computations, dcn_transfer, multipliers, received_bytes
 
 HOP_SECONDS = 1e-6  # per ring step of a collective (the scaling book's ICI latency)
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([a-z][\w\-]*)\(")
@@ -41,7 +41,7 @@ _COLLECTIVE = re.compile(r"^(all-gather|all-reduce|reduce-scatter|all-to-all|col
 _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "conditional", "call",
          "after-all", "partition-id", "replica-id", "copy-start", "copy-done", "opt-barrier", "add-dependency",
          "all-gather-done", "all-reduce-done", "collective-permute-done", "reduce-scatter-done", "all-to-all-done",
-         "async-done", "async-update", "send-done", "recv-done"}
+         "async-done", "async-update", "send-done", "recv-done", "recv"}
 _SLICING = {"dynamic-slice", "slice", "gather"}
 _CONTROL_CALLEES = re.compile(r"\b(body|condition|branch_computations|to_apply)=\{?([^}\s,]+(?:,\s*%[\w.\-]+)*)\}?")
 
@@ -220,11 +220,16 @@ def replica_groups(text: str, num_devices: int) -> list[list[int]]:
     return [list(range(num_devices))]
 
 
-def collective_seconds(kind: str, result_bytes: float, group: Sequence[int], net: Interconnect) -> float:
-    """One collective's time on the torus (see the module's docstring for the model)."""
+def slices_spanned(group: Sequence[int], net: Interconnect) -> int:
+    """How many slices a collective's device group reaches (more than one: it crosses the data-centre network)."""
+    return len({net.slices[i] for i in group if i < len(net.slices)}) if net.slices else 1
+
+
+def collective_parts(kind: str, result_bytes: float, group: Sequence[int], net: Interconnect) -> tuple[float, float]:
+    """One collective's (ICI seconds, DCN seconds) on the torus and between slices (see the module's docstring)."""
     p = len(group)
     if p <= 1 or result_bytes <= 0:
-        return 0.0
+        return 0.0, 0.0
     pts = [net.coords[i] for i in group if i < len(net.coords)]
     extents = [len({c[k] for c in pts}) for k in range(len(net.shape))]
     bandwidth, hops, longest = 0.0, 0, 1
@@ -235,17 +240,45 @@ def collective_seconds(kind: str, result_bytes: float, group: Sequence[int], net
         bandwidth += net.link_bandwidth * (2 if ring else 1)
         hops += n - 1
         longest = max(longest, n)
-    slices = len({net.slices[i] for i in group if i < len(net.slices)}) if net.slices else 1
+    slices = slices_spanned(group, net)
     if kind == "collective-permute":
-        return result_bytes / net.link_bandwidth + HOP_SECONDS
+        if slices > 1:
+            return 0.0, result_bytes / net.dcn_bandwidth
+        return result_bytes / net.link_bandwidth + HOP_SECONDS, 0.0
     volume = {"all-gather": result_bytes, "reduce-scatter": result_bytes * p, "all-reduce": 2 * result_bytes,
               "all-to-all": result_bytes * longest / 4}[kind]
-    seconds = 0.0
+    ici = dcn = 0.0
     if bandwidth:
-        seconds += volume * (p - 1) / p / bandwidth + HOP_SECONDS * hops * (2 if kind == "all-reduce" else 1)
+        ici = volume * (p - 1) / p / bandwidth + HOP_SECONDS * hops * (2 if kind == "all-reduce" else 1)
     if slices > 1:
-        seconds += volume * (slices - 1) / slices / net.dcn_bandwidth
-    return seconds
+        dcn = dcn_seconds(kind, result_bytes, slices, net)
+    return ici, dcn
+
+
+def collective_seconds(kind: str, result_bytes: float, group: Sequence[int], net: Interconnect) -> float:
+    """One collective's time on the torus and between slices (see the module's docstring for the model)."""
+    return sum(collective_parts(kind, result_bytes, group, net))
+
+
+def dcn_seconds(kind: str, result_bytes: float, slices: int, net: Interconnect) -> float:
+    """A collective between ``slices`` slices over the data-centre network, each chip at ``net.dcn_bandwidth``."""
+    if slices <= 1:
+        return 0.0
+    volume = {"all-gather": result_bytes, "reduce-scatter": result_bytes * slices, "all-reduce": 2 * result_bytes,
+              "all-to-all": result_bytes / 4}.get(kind, result_bytes)
+    return volume * (slices - 1) / slices / net.dcn_bandwidth
+
+
+def dcn_collectives(transfers: Sequence[dict], net: Interconnect) -> dict[str, dict[str, float]]:
+    """:func:`hlo_stats.dcn_transfers` by kind: ``{kind: {"count", "bytes" (result bytes per step per device),
+    "seconds" (DCN time per step)}}``; empty on one slice."""
+    out: dict[str, dict[str, float]] = {}
+    for t in transfers:
+        row = out.setdefault(t["kind"], {"count": 0, "bytes": 0.0, "seconds": 0.0})
+        row["count"] += t["times"]
+        row["bytes"] += t["times"] * t["bytes"]
+        row["seconds"] += t["times"] * dcn_seconds(t["kind"], t["bytes"], t["slices"], net)
+    return dict(sorted(out.items()))
 
 
 # ---------------------------------------------------------------------------------------------------- the estimate
@@ -255,6 +288,7 @@ class StepTimeEstimate:
     compute_seconds: float  # matmuls and memory-bound ops, attention kernels excluded
     attention_seconds: float
     communication_seconds: float  # all collectives back to back
+    dcn_seconds: float  # of which between slices (the data-centre network)
     exposed_communication_seconds: float  # what overlap leaves on the critical path
     no_overlap_seconds: float  # the upper bound: nothing overlaps
     matmul_flops: float  # per device per step, from the HLO
@@ -379,24 +413,36 @@ def estimate_step_time(hlo: str, chip, net: Interconnect, efficiency: Optional[f
     comps, entry = computations(hlo)
     mult = multipliers(comps, entry) if entry else {name: 1 for name in comps}
     costs = _Costs(comps)
-    totals = dict(step=0.0, compute=0.0, attention=0.0, comm=0.0, upper=0.0, mm=0.0, attn_flops=0.0, bytes=0.0)
+    totals = dict(step=0.0, compute=0.0, attention=0.0, comm=0.0, dcn=0.0, upper=0.0, mm=0.0, attn_flops=0.0,
+                  bytes=0.0)
     by_kind: dict[str, float] = {}
     unpriced = 0
     separate_dq = "splash_mha_dq" in hlo
+    received = received_bytes(comps)
     for comp in _control_computations(comps, entry or next(iter(comps))):
         times = mult.get(comp, 0)
         if not times:
             continue
         compute = attention = comm = 0.0
         for ins in costs.parsed[comp]:
+            if ins.opcode == "send":  # a multislice program's collective between slices (else a host transfer)
+                transfer = dcn_transfer(ins.text, received)
+                if transfer:
+                    t = dcn_seconds(transfer["kind"], transfer["bytes"], transfer["slices"], net)
+                    comm += t
+                    totals["dcn"] += times * t
+                    by_kind[f"{transfer['kind']} (DCN)"] = by_kind.get(f"{transfer['kind']} (DCN)", 0.0) + times * t
+                continue
             coll = _COLLECTIVE.match(ins.opcode)
             if coll:
                 kind = coll.group(1)
                 sizes = array_bytes(ins.type)
                 result = max(sizes, default=0.0) if coll.group(2) else sum(sizes)
                 groups = replica_groups(ins.text, len(net.coords))
-                t = max(collective_seconds(kind, result, g, net) for g in groups)
+                parts = [collective_parts(kind, result, g, net) for g in groups]
+                t = max(sum(p) for p in parts)
                 comm += t
+                totals["dcn"] += times * max(p[1] for p in parts)
                 by_kind[kind] = by_kind.get(kind, 0.0) + times * t
                 continue
             if ins.opcode in _FREE:
@@ -424,7 +470,7 @@ def estimate_step_time(hlo: str, chip, net: Interconnect, efficiency: Optional[f
     busy = totals["compute"] + totals["attention"]
     return StepTimeEstimate(
         step_seconds=totals["step"], compute_seconds=totals["compute"], attention_seconds=totals["attention"],
-        communication_seconds=totals["comm"], exposed_communication_seconds=max(0.0, totals["step"] - busy),
+        communication_seconds=totals["comm"], dcn_seconds=totals["dcn"], exposed_communication_seconds=max(0.0, totals["step"] - busy),
         no_overlap_seconds=totals["upper"], matmul_flops=totals["mm"], attention_flops=totals["attn_flops"],
         hbm_bytes=totals["bytes"], by_collective=dict(sorted(by_kind.items())), unpriced_kernels=unpriced,
         leaves_out=LEAVES_OUT + ((f"{unpriced} kernel calls per step without a FLOP count, priced by their bytes",)

@@ -36,7 +36,8 @@ def format_report(r, gin_files=()) -> str:
                                                            if r.grad_accum_steps > 1 else ""))
     rows = [
         ("config", " ".join(gin_files) or "-"),
-        ("topology", f"{topo}: {r.num_devices} devices, {chip}"),
+        ("topology", f"{topo}: {r.num_devices} devices, {chip}" +
+                     (f"; {r.num_slices} slices joined over DCN" if r.num_slices > 1 else "")),
         ("mesh", " ".join(f"{k}={v}" for k, v in r.mesh_shape.items())),
         ("step", f"{step}: {shape}; remat {r.remat_policy}, attention {r.attention_impl}, {r.compute_dtype}"),
         ("parameters", f"{r.params:,} ({r.params / 1e9:.2f} B)"),
@@ -67,7 +68,8 @@ def format_report(r, gin_files=()) -> str:
                                 f"{seconds_text(e['attention_seconds'])} + exposed communication "
                                 f"{seconds_text(e['exposed_communication_seconds'])} (of "
                                 f"{seconds_text(e['communication_seconds'])}: "
-                                + ", ".join(f"{k} {seconds_text(v)}" for k, v in e["by_collective"].items()) + ")"))
+                                + ", ".join(f"{k} {seconds_text(v)}" for k, v in e["by_collective"].items())
+                                + (f"; DCN {seconds_text(e['dcn_seconds'])}" if r.num_slices > 1 else "") + ")"))
         rows.append(("  bounds", f"{seconds_text(r.step_seconds(1.0))} at 100% MFU; {seconds_text(e['no_overlap_seconds'])} "
                                  "if no collective overlapped compute"))
         rows.append(("  leaves out", "; ".join(e["leaves_out"])))
@@ -75,9 +77,15 @@ def format_report(r, gin_files=()) -> str:
         rows.append(("step time", f"{seconds_text(r.step_seconds(1.0))} at 100% MFU (no estimate: nothing compiled)"))
     if r.collectives:
         rows.append(("collectives", "; ".join(f"{k} x{int(v['count'])} {_gib(v['bytes'])}"
-                                              for k, v in r.collectives.items()) + " per step per device"))
+                                              for k, v in r.collectives.items()) + " per step per device" +
+                     (" inside each slice (ICI)" if r.num_slices > 1 else "")))
     elif r.fits:
         rows.append(("collectives", "none"))
+    if r.num_slices > 1:
+        dcn = r.dcn_collectives
+        rows.append(("  across DCN", ("; ".join(f"{k} x{int(v['count'])} {_gib(v['bytes'])}" for k, v in dcn.items())
+                                      + f" per step per device: {seconds_text(sum(v['seconds'] for v in dcn.values()))}"
+                                      f" at {r.dcn_bandwidth / 1e9:.2f} GB/s per chip") if dcn else "none"))
     rows.append(("compile time", f"{r.compile_seconds:.1f} s on this host"))
     width = max(len(k) for k, _ in rows)
     text = "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

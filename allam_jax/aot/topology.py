@@ -18,7 +18,8 @@ from allam_jax.core.errors import ConfigError
 GIB = 1024**3
 
 FAMILIES_HELP = ("v4-N, v5p-N (N TensorCores = 2 per chip), v5e-N or v5litepod-N, v6e-N (N chips), a raw "
-                 "libtpu topology such as v5e:2x2 or v5:4x4x4, or cpu:N (N fake CPU devices)")
+                 "libtpu topology such as v5e:2x2 or v5:4x4x4, or cpu:N (N fake CPU devices); a TPU slice name "
+                 "ending in xS (v5p-512x4) is S such slices joined over the data-centre network")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Topology:
     chip: Optional[Chip]  # None for cpu:N
     libtpu_name: Optional[str] = None
     wrap: tuple[bool, ...] = ()  # per torus dimension: whether its ring closes (wraparound links)
+    num_slices: int = 1  # slices joined over DCN (multislice); devices carry their slice_index
 
     @property
     def num_devices(self) -> int:
@@ -140,12 +142,28 @@ def _libtpu_missing_message(name: str) -> str:
             f"(or: pip install libtpu==0.0.52); no TPU is needed")
 
 
-def resolve_topology(name: str) -> Topology:
-    """Compile-only devices for ``name`` (see :data:`FAMILIES_HELP`)."""
+def split_slices(name: str, num_slices: Optional[int] = None) -> tuple[str, int]:
+    """``v5p-512x4`` -> (``v5p-512``, 4); a separate ``num_slices`` (``--num_slices``) must agree."""
+    m = re.fullmatch(r"(.+-\d+)x(\d+)", name)
+    base, count = (m.group(1), int(m.group(2))) if m else (name, None)
+    if count is not None and num_slices is not None and count != num_slices:
+        raise ConfigError(f"--topology={name} names {count} slices but --num_slices={num_slices}")
+    count = count or num_slices or 1
+    if count < 1:
+        raise ConfigError(f"--num_slices must be >= 1, got {count}")
+    return base, count
+
+
+def resolve_topology(name: str, num_slices: Optional[int] = None) -> Topology:
+    """Compile-only devices for ``name`` (see :data:`FAMILIES_HELP`), ``num_slices`` slices of it."""
     m = re.fullmatch(r"cpu:(\d+)", name)
     if m:
+        if (num_slices or 1) > 1:
+            raise ConfigError(f"--topology={name}: several slices are TPU slices (v5p-512x4); on CPU devices group "
+                              "processes with PartitioningConfig.num_slices")
         return _cpu_topology(name, int(m.group(1)))
-    platform, chip, libtpu_name = _parse(name)
+    base, slices = split_slices(name, num_slices)
+    platform, chip, libtpu_name = _parse(base)
     from allam_jax.core.platform import libtpu_installed, prepare_compile_only_tpu
 
     if not libtpu_installed():
@@ -162,12 +180,14 @@ def resolve_topology(name: str) -> Topology:
     wrap = torus_wrap(dims, chip.dims)
     if any(wrap):
         kwargs["wrap"] = wrap
+    if slices > 1:
+        kwargs["num_slices"] = slices
     try:
         devices = topologies.get_topology_desc(libtpu_name, "tpu", **kwargs).devices
     except Exception as e:  # noqa: BLE001 - libtpu raises its own runtime errors
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ConfigError(f"libtpu cannot build topology {libtpu_name} (from --topology={name}): {first}") from None
-    return Topology(name, platform, tuple(devices), chip, libtpu_name, wrap[:len(dims)])
+    return Topology(name, platform, tuple(devices), chip, libtpu_name, wrap[:len(dims)], slices)
 
 
 def _cpu_topology(name: str, count: int) -> Topology:

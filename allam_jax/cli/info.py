@@ -36,6 +36,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     add_gin_flags(p)
     p.add_argument("--topology", required=True, help=f"the slice to compile for: {FAMILIES_HELP}")
+    p.add_argument("--num_slices", type=int, default=None,
+                   help="compile for this many copies of --topology joined over the data-centre network (TPU "
+                        "multislice; the same as writing v5p-512x4); the mesh puts them on "
+                        "PartitioningConfig.dcn_mesh_shape and the table splits collectives into ICI and DCN")
     p.add_argument("--step", default="train", choices=("train", "eval", "decode"),
                    help="train: the optimizer step (default); eval: the log-likelihood scoring forward pass; "
                    "decode: one token per row against a KV cache of seq_len (rows = TrainerConfig.batch_size)")
@@ -105,7 +109,7 @@ def run_compile(args: argparse.Namespace) -> int:
     from allam_jax.aot.topology import resolve_topology
 
     _prepare_cpu_devices(args.topology)
-    topology = resolve_topology(args.topology)  # bad names fail before the (slow) gin and model build
+    topology = resolve_topology(args.topology, args.num_slices)  # bad names fail before the (slow) gin and model build
     if args.search:
         return _run_search(args, topology)
     gin_setup.parse(args.gin_file, args.gin_bindings)

@@ -72,19 +72,42 @@ def jit_on(partitioner: Optional["Partitioner"], fn: Callable, **kwargs: Any) ->
     return jax.jit(fn, **kwargs) if partitioner is None else partitioner.jit(fn, **kwargs)
 
 
+def _tensor_across_dcn(dcn: Sequence[int], ici: Sequence[int]) -> str:
+    return (f"PartitioningConfig.dcn_mesh_shape {tuple(dcn)} asks for tensor parallelism across slices (mesh_shape "
+            f"inside a slice: {tuple(ici)}); it needs a slice's own links: keep dcn_mesh_shape's tensor entry at 1")
+
+
+def _check_shape(name: str, shape: Sequence[int]) -> None:
+    shape = tuple(shape)
+    if len(shape) != 3 or any(not isinstance(s, int) or s == 0 or s < -1 for s in shape):
+        raise ConfigError(f"PartitioningConfig.{name} must be 3 positive ints (one may be -1), got {shape!r}")
+    if shape.count(-1) > 1:
+        raise ConfigError(f"PartitioningConfig.{name} may contain at most one -1, got {shape!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class PartitioningConfig:
-    """Mesh shape over (data, fsdp, tensor); one entry may be -1 to take the remaining devices."""
+    """Mesh shape over (data, fsdp, tensor); one entry may be -1 to take the remaining devices.
+
+    Several slices (TPU multislice over the data-centre network, or groups of processes elsewhere): ``mesh_shape``
+    is the mesh inside one slice (ICI) and ``dcn_mesh_shape`` how the slices line up along the same three axes;
+    the full mesh is their product, axis by axis. The default puts every slice on ``data`` (gradients are the only
+    thing that crosses the slow network, once per step); FSDP and tensor parallelism stay inside a slice.
+    ``num_slices``: None reads each device's ``slice_index`` (TPU); N groups consecutive processes into N slices
+    (CPU or GPU processes, whose devices carry no slice index)."""
 
     mesh_shape: Sequence[int] = (1, -1, 1)
     logical_axis_rules: Sequence[Rule] = DEFAULT_RULES
+    dcn_mesh_shape: Sequence[int] = (-1, 1, 1)
+    num_slices: Optional[int] = None
 
     def __post_init__(self):
-        shape = tuple(self.mesh_shape)
-        if len(shape) != 3 or any(not isinstance(s, int) or s == 0 or s < -1 for s in shape):
-            raise ConfigError(f"PartitioningConfig.mesh_shape must be 3 positive ints (one may be -1), got {shape!r}")
-        if shape.count(-1) > 1:
-            raise ConfigError(f"PartitioningConfig.mesh_shape may contain at most one -1, got {shape!r}")
+        _check_shape("mesh_shape", self.mesh_shape)
+        _check_shape("dcn_mesh_shape", self.dcn_mesh_shape)
+        if tuple(self.dcn_mesh_shape)[2] not in (1, -1):
+            raise ConfigError(_tensor_across_dcn(self.dcn_mesh_shape, self.mesh_shape))
+        if self.num_slices is not None and (not isinstance(self.num_slices, int) or self.num_slices < 1):
+            raise ConfigError(f"PartitioningConfig.num_slices must be a positive int or None, got {self.num_slices!r}")
         for rule in self.logical_axis_rules:
             if len(rule) != 2 or not isinstance(rule[0], str):
                 raise ConfigError(f"PartitioningConfig.logical_axis_rules entry {rule!r} is not (name, mesh_axes)")
@@ -98,28 +121,83 @@ class PartitioningConfig:
         return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in self.logical_axis_rules)
 
 
-def resolve_mesh_shape(mesh_shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
+def resolve_mesh_shape(mesh_shape: Sequence[int], num_devices: int, where: str = "") -> tuple[int, ...]:
+    """``mesh_shape`` with its -1 filled for ``num_devices`` (``where``: e.g. " per slice", for the error)."""
     shape = list(mesh_shape)
     if -1 in shape:
         known = math.prod(s for s in shape if s != -1)
         if num_devices % known:
-            raise ConfigError(f"mesh_shape {tuple(mesh_shape)} cannot be filled: {num_devices} devices / {known}")
+            raise ConfigError(f"mesh_shape {tuple(mesh_shape)} cannot be filled: {num_devices} devices{where} / {known}")
         shape[shape.index(-1)] = num_devices // known
     if math.prod(shape) != num_devices:
-        raise ConfigError(
-            f"mesh_shape {tuple(shape)} (data, fsdp, tensor) needs {math.prod(shape)} devices, but there are {num_devices}"
-        )
+        raise ConfigError(f"mesh_shape {tuple(shape)} (data, fsdp, tensor) needs {math.prod(shape)} devices, but "
+                          f"there are {num_devices}{where}")
     return tuple(shape)
 
 
-def create_mesh(config: PartitioningConfig, devices: Optional[Sequence[Any]] = None) -> Mesh:
-    devices = list(jax.devices() if devices is None else devices)
-    shape = resolve_mesh_shape(config.mesh_shape, len(devices))
+def slices_of(devices: Sequence[Any], num_slices: Optional[int] = None) -> list[list[Any]]:
+    """The devices grouped by slice, in slice order: by each device's ``slice_index`` (TPU multislice), or with
+    ``num_slices`` by process (consecutive process indices form a slice: CPU or GPU processes)."""
+    devices = list(devices)
+    indexed = [getattr(d, "slice_index", None) for d in devices]
+    if num_slices is None or all(i is not None for i in indexed):
+        keys = [i or 0 for i in indexed]
+        found = len(set(keys))
+        if num_slices is not None and num_slices != found:
+            raise ConfigError(f"PartitioningConfig.num_slices = {num_slices}, but the devices say they are on "
+                              f"{found} slice(s) (their slice_index); leave num_slices unset on TPU")
+    else:
+        processes = sorted({d.process_index for d in devices})
+        if len(processes) % num_slices:
+            raise ConfigError(f"PartitioningConfig.num_slices = {num_slices} does not divide the {len(processes)} "
+                              "processes into equal slices")
+        per = len(processes) // num_slices
+        keys = [processes.index(d.process_index) // per for d in devices]
+    order = sorted(set(keys))
+    return [[d for d, k in zip(devices, keys) if k == key] for key in order]
+
+
+def resolve_dcn_mesh_shape(dcn_mesh_shape: Sequence[int], ici_shape: Sequence[int], num_slices: int) -> tuple[int, ...]:
+    """``dcn_mesh_shape`` with its -1 filled; its product must be the slice count (a one-line error naming both
+    shapes otherwise)."""
+    shape = list(dcn_mesh_shape)
+    if -1 in shape:
+        known = math.prod(s for s in shape if s != -1)
+        if num_slices % known == 0:
+            shape[shape.index(-1)] = num_slices // known
+    if -1 in shape or math.prod(shape) != num_slices:
+        raise ConfigError(f"PartitioningConfig.dcn_mesh_shape {tuple(dcn_mesh_shape)} does not multiply to the "
+                          f"{num_slices} slice(s) of this run (mesh_shape inside each slice: {tuple(ici_shape)})")
+    if shape[2] > 1:
+        raise ConfigError(_tensor_across_dcn(dcn_mesh_shape, ici_shape))
+    return tuple(shape)
+
+
+def _slice_grid(shape: Sequence[int], devices: Sequence[Any]) -> np.ndarray:
     try:
-        grid = mesh_utils.create_device_mesh(shape, devices=devices)
+        return mesh_utils.create_device_mesh(tuple(shape), devices=list(devices))
     except (AssertionError, NotImplementedError, ValueError):
-        grid = np.asarray(devices).reshape(shape)
-    return Mesh(grid, MESH_AXES)
+        return np.asarray(devices, dtype=object).reshape(shape)
+
+
+def create_mesh(config: PartitioningConfig, devices: Optional[Sequence[Any]] = None) -> Mesh:
+    """The (data, fsdp, tensor) mesh over ``devices``: one slice's ICI mesh, or with several slices each slice's
+    mesh placed on the grid ``dcn_mesh_shape`` (as ``mesh_utils.create_hybrid_device_mesh`` places them)."""
+    devices = list(jax.devices() if devices is None else devices)
+    slices = slices_of(devices, config.num_slices)
+    if len({len(s) for s in slices}) > 1:
+        raise ConfigError(f"the slices hold different device counts ({[len(s) for s in slices]}); a mesh needs "
+                          "equal slices")
+    ici = resolve_mesh_shape(config.mesh_shape, len(slices[0]), " per slice" if len(slices) > 1 else "")
+    dcn = resolve_dcn_mesh_shape(config.dcn_mesh_shape, ici, len(slices))
+    if len(slices) == 1:
+        return Mesh(_slice_grid(ici, devices), MESH_AXES)
+    grids = [_slice_grid(ici, s) for s in slices]
+    order = np.arange(len(slices)).reshape(dcn)
+    blocks = np.vectorize(lambda i: grids[i], otypes=[object])(order)
+    return Mesh(np.block(blocks.tolist()), MESH_AXES)
+
+
 
 
 def logical_to_sharding(logical_tree: Any, mesh: Mesh, rules: Sequence[Rule]) -> Any:
