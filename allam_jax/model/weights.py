@@ -77,6 +77,13 @@ def gather_in_shard_map(w: jax.Array, spec: P, dtype: Any) -> jax.Array:
     ``dtype`` and all-gathered whole. Autodiff makes the transpose a reduce-scatter of the local partial
     gradient, run once where this gather ran once."""
     w = w.astype(dtype)
+    gathered_over = {a for axes in spec if axes is not None for a in ((axes,) if isinstance(axes, str) else axes)}
+    # typed as varying over the batch axes it is not gathered over (data) *before* the gather: the transpose then
+    # reduce-scatters the gradient over fsdp first and sums only the shard over data; typed after the gather, the
+    # sum over data runs on the whole weight (across slices: the whole LM head over the data-centre network)
+    replicated = tuple(a for a in BATCH_AXES if a not in gathered_over and a not in jax.typeof(w).mat.varying)
+    if replicated:
+        w = jax.lax.pcast(w, replicated, to="varying")
     for dim, axes in enumerate(spec):
         if axes is not None:  # gathered along the leading axis: its transpose, the gradient's reduce-scatter,
             # then splits the leading axis too, which the TPU compiler keeps a reduce-scatter (a minor-axis one it
