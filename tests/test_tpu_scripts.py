@@ -61,3 +61,24 @@ def test_a_dir_with_spaces_or_shell_metacharacters_stays_one_name_on_the_workers
         assert "touch" not in words and not any(w.startswith("PWNED") for w in words), remote
         assert any(w.endswith("x; touch PWNED #") or "x; touch PWNED #/" in w for w in words), words
     assert "~/my\\ runs/train.log" in logs[-1]
+
+
+def test_multislice_resources_are_one_queued_resource_of_n_slices_and_every_slice_gets_the_job():
+    [create] = dry_run("create.sh", "--name", "big", "--zone", "z", "--type", "v5p-128", "--slices", "4")
+    assert create == ["gcloud", "compute", "tpus", "queued-resources", "create", "big", "--node-count", "4",
+                      "--node-prefix", "big", "--zone", "z", "--accelerator-type", "v5p-128", "--runtime-version",
+                      "v2-alpha-tpuv5"]
+    launch = dry_run("launch.sh", "--name", "big", "--zone", "z", "--slices", "4", "--gin_file",
+                     "runs/allam_7b_stage1_en_4slices.gin", "--workdir", "gs://b/r")
+    assert [c[5] for c in launch] == ["big-0", "big-1", "big-2", "big-3"]
+    assert all("--worker=all" in c and c[-1] == launch[0][-1] for c in launch)
+    setup = dry_run("setup_workers.sh", "--name", "big", "--zone", "z", "--slices", "2")
+    assert [c[6].split(":")[0] for c in setup if c[4] == "scp"] == ["big-0", "big-1"]
+    *stops, delete = dry_run("delete.sh", "--name", "big", "--zone", "z", "--slices", "2")
+    assert [c[5] for c in stops] == ["big-0", "big-1"]
+    assert delete[:6] == ["gcloud", "compute", "tpus", "queued-resources", "delete", "big"]
+    [logs] = dry_run("logs.sh", "--name", "big", "--zone", "z", "--slices", "2")
+    assert logs[5] == "big-0"
+    r = subprocess.run(["bash", str(SCRIPTS / "launch.sh"), "--name", "a", "--zone", "z", "--slices", "0",
+                        "--dry-run"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip() == "launch.sh: error: --slices takes a count >= 1, got '0'"

@@ -14,22 +14,29 @@ run() {
 
 die() { echo "$(basename "$0"): error: $*" >&2; exit 2; }
 
-# parse_common "$@": takes the flags every script shares (--name, --zone, --project, --dry-run, --help)
-# and leaves the script's own flags in REST; GCLOUD_EXTRA carries --project for gcloud.
-NAME="" ZONE="" PROJECT="" REST=() GCLOUD_EXTRA=()
+# parse_common "$@": takes the flags every script shares (--name, --zone, --project, --slices, --dry-run, --help)
+# and leaves the script's own flags in REST; GCLOUD_EXTRA carries --project for gcloud. --slices N: a multislice
+# queued resource NAME whose N slices are the TPU VMs NAME-0 .. NAME-(N-1) (create.sh --slices makes it so).
+NAME="" ZONE="" PROJECT="" SLICES=1 REST=() GCLOUD_EXTRA=()
 parse_common() {
   while [ $# -gt 0 ]; do
     case "$1" in
       --name) NAME="$2"; shift 2 ;;
       --zone) ZONE="$2"; shift 2 ;;
       --project) PROJECT="$2"; shift 2 ;;
+      --slices) SLICES="$2"; shift 2 ;;
       --dry-run) DRY_RUN=1; shift ;;
       -h|--help) sed -n '2,/^source/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
       *) REST+=("$1"); shift ;;
     esac
   done
   need name "$NAME"; need zone "$ZONE"
+  [[ "$SLICES" =~ ^[1-9][0-9]*$ ]] || die "--slices takes a count >= 1, got '$SLICES'"
   if [ -n "$PROJECT" ]; then GCLOUD_EXTRA=(--project "$PROJECT"); fi
+}
+
+nodes() {  # the TPU VMs of NAME: itself, or each slice of a multislice queued resource
+  if [ "$SLICES" = 1 ]; then echo "$NAME"; else for i in $(seq 0 $((SLICES - 1))); do echo "$NAME-$i"; done; fi
 }
 
 need() {  # need NAME VALUE: a required flag

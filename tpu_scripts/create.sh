@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Create a TPU VM (or a queued resource) for allam-jax.
 #   tpu_scripts/create.sh --name NAME --zone ZONE --type v5litepod-16 [--project P] [--runtime VERSION]
-#                         [--spot] [--queued] [--dry-run]
+#                         [--spot] [--queued] [--slices N] [--dry-run]
 # --type: v4-8 ... v4-N, v5litepod-N (v5e), v5p-N, v6e-N; --runtime defaults to the image for the type.
-# --queued asks through a queued resource (waits for capacity); --spot uses spot capacity.
+# --queued asks through a queued resource (waits for capacity); --spot uses spot capacity; --slices N asks for N
+# slices of --type joined over the data-centre network (multislice: a queued resource, VMs NAME-0 .. NAME-(N-1)).
 source "$(dirname "$0")/common.sh"
 TYPE="" RUNTIME="" SPOT=0 QUEUED=0
 parse_common "$@"
@@ -21,7 +22,10 @@ need type "$TYPE"
 RUNTIME=${RUNTIME:-$(runtime_for "$TYPE")}
 EXTRA=("${GCLOUD_EXTRA[@]+"${GCLOUD_EXTRA[@]}"}")
 [ "$SPOT" = 1 ] && EXTRA+=(--spot)
-if [ "$QUEUED" = 1 ]; then
+if [ "$SLICES" != 1 ]; then
+  run gcloud compute tpus queued-resources create "$NAME" --node-count "$SLICES" --node-prefix "$NAME" --zone "$ZONE" \
+    --accelerator-type "$TYPE" --runtime-version "$RUNTIME" "${EXTRA[@]+"${EXTRA[@]}"}"
+elif [ "$QUEUED" = 1 ]; then
   run gcloud compute tpus queued-resources create "$NAME" --node-id "$NAME" --zone "$ZONE" \
     --accelerator-type "$TYPE" --runtime-version "$RUNTIME" "${EXTRA[@]+"${EXTRA[@]}"}"
 else

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Start one gin experiment on every worker (each runs the same command; jax.distributed finds its peers).
-#   tpu_scripts/launch.sh --name NAME --zone ZONE --gin_file F --workdir gs://BUCKET/run
+# Start one gin experiment on every worker (each runs the same command; jax.distributed finds its peers; on a
+# multislice resource, --slices N, every worker of every slice, and the slices find each other over DCN).
+#   tpu_scripts/launch.sh --name NAME --zone ZONE --gin_file F --workdir gs://BUCKET/run [--slices N]
 #                         [--gin_bindings 'B'] ... [--project P] [--dir allam-jax] [--dry-run]
 source "$(dirname "$0")/common.sh"
 DIR="allam-jax" GIN="" WORKDIR="" BINDINGS=()
@@ -20,4 +21,6 @@ QDIR=$(printf '%q' "$DIR")  # quoted for the remote shell: spaces and metacharac
 CMD="cd ~/$QDIR && nohup .venv/bin/allam train --distributed=auto --gin_file=$(printf '%q' "$GIN") --workdir=$(printf '%q' "$WORKDIR")"
 for b in "${BINDINGS[@]+"${BINDINGS[@]}"}"; do CMD+=" --gin_bindings=$(printf '%q' "$b")"; done
 CMD+=" > ~/$QDIR/train.log 2>&1 &"
-run gcloud compute tpus tpu-vm ssh "$NAME" --zone "$ZONE" --worker=all "${GCLOUD_EXTRA[@]+"${GCLOUD_EXTRA[@]}"}" --command "$CMD"
+for NODE in $(nodes); do
+  run gcloud compute tpus tpu-vm ssh "$NODE" --zone "$ZONE" --worker=all "${GCLOUD_EXTRA[@]+"${GCLOUD_EXTRA[@]}"}" --command "$CMD"
+done

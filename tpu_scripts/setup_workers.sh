@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Copy this checkout to every worker of a TPU VM and install it there (with jax[tpu]).
-#   tpu_scripts/setup_workers.sh --name NAME --zone ZONE [--project P] [--dir allam-jax] [--dry-run]
+#   tpu_scripts/setup_workers.sh --name NAME --zone ZONE [--slices N] [--project P] [--dir allam-jax] [--dry-run]
 source "$(dirname "$0")/common.sh"
 DIR="allam-jax"
 parse_common "$@"
@@ -13,8 +13,10 @@ while [ $# -gt 0 ]; do
 done
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 run tar -C "$ROOT" --exclude=.venv --exclude=.git --exclude=data_cache --exclude=runs -czf /tmp/allam-jax.tgz .
-run gcloud compute tpus tpu-vm scp /tmp/allam-jax.tgz "$NAME:~/allam-jax.tgz" --zone "$ZONE" --worker=all \
-  "${GCLOUD_EXTRA[@]+"${GCLOUD_EXTRA[@]}"}"
 QDIR=$(printf '%q' "$DIR")  # quoted for the remote shell: spaces and metacharacters stay in the name
-run gcloud compute tpus tpu-vm ssh "$NAME" --zone "$ZONE" --worker=all "${GCLOUD_EXTRA[@]+"${GCLOUD_EXTRA[@]}"}" --command \
-  "mkdir -p ~/$QDIR && tar -C ~/$QDIR -xzf ~/allam-jax.tgz && cd ~/$QDIR && bash setup.sh && .venv/bin/pip install -q 'jax[tpu]==0.10.2' && .venv/bin/allam data prepare"
+for NODE in $(nodes); do
+  run gcloud compute tpus tpu-vm scp /tmp/allam-jax.tgz "$NODE:~/allam-jax.tgz" --zone "$ZONE" --worker=all \
+    "${GCLOUD_EXTRA[@]+"${GCLOUD_EXTRA[@]}"}"
+  run gcloud compute tpus tpu-vm ssh "$NODE" --zone "$ZONE" --worker=all "${GCLOUD_EXTRA[@]+"${GCLOUD_EXTRA[@]}"}" --command \
+    "mkdir -p ~/$QDIR && tar -C ~/$QDIR -xzf ~/allam-jax.tgz && cd ~/$QDIR && bash setup.sh && .venv/bin/pip install -q 'jax[tpu]==0.10.2' && .venv/bin/allam data prepare"
+done
