@@ -17,7 +17,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train(n: int, gin: Path, workdir: Path, steps: int, mesh: str = "") -> None:
+def _train(n: int, gin: Path, workdir: Path, steps: int, mesh: str = "", *bindings: str) -> None:
     port = _free_port()
     procs = []
     for i in range(n):
@@ -27,6 +27,7 @@ def _train(n: int, gin: Path, workdir: Path, steps: int, mesh: str = "") -> None
                 f"--gin_bindings=TrainerConfig.num_steps = {steps}"]
         if mesh:
             args.append(f"--gin_bindings=PartitioningConfig.mesh_shape = {mesh}")
+        args += [f"--gin_bindings={b}" for b in bindings]
         if n > 1:
             args += [f"--coordinator_address=localhost:{port}", f"--num_processes={n}", f"--process_id={i}",
                      "--distributed_timeout=120"]
@@ -68,6 +69,20 @@ def test_checkpoints_move_between_process_counts(setup):
         got = losses(d / run)
         for step in range(4, 7):
             assert got[step] == pytest.approx(want[step], rel=1e-5), (run, step)
+
+
+@pytest.mark.slow
+def test_two_slices_of_processes_match_one_process_and_resume_onto_one_slice(setup):
+    """4 processes as 2 slices of 2 hosts (PartitioningConfig.num_slices: consecutive processes form a slice), each
+    slice a (1, 2, 2) mesh and the slices on data: the same (2, 2, 2) mesh as the one-process run, so the same
+    losses; its checkpoint then continues on one slice (one process, no DCN axis) with the same batches."""
+    d, gin, want = setup
+    _train(4, gin, d / "slices", 3, "(1, 2, 2)", "PartitioningConfig.num_slices = 2")
+    _train(1, gin, d / "slices", 6)
+    got = losses(d / "slices")
+    assert sorted(got) == list(range(1, 7))
+    for step, loss in want.items():
+        assert got[step] == pytest.approx(loss, rel=1e-4), step
 
 
 def test_bad_distributed_settings_are_one_line_errors(tmp_path):

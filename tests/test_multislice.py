@@ -29,7 +29,7 @@ def test_processes_form_slices_when_devices_carry_no_slice_index():
     with pytest.raises(ConfigError, match="num_slices = 3 does not divide the 4 processes"):
         slices_of(devices, num_slices=3)
     tpu_like = [_Device(i, 0, i // 4) for i in range(8)]
-    with pytest.raises(ConfigError, match="num_slices = 4, but the devices say they are on 2 slice"):
+    with pytest.raises(ConfigError, match="num_slices = 4, but the devices say they are on 2 slices"):
         slices_of(tpu_like, num_slices=4)
 
 

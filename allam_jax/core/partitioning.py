@@ -139,14 +139,12 @@ def slices_of(devices: Sequence[Any], num_slices: Optional[int] = None) -> list[
     """The devices grouped by slice, in slice order: by each device's ``slice_index`` (TPU multislice), or with
     ``num_slices`` by process (consecutive process indices form a slice: CPU or GPU processes)."""
     devices = list(devices)
-    indexed = [getattr(d, "slice_index", None) for d in devices]
-    if num_slices is None or all(i is not None for i in indexed):
-        keys = [i or 0 for i in indexed]
-        found = len(set(keys))
-        if num_slices is not None and num_slices != found:
-            raise ConfigError(f"PartitioningConfig.num_slices = {num_slices}, but the devices say they are on "
-                              f"{found} slice(s) (their slice_index); leave num_slices unset on TPU")
-    else:
+    keys = [getattr(d, "slice_index", None) or 0 for d in devices]
+    found = len(set(keys))
+    if num_slices is not None and found > 1 and num_slices != found:
+        raise ConfigError(f"PartitioningConfig.num_slices = {num_slices}, but the devices say they are on {found} "
+                          "slices (their slice_index); leave num_slices unset on TPU")
+    if num_slices is not None and found == 1 and num_slices > 1:  # CPU/GPU processes: one slice index for all
         processes = sorted({d.process_index for d in devices})
         if len(processes) % num_slices:
             raise ConfigError(f"PartitioningConfig.num_slices = {num_slices} does not divide the {len(processes)} "
