@@ -35,6 +35,10 @@ if TYPE_CHECKING:
     from allam_jax.train.program import TrainProgram
 
 STEPS = ("train", "eval", "decode")
+MULTISLICE_OPEN_TORUS = (
+    "inside each slice, the wraparound links: libtpu's compile-only multislice devices have none (0.0.52 ignores "
+    "wrap= with num_slices), so it lowers gathers there as all-reduces; the ICI numbers are an open torus's (compile "
+    "one slice for a closed one's)")
 _OOM = re.compile(r"RESOURCE_EXHAUSTED|Ran out of memory|out of memory", re.IGNORECASE)
 _USED = re.compile(r"Used ([\d.]+)([KMGT]?)i?B? of ([\d.]+)([KMGT]?)i?B? hbm", re.IGNORECASE)
 _REQUIRED = re.compile(r"total memory required for HLO temporaries \(([\d.]+)([KMGT]?)\) exceeds available HBM "
@@ -243,6 +247,8 @@ def compile_step(exp: "Experiment", topology: Topology, step: str = "train") -> 
         net = Interconnect.from_devices(list(mesh.devices.flat), topology.wrap, topology.chip)
         report.dcn_collectives = dcn_collectives(dcn_transfers(hlo), net)
         report.estimate = dataclasses.asdict(estimate_step_time(hlo, topology.chip, net))
+        if topology.num_slices > 1:
+            report.estimate["leaves_out"] = tuple(report.estimate["leaves_out"]) + (MULTISLICE_OPEN_TORUS,)
     if not report.fits:
         report.largest_buffers = largest_buffers(hlo)
     return report
