@@ -18,6 +18,7 @@ from allam_jax.core.errors import ConfigError
 from allam_jax.model.config import ModelConfig
 from allam_jax.core.partitioning import PartitioningConfig
 from allam_jax.train.experiment import Experiment, TrainerConfig
+from allam_jax.train.emergency_checkpoint import CheckpointConfig
 from allam_jax.train.heldout_watch import HeldoutWatch
 from allam_jax.train.optimizer import OptimizerConfig
 from allam_jax.objectives import OBJECTIVES, make_objective
@@ -44,6 +45,7 @@ PartitioningConfigG = gin.external_configurable(PartitioningConfig, "Partitionin
 TrainerConfigG = gin.external_configurable(TrainerConfig, "TrainerConfig")
 TextFileDataG = gin.external_configurable(TextFileData, "TextFileData")
 HeldoutWatchG = gin.external_configurable(HeldoutWatch, "HeldoutWatch")
+CheckpointConfigG = gin.external_configurable(CheckpointConfig, "CheckpointConfig")
 
 
 def _register_seqio_configurables() -> None:
@@ -315,6 +317,7 @@ def build_experiment(data: Optional[object] = None, objective: str = "lm", dpo: 
         data=data,
         objective=made,
         watch=_build(HeldoutWatchG, "HeldoutWatch"),
+        checkpoint=_build(CheckpointConfigG, "CheckpointConfig"),
     )
 
 

@@ -17,7 +17,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train(n: int, gin: Path, workdir: Path, steps: int, mesh: str = "", *bindings: str) -> None:
+def _start(n: int, gin: Path, workdir: Path, steps: int, mesh: str = "", *bindings: str) -> list[subprocess.Popen]:
     port = _free_port()
     procs = []
     for i in range(n):
@@ -32,6 +32,11 @@ def _train(n: int, gin: Path, workdir: Path, steps: int, mesh: str = "", *bindin
             args += [f"--coordinator_address=localhost:{port}", f"--num_processes={n}", f"--process_id={i}",
                      "--distributed_timeout=120"]
         procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    return procs
+
+
+def _train(n: int, gin: Path, workdir: Path, steps: int, mesh: str = "", *bindings: str) -> None:
+    procs = _start(n, gin, workdir, steps, mesh, *bindings)
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
@@ -85,6 +90,63 @@ def test_two_slices_of_processes_match_one_process_and_resume_onto_one_slice(set
         assert got[step] == pytest.approx(loss, rel=1e-4), step
 
 
+def _emergency(local: Path) -> tuple[str, ...]:
+    return ("PartitioningConfig.num_slices = 2", "CheckpointConfig.emergency = True",
+            f"CheckpointConfig.local_dir = '{local}/{{process}}'", "CheckpointConfig.local_every = 1")
+
+
+@pytest.mark.slow
+def test_emergency_checkpoints_resume_from_a_peer_or_the_bucket_after_sigkill(setup):
+    """2 processes as 2 slices (replicas on data): slice 0 saves the persistent checkpoint every 3 steps, slice 1
+    its host-local copy every step. SIGKILL the job past step 5; restart: from the newest local step (newer than
+    the persistent one), broadcast to slice 0; with slice 1's local directory gone, from the persistent step.
+    Both continue with the one-process run's losses."""
+    import shutil
+    import signal
+    import time
+
+    from helpers import losses as read_losses
+
+    d, gin, _ = setup
+    _train(1, gin, d / "straight10", 10)
+    want = read_losses(d / "straight10")
+    work, local = d / "emergency", d / "local"
+    procs = _start(2, gin, work, 1000, "(1, 2, 2)", *_emergency(local))
+    deadline = time.time() + 300
+    while not (work / "metrics.jsonl").exists() or max(read_losses(work), default=0) < 5:
+        assert all(p.poll() is None for p in procs), procs[0].communicate()[1][-3000:]
+        assert time.time() < deadline, "no step 5 logged"
+        time.sleep(0.05)
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    killed_at = max(read_losses(work))
+    assert killed_at < 9, killed_at
+    persistent = max(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit())
+    local_steps = sorted(int(p.name) for p in (local / "1").iterdir() if p.name.isdigit())
+    assert local_steps and local_steps[-1] > persistent, (local_steps, persistent)  # the local tier is ahead
+
+    lost = d / "emergency_lost_host"  # the same moment, but slice 1's host lost its disk
+    shutil.copytree(work, lost)
+    shutil.copytree(local / "0", d / "local_lost" / "0")
+    (d / "local_lost" / "1").mkdir()
+
+    for run, loc, resumed in ((work, local, local_steps[-1]), (lost, d / "local_lost", persistent)):
+        procs = _start(2, gin, run, 10, "(1, 2, 2)", *_emergency(loc))
+        outs = [p.communicate(timeout=600) for p in procs]
+        for p, (_, err) in zip(procs, outs):
+            assert p.returncode == 0, err[-3000:]
+        assert f"emergency checkpoints: restored step {resumed}" in outs[0][1], outs[0][1][-3000:]
+        got = read_losses(run)
+        for step in range(resumed + 1, 11):
+            assert got[step] == pytest.approx(want[step], rel=1e-4), (run.name, step)
+
+    from helpers import allam
+
+    regular = allam("train", f"--gin_file={gin}", f"--workdir={work}", "--gin_bindings=TrainerConfig.num_steps = 12")
+    assert regular.returncode == 1 and "holds emergency checkpoints" in regular.stderr.splitlines()[-1]
+
+
 def test_bad_distributed_settings_are_one_line_errors(tmp_path):
     from helpers import allam
 
@@ -101,20 +163,6 @@ def _write(tmp_path):
     p = tmp_path / "t.txt"
     p.write_text("some english text for the test\n" * 20)
     return p
-
-
-def _start(n: int, gin: Path, workdir: Path, steps: int) -> list[subprocess.Popen]:
-    port = _free_port()
-    procs = []
-    for i in range(n):
-        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // n}", TF_CPP_MIN_LOG_LEVEL="3",
-                   JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "allam_jax", "train", f"--gin_file={gin}", f"--workdir={workdir}",
-             f"--gin_bindings=TrainerConfig.num_steps = {steps}", f"--coordinator_address=localhost:{port}",
-             f"--num_processes={n}", f"--process_id={i}", "--distributed_timeout=120"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-    return procs
 
 
 @pytest.mark.slow

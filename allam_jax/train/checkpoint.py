@@ -47,6 +47,10 @@ class Checkpointer:
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
 
+    def due(self, step: int) -> bool:
+        """Regular checkpoints save only where the loop forces them (every ``save_every`` steps, the last, a stop)."""
+        return False
+
     def partial_steps(self) -> list[str]:
         if not self.directory.exists():
             return []
@@ -104,6 +108,10 @@ class Checkpointer:
         """Returns (state, data_state, step) of the newest readable step, or None when there is none."""
         for name in self.partial_steps():
             log.warning("ignoring incomplete checkpoint %s (a save was interrupted)", self.directory / name)
+        steps = [p for p in self.directory.iterdir() if p.name.isdigit()] if self.directory.exists() else []
+        if steps and all((p / "state").exists() and not (p / "data").exists() for p in steps):
+            raise CheckpointError(f"{self.directory} holds emergency checkpoints (no 'data' item beside 'state'); a "
+                                  "workdir keeps its kind: set CheckpointConfig.emergency = True (and local_dir)")
         unreadable = []
 
         def read(step: int) -> tuple[Any, dict]:

@@ -14,6 +14,7 @@ from allam_jax.core.partitioning import PartitioningConfig
 from allam_jax.data.batch import DataSource
 from allam_jax.model import ModelConfig
 from allam_jax.objectives import LmObjective, Objective
+from allam_jax.train.emergency_checkpoint import CheckpointConfig
 from allam_jax.train.heldout_watch import HeldoutWatch
 from allam_jax.train.optimizer import OptimizerConfig
 from allam_jax.train.trainable import TrainableSpec
@@ -88,6 +89,7 @@ class Experiment:
     data: DataSource  # gin: experiment.data
     objective: Objective = LmObjective()  # gin: experiment.objective = 'name' (+ that objective's config)
     watch: HeldoutWatch = HeldoutWatch()  # held-out bits/byte per language while training, and the guard
+    checkpoint: CheckpointConfig = CheckpointConfig()  # emergency (multi-tier) checkpoints
 
     def __post_init__(self):
         accum = self.trainer.grad_accum_steps

@@ -127,9 +127,16 @@ def _train_in_workdir(exp: Experiment, program, partitioner: Partitioner, workdi
 
         check_fits_model(data_iter.vocab, exp.model.vocab_size, f"tokenizer {describe_vocab(data_iter.vocab)}")
     watcher = _watcher(exp, program, partitioner, data_iter, workdir_path, is_main)  # its files read before anything
-    checkpointer = ckpt_lib.Checkpointer(
-        str(workdir_path / "checkpoints"), tcfg.checkpoint_every, tcfg.keep_checkpoints, tcfg.async_checkpointing
-    )
+    if exp.checkpoint.emergency:
+        from allam_jax.train.emergency_checkpoint import EmergencyCheckpointer
+
+        checkpointer = EmergencyCheckpointer(str(workdir_path / "checkpoints"), exp.checkpoint, partitioner.mesh,
+                                             abstract, tcfg.checkpoint_every, tcfg.keep_checkpoints,
+                                             tcfg.async_checkpointing)
+    else:
+        checkpointer = ckpt_lib.Checkpointer(
+            str(workdir_path / "checkpoints"), tcfg.checkpoint_every, tcfg.keep_checkpoints, tcfg.async_checkpointing
+        )
     restored = checkpointer.restore_latest(abstract)
     record = run_record.describe(exp, jax.process_count())
     if restored is not None:
@@ -205,12 +212,13 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
                 with _host_sync(), recorder.timing("eval"):
                     watcher.at_start(state.params, start)
 
-            def save(step: int, state) -> None:
+            def save(step: int, state, force: bool = True) -> None:
                 with recorder.timing("step"):  # the device finishing the step is step time, not the save's
                     jax.block_until_ready(state)
                 with recorder.timing("checkpoint"):
-                    checkpointer.save(step, state, data_iter.get_state(), force=True)
-                recorder.saved_step(step)
+                    saved = checkpointer.save(step, state, data_iter.get_state(), force=force)
+                if saved or force:
+                    recorder.saved_step(step)
 
             for step in range(start + 1, tcfg.num_steps + 1):
                 try:
@@ -240,7 +248,8 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
                 watch_now = watcher is not None and watcher.due(step)
                 log_now = step % tcfg.log_every == 0 or step == tcfg.num_steps or watch_now
                 save_now = step % tcfg.checkpoint_every == 0 or step == tcfg.num_steps or stop
-                if not (log_now or save_now):
+                local_save = checkpointer.due(step) and not save_now  # emergency checkpoints' host-local tier
+                if not (log_now or save_now or local_save):
                     continue
                 with _host_sync():  # the only host reads of the step's results: log and save steps
                     with recorder.timing("step"):  # waiting here is waiting for the device's steps
@@ -271,6 +280,8 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
                         window_start, window_steps, window = time.perf_counter(), 0, None
                     if save_now:
                         save(step, state)
+                    elif local_save:
+                        save(step, state, force=False)
                     if log_now:
                         recorder.write()
                     if watch_now:
