@@ -5,7 +5,6 @@ import pytest
 from allam_jax.core.errors import CheckpointError, ConfigError
 from allam_jax.train.emergency_checkpoint import (DATA_POSITION_BYTES, CheckpointConfig, decode_data_position,
                                                   encode_data_position)
-from helpers import allam, corpus_files, write_gin
 
 
 def test_the_data_position_round_trips_through_its_byte_array():
@@ -24,20 +23,39 @@ def test_settings_are_checked_when_the_config_is_built():
         CheckpointConfig(emergency=True, local_dir="/tmp/x", local_every=0)
 
 
-@pytest.mark.slow
-def test_emergency_checkpoints_need_two_replicas_and_a_workdir_keeps_its_kind(tmp_path, monkeypatch):
-    gin = write_gin(tmp_path / "g.gin", corpus_files(tmp_path / "c", en_docs=20, ar_docs=40),
-                    **{"TrainerConfig.num_steps": 2, "TrainerConfig.checkpoint_every": 2})
-    emergency = ("--gin_bindings=CheckpointConfig.emergency = True",
-                 f"--gin_bindings=CheckpointConfig.local_dir = '{tmp_path / 'local'}'")
-    r = allam("train", f"--gin_file={gin}", f"--workdir={tmp_path / 'w'}", *emergency)
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert r.returncode == 2 and "needs at least two replicas on the mesh's data axis" in lines[-1], r.stderr[-2000:]
-    assert not (tmp_path / "w" / "checkpoints").exists() or not any((tmp_path / "w" / "checkpoints").iterdir())
-    r = allam("train", f"--gin_file={gin}", f"--workdir={tmp_path / 'w'}")
-    assert r.returncode == 0, r.stderr[-2000:]
-    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
-    r = allam("train", f"--gin_file={gin}", f"--workdir={tmp_path / 'w'}", *emergency,
-              "--gin_bindings=PartitioningConfig.mesh_shape = (2, 1, 1)")
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert r.returncode == 1 and "holds regular checkpoints (step 2 has a 'data' item)" in lines[-1], r.stderr[-2000:]
+def test_emergency_checkpoints_need_two_replicas(tmp_path):
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh
+
+    from allam_jax.train.emergency_checkpoint import EmergencyCheckpointer
+
+    mesh = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+    config = CheckpointConfig(emergency=True, local_dir=str(tmp_path / "local"))
+    with pytest.raises(ConfigError, match=r"needs at least two replicas on the mesh's data axis .* got data = 1"):
+        EmergencyCheckpointer(str(tmp_path / "w"), config, mesh, None, save_every=5, keep=2)
+
+
+@pytest.mark.tpu
+def test_a_workdir_keeps_the_kind_of_checkpoints_it_started_with(tmp_path):
+    """Emergency checkpoints refuse a workdir of regular ones (a step with a 'data' item) and the reverse (steps of
+    'state' alone), each in one line, before anything is read or written (a mesh of two compile-only TPU slices
+    stands in for a run's: the refusal comes before Orbax touches a device)."""
+    from allam_jax.aot.topology import resolve_topology
+    from allam_jax.core.partitioning import PartitioningConfig, create_mesh
+    from allam_jax.train.checkpoint import Checkpointer
+    from allam_jax.train.emergency_checkpoint import EmergencyCheckpointer
+
+    regular = tmp_path / "regular" / "checkpoints"
+    (regular / "2" / "state").mkdir(parents=True)
+    (regular / "2" / "data").mkdir()
+    mesh = create_mesh(PartitioningConfig(), resolve_topology("v5p-8", 2).devices)
+    config = CheckpointConfig(emergency=True, local_dir=str(tmp_path / "local"))
+    with pytest.raises(CheckpointError, match=r"holds regular checkpoints \(step 2 has a 'data' item\)") as e:
+        EmergencyCheckpointer(str(regular), config, mesh, None, save_every=5, keep=2)
+    assert "\n" not in str(e.value)
+    emergency = tmp_path / "emergency" / "checkpoints"
+    (emergency / "3" / "state").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="holds emergency checkpoints"):
+        Checkpointer(str(emergency), save_every=5).restore_latest(None)
+    assert sorted(p.name for p in emergency.iterdir()) == ["3"]  # nothing moved aside

@@ -111,15 +111,14 @@ class EmergencyCheckpointer:
                               f"(the slices, or PartitioningConfig.mesh_shape's first entry), got data = "
                               f"{mesh.shape.get('data', 1)}")
         self.directory = as_path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._refuse_regular_checkpoints()
         self.config = config
         self.local_every = config.local_every
         self._replicated = NamedSharding(mesh, PartitionSpec())
         self._abstract = self._tree_abstract(abstract_state)
-        self._state_type = abstract_state
         local = epath.Path(config.local_dir.format(process=jax.process_index()))
         local.mkdir(parents=True, exist_ok=True)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._refuse_regular_checkpoints()
         options = emergency.CheckpointManagerOptions(
             local=emergency.LocalCheckpointOptions(save_interval_steps=config.local_every, max_to_keep=config.local_keep),
             persistent=emergency.PersistentCheckpointOptions(save_interval_steps=save_every, max_to_keep=keep),

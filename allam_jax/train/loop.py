@@ -174,7 +174,8 @@ def _train_in_workdir(exp: Experiment, program, partitioner: Partitioner, workdi
                               preemption, watcher, recorder, profiler)
         finally:
             profiler.stop()
-            if is_main:
+            ended = sys.exc_info()[0]
+            if is_main and (ended is None or issubclass(ended, Preempted)):  # an error's message stays one line
                 log.info("%s (WORKDIR/goodput.json)", describe(recorder.summary()))
 
 
