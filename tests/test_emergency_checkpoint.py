@@ -39,7 +39,7 @@ def test_emergency_checkpoints_need_two_replicas(tmp_path):
 @pytest.mark.tpu
 def test_a_workdir_keeps_the_kind_of_checkpoints_it_started_with(tmp_path):
     """Emergency checkpoints refuse a workdir of regular ones (a step with a 'data' item) and the reverse (steps of
-    'state' alone), each in one line, before anything is read or written (a mesh of two compile-only TPU slices
+    one 'default' item), each in one line, before anything is read or written (a mesh of two compile-only TPU slices
     stands in for a run's: the refusal comes before Orbax touches a device)."""
     from allam_jax.aot.topology import resolve_topology
     from allam_jax.core.partitioning import PartitioningConfig, create_mesh
@@ -55,7 +55,7 @@ def test_a_workdir_keeps_the_kind_of_checkpoints_it_started_with(tmp_path):
         EmergencyCheckpointer(str(regular), config, mesh, None, save_every=5, keep=2)
     assert "\n" not in str(e.value)
     emergency = tmp_path / "emergency" / "checkpoints"
-    (emergency / "3" / "state").mkdir(parents=True)
+    (emergency / "3" / "default").mkdir(parents=True)  # the layout Orbax's emergency manager writes
     with pytest.raises(CheckpointError, match="holds emergency checkpoints"):
         Checkpointer(str(emergency), save_every=5).restore_latest(None)
     assert sorted(p.name for p in emergency.iterdir()) == ["3"]  # nothing moved aside

@@ -143,8 +143,14 @@ def test_emergency_checkpoints_resume_from_a_peer_or_the_bucket_after_sigkill(se
 
     from helpers import allam
 
-    regular = allam("train", f"--gin_file={gin}", f"--workdir={work}", "--gin_bindings=TrainerConfig.num_steps = 12")
-    assert regular.returncode == 1 and "holds emergency checkpoints" in regular.stderr.splitlines()[-1]
+    one = "--gin_bindings=PartitioningConfig.mesh_shape = (1, 1, 1)"  # this process has one device
+    regular = allam("train", f"--gin_file={gin}", f"--workdir={work}", "--gin_bindings=TrainerConfig.num_steps = 12", one)
+    assert regular.returncode == 1 and "holds emergency checkpoints" in regular.stderr.splitlines()[-1], \
+        regular.stderr[-2000:]
+    moved = allam("train", f"--gin_file={gin}", f"--workdir={d / 'from_emergency'}", one,
+                  "--gin_bindings=TrainerConfig.num_steps = 1",
+                  f"--gin_bindings=TrainerConfig.init_from = '{work / 'checkpoints'}'")  # its parameters, in a new run
+    assert moved.returncode == 0 and "initialised parameters from" in moved.stderr, moved.stderr[-3000:]
 
 
 def test_bad_distributed_settings_are_one_line_errors(tmp_path):

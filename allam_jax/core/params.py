@@ -71,20 +71,29 @@ def leaf_shapes(tree: Any) -> dict[str, tuple]:
     return {re.sub(r"\.(\w+)", r"['\1']", jax.tree_util.keystr(p)): tuple(v.shape) for p, v in flat}
 
 
+STATE_ITEMS = ("state", "default")  # a step's train state: ours, or an emergency checkpoint's persistent step
+
+
+def _state_item(step_dir: epath.Path) -> Optional[epath.Path]:
+    return next((step_dir / name for name in STATE_ITEMS if (step_dir / name).is_dir()), None)
+
+
 def _state_dirs(path: str) -> list[epath.Path]:
-    """The ``state`` directories ``path`` may mean, best first: itself (a step's ``state`` item), its ``state``
-    (a step directory), or every complete step of a checkpoint directory, newest first."""
+    """The state directories ``path`` may mean, best first: itself (a step's ``state`` item), its ``state`` (a
+    step directory; ``default`` in an emergency checkpoint's), or every complete step of a checkpoint directory,
+    newest first."""
     p = as_path(path)
     if not p.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if (p / "_METADATA").exists() or (p / "_sharding").exists() or (p / "manifest.ocdbt").exists():
         return [p]
-    if (p / "state").is_dir():
-        return [p / "state"]
-    steps = sorted((int(c.name) for c in p.iterdir() if c.name.isdigit() and (c / "state").is_dir()), reverse=True)
+    if _state_item(p) is not None:
+        return [_state_item(p)]
+    steps = sorted((int(c.name) for c in p.iterdir() if c.name.isdigit() and _state_item(c) is not None),
+                   reverse=True)
     if not steps:
         raise CheckpointError(f"no complete checkpoint step under {path}")
-    return [p / str(step) / "state" for step in steps]
+    return [_state_item(p / str(step)) for step in steps]
 
 
 def resolve_state_dir(path: str) -> epath.Path:

@@ -109,8 +109,8 @@ class Checkpointer:
         for name in self.partial_steps():
             log.warning("ignoring incomplete checkpoint %s (a save was interrupted)", self.directory / name)
         steps = [p for p in self.directory.iterdir() if p.name.isdigit()] if self.directory.exists() else []
-        if steps and all((p / "state").exists() and not (p / "data").exists() for p in steps):
-            raise CheckpointError(f"{self.directory} holds emergency checkpoints (no 'data' item beside 'state'); a "
+        if steps and all((p / "default").exists() and not (p / "data").exists() for p in steps):
+            raise CheckpointError(f"{self.directory} holds emergency checkpoints (steps of one 'default' item); a "
                                   "workdir keeps its kind: set CheckpointConfig.emergency = True (and local_dir)")
         unreadable = []
 
