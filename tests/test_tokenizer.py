@@ -400,3 +400,63 @@ def test_also_undiacritised_gives_pieces_for_plain_arabic_without_losing_the_mar
 
     assert per_word(models["both"], plain) < per_word(models["as_written"], plain)
     assert byte_share(models["both"], vowelled) < 0.02 < byte_share(models["stripped"], vowelled)
+
+
+@pytest.mark.parametrize("which", ["base", "add"])
+def test_from_hf_turns_transformers_tokenizer_json_back_into_the_same_encoder(toks, tmp_path, which):
+    """SentencePiece -> transformers' tokenizer.json -> ``allam tokenizer from-hf``: the result encodes every text as
+    the original SentencePiece model and as Hugging Face's own BPE on the json do (the scores rebuilt from ranks)."""
+    import tokenizers
+    import transformers
+
+    from allam_jax.cli.main import main
+
+    (tmp_path / "spm").mkdir()
+    (tmp_path / "spm" / "tokenizer.model").write_bytes(Path(toks[which]).read_bytes())
+    transformers.LlamaTokenizerFast.from_pretrained(tmp_path / "spm").save_pretrained(tmp_path / "hf")
+    hf_json = tmp_path / "hf" / "tokenizer.json"
+    out = tmp_path / "back.model"
+    assert main(["tokenizer", "from-hf", "--tokenizer_json", str(hf_json), "--out", str(out)]) == 0
+    original, back = _sp(toks[which]), _sp(str(out))
+    hf = tokenizers.Tokenizer.from_file(str(hf_json))
+    assert back.get_piece_size() == original.get_piece_size()
+    assert [back.id_to_piece(i) for i in range(back.get_piece_size())] == [
+        original.id_to_piece(i) for i in range(original.get_piece_size())]
+    lines = Path(toks["en"]).read_text(encoding="utf-8").splitlines()[-200:] + \
+        Path(toks["ar"]).read_text(encoding="utf-8").splitlines()[-200:]
+    lines += ["2026-12-03: 3.14", "🦙 ꙋ 镇", "عربي English مختلط", "tabs\tand\nlines"]
+    for text in lines + ["  two  spaces ", "\n", " \n", "\t\t out  "]:  # runs of spaces: transformers 5's json
+        expected = original.encode(text)                                  # splits them unlike SentencePiece
+        assert back.encode(text) == expected, repr(text)
+        if text in lines:
+            assert hf.encode(text, add_special_tokens=False).ids == expected, text
+    assert (back.bos_id(), back.eos_id(), back.unk_id()) == (original.bos_id(), original.eos_id(), original.unk_id())
+    assert main(["tokenizer", "from-hf", "--tokenizer_json", str(hf_json), "--out", str(out)]) == 2  # exists
+
+    # ids in another order than the merges' (as after added pieces): only the ranks may set the scores
+    data = json.loads(hf_json.read_text(encoding="utf-8"))
+    normal = [p for p, i in sorted(data["model"]["vocab"].items(), key=lambda kv: kv[1]) if i >= 259]
+    data["model"]["vocab"].update({p: 259 + k for k, p in enumerate(reversed(normal))})
+    shuffled = tmp_path / "shuffled.json"
+    shuffled.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    assert main(["tokenizer", "from-hf", "--tokenizer_json", str(shuffled), "--out", str(tmp_path / "s.model")]) == 0
+    reordered = _sp(str(tmp_path / "s.model"))
+    for text in lines:
+        assert reordered.encode(text, out_type=str) == original.encode(text, out_type=str), text
+
+
+def test_from_hf_refuses_what_it_cannot_convert_in_one_line(tmp_path, capsys):
+    from allam_jax.cli.main import main
+
+    wordpiece = tmp_path / "wp.json"
+    wordpiece.write_text(json.dumps({"model": {"type": "WordPiece", "vocab": {"[UNK]": 0}}}))
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"model": {"type": "BPE", "vocab": ')
+    gap = tmp_path / "gap.json"
+    gap.write_text(json.dumps({"model": {"type": "BPE", "unk_token": "<unk>", "vocab": {"<unk>": 0, "a": 2}}}))
+    for path, message in ((wordpiece, "model.type is 'WordPiece'"), (broken, "is not a tokenizer.json"),
+                          (gap, "model.vocab ids are not 0..1"), (tmp_path / "none.json", "tokenizer.json not found")):
+        assert main(["tokenizer", "from-hf", "--tokenizer_json", str(path), "--out", str(tmp_path / "x.model")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "x.model").exists()

@@ -1,4 +1,4 @@
-"""``allam tokenizer train|merge|fertility`` and ``allam expand-checkpoint``: vocabulary expansion."""
+"""``allam tokenizer train|merge|fertility|from-hf`` and ``allam expand-checkpoint``: vocabulary expansion."""
 
 from __future__ import annotations
 
@@ -59,6 +59,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "(modern=news.txt); Arabic is always split into diacritised and undiacritised documents")
     f.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
 
+    h = tok.add_parser("from-hf", help="a Llama-family tokenizer.json to a SentencePiece .model",
+                       description="Convert a Hugging Face tokenizer.json of the Llama family (BPE with byte fallback, "
+                       "as transformers converts SentencePiece models: Llama, Llama-2, Mistral) into a SentencePiece "
+                       "model that encodes the same ids, for merge, fertility and expand-checkpoint.")
+    h.add_argument("--tokenizer_json", required=True, help="the tokenizer.json (local or gs://)")
+    h.add_argument("--out", required=True, help=".model file to write")
+    h.add_argument("--overwrite", action="store_true", help="replace --out if it exists (refused by default)")
+
     p = sub.add_parser("expand-checkpoint", help="grow embeddings/LM head to a merged vocabulary",
                        description="Copy old rows bit for bit; initialise new rows (default: mean of the base "
                        "rows of the pieces the base tokenizer splits each new piece into). Writes an Orbax "
@@ -84,7 +92,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--drop_extra_rows", action="store_true",
                    help="allow a base tokenizer with fewer pieces than the checkpoint has rows (the rows past it "
                         "are vocabulary padding: they are replaced, and expansion.json names them); refused by default")
-    for parser, handler in ((t, run_train), (m, run_merge), (f, run_fertility), (p, run_expand)):
+    for parser, handler in ((t, run_train), (m, run_merge), (f, run_fertility), (h, run_from_hf), (p, run_expand)):
         parser.set_defaults(handler=handler)
 
 
@@ -132,6 +140,19 @@ def run_fertility(args: argparse.Namespace) -> int:
 
     rows = fertility_table(args.model, args.text)
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    return 0
+
+
+def run_from_hf(args: argparse.Namespace) -> int:
+    from allam_jax.tokenizer.from_hf import convert_hf_json
+    from allam_jax.tokenizer.spm_io import write_proto_atomically
+
+    _check_out(args.out, args.overwrite, (("--tokenizer_json", args.tokenizer_json),))
+    proto = convert_hf_json(args.tokenizer_json)
+    write_proto_atomically(proto, args.out)
+    byte = sum(p.type == p.BYTE for p in proto.pieces)
+    print(f"wrote {args.out}: {len(proto.pieces):,} pieces ({byte} bytes), SentencePiece BPE, "
+          f"dummy prefix {'on' if proto.normalizer_spec.add_dummy_prefix else 'off'}")
     return 0
 
 
