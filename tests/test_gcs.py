@@ -141,6 +141,8 @@ def test_train_kill_resume_init_from_and_export_in_a_bucket(bucket, tmp_path):
     assert fs.exists("allam-test/runs/a/config.gin")
     assert not fs.glob("allam-test/runs/a/metrics.parts/*.jsonl")  # folded into metrics.jsonl at the end
     assert fs.find("allam-test/runs/a/tensorboard"), "no TensorBoard events in the bucket"
+    assert json.loads(fs.cat("allam-test/runs/a/goodput.json"))["runs"] == 2  # written in place: no rename
+    assert not fs.glob("allam-test/runs/a/*.tmp*")
 
     # init_from a bucket checkpoint
     r = _allam(env, work, "train", "--gin_file", str(gin), "--workdir", "gs://allam-test/runs/b", "--gin_bindings",

@@ -305,3 +305,19 @@ def test_a_tiny_task_in_a_mixture_warns_how_often_it_repeats(tmp_path, caplog):
     repeats = [r.getMessage() for r in caplog.records if "repeats every" in r.getMessage()]
     assert len(repeats) == 1 and repeats[0].startswith("task en_pretrain holds"), repeats
     assert "50.0% of the batch" in repeats[0]
+
+
+def test_a_streamed_file_is_written_whole_or_not_at_all(tmp_path):
+    from allam_jax.core.paths import open_atomically
+
+    target = tmp_path / "sub" / "out.jsonl"
+    with open_atomically(str(target)) as f:
+        f.write("one\n")
+        assert not target.exists()  # nothing at the target until the writer closes
+    assert target.read_text() == "one\n"
+    with pytest.raises(RuntimeError):
+        with open_atomically(str(target)) as f:
+            f.write("two\n")
+            raise RuntimeError("the writer fails half way")
+    assert target.read_text() == "one\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["out.jsonl"]  # no temporary left behind

@@ -12,6 +12,7 @@ import numpy as np
 
 from allam_jax.align.preference_data import DpoData, stack_pairs
 from allam_jax.align.sft_data import SkipReport, read_jsonl
+from allam_jax.core.paths import open_atomically
 from allam_jax.data.sources import expand_patterns
 from allam_jax.objectives.logprobs import sequence_logprobs
 
@@ -37,20 +38,16 @@ def precompute_reference(model: nn.Module, params: Any, data: DpoData, seq_len: 
                          batch_size: int = 8, progress: bool = True) -> int:
     """One pass of the reference model over ``data`` in file order: writes each usable pair's JSON object
     with ``ref_chosen_logp`` and ``ref_rejected_logp`` added to ``out_path`` (atomically)."""
-    from pathlib import Path
-
     pairs = data.load(seq_len)
     [logp] = pair_logprobs(model, [params], pairs, seq_len, batch_size, "reference" if progress else None)
     sources: dict[str, dict] = {}
     for path in expand_patterns(data.paths):
         for line_no, obj in read_jsonl(path, "skip", SkipReport()):
             sources[f"{path}:{line_no}"] = obj
-    tmp = Path(out_path + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open_atomically(out_path) as f:
         for pair, (c, r) in zip(pairs, logp):
             obj = dict(sources[pair["source"]], ref_chosen_logp=float(c), ref_rejected_logp=float(r))
             f.write(json.dumps(obj, ensure_ascii=False) + "\n")
-    tmp.replace(out_path)
     return len(pairs)
 
 

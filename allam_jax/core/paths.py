@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator, Union
+from typing import IO, Iterator, Union
 
 from etils import epath
 
@@ -39,6 +39,27 @@ def write_bytes_atomically(path: PathLike, data: bytes) -> None:
 
 def write_text_atomically(path: PathLike, text: str) -> None:
     write_bytes_atomically(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def open_atomically(path: PathLike) -> Iterator[IO[str]]:
+    """A text file written as a stream, whole or not at all: locally beside the target then renamed (nothing
+    renamed if the writer raises); on an object store straight to the object (an upload appears only when it
+    is closed; a rename there is a copy and a delete)."""
+    p = as_path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if is_remote(path):
+        with p.open("w", encoding="utf-8") as f:
+            yield f
+        return
+    tmp = p.parent / f".{p.name}.tmp{os.getpid()}"
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            yield f
+        tmp.replace(p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 @contextlib.contextmanager

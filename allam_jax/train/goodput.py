@@ -25,6 +25,8 @@ from typing import Any, Iterator, Optional
 import jax
 from etils import epath
 
+from allam_jax.core.paths import write_text_atomically
+
 log = logging.getLogger(__name__)
 
 PARTS = ("data", "step", "checkpoint", "compile", "eval", "startup")
@@ -125,9 +127,7 @@ class GoodputRecorder:
         if not self.write_enabled:
             return None
         summary = self.summary()
-        tmp = self.path.parent / (FILE + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=1))
-        tmp.replace(self.path)
+        write_text_atomically(self.path, json.dumps(summary, indent=1))
         return summary
 
 

@@ -17,6 +17,7 @@ import math
 from typing import Callable, Mapping, Optional
 
 from allam_jax.core.errors import ConfigError, RetentionError
+from allam_jax.core.paths import write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +102,8 @@ class Watcher:
         self.start = self.evaluate(params)
         log.info("held-out bits/byte at step %d: %s", step, _fmt(self.start))
         if self.is_main:
-            tmp = self.workdir / (START_FILE + ".tmp")
-            tmp.write_text(json.dumps({"step": step, "bits_per_byte": self.start}) + "\n")
-            tmp.replace(self.workdir / START_FILE)
+            write_text_atomically(self.workdir / START_FILE,
+                                  json.dumps({"step": step, "bits_per_byte": self.start}) + "\n")
 
     def check(self, values: dict[str, float], step: int, stop: Callable[[], None]) -> None:
         """Warns, or calls ``stop`` (which saves) and raises :class:`RetentionError`, when the guarded language has
