@@ -43,6 +43,15 @@ def test_bundled_corpora_are_real_and_large(bundled):
     assert arabic > 0.9 * len(ar_lines)
     pair = json.loads((bundled / "parallel.jsonl").read_text(encoding="utf-8").splitlines()[0])
     assert set(pair) >= {"en", "ar"}
+    # Arabic by register, for mixtures that weigh classical text apart: the two files partition ar.txt
+    modern = (bundled / "ar_modern.txt").read_text(encoding="utf-8").splitlines()
+    classical = (bundled / "ar_classical.txt").read_text(encoding="utf-8").splitlines()
+    assert sorted(modern + classical) == sorted(ar_lines)
+    by_source = sources["sources"]
+    assert sources["ar_classical.txt"]["words"] == sum(v["words"] for k, v in by_source.items()
+                                                       if k == "ar/quran" or k.startswith("ar/hadith_"))
+    assert sources["ar_modern.txt"]["words"] == sum(by_source[k]["words"] for k in ("ar/tafsir_muyassar",
+                                                                                     "ar/gettext_ui") if k in by_source)
 
 
 def test_byte_vocabulary_tf_matches_python():
@@ -122,9 +131,11 @@ def test_token_share_rate_math():
     assert rates["b"] / rates["a"] == pytest.approx(4.0)
 
 
-def _data(bundled: Path, **kw) -> SeqioData:
-    paths = CorpusPaths(ar=[str(bundled / "ar.txt")], en=[str(bundled / "en.txt")],
-                        parallel=[str(bundled / "parallel.jsonl")])
+def _data(bundled: Path, registers: bool = False, **kw) -> SeqioData:
+    """The bundled mixture; ``registers``: modern and classical Arabic as two tasks (data/ar_registers.gin)."""
+    ar = {"ar": [str(bundled / "ar_modern.txt")], "ar_classical": [str(bundled / "ar_classical.txt")]} if registers \
+        else {"ar": [str(bundled / "ar.txt")]}
+    paths = CorpusPaths(en=[str(bundled / "en.txt")], parallel=[str(bundled / "parallel.jsonl")], **ar)
     return SeqioData(paths=paths, shuffle_buffer=2000, **kw)
 
 
@@ -165,8 +176,8 @@ def test_packed_batches_have_the_trainer_layout(bundled):
 
 def test_realised_token_shares_match_configured_rates(bundled):
     """Over 200 batches each task's share of real tokens is within 0.05 of its configured token share."""
-    rates = {"en_pretrain": 0.5, "ar_pretrain": 0.3, "translated_pretrain": 0.2}
-    it = _data(bundled, rates=rates, rate_unit="tokens").make_iterator(seq_len=128, batch_size=8)
+    rates = {"en_pretrain": 0.4, "ar_pretrain": 0.2, "ar_classical_pretrain": 0.2, "translated_pretrain": 0.2}
+    it = _data(bundled, registers=True, rates=rates, rate_unit="tokens").make_iterator(seq_len=128, batch_size=8)
     counts = np.zeros(len(tasks_lib.TASKS))
     for _ in range(200):
         batch = next(it)
@@ -235,7 +246,8 @@ def test_tfds_source(tmp_path, monkeypatch):
 
 
 def test_task_registry_contents(bundled):
-    data = _data(bundled, rate_unit="examples")
+    rates = {t.name: 1.0 for t in tasks_lib.TASKS}
+    data = _data(bundled, registers=True, rates=rates, rate_unit="examples")
     data.build(seq_len=64)
     for spec in tasks_lib.TASKS:
         task = seqio.get_mixture_or_task(spec.name)
@@ -306,6 +318,18 @@ def test_cli_inspect_reports_shares(bundled, tmp_path):
     assert sum(t["realised_share"] for t in report["tasks"].values()) == pytest.approx(1.0)
     assert report["tasks"]["en_pretrain"]["configured_share"] == pytest.approx(0.4)
     assert 0 < report["packing_efficiency"] <= 1 and len(report["examples"]) == 3
+    # the shipped register mixture: classical Arabic as a task of its own, at its configured share
+    registers = tmp_path / "registers.gin"
+    registers.write_text("\n".join([
+        "include 'runs/tiny_cpu.gin'", "include 'data/ar_registers.gin'",
+        *(f"CorpusPaths.{k} = ['{bundled / f}']" for k, f in (("ar", "ar_modern.txt"), ("ar_classical", "ar_classical.txt"),
+                                                                ("en", "en.txt"), ("parallel", "parallel.jsonl"))),
+        "SeqioData.shuffle_buffer = 2000"]) + "\n")
+    r = allam("data", "inspect", f"--gin_file={registers}", "--batches=5", "--batch_size=4", "--seq_len=64", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    tasks = json.loads(r.stdout)["tasks"]
+    assert tasks["ar_classical_pretrain"]["configured_share"] == pytest.approx(0.15)
+    assert tasks["ar_classical_pretrain"]["realised_share"] > 0 and tasks["ar_pretrain"]["realised_share"] > 0
     r = allam("data", "inspect", f"--gin_file={gin}", "--mixture=nope", "--batches=1")
     assert r.returncode == 2 and "unknown mixture 'nope'" in r.stderr.strip().splitlines()[-1]
     r = allam("data", "inspect", f"--gin_file={gin}", "--gin_bindings=CorpusPaths.en = ['/no/such/en.txt']")

