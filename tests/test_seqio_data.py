@@ -50,8 +50,13 @@ def test_bundled_corpora_are_real_and_large(bundled):
     by_source = sources["sources"]
     assert sources["ar_classical.txt"]["words"] == sum(v["words"] for k, v in by_source.items()
                                                        if k == "ar/quran" or k.startswith("ar/hadith_"))
-    assert sources["ar_modern.txt"]["words"] == sum(by_source[k]["words"] for k in ("ar/tafsir_muyassar",
-                                                                                     "ar/gettext_ui") if k in by_source)
+    assert sources["ar_modern.txt"]["words"] == sum(by_source[k]["words"] for k in (
+        "ar/tafsir_muyassar", "ar/gettext_ui", "ar/debian_handbook") if k in by_source)
+    if "parallel/debian_handbook" in by_source:  # its paragraph pairs: Arabic side in ar_modern.txt too
+        handbook = [json.loads(ln) for ln in (bundled / "parallel.jsonl").read_text(encoding="utf-8").splitlines()
+                    if '"debian-handbook/html"' in ln]
+        assert len(handbook) == by_source["parallel/debian_handbook"]["pairs"] > 1000
+        assert set(p["ar"] for p in handbook) <= set(modern)
 
 
 def test_byte_vocabulary_tf_matches_python():
@@ -334,6 +339,29 @@ def test_cli_inspect_reports_shares(bundled, tmp_path):
     assert r.returncode == 2 and "unknown mixture 'nope'" in r.stderr.strip().splitlines()[-1]
     r = allam("data", "inspect", f"--gin_file={gin}", "--gin_bindings=CorpusPaths.en = ['/no/such/en.txt']")
     assert r.returncode == 2 and "data file not found: /no/such/en.txt" in r.stderr.strip().splitlines()[-1]
+
+
+def test_handbook_paragraphs_pair_in_page_order_and_skip_the_untranslated(tmp_path):
+    from allam_jax.data.corpora import handbook_pairs
+
+    def page(lang, name, paras):
+        (tmp_path / lang).mkdir(exist_ok=True)
+        body = "".join(f'<div class="para">{p}</div>' for p in paras)
+        (tmp_path / lang / name).write_text(f"<html><body><h1>t</h1>{body}</body></html>", encoding="utf-8")
+
+    page("en-US", "apt.html", ["APT reads <code>sources.list</code> first.",
+                               'A list: <div class="itemizedlist"><ul><li>one item</li></ul></div> and more.',
+                               "Not yet translated here.", "Run it:<pre>apt update</pre> as root."])
+    page("ar-MA", "apt.html", ["تقرأ APT الملف <code>sources.list</code> أولا.",
+                               'قائمة: <div class="itemizedlist"><ul><li>عنصر واحد</li></ul></div> وغيرها.',
+                               "Not yet translated here.", "شغّله:<pre>apt update</pre> بصلاحيات الجذر."])
+    page("en-US", "odd.html", ["One.", "Two."])
+    page("ar-MA", "odd.html", ["واحد اثنان ثلاثة"])
+    with pytest.warns(UserWarning, match="odd.html: 1 paragraphs in ar-MA, 2 in en-US"):
+        pairs = list(handbook_pairs(tmp_path))
+    assert pairs == [("APT reads sources.list first.", "تقرأ APT الملف sources.list أولا.", "apt"),
+                     ("A list: one item and more.", "قائمة: عنصر واحد وغيرها.", "apt"),
+                     ("Run it: as root.", "شغّله: بصلاحيات الجذر.", "apt")]
 
 
 def test_deb_extraction_rejects_non_debs(tmp_path):

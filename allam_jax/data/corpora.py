@@ -11,7 +11,9 @@ of ``sources.json``:
   more).
 - English-Arabic pairs: gettext catalogs (``.mo``) under ``/usr/share/locale/ar/LC_MESSAGES``, of Debian
   ``libreoffice-l10n-ar`` (MPL-2.0) and of the packages in ``CATALOG_DEBS`` (each package's own licence,
-  GPL/LGPL mostly).
+  GPL/LGPL mostly); the paragraphs of the Debian Administrator's Handbook (Debian ``debian-handbook``, GPL-2.0+
+  or CC-BY-SA-3.0) that its Arabic edition translates, paired with the English ones (their Arabic side is also
+  modern Arabic prose in ``ar.txt``).
 
 ``.deb`` packages are fetched with ``apt-get download`` (a package registry) into ``DEB_DIR`` once and
 unpacked with ``dpkg-deb -x`` (no root needed; a Python reader stands in where dpkg-deb is missing). ``allam data prepare --out DIR`` writes
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import gettext
 import glob
+import html.parser
 import importlib
 import io
 import json
@@ -104,7 +107,8 @@ def gettext_pairs(locale_dirs: Iterable[str] = DEFAULT_LOCALE_DIRS) -> Iterator[
                     yield en, ar, Path(path).stem
 
 
-DEBS = {"sword-text-web": "English running text", "libreoffice-l10n-ar": "English-Arabic UI sentences"}
+DEBS = {"sword-text-web": "English running text", "libreoffice-l10n-ar": "English-Arabic UI sentences",
+        "debian-handbook": "English-Arabic paragraphs of technical prose"}
 
 # More English-Arabic pairs: of the 944 Debian 12 packages that ship /usr/share/locale/ar/LC_MESSAGES/*.mo
 # (apt-file), the 41 that add the most unique pairs per downloaded MB to the catalogs above (greedy; 33 MB in
@@ -219,6 +223,68 @@ def sword_ztext_chapters(module_dir: Path) -> Iterator[str]:
                 chapter.append(text)
         if chapter:
             yield " ".join(" ".join(chapter).split())
+
+
+class _Paragraphs(html.parser.HTMLParser):
+    """The text of each ``<div class="para">`` of a Publican (DocBook) HTML page, in page order; program listings
+    (``<pre>``) left out."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.paragraphs: list[str] = []
+        self._depth = 0  # open divs inside the paragraph being read (0: not in one)
+        self._pre = 0
+        self._text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "pre":
+            self._pre += 1
+        elif tag == "div":
+            if self._depth:
+                self._depth += 1
+            elif "para" in (dict(attrs).get("class") or "").split():
+                self._depth, self._text = 1, []
+
+    def handle_endtag(self, tag):
+        if tag == "pre":
+            self._pre = max(0, self._pre - 1)
+        elif tag == "div" and self._depth:
+            self._depth -= 1
+            if not self._depth:
+                self.paragraphs.append(" ".join("".join(self._text).split()))
+
+    def handle_data(self, data):
+        if self._depth and not self._pre:
+            self._text.append(data)
+
+
+def _page_paragraphs(page: Path) -> list[str]:
+    parser = _Paragraphs()
+    parser.feed(page.read_text(encoding="utf-8"))
+    return parser.paragraphs
+
+
+HANDBOOK_SOURCE = "debian-handbook/html"  # the ``source`` of its pairs in parallel.jsonl
+
+
+def handbook_pairs(html_root: Path, lang: str = "ar-MA") -> Iterator[tuple[str, str, str]]:
+    """``(english, arabic, page)`` paragraph pairs of the Debian Administrator's Handbook: the translation is made
+    from the English pages' paragraphs one for one (Publican), so pages with as many paragraphs in both are
+    paired in order; a paragraph still in English in the Arabic edition (the translation is partial; such a
+    paragraph may carry Arabic cross-reference titles) is left out, and so is a page whose paragraph counts differ."""
+    for page in sorted((html_root / lang).glob("*.html")):
+        english_page = html_root / "en-US" / page.name
+        if not english_page.is_file():
+            continue
+        ar, en = _page_paragraphs(page), _page_paragraphs(english_page)
+        if len(ar) != len(en):
+            warnings.warn(f"{page.name}: {len(ar)} paragraphs in {lang}, {len(en)} in en-US; page skipped")
+            continue
+        for a, e in zip(ar, en):
+            words = a.split()  # translated: most words Arabic (commands and file names stay Latin)
+            if len(words) >= 3 and 2 * sum(arabic_fraction(w) > 0.5 for w in words) >= len(words) \
+                    and arabic_fraction(e) == 0:
+                yield e, a, page.stem
 
 
 def quran_surahs() -> Iterator[str]:
@@ -356,6 +422,21 @@ def prepare(out_dir: str, locale_dirs: Iterable[str] = DEFAULT_LOCALE_DIRS, deb_
     sources["ar/gettext_ui"] = _stats(ui, "Arabic gettext catalogs of Debian packages incl. libreoffice-l10n-ar")
     arabic += ui
     modern += ui
+    handbook_root = unpacked / "debian-handbook" / "usr/share/doc/debian-handbook/html"
+    handbook = list(handbook_pairs(handbook_root)) if handbook_root.is_dir() else []
+    if handbook:
+        paragraphs = [ar for _, ar, _ in handbook]
+        sources["ar/debian_handbook"] = _stats(paragraphs, "The Debian Administrator's Handbook, Arabic edition (modern "
+                                               "standard Arabic, partial translation), Debian debian-handbook "
+                                               "(GPL-2.0+ or CC-BY-SA-3.0)")
+        arabic += paragraphs
+        modern += paragraphs
+        sources["parallel/debian_handbook"] = {
+            "pairs": len(handbook), "words_en": sum(len(e.split()) for e, _, _ in handbook),
+            "words_ar": sum(len(a.split()) for _, a, _ in handbook),
+            "source": "The Debian Administrator's Handbook: en-US and ar-MA paragraphs paired one for one "
+                      "(GPL-2.0+ or CC-BY-SA-3.0)"}
+    pairs += [(en, ar, HANDBOOK_SOURCE) for en, ar, _ in handbook]
 
     # Shuffled with a fixed seed: the sources are concatenated in blocks, and a training shuffle buffer
     # smaller than a file would otherwise see one source at a time.
@@ -370,8 +451,9 @@ def prepare(out_dir: str, locale_dirs: Iterable[str] = DEFAULT_LOCALE_DIRS, deb_
     _write_atomically(out / "ar_classical.txt", classical)
     _write_atomically(out / "parallel.jsonl", (json.dumps({"en": en, "ar": ar, "source": src}, ensure_ascii=False)
                                                for en, ar, src in pairs))
-    sources["parallel/gettext"] = {"pairs": len(pairs), "words_en": sum(len(e.split()) for e, _, _ in pairs),
-                                   "words_ar": sum(len(a.split()) for _, a, _ in pairs),
+    catalog = [p for p in pairs if p[2] != HANDBOOK_SOURCE]
+    sources["parallel/gettext"] = {"pairs": len(catalog), "words_en": sum(len(e.split()) for e, _, _ in catalog),
+                                   "words_ar": sum(len(a.split()) for _, a, _ in catalog),
                                    "catalog_packages": sorted(p for p in debs if p in CATALOG_DEBS or p in DEBS),
                                    "source": "gettext catalogs: English msgid -> Arabic msgstr (GPL/LGPL/MPL-2.0)"}
     counts = {"en.txt": {"documents": len(english), "words": sum(len(t.split()) for t in english)},
