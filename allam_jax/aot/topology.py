@@ -42,7 +42,7 @@ class Chip:
 # per-chip totals of the data sheets divided over the links (v5p: 1200 GB/s bidirectional over 6 links).
 # MATMUL_EFFICIENCY: fitted by benchmarks/vs_maxtext.py --calibrate to MaxText's published v5p measurements (Llama-2
 # 70B on v5p-512 at 65.4% MFU wants 0.803, its 32B on v5p-128 at 71.5% wants 0.958; the geometric mean leaves
-# +7/-5 points). v6e: its own, fitted to the one published v6e measurement of a config this estimator can cost
+# +6/-6 points). v6e: its own, fitted to the one published v6e measurement of a config this estimator can cost
 # (MaxText's Trillium Llama-2 70B on v6e-256 at 43.8% MFU wants 0.684; v5p's 0.877 would say 55.6%, +11.8 points);
 # v4 and v5e have none compiled here and take v5p's.
 MATMUL_EFFICIENCY = 0.877
