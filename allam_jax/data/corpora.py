@@ -345,8 +345,17 @@ def _write_atomically(path: Path, lines: Iterable[str]) -> None:
     tmp.replace(path)
 
 
+def _counts(docs: list[str]) -> dict:
+    return {"documents": len(docs), "words": sum(len(t.split()) for t in docs)}
+
+
 def _stats(docs: list[str], source: str) -> dict:
-    return {"documents": len(docs), "words": sum(len(t.split()) for t in docs), "source": source}
+    return {**_counts(docs), "source": source}
+
+
+def _pair_stats(pairs: list[tuple[str, str, str]], source: str) -> dict:
+    return {"pairs": len(pairs), "words_en": sum(len(e.split()) for e, _, _ in pairs),
+            "words_ar": sum(len(a.split()) for _, a, _ in pairs), "source": source}
 
 
 def extract_debs(debs: dict[str, Path], unpacked: Path) -> dict[str, Path]:
@@ -431,11 +440,9 @@ def prepare(out_dir: str, locale_dirs: Iterable[str] = DEFAULT_LOCALE_DIRS, deb_
                                                "(GPL-2.0+ or CC-BY-SA-3.0)")
         arabic += paragraphs
         modern += paragraphs
-        sources["parallel/debian_handbook"] = {
-            "pairs": len(handbook), "words_en": sum(len(e.split()) for e, _, _ in handbook),
-            "words_ar": sum(len(a.split()) for _, a, _ in handbook),
-            "source": "The Debian Administrator's Handbook: en-US and ar-MA paragraphs paired one for one "
-                      "(GPL-2.0+ or CC-BY-SA-3.0)"}
+        sources["parallel/debian_handbook"] = _pair_stats(
+            handbook, "The Debian Administrator's Handbook: en-US and ar-MA paragraphs paired one for one "
+            "(GPL-2.0+ or CC-BY-SA-3.0)")
     pairs += [(en, ar, HANDBOOK_SOURCE) for en, ar, _ in handbook]
 
     # Shuffled with a fixed seed: the sources are concatenated in blocks, and a training shuffle buffer
@@ -452,14 +459,11 @@ def prepare(out_dir: str, locale_dirs: Iterable[str] = DEFAULT_LOCALE_DIRS, deb_
     _write_atomically(out / "parallel.jsonl", (json.dumps({"en": en, "ar": ar, "source": src}, ensure_ascii=False)
                                                for en, ar, src in pairs))
     catalog = [p for p in pairs if p[2] != HANDBOOK_SOURCE]
-    sources["parallel/gettext"] = {"pairs": len(catalog), "words_en": sum(len(e.split()) for e, _, _ in catalog),
-                                   "words_ar": sum(len(a.split()) for _, a, _ in catalog),
-                                   "catalog_packages": sorted(p for p in debs if p in CATALOG_DEBS or p in DEBS),
-                                   "source": "gettext catalogs: English msgid -> Arabic msgstr (GPL/LGPL/MPL-2.0)"}
-    counts = {"en.txt": {"documents": len(english), "words": sum(len(t.split()) for t in english)},
-              "ar.txt": {"documents": len(arabic), "words": sum(len(t.split()) for t in arabic)},
-              **{name: {"documents": len(docs), "words": sum(len(t.split()) for t in docs)}
-                 for name, docs in (("ar_modern.txt", modern), ("ar_classical.txt", classical))},
+    sources["parallel/gettext"] = {**_pair_stats(catalog, "gettext catalogs: English msgid -> Arabic msgstr "
+                                                  "(GPL/LGPL/MPL-2.0)"),
+                                   "catalog_packages": sorted(p for p in debs if p in CATALOG_DEBS or p in DEBS)}
+    counts = {"en.txt": _counts(english), "ar.txt": _counts(arabic), "ar_modern.txt": _counts(modern),
+              "ar_classical.txt": _counts(classical),
               "parallel.jsonl": {"pairs": len(pairs)}, "sources": sources}
     (out / "sources.json").write_text(json.dumps(counts, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return counts

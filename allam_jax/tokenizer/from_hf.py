@@ -85,7 +85,7 @@ def proto_from_hf_json(data: dict, where: str = "tokenizer.json") -> ModelProto:
     for rank, merge in enumerate(model.get("merges") or []):
         a, b = _merge_pair(merge, where)
         first_rank.setdefault(a + b, rank)
-    specials = {t["content"]: t for t in data.get("added_tokens") or [] if t.get("special")}
+    specials = {t["content"] for t in data.get("added_tokens") or [] if t.get("special")}
     unk = model.get("unk_token") or ("<unk>" if "<unk>" in specials else None)  # transformers 5 leaves it unset
     if unk is None or unk not in vocab:
         raise TokenizerError(f"{where}: model.unk_token {unk!r} is not in model.vocab; SentencePiece needs an "
