@@ -14,6 +14,8 @@ import json
 import random
 from pathlib import Path
 
+from allam_jax.core.paths import write_text_atomically
+
 SYSTEM = "You are a helpful bilingual assistant. أنت مساعد مفيد ثنائي اللغة."
 TO_AR = ("Translate into Arabic: {en}", "ترجم إلى العربية: {en}")
 TO_EN = ("Translate into English: {ar}", "ترجم إلى الإنجليزية: {ar}")
@@ -71,8 +73,6 @@ def make_alignment_sets(parallel_jsonl: str, out_dir: str, eval_fraction: float 
             if rejected != chosen:
                 dpo.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
         for name, records in ((f"sft_{split}.jsonl", sft), (f"dpo_{split}.jsonl", dpo)):
-            tmp = out / (name + ".tmp")
-            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-            tmp.replace(out / name)
+            write_text_atomically(out / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
             counts[name] = len(records)
     return counts

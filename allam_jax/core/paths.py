@@ -25,16 +25,9 @@ def as_path(path: PathLike) -> epath.Path:
 
 
 def write_bytes_atomically(path: PathLike, data: bytes) -> None:
-    """A whole file or none: written beside the target, then renamed (on object stores an upload is atomic
-    already, so it is written in place)."""
-    p = as_path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    if is_remote(path):
-        p.write_bytes(data)
-        return
-    tmp = p.parent / f".{p.name}.tmp{os.getpid()}"
-    tmp.write_bytes(data)
-    tmp.replace(p)
+    """A whole file or none (see :func:`open_atomically`)."""
+    with open_atomically(path, binary=True) as f:
+        f.write(data)
 
 
 def write_text_atomically(path: PathLike, text: str) -> None:
@@ -42,19 +35,20 @@ def write_text_atomically(path: PathLike, text: str) -> None:
 
 
 @contextlib.contextmanager
-def open_atomically(path: PathLike) -> Iterator[IO[str]]:
-    """A text file written as a stream, whole or not at all: locally beside the target then renamed (nothing
-    renamed if the writer raises); on an object store straight to the object (an upload appears only when it
-    is closed; a rename there is a copy and a delete)."""
+def open_atomically(path: PathLike, binary: bool = False) -> Iterator[IO]:
+    """A file (UTF-8 text, or bytes) written as a stream, whole or not at all: locally beside the target then
+    renamed (nothing renamed if the writer raises); on an object store straight to the object (an upload appears
+    only when it is closed; a rename there is a copy and a delete)."""
     p = as_path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
+    mode, encoding = ("wb", None) if binary else ("w", "utf-8")
     if is_remote(path):
-        with p.open("w", encoding="utf-8") as f:
+        with p.open(mode, encoding=encoding) as f:
             yield f
         return
     tmp = p.parent / f".{p.name}.tmp{os.getpid()}"
     try:
-        with tmp.open("w", encoding="utf-8") as f:
+        with tmp.open(mode, encoding=encoding) as f:
             yield f
         tmp.replace(p)
     finally:

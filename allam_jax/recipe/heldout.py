@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from allam_jax.core.errors import ConfigError
+from allam_jax.core.paths import write_text_atomically
 from allam_jax.data.normalize import normalize_text
 
 
@@ -48,10 +49,7 @@ def _lines(path: Path) -> list[str]:
 
 
 def _write_lines(path: Path, lines: Sequence[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomically(path, "".join(ln + "\n" for ln in lines))
 
 
 def _split(items: list, n_heldout: int, rng: random.Random) -> tuple[list, list]:

@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 
 from allam_jax import gin_setup
 from allam_jax.core.errors import ConfigError
+from allam_jax.core.paths import write_text_atomically
 from allam_jax.gin_setup import Override
 from allam_jax.recipe.config import EXPAND_METHODS, STAGES, RecipeConfig
 
@@ -36,10 +37,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomically(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 def _train(gin_files: Sequence[str], bindings: Sequence[str], workdir: str, overrides: Sequence[Override] = ()) -> int:
