@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,6 +28,7 @@ def bundled_dir() -> Path:
     """The full bundled corpora (``allam data prepare``), built once per test process."""
     if not _BUNDLED:
         root = Path(tempfile.mkdtemp(prefix="allam-bundled-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)  # 0.5 GB a test process: not left in /tmp
         corpora.prepare(str(root / "bundled"))
         from allam_jax.align.bundled import make_alignment_sets
 
