@@ -18,7 +18,7 @@ setup(
     description="Arabic-English LLM training (the ALLaM recipe) in JAX/Flax",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.12",  # jax 0.12
     packages=find_packages(include=["allam_jax", "allam_jax.*"]),
     install_requires=_requirements("requirements.txt"),
     extras_require={
@@ -27,9 +27,8 @@ setup(
         "hf": ["safetensors==0.8.0", "transformers==5.23.0", "torch==2.13.0"],
         "lmeval": ["lm-eval==0.4.13"],
         "notebooks": ["nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0"],
-        # the TPU compiler for `allam compile` (also on CPU-only hosts). Newer than the 0.0.42.1 jax[tpu]==0.10.2
-        # names: 0.0.52 compiles the 7B train step in 16 GB less per chip (MaxText's memory); jax 0.11+, which
-        # names it, needs Python 3.12
+        # the TPU compiler for `allam compile` (also on CPU-only hosts) and the runtime on TPU VMs: MaxText 0.2.5's
+        # pairing with jax 0.12.0.1 (whose own `tpu` extra names 0.0.50.1); see README, Pinned versions
         "tpu": ["libtpu==0.0.52"],
     },
     entry_points={"console_scripts": ["allam=allam_jax.cli:main"]},

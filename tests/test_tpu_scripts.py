@@ -29,7 +29,8 @@ def test_create(tpu, runtime):
 def test_setup_launch_logs_delete():
     cmds = dry_run("setup_workers.sh", "--name", "exp1", "--zone", "z")
     assert cmds[1][:6] == ["gcloud", "compute", "tpus", "tpu-vm", "scp", "/tmp/allam-jax.tgz"] and "--worker=all" in cmds[1]
-    assert "bash setup.sh" in cmds[2][-1] and "jax[tpu]" in cmds[2][-1] and "--worker=all" in cmds[2]
+    assert "bash setup.sh &&" in cmds[2][-1] and "uv python install 3.12" in cmds[2][-1] and "--worker=all" in cmds[2]
+    assert "pip install -q 'jax" not in cmds[2][-1]  # libtpu comes with setup.sh's pins, as compiled here
     [cmd] = dry_run("launch.sh", "--name", "exp1", "--zone", "z", "--gin_file", "runs/tiny_cpu.gin", "--workdir",
                     "gs://bucket/run 1", "--gin_bindings", "TrainerConfig.num_steps = 5")
     assert cmd[:9] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "exp1", "--zone", "z", "--worker=all"]

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Copy this checkout to every worker of a TPU VM and install it there (with jax[tpu]).
+# Copy this checkout to every worker of a TPU VM and install it there: setup.sh's pinned stack, libtpu included (the
+# TPU images ship an older Python; where no 3.12 is found, uv installs one).
 #   tpu_scripts/setup_workers.sh --name NAME --zone ZONE [--slices N] [--project P] [--dir allam-jax] [--dry-run]
 source "$(dirname "$0")/common.sh"
 DIR="allam-jax"
@@ -18,5 +19,5 @@ for NODE in $(nodes); do
   run gcloud compute tpus tpu-vm scp /tmp/allam-jax.tgz "$NODE:~/allam-jax.tgz" --zone "$ZONE" --worker=all \
     "${GCLOUD_EXTRA[@]+"${GCLOUD_EXTRA[@]}"}"
   run gcloud compute tpus tpu-vm ssh "$NODE" --zone "$ZONE" --worker=all "${GCLOUD_EXTRA[@]+"${GCLOUD_EXTRA[@]}"}" --command \
-    "mkdir -p ~/$QDIR && tar -C ~/$QDIR -xzf ~/allam-jax.tgz && cd ~/$QDIR && bash setup.sh && .venv/bin/pip install -q 'jax[tpu]==0.10.2' && .venv/bin/allam data prepare"
+    "mkdir -p ~/$QDIR && tar -C ~/$QDIR -xzf ~/allam-jax.tgz && cd ~/$QDIR && export PATH=~/.local/bin:\$PATH && { bash setup.sh --find-python >/dev/null 2>&1 || { python3 -m pip install -q --user uv && uv python install 3.12; }; } && bash setup.sh && .venv/bin/allam data prepare"
 done
