@@ -54,6 +54,14 @@ def test_groups_across_slices_pay_the_data_centre_network():
     ("replica_groups=[4,2]<=[2,4]T(1,0)", np.arange(8).reshape(2, 4).T.reshape(4, 2).tolist()),
     ("replica_groups={}", [list(range(8))]),
     ("source_target_pairs={{0,1},{1,2}}", [[0, 1], [1, 2]]),
+    # the named-mesh form of newer XLA: devices varying along the listed axes, the others fixed
+    ("replica_groups=mesh['a'=2,'b'=4] {'a'}", np.arange(8).reshape(2, 4).T.tolist()),
+    ("replica_groups=mesh['a'=2,'b'=4] {'b'}", np.arange(8).reshape(2, 4).tolist()),
+    ("replica_groups=mesh['a'=2,'b'=4] {'b','a'}", [np.arange(8).reshape(2, 4).T.reshape(-1).tolist()]),
+    ("replica_groups=mesh['a'=2,'b'=2,'c'=2] {'a','c'}", np.arange(8).reshape(2, 2, 2).transpose(1, 0, 2).reshape(2, 4).tolist()),
+    # a sub-axis 'b':(2)2: the minor factor 2 of b (its major factor 2 before it)
+    ("replica_groups=mesh['a'=2,'b'=4] {'b':(2)2}", np.arange(8).reshape(4, 2).tolist()),
+    ("replica_groups=mesh['a'=2,'b'=4] {'b':(1)2}", np.arange(8).reshape(2, 2, 2).transpose(0, 2, 1).reshape(4, 2).tolist()),
 ])
 def test_replica_groups_in_every_hlo_form(text, expected):
     assert replica_groups(text, 8) == expected

@@ -36,7 +36,7 @@ from allam_jax.aot.hlo_stats import array_bytes, computations, dcn_transfer, mul
 
 HOP_SECONDS = 1e-6  # per ring step of a collective (the scaling book's ICI latency)
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([a-z][\w\-]*)\(")
-_OPERAND = re.compile(r"%([\w.\-]+)")
+_OPERAND = re.compile(r"%([\w.\-]+(?:#\d+)?)")  # `%t#1`: newer HLO text names a tuple's element directly
 _COLLECTIVE = re.compile(r"^(all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)(-start)?$")
 _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "conditional", "call",
          "after-all", "partition-id", "replica-id", "copy-start", "copy-done", "opt-barrier", "add-dependency",
@@ -74,6 +74,35 @@ def parse_instruction(line: str) -> Optional[Instruction]:
         return None
     inside, _ = _balanced(line, m.end() - 1)
     return Instruction(m.group(1), m.group(2), m.group(3), _OPERAND.findall(inside), line)
+
+
+def tuple_elements(type_text: str) -> list[str]:
+    """The element types of a tuple type ``(a, b, ...)``, split at its top-level commas; [] for an array type."""
+    text = type_text.strip()
+    if not text.startswith("("):
+        return []
+    elements, depth, start = [], 0, 1
+    for i, ch in enumerate(text):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth == 0 and ch == ")":
+                elements.append(text[start:i].strip())
+                break
+        elif ch == "," and depth == 1:
+            elements.append(text[start:i].strip())
+            start = i + 1
+    return [e for e in elements if e]
+
+
+def _shapes(instructions: list[Instruction]) -> dict[str, str]:
+    """Result types by name, with each tuple's elements also under ``name#k`` (how operands may name them)."""
+    shapes = {i.name: i.type for i in instructions}
+    for i in instructions:
+        for k, element in enumerate(tuple_elements(i.type)):
+            shapes[f"{i.name}#{k}"] = element
+    return shapes
 
 
 def _dims(type_text: str) -> list[int]:
@@ -203,9 +232,50 @@ class Interconnect:
                                [getattr(d, "slice_index", 0) or 0 for d in devices])
 
 
+_MESH_GROUPS = re.compile(r"replica_groups=mesh\[([^\]]*)\](?:<=\[([\d,]+)\](?:T\(([\d,]+)\))?)?\s*\{([^}]*)\}")
+_MESH_AXIS = re.compile(r"'([^']+)'=(\d+)")
+_GROUP_AXIS = re.compile(r"'([^']+)'(?::\((\d+)\)(\d+))?")
+
+
+def _mesh_groups(m: re.Match) -> list[list[int]]:
+    """Groups of the named-mesh form ``mesh['x'=4,'y'=2] {'y'}`` (newer XLA): the devices of the mesh (row-major
+    logical ids, or the iota after ``<=``) that vary along the listed axes, in the listed order, the others fixed.
+    An axis may be a sub-axis ``'x':(pre)size``: the ``size`` factor of ``x`` after the ``pre`` major to it."""
+    axes = [(name, int(size)) for name, size in _MESH_AXIS.findall(m.group(1))]
+    listed = [(name, int(pre) if pre else None, int(size) if size else None) for name, pre, size in
+              _GROUP_AXIS.findall(m.group(4))]
+    cuts = {name: {1, size} for name, size in axes}
+    for name, pre, size in listed:
+        if pre is not None:
+            cuts[name] |= {pre, pre * size}
+    dims, where = [], {}  # each axis split at its sub-axes' bounds, major first; (axis, bound) -> dim index
+    for name, size in axes:
+        bounds = sorted(cuts[name])
+        for lo, hi in zip(bounds, bounds[1:]):
+            where[(name, lo)] = len(dims)
+            dims.append(hi // lo)
+    n = math.prod(size for _, size in axes)
+    ids = np.arange(n)
+    if m.group(2):
+        ids = ids.reshape([int(x) for x in m.group(2).split(",")])
+        if m.group(3):
+            ids = ids.transpose([int(x) for x in m.group(3).split(",")])
+    ids = ids.reshape(dims)
+    grouped = []
+    for name, pre, size in listed:
+        bounds = sorted(cuts[name])
+        lo, hi = (1, dict(axes)[name]) if pre is None else (pre, pre * size)
+        grouped += [where[(name, b)] for b in bounds if lo <= b < hi]
+    rest = [d for d in range(len(dims)) if d not in grouped]
+    return ids.transpose(rest + grouped).reshape(-1, math.prod(dims[d] for d in grouped) if grouped else 1).tolist()
+
+
 def replica_groups(text: str, num_devices: int) -> list[list[int]]:
-    """A collective's device groups from its ``replica_groups`` (explicit or iota form) or, for a permute, its
-    ``source_target_pairs``; one group of every device when the attribute is empty."""
+    """A collective's device groups from its ``replica_groups`` (explicit, iota or named-mesh form) or, for a
+    permute, its ``source_target_pairs``; one group of every device when the attribute is empty."""
+    mesh = _MESH_GROUPS.search(text)
+    if mesh:
+        return _mesh_groups(mesh)
     iota = re.search(r"replica_groups=\[([\d,]+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?", text)
     if iota:
         out_shape = [int(x) for x in iota.group(1).split(",")]
@@ -311,7 +381,7 @@ class _Costs:
     def __init__(self, comps: dict[str, list[str]]):
         self.comps = comps
         self.parsed = {name: [i for i in map(parse_instruction, lines) if i] for name, lines in comps.items()}
-        self.shapes = {name: {i.name: i.type for i in ins} for name, ins in self.parsed.items()}
+        self.shapes = {name: _shapes(ins) for name, ins in self.parsed.items()}
         self._flops: dict[str, float] = {}
 
     def flops(self, comp: str) -> float:
