@@ -273,8 +273,14 @@ def test_quick_recipe_writes_the_report(quick_recipe):
     assert set(results["runs"]) == {"base", "full", "arabic_only", "no_translated", "embeddings_first",
                                     "mean_subtoken_init", "random_init", "no_expansion", "sft", "dpo"}
     for name, run in results["runs"].items():
-        for point in run["points"]:
-            assert 0.5 < point["bpb"]["en"] < 12 and 0.5 < point["bpb"]["ar"] < 12, (name, point)
+        for i, point in enumerate(run["points"]):
+            assert 0.5 < point["bpb"]["en"] < 12 and point["bpb"]["ar"] > 0.5, (name, point)
+            if name == "base" or (name == "no_expansion" and i == 0):
+                # the English-only base has never seen Arabic, and gets worse at it as it learns English (the
+                # full recipe's ends near 19 bits per byte): worse than its English is all that holds
+                assert point["bpb"]["ar"] > point["bpb"]["en"], (name, point)
+            else:
+                assert point["bpb"]["ar"] < 12, (name, point)
         for task in ("en_cloze", "ar_cloze", "translate", "chat_translate"):
             assert 0 <= run["mc"][task]["acc"] <= 1 and run["mc"][task]["n"] == 24
     # each arm's curve starts at its own starting point: step 0, then the kept checkpoints
