@@ -10,10 +10,11 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 is_312() { "$1" -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1; }
+at_least_312() { "$1" -c 'import sys; assert sys.version_info >= (3, 12)' >/dev/null 2>&1; }
 
 find_python() {
   if [ -n "${PYTHON:-}" ]; then
-    if "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 12)' >/dev/null 2>&1; then echo "$PYTHON"; return; fi
+    if at_least_312 "$PYTHON"; then echo "$PYTHON"; return; fi
     echo "setup.sh: PYTHON=$PYTHON is not Python 3.12 or later (jax 0.12 needs it)" >&2; return 1
   fi
   # a pyenv shim named python3.12 may exist without starting a 3.12: each candidate is run, not trusted by name
@@ -28,7 +29,7 @@ find_python() {
 }
 
 if [ "${1:-}" = "--find-python" ]; then find_python; exit; fi
-if [ -x .venv/bin/python ] && ! .venv/bin/python -c 'import sys; assert sys.version_info >= (3, 12)' 2>/dev/null; then
+if [ -x .venv/bin/python ] && ! at_least_312 .venv/bin/python; then
   echo "setup.sh: .venv is $(.venv/bin/python -V 2>&1); rebuilding it on Python 3.12"
   rm -rf .venv
 fi
