@@ -3,7 +3,6 @@ head gathered and reduced once per step (not per chunk), gradients reduce-scatte
 on train steps compiled by libtpu for TPU topologies, so the partitioner's old choices cannot come back."""
 
 import math
-import re
 
 import pytest
 
@@ -60,12 +59,12 @@ def test_slice_descriptions_carry_their_wraparound():
 @pytest.fixture(scope="module")
 def whole_cube():
     """The train step on a v5p-128 (a 4x4x4 cube with wraparound), every weight split 64 ways (mesh (1, 64, 1))."""
-    return _compile("v5p-128", (1, -1, 1), with_text=True)
+    return _compile("v5p-128", (1, -1, 1))
 
 
 @pytest.mark.tpu
 def test_weights_are_all_gathered_once_per_use_on_a_whole_cube(whole_cube):
-    ops, params, _ = whole_cube
+    ops, params = whole_cube
     # no gather written as an all-reduce of a zero-padded buffer (what the compiler emitted without the wraparound)
     assert not [op for op in ops if op["kind"] == "all-reduce" and "dynamic-update-slice" in op["operands"]]
     gathered = sum(op["times"] * op["bytes"] for op in ops if op["kind"] == "all-gather"
@@ -79,7 +78,7 @@ def test_weights_are_all_gathered_once_per_use_on_a_whole_cube(whole_cube):
 
 @pytest.mark.tpu
 def test_lm_head_is_gathered_and_reduced_once_per_step_not_per_chunk(whole_cube):
-    ops, _, _ = whole_cube
+    ops, _ = whole_cube
     vocab_sized = [op for op in ops if op["kind"] == "all-gather" and _elements(op) == D * VOCAB]
     # the LM head (and the embedding table, if the lookup gathers it): one gather per step (per chunk, the head's
     # would run 4 times)
@@ -96,10 +95,17 @@ def _elements(op: dict) -> int:
 def test_each_gradient_is_reduced_once_on_a_whole_cube(whole_cube):
     """Over the whole slice libtpu lowers a gradient's reduce-scatter as an all-reduce followed by the slice
     (the same in MaxText's program); each gradient is still reduced exactly once, in bf16."""
-    ops, params, _ = whole_cube
+    ops, params = whole_cube
     reduced = sum(op["times"] * op["bytes"] for op in ops if op["kind"] in ("all-reduce", "reduce-scatter")
                   and all(s.startswith("bf16") for s in op["shapes"]))
     assert LAYERS * sum(LAYER_WEIGHTS.values()) * BF16 < reduced <= params * BF16
+
+
+def _array_elements(type_text: str) -> int:
+    """Elements of an HLO array type such as ``bf16[256,1024]{1,0:T(8,128)}``; 0 for a tuple."""
+    if type_text.startswith("("):
+        return 0
+    return math.prod(int(d) for d in type_text.split("[", 1)[1].split("]", 1)[0].split(",") if d)
 
 
 @pytest.mark.tpu
@@ -109,25 +115,20 @@ def test_a_whole_reduced_gradient_is_sliced_to_its_shard_at_once():
     the whole reduced weight (Llama-2 70B's LM head: 0.5 GB per chip) stayed live through the backward scan. The
     unchunked head's gradient is the one reduced whole here (the chunked loss's is reduce-scattered)."""
     from allam_jax.aot.hlo_stats import computations
+    from allam_jax.aot.step_time import parse_instruction, tuple_elements
 
     _, _, hlo = _compile("v5p-128", (1, -1, 1), with_text=True, extra=("StepConfig.logits_chunk_size = 0",))
     comps, entry = computations(hlo)
-    lines = comps[entry]
-    whole = []  # (the all-reduce, how its readers name the whole head-sized gradient in its result)
-    for line in lines:
-        m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (.*?) all-reduce(?:-start)?\(", line)
-        if not m:
-            continue
-        results = re.findall(r"\w+\[([\d,]*)\]", m.group(2))
-        for k, dims in enumerate(results):
-            if math.prod(int(d) for d in dims.split(",") if d) == D * VOCAB:
-                whole.append(rf"%{re.escape(m.group(1))}#{k}" if len(results) > 1 else rf"%{re.escape(m.group(1))}")
+    entry_ops = [i for i in map(parse_instruction, comps[entry]) if i]
+    whole = [f"{i.name}#{k}" if tuple_elements(i.type) else i.name  # how readers name the head-sized result
+             for i in entry_ops if i.opcode in ("all-reduce", "all-reduce-start")
+             for elements in [tuple_elements(i.type) or [i.type]]
+             for k, element in enumerate(elements) if _array_elements(element) == D * VOCAB]
     assert whole, "no gradient is reduced whole here any more: this test's premise needs updating"
     for ref in whole:
-        readers = [line for line in lines if re.search(ref + r"[,)]", line.split(" = ", 1)[1])]
-        assert len(readers) == 1, (ref, [r.split(" = ")[0].strip() for r in readers])
-        shard = re.match(r"\s*%[\w.\-]+ = \w+\[([\d,]*)\]", readers[0])
-        assert shard and math.prod(int(d) for d in shard.group(1).split(",")) * 64 == D * VOCAB, readers[0][:200]
+        readers = [i for i in entry_ops if ref in i.operands]
+        assert len(readers) == 1, (ref, [i.name for i in readers])
+        assert _array_elements(readers[0].type) * 64 == D * VOCAB, readers[0].text[:200]
 
 
 @pytest.mark.tpu
