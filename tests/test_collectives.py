@@ -88,7 +88,7 @@ def test_lm_head_is_gathered_and_reduced_once_per_step_not_per_chunk(whole_cube)
 
 
 def _elements(op: dict) -> int:
-    return sum(math.prod(int(d) for d in s.split("[")[1].rstrip("]").split(",") if d) for s in op["shapes"])
+    return sum(math.prod(int(d) for d in s.split("[", 1)[1].split("]", 1)[0].split(",") if d) for s in op["shapes"])
 
 
 @pytest.mark.tpu
@@ -103,9 +103,7 @@ def test_each_gradient_is_reduced_once_on_a_whole_cube(whole_cube):
 
 def _array_elements(type_text: str) -> int:
     """Elements of an HLO array type such as ``bf16[256,1024]{1,0:T(8,128)}``; 0 for a tuple."""
-    if type_text.startswith("("):
-        return 0
-    return math.prod(int(d) for d in type_text.split("[", 1)[1].split("]", 1)[0].split(",") if d)
+    return 0 if type_text.startswith("(") else _elements({"shapes": [type_text]})
 
 
 @pytest.mark.tpu
@@ -120,10 +118,11 @@ def test_a_whole_reduced_gradient_is_sliced_to_its_shard_at_once():
     _, _, hlo = _compile("v5p-128", (1, -1, 1), with_text=True, extra=("StepConfig.logits_chunk_size = 0",))
     comps, entry = computations(hlo)
     entry_ops = [i for i in map(parse_instruction, comps[entry]) if i]
-    whole = [f"{i.name}#{k}" if tuple_elements(i.type) else i.name  # how readers name the head-sized result
-             for i in entry_ops if i.opcode in ("all-reduce", "all-reduce-start")
-             for elements in [tuple_elements(i.type) or [i.type]]
-             for k, element in enumerate(elements) if _array_elements(element) == D * VOCAB]
+    whole = []  # how readers name each head-sized result of an all-reduce
+    for i in (i for i in entry_ops if i.opcode in ("all-reduce", "all-reduce-start")):
+        elements = tuple_elements(i.type)
+        whole += [f"{i.name}#{k}" if elements else i.name
+                  for k, element in enumerate(elements or [i.type]) if _array_elements(element) == D * VOCAB]
     assert whole, "no gradient is reduced whole here any more: this test's premise needs updating"
     for ref in whole:
         readers = [i for i in entry_ops if ref in i.operands]
