@@ -9,9 +9,9 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from allam_jax.convert.hf_llama import (ConversionError, SafetensorsReader, config_from_hf, hf_config_from,
-                                        hf_tensor_order, hf_to_params, model_gin, params_to_hf, write_safetensors,
-                                        write_tokenizer_files)
+from allam_jax.convert.hf_config import config_from_hf, family_of, hf_config_from, model_gin
+from allam_jax.convert.hf_llama import (ConversionError, SafetensorsReader, hf_tensor_order, hf_to_params,
+                                        params_to_hf, write_safetensors, write_tokenizer_files)
 from allam_jax.core.params import (abstract_params, count_params, load_params,
                                     stored_params, write_params_checkpoint)
 from allam_jax.core.paths import as_path, staged_dir
@@ -45,7 +45,8 @@ def import_from_hf(hf_dir: str, out: str, scan_layers: bool = True, dtype: str =
     params = hf_to_params(reader, cfg, _np_dtype(dtype), progress=lambda name: bar.update(1))
     bar.close()
     count = count_params(params)
-    summary = {"source": str(hf_dir), "params": count, "dtype": dtype, "scan_layers": scan_layers}
+    summary = {"source": str(hf_dir), "family": family_of(hf_config, str(config_path)), "params": count,
+               "dtype": dtype, "scan_layers": scan_layers}
     write_params_checkpoint(out, params, {"model.gin": model_gin(cfg),
                                           "conversion.json": json.dumps(summary, indent=2) + "\n"})
     return summary
@@ -85,9 +86,11 @@ def export_to_hf(ckpt: str, cfg: ModelConfig, out: str, tokenizer: Optional[str]
 
         write_safetensors(counted(), cfg, target, np_dtype, max_shard_bytes)
         bar.close()
-        (target / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}) + "\n")
+        hf_config = hf_config_from(cfg, dtype)
+        ids = {k: hf_config[k] for k in ("bos_token_id", "eos_token_id") if k in hf_config}
+        (target / "generation_config.json").write_text(json.dumps(ids) + "\n")
         if tokenizer is not None:
             write_tokenizer_files(tokenizer, target, cfg.max_seq_len)
-        (target / "config.json").write_text(json.dumps(hf_config_from(cfg, dtype), indent=2) + "\n")
+        (target / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params, is_leaf=lambda x: hasattr(x, "shape")))
     return {"out": str(out_path), "params": count, "dtype": dtype}

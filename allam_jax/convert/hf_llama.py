@@ -1,4 +1,5 @@
-"""Hugging Face Llama-family checkpoints <-> allam-jax parameters.
+"""Hugging Face Llama-family tensors (Llama, Mistral, Qwen2, Qwen3) <-> allam-jax parameters; their
+``config.json`` is mapped in :mod:`allam_jax.convert.hf_config`.
 
 Our attention kernels are ``[d_model, heads, head_dim]`` and RoPE uses the half-split layout that
 Hugging Face checkpoints are already stored in, so q/k need a transpose and a reshape, never a
@@ -10,6 +11,8 @@ Name map (``L`` = layer; our kernels are ``W.T`` reshaped):
     model.embed_tokens.weight                   embed/embedding
     model.layers.L.self_attn.{q,k,v}_proj       attention/{query,key,value}/kernel  [d, heads, hd]
     model.layers.L.self_attn.o_proj             attention/out/kernel                [heads, hd, d]
+    model.layers.L.self_attn.{q,k,v}_proj.bias  attention/{query,key,value}/bias    [heads, hd]  (Qwen2)
+    model.layers.L.self_attn.{q,k}_norm         attention/{query,key}_norm/scale    [hd]         (Qwen3)
     model.layers.L.mlp.{gate,up,down}_proj      mlp/{gate,up,down}/kernel
     model.layers.L.input_layernorm              attention_norm/scale
     model.layers.L.post_attention_layernorm     mlp_norm/scale
@@ -26,84 +29,11 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
+from allam_jax.convert.hf_config import (SUPPORTED_ARCHITECTURES, config_from_hf,  # noqa: F401 - their old home
+                                         hf_config_from, model_gin)
 from allam_jax.core.errors import ConversionError, first_line
 from allam_jax.core.paths import PathLike, as_path, is_remote
 from allam_jax.model.config import ModelConfig
-
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
-
-
-# ---------------------------------------------------------------- configs
-
-
-def config_from_hf(hf_config: dict, source: str = "config.json", scan_layers: bool = True) -> ModelConfig:
-    """ModelConfig for a Hugging Face Llama ``config.json``; unsupported features are errors, not guesses."""
-    arch = hf_config.get("architectures") or [hf_config.get("model_type", "?")]
-    if not any(a in SUPPORTED_ARCHITECTURES for a in arch):
-        raise ConversionError(f"{source}: architecture {arch} is not supported (supported: "
-                              f"{list(SUPPORTED_ARCHITECTURES)})")
-    for flag in ("attention_bias", "mlp_bias"):
-        if hf_config.get(flag):
-            raise ConversionError(f"{source}: {flag}=true is not supported by the allam-jax decoder")
-    scaling = hf_config.get("rope_scaling")
-    if scaling and (scaling.get("rope_type") or scaling.get("type")) not in (None, "default"):
-        raise ConversionError(f"{source}: rope_scaling {scaling} is not supported (plain RoPE only)")
-    if hf_config.get("hidden_act", "silu") != "silu":
-        raise ConversionError(f"{source}: hidden_act {hf_config['hidden_act']!r} is not supported (SwiGLU uses silu)")
-    try:
-        d, heads = int(hf_config["hidden_size"]), int(hf_config["num_attention_heads"])
-        head_dim = hf_config.get("head_dim")
-        theta = hf_config.get("rope_theta")
-        if theta is None:
-            theta = ((hf_config.get("rope_parameters") or {}).get("rope_theta")) or 10000.0
-        return ModelConfig(
-            vocab_size=int(hf_config["vocab_size"]),
-            d_model=d,
-            num_layers=int(hf_config["num_hidden_layers"]),
-            num_heads=heads,
-            num_kv_heads=int(hf_config.get("num_key_value_heads") or heads),
-            mlp_dim=int(hf_config["intermediate_size"]),
-            max_seq_len=int(hf_config.get("max_position_embeddings", 4096)),
-            head_dim=None if head_dim in (None, d // heads) else int(head_dim),
-            rope_theta=float(theta),
-            norm_eps=float(hf_config.get("rms_norm_eps", 1e-6)),
-            tie_embeddings=bool(hf_config.get("tie_word_embeddings", False)),
-            scan_layers=scan_layers,
-        )
-    except KeyError as e:
-        raise ConversionError(f"{source}: missing field {e.args[0]!r}") from None
-
-
-def hf_config_from(cfg: ModelConfig, torch_dtype: str = "float32") -> dict:
-    """A ``config.json`` that transformers' LlamaForCausalLM loads."""
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.d_model,
-        "intermediate_size": cfg.mlp_dim,
-        "num_hidden_layers": cfg.num_layers,
-        "num_attention_heads": cfg.num_heads,
-        "num_key_value_heads": cfg.num_kv_heads,
-        "head_dim": cfg.kv_head_dim,
-        "max_position_embeddings": cfg.max_seq_len,
-        "rope_theta": cfg.rope_theta,
-        "rms_norm_eps": cfg.norm_eps,
-        "tie_word_embeddings": cfg.tie_embeddings,
-        "hidden_act": "silu",
-        "attention_bias": False,
-        "mlp_bias": False,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "torch_dtype": torch_dtype,
-    }
-
-
-def model_gin(cfg: ModelConfig) -> str:
-    """The gin lines that rebuild ``cfg`` (written beside a converted checkpoint)."""
-    fields = ["vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "mlp_dim", "max_seq_len",
-              "head_dim", "rope_theta", "norm_eps", "tie_embeddings", "scan_layers"]
-    return "".join(f"ModelConfig.{f} = {getattr(cfg, f)!r}\n" for f in fields)
 
 
 # ---------------------------------------------------------------- tensors
@@ -125,6 +55,12 @@ def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
             p + "input_layernorm.weight": (d,),
             p + "post_attention_layernorm.weight": (d,),
         })
+        if cfg.qkv_bias:
+            shapes.update({p + "self_attn.q_proj.bias": (cfg.num_heads * hd,),
+                           p + "self_attn.k_proj.bias": (cfg.num_kv_heads * hd,),
+                           p + "self_attn.v_proj.bias": (cfg.num_kv_heads * hd,)})
+        if cfg.qk_norm:
+            shapes.update({p + "self_attn.q_norm.weight": (hd,), p + "self_attn.k_norm.weight": (hd,)})
     if not cfg.tie_embeddings:
         shapes["lm_head.weight"] = (cfg.vocab_size, d)
     return shapes
@@ -133,7 +69,17 @@ def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 # our (module path, leaf) for a per-layer HF suffix, and how a HF weight becomes our kernel
 def _layer_map(cfg: ModelConfig) -> dict[str, tuple[tuple[str, ...], Callable[[np.ndarray], np.ndarray]]]:
     d, hd = cfg.d_model, cfg.kv_head_dim
-    return {
+    variants: dict = {}
+    if cfg.qkv_bias:
+        variants.update({
+            "self_attn.q_proj.bias": (("attention", "query", "bias"), lambda w: w.reshape(cfg.num_heads, hd)),
+            "self_attn.k_proj.bias": (("attention", "key", "bias"), lambda w: w.reshape(cfg.num_kv_heads, hd)),
+            "self_attn.v_proj.bias": (("attention", "value", "bias"), lambda w: w.reshape(cfg.num_kv_heads, hd)),
+        })
+    if cfg.qk_norm:
+        variants.update({"self_attn.q_norm.weight": (("attention", "query_norm", "scale"), lambda w: w),
+                         "self_attn.k_norm.weight": (("attention", "key_norm", "scale"), lambda w: w)})
+    return variants | {
         "self_attn.q_proj.weight": (("attention", "query", "kernel"), lambda w: w.T.reshape(d, cfg.num_heads, hd)),
         "self_attn.k_proj.weight": (("attention", "key", "kernel"), lambda w: w.T.reshape(d, cfg.num_kv_heads, hd)),
         "self_attn.v_proj.weight": (("attention", "value", "kernel"), lambda w: w.T.reshape(d, cfg.num_kv_heads, hd)),
@@ -149,7 +95,10 @@ def _layer_map(cfg: ModelConfig) -> dict[str, tuple[tuple[str, ...], Callable[[n
 def _unmap(cfg: ModelConfig) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     """Inverse transforms: our kernel -> HF weight, keyed by HF suffix."""
     d = cfg.d_model
+    flat = lambda k: k.reshape(-1)  # noqa: E731 - a bias [heads, hd] -> [heads * hd]
     return {
+        "self_attn.q_proj.bias": flat, "self_attn.k_proj.bias": flat, "self_attn.v_proj.bias": flat,
+        "self_attn.q_norm.weight": lambda k: k, "self_attn.k_norm.weight": lambda k: k,
         "self_attn.q_proj.weight": lambda k: k.reshape(d, -1).T,
         "self_attn.k_proj.weight": lambda k: k.reshape(d, -1).T,
         "self_attn.v_proj.weight": lambda k: k.reshape(d, -1).T,

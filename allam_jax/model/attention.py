@@ -11,7 +11,8 @@ import jax.numpy as jnp
 from allam_jax.kernels import get_attention_fn
 from allam_jax.kernels.reference_attention import masked_attention
 from allam_jax.model.config import ModelConfig
-from allam_jax.model.layers import DenseGeneral, rope
+from allam_jax.model.layers import DenseGeneral, RMSNorm
+from allam_jax.model.rope import rope
 
 
 class LayerCache(NamedTuple):
@@ -39,14 +40,19 @@ class Attention(nn.Module):
         hd = cfg.kv_head_dim
         kw: dict[str, Any] = dict(std=cfg.init_std, dtype=cfg.dtype, param_dtype=cfg.params_dtype,
                                   matmul_impl=cfg.matmul_impl)
-        q = DenseGeneral((cfg.num_heads, hd), ("embed", "heads", "head_dim"), name="query", **kw)(x)
-        k = DenseGeneral((cfg.num_kv_heads, hd), ("embed", "kv_heads", "head_dim"), name="key", **kw)(x)
-        v = DenseGeneral((cfg.num_kv_heads, hd), ("embed", "kv_heads", "head_dim"), name="value", **kw)(x)
+        qkv = dict(kw, use_bias=cfg.qkv_bias)
+        q = DenseGeneral((cfg.num_heads, hd), ("embed", "heads", "head_dim"), name="query", **qkv)(x)
+        k = DenseGeneral((cfg.num_kv_heads, hd), ("embed", "kv_heads", "head_dim"), name="key", **qkv)(x)
+        v = DenseGeneral((cfg.num_kv_heads, hd), ("embed", "kv_heads", "head_dim"), name="value", **qkv)(x)
+        if cfg.qk_norm:  # Qwen3: each head's q and k RMS-normed over head_dim, before RoPE
+            q = RMSNorm(cfg.norm_eps, cfg.dtype, cfg.params_dtype, name="query_norm")(q)
+            k = RMSNorm(cfg.norm_eps, cfg.dtype, cfg.params_dtype, name="key_norm")(k)
         q = nn.with_logical_constraint(q, ("activation_batch", "activation_length", "activation_heads", None))
         k = nn.with_logical_constraint(k, ("activation_batch", "activation_length", "activation_kv_heads", None))
         v = nn.with_logical_constraint(v, ("activation_batch", "activation_length", "activation_kv_heads", None))
-        q = rope(q, positions, cfg.rope_theta)
-        k = rope(k, positions, cfg.rope_theta)
+        inv_freq = cfg.rope_theta if cfg.rope_scaling == "none" else cfg.rope_frequencies()
+        q = rope(q, positions, inv_freq)
+        k = rope(k, positions, inv_freq)
         new_cache = None
         if cache is None:
             out = get_attention_fn(cfg.attention_impl)(q, k, v, segment_ids=segment_ids, causal=True)

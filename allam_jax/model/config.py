@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from allam_jax.core.errors import ConfigError
 from allam_jax.core.platform import target_platform
 from allam_jax.model.matmul import MATMUL_IMPLS
+from allam_jax.model.rope import ROPE_SCALINGS, inverse_frequencies
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -35,7 +36,10 @@ def resolve_dtype(name: str, owner: str = "ModelConfig", field: str = "dtype"):
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Shapes of a Llama-style decoder (RMSNorm, RoPE, GQA, SwiGLU)."""
+    """Shapes of a Llama-style decoder (RMSNorm, RoPE, GQA, SwiGLU) and the variants of today's bases:
+    Llama-3's RoPE scaling (``rope_scaling='llama3'`` with the ``rope_*`` numbers of its ``config.json``),
+    Qwen2's biased q/k/v (``qkv_bias``), Qwen3's per-head RMSNorm of q and k (``qk_norm``), a ``head_dim``
+    apart from ``d_model / num_heads``, tied embeddings."""
 
     vocab_size: int = 384
     d_model: int = 64
@@ -46,6 +50,13 @@ class ModelConfig:
     mlp_dim: int = 128
     max_seq_len: int = 128
     rope_theta: float = 10000.0
+    rope_scaling: str = "none"
+    rope_factor: float = 8.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_len: int = 8192
+    qkv_bias: bool = False
+    qk_norm: bool = False
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
     param_dtype: str = "float32"
@@ -73,6 +84,7 @@ class ModelConfig:
             raise ConfigError(f"ModelConfig.remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
         if not isinstance(self.rope_theta, (int, float)) or self.rope_theta <= 0:
             raise ConfigError(f"ModelConfig.rope_theta must be a positive number, got {self.rope_theta!r}")
+        self._check_variants()
         if self.matmul_impl not in MATMUL_IMPLS:
             raise ConfigError(f"ModelConfig.matmul_impl must be one of {MATMUL_IMPLS}, got {self.matmul_impl!r}")
         resolve_dtype(self.param_dtype, field="param_dtype")
@@ -83,6 +95,26 @@ class ModelConfig:
             raise ConfigError(
                 f"ModelConfig.attention_impl must be one of {sorted(ATTENTION_IMPLS)}, got {self.attention_impl!r}"
             )
+
+    def _check_variants(self) -> None:
+        if self.rope_scaling not in ROPE_SCALINGS:
+            raise ConfigError(f"ModelConfig.rope_scaling must be one of {ROPE_SCALINGS}, got {self.rope_scaling!r}")
+        for name in ("rope_factor", "rope_low_freq_factor", "rope_high_freq_factor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ConfigError(f"ModelConfig.{name} must be a positive number, got {value!r}")
+        _positive_int("ModelConfig", "rope_original_max_len", self.rope_original_max_len)
+        if self.rope_scaling == "llama3" and self.rope_high_freq_factor <= self.rope_low_freq_factor:
+            raise ConfigError(f"ModelConfig.rope_high_freq_factor={self.rope_high_freq_factor} must exceed "
+                              f"rope_low_freq_factor={self.rope_low_freq_factor} (llama3 RoPE scaling)")
+        for name in ("qkv_bias", "qk_norm", "tie_embeddings", "scan_layers"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"ModelConfig.{name} must be True or False, got {getattr(self, name)!r}")
+
+    def rope_frequencies(self):
+        """RoPE's ``[head_dim / 2]`` rotation speeds under this config's scaling rule."""
+        return inverse_frequencies(self.kv_head_dim, self.rope_theta, self.rope_scaling, self.rope_factor,
+                                   self.rope_low_freq_factor, self.rope_high_freq_factor, self.rope_original_max_len)
 
     @property
     def kv_head_dim(self) -> int:
@@ -100,11 +132,19 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
     # --- derived numbers -------------------------------------------------------------------
-    def layer_params(self) -> int:
+    def layer_matmul_params(self) -> int:
         hd = self.kv_head_dim
         attn = self.d_model * hd * (2 * self.num_heads + 2 * self.num_kv_heads)
-        mlp = 3 * self.d_model * self.mlp_dim
-        return attn + mlp + 2 * self.d_model
+        return attn + 3 * self.d_model * self.mlp_dim
+
+    def layer_vector_params(self) -> int:
+        """Norm scales and biases: parameters that are no matmul."""
+        hd = self.kv_head_dim
+        bias = hd * (self.num_heads + 2 * self.num_kv_heads) if self.qkv_bias else 0
+        return 2 * self.d_model + bias + (2 * hd if self.qk_norm else 0)
+
+    def layer_params(self) -> int:
+        return self.layer_matmul_params() + self.layer_vector_params()
 
     def num_params(self) -> int:
         """Closed-form parameter count; tests check it against ``jax.eval_shape`` of the real model."""
@@ -120,7 +160,7 @@ class ModelConfig:
         """
         seq_len = seq_len or self.max_seq_len
         hd = self.kv_head_dim
-        matmul_params = self.num_layers * (self.layer_params() - 2 * self.d_model) + self.vocab_size * self.d_model
+        matmul_params = self.num_layers * self.layer_matmul_params() + self.vocab_size * self.d_model
         attention = self.num_layers * 2 * 2 * seq_len * self.num_heads * hd
         return 2.0 * matmul_params + attention
 

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from allam_jax.model.matmul import project
+from allam_jax.model.rope import rope  # noqa: F401 - its old home; tests and users import it from here
 from allam_jax.model.weights import gathered, project_gathered
 
 Dtype = Any
@@ -52,6 +53,7 @@ class DenseGeneral(nn.Module):
     param_dtype: Dtype = jnp.float32
     matmul_impl: str = "auto"
     out_dtype: Optional[Dtype] = None
+    use_bias: bool = False  # Qwen2's q/k/v projections; a zero-initialised ``bias`` over the output dims
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -62,8 +64,14 @@ class DenseGeneral(nn.Module):
             tuple(in_shape) + tuple(self.features),
             self.param_dtype,
         )
-        return project_gathered(x, kernel, self.logical_axes, self.num_contract, self.dtype, self.matmul_impl,
-                                self.out_dtype)
+        y = project_gathered(x, kernel, self.logical_axes, self.num_contract, self.dtype, self.matmul_impl,
+                             self.out_dtype)
+        if not self.use_bias:
+            return y
+        out_axes = tuple(self.logical_axes[self.num_contract :])
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, out_axes),
+                          tuple(self.features), self.param_dtype)
+        return y + gathered(bias, out_axes, y.dtype)
 
 
 class Embed(nn.Module):
@@ -115,19 +123,3 @@ class SwiGLU(nn.Module):
         h = nn.silu(gate) * up
         h = nn.with_logical_constraint(h, ("activation_batch", "activation_length", "activation_mlp"))
         return dense((d,), ("mlp", "embed"), "down")(h)
-
-
-def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """Rotary embedding in the half-split layout used by Hugging Face Llama (``rotate_half``).
-
-    x: [batch, len, heads, head_dim]; positions: [batch, len]. Angles in float32.
-    """
-    d = x.shape[-1]
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
-    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [b, t, d/2]
-    sin = jnp.sin(angles)[:, :, None, :]
-    cos = jnp.cos(angles)[:, :, None, :]
-    x32 = x.astype(jnp.float32)
-    x1, x2 = x32[..., : d // 2], x32[..., d // 2 :]
-    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return out.astype(x.dtype)
