@@ -17,7 +17,7 @@ from allam_jax.core.paths import as_path
 from allam_jax.data.sources import DataError, TrainSource, expand_patterns
 from allam_jax.data.tasks import LANGUAGES
 from allam_jax.data.language import arabic_fraction
-from allam_jax.data.vocabularies import bos_id, get_vocabulary
+from allam_jax.data.vocabularies import bos_id, get_vocabulary, stored_offset
 from allam_jax.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class SftData:
                  report: Optional[SkipReport] = None) -> Iterator[dict]:
         """Tokenised conversations: ``targets`` (ids after the leading BOS), ``weights``, ``lang``."""
         report = report if report is not None else SkipReport()
-        bos = bos_id(vocab)
+        bos, offset = bos_id(vocab), stored_offset(vocab)
         index = 0
         for path in expand_patterns(self.paths):
             for line_no, obj in read_jsonl(path, self.on_error, report):
@@ -110,7 +110,7 @@ class SftData:
                 report.kept += 1
                 lang = LANGUAGES.index(conversation_language(obj["messages"]))
                 n = len(ids) - 1  # per-token ids stored +1, as the pipeline expects (0 is padding to the packer)
-                yield {"targets": ids[1:], "weights": [w + 1 for w in weights[1:]], "lang": [lang + 1] * n,
+                yield {"targets": [i + offset for i in ids[1:]], "weights": [w + 1 for w in weights[1:]], "lang": [lang + 1] * n,
                        "task": [1] * n}
         if report.skipped():
             log.warning("SFT data: kept %d conversations, skipped %d (malformed %d, no assistant turn or bad roles "

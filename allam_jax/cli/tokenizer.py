@@ -10,17 +10,25 @@ from allam_jax.tokenizer import INIT_METHODS, NORMALIZATIONS
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tokenizer", help="train, merge and measure SentencePiece tokenizers",
+    p = sub.add_parser("tokenizer", help="train, merge and measure tokenizers (SentencePiece or byte-level BPE)",
                        description="Vocabulary expansion: learn Arabic pieces, merge them into a base model, "
                        "and compare fertility.")
     tok = p.add_subparsers(dest="tokenizer_command", required=True, metavar="TOKENIZER_COMMAND")
-    t = tok.add_parser("train", help="train a SentencePiece BPE model (Llama-2 conventions)",
-                       description="Train SentencePiece BPE with byte fallback and split digits on normalised text.")
+    t = tok.add_parser("train", help="train a SentencePiece BPE model or a byte-level BPE tokenizer.json",
+                       description="--kind sentencepiece (default): SentencePiece BPE with byte fallback and split "
+                       "digits (Llama-2 conventions), written as .model. --kind bpe: byte-level BPE (Llama-3 / Qwen "
+                       "conventions) with Hugging Face tokenizers, written as tokenizer.json; with --base, pieces to "
+                       "merge into that tokenizer, split by its own pre-tokenizer.")
     t.add_argument("--input", nargs="+", required=True, metavar="FILE",
                    help="text files or globs, local or gs:// ('gs://b/ar/*.txt'): .txt (a document per line) or "
                    ".jsonl with a 'text' field; read streaming, nothing copied to local disk")
     t.add_argument("--vocab_size", type=int, required=True, help="number of pieces, specials and 256 bytes included")
-    t.add_argument("--out", required=True, help="path of the .model file to write")
+    t.add_argument("--out", required=True, help="path of the .model (sentencepiece) or .json (bpe) file to write")
+    t.add_argument("--kind", default="sentencepiece", choices=("sentencepiece", "bpe"),
+                   help="tokenizer kind (default sentencepiece)")
+    t.add_argument("--base", help="--kind bpe: the base tokenizer.json whose normaliser and pre-tokenizer the new "
+                   "pieces are learned with (e.g. Llama-3.1's); without it, Llama-3's pre-tokenizer and the specials "
+                   "<|pad|>, <|begin_of_text|>, <|end_of_text|> at ids 0-2")
     t.add_argument("--keep_tatweel", action="store_true", help="keep tatweel/kashida (removed by default)")
     t.add_argument("--strip_diacritics", action="store_true", help="remove Arabic diacritics (kept by default)")
     t.add_argument("--also_undiacritised", action="store_true",
@@ -34,17 +42,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "says how many it used)")
     t.add_argument("--overwrite", action="store_true", help="replace --out if it exists (refused by default)")
     m = tok.add_parser("merge", help="append new pieces to a base model; base ids unchanged",
-                       description="Merge through the SentencePiece protobuf: base pieces keep id, score and type; "
-                       "new Arabic pieces are appended; the size is padded.")
-    m.add_argument("--base", required=True, help="base model, e.g. Llama-2's tokenizer.model")
-    m.add_argument("--add", required=True, help="model whose new pieces are appended (allam tokenizer train)")
-    m.add_argument("--out", required=True, help="merged .model to write")
+                       description="SentencePiece (.model): through the protobuf, base pieces keep id, score and type; "
+                       "new Arabic pieces are appended; the size is padded. Byte-level BPE (tokenizer.json): base ids "
+                       "and merges kept, new Arabic pieces take the ids after the base's, their merges rank first "
+                       "(they only fire inside Arabic text), the size is padded with unused special tokens.")
+    m.add_argument("--base", required=True, help="base model: Llama-2's tokenizer.model, or Llama-3's / Qwen's "
+                   "tokenizer.json")
+    m.add_argument("--add", required=True, help="tokenizer of the same kind whose new pieces are appended (allam "
+                   "tokenizer train)")
+    m.add_argument("--out", required=True, help="merged .model or .json to write")
     m.add_argument("--pad_to_multiple", type=positive_int, default=128,
                    help="pad the size with UNUSED pieces (default 128; 1 = off)")
     m.add_argument("--overwrite", action="store_true",
                    help="replace --out if it exists (refused by default; never one of the inputs)")
     m.add_argument("--normalization", default="nfc_tatweel", choices=NORMALIZATIONS,
-                   help="normalisation compiled into the merged model, so every encoder (sentencepiece, TF-Text, "
+                   help="SentencePiece only: normalisation compiled into the merged model, so every encoder "
+                   "(sentencepiece, TF-Text, "
                    "seqio) applies it: nfc_tatweel (default: canonical compositions as NFC, tatweel removed, as "
                    "training text is), nfc_tatweel_nodiacritics (Arabic diacritics removed too), base (the base "
                    "model's own)")
@@ -53,7 +66,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     f = tok.add_parser("fertility", help="tokens per word and more, per model and language",
                        description="Tokens/word, characters/token, bytes/token, unknown and byte-fallback rates per "
                        "model, language and register; each document's language is guessed from its script.")
-    f.add_argument("--model", nargs="+", required=True, metavar="MODEL", help="SentencePiece models to compare")
+    f.add_argument("--model", nargs="+", required=True, metavar="MODEL",
+                   help="tokenizers to compare: SentencePiece .model or byte-level BPE tokenizer.json files")
     f.add_argument("--text", nargs="+", required=True, metavar="[LABEL=]FILE",
                    help=".txt or .jsonl files; LABEL=FILE also reports that file's documents as register LABEL "
                    "(modern=news.txt); Arabic is always split into diacritised and undiacritised documents")
@@ -72,7 +86,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        "rows of the pieces the base tokenizer splits each new piece into). Writes an Orbax "
                        "checkpoint that `allam train` continues from with TrainerConfig.init_from.")
     add_checkpoint_flag(p)
-    p.add_argument("--base_tokenizer", required=True, help="the tokenizer the checkpoint was trained with")
+    p.add_argument("--base_tokenizer", required=True, help="the tokenizer the checkpoint was trained with (.model "
+                   "or tokenizer.json)")
     p.add_argument("--merged_tokenizer", required=True, help="output of allam tokenizer merge")
     p.add_argument("--out", required=True, help="new checkpoint directory (must not exist)")
     p.add_argument("--init", default="mean_subtoken", choices=INIT_METHODS,
@@ -112,7 +127,13 @@ def _check_out(out: str, overwrite: bool, inputs: tuple = ()) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from allam_jax.tokenizer.train import train_tokenizer
 
-    _check_out(args.out, args.overwrite)
+    _check_out(args.out, args.overwrite, (("--base", args.base),) if args.base else ())
+    if args.kind == "bpe":
+        return _train_bpe(args)
+    if args.base:
+        from allam_jax.core.errors import ConfigError
+
+        raise ConfigError("--base is for --kind bpe (a SentencePiece model is trained on its own, then merged)")
 
     info = train_tokenizer(args.input, args.vocab_size, args.out, remove_tatweel=not args.keep_tatweel,
                            strip_diacritics=args.strip_diacritics, character_coverage=args.character_coverage,
@@ -122,16 +143,45 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_bpe(args: argparse.Namespace) -> int:
+    from allam_jax.tokenizer.bpe import iter_documents, train_bpe
+
+    docs = iter_documents(args.input, not args.keep_tatweel, args.strip_diacritics, args.max_sentences)
+    info = train_bpe(docs, args.vocab_size, args.out, base=args.base, progress=True)
+    print(f"wrote {info['out']}: {info['vocab_size']:,} byte-level BPE pieces, trained on {info['documents']:,} "
+          f"documents" + (f" with {args.base}'s pre-tokenizer" if args.base else ""))
+    return 0
+
+
 def run_merge(args: argparse.Namespace) -> int:
+    from allam_jax.core.errors import ConfigError
+    from allam_jax.tokenizer.interface import is_bpe_path
     from allam_jax.tokenizer.merge import merge_tokenizers
 
     _check_out(args.out, args.overwrite, (("--base", args.base), ("--add", args.add)))
+    kinds = {name: "tokenizer.json" if is_bpe_path(path) else ".model" for name, path in
+             (("--base", args.base), ("--add", args.add), ("--out", args.out))}
+    if len(set(kinds.values())) > 1:
+        raise ConfigError("--base, --add and --out must be of one kind (all .model or all .json), got " +
+                          ", ".join(f"{k} {v}" for k, v in kinds.items()))
+    if is_bpe_path(args.base):
+        return _merge_bpe(args)
 
     r = merge_tokenizers(args.base, args.add, args.out, args.pad_to_multiple, arabic_only=not args.all_scripts,
                          normalization=args.normalization)
     print(f"wrote {args.out}: {r.base_size:,} base + {r.added:,} new + {r.padding} padding = {r.merged_size:,} "
           f"pieces (skipped {r.skipped_existing:,} already in base, {r.skipped_other_script:,} without Arabic); "
           f"normalisation {r.normalization}")
+    return 0
+
+
+def _merge_bpe(args: argparse.Namespace) -> int:
+    from allam_jax.tokenizer.bpe import merge_bpe
+
+    r = merge_bpe(args.base, args.add, args.out, args.pad_to_multiple, arabic_only=not args.all_scripts)
+    print(f"wrote {args.out}: {r.base_size:,} base ids + {r.added:,} new + {r.padding} padding = {r.merged_size:,} "
+          f"ids, {r.merges_added:,} merges ranked first (skipped {r.skipped_other_script:,} pieces without Arabic); "
+          "normalisation: the base's")
     return 0
 
 
@@ -165,7 +215,7 @@ def _head_fit(args: argparse.Namespace):
     from allam_jax import gin_setup
     from allam_jax.core.errors import TokenizerError
     from allam_jax.tokenizer.fit_head import HeadFit
-    from allam_jax.tokenizer.spm_io import load_proto
+    from allam_jax.tokenizer.interface import load_tokenizer
 
     if not (args.new_text and args.old_text):
         raise TokenizerError("--init fitted needs --new_text (the added pieces' language) and --old_text (text whose "
@@ -178,7 +228,7 @@ def _head_fit(args: argparse.Namespace):
             raise TokenizerError(f"--init fitted needs the model's config: no config.gin beside {args.ckpt}; give "
                                  "--model_gin")
     gin_setup.parse([model_gin])
-    model = dataclasses.replace(gin_setup.model_config(), vocab_size=len(load_proto(args.merged_tokenizer).pieces))
+    model = dataclasses.replace(gin_setup.model_config(), vocab_size=load_tokenizer(args.merged_tokenizer).vocab_size)
     return HeadFit(model, args.new_text, args.old_text, args.fit_windows)
 
 

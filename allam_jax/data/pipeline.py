@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from allam_jax.data import tasks as tasks_lib
 from allam_jax.data.sources import CleaningConfig, ParallelRendering, tf_data_errors
-from allam_jax.data.vocabularies import bos_id, get_vocabulary
+from allam_jax.data.vocabularies import bos_id, get_vocabulary, stored_offset
 from allam_jax.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -138,9 +138,12 @@ def warn_repeating_tasks(shares: Mapping[str, float], totals: Mapping[str, int],
                         100 * share, total / drawn)
 
 
-def to_model_batch(ex: Mapping[str, tf.Tensor], bos: int) -> dict[str, tf.Tensor]:
-    """Packed seqio features → trainer layout: inputs are targets shifted right with BOS at each start."""
+def to_model_batch(ex: Mapping[str, tf.Tensor], bos: int, offset: int = 0) -> dict[str, tf.Tensor]:
+    """Packed seqio features → trainer layout: inputs are targets shifted right with BOS at each start.
+    ``offset``: what the token ids were stored + (``vocabularies.stored_offset``)."""
     targets, segments, positions = ex["targets"], ex["targets_segment_ids"], ex["targets_positions"]
+    if offset:
+        targets = tf.where(segments > 0, targets - offset, 0)
     shifted = tf.concat([tf.fill(tf.shape(targets[..., :1]), bos), targets[..., :-1]], axis=-1)
     real = segments > 0
     inputs = tf.where(positions == 0, tf.cast(bos, targets.dtype), shifted)
@@ -213,8 +216,8 @@ def packed_dataset(mixture: str, vocab: seqio.Vocabulary, seq_len: int, local_ba
     ds = provider.get_dataset(None, "train", shuffle=True, seed=seed, shard_info=shard, num_epochs=num_epochs,
                               trim_output_features=False)
     ds = seqio.utils.trim_and_pack_dataset(ds, {k: seq_len for k in provider.output_features})
-    bos = bos_id(vocab)
-    ds = ds.map(lambda ex: to_model_batch(ex, bos), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    bos, offset = bos_id(vocab), stored_offset(vocab)
+    ds = ds.map(lambda ex: to_model_batch(ex, bos, offset), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(local_batch, drop_remainder=True).prefetch(2)
 
 

@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from allam_jax.data.sources import CleaningConfig, DocumentSource, ParallelRendering, TrainSource, tf_data_errors
 from allam_jax.core.errors import ConfigError
+from allam_jax.data.vocabularies import stored_offset
 
 LANGUAGES = ("en", "ar", "translated")
 
@@ -90,9 +91,10 @@ def _chain(sources: Sequence[DocumentSource]) -> TrainSource:
 
 
 @seqio.map_over_dataset
-def _annotate(ex, lang_id: int, task_id: int, eos_id: int):
-    """Appends EOS and adds per-token ids, stored +1: seqio's packer treats 0 as padding and cuts it away."""
-    targets = tf.concat([ex["targets"], [eos_id]], axis=0)
+def _annotate(ex, lang_id: int, task_id: int, eos_id: int, offset: int = 0):
+    """Appends EOS and adds per-token ids, stored +1: seqio's packer treats 0 as padding and cuts it away (the
+    token ids too, by ``offset``, where 0 is a token: ``vocabularies.stored_offset``)."""
+    targets = tf.concat([ex["targets"], [eos_id]], axis=0) + offset
     return {"targets": targets, "lang": tf.fill(tf.shape(targets), lang_id + 1),
             "task": tf.fill(tf.shape(targets), task_id + 1)}
 
@@ -144,7 +146,7 @@ def register_tasks(paths: CorpusPaths, vocabulary: seqio.Vocabulary, cleaning: C
                 functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
                 seqio.preprocessors.tokenize,
                 functools.partial(_annotate, lang_id=LANGUAGES.index(spec.lang), task_id=task_id,
-                                  eos_id=int(vocabulary.eos_id)),
+                                  eos_id=int(vocabulary.eos_id), offset=stored_offset(vocabulary)),
                 functools.partial(split_to_length, max_len=max_len),
             ],
             output_features=features,

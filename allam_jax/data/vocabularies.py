@@ -1,4 +1,5 @@
-"""Vocabularies for the seqio pipeline: the byte vocabulary of the tiny runs, or a SentencePiece model."""
+"""Vocabularies for the seqio pipeline: the byte vocabulary of the tiny runs, a SentencePiece model or a byte-level
+BPE tokenizer.json."""
 
 from __future__ import annotations
 
@@ -102,14 +103,94 @@ class SentencePieceVocabulary(seqio.SentencePieceVocabulary):
         return self._model
 
 
+class ByteLevelBPEVocabulary(seqio.Vocabulary):
+    """A byte-level BPE ``tokenizer.json`` (Llama-3.x, Qwen2.5, Qwen3, ``tokenizer train --kind bpe``) as a seqio
+    vocabulary. Hugging Face tokenizers has no TensorFlow op, so tf.data calls it through ``tf.numpy_function``
+    (on the host, like SentencePiece's op)."""
+
+    def __init__(self, path: str):
+        super().__init__(extra_ids=0)
+        from allam_jax.tokenizer.interface import ByteLevelBPETokenizer
+
+        self.path = path
+        self.tokenizer = ByteLevelBPETokenizer(path)
+        if self.tokenizer.eos_id is None:
+            raise ConfigError(f"{path}: no end-of-text token found (none of the usual names among its special tokens); "
+                              "put the family's tokenizer_config.json beside it to name eos_token")
+
+    @property
+    def bos_id(self) -> Optional[int]:
+        return self.tokenizer.bos_id
+
+    @property
+    def eos_id(self) -> Optional[int]:
+        return self.tokenizer.eos_id
+
+    @property
+    def unk_id(self) -> Optional[int]:
+        return None
+
+    @property
+    def _base_vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    def _encode(self, s: str) -> Sequence[int]:
+        return self.tokenizer.encode(s)
+
+    def _decode(self, ids) -> str:
+        return self.tokenizer.decode([int(i) for i in ids])
+
+    def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
+        import numpy as np
+
+        def encode(x: bytes):
+            return np.asarray(self.tokenizer.encode(x.decode("utf-8")), np.int32)
+
+        if s.shape.rank != 0:
+            return tf.map_fn(self._encode_tf, s, fn_output_signature=tf.RaggedTensorSpec([None], tf.int32))
+        ids = tf.numpy_function(encode, [s], tf.int32, stateful=False)
+        ids.set_shape([None])
+        return ids
+
+    def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
+        def decode(x):
+            return self.tokenizer.decode([int(i) for i in x]).encode("utf-8")
+
+        text = tf.numpy_function(decode, [ids], tf.string, stateful=False)
+        text.set_shape([])
+        return text
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ByteLevelBPEVocabulary) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(("allam-bpe", self.path))
+
+
+def stored_offset(vocab: seqio.Vocabulary) -> int:
+    """What token ids are stored as between the tasks and the packer: seqio's packer cuts zeros away as padding,
+    so a vocabulary whose id 0 is text (byte-level BPE: '!' in Llama-3 and Qwen) has its ids stored +1 there, and
+    unshifted after packing. SentencePiece (0 = <unk>) and byte vocabularies store ids as they are."""
+    return 1 if isinstance(vocab, ByteLevelBPEVocabulary) and vocab.tokenizer.is_normal(0) else 0
+
+
 def get_vocabulary(spec: str) -> seqio.Vocabulary:
-    """``"byte"`` or the path of a SentencePiece ``.model`` (local or ``gs://``)."""
+    """``"byte"``, the path of a SentencePiece ``.model`` or of a byte-level BPE ``tokenizer.json`` (local or
+    ``gs://``)."""
     if spec == "byte":
         return ByteVocabulary()
     if not as_path(spec).exists():
-        raise ConfigError(f"vocabulary file not found: {spec} (use 'byte' or a SentencePiece .model path)")
+        raise ConfigError(f"vocabulary file not found: {spec} (use 'byte', a SentencePiece .model or a "
+                          "tokenizer.json path)")
+    if as_path(spec).suffix == ".json":
+        from allam_jax.tokenizer.spm_io import TokenizerError
+
+        try:
+            return ByteLevelBPEVocabulary(spec)
+        except TokenizerError as e:
+            raise ConfigError(str(e)) from None
     if as_path(spec).suffix != ".model":
-        raise ConfigError(f"vocabulary must be 'byte' or a SentencePiece .model file, got {spec}")
+        raise ConfigError(f"vocabulary must be 'byte', a SentencePiece .model or a tokenizer.json file, got {spec}")
     vocab = SentencePieceVocabulary(spec if is_remote(spec) else str(as_path(spec)))
     try:
         vocab.vocab_size  # noqa: B018 - loads the model now, so a corrupt file is named here, not deep in tf.data
@@ -120,8 +201,8 @@ def get_vocabulary(spec: str) -> seqio.Vocabulary:
 
 
 def describe_vocab(vocab: Any) -> str:
-    """How a user named this tokenizer: its SentencePiece model file, or ``byte``."""
-    return str(getattr(vocab, "sentencepiece_model_file", None) or "byte")
+    """How a user named this tokenizer: its SentencePiece model or tokenizer.json file, or ``byte``."""
+    return str(getattr(vocab, "sentencepiece_model_file", None) or getattr(vocab, "path", None) or "byte")
 
 
 def check_fits_model(vocab: seqio.Vocabulary, model_vocab_size: int, name: str = "the tokenizer") -> None:

@@ -20,28 +20,22 @@ from allam_jax.core.params import abstract_params_as_saved, restore_params, writ
 from allam_jax.core.partitioning import Partitioner
 from allam_jax.tokenizer import INIT_METHODS
 from allam_jax.tokenizer.fit_head import HeadFit, fit_output_rows, sample_statistics
-from allam_jax.tokenizer.merge import check_extends
-from allam_jax.tokenizer.spm_io import ModelProto, Piece, TokenizerError, load_proto, processor_from_proto
+from allam_jax.tokenizer.interface import SentencePieceTokenizer, Tokenizer, as_tokenizer, load_tokenizer
+from allam_jax.tokenizer.spm_io import ModelProto, TokenizerError
 
 
 
 def surface_splitter(base: ModelProto):
     """A base processor that encodes a piece's text exactly: no dummy prefix, whitespace kept."""
-    proto = ModelProto()
-    proto.CopyFrom(base)
-    proto.normalizer_spec.add_dummy_prefix = False
-    proto.normalizer_spec.remove_extra_whitespaces = False
-    sp = processor_from_proto(proto)
-    return lambda piece: sp.encode(piece.replace("\u2581", " "))
+    return SentencePieceTokenizer(base).split_surface
 
 
-def subtoken_ids(base: ModelProto, merged: ModelProto) -> list[list[int]]:
-    """For every id past the base vocabulary, the base ids its text splits into ([] for UNUSED padding)."""
-    split = surface_splitter(base)
-    out = []
-    for p in merged.pieces[len(base.pieces):]:
-        out.append(split(p.piece) if p.type == Piece.NORMAL else [])
-    return out
+def subtoken_ids(base, merged) -> list[list[int]]:
+    """For every id past the base vocabulary, the base ids its text splits into ([] for padding and specials).
+    ``base``/``merged``: tokenizers of one kind (:mod:`.interface`), or SentencePiece protos."""
+    base, merged = as_tokenizer(base), as_tokenizer(merged)
+    return [base.split_surface(merged.id_to_piece(i)) if merged.is_normal(i) else []
+            for i in range(base.vocab_size, merged.vocab_size)]
 
 
 def _new_rows(table: jax.Array, ids: list[list[int]], method: str, seed: int) -> jax.Array:
@@ -77,7 +71,8 @@ def _norm_matched(rows: jax.Array, table: jax.Array, spelled: np.ndarray) -> jax
     return jnp.where(jnp.asarray(spelled)[:, None], scaled, rows.astype(jnp.float32)).astype(rows.dtype)
 
 
-def expand_params(params: dict, base: ModelProto, merged: ModelProto, method: str = "mean_subtoken",
+def expand_params(params: dict, base: "Tokenizer | ModelProto", merged: "Tokenizer | ModelProto",
+                  method: str = "mean_subtoken",
                   seed: int = 0, drop_extra_rows: bool = False, fit: Optional[HeadFit] = None,
                   partitioner: Optional[Partitioner] = None) -> tuple[dict, dict]:
     """Returns (new params, report). Rows past the base tokenizer's size are refused unless ``drop_extra_rows``
@@ -91,7 +86,8 @@ def expand_params(params: dict, base: ModelProto, merged: ModelProto, method: st
                              "--old_text (text whose predictions must stay, e.g. English)")
     if method == "fitted" and "lm_head" not in params:
         raise TokenizerError("--init fitted sets output rows apart from input rows: it needs an untied LM head")
-    base_n, merged_n = len(base.pieces), len(merged.pieces)
+    base, merged = as_tokenizer(base), as_tokenizer(merged)
+    base_n, merged_n = base.vocab_size, merged.vocab_size
     embedding = params["embed"]["embedding"]
     if embedding.shape[0] < base_n:
         raise TokenizerError(
@@ -120,8 +116,8 @@ def expand_params(params: dict, base: ModelProto, merged: ModelProto, method: st
         new_head = _new_rows(base_head, ids, output_method, seed + 1)
         new["lm_head"] = dict(params["lm_head"], kernel=jnp.concatenate([base_head, new_head]).T)
         if method == "fitted":
-            sp = processor_from_proto(merged)
-            states, is_new, counts, share = sample_statistics(new, fit, sp.encode, sp.bos_id(), base_n,
+            bos = merged.bos_id if merged.bos_id is not None else merged.eos_id
+            states, is_new, counts, share = sample_statistics(new, fit, merged.encode, bos, base_n,
                                                               partitioner or Partitioner.create())
             rows = fit_output_rows(np.asarray(jax.device_get(base_head), np.float64), states, is_new, counts, share)
             new["lm_head"]["kernel"] = jnp.concatenate([base_head, jnp.asarray(rows, base_head.dtype)]).T
@@ -150,8 +146,8 @@ def expand_checkpoint(ckpt: str, base_tokenizer: str, merged_tokenizer: str, out
     ``allam train`` continues from it with ``TrainerConfig.init_from = OUT`` and
     ``ModelConfig.vocab_size`` set to the merged size. Nothing is written unless every check passes.
     """
-    base, merged = load_proto(base_tokenizer), load_proto(merged_tokenizer)
-    check_extends(base, merged, base_tokenizer, merged_tokenizer)
+    base, merged = load_tokenizer(base_tokenizer), load_tokenizer(merged_tokenizer)
+    merged.check_extends(base)
     if as_path(out).exists():
         raise TokenizerError(f"output already exists: {out}")
     partitioner = Partitioner.create()  # every device on fsdp: no host holds the whole model

@@ -6,26 +6,27 @@ import re
 from collections import defaultdict
 from typing import Iterable, Optional, Sequence
 
-import sentencepiece as spm
-
 from allam_jax.data.language import guess_language
 from allam_jax.data.text_files import read_documents
 from allam_jax.core.paths import as_path
 from allam_jax.data.normalize import ARABIC_DIACRITICS, ARABIC_LETTER, normalize_text
-from allam_jax.tokenizer.spm_io import load_processor
+from allam_jax.tokenizer.interface import Tokenizer, load_tokenizer
 
 
-def fertility_of(sp: spm.SentencePieceProcessor, texts: Iterable[str]) -> dict[str, float]:
+def fertility_of(tok: Tokenizer, texts: Iterable[str]) -> dict[str, float]:
+    """Tokens per word and friends; ``byte_fallback_rate`` counts pieces of less than a character (SentencePiece's
+    byte fallback, a byte-level BPE's partial UTF-8 sequences)."""
     words = chars = nbytes = tokens = unknown = byte_tokens = 0
-    unk = sp.unk_id()
+    unk = tok.unk_id
+    is_byte: dict[int, bool] = {}
     for text in texts:
-        ids = sp.encode(text)
+        ids = tok.encode(text)
         words += len(text.split())
         chars += len(text)
         nbytes += len(text.encode("utf-8"))
         tokens += len(ids)
         unknown += sum(1 for i in ids if i == unk)
-        byte_tokens += sum(1 for i in ids if sp.is_byte(i))
+        byte_tokens += sum(1 for i in ids if is_byte.setdefault(i, tok.is_byte(i)))
     tokens = max(tokens, 1)
     return {
         "words": words,
@@ -78,10 +79,10 @@ def fertility_table(models: Sequence[str], text_files: Sequence[str], normalize:
     order = sorted(groups, key=lambda k: (k[0], k[1] != "all", k[1]))
     rows = []
     for model in models:
-        sp = load_processor(model)
+        tok = load_tokenizer(model)
         for lang, register in order:
-            rows.append({"model": model, "language": lang, "register": register, "vocab_size": sp.get_piece_size(),
-                         **fertility_of(sp, groups[(lang, register)])})
+            rows.append({"model": model, "language": lang, "register": register, "vocab_size": tok.vocab_size,
+                         **fertility_of(tok, groups[(lang, register)])})
     return rows
 
 

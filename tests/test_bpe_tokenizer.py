@@ -1,0 +1,198 @@
+"""Byte-level BPE (HF tokenizer.json, as Llama-3 / Qwen ship) through train --kind bpe, merge, fertility, the seqio
+pipeline and expand-checkpoint, each checked against Hugging Face `tokenizers` itself."""
+
+import itertools
+import json
+import re
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from tokenizers import Tokenizer, processors
+
+from allam_jax.data.language import arabic_fraction
+from allam_jax.model import Decoder, ModelConfig
+from allam_jax.tokenizer.bpe import iter_documents, train_bpe
+from allam_jax.tokenizer.expand import expand_checkpoint
+from allam_jax.tokenizer.interface import load_tokenizer
+from helpers import allam, bundled_dir
+
+EDGE_CASES = ["", " ", "Hello, world!", "emoji 😀🚀 and 👍🏽", "Mixed: the school المدرسة 2024 مفتوحة!",
+              "كَتَبَ الطَّالِبُ الدَّرْسَ", "مـــرحبا", "\n\nتجربة\ttab", "!!! ???", "ﻻ ﷲ ٣٤٥"]
+
+
+@pytest.fixture(scope="module")
+def toks(tmp_path_factory) -> dict:
+    """A recipe-style English base (specials at 0-2), a Llama-3-style base (id 0 is '!', specials after the
+    vocabulary, a BOS template), Arabic pieces learned with the base's pre-tokenizer, and both merges."""
+    d = tmp_path_factory.mktemp("bpe")
+    data = bundled_dir()
+    en, ar = str(data / "en.txt"), str(data / "ar_modern.txt")
+    for args in (["--input", en, "--vocab_size", "1500", "--out", str(d / "base.json")],
+                 ["--input", ar, "--vocab_size", "2500", "--base", str(d / "base.json"), "--out", str(d / "ar.json"),
+                  "--max_sentences", "20000"]):
+        r = allam("tokenizer", "train", "--kind", "bpe", *args)
+        assert r.returncode == 0, r.stderr[-2000:]
+    # Llama-3's layout: the learned vocabulary from id 0, then the special tokens, and a BOS template
+    train_bpe(iter_documents([en]), 1500, str(d / "l3_plain.json"), base=str(d / "base.json"))
+    l3 = Tokenizer.from_file(str(d / "l3_plain.json"))
+    l3.add_special_tokens(["<|begin_of_text|>", "<|end_of_text|>"])
+    l3.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                                      special_tokens=[("<|begin_of_text|>", 1500)])
+    l3.save(str(d / "llama3like.json"))
+    for base, out in (("base.json", "merged.json"), ("llama3like.json", "l3_merged.json")):
+        r = allam("tokenizer", "merge", "--base", str(d / base), "--add", str(d / "ar.json"), "--out", str(d / out))
+        assert r.returncode == 0, r.stderr[-2000:]
+    return {"dir": d, "en_txt": en, "ar_txt": ar, **{k: str(d / f"{k}.json") for k in
+                                            ("base", "ar", "merged", "llama3like", "l3_merged")}}
+
+
+def _lines(path: str, n: int, skip: int = 0) -> list[str]:
+    return list(itertools.islice(iter_documents([path]), skip, skip + n))
+
+
+@pytest.mark.parametrize("base,merged", [("base", "merged"), ("llama3like", "l3_merged")])
+def test_merge_keeps_base_ids_and_english_and_hf_agrees(toks, base, merged):
+    b_json, m_json = (json.loads(Path(toks[k]).read_text()) for k in (base, merged))
+    for piece, i in b_json["model"]["vocab"].items():
+        assert m_json["model"]["vocab"][piece] == i
+    assert {t["content"]: t["id"] for t in b_json["added_tokens"]}.items() <= \
+        {t["content"]: t["id"] for t in m_json["added_tokens"]}.items()
+    merges = {tuple(m) for m in m_json["model"]["merges"]}
+    assert all(tuple(m) in merges for m in b_json["model"]["merges"]), "every base merge is kept"
+    hf_base, hf_merged = Tokenizer.from_file(toks[base]), Tokenizer.from_file(toks[merged])
+    for t in b_json["added_tokens"]:  # as Hugging Face loads them, not only as the file says
+        assert hf_merged.token_to_id(t["content"]) == hf_base.token_to_id(t["content"]) == t["id"]
+    assert all(hf_merged.id_to_token(i) == hf_base.id_to_token(i) for i in range(hf_base.get_vocab_size()))
+    assert hf_merged.get_vocab_size() % 128 == 0 and hf_merged.get_vocab_size() > hf_base.get_vocab_size() + 1000
+    english = [t for t in _lines(toks["en_txt"], 3000) if not re.search("[\u0600-\u06ff]", t)]
+    assert len(english) > 2000
+    assert [hf_merged.encode(t).ids for t in english] == [hf_base.encode(t).ids for t in english]
+    ours = load_tokenizer(toks[merged])
+    for text in EDGE_CASES + _lines(toks["ar_txt"], 300, skip=30000) + english[:200]:
+        assert ours.encode(text) == hf_merged.encode(text, add_special_tokens=False).ids, text
+        assert ours.decode(ours.encode(text)) == hf_merged.decode(hf_merged.encode(text).ids) == text
+
+
+def test_fertility_of_either_kind_and_the_arabic_gain(toks, tmp_path):
+    held_out = tmp_path / "heldout_ar.txt"
+    held_out.write_text("\n".join(_lines(toks["ar_txt"], 500, skip=40000)) + "\n", encoding="utf-8")
+    r = allam("tokenizer", "fertility", "--model", toks["base"], toks["merged"], "--text", f"modern={held_out}",
+              toks["en_txt"], "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {(row["model"], row["language"], row["register"]): row for row in json.loads(r.stdout)}
+    base_ar, merged_ar = rows[(toks["base"], "ar", "modern")], rows[(toks["merged"], "ar", "modern")]
+    hf = Tokenizer.from_file(toks["merged"])
+    docs = held_out.read_text(encoding="utf-8").splitlines()
+    words = sum(len(d.split()) for d in docs)
+    assert merged_ar["tokens_per_word"] == pytest.approx(
+        sum(len(hf.encode(d, add_special_tokens=False).ids) for d in docs) / words)
+    assert merged_ar["tokens_per_word"] < base_ar["tokens_per_word"] / 3
+    assert merged_ar["vocab_size"] == hf.get_vocab_size()
+
+
+def test_seqio_batches_are_hf_encodings_with_id_zero_kept(toks):
+    """A Llama-3-style vocabulary (id 0 = '!') through the seqio tasks and packer: each segment's targets are HF's
+    encoding of one document plus EOS, '!' (id 0) included; the inputs start with its BOS."""
+    from allam_jax.data.pipeline import SeqioData
+    from allam_jax.data.tasks import CorpusPaths
+
+    hf = Tokenizer.from_file(toks["l3_merged"])
+    assert hf.token_to_id("!") == 0
+    bos, eos = hf.token_to_id("<|begin_of_text|>"), hf.token_to_id("<|end_of_text|>")
+    encoded = [hf.encode(t.strip(), add_special_tokens=False).ids + [eos] for t in
+               _lines(toks["en_txt"], 6000) + _lines(toks["ar_txt"], 3000)]
+    docs: dict = {}
+    for d in encoded:
+        docs.setdefault(tuple(d[-8:]), []).append(d)
+    paths = CorpusPaths(en=[toks["en_txt"]], ar=[toks["ar_txt"]], parallel=[str(bundled_dir() / "parallel.jsonl")])
+    data = SeqioData(paths=paths, vocabulary=toks["l3_merged"],
+                     rates={"en_pretrain": 0.5, "ar_pretrain": 0.5}, rate_unit="examples", shuffle_buffer=100)
+    it = data.make_iterator(seq_len=512, batch_size=4)
+    zeros = whole = 0
+    for _ in range(6):
+        batch = next(it)
+        for row in range(4):
+            seg = batch["segment_ids"][row]
+            for s in np.unique(seg[seg > 0]):
+                idx = np.nonzero(seg == s)[0]
+                targets = batch["targets"][row, idx].tolist()
+                assert batch["inputs"][row, idx[0]] == bos
+                zeros += targets.count(0)
+                if targets[-1] == eos and len(targets) > 8:  # a document, or its last piece (split at 512)
+                    whole += 1
+                    candidates = docs.get(tuple(targets[-8:]), [])
+                    assert any(list(d[-len(targets):]) == targets for d in candidates), hf.decode(targets)[:80]
+    it.close()
+    assert whole > 5 and zeros > 0, (whole, zeros)
+
+
+def _checkpoint(path: Path, vocab: int):
+    cfg = ModelConfig(vocab_size=vocab, d_model=32, num_layers=1, num_heads=4, num_kv_heads=2, mlp_dim=64,
+                      max_seq_len=64, compute_dtype="float32")
+    params = Decoder(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    params = jax.tree_util.tree_map(lambda x: getattr(x, "value", x), params, is_leaf=lambda x: hasattr(x, "value"))
+    ck = ocp.StandardCheckpointer()
+    ck.save(path / "3" / "state", {"params": params, "step": jnp.int32(3)})
+    ck.wait_until_finished()
+    return cfg, jax.device_get(params)
+
+
+def test_expand_checkpoint_means_of_the_base_spelling(toks, tmp_path):
+    """New rows are float64 means of the base rows over the base's own encoding of each new piece's text (HF
+    tokenizers, whole-word pieces); old rows and English logits unchanged; a foreign base is refused."""
+    hf_base = Tokenizer.from_file(toks["base"])
+    base_n, merged_n = load_tokenizer(toks["base"]).vocab_size, load_tokenizer(toks["merged"]).vocab_size
+    cfg, params = _checkpoint(tmp_path / "ckpt", base_n)
+    report = expand_checkpoint(str(tmp_path / "ckpt"), toks["base"], toks["merged"], str(tmp_path / "out"))
+    assert (report["base_vocab"], report["merged_vocab"]) == (base_n, merged_n)
+    new = ocp.StandardCheckpointer().restore(tmp_path / "out/0/state")["params"]
+    emb, new_emb = params["embed"]["embedding"], np.asarray(new["embed"]["embedding"])
+    np.testing.assert_array_equal(new_emb[:base_n], emb)
+    merged = Tokenizer.from_file(toks["merged"])
+    checked = 0
+    for i in range(base_n, merged_n):
+        text = merged.decode([i])
+        if merged.id_to_token(i).startswith("<|") or not re.fullmatch(r" ?[\u0621-\u064a]+", text):
+            continue  # padding, or a piece of less than a word: its bytes are not text the pre-tokenizer keeps whole
+        ids = hf_base.encode(text, add_special_tokens=False).ids
+        np.testing.assert_allclose(new_emb[i], emb[ids].astype(np.float64).mean(0), rtol=1e-6, atol=1e-7)
+        checked += 1
+    assert checked > 500, checked
+    text = _lines(toks["en_txt"], 1, skip=7)[0]
+    ids = jnp.asarray([hf_base.encode(text, add_special_tokens=False).ids[:40]])
+    before = Decoder(cfg).apply({"params": params}, ids)
+    after = Decoder(cfg.replace(vocab_size=merged_n)).apply({"params": new}, ids)
+    np.testing.assert_allclose(np.asarray(after[..., :base_n]), np.asarray(before), rtol=1e-6, atol=1e-6)
+    r = allam("expand-checkpoint", f"--ckpt={tmp_path / 'ckpt'}", "--base_tokenizer", toks["llama3like"],
+              "--merged_tokenizer", toks["merged"], "--out", str(tmp_path / "bad"))
+    assert r.returncode == 2 and "does not extend" in r.stderr and "Traceback" not in r.stderr, r.stderr[-1500:]
+    assert not (tmp_path / "bad").exists()
+
+
+def test_other_tokenizer_types_and_mixed_kinds_are_refused(toks, tmp_path):
+    from tokenizers import models, pre_tokenizers
+
+    for name, model in (("wordpiece", models.WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]")),
+                        ("unigram", models.Unigram([("<unk>", 0.0), ("a", -1.0)], 0, False))):
+        tok = Tokenizer(model)
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        tok.save(str(tmp_path / f"{name}.json"))
+        r = allam("tokenizer", "fertility", "--model", str(tmp_path / f"{name}.json"), "--text", toks["en_txt"])
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-1500:]
+        assert re.search(rf"{name}.json: model type \w+ is not supported", r.stderr), r.stderr
+    spm_like = json.loads(Path(toks["base"]).read_text())
+    spm_like["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": False}
+    (tmp_path / "spm_like.json").write_text(json.dumps(spm_like))
+    r = allam("tokenizer", "merge", "--base", str(tmp_path / "spm_like.json"), "--add", toks["ar"],
+              "--out",
+              str(tmp_path / "m.json"))
+    assert r.returncode == 2 and "without a ByteLevel pre-tokenizer" in r.stderr, r.stderr[-1500:]
+    r = allam("tokenizer", "merge", "--base", toks["base"], "--add", toks["ar"], "--out", str(tmp_path / "m.model"))
+    assert r.returncode == 2 and "must be of one kind" in r.stderr
+    assert not (tmp_path / "m.json").exists() and not (tmp_path / "m.model").exists()
+    assert arabic_fraction(Tokenizer.from_file(toks["l3_merged"]).decode(
+        Tokenizer.from_file(toks["l3_merged"]).encode("مرحبا").ids)) == 1.0
