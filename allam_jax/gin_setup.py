@@ -276,6 +276,12 @@ def build(cls: type):
     return _build(gin.get_configurable(cls.__name__), cls.__name__)
 
 
+def chat_template():
+    """The configured ChatTemplate (Llama-2-chat unless the config binds ``ChatTemplate.*``: gin_configs/chat/)."""
+    _register_seqio_configurables()
+    return _build(gin.get_configurable("ChatTemplate"), "ChatTemplate")
+
+
 def partitioning_config() -> PartitioningConfig:
     return _build(PartitioningConfigG, "PartitioningConfig")
 

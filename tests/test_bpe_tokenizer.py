@@ -196,3 +196,79 @@ def test_other_tokenizer_types_and_mixed_kinds_are_refused(toks, tmp_path):
     assert not (tmp_path / "m.json").exists() and not (tmp_path / "m.model").exists()
     assert arabic_fraction(Tokenizer.from_file(toks["l3_merged"]).decode(
         Tokenizer.from_file(toks["l3_merged"]).encode("مرحبا").ids)) == 1.0
+
+
+# The families' own chat templates, as their tokenizer_config.json ships them (Llama-3's verbatim; Qwen3's reduced
+# to the branches these conversations take: no tools, no reasoning_content, thinking off)
+LLAMA3_TEMPLATE = ("{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+                   "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + "
+                   "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+                   "{{ content }}{% endfor %}{% if add_generation_prompt %}"
+                   "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+QWEN3_TEMPLATE = ("{%- if messages[0].role == 'system' %}{{- '<|im_start|>system\n' + messages[0].content + "
+                  "'<|im_end|>\n' }}{%- endif %}{%- set ns = namespace(last_query_index=messages|length - 1) %}"
+                  "{%- for message in messages[::-1] %}{%- set index = (messages|length - 1) - loop.index0 %}"
+                  "{%- if message.role == 'user' and ns.last_query_index == messages|length - 1 and "
+                  "messages[-1].role != 'user' %}{%- set ns.last_query_index = index %}{%- endif %}{%- endfor %}"
+                  "{%- for message in messages %}{%- if message.role == 'user' %}{{- '<|im_start|>' + message.role + "
+                  "'\n' + message.content + '<|im_end|>' + '\n' }}{%- elif message.role == 'assistant' %}"
+                  "{%- if loop.index0 > ns.last_query_index and loop.last %}{{- '<|im_start|>' + message.role + "
+                  "'\n<think>\n\n</think>\n\n' + message.content }}{%- else %}{{- '<|im_start|>' + message.role + "
+                  "'\n' + message.content }}{%- endif %}{{- '<|im_end|>\n' }}{%- endif %}{%- endfor %}"
+                  "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- if enable_thinking is defined "
+                  "and enable_thinking is false %}{{- '<think>\n\n</think>\n\n' }}{%- endif %}{%- endif %}")
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizer(toks):
+    """The merged Llama-3-style tokenizer with the two families' chat tokens, as a transformers tokenizer."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer.from_file(toks["l3_merged"])
+    tok.add_special_tokens(["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|im_start|>", "<|im_end|>"])
+    path = toks["dir"] / "chat" / "tokenizer.json"
+    path.parent.mkdir(exist_ok=True)
+    tok.save(str(path))
+    (path.parent / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"}))
+    hf = PreTrainedTokenizerFast(tokenizer_file=str(path), bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>")
+    return str(path), hf
+
+
+CONVERSATION = [{"role": "system", "content": "أنت مساعد مفيد."},
+                {"role": "user", "content": "What is the capital of Egypt?"},
+                {"role": "assistant", "content": "عاصمة مصر هي القاهرة."},
+                {"role": "user", "content": "وما عدد سكانها؟ Roughly!"},
+                {"role": "assistant", "content": "About 10 million, حوالي عشرة ملايين."}]
+
+
+@pytest.mark.parametrize("preset,template", [("llama3", LLAMA3_TEMPLATE), ("qwen3", QWEN3_TEMPLATE)])
+def test_chat_templates_render_transformers_ids(chat_tokenizer, preset, template):
+    """encode_conversation / encode_prompt with the gin preset give the ids of transformers' apply_chat_template
+    with the family's template, on the byte-level tokenizer (after our start token, for Qwen which has no BOS);
+    the loss falls on the answers and their end-of-turn token only."""
+    import gin
+
+    from allam_jax import gin_setup
+    from allam_jax.align.chat import PRESETS, encode_conversation, encode_prompt
+    from allam_jax.data.vocabularies import bos_id, get_vocabulary
+
+    path, hf = chat_tokenizer
+    vocab = get_vocabulary(path)
+    gin.clear_config()
+    gin_setup.parse([f"chat/{preset}.gin"])
+    chat = gin_setup.chat_template()
+    assert chat == PRESETS[preset]
+    bos = bos_id(vocab)
+    skip = 0 if preset == "llama3" else 1  # Qwen has no BOS: our sequences start with the vocabulary's start token
+    want = hf.apply_chat_template(CONVERSATION, chat_template=template, tokenize=True, return_dict=False)
+    ids, weights = encode_conversation(CONVERSATION, vocab, chat, bos)
+    assert ids[skip:] == list(want), (hf.decode(ids), hf.decode(want))
+    trained = hf.decode([i for i, w in zip(ids, weights) if w])
+    end = chat.end_of_turn
+    assert trained == f"عاصمة مصر هي القاهرة.{end}About 10 million, حوالي عشرة ملايين.{end}"
+    prompt = encode_prompt(CONVERSATION[:4], vocab, chat, bos)
+    want = hf.apply_chat_template(CONVERSATION[:4], chat_template=template, tokenize=True, return_dict=False,
+                                  add_generation_prompt=True, enable_thinking=False)
+    assert prompt[skip:] == list(want), (hf.decode(prompt), hf.decode(want))
+    gin.clear_config()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -81,9 +82,13 @@ def run_generate(args: argparse.Namespace) -> int:
     sampling = _sampling(args)
     gen = load_generator(args.gin_file, args.gin_bindings, args.ckpt, args.vocabulary)
     if args.chat:
-        from allam_jax.align.chat import ChatTemplate, encode_prompt
+        from allam_jax.align.chat import encode_prompt
+        from allam_jax.gin_setup import chat_template
 
-        prompts = [encode_prompt([{"role": "user", "content": t}], gen.vocab, ChatTemplate(), gen.bos_id) for t in texts]
+        template = chat_template()
+        prompts = [encode_prompt([{"role": "user", "content": t}], gen.vocab, template, gen.bos_id) for t in texts]
+        if template.style == "turns":  # the answer ends at the template's end-of-turn token, not at EOS
+            sampling = dataclasses.replace(sampling, stop=tuple(sampling.stop) + (template.end_of_turn,))
     else:
         prompts = [gen.encode(t) for t in texts]
     for text, result in zip(texts, gen.generate(prompts, sampling)):
@@ -103,8 +108,10 @@ def run_chat(args: argparse.Namespace) -> int:
     if sys.stdin is None or sys.stdin.closed:
         raise ConfigError("allam chat reads your turns from standard input, which is closed; run it in a terminal "
                           "or pipe the turns in (one per line)")
+    from allam_jax.gin_setup import chat_template
+
     gen = load_generator(args.gin_file, args.gin_bindings, args.ckpt, args.vocabulary)
-    chat_loop(gen, _sampling(args), args.system)
+    chat_loop(gen, _sampling(args), args.system, template=chat_template())
     return 0
 
 

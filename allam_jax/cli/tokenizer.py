@@ -61,6 +61,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "seqio) applies it: nfc_tatweel (default: canonical compositions as NFC, tatweel removed, as "
                    "training text is), nfc_tatweel_nodiacritics (Arabic diacritics removed too), base (the base "
                    "model's own)")
+    m.add_argument("--max_new", type=positive_int, default=None,
+                   help="tokenizer.json only: keep at most this many new pieces, the first learned (e.g. 16000 "
+                   "from a 20K Arabic BPE, part of which the base already has)")
     m.add_argument("--all_scripts", action="store_true",
                    help="also add pieces without Arabic letters (may change how English is split)")
     f = tok.add_parser("fertility", help="tokens per word and more, per model and language",
@@ -166,6 +169,8 @@ def run_merge(args: argparse.Namespace) -> int:
                           ", ".join(f"{k} {v}" for k, v in kinds.items()))
     if is_bpe_path(args.base):
         return _merge_bpe(args)
+    if args.max_new is not None:
+        raise ConfigError("--max_new is for tokenizer.json merges (a SentencePiece model's size is set when training)")
 
     r = merge_tokenizers(args.base, args.add, args.out, args.pad_to_multiple, arabic_only=not args.all_scripts,
                          normalization=args.normalization)
@@ -178,7 +183,8 @@ def run_merge(args: argparse.Namespace) -> int:
 def _merge_bpe(args: argparse.Namespace) -> int:
     from allam_jax.tokenizer.bpe import merge_bpe
 
-    r = merge_bpe(args.base, args.add, args.out, args.pad_to_multiple, arabic_only=not args.all_scripts)
+    r = merge_bpe(args.base, args.add, args.out, args.pad_to_multiple, arabic_only=not args.all_scripts,
+                  max_new=args.max_new)
     print(f"wrote {args.out}: {r.base_size:,} base ids + {r.added:,} new + {r.padding} padding = {r.merged_size:,} "
           f"ids, {r.merges_added:,} merges ranked first (skipped {r.skipped_other_script:,} pieces without Arabic); "
           "normalisation: the base's")

@@ -29,12 +29,14 @@ def open_generator(cfg: "ModelConfig", ckpt: str, vocabulary: str = "byte",
 
 
 def chat_loop(gen: Generator, sampling: SamplingConfig, system: Optional[str] = None,
-              stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
-    """Reads user turns line by line, streams each answer; an empty line or EOF ends the chat."""
+              stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout, template=None) -> int:
+    """Reads user turns line by line, streams each answer; an empty line or EOF ends the chat. An answer ends at
+    EOS or at the template's end-of-turn token (Llama-3's <|eot_id|>, ChatML's <|im_end|>)."""
     from allam_jax.align.chat import ChatTemplate, encode_prompt
 
     messages = [{"role": "system", "content": system}] if system else []
-    template = ChatTemplate()
+    template = template or ChatTemplate()
+    stops = {int(gen.vocab.eos_id)} | set(template.end_of_turn_ids(gen.vocab)[-1:])
     turns = 0
     while True:
         stdout.write("you> ")
@@ -50,7 +52,7 @@ def chat_loop(gen: Generator, sampling: SamplingConfig, system: Optional[str] = 
         shown = ""
         for step in gen.stream([prompt], sampling):
             tok = step[0]
-            if tok is None or tok == int(gen.vocab.eos_id):
+            if tok is None or tok in stops:
                 break
             answer.append(tok)
             text = gen.vocab.decode(answer)

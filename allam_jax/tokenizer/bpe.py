@@ -196,15 +196,17 @@ def vocab_size_of(data: dict) -> int:
     return max(ids) + 1 if ids else 0
 
 
-def merge_data(base: dict, add: dict, pad_to_multiple: int = 128, arabic_only: bool = True
-               ) -> tuple[dict, BpeMergeReport]:
+def merge_data(base: dict, add: dict, pad_to_multiple: int = 128, arabic_only: bool = True,
+               max_new: Optional[int] = None) -> tuple[dict, BpeMergeReport]:
     """``base`` with ``add``'s pieces appended: every base id, piece and merge kept; new pieces take the ids after
     the base's largest (its added tokens included), in ``add``'s order; unused special tokens pad the size.
 
     Ranks: ``add``'s merges that make Arabic pieces go *before* the base's merges (the byte-level twin of giving
     new SentencePiece pieces the top scores), so Arabic words are built by the merges learned on Arabic rather
     than by the base's Arabic fragments. Each such merge makes a piece with an Arabic-block byte, so it can only
-    fire inside text with Arabic in it: English encodes to the base's ids, byte for byte. A merge is kept only
+    fire inside text with Arabic in it: English encodes to the base's ids, byte for byte. ``max_new`` keeps the
+    first that many new pieces in the order they were learned (e.g. exactly 16K from a larger Arabic BPE, since
+    part of what it learns the base already has). A merge is kept only
     when both its halves are pieces of the merged vocabulary (HF requires it); with ``arabic_only`` off, pieces
     without Arabic are added too (and may change how other text splits)."""
     merged = json.loads(json.dumps(base))
@@ -225,6 +227,8 @@ def merge_data(base: dict, add: dict, pad_to_multiple: int = 128, arabic_only: b
             continue
         if piece in vocab:
             existing += piece in base["model"]["vocab"]
+        elif max_new is not None and next_id - first_new >= max_new:
+            continue  # the first max_new new pieces in the learned order; later merges need only those
         else:
             vocab[piece] = next_id
             next_id += 1
@@ -254,11 +258,11 @@ def merge_data(base: dict, add: dict, pad_to_multiple: int = 128, arabic_only: b
 
 
 def merge_bpe(base_path: str, add_path: str, out_path: str, pad_to_multiple: int = 128,
-              arabic_only: bool = True) -> BpeMergeReport:
+              arabic_only: bool = True, max_new: Optional[int] = None) -> BpeMergeReport:
     """Writes the merged ``tokenizer.json`` (checked to load in Hugging Face tokenizers first)."""
     from tokenizers import Tokenizer
 
-    merged, report = merge_data(read_json(base_path), read_json(add_path), pad_to_multiple, arabic_only)
+    merged, report = merge_data(read_json(base_path), read_json(add_path), pad_to_multiple, arabic_only, max_new)
     text = json.dumps(merged, ensure_ascii=False)
     Tokenizer.from_str(text)  # a merge HF cannot load is a bug here, not a file to leave behind
     write_text_atomically(out_path, text)
