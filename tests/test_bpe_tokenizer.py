@@ -272,3 +272,44 @@ def test_chat_templates_render_transformers_ids(chat_tokenizer, preset, template
                                   add_generation_prompt=True, enable_thinking=False)
     assert prompt[skip:] == list(want), (hf.decode(prompt), hf.decode(want))
     gin.clear_config()
+
+
+def test_qwen3_expanded_with_bpe_exports_and_loads_in_transformers(toks, tmp_path):
+    """A tiny random Qwen3 on the Llama-3-style base vocabulary: convert, expand with the byte-level merge, export
+    with the merged tokenizer.json; transformers loads model and tokenizer, its ids are HF tokenizers' and its
+    logits ours; English logits over the base ids are the base model's."""
+    import torch
+    import transformers
+
+    from allam_jax.convert.checkpoints import export_to_hf, import_from_hf, restore_for_export
+    from allam_jax.convert.hf_config import config_from_hf
+
+    base_n = load_tokenizer(toks["llama3like"]).vocab_size
+    torch.manual_seed(0)
+    hf_cfg = transformers.Qwen3Config(vocab_size=base_n, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                                      max_position_embeddings=128, tie_word_embeddings=False)
+    transformers.Qwen3ForCausalLM(hf_cfg).eval().save_pretrained(tmp_path / "hf", safe_serialization=True)
+    import_from_hf(str(tmp_path / "hf"), str(tmp_path / "ckpt"), progress=False)
+    expand_checkpoint(str(tmp_path / "ckpt"), toks["llama3like"], toks["l3_merged"], str(tmp_path / "expanded"))
+    merged_n = load_tokenizer(toks["l3_merged"]).vocab_size
+    cfg = config_from_hf(json.loads((tmp_path / "hf" / "config.json").read_text())).replace(
+        vocab_size=merged_n, compute_dtype="float32")
+    export_to_hf(str(tmp_path / "expanded"), cfg, str(tmp_path / "out"), tokenizer=toks["l3_merged"])
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+    text = "The school is open. والمدرسة مفتوحة!"
+    hf = Tokenizer.from_file(toks["l3_merged"])
+    assert tok(text)["input_ids"] == hf.encode(text).ids and hf.encode(text).ids[0] == hf.token_to_id("<|begin_of_text|>")
+    ids = np.array([hf.encode(text).ids], np.int32)
+    ours = Decoder(cfg).apply({"params": restore_for_export(str(tmp_path / "expanded"), cfg)}, ids)
+    with torch.no_grad():
+        np.testing.assert_allclose(model(torch.tensor(ids)).logits.numpy(), np.asarray(ours), atol=1e-4, rtol=1e-4)
+    english = np.array([hf.encode("The school is open.").ids], np.int32)
+    assert english.max() < base_n
+    base_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(model(torch.tensor(english)).logits.numpy()[..., :base_n],
+                                   base_model(torch.tensor(english)).logits.numpy(), atol=1e-4, rtol=1e-4)
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["eos_token_id"] == hf.token_to_id(
+        "<|end_of_text|>")

@@ -1,4 +1,4 @@
-"""``allam convert from-hf|to-hf``: Hugging Face Llama checkpoints in and out."""
+"""``allam convert from-hf|to-hf``: Hugging Face Llama, Mistral, Qwen2 and Qwen3 checkpoints in and out."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from allam_jax.cli.common import add_checkpoint_flag, add_gin_flags
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="import/export Hugging Face Llama checkpoints",
-                       description="Convert between Hugging Face Llama-family checkpoints (config.json + "
+    p = sub.add_parser("convert", help="import/export Hugging Face Llama/Mistral/Qwen2/Qwen3 checkpoints",
+                       description="Convert between Hugging Face Llama, Mistral, Qwen2 and Qwen3 checkpoints (config.json + "
                        "safetensors) and allam-jax Orbax checkpoints.")
     conv = p.add_subparsers(dest="convert_command", required=True, metavar="CONVERT_COMMAND")
     c = conv.add_parser("from-hf", help="Hugging Face directory -> allam-jax checkpoint (+ model.gin)",
@@ -27,7 +27,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_gin_flags(c)
     add_checkpoint_flag(c)
     c.add_argument("--out", required=True, help="directory to create (must not exist)")
-    c.add_argument("--tokenizer", default=None, help="SentencePiece .model to ship with the model")
+    c.add_argument("--tokenizer", default=None, help="tokenizer to ship with the model: a SentencePiece .model or a "
+                   "byte-level BPE tokenizer.json (its tokenizer_config.json is copied from beside it)")
     c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="tensor dtype (default float32)")
     c.set_defaults(handler=run_to_hf)
 

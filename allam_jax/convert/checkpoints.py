@@ -87,7 +87,12 @@ def export_to_hf(ckpt: str, cfg: ModelConfig, out: str, tokenizer: Optional[str]
         write_safetensors(counted(), cfg, target, np_dtype, max_shard_bytes)
         bar.close()
         hf_config = hf_config_from(cfg, dtype)
-        ids = {k: hf_config[k] for k in ("bos_token_id", "eos_token_id") if k in hf_config}
+        if tokenizer is not None and tokenizer.endswith(".json"):  # the ids of the tokenizer shipped with it
+            from allam_jax.tokenizer.interface import ByteLevelBPETokenizer
+
+            tok = ByteLevelBPETokenizer(tokenizer)
+            hf_config.update(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id)
+        ids = {k: hf_config[k] for k in ("bos_token_id", "eos_token_id") if hf_config.get(k) is not None}
         (target / "generation_config.json").write_text(json.dumps(ids) + "\n")
         if tokenizer is not None:
             write_tokenizer_files(tokenizer, target, cfg.max_seq_len)

@@ -283,8 +283,13 @@ def write_safetensors(tensors: Iterator[tuple[str, np.ndarray]], cfg: ModelConfi
 
 
 def write_tokenizer_files(spm_model: str, out: PathLike, max_len: int) -> None:
-    """``tokenizer.model`` plus the config files that make ``AutoTokenizer`` build a Llama tokenizer."""
+    """``tokenizer.model`` plus the config files that make ``AutoTokenizer`` build a Llama tokenizer; for a
+    byte-level BPE ``tokenizer.json``, that file and its family's ``tokenizer_config.json`` (copied from beside it,
+    else one naming its BOS/EOS) for a fast tokenizer."""
     out = as_path(out)
+    if str(spm_model).endswith(".json"):
+        _write_bpe_tokenizer_files(spm_model, out, max_len)
+        return
     (out / "tokenizer.model").write_bytes(as_path(spm_model).read_bytes())
     (out / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "LlamaTokenizer", "model_max_length": max_len, "add_bos_token": True,
@@ -293,3 +298,18 @@ def write_tokenizer_files(spm_model: str, out: PathLike, max_len: int) -> None:
     }, indent=2) + "\n")
     (out / "special_tokens_map.json").write_text(json.dumps(
         {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}, indent=2) + "\n")
+
+
+def _write_bpe_tokenizer_files(tokenizer_json: str, out, max_len: int) -> None:
+    from allam_jax.tokenizer.interface import ByteLevelBPETokenizer
+
+    tok = ByteLevelBPETokenizer(tokenizer_json)
+    src = as_path(tokenizer_json)
+    (out / "tokenizer.json").write_bytes(src.read_bytes())
+    config = src.parent / "tokenizer_config.json"
+    if config.is_file():
+        (out / "tokenizer_config.json").write_bytes(config.read_bytes())
+        return
+    names = {k: tok.id_to_piece(i) for k, i in (("bos_token", tok.bos_id), ("eos_token", tok.eos_id)) if i is not None}
+    (out / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_len, **names}, indent=2) + "\n")
