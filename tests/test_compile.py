@@ -251,3 +251,22 @@ def test_compile_lowers_the_very_programs_that_train_and_eval_run():
     assert scorer.score_fn.lower(params, *arrays).as_text() == lower_step(exp, partitioner, "eval", program).as_text()
     assert program.step_fn.lower(program.abstract_state, program.abstract_batch(64)).as_text() == \
         lower_step(exp, partitioner, "train", program).as_text()
+
+
+@pytest.mark.tpu
+def test_compile_the_variants_of_todays_bases_for_tpu():
+    """Qwen3's q/k norm and head_dim, Qwen2's q/k/v bias, Llama-3's RoPE scaling and tied embeddings, all at once,
+    through the TPU path (splash attention, FSDP-gathered weights): compiles and fits, with the parameters the
+    closed form counts."""
+    r = allam("compile", "--gin_file", "runs/tiny_cpu.gin", "--gin_file", "models/tiny_qwen3.gin", "--topology",
+              "v5e:2x2", *TINY, "--json", "--gin_bindings", "ModelConfig.attention_impl = 'pallas'",
+              "--gin_bindings", "ModelConfig.qkv_bias = True", "--gin_bindings", "ModelConfig.tie_embeddings = True",
+              "--gin_bindings", "ModelConfig.rope_scaling = 'llama3'", "--gin_bindings",
+              "ModelConfig.rope_original_max_len = 32", "--gin_bindings", "TrainerConfig.seq_len = 128")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    from allam_jax.model import ModelConfig
+
+    cfg = ModelConfig(vocab_size=256, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=96, head_dim=32,
+                      qk_norm=True, qkv_bias=True, tie_embeddings=True)
+    assert out["fits"] and out["params"] == cfg.num_params() and out["attention_impl"] == "pallas"

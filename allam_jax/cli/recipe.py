@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from allam_jax.cli.common import add_gin_flags
-from allam_jax.recipe.config import STAGES
+from allam_jax.recipe.config import STAGES, TOKENIZER_KINDS
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +22,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", required=True, help="output directory of every stage; rerun to resume")
     p.add_argument("--quick", action="store_true", help="add recipes/tiny_cpu_quick.gin: the same stages in about "
                    "2 minutes (too few steps to judge the claims)")
+    p.add_argument("--tokenizer_kind", default=None, choices=TOKENIZER_KINDS,
+                   help="the base tokenizer's kind: sentencepiece (Llama-2's, the default) or bpe (byte-level, "
+                   "Llama-3's / Qwen's); sets RecipeConfig.tokenizer_kind")
     p.add_argument("--stop_after", default="report", choices=STAGES, help="last stage to run (default report)")
     p.add_argument("--redo", action="append", default=[], choices=STAGES,
                    help="run this stage again even though it finished (repeatable; later stages are not redone)")
@@ -54,7 +57,8 @@ def run_recipe(args: argparse.Namespace) -> int:
                           "the finished workdir to a bucket afterwards; `allam train` itself takes gs:// workdirs)")
     files = (args.gin_file or ["recipes/tiny_cpu.gin"]) + (["recipes/tiny_cpu_quick.gin"] if args.quick else [])
     gin_setup.register(RecipeConfig, HeldoutConfig)
-    gin_setup.parse(files, args.gin_bindings)
+    kind = [f"RecipeConfig.tokenizer_kind = '{args.tokenizer_kind}'"] if args.tokenizer_kind else []
+    gin_setup.parse(files, list(args.gin_bindings) + kind)
     recipe = Recipe(gin_setup.build(RecipeConfig), args.workdir)
     summaries = recipe.run(args.stop_after, args.redo, progress=lambda m: print(m, flush=True))
     if "report" in summaries:

@@ -9,6 +9,7 @@ from allam_jax.core.errors import ConfigError
 from allam_jax.recipe.heldout import HeldoutConfig
 
 STAGES = ("data", "base", "expand", "cpt", "sft", "dpo", "eval", "report")
+TOKENIZER_KINDS = ("sentencepiece", "bpe")
 EXPAND_METHODS = ("fitted", "mean_subtoken", "random")  # the expanded checkpoints the recipe writes (expand/NAME)
 
 
@@ -46,6 +47,9 @@ class RecipeConfig:
     # the Arabic tokenizer also sees each vowelled document without its diacritics (tokenizer train
     # --also_undiacritised): off, because the recipe's held-out Arabic is 84% vowelled (README: measured both ways)
     arabic_also_undiacritised: bool = False
+    # the base tokenizer's kind: 'sentencepiece' (Llama-2's) or 'bpe' (byte-level, Llama-3's / Qwen's), the Arabic
+    # pieces learned and merged the same way (`allam recipe --tokenizer_kind bpe`)
+    tokenizer_kind: str = "sentencepiece"
     arms_file: str = "recipes/tiny_arms.variants"
     main_arm: str = "full"
     stage_bindings: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
@@ -62,6 +66,9 @@ class RecipeConfig:
                 raise ConfigError(f"RecipeConfig.{name} must be a positive integer, got {value!r}")
         if self.expand_init not in EXPAND_METHODS:
             raise ConfigError(f"RecipeConfig.expand_init must be one of {EXPAND_METHODS}, got {self.expand_init!r}")
+        if self.tokenizer_kind not in TOKENIZER_KINDS:
+            raise ConfigError(f"RecipeConfig.tokenizer_kind must be one of {TOKENIZER_KINDS}, got "
+                              f"{self.tokenizer_kind!r}")
         unknown = [k for k in self.stage_bindings if k not in ("base", "cpt", "sft", "dpo")]
         if unknown:
             raise ConfigError(f"RecipeConfig.stage_bindings: unknown stage(s) {unknown}; use base, cpt, sft, dpo")

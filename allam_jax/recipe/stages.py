@@ -21,7 +21,7 @@ import logging
 import string
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 from allam_jax import gin_setup
 from allam_jax.core.errors import ConfigError
@@ -139,13 +139,18 @@ class Recipe:
         from allam_jax.train.optimizer import OptimizerConfig
 
         return [Override(gin_setup.build_experiment, data=data_cls),
-                Override(data_cls, paths=[str(self.data / "align" / split)], vocabulary=str(self.tok / "merged.model"),
+                Override(data_cls, paths=[str(self.data / "align" / split)], vocabulary=str(self.tokenizer("merged")),
                          template=ChatTemplate),
                 Override(StepConfig, num_languages=3), Override(TrainerConfig, init_from=init_from),
                 Override(OptimizerConfig, weight_decay=0.0)]
 
     def user_bindings(self, stage: str) -> tuple[str, ...]:
         return tuple(self.cfg.stage_bindings.get(stage, ()))
+
+    def tokenizer(self, name: str) -> Path:
+        """``tokenizer/{base,arabic,merged}``: ``.model`` (SentencePiece) or ``.json`` (byte-level BPE), as
+        ``RecipeConfig.tokenizer_kind`` says."""
+        return self.tok / (name + (".json" if self.cfg.tokenizer_kind == "bpe" else ".model"))
 
     def vocab_sizes(self) -> dict[str, int]:
         return _read_json(self.marker("expand"))["vocab_sizes"] if self.done("expand") else {}
@@ -172,15 +177,26 @@ class Recipe:
         return path
 
     def stage_base(self) -> dict:
-        from allam_jax.tokenizer.train import train_tokenizer
-
         c = self.cfg
-        base_model = self.tok / "base.model"
+        base_model = self.tokenizer("base")
         if not base_model.is_file():
             self._mkdir(self.tok)
-            train_tokenizer([str(self.data / "train" / "en.txt")], c.base_vocab_size, str(base_model))
+            self.train_tokenizer([str(self.data / "train" / "en.txt")], c.base_vocab_size, base_model)
         self.train(self.plan("base"))
         return {"tokenizer": str(base_model), "workdir": str(self.dir / "base")}
+
+    def train_tokenizer(self, files: list[str], vocab_size: int, out: Path, base: Optional[Path] = None) -> None:
+        """SentencePiece (Llama-2 conventions), or byte-level BPE: the base with Llama-3's pre-tokenizer, the
+        Arabic pieces with the base's."""
+        if self.cfg.tokenizer_kind == "bpe":
+            from allam_jax.tokenizer.bpe import iter_documents, train_bpe
+
+            train_bpe(iter_documents(files), vocab_size, str(out), base=str(base) if base else None)
+            return
+        from allam_jax.tokenizer.train import train_tokenizer
+
+        train_tokenizer(files, vocab_size, str(out), also_undiacritised=bool(base) and
+                        self.cfg.arabic_also_undiacritised)
 
     def watch_override(self, steps: int) -> Override:
         """Held-out English and Arabic bits/byte four times per run, warning when English rises past the report's
@@ -200,7 +216,7 @@ class Recipe:
         c = self.cfg
         if stage == "base":
             overrides = (self.model_overrides(c.base_vocab_size)
-                         + self.corpus_overrides(str(self.tok / "base.model"), {"en_pretrain": 1.0})
+                         + self.corpus_overrides(str(self.tokenizer("base")), {"en_pretrain": 1.0})
                          + [Override(StepConfig, z_loss_weight=1e-4)]
                          + self.schedule_overrides(c.base_steps, c.base_learning_rate, max(1, c.base_steps // 20)))
             return TrainPlan((c.model_gin, c.data_gin), tuple(overrides), self.user_bindings("base"),
@@ -209,7 +225,7 @@ class Recipe:
             from allam_jax.train.loop import TrainerConfig
 
             overrides = (self.model_overrides(self.vocab_sizes()["merged"])
-                         + self.corpus_overrides(str(self.tok / "merged.model"))
+                         + self.corpus_overrides(str(self.tokenizer("merged")))
                          + [Override(StepConfig, z_loss_weight=1e-4),
                             Override(TrainerConfig, init_from=str(self.dir / "expand" / c.expand_init)),
                             self.watch_override(c.cpt_steps)]
@@ -244,22 +260,26 @@ class Recipe:
         from allam_jax.tokenizer.expand import expand_checkpoint
         from allam_jax.tokenizer.fit_head import HeadFit
         from allam_jax.tokenizer.fertility import fertility_table
-        from allam_jax.tokenizer.merge import merge_tokenizers
-        from allam_jax.tokenizer.spm_io import load_proto
-        from allam_jax.tokenizer.train import train_tokenizer
+        from allam_jax.tokenizer.interface import load_tokenizer
 
         c = self.cfg
-        base, arabic, merged = self.tok / "base.model", self.tok / "arabic.model", self.tok / "merged.model"
-        train_tokenizer([str(self.data / "train" / "ar.txt")], c.arabic_vocab_size, str(arabic),
-                        also_undiacritised=c.arabic_also_undiacritised)
-        merge = merge_tokenizers(str(base), str(arabic), str(merged), c.pad_vocab_to_multiple)
+        base, arabic, merged = self.tokenizer("base"), self.tokenizer("arabic"), self.tokenizer("merged")
+        self.train_tokenizer([str(self.data / "train" / "ar.txt")], c.arabic_vocab_size, arabic, base=base)
+        if c.tokenizer_kind == "bpe":
+            from allam_jax.tokenizer.bpe import merge_bpe
+
+            merge = merge_bpe(str(base), str(arabic), str(merged), c.pad_vocab_to_multiple)
+        else:
+            from allam_jax.tokenizer.merge import merge_tokenizers
+
+            merge = merge_tokenizers(str(base), str(arabic), str(merged), c.pad_vocab_to_multiple)
         heldout = [str(self.data / "heldout" / "en.txt"), str(self.data / "heldout" / "ar.txt")]
         fertility = fertility_table([str(base), str(merged)], heldout)
         for row in fertility:
             row["tokenizer"] = "base" if row["model"] == str(base) else "merged"
         _write_json(self.tok / "fertility.json", fertility)
         reports = {}
-        sizes = {"base": len(load_proto(str(base)).pieces), "merged": len(load_proto(str(merged)).pieces)}
+        sizes = {"base": load_tokenizer(str(base)).vocab_size, "merged": load_tokenizer(str(merged)).vocab_size}
         gin_setup.parse([str(self.dir / "base" / "config.gin")])
         fit = HeadFit(dataclasses.replace(gin_setup.model_config(), vocab_size=sizes["merged"]),
                       str(self.data / "train" / "ar.txt"), str(self.data / "train" / "en.txt"))
@@ -296,7 +316,7 @@ class Recipe:
                 "expanded_mean_subtoken": str(self.dir / "expand" / "mean_subtoken"),
                 "expanded_fitted": str(self.dir / "expand" / "fitted"),
                 "expanded_random": str(self.dir / "expand" / "random"),
-                "base_tokenizer": str(self.tok / "base.model"), "merged_tokenizer": str(self.tok / "merged.model"),
+                "base_tokenizer": str(self.tokenizer("base")), "merged_tokenizer": str(self.tokenizer("merged")),
                 "base_vocab_size": str(sizes.get("base", "")), "merged_vocab_size": str(sizes.get("merged", "")),
                 "embeddings_first_steps": str(max(1, self.cfg.cpt_steps // 5))}
 
