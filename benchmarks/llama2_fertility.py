@@ -72,6 +72,19 @@ def write_held_out_split(data: Path, tmp: Path) -> tuple[set, set, set, list]:
     return held_tafsir, held_ui, held_classical, train_lines
 
 
+def held_out_table(models: list[str], tmp: Path, name_of) -> str:
+    """Fertility of ``models`` on the split :func:`write_held_out_split` wrote: each Arabic register and English
+    overall, printed and returned as a table (``name_of``: a model's name in it)."""
+    from allam_jax.tokenizer.fertility import fertility_table, format_table
+
+    rows = fertility_table(models, [f"modern_msa={tmp / 'modern.txt'}", f"ui={tmp / 'ui.txt'}",
+                                    f"classical_hadith={tmp / 'classical.txt'}", str(tmp / "en.txt")])
+    rows = [dict(r, model=name_of(r["model"])) for r in rows if r["language"] == "ar" or r["register"] == "all"]
+    table = format_table(rows)
+    print(table)
+    return table
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--llama_tokenizer_js", required=True, type=Path,
@@ -82,7 +95,6 @@ def main(argv=None) -> int:
                    help="markdown table to write")
     args = p.parse_args(argv)
 
-    from allam_jax.tokenizer.fertility import fertility_table, format_table
     from allam_jax.tokenizer.from_hf import hf_json_from_pieces, proto_from_hf_json
     from allam_jax.tokenizer.merge import merge_tokenizers
     from allam_jax.tokenizer.spm_io import processor_from_proto, write_proto_atomically
@@ -114,11 +126,7 @@ def main(argv=None) -> int:
                                  normalization="nfc_tatweel_nodiacritics" if strip else "nfc_tatweel")
             print(f"{name}: trained and merged in {time.time() - t0:.0f} s ({r.added:,} new pieces)")
             models.append(str(merged))
-        rows = fertility_table(models, [f"modern_msa={tmp / 'modern.txt'}", f"ui={tmp / 'ui.txt'}",
-                                        f"classical_hadith={tmp / 'classical.txt'}", str(tmp / "en.txt")])
-    rows = [dict(r, model=Path(r["model"]).stem) for r in rows if r["language"] == "ar" or r["register"] == "all"]
-    table = format_table(rows)
-    print(table)
+        table = held_out_table(models, tmp, lambda m: Path(m).stem)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         "# Fertility on the real Llama-2 tokenizer (`benchmarks/llama2_fertility.py`)\n\n"

@@ -6,7 +6,6 @@ import json
 import re
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
@@ -14,11 +13,12 @@ import pytest
 from tokenizers import Tokenizer, processors
 
 from allam_jax.data.language import arabic_fraction
-from allam_jax.model import Decoder, ModelConfig
+from allam_jax.model import Decoder
 from allam_jax.tokenizer.bpe import iter_documents, train_bpe
 from allam_jax.tokenizer.expand import expand_checkpoint
 from allam_jax.tokenizer.interface import load_tokenizer
 from helpers import allam, bundled_dir
+from test_tokenizer import _save_base_checkpoint
 
 EDGE_CASES = ["", " ", "Hello, world!", "emoji 😀🚀 and 👍🏽", "Mixed: the school المدرسة 2024 مفتوحة!",
               "كَتَبَ الطَّالِبُ الدَّرْسَ", "مـــرحبا", "\n\nتجربة\ttab", "!!! ???", "ﻻ ﷲ ٣٤٥"]
@@ -130,23 +130,12 @@ def test_seqio_batches_are_hf_encodings_with_id_zero_kept(toks):
     assert whole > 5 and zeros > 0, (whole, zeros)
 
 
-def _checkpoint(path: Path, vocab: int):
-    cfg = ModelConfig(vocab_size=vocab, d_model=32, num_layers=1, num_heads=4, num_kv_heads=2, mlp_dim=64,
-                      max_seq_len=64, compute_dtype="float32")
-    params = Decoder(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
-    params = jax.tree_util.tree_map(lambda x: getattr(x, "value", x), params, is_leaf=lambda x: hasattr(x, "value"))
-    ck = ocp.StandardCheckpointer()
-    ck.save(path / "3" / "state", {"params": params, "step": jnp.int32(3)})
-    ck.wait_until_finished()
-    return cfg, jax.device_get(params)
-
-
 def test_expand_checkpoint_means_of_the_base_spelling(toks, tmp_path):
     """New rows are float64 means of the base rows over the base's own encoding of each new piece's text (HF
     tokenizers, whole-word pieces); old rows and English logits unchanged; a foreign base is refused."""
     hf_base = Tokenizer.from_file(toks["base"])
     base_n, merged_n = load_tokenizer(toks["base"]).vocab_size, load_tokenizer(toks["merged"]).vocab_size
-    cfg, params = _checkpoint(tmp_path / "ckpt", base_n)
+    cfg, params = _save_base_checkpoint(tmp_path / "ckpt", base_n, tie=False)
     report = expand_checkpoint(str(tmp_path / "ckpt"), toks["base"], toks["merged"], str(tmp_path / "out"))
     assert (report["base_vocab"], report["merged_vocab"]) == (base_n, merged_n)
     new = ocp.StandardCheckpointer().restore(tmp_path / "out/0/state")["params"]

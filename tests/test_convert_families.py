@@ -14,12 +14,13 @@ import pytest
 import torch  # the hf extra, installed by setup.sh
 import transformers
 
-from allam_jax.convert.checkpoints import export_to_hf, import_from_hf, restore_for_export
+from allam_jax.convert.checkpoints import export_to_hf, import_from_hf
 from allam_jax.convert.hf_config import config_from_hf
 from allam_jax.core.errors import ConversionError
 from allam_jax.core.params import abstract_params, stored_params
 from allam_jax.model import Decoder
 from helpers import allam
+from test_convert_hf import _hf_logits, _our_logits
 
 VOCAB = 256
 SEQ = 96  # past original_max_position_embeddings (32) below: the scaled frequencies are exercised
@@ -54,17 +55,6 @@ def _hf_model(tmp: Path, family: str, tied: bool, seed: int = 0, **extra) -> Pat
     out = tmp / f"hf_{family}_{tied}"
     model.save_pretrained(out, safe_serialization=True)
     return out
-
-
-def _hf_logits(path: Path, tokens: np.ndarray) -> np.ndarray:
-    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    with torch.no_grad():
-        return model(torch.tensor(tokens)).logits.numpy()
-
-
-def _our_logits(ckpt: Path, cfg, tokens: np.ndarray) -> np.ndarray:
-    cfg = cfg.replace(compute_dtype="float32")
-    return np.asarray(Decoder(cfg).apply({"params": restore_for_export(str(ckpt), cfg)}, tokens))
 
 
 def _tokens(seed=0):

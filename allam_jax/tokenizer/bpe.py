@@ -11,7 +11,9 @@ import dataclasses
 import json
 from typing import Iterable, Iterator, Optional, Sequence
 
-from allam_jax.core.paths import as_path, write_text_atomically
+from allam_jax.core.paths import write_text_atomically
+from allam_jax.tokenizer.from_hf import load_hf_json, merge_pair
+from allam_jax.tokenizer.merge import MergeReport
 from allam_jax.tokenizer.spm_io import TokenizerError
 
 # Llama-3's pre-tokenizer regex (tokenizer.json of Meta-Llama-3.x): contractions, letters, 1-3 digits, punctuation,
@@ -55,16 +57,9 @@ def is_arabic_piece(piece: str) -> bool:
 
 
 def read_json(path: str) -> dict:
-    p = as_path(path)
-    if not p.is_file():
-        raise TokenizerError(f"tokenizer not found: {path}")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TokenizerError(f"{path}: not a tokenizer.json ({type(e).__name__}: {str(e)[:120]})") from None
-    model = data.get("model") if isinstance(data, dict) else None
-    if not isinstance(model, dict) or "type" not in model and "merges" not in model:
-        raise TokenizerError(f"{path}: not a Hugging Face tokenizer.json (no 'model' with a 'type')")
+    """A byte-level BPE ``tokenizer.json`` as a dict; another model type or a SentencePiece-style BPE is refused."""
+    data = load_hf_json(path)
+    model = data["model"]
     kind = model.get("type", "BPE")
     if kind != "BPE":
         raise TokenizerError(f"{path}: model type {kind} is not supported (byte-level BPE only; SentencePiece models "
@@ -88,7 +83,7 @@ def is_byte_level(data: dict) -> bool:
 
 def _merges(model: dict) -> list[tuple[str, str]]:
     """Merges as pairs: tokenizers >= 0.20 writes ``[a, b]``, older files ``"a b"``."""
-    return [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in model.get("merges", [])]
+    return [merge_pair(m, "tokenizer.json") for m in model.get("merges", [])]
 
 
 def load(path: str):
@@ -179,15 +174,8 @@ def train_bpe(documents: Iterable[str], vocab_size: int, out: str, base: Optiona
 
 
 @dataclasses.dataclass
-class BpeMergeReport:
-    base_size: int
-    added: int
-    skipped_existing: int
-    skipped_other_script: int
-    padding: int
-    merged_size: int
-    merges_added: int
-    normalization: str = "base"
+class BpeMergeReport(MergeReport):
+    merges_added: int = 0  # the merges ranked before the base's that the base did not have
 
 
 def vocab_size_of(data: dict) -> int:

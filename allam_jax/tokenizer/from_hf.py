@@ -35,7 +35,7 @@ def load_hf_json(path: str) -> dict:
     return data
 
 
-def _merge_pair(merge: Any, where: str) -> tuple[str, str]:
+def merge_pair(merge: Any, where: str) -> tuple[str, str]:
     if isinstance(merge, str) and merge.count(" ") == 1:
         a, b = merge.split(" ")
         return a, b
@@ -83,7 +83,7 @@ def proto_from_hf_json(data: dict, where: str = "tokenizer.json") -> ModelProto:
 
     first_rank: dict[str, int] = {}
     for rank, merge in enumerate(model.get("merges") or []):
-        a, b = _merge_pair(merge, where)
+        a, b = merge_pair(merge, where)
         first_rank.setdefault(a + b, rank)
     specials = {t["content"] for t in data.get("added_tokens") or [] if t.get("special")}
     unk = model.get("unk_token") or ("<unk>" if "<unk>" in specials else None)  # transformers 5 leaves it unset
