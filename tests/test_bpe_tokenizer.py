@@ -132,7 +132,8 @@ def test_seqio_batches_are_hf_encodings_with_id_zero_kept(toks):
 
 def test_expand_checkpoint_means_of_the_base_spelling(toks, tmp_path):
     """New rows are float64 means of the base rows over the base's own encoding of each new piece's text (HF
-    tokenizers, whole-word pieces); old rows and English logits unchanged; a foreign base is refused."""
+    tokenizers, whole-word pieces); old rows and English logits unchanged; --init fitted fits on the merged
+    tokenizer's encodings; a foreign base is refused."""
     hf_base = Tokenizer.from_file(toks["base"])
     base_n, merged_n = load_tokenizer(toks["base"]).vocab_size, load_tokenizer(toks["merged"]).vocab_size
     cfg, params = _save_base_checkpoint(tmp_path / "ckpt", base_n, tie=False)
@@ -156,6 +157,26 @@ def test_expand_checkpoint_means_of_the_base_spelling(toks, tmp_path):
     before = Decoder(cfg).apply({"params": params}, ids)
     after = Decoder(cfg.replace(vocab_size=merged_n)).apply({"params": new}, ids)
     np.testing.assert_allclose(np.asarray(after[..., :base_n]), np.asarray(before), rtol=1e-6, atol=1e-6)
+    # --init fitted: the windows it fits on are the merged tokenizer's encodings (HF's), after its BOS
+    from allam_jax.data.normalize import normalize_text
+    from allam_jax.tokenizer.fit_head import HeadFit
+
+    for name, lines in (("ar", _lines(toks["ar_txt"], 40, skip=100)), ("en", _lines(toks["en_txt"], 40))):
+        (tmp_path / f"{name}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    fit = HeadFit(cfg.replace(vocab_size=merged_n), str(tmp_path / "ar.txt"), str(tmp_path / "en.txt"), windows=6)
+    report = expand_checkpoint(str(tmp_path / "ckpt"), toks["base"], toks["merged"], str(tmp_path / "fit"), "fitted",
+                               fit=fit)
+    bos = merged.token_to_id("<|begin_of_text|>")
+    windows, rows = [], [[bos] + merged.encode(normalize_text(t), add_special_tokens=False).ids
+                         for t in (tmp_path / "ar.txt").read_text(encoding="utf-8").splitlines()]
+    for row in rows:  # model-length (64) windows, the first 6 fitted on
+        windows += [row[s: s + 64] for s in range(0, len(row) - 1, 64)]
+    ids = np.concatenate([w[1:] for w in windows[:6]])
+    assert report["fit"]["new_token_share"] == pytest.approx(float((ids >= base_n).mean()))
+    fitted = np.asarray(ocp.StandardCheckpointer().restore(tmp_path / "fit/0/state")["params"]["lm_head"]["kernel"])
+    np.testing.assert_array_equal(fitted[:, :base_n], params["lm_head"]["kernel"])
+    assert np.isfinite(fitted).all()
+    assert not np.allclose(fitted[:, base_n:], np.asarray(new["lm_head"]["kernel"])[:, base_n:])  # fitted, not means
     r = allam("expand-checkpoint", f"--ckpt={tmp_path / 'ckpt'}", "--base_tokenizer", toks["llama3like"],
               "--merged_tokenizer", toks["merged"], "--out", str(tmp_path / "bad"))
     assert r.returncode == 2 and "does not extend" in r.stderr and "Traceback" not in r.stderr, r.stderr[-1500:]
