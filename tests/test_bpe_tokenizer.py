@@ -323,3 +323,38 @@ def test_qwen3_expanded_with_bpe_exports_and_loads_in_transformers(toks, tmp_pat
                                    base_model(torch.tensor(english)).logits.numpy(), atol=1e-4, rtol=1e-4)
     assert json.loads((tmp_path / "out" / "config.json").read_text())["eos_token_id"] == hf.token_to_id(
         "<|end_of_text|>")
+
+
+def test_chat_loop_with_the_llama3_template_stops_at_its_end_of_turn(chat_tokenizer):
+    """`allam chat` with a byte-level vocabulary and the Llama-3 preset: the prompt is the template's generation
+    prompt (transformers' ids), and an answer ends at <|eot_id|> (not only at EOS); the next turn carries it."""
+    import io
+
+    from allam_jax.align.chat import LLAMA3
+    from allam_jax.data.vocabularies import bos_id, get_vocabulary
+    from allam_jax.inference.generate import SamplingConfig
+    from allam_jax.inference.session import chat_loop
+
+    path, hf = chat_tokenizer
+    vocab = get_vocabulary(path)
+    answer = hf.encode("مرحبا بك", add_special_tokens=False)
+    eot = hf.convert_tokens_to_ids("<|eot_id|>")
+
+    class Scripted:  # the generator's interface as chat_loop uses it; its tokens are scripted
+        def __init__(self):
+            self.vocab, self.bos_id, self.prompts = vocab, bos_id(vocab), []
+
+        def stream(self, prompts, sampling):
+            self.prompts.append(prompts[0])
+            for tok in answer + [eot, hf.convert_tokens_to_ids("!")]:
+                yield [tok]
+
+    gen, out = Scripted(), io.StringIO()
+    turns = chat_loop(gen, SamplingConfig(), system="Be brief.", stdin=io.StringIO("Hello!\nوأنت؟\n\n"), stdout=out,
+                      template=LLAMA3)
+    assert turns == 2 and out.getvalue().count("allam> مرحبا بك\n") == 2, out.getvalue()
+    history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"},
+               {"role": "assistant", "content": "مرحبا بك"}, {"role": "user", "content": "وأنت؟"}]
+    for prompt, messages in zip(gen.prompts, (history[:2], history)):
+        assert prompt == list(hf.apply_chat_template(messages, chat_template=LLAMA3_TEMPLATE, tokenize=True,
+                                                     return_dict=False, add_generation_prompt=True))
