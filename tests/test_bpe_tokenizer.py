@@ -358,3 +358,33 @@ def test_chat_loop_with_the_llama3_template_stops_at_its_end_of_turn(chat_tokeni
     for prompt, messages in zip(gen.prompts, (history[:2], history)):
         assert prompt == list(hf.apply_chat_template(messages, chat_template=LLAMA3_TEMPLATE, tokenize=True,
                                                      return_dict=False, add_generation_prompt=True))
+
+
+def test_beam_cache_holds_hf_encodings_of_a_byte_level_vocabulary(toks, tmp_path):
+    """`allam data cache` with a tokenizer.json: each record is Hugging Face's encoding of a cleaned document plus
+    EOS, '!' (id 0) included, and the cache names the vocabulary by the file's hash."""
+    import tensorflow as tf
+
+    from allam_jax.data.cache_job import run_cache
+    from allam_jax.data.sources import CleaningConfig, ParallelRendering, clean_text
+    from allam_jax.data.tasks import CorpusPaths
+
+    cleaning = CleaningConfig(min_chars=8)
+    en = [t for t in _lines(toks["en_txt"], 200) if "!" in t][:10] + _lines(toks["en_txt"], 10)
+    ar = _lines(toks["ar_txt"], 10, skip=500)
+    for name, docs in (("en", en), ("ar", ar)):
+        (tmp_path / f"{name}.txt").write_text("\n".join(docs) + "\n", encoding="utf-8")
+    paths = CorpusPaths(en=[str(tmp_path / "en.txt")], ar=[str(tmp_path / "ar.txt")], parallel=[])
+    run_cache(str(tmp_path / "cached"), paths, toks["l3_merged"], cleaning, ParallelRendering())
+    hf = Tokenizer.from_file(toks["l3_merged"])
+    eos = hf.token_to_id("<|end_of_text|>")
+    spec = {"targets": tf.io.VarLenFeature(tf.int64)}
+    for task, docs in (("en_pretrain", en), ("ar_pretrain", ar)):
+        files = sorted(str(p) for p in (tmp_path / "cached" / task).glob("train.tfrecord-*"))
+        records = sorted(tuple(tf.sparse.to_dense(tf.io.parse_single_example(r, spec)["targets"]).numpy().tolist())
+                         for r in tf.data.TFRecordDataset(files))
+        want = sorted({tuple(hf.encode(clean_text(d, cleaning), add_special_tokens=False).ids) + (eos,) for d in docs})
+        assert records == want
+        assert task != "en_pretrain" or any(0 in r for r in records)  # '!' kept
+    info = json.loads(next((tmp_path / "cached" / "en_pretrain").glob("info*.json")).read_text())
+    assert info["allam"]["vocabulary_fingerprint"].startswith("sha256:")
