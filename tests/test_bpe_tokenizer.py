@@ -201,6 +201,9 @@ def test_other_tokenizer_types_and_mixed_kinds_are_refused(toks, tmp_path):
               "--out",
               str(tmp_path / "m.json"))
     assert r.returncode == 2 and "without a ByteLevel pre-tokenizer" in r.stderr, r.stderr[-1500:]
+    r = allam("tokenizer", "from-hf", "--tokenizer_json", toks["llama3like"], "--out", str(tmp_path / "l3.model"))
+    assert r.returncode == 2 and "byte-level BPE" in r.stderr and "no SentencePiece twin" in r.stderr, r.stderr
+    assert not (tmp_path / "l3.model").exists()
     r = allam("tokenizer", "merge", "--base", toks["base"], "--add", toks["ar"], "--out", str(tmp_path / "m.model"))
     assert r.returncode == 2 and "must be of one kind" in r.stderr
     assert not (tmp_path / "m.json").exists() and not (tmp_path / "m.model").exists()

@@ -12,7 +12,7 @@ import json
 from typing import Iterable, Iterator, Optional, Sequence
 
 from allam_jax.core.paths import write_text_atomically
-from allam_jax.tokenizer.from_hf import load_hf_json, merge_pair
+from allam_jax.tokenizer.from_hf import is_byte_level, load_hf_json, merge_pair
 from allam_jax.tokenizer.merge import MergeReport
 from allam_jax.tokenizer.spm_io import TokenizerError
 
@@ -68,17 +68,6 @@ def read_json(path: str) -> dict:
         raise TokenizerError(f"{path}: a BPE without a ByteLevel pre-tokenizer (SentencePiece-style, byte fallback); "
                              "convert it with `allam tokenizer from-hf` and use the .model")
     return data
-
-
-def is_byte_level(data: dict) -> bool:
-    def has(node) -> bool:
-        if isinstance(node, dict):
-            return node.get("type") == "ByteLevel" or any(has(v) for v in node.values())
-        if isinstance(node, list):
-            return any(has(v) for v in node)
-        return False
-
-    return has(data.get("pre_tokenizer"))
 
 
 def _merges(model: dict) -> list[tuple[str, str]]:

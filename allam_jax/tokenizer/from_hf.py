@@ -69,6 +69,9 @@ def proto_from_hf_json(data: dict, where: str = "tokenizer.json") -> ModelProto:
     if model.get("type") != "BPE":
         raise TokenizerError(f"{where}: model.type is {model.get('type')!r}; only BPE tokenizers converted from "
                              "SentencePiece (Llama, Mistral) can be turned back into a SentencePiece model")
+    if is_byte_level(data):
+        raise TokenizerError(f"{where}: a byte-level BPE (Llama-3, Qwen, GPT-2 style) has no SentencePiece twin; use "
+                             "the tokenizer.json itself (allam tokenizer merge/fertility, SeqioData.vocabulary)")
     vocab = model.get("vocab")
     if not isinstance(vocab, dict) or not vocab:
         raise TokenizerError(f"{where}: model.vocab is missing or empty")
@@ -125,6 +128,18 @@ def proto_from_hf_json(data: dict, where: str = "tokenizer.json") -> ModelProto:
     norm.remove_extra_whitespaces = False
     norm.escape_whitespaces = True
     return proto
+
+
+def is_byte_level(data: dict) -> bool:
+    """Whether a ``tokenizer.json`` splits text into GPT-2's byte alphabet (a ByteLevel pre-tokenizer)."""
+    def has(node) -> bool:
+        if isinstance(node, dict):
+            return node.get("type") == "ByteLevel" or any(has(v) for v in node.values())
+        if isinstance(node, list):
+            return any(has(v) for v in node)
+        return False
+
+    return has(data.get("pre_tokenizer"))
 
 
 def convert_hf_json(path: str) -> ModelProto:
