@@ -6,6 +6,7 @@ surgery and the merge checks are written once against it.
 from __future__ import annotations
 
 import abc
+import json
 from typing import Optional, Sequence
 
 from allam_jax.core.paths import as_path
@@ -129,8 +130,6 @@ class ByteLevelBPETokenizer(Tokenizer):
         config_path = as_path(path).parent / "tokenizer_config.json"
         config = None
         if config_path.is_file():
-            import json
-
             try:
                 config = json.loads(config_path.read_text(encoding="utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
