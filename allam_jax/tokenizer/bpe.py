@@ -75,11 +75,12 @@ def _merges(model: dict) -> list[tuple[str, str]]:
     return [merge_pair(m, "tokenizer.json") for m in model.get("merges", [])]
 
 
-def load(path: str):
-    """A ``tokenizers.Tokenizer`` for a byte-level BPE ``tokenizer.json`` (checked first, one line if not)."""
+def load(path: str, data: Optional[dict] = None):
+    """A ``tokenizers.Tokenizer`` for a byte-level BPE ``tokenizer.json`` (checked first, one line if not);
+    ``data``: the file as :func:`read_json` already read it."""
     from tokenizers import Tokenizer
 
-    data = read_json(path)
+    data = read_json(path) if data is None else data
     try:
         return Tokenizer.from_str(json.dumps(data))
     except Exception as e:  # noqa: BLE001 - tokenizers raises its own Exception subclass with the serde message

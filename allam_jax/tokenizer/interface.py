@@ -126,7 +126,7 @@ class ByteLevelBPETokenizer(Tokenizer):
     def __init__(self, path: str):
         self.path = path
         self.data = bpe.read_json(path)
-        self.tok = bpe.load(path)
+        self.tok = bpe.load(path, self.data)
         config_path = as_path(path).parent / "tokenizer_config.json"
         config = None
         if config_path.is_file():
