@@ -110,8 +110,8 @@ class SftData:
                 report.kept += 1
                 lang = LANGUAGES.index(conversation_language(obj["messages"]))
                 n = len(ids) - 1  # per-token ids stored +1, as the pipeline expects (0 is padding to the packer)
-                yield {"targets": [i + offset for i in ids[1:]], "weights": [w + 1 for w in weights[1:]], "lang": [lang + 1] * n,
-                       "task": [1] * n}
+                yield {"targets": [i + offset for i in ids[1:]], "weights": [w + 1 for w in weights[1:]],
+                       "lang": [lang + 1] * n, "task": [1] * n}
         if report.skipped():
             log.warning("SFT data: kept %d conversations, skipped %d (malformed %d, no assistant turn or bad roles "
                         "%d, longer than seq_len %d)", report.kept, report.skipped(), report.malformed,

@@ -65,12 +65,15 @@ def export_to_hf(ckpt: str, cfg: ModelConfig, out: str, tokenizer: Optional[str]
     tensor, so a 70B model exports from a small VM. Locally the output appears whole or not at all (written
     beside it, then renamed); on a bucket, ``config.json`` is written last."""
     np_dtype = _np_dtype(dtype)
+    bpe = None  # a byte-level tokenizer.json, loaded once for the check, its ids and the files written
     if tokenizer is not None:
         if not as_path(tokenizer).is_file():
             raise ConversionError(f"tokenizer not found: {tokenizer}")
-        from allam_jax.data.vocabularies import check_fits_model, get_vocabulary
+        from allam_jax.data.vocabularies import ByteLevelBPEVocabulary, check_fits_model, get_vocabulary
 
-        check_fits_model(get_vocabulary(tokenizer), cfg.vocab_size, f"tokenizer {tokenizer}")
+        vocab = get_vocabulary(tokenizer)
+        check_fits_model(vocab, cfg.vocab_size, f"tokenizer {tokenizer}")
+        bpe = vocab.tokenizer if isinstance(vocab, ByteLevelBPEVocabulary) else None
     out_path = as_path(out)
     if out_path.exists():
         raise ConversionError(f"output already exists: {out}")
@@ -87,15 +90,12 @@ def export_to_hf(ckpt: str, cfg: ModelConfig, out: str, tokenizer: Optional[str]
         write_safetensors(counted(), cfg, target, np_dtype, max_shard_bytes)
         bar.close()
         hf_config = hf_config_from(cfg, dtype)
-        if tokenizer is not None and tokenizer.endswith(".json"):  # the ids of the tokenizer shipped with it
-            from allam_jax.tokenizer.interface import ByteLevelBPETokenizer
-
-            tok = ByteLevelBPETokenizer(tokenizer)
-            hf_config.update(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id)
+        if bpe is not None:  # the ids of the tokenizer shipped with it
+            hf_config.update(bos_token_id=bpe.bos_id, eos_token_id=bpe.eos_id)
         ids = {k: hf_config[k] for k in ("bos_token_id", "eos_token_id") if hf_config.get(k) is not None}
         (target / "generation_config.json").write_text(json.dumps(ids) + "\n")
         if tokenizer is not None:
-            write_tokenizer_files(tokenizer, target, cfg.max_seq_len)
+            write_tokenizer_files(tokenizer, target, cfg.max_seq_len, bpe)
         (target / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params, is_leaf=lambda x: hasattr(x, "shape")))
     return {"out": str(out_path), "params": count, "dtype": dtype}

@@ -282,13 +282,13 @@ def write_safetensors(tensors: Iterator[tuple[str, np.ndarray]], cfg: ModelConfi
             json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
 
 
-def write_tokenizer_files(spm_model: str, out: PathLike, max_len: int) -> None:
+def write_tokenizer_files(spm_model: str, out: PathLike, max_len: int, bpe=None) -> None:
     """``tokenizer.model`` plus the config files that make ``AutoTokenizer`` build a Llama tokenizer; for a
-    byte-level BPE ``tokenizer.json``, that file and its family's ``tokenizer_config.json`` (copied from beside it,
-    else one naming its BOS/EOS) for a fast tokenizer."""
+    byte-level BPE ``tokenizer.json`` (``bpe``: it, loaded), that file and its family's ``tokenizer_config.json``
+    (copied from beside it, else one naming its BOS/EOS) for a fast tokenizer."""
     out = as_path(out)
-    if str(spm_model).endswith(".json"):
-        _write_bpe_tokenizer_files(spm_model, out, max_len)
+    if bpe is not None:
+        _write_bpe_tokenizer_files(spm_model, bpe, out, max_len)
         return
     (out / "tokenizer.model").write_bytes(as_path(spm_model).read_bytes())
     (out / "tokenizer_config.json").write_text(json.dumps({
@@ -300,10 +300,7 @@ def write_tokenizer_files(spm_model: str, out: PathLike, max_len: int) -> None:
         {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}, indent=2) + "\n")
 
 
-def _write_bpe_tokenizer_files(tokenizer_json: str, out, max_len: int) -> None:
-    from allam_jax.tokenizer.interface import ByteLevelBPETokenizer
-
-    tok = ByteLevelBPETokenizer(tokenizer_json)
+def _write_bpe_tokenizer_files(tokenizer_json: str, tok, out, max_len: int) -> None:
     src = as_path(tokenizer_json)
     (out / "tokenizer.json").write_bytes(src.read_bytes())
     config = src.parent / "tokenizer_config.json"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Optional, Sequence
 
+import numpy as np
 import seqio
 import tensorflow as tf
 
@@ -141,8 +142,6 @@ class ByteLevelBPEVocabulary(seqio.Vocabulary):
         return self.tokenizer.decode([int(i) for i in ids])
 
     def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
-        import numpy as np
-
         def encode(x: bytes):
             return np.asarray(self.tokenizer.encode(x.decode("utf-8")), np.int32)
 
