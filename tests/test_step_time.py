@@ -217,3 +217,112 @@ def test_a_train_steps_flops_match_the_model_and_its_attention_kernels():
     assert est["no_overlap_seconds"] == pytest.approx(busy + est["communication_seconds"])
     assert est["compute_seconds"] >= est["matmul_flops"] / report.peak_flops_per_device
     assert 0 < report.estimated_mfu < 1
+
+
+# ------------------------------------------------------------------------------------- splash kernels, every pass
+def _splash_program(topology, rows: int, fused: bool, blocks: dict, seq=2048, heads=4, head_dim=128):
+    """Forward and backward of JAX's splash kernel (causal) on q/k/v ``[rows, heads, T, D]`` (vmapped over rows)
+    or, with ``rows=0``, ``[heads, T, D]`` (the kernel's own 3-D operands: one row per micro-batch)."""
+    import jax
+    import jax.numpy as jnp
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+    sizes = sk.BlockSizes(use_fused_bwd_kernel=fused, **blocks)
+    kernel = sk.make_splash_mha(sm.MultiHeadMask([sm.CausalMask((seq, seq))] * heads), block_sizes=sizes,
+                                head_shards=1, q_seq_shards=1)
+
+    def loss(q, k, v):
+        out = kernel(q, k, v) if rows == 0 else jax.vmap(kernel)(q, k, v)
+        return out.astype(jnp.float32).sum()
+
+    shape = (heads, seq, head_dim) if rows == 0 else (rows, heads, seq, head_dim)
+    arg = jax.ShapeDtypeStruct(shape, jnp.bfloat16, sharding=jax.sharding.SingleDeviceSharding(topology.devices[0]))
+    with jax.default_matmul_precision("default"):  # Mosaic refuses fp32-precision dots on bf16 operands
+        return _compile_for(topology, jax.grad(loss, argnums=(0, 1, 2)), arg, arg, arg)[1]
+
+
+def _live_pairs(seq: int, bq: int, bkv: int) -> int:
+    """(q block, kv block) pairs holding any causal (i >= j) position, counted on the dense NumPy mask."""
+    mask = np.tril(np.ones((seq, seq), bool))
+    return int(mask.reshape(seq // bq, bq, seq // bkv, bkv).any(axis=(1, 3)).sum())
+
+
+SPLASH_CASES = {
+    # rows, fused, block sizes of each pass (a different one for each, so a pass priced by another's is caught)
+    "4-D rows, fused backward": (2, True, dict(block_q=512, block_kv=256, block_kv_compute=256, block_q_dkv=256,
+                                                block_kv_dkv=512, block_kv_dkv_compute=512)),
+    "3-D operands, separate backward": (0, False, dict(block_q=256, block_kv=512, block_kv_compute=512,
+                                                       block_q_dkv=512, block_kv_dkv=256, block_kv_dkv_compute=256,
+                                                       block_q_dq=128, block_kv_dq=512)),
+}
+
+
+@pytest.mark.tpu
+@pytest.mark.parametrize("case", list(SPLASH_CASES))
+def test_every_splash_kernel_is_priced_from_its_own_blocks(one_chip, case):
+    """FLOPs and bytes of the forward, the fused or separate backward kernels, on 4-D and 3-D operands, against a
+    count over the dense causal mask: each pass's matmuls on its live (q block, kv block) pairs, each operand read
+    once plus its streamed side once per further live pair, the results (the fused pass's dQ partials) written."""
+    from allam_jax.aot.hlo_stats import computations
+    from allam_jax.aot.step_time import _Costs, kernel_cost, splash_pass
+
+    rows, fused, blocks = SPLASH_CASES[case]
+    seq, heads, head_dim = 2048, 4, 128
+    hlo = _splash_program(one_chip, rows, fused, blocks, seq, heads, head_dim)
+    batch = max(rows, 1)
+    qkv = batch * heads * seq * head_dim * 2  # bytes of q (and of k, v, dO: bf16)
+    comps, _ = computations(hlo)
+    costs = _Costs(comps)
+    priced = {}
+    for comp, instructions in costs.parsed.items():
+        for ins in instructions:
+            if ins.opcode == "custom-call" and "tpu_custom_call" in ins.text:
+                priced[splash_pass(ins)] = (kernel_cost(ins, costs.shapes[comp]), ins, comp)
+    assert set(priced) == ({"fwd", "dkv"} if fused else {"fwd", "dkv", "dq"})
+    passes = {"fwd": ("block_q", "block_kv", 2), "dkv": ("block_q_dkv", "block_kv_dkv", 5 if fused else 4),
+              "dq": ("block_q_dq", "block_kv_dq", 3)}
+    for kind, (cost, ins, comp) in priced.items():
+        bq, bkv, matmuls = blocks[passes[kind][0]], blocks[passes[kind][1]], passes[kind][2]
+        live = _live_pairs(seq, bq, bkv)
+        block_matmul = 2 * batch * heads * bq * bkv * head_dim
+        assert cost.priced and not cost.dense
+        assert cost.flops == matmuls * live * block_matmul, kind
+        from allam_jax.aot.hlo_stats import array_bytes
+
+        once = sum(sum(array_bytes(costs.shapes[comp][o])) for o in ins.operands) + sum(array_bytes(ins.type))
+        # each live pair reads one block of the streamed side; the first read of each block is in `once`
+        if kind == "dkv":  # q, dO (bf16) and the f32 log-sum-exp and dI rows (8 sublanes) per q block
+            per_q_block = (2 * qkv + 2 * batch * heads * 8 * seq * 4) * bq // seq
+            again = (live - seq // bq) * per_q_block
+            if fused:  # the dQ partials: a q-sized array per kv block, written
+                assert any(_dims_of(t) == ([batch] if rows else []) + [heads, seq // bkv, seq, head_dim]
+                           for t in _elements(ins.type))
+        else:  # k and v per kv block
+            again = (live - seq // bkv) * 2 * qkv * bkv // seq
+        assert cost.bytes == once + again, kind
+
+
+def _elements(type_text):
+    from allam_jax.aot.step_time import tuple_elements
+
+    return tuple_elements(type_text) or [type_text]
+
+
+def _dims_of(type_text):
+    from allam_jax.aot.step_time import _dims
+
+    return _dims(type_text)
+
+
+@pytest.mark.tpu
+def test_an_estimate_sums_every_kernel_and_names_none_unpriced(one_chip):
+    """The whole program's attention FLOPs are the passes' sum; nothing is left unpriced or priced densely."""
+    rows, fused, blocks = SPLASH_CASES["3-D operands, separate backward"]
+    est = _estimate(one_chip, _splash_program(one_chip, rows, fused, blocks))
+    one = 2 * 4 * 2048 * 2048 * 128  # one T x T x D matmul over the 4 heads, before the mask
+    expected = (2 * _live_pairs(2048, 256, 512) / 32 + 4 * _live_pairs(2048, 512, 256) / 32
+                + 3 * _live_pairs(2048, 128, 512) / 64) * one
+    assert est.attention_flops == pytest.approx(expected, rel=1e-12)
+    assert (est.unpriced_kernels, est.dense_kernels) == (0, 0)
+    assert est.attention_seconds >= est.attention_flops / (one_chip.chip.peak_flops * one_chip.chip.matmul_efficiency)

@@ -91,13 +91,14 @@ def _inputs(batch, length, heads, kv_heads, head_dim, dtype, seed=0):
     return q, k, v, do
 
 
-@pytest.mark.parametrize("length,heads,kv_heads,causal,segments", [
-    (256, 4, 2, True, True),
-    (256, 8, 1, False, True),
-    (200, 4, 4, True, False),   # padded to 256 inside
-    (384, 4, 2, False, False),  # three 128 blocks
+@pytest.mark.parametrize("length,heads,kv_heads,causal,segments,fused", [
+    (256, 4, 2, True, True, True),
+    (256, 8, 1, False, True, True),
+    (200, 4, 4, True, False, True),   # padded to 256 inside
+    (384, 4, 2, False, False, True),  # three 128 blocks
+    (384, 4, 2, True, True, False),   # the separate dK/dV and dQ backward kernels
 ])
-def test_tpu_kernel_matches_reference_in_tpu_interpret_mode(length, heads, kv_heads, causal, segments):
+def test_tpu_kernel_matches_reference_in_tpu_interpret_mode(length, heads, kv_heads, causal, segments, fused):
     q, k, v, do = _inputs(2, length, heads, kv_heads, 64, jnp.float32)
     seg = jnp.asarray(_segments(2, length)) if segments else None
 
@@ -107,7 +108,7 @@ def test_tpu_kernel_matches_reference_in_tpu_interpret_mode(length, heads, kv_he
 
     with pltpu.force_tpu_interpret_mode(pltpu.InterpretParams()):
         got = jax.jit(lambda q, k, v: run(lambda *a: flash_attention(*a, segment_ids=seg, causal=causal,
-                                                                     backend="tpu")))(q, k, v)
+                                                                     backend="tpu", fused_backward=fused)))(q, k, v)
     want = run(lambda *a: reference_attention(*a, segment_ids=seg, causal=causal))
     for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=2e-4, rtol=2e-4, err_msg=name)

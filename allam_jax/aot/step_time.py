@@ -175,27 +175,69 @@ def _causal_fraction(q_len: int, kv_len: int, block_q: int, block_kv: int) -> fl
     return live / (n * m)
 
 
-def kernel_cost(ins: Instruction, shapes: dict[str, str], separate_dq: bool = False) -> tuple[float, float, bool]:
-    """(FLOPs, bytes, priced) of a Pallas custom call: its own cost estimate when it carries one, else splash
-    attention's from its shapes (a causal mask assumed; its dK/dV pass computes dQ too unless the program has
-    a dQ kernel, ``separate_dq``), else bytes only (priced False)."""
-    operand_bytes = sum(sum(array_bytes(shapes.get(o, ""))) for o in ins.operands)
-    moved = operand_bytes + sum(array_bytes(ins.type))
+_SPLASH = re.compile(r"splash_m[hq]a_(fwd|dkv|dq)")
+# each pass's (query block, key block) keys in the kernel's metadata, and how many T x T x D matmuls it runs: the
+# forward QK^T and PV; dK/dV recomputes QK^T, then dV = P^T dO, dP = dO V^T, dK = dS^T Q (and dQ = dS K when
+# fused); dQ recomputes QK^T, then dP and dQ
+_PASSES = {"fwd": ("block_q", "block_kv"), "dkv": ("block_q_dkv", "block_kv_dkv"), "dq": ("block_q_dq", "block_kv_dq")}
+_FLOAT = re.compile(r"(bf16|f32|f16)\[")
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelCost:
+    flops: float
+    bytes: float  # read and written from HBM: operands once, the streamed side once per live block, results
+    priced: bool  # False: no FLOP count (priced by its bytes only)
+    dense: bool = False  # True: no block sizes in its metadata, priced as one T x T block
+
+
+def splash_pass(ins: Instruction) -> Optional[str]:
+    """``fwd``, ``dkv`` or ``dq`` for a splash attention kernel (by its name or op_name), else None."""
+    m = _SPLASH.search(ins.name) or _SPLASH.search((re.search(r'op_name="([^"]+)"', ins.text) or [None, ""])[1])
+    return m.group(1) if m else None
+
+
+def _block_sizes(text: str) -> dict[str, int]:
+    return {k: int(v) for k, v in re.findall(r'\\?"(block_[a-z_]+)\\?":\s*(\d+)', text)}
+
+
+def kernel_cost(ins: Instruction, shapes: dict[str, str]) -> KernelCost:
+    """A Pallas custom call's cost: its own cost estimate when it carries one, else splash attention's from its own
+    operands and metadata, else its bytes only (``priced`` False).
+
+    Splash (a causal mask assumed): q ``[..., T, D]`` and k ``[..., S, D]`` of any rank (4-D vmapped rows, 3-D
+    heads, 2-D for MQA's shared K/V), the pass's own block sizes, the share of (q block, kv block) pairs a causal
+    mask leaves, and the matmuls of the pass (a dK/dV pass that also returns dQ partials, the fused backward, runs
+    five; without them four, the dQ pass three). Bytes: every operand once, plus the side the pass streams re-read
+    for each live block pair (K/V in the forward and dQ passes, Q/dO/LSE/dI in the dK/dV pass), plus its results
+    (the fused pass's per-block dQ partials included)."""
+    operands = [shapes.get(o, "") for o in ins.operands]
+    moved = sum(sum(array_bytes(t)) for t in operands) + sum(array_bytes(ins.type))
     est = re.search(r'"cost_estimate":\s*(\{[^}]*\})', ins.text)
     if est:
         cost = json.loads(est.group(1))
-        return float(cost.get("flops", 0)), float(cost.get("bytes_accessed", moved)), True
-    name = ins.name + " " + (re.search(r'op_name="([^"]+)"', ins.text) or [None, ""])[1]
-    kind = next((k for k in ("splash_mha_fwd", "splash_mha_dkv", "splash_mha_dq") if k in name), None)
-    tensors = [_dims(shapes[o]) for o in ins.operands if o in shapes and len(_dims(shapes[o])) == 4
-               and re.match(r"(bf16|f32|f16)\[", shapes[o])]
-    if kind is None or len(tensors) < 2:
-        return 0.0, moved, False
-    (batch, heads, q_len, head_dim), k_shape = tensors[0], tensors[1]
-    meta = {k: int(v) for k, v in re.findall(r'\\?"(block_q|block_kv)\\?":\s*(\d+)', ins.text)}
-    frac = _causal_fraction(q_len, k_shape[2], meta.get("block_q", q_len), meta.get("block_kv", k_shape[2]))
-    matmuls = {"splash_mha_fwd": 2, "splash_mha_dkv": 4 if separate_dq else 5, "splash_mha_dq": 3}[kind]
-    return 2.0 * matmuls * batch * heads * q_len * k_shape[2] * head_dim * frac, moved, True
+        return KernelCost(float(cost.get("flops", 0)), float(cost.get("bytes_accessed", moved)), True)
+    kind = splash_pass(ins)
+    floats = [i for i, t in enumerate(operands) if _FLOAT.match(t) and len(_dims(t)) >= 2]
+    if kind is None or len(floats) < 2:
+        return KernelCost(0.0, moved, False)
+    q, k = _dims(operands[floats[0]]), _dims(operands[floats[1]])
+    q_len, head_dim, kv_len = q[-2], q[-1], k[-2]
+    blocks = _block_sizes(ins.text)
+    bq, bkv = (blocks.get(key) for key in _PASSES[kind])
+    dense = bq is None or bkv is None
+    bq, bkv = bq or q_len, bkv or kv_len
+    frac = _causal_fraction(q_len, kv_len, bq, bkv)
+    fused = kind == "dkv" and sum(1 for t in tuple_elements(ins.type) if _FLOAT.match(t)) >= 3
+    matmuls = {"fwd": 2, "dkv": 5 if fused else 4, "dq": 3}[kind]
+    flops = 2.0 * matmuls * math.prod(q[:-2]) * q_len * kv_len * head_dim * frac
+    if kind == "dkv":  # kv blocks outer: everything but K and V streams once per kv block
+        streamed = [i for i in floats if i not in floats[1:3]]
+        outer = math.ceil(kv_len / bkv)
+    else:  # q blocks outer: K and V stream once per q block
+        streamed, outer = floats[1:3], math.ceil(q_len / bq)
+    again = sum(sum(array_bytes(operands[i])) for i in streamed) * max(0.0, frac * outer - 1)
+    return KernelCost(flops, moved + again, True, dense)
 
 
 def model_flops_utilization(model_flops_per_device: float, step_seconds: float, peak_flops: float) -> float:
@@ -365,7 +407,8 @@ class StepTimeEstimate:
     attention_flops: float
     hbm_bytes: float
     by_collective: dict  # kind -> seconds per step
-    unpriced_kernels: int = 0
+    unpriced_kernels: int = 0  # kernel calls per step with no FLOP count (priced by their bytes only)
+    dense_kernels: int = 0  # splash calls per step without block sizes (priced as one T x T block)
     leaves_out: tuple = ()
 
 
@@ -486,8 +529,7 @@ def estimate_step_time(hlo: str, chip, net: Interconnect, efficiency: Optional[f
     totals = dict(step=0.0, compute=0.0, attention=0.0, comm=0.0, dcn=0.0, upper=0.0, mm=0.0, attn_flops=0.0,
                   bytes=0.0)
     by_kind: dict[str, float] = {}
-    unpriced = 0
-    separate_dq = "splash_mha_dq" in hlo
+    unpriced = dense = 0
     received = received_bytes(comps)
     for comp in _control_computations(comps, entry or next(iter(comps))):
         times = mult.get(comp, 0)
@@ -520,11 +562,12 @@ def estimate_step_time(hlo: str, chip, net: Interconnect, efficiency: Optional[f
             if ins.opcode == "custom-call":
                 if "tpu_custom_call" not in ins.text:
                     continue
-                flops, moved, priced = kernel_cost(ins, costs.shapes[comp], separate_dq)
-                unpriced += 0 if priced else times
-                attention += max(flops / peak, moved / chip.hbm_bandwidth)
-                totals["attn_flops"] += times * flops
-                totals["bytes"] += times * moved
+                cost = kernel_cost(ins, costs.shapes[comp])
+                unpriced += 0 if cost.priced else times
+                dense += times if cost.dense else 0
+                attention += max(cost.flops / peak, cost.bytes / chip.hbm_bandwidth)
+                totals["attn_flops"] += times * cost.flops
+                totals["bytes"] += times * cost.bytes
                 continue
             flops = costs.op_flops(ins, comp)
             moved = costs.fusion_bytes(ins, comp) if ins.opcode == "fusion" else costs.plain_bytes(ins, comp)
@@ -543,5 +586,7 @@ def estimate_step_time(hlo: str, chip, net: Interconnect, efficiency: Optional[f
         communication_seconds=totals["comm"], dcn_seconds=totals["dcn"], exposed_communication_seconds=max(0.0, totals["step"] - busy),
         no_overlap_seconds=totals["upper"], matmul_flops=totals["mm"], attention_flops=totals["attn_flops"],
         hbm_bytes=totals["bytes"], by_collective=dict(sorted(by_kind.items())), unpriced_kernels=unpriced,
+        dense_kernels=dense,
         leaves_out=LEAVES_OUT + ((f"{unpriced} kernel calls per step without a FLOP count, priced by their bytes",)
-                                 if unpriced else ()))
+                                 if unpriced else ())
+        + ((f"{dense} splash kernel calls per step without block sizes, priced as one T x T block",) if dense else ()))

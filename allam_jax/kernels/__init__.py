@@ -32,9 +32,10 @@ from allam_jax.kernels.reference_attention import reference_attention
 
 def pallas_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: Optional[jax.Array] = None,
                      causal: bool = True, sm_scale: Optional[float] = None,
-                     block_sizes: Optional[BlockSizes] = None) -> jax.Array:
+                     block_sizes: Optional[BlockSizes] = None, fused_backward: bool = True) -> jax.Array:
     """``flash_attention`` for the target platform (the ambient mesh's devices: an ahead-of-time compile for a
-    TPU topology gets the TPU kernel), interpret mode off the accelerators, sharded over the ambient mesh."""
+    TPU topology gets the TPU kernel), interpret mode off the accelerators, sharded over the ambient mesh.
+    ``fused_backward`` (TPU): splash's one backward kernel, or its separate dK/dV and dQ kernels."""
     if q.shape[1] != k.shape[1]:  # decoding against a cache: the kernel is for self-attention in training
         return reference_attention(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale)
     backend = target_platform()
@@ -42,7 +43,8 @@ def pallas_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: O
 
     def local(q, k, v, segment_ids):
         return flash_attention(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale,
-                               block_sizes=block_sizes, interpret=interpret, backend=backend)
+                               block_sizes=block_sizes, interpret=interpret, backend=backend,
+                               fused_backward=fused_backward)
 
     return _per_shard(local, "pallas", q, k, v, segment_ids, causal, sm_scale)
 

@@ -330,19 +330,21 @@ def flash_attention(
     block_sizes: Optional[BlockSizes] = None,
     interpret: bool = False,
     backend: Optional[str] = None,
+    fused_backward: bool = True,
 ) -> jax.Array:
     """Fused attention. q ``[B, T, H, D]``, k/v ``[B, T, K, D]`` (H a multiple of K), optional
     ``segment_ids [B, T]`` int32; returns ``[B, T, H, D]`` in q's dtype. Self-attention only (q and k
     share positions, as in training); decoding with a cache uses the reference implementation.
 
     ``backend`` (default: the target platform) ``'tpu'`` runs JAX's splash kernel (``block_sizes`` are the
-    Triton tiles and do not apply there); any other value runs this module's kernels."""
+    Triton tiles and do not apply there; ``fused_backward`` picks splash's one dK/dV/dQ backward kernel or its two
+    separate ones); any other value runs this module's kernels."""
     check_self_attention("flash_attention", q, k, v, segment_ids)
     b, t, h, d = q.shape
     backend = backend or target_platform()
     if backend == "tpu":
         return splash_attention(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale,
-                                interpret=interpret)
+                                interpret=interpret, fused_backward=fused_backward)
     blocks = block_sizes or BlockSizes()
     scale = float(d**-0.5 if sm_scale is None else sm_scale)
 

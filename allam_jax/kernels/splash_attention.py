@@ -34,22 +34,28 @@ def _block(length: int) -> int:
     raise AssertionError(f"padded length {length} is not a multiple of {LANE}")
 
 
-def _kernel(seq_len: int, heads: int, causal: bool, interpret: bool):
+def _kernel(seq_len: int, heads: int, causal: bool, interpret: bool, fused_backward: bool = True):
     """The splash kernel for one shape. Built afresh for each trace: it holds its block mask as arrays, which
-    inside a trace are that trace's values (a cached kernel would leak them into the next one)."""
+    inside a trace are that trace's values (a cached kernel would leak them into the next one).
+
+    ``fused_backward``: one backward kernel computing dK, dV and dQ (writing a dQ partial per KV block, summed
+    after it) or two (dK/dV, then dQ: one more recompute of the scores, no partials); MaxText's default is two
+    (``sa_use_fused_bwd_kernel: false``)."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
     b = _block(seq_len)
+    dq = {} if fused_backward else {"block_q_dq": b, "block_kv_dq": b}
     blocks = sk.BlockSizes(block_q=b, block_kv=b, block_kv_compute=b, block_q_dkv=b, block_kv_dkv=b,
-                           block_kv_dkv_compute=b, use_fused_bwd_kernel=True)
+                           block_kv_dkv_compute=b, use_fused_bwd_kernel=fused_backward, **dq)
     mask = sm.CausalMask((seq_len, seq_len)) if causal else sm.FullMask((seq_len, seq_len))
     return sk.make_splash_mha(sm.MultiHeadMask([mask] * heads), block_sizes=blocks, head_shards=1, q_seq_shards=1,
                               interpret=interpret)
 
 
 def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: Optional[jax.Array] = None,
-                     causal: bool = True, sm_scale: Optional[float] = None, interpret: bool = False) -> jax.Array:
+                     causal: bool = True, sm_scale: Optional[float] = None, interpret: bool = False,
+                     fused_backward: bool = True) -> jax.Array:
     """Self-attention with JAX's TPU splash kernel; same contract as ``flash_attention``.
 
     ``interpret=True`` uses Pallas' generic interpreter; for TPU semantics on a CPU run the call under
@@ -70,7 +76,7 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: O
     if padded != t:
         q, k, v = (jnp.pad(x, ((0, 0), (0, padded - t), (0, 0), (0, 0))) for x in (q, k, v))
 
-    kernel = _kernel(padded, h, bool(causal), bool(interpret))
+    kernel = _kernel(padded, h, bool(causal), bool(interpret), bool(fused_backward))
     # splash applies no softmax scale: scale q (in f32, then back to q's dtype, as MaxText does)
     q = (q.astype(jnp.float32) * scale).astype(q.dtype)
     qh, kh, vh = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))  # [B, heads, T, D]

@@ -55,7 +55,8 @@ class Attention(nn.Module):
         k = rope(k, positions, inv_freq)
         new_cache = None
         if cache is None:
-            out = get_attention_fn(cfg.attention_impl)(q, k, v, segment_ids=segment_ids, causal=True)
+            kernel = {"fused_backward": cfg.attention_backward == "fused"} if cfg.attention_impl == "pallas" else {}
+            out = get_attention_fn(cfg.attention_impl)(q, k, v, segment_ids=segment_ids, causal=True, **kernel)
         else:  # decoding: write this chunk at its slots, attend to every valid slot up to each query's own
             k_all = jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), state.index, axis=1)
             v_all = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), state.index, axis=1)

@@ -17,6 +17,7 @@ from allam_jax.model.matmul import MATMUL_IMPLS
 from allam_jax.model.rope import ROPE_SCALINGS, inverse_frequencies
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+ATTENTION_BACKWARDS = ("fused", "separate")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -64,6 +65,9 @@ class ModelConfig:
     remat_policy: str = "none"
     scan_layers: bool = True
     attention_impl: str = "reference"
+    # 'pallas' on TPU: splash's backward as one kernel ('fused': dK, dV and per-block dQ partials) or two
+    # ('separate': dK/dV, then dQ; MaxText's default)
+    attention_backward: str = "fused"
     matmul_impl: str = "auto"
     init_std: float = 0.02
 
@@ -91,6 +95,9 @@ class ModelConfig:
         resolve_dtype(self.compute_dtype, field="compute_dtype")
         from allam_jax.kernels import ATTENTION_IMPLS  # local import: kernels do not depend on the model
 
+        if self.attention_backward not in ATTENTION_BACKWARDS:
+            raise ConfigError(f"ModelConfig.attention_backward must be one of {ATTENTION_BACKWARDS}, got "
+                              f"{self.attention_backward!r}")
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ConfigError(
                 f"ModelConfig.attention_impl must be one of {sorted(ATTENTION_IMPLS)}, got {self.attention_impl!r}"
