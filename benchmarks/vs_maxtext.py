@@ -88,6 +88,21 @@ CALIBRATION = {
         "v5p-256", "default", 1, 2048, "", (),
         ("remat_policy=minimal", "global_parameter_scale=128", "ici_tensor_parallelism=8") + _SCALE,
         published_mfu=0.6868, role="held out", source=_V5P_README),
+    "128b-v5p-512": Case(
+        "MaxText 128B (global_parameter_scale=128), v5p-512, 256 x 2048 tokens, remat minimal, fsdp x tensor 8",
+        "v5p-512", "default", 1, 2048, "", (),
+        ("remat_policy=minimal", "global_parameter_scale=128", "ici_tensor_parallelism=8") + _SCALE,
+        published_mfu=0.6883, role="held out", source=_V5P_README),
+    "256b-v5p-1024": Case(
+        "MaxText 256B (global_parameter_scale=256), v5p-1024, 512 x 2048 tokens, remat minimal, fsdp x tensor 8",
+        "v5p-1024", "default", 1, 2048, "", (),
+        ("remat_policy=minimal", "global_parameter_scale=256", "ici_tensor_parallelism=8") + _SCALE,
+        published_mfu=0.6709, role="held out", source=_V5P_README),
+    "512b-v5p-1024": Case(
+        "MaxText 512B (global_parameter_scale=512), v5p-1024, 1024 x 2048 tokens, full remat, fsdp x tensor 8",
+        "v5p-1024", "default", 2, 2048, "", (),
+        ("remat_policy=full", "global_parameter_scale=512", "ici_tensor_parallelism=8") + _SCALE,
+        published_mfu=0.6399, role="held out", source=_V5P_README),
     "70b-v5p-512": Case(  # configs/tpu/v5p/llama2_70b.sh
         "Llama-2 70B, v5p-512, 1024 x 4096 tokens, remat save_dot_except_mlpwi (MaxText's v5p config)", "v5p-512",
         "llama2-70b", 4, 4096, "", (), ("remat_policy=save_dot_except_mlpwi", "use_iota_embed=true"),
@@ -226,34 +241,57 @@ def _estimate(hlo: str, topology: str, devices: list, efficiency: Optional[float
     return dataclasses.asdict(estimate_step_time(hlo, chip, net, efficiency))
 
 
-def _model_flops_per_device(case: Case) -> tuple[float, float]:
-    """Model FLOPs per chip per step by this project's count (PaLM's: attention's full T x T), for both programs."""
+def _model_flops_per_device(case: Case, causal: bool = False) -> tuple[float, float]:
+    """Model FLOPs per chip per step by this project's count (PaLM's: attention's full T x T; ``causal``: halved, as
+    MaxText counts), for both programs."""
     from allam_jax import gin_setup
     from allam_jax.aot.topology import _parse
 
     gin_setup.parse([case.allam_gin], list(case.allam_bindings))
     cfg = gin_setup.model_config()
     _, chip, _ = _parse(case.topology)
-    return cfg.training_flops_per_token(case.seq_len) * case.per_device_batch * case.seq_len, chip.peak_flops
+    return cfg.training_flops_per_token(case.seq_len, causal) * case.per_device_batch * case.seq_len, chip.peak_flops
 
 
-def run_allam(case: Case) -> dict:
-    allam = Path(sys.executable).with_name("allam")
-    cmd = [str(allam), "compile", "--gin_file", case.allam_gin, "--topology", case.topology, "--json"]
-    for binding in case.allam_bindings:
-        cmd += ["--gin_bindings", binding]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode not in (0, 3):
-        raise RuntimeError(f"allam compile failed for {case.name}:\n{proc.stderr[-3000:]}")
-    report = json.loads(proc.stdout)
+def _source_key() -> str:
+    """This project's code as compiled: the commit and any uncommitted change to the package or its gin files."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
+    diff = subprocess.run(["git", "diff", "HEAD", "--", "allam_jax", "gin_configs"], capture_output=True, text=True,
+                          cwd=ROOT).stdout
+    return head + diff
+
+
+def run_allam(case: Case, backward: str, cache: Path) -> dict:
+    """``allam compile`` of ``case`` with splash's ``backward`` kernel(s), kept under ``cache`` by its settings and
+    this project's code."""
+    import hashlib
+
+    bindings = [*case.allam_bindings, f"ModelConfig.attention_backward = '{backward}'"]
+    key = hashlib.sha256(json.dumps([case.allam_gin, bindings, case.topology, _source_key()]).encode()).hexdigest()
+    work = cache / f"allam-{key[:16]}"
+    if not (work / "report.json").exists():
+        allam = Path(sys.executable).with_name("allam")
+        cmd = [str(allam), "compile", "--gin_file", case.allam_gin, "--topology", case.topology, "--json",
+               "--hlo_out", str(work)]
+        for binding in bindings:
+            cmd += ["--gin_bindings", binding]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        if proc.returncode not in (0, 3):
+            raise RuntimeError(f"allam compile failed for {case.name}:\n{proc.stderr[-3000:]}")
+        report = json.loads(proc.stdout)
+        report["seconds"] = time.perf_counter() - start
+        (work / "report.json").write_text(json.dumps(report))
+    report = json.loads((work / "report.json").read_text())
+    hlo = (work / "hlo.txt").read_text()
+    devices = json.loads((work / "devices.json").read_text())
     import jax
     from importlib.metadata import version
 
-    return {"seconds": time.perf_counter() - start, "collectives": report["collectives"],
+    return {"seconds": report["seconds"], "collectives": report["collectives"],
             "temp": report["temp_bytes"], "argument": report["argument_bytes"], "required": report["required_bytes"],
             "versions": {"jax": jax.__version__, "libtpu": version("libtpu")}, "params": report["params"],
-            "rows": report["rows"], "estimate": report["estimate"]}
+            "rows": report["rows"], "estimate": _estimate(hlo, case.topology, devices)}
 
 
 def _gb(x: float) -> str:
@@ -265,15 +303,21 @@ def _collectives(stats: dict) -> str:
     return ", ".join(parts) or "none"
 
 
-def _mfu(case: Case, estimate: dict) -> float:
+def _mfu(case: Case, estimate: dict, causal: bool = False) -> float:
     from allam_jax.aot.step_time import model_flops_utilization
 
-    flops, peak = _model_flops_per_device(case)
+    flops, peak = _model_flops_per_device(case, causal)
     return model_flops_utilization(flops, estimate["step_seconds"], peak)
 
 
 def _step(case: Case, estimate: dict) -> str:
-    return f"{estimate['step_seconds']:.3f} s ({_mfu(case, estimate):.1%})"
+    return (f"{estimate['step_seconds']:.3f} s ({_mfu(case, estimate):.1%} PaLM / "
+            f"{_mfu(case, estimate, causal=True):.1%} causal)")
+
+
+def _attention(e: dict) -> str:
+    return f"{e['attention_flops'] / 1e12:.1f} TFLOP, {e['attention_seconds']:.3f} s" + (
+        f"; {e['unpriced_kernels']} UNPRICED kernel calls" if e["unpriced_kernels"] else "")
 
 
 def _parts(e: dict) -> str:
@@ -281,55 +325,102 @@ def _parts(e: dict) -> str:
             f"(all communication {e['communication_seconds']:.3f} s)")
 
 
-def calibration(points: list[tuple[Case, dict]]) -> str:
-    """Each published measurement against the estimate from MaxText's own compiled program: uncalibrated (matmuls
-    and kernels at the chip's peak), the efficiency that would match it, and the error at the efficiency the
-    project uses (``Chip.matmul_efficiency``, the geometric mean of the fitted ones)."""
+def _fitted_efficiency(case: Case, theirs: dict) -> float:
+    """The matmul efficiency at which the estimate of MaxText's own program meets its published MFU (bisection)."""
+    chip = _chip(case)
+    lo, hi = 0.05, 1.5
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _published_mfu(theirs, chip, mid) < case.published_mfu else (lo, mid)
+    return lo
+
+
+def _chip(case: Case):
     from allam_jax.aot.topology import _parse
 
-    rows, fitted = [], collections.defaultdict(list)
+    return _parse(case.topology)[1]
+
+
+def _published_mfu(theirs: dict, chip, efficiency: Optional[float]) -> float:
+    """MFU by MaxText's own FLOP count when its published numbers were taken (attention's full T x T)."""
+    return theirs["model_flops_per_device"] / (theirs["raw_estimate"](efficiency)["step_seconds"] * chip.peak_flops)
+
+
+def fit(points: list[tuple[Case, dict]]) -> dict[str, dict]:
+    """Per TPU generation: the efficiency (geometric mean of those fitted on the "fit" rows), each row's estimate at
+    it and its error in MFU points; the held-out rows' errors are the calibration error."""
+    by_chip: dict[str, dict] = {}
     for case, theirs in points:
-        chip = _parse(case.topology)[1]
+        chip = _chip(case)
+        g = by_chip.setdefault(chip.name, {"rows": [], "fitted": []})
+        matched = _fitted_efficiency(case, theirs)
+        g["rows"].append({"case": case, "theirs": theirs, "matched": matched, "raw": _published_mfu(theirs, chip, 1.0)})
+        if case.role == "fit":
+            g["fitted"].append(matched)
+    for name, g in by_chip.items():
+        g["efficiency"] = math.exp(sum(math.log(f) for f in g["fitted"]) / len(g["fitted"]))
+        for row in g["rows"]:
+            chip = _chip(row["case"])
+            row["estimated"] = _published_mfu(row["theirs"], chip, g["efficiency"])
+            row["error"] = (row["estimated"] - row["case"].published_mfu) * 100
+        held = [r["error"] for r in g["rows"] if r["case"].role == "held out"]
+        g["held_out_error"] = max((abs(e) for e in held), default=None)
+        g["held_out"] = held
+        g["best_published_mfu"] = max(r["case"].published_mfu for r in g["rows"])
+    return by_chip
 
-        def mfu(eff: Optional[float], theirs=theirs, chip=chip) -> float:
-            return theirs["model_flops_per_device"] / (theirs["raw_estimate"](eff)["step_seconds"] * chip.peak_flops)
 
-        lo, hi = 0.05, 1.5  # bisect the efficiency at which the estimate meets the measurement
-        for _ in range(30):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if mfu(mid) < case.published_mfu else (lo, mid)
-        fitted[chip.name].append(lo)
-        rows.append((case, mfu(1.0), lo, mfu(None), chip.matmul_efficiency))
+def calibration(points: list[tuple[Case, dict]]) -> tuple[str, dict]:
+    """The calibration section (Markdown) and its numbers (what ``aot.topology.CALIBRATIONS`` should hold)."""
+    fits = fit(points)
     lines = ["### Calibration against MaxText's published measurements", "",
-             "| config | measured MFU | estimated at 100% of peak | efficiency that matches | estimated at the "
-             "project's efficiency | error |", "|---|---|---|---|---|---|"]
-    for case, raw, fit, used, eff in rows:
-        lines.append(f"| {case.name} | {case.published_mfu:.1%} | {raw:.1%} ({(raw - case.published_mfu) * 100:+.1f}) "
-                     f"| {fit:.3f} | {used:.1%} at {eff:.3f} | {(used - case.published_mfu) * 100:+.1f} points |")
-    lines.append("")
-    for chip_name, effs in fitted.items():  # a generation's own: their chips and compilers differ
-        geo = math.exp(sum(math.log(f) for f in effs) / len(effs))
-        lines.append(f"{chip_name}: geometric mean of the fitted efficiencies {geo:.3f} over {len(effs)} point(s) (what "
-                     "its `Chip.matmul_efficiency` should hold).")
-    return "\n".join(lines)
+             "Each row: MaxText's own program for the published config, compiled here and priced by this estimator. "
+             "Per TPU generation the efficiency is the geometric mean of those that match the *fit* rows; the *held "
+             "out* rows are only scored, and their errors are the estimate's calibration error. MFU here is MaxText's "
+             "count when these measurements were published (attention's full T x T).", "",
+             "| config | role | measured MFU | estimated at 100% of peak | efficiency that matches | estimated at the "
+             "generation's fitted efficiency | error | published in |", "|---|---|---|---|---|---|---|---|"]
+    summary, numbers = [], {}
+    for name, g in fits.items():
+        for r in g["rows"]:
+            c = r["case"]
+            lines.append(f"| {c.name} | {c.role} | {c.published_mfu:.1%} | {r['raw']:.1%} | {r['matched']:.3f} | "
+                         f"{r['estimated']:.1%} at {g['efficiency']:.3f} | {r['error']:+.1f} points | {c.source} |")
+        held = (", ".join(f"{e:+.1f}" for e in g["held_out"]) + f" points (largest {g['held_out_error']:.1f})"
+                if g["held_out"] else "none: no second measurement to hold out")
+        summary.append(f"- {name}: efficiency {g['efficiency']:.3f} fitted on {len(g['fitted'])} measurement(s); "
+                       f"held-out error: {held}; best published MFU {g['best_published_mfu']:.1%}.")
+        numbers[name] = {"efficiency": round(g["efficiency"], 3), "fit_on": len(g["fitted"]),
+                         "held_out": len(g["held_out"]),
+                         "held_out_error": None if g["held_out_error"] is None else round(g["held_out_error"], 1),
+                         "best_published_mfu": g["best_published_mfu"]}
+    lines += ["", *summary, "", "Left out of both sets (the estimate does not cost what they rely on):", ""]
+    lines += [f"- {what}: {why}" for what, why in EXCLUDED]
+    return "\n".join(lines), numbers
 
 
-def table(case: Case, mine: dict, theirs: dict) -> str:
-    total = {name: sum(v["bytes"] for v in r["collectives"].values()) for name, r in (("a", mine), ("m", theirs))}
+def table(case: Case, mine: dict[str, dict], theirs: dict[str, dict]) -> str:
+    """One case, four programs: MaxText and this project, each with splash's separate and fused backward."""
+    cols = [theirs["separate"], theirs["fused"], mine["separate"], mine["fused"]]
+
+    def total(r: dict) -> str:
+        return f"{sum(v['bytes'] for v in r['collectives'].values()) / 1e9:.3f} GB"
+
     rows = [
-        ("toolchain", f"jax {theirs['versions']['jax']}, libtpu {theirs['versions']['libtpu']}",
-         f"jax {mine['versions']['jax']}, libtpu {mine['versions']['libtpu']}"),
-        ("temporaries per chip", _gb(theirs["temp"]), _gb(mine["temp"])),
-        ("arguments per chip", _gb(theirs["argument"]), _gb(mine["argument"])),
-        ("memory required per chip", _gb(theirs["required"]), _gb(mine["required"])),
-        ("collectives per step (over 1 MB)", _collectives(theirs["collectives"]), _collectives(mine["collectives"])),
-        ("collective bytes per step per chip", f"{total['m'] / 1e9:.3f} GB", f"{total['a'] / 1e9:.3f} GB"),
-        ("estimated step time (MFU)", _step(case, theirs["estimate"]), _step(case, mine["estimate"])),
-        ("  compute + attention + exposed communication", _parts(theirs["estimate"]), _parts(mine["estimate"])),
-        ("compile time on this host", f"{theirs['seconds']:.0f} s", f"{mine['seconds']:.0f} s"),
+        ("toolchain", [f"jax {r['versions']['jax']}, libtpu {r['versions']['libtpu']}" for r in cols]),
+        ("temporaries per chip", [_gb(r["temp"]) for r in cols]),
+        ("arguments per chip", [_gb(r["argument"]) for r in cols]),
+        ("memory required per chip", [_gb(r["required"]) for r in cols]),
+        ("collectives per step (over 1 MB)", [_collectives(r["collectives"]) for r in cols]),
+        ("collective bytes per step per chip", [total(r) for r in cols]),
+        ("estimated step time (MFU)", [_step(case, r["estimate"]) for r in cols]),
+        ("  compute + attention + exposed communication", [_parts(r["estimate"]) for r in cols]),
+        ("  attention kernels", [_attention(r["estimate"]) for r in cols]),
+        ("compile time on this host", [f"{r['seconds']:.0f} s" for r in cols]),
     ]
-    lines = [f"### {case.name}", "", "| | MaxText | allam-jax |", "|---|---|---|"]
-    lines += [f"| {k} | {m} | {a} |" for k, m, a in rows]
+    lines = [f"### {case.name}", "", "| | MaxText, separate dK/dV + dQ (its default) | MaxText, fused backward | "
+             "allam-jax, separate | allam-jax, fused (its default) |", "|---|---|---|---|---|"]
+    lines += [f"| {k} | " + " | ".join(v) + " |" for k, v in rows]
     return "\n".join(lines)
 
 
@@ -369,18 +460,22 @@ def main(argv=None) -> int:
     for name in args.cases:
         case = CASES[name]
         theirs = {v: run_maxtext(case, args.maxtext_python, cache, extra) for v, extra in BACKWARD.items()}
-        mine = {v: run_allam(case, v) for v in BACKWARD}
+        mine = {v: run_allam(case, v, cache) for v in BACKWARD}
         sections.append(table(case, mine, theirs))
         print(sections[-1] + "\n", flush=True)
     points = [(CALIBRATION[n], run_maxtext(CALIBRATION[n], args.maxtext_python, cache)) for n in args.calibrate]
     if points:
-        sections.append(calibration(points))
-        print(sections[-1] + "\n", flush=True)
+        text, numbers = calibration(points)
+        sections.append(text)
+        print(text + "\n", flush=True)
+        Path(args.out).with_name("calibration.json").write_text(json.dumps(numbers, indent=1) + "\n")
     header = ("# allam-jax vs MaxText: one train step compiled for the same slice\n\n"
               "Written by `benchmarks/vs_maxtext.py` on a CPU host (compile only). Bytes are result sizes per chip "
               "per step, loop trip counts applied, read from each optimized HLO by the same parser; GB = 1e9 bytes. "
-              "Step times are `allam_jax.aot.step_time`'s estimate from each program's HLO, MFU by this project's FLOP "
-              "count (PaLM's, attention's full T x T) for both.\n")
+              "Step times are ESTIMATES (no TPU ran either program): `allam_jax.aot.step_time` prices each program's "
+              "HLO at its generation's efficiency fitted below, with the held-out error printed there. MFU in both "
+              "conventions, by this project's FLOP count for both programs: PaLM's (attention's full T x T) and "
+              "causal (attention halved, MaxText's count since its PR #1988).\n")
     Path(args.out).write_text(header + "\n" + "\n\n".join(sections) + "\n")
     return 0
 

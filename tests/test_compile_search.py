@@ -24,13 +24,13 @@ def test_search_ranks_what_fits_by_estimated_time_and_stops_each_line_at_its_fir
     compiled, original = {}, dry_run.compile_step
 
     def cached(exp, topo, step="train"):  # one compile per distinct config across both searches
-        key = (exp.model.remat_policy, exp.trainer.grad_accum_steps)
+        key = (exp.model.remat_policy, exp.trainer.grad_accum_steps, exp.model.attention_backward)
         if key not in compiled:
             compiled[key] = original(exp, topo, step)
         return compiled[key]
 
     monkeypatch.setattr(dry_run, "compile_step", cached)
-    grid = dict(remat=["none", "full"], grad_accum=[1, 2], logits_chunk=[0])
+    grid = dict(remat=["none", "full"], grad_accum=[1, 2], logits_chunk=[0], backward=["fused"])
     roomy = search(["runs/tiny_cpu.gin"], _bindings(), topology, headroom=0.0, log=lambda s: None, **grid)
     # everything fits with no headroom: each line stops at one micro-batch
     assert [c.bindings[-1] for c in roomy] == ["TrainerConfig.grad_accum_steps = 1"] * 2
@@ -59,6 +59,14 @@ def test_search_ranks_what_fits_by_estimated_time_and_stops_each_line_at_its_fir
     winner = dict(b.split(" = ") for b in tight[0].bindings)
     assert repr(exp.model.remat_policy) == winner["ModelConfig.remat_policy"]
     assert str(exp.trainer.grad_accum_steps) == winner["TrainerConfig.grad_accum_steps"]
+
+    # the backward kernel is a search dimension: the separate kernels recompute the scores once more (dK/dV's four
+    # matmuls and dQ's three against the fused five), which the estimate sees in the attention FLOPs
+    both = search(["runs/tiny_cpu.gin"], _bindings(), topology, headroom=0.0, log=lambda s: None, remat=["full"],
+                  grad_accum=[1], logits_chunk=[0], backward=["fused", "separate"])
+    flops = {c.bindings[-2]: c.report.estimate["attention_flops"] for c in both}
+    fused, separate = (flops[f"ModelConfig.attention_backward = '{k}'"] for k in ("fused", "separate"))
+    assert separate / fused == pytest.approx((2 + 2 + 4 + 3) / (2 + 2 + 5))  # forward, remat's forward, backward
 
 
 def test_search_refuses_a_headroom_outside_zero_to_one():

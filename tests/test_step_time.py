@@ -326,3 +326,26 @@ def test_an_estimate_sums_every_kernel_and_names_none_unpriced(one_chip):
     assert est.attention_flops == pytest.approx(expected, rel=1e-12)
     assert (est.unpriced_kernels, est.dense_kernels) == (0, 0)
     assert est.attention_seconds >= est.attention_flops / (one_chip.chip.peak_flops * one_chip.chip.matmul_efficiency)
+
+
+def test_a_report_with_unpriced_kernels_says_so_first_and_gives_both_mfu_conventions():
+    import dataclasses
+
+    from allam_jax.aot.dry_run import CompileReport
+    from allam_jax.aot.step_time import StepTimeEstimate
+    from allam_jax.aot.table import format_report
+    from allam_jax.aot.topology import CHIPS
+
+    est = StepTimeEstimate(2.0, 1.5, 0.5, 0.1, 0.0, 0.0, 2.1, 1e15, 1e14, 1e12, {}, unpriced_kernels=640)
+    report = CompileReport("train", "v5p-8", None, 4, {"data": 1, "fsdp": 4, "tensor": 1}, 10**9, 16, 4096, 1,
+                           "pallas", "full", "bfloat16", 95 * 2**30, True, 1.0, 1e9, 1e8, 1e8, 2e9, 3e9,
+                           model_flops=4 * 459e12, model_flops_causal=4 * 400e12, peak_flops_per_device=459e12,
+                           estimate=dataclasses.asdict(est), calibration_note=CHIPS["v5p"].calibration_note())
+    lines = format_report(report).splitlines()
+    assert lines[0].startswith("WARNING: 640 kernel calls per step have no FLOP count")
+    step = next(line for line in lines if line.startswith("step time"))
+    # 459e12 FLOPs per chip in 2 s at 459e12 FLOP/s: 50%; the causal count 400e12: 43.6%
+    assert "ESTIMATED" in step and "50.0% MFU (PaLM count), 43.6% (causal count)" in step
+    assert any(line.strip().startswith("calibration") and "TPU v5p efficiency" in line for line in lines)
+    report.estimate["unpriced_kernels"] = 0
+    assert not format_report(report).startswith("WARNING")

@@ -68,7 +68,8 @@ class CompileReport:
     alias_bytes: Optional[float] = None
     temp_bytes: Optional[float] = None
     required_bytes: Optional[float] = None  # per device: arguments + temporaries + outputs not aliased
-    model_flops: float = 0.0  # per step, whole slice
+    model_flops: float = 0.0  # per step, whole slice (PaLM's count: attention's full T x T)
+    model_flops_causal: float = 0.0  # the same with causal attention halved (MaxText's count)
     peak_flops_per_device: Optional[float] = None
     collectives: dict = dataclasses.field(default_factory=dict)
     oom_message: Optional[str] = None  # the compiler's words when it stopped early for memory
@@ -77,6 +78,7 @@ class CompileReport:
     num_slices: int = 1
     dcn_bandwidth: Optional[float] = None  # bytes/s per chip between slices
     dcn_collectives: dict = dataclasses.field(default_factory=dict)  # between slices: kind -> count, bytes, seconds
+    calibration_note: Optional[str] = None  # TPU: the efficiency's fit and its held-out error (aot.topology)
 
     @property
     def model_flops_per_device(self) -> float:
@@ -89,16 +91,24 @@ class CompileReport:
 
     @property
     def estimated_mfu(self) -> Optional[float]:
-        """Model FLOPs over the estimated step time at the chip's peak."""
+        """Model FLOPs (PaLM's count) over the estimated step time at the chip's peak."""
+        return self._mfu(self.model_flops)
+
+    @property
+    def estimated_mfu_causal(self) -> Optional[float]:
+        """The same with MaxText's count (causal attention halved): lower for the same step time."""
+        return self._mfu(self.model_flops_causal)
+
+    def _mfu(self, flops: float) -> Optional[float]:
         if not self.estimate or not self.peak_flops_per_device or not self.estimate["step_seconds"]:
             return None
-        return model_flops_utilization(self.model_flops_per_device, self.estimate["step_seconds"],
+        return model_flops_utilization(flops / self.num_devices, self.estimate["step_seconds"],
                                        self.peak_flops_per_device)
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.update(model_flops_per_device=self.model_flops_per_device, step_seconds_at_100pct_mfu=self.step_seconds(1.0),
-                 estimated_mfu=self.estimated_mfu)
+                 estimated_mfu=self.estimated_mfu, estimated_mfu_causal=self.estimated_mfu_causal)
         return d
 
 
@@ -194,18 +204,21 @@ def lower_step(exp: "Experiment", partitioner: Partitioner, step: str = "train",
         return _decode_lowered(exp, program, seq_len, partitioner)
 
 
-def _model_flops(exp, step: str, rows: int, seq_len: int) -> float:
+def _model_flops(exp, step: str, rows: int, seq_len: int, causal: bool = False) -> float:
     cfg = exp.model
     if step == "train":
-        return cfg.training_flops_per_token(seq_len) * rows * seq_len
+        return cfg.training_flops_per_token(seq_len, causal) * rows * seq_len
     if step == "eval":
-        return cfg.flops_per_token(seq_len) * rows * seq_len
-    return cfg.flops_per_token(seq_len) * rows  # one new token per row against a cache of seq_len
+        return cfg.flops_per_token(seq_len, causal) * rows * seq_len
+    return cfg.flops_per_token(seq_len) * rows  # one new token per row against a whole cache of seq_len
 
 
-def compile_step(exp: "Experiment", topology: Topology, step: str = "train") -> CompileReport:
+def compile_step(exp: "Experiment", topology: Topology, step: str = "train",
+                 hlo_out: Optional[str] = None) -> CompileReport:
     """Lowers and compiles ``step`` of experiment ``exp`` for ``topology``; a program that does not fit is
-    reported (``fits=False`` with the compiler's message), not raised."""
+    reported (``fits=False`` with the compiler's message), not raised. ``hlo_out``: a folder (local or gs://) to
+    keep the optimized HLO (``hlo.txt``) and each device's torus coordinates and slice in the program's device
+    order (``devices.json``), enough to price the program again (``aot.step_time``) without compiling."""
     from allam_jax.train.program import build_train_program
     from allam_jax.core.params import count_params
 
@@ -224,6 +237,7 @@ def compile_step(exp: "Experiment", topology: Topology, step: str = "train") -> 
             attention_impl=exp.model.attention_impl, remat_policy=exp.model.remat_policy,
             compute_dtype=jnp.dtype(exp.model.dtype).name, hbm_bytes=topology.hbm_bytes, fits=True,
             compile_seconds=0.0, model_flops=_model_flops(exp, step, rows, seq_len),
+            model_flops_causal=_model_flops(exp, step, rows, seq_len, causal=True),
             peak_flops_per_device=topology.peak_flops, num_slices=topology.num_slices,
             dcn_bandwidth=topology.chip.dcn_bandwidth if topology.chip else None,
         )
@@ -243,15 +257,30 @@ def compile_step(exp: "Experiment", topology: Topology, step: str = "train") -> 
     report.required_bytes = report.argument_bytes + report.output_bytes - report.alias_bytes + report.temp_bytes
     report.fits = report.required_bytes <= topology.hbm_bytes
     report.collectives = collective_stats(hlo)
+    if hlo_out:
+        _keep_hlo(hlo_out, hlo, list(mesh.devices.flat))
     if topology.chip is not None:
         net = Interconnect.from_devices(list(mesh.devices.flat), topology.wrap, topology.chip)
         report.dcn_collectives = dcn_collectives(dcn_transfers(hlo), net)
         report.estimate = dataclasses.asdict(estimate_step_time(hlo, topology.chip, net))
+        report.calibration_note = topology.chip.calibration_note()
         if topology.num_slices > 1:
             report.estimate["leaves_out"] = tuple(report.estimate["leaves_out"]) + (MULTISLICE_OPEN_TORUS,)
     if not report.fits:
         report.largest_buffers = largest_buffers(hlo)
     return report
+
+
+def _keep_hlo(folder: str, hlo: str, devices: list) -> None:
+    import json
+
+    from etils import epath
+
+    out = epath.Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "hlo.txt").write_text(hlo)
+    coords = [[*getattr(d, "coords", (i, 0, 0)), getattr(d, "slice_index", 0) or 0] for i, d in enumerate(devices)]
+    (out / "devices.json").write_text(json.dumps(coords))
 
 
 def _compile(lowered, topology: Topology, report: CompileReport, hlo_dump: "_HloDump"):

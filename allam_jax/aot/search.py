@@ -1,5 +1,5 @@
-"""``allam compile --search``: compile a config's variants (remat policy x micro-batches x logits chunk x mesh)
-for a slice and rank those that fit, by the estimated step time.
+"""``allam compile --search``: compile a config's variants (remat policy x micro-batches x logits chunk x mesh x
+attention backward kernel) for a slice and rank those that fit, by the estimated step time.
 
 MaxText's estimator searches remat x batch for *fit*; what a user wants is the *fastest* config that fits with
 room to spare, so each variant is compiled for real (memory from the compiler, time from ``aot.step_time``).
@@ -16,13 +16,14 @@ import sys
 import time
 from typing import Callable, Optional, Sequence
 
-from allam_jax.aot.table import seconds_text
+from allam_jax.aot.table import mfu_text, seconds_text
 from allam_jax.aot.topology import GIB, Topology
 from allam_jax.core.errors import ConfigError
 
 DEFAULT_REMAT = ("none", "dots_no_batch", "dots", "full")
 DEFAULT_GRAD_ACCUM = (1, 2, 4, 8)
 DEFAULT_LOGITS_CHUNK = (0, 1024)
+DEFAULT_ATTENTION_BACKWARD = ("fused", "separate")  # splash's backward: one kernel or two (pallas attention only)
 
 
 @dataclasses.dataclass
@@ -40,13 +41,16 @@ class Candidate:
 
 
 def variants(remat: Sequence[str], grad_accum: Sequence[int], logits_chunk: Sequence[int],
-             meshes: Sequence[str]) -> list[list[tuple[str, ...]]]:
-    """Lines of bindings, one line per (remat, chunk, mesh), micro-batch counts ascending along each line."""
+             meshes: Sequence[str], backward: Sequence[str] = ("fused",)) -> list[list[tuple[str, ...]]]:
+    """Lines of bindings, one line per (remat, chunk, mesh, backward kernel), micro-batch counts ascending along
+    each line."""
     lines = []
-    for policy, chunk, mesh in itertools.product(remat, logits_chunk, meshes or (None,)):
+    for policy, chunk, mesh, bwd in itertools.product(remat, logits_chunk, meshes or (None,), backward or (None,)):
         fixed = (f"ModelConfig.remat_policy = '{policy}'", f"StepConfig.logits_chunk_size = {chunk}")
         if mesh is not None:
             fixed += (f"PartitioningConfig.mesh_shape = {mesh}",)
+        if bwd is not None:
+            fixed += (f"ModelConfig.attention_backward = '{bwd}'",)
         lines.append([fixed + (f"TrainerConfig.grad_accum_steps = {g}",) for g in sorted(grad_accum)])
     return lines
 
@@ -54,15 +58,20 @@ def variants(remat: Sequence[str], grad_accum: Sequence[int], logits_chunk: Sequ
 def search(gin_files: Sequence[str], gin_bindings: Sequence[str], topology: Topology, *,
            remat: Sequence[str] = DEFAULT_REMAT, grad_accum: Sequence[int] = DEFAULT_GRAD_ACCUM,
            logits_chunk: Sequence[int] = DEFAULT_LOGITS_CHUNK, meshes: Sequence[str] = (), headroom: float = 0.1,
+           backward: Sequence[str] = DEFAULT_ATTENTION_BACKWARD,
            log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> list[Candidate]:
     """Every variant compiled (see the module docstring), ranked: within budget by estimated step time, then the
-    rest by memory. ``headroom`` is the share of the chip's memory left free (0.1: use at most 90%)."""
+    rest by memory. ``headroom`` is the share of the chip's memory left free (0.1: use at most 90%). The backward
+    kernels are varied only when the config runs pallas attention (no other implementation has them)."""
     from allam_jax import gin_setup
     from allam_jax.aot.dry_run import compile_step
 
     if not 0 <= headroom < 1:
         raise ConfigError(f"--headroom must be in [0, 1), got {headroom}")
-    lines = variants(remat, grad_accum, logits_chunk, meshes)
+    gin_setup.parse(gin_files, list(gin_bindings))
+    if gin_setup.model_config().attention_impl != "pallas":
+        backward = ()
+    lines = variants(remat, grad_accum, logits_chunk, meshes, backward)
     total = sum(len(line) for line in lines)
     done, found = 0, []
     start = time.perf_counter()
@@ -106,22 +115,32 @@ def _verdict(c: Candidate) -> str:
     if not c.within_budget:
         return f"{mem}: " + ("over the headroom" if r.fits else "does not fit")
     t = c.step_seconds
-    return f"{mem}, " + (f"{seconds_text(t)}, {r.estimated_mfu:.1%} MFU" if t else "no time estimate (not a TPU)")
+    return f"{mem}, " + (f"{seconds_text(t)} (est.), {mfu_text(r.estimated_mfu, r.estimated_mfu_causal)}" if t
+                         else "no time estimate (not a TPU)")
 
 
 def format_search(found: list[Candidate], headroom: float) -> str:
-    rows = [("rank", "variant", "memory/chip", "step (est.)", "MFU (est.)", "verdict")]
+    rows = [("rank", "variant", "memory/chip", "step (est.)", "MFU PaLM/causal (est.)", "verdict")]
     for i, c in enumerate(found, 1):
         r = c.report
         mem = "-" if r is None or r.required_bytes is None else f"{r.required_bytes / GIB:.2f} GiB"
         t = c.step_seconds
         rows.append((str(i) if c.within_budget else "-", _short(c.bindings), mem,
-                     seconds_text(t) if t else "-", f"{r.estimated_mfu:.1%}" if t else "-",
+                     seconds_text(t) if t else "-",
+                     f"{r.estimated_mfu:.1%} / {r.estimated_mfu_causal:.1%}" if t else "-",
                      "fits" if c.within_budget else ("invalid: " + c.error if c.error else
                                                      "over the headroom" if r.fits else "does not fit")))
     widths = [max(len(row[k]) for row in rows) for k in range(len(rows[0]))]
     text = "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows)
     best = next((c for c in found if c.within_budget), None)
+    unpriced = max((c.report.estimate or {}).get("unpriced_kernels", 0) for c in found if c.report) if any(
+        c.report for c in found) else 0
+    if unpriced:
+        text = (f"WARNING: variants have up to {unpriced} kernel calls per step without a FLOP count: their estimated "
+                "step times are too short\n" + text)
+    notes = {c.report.calibration_note for c in found if c.report and c.report.calibration_note}
+    if notes:
+        text += "\n\nStep times and MFU are estimates from the compiled HLO: " + "; ".join(sorted(notes)) + "."
     if best is None:
         return text + f"\n\nNothing fits in {1 - headroom:.0%} of the chip's memory: try more micro-batches " \
                       "(--search_grad_accum), a larger slice or more tensor parallelism (--search_mesh)."

@@ -23,6 +23,13 @@ def seconds_text(x: Optional[float]) -> str:
     return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.2f} s"
 
 
+def mfu_text(palm: Optional[float], causal: Optional[float]) -> str:
+    """MFU in both conventions, labelled: PaLM's (attention's full T x T) and causal (attention halved, MaxText's)."""
+    if palm is None:
+        return "MFU ?"
+    return f"{palm:.1%} MFU (PaLM count), {causal:.1%} (causal count)"
+
+
 def format_report(r, gin_files=()) -> str:
     chip = (f"{_gib(r.hbm_bytes)} per device" +
             (f", {r.peak_flops_per_device / 1e12:.0f} TFLOP/s bf16 peak" if r.peak_flops_per_device else ""))
@@ -62,8 +69,11 @@ def format_report(r, gin_files=()) -> str:
     tokens = r.rows * (1 if r.step == "decode" else r.seq_len)
     if r.estimate and r.estimate["step_seconds"]:
         e = r.estimate
-        rows.append(("step time", f"{seconds_text(e['step_seconds'])} estimated: {r.estimated_mfu:.1%} MFU, "
-                                  f"{tokens / e['step_seconds']:,.0f} tokens/s (an estimate from the compiled HLO)"))
+        rows.append(("step time", f"{seconds_text(e['step_seconds'])} ESTIMATED (not measured): "
+                                  f"{mfu_text(r.estimated_mfu, r.estimated_mfu_causal)}, "
+                                  f"{tokens / e['step_seconds']:,.0f} tokens/s"))
+        if r.calibration_note:
+            rows.append(("  calibration", r.calibration_note))
         rows.append(("  parts", f"compute {seconds_text(e['compute_seconds'])} + attention "
                                 f"{seconds_text(e['attention_seconds'])} + exposed communication "
                                 f"{seconds_text(e['exposed_communication_seconds'])} (of "
@@ -89,6 +99,10 @@ def format_report(r, gin_files=()) -> str:
     rows.append(("compile time", f"{r.compile_seconds:.1f} s on this host"))
     width = max(len(k) for k, _ in rows)
     text = "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    unpriced = (r.estimate or {}).get("unpriced_kernels", 0)
+    if unpriced:  # first: a step time missing kernels' FLOPs is too short, and must not be read past
+        text = (f"WARNING: {unpriced} kernel calls per step have no FLOP count (priced by their bytes only): the "
+                "estimated step time is too short and its MFU too high\n" + text)
     if not r.fits:
         text += ("\n\nWhat to change: TrainerConfig.grad_accum_steps (smaller micro-batches), ModelConfig.remat_policy="
                  "'full', a larger slice, or more tensor parallelism (PartitioningConfig.mesh_shape).")

@@ -23,6 +23,24 @@ FAMILIES_HELP = ("v4-N, v5p-N (N TensorCores = 2 per chip), v5e-N or v5litepod-N
 
 
 @dataclasses.dataclass(frozen=True)
+class Calibration:
+    """How a generation's matmul efficiency was fitted by ``benchmarks/vs_maxtext.py`` on MaxText's published
+    measurements (its compiled programs priced by the same estimator), and the error on the ones held out."""
+
+    efficiency: float  # the share of peak FLOP/s matmuls and kernels get in the step-time estimate
+    fit_on: int  # published measurements it was fitted on
+    held_out: int  # published measurements only scored
+    held_out_error: Optional[float]  # largest |estimated - measured| MFU on the held-out ones, in points; None: none
+    best_published_mfu: float  # the highest published MFU of the generation among them
+
+    def describe(self, chip_name: str) -> str:
+        held = (f"error up to {self.held_out_error:.1f} MFU points on {self.held_out} held-out measurement(s)"
+                if self.held_out_error is not None else "no held-out measurement: its error is unknown")
+        return (f"{chip_name} efficiency {self.efficiency:.3f}, fitted on {self.fit_on} published MaxText "
+                f"measurement(s); {held}; best published {chip_name} MFU {self.best_published_mfu:.1%}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Chip:
     """Data-sheet numbers of one accelerator chip (one JAX device)."""
 
@@ -36,6 +54,13 @@ class Chip:
     ici_link_bandwidth: float  # bytes/s, one direction of one link to a torus neighbour
     dcn_bandwidth: float  # bytes/s per chip between slices
     matmul_efficiency: float = 1.0  # the share of peak FLOP/s the step-time estimate grants matmuls and kernels
+    calibration: Optional[Calibration] = None  # where matmul_efficiency comes from; None: borrowed, uncalibrated
+
+    def calibration_note(self) -> str:
+        if self.calibration is None:
+            return (f"{self.name}: no published measurement compiled here; efficiency {self.matmul_efficiency:.3f} "
+                    "borrowed from v5p, error unknown")
+        return self.calibration.describe(self.name)
 
 
 # Cloud TPU's data sheets (peak bf16, HBM, DCN per chip); per-link ICI as in "How to Scale Your Model" (jax-ml), the

@@ -20,7 +20,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler=run_info)
 
-    from allam_jax.aot.search import DEFAULT_GRAD_ACCUM, DEFAULT_LOGITS_CHUNK, DEFAULT_REMAT
+    from allam_jax.aot.search import DEFAULT_ATTENTION_BACKWARD, DEFAULT_GRAD_ACCUM, DEFAULT_LOGITS_CHUNK, DEFAULT_REMAT
     from allam_jax.aot.topology import FAMILIES_HELP
     from allam_jax.model.config import REMAT_POLICIES
 
@@ -44,6 +44,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="train: the optimizer step (default); eval: the log-likelihood scoring forward pass; "
                    "decode: one token per row against a KV cache of seq_len (rows = TrainerConfig.batch_size)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--hlo_out", default=None, metavar="DIR",
+                   help="also write the optimized HLO (DIR/hlo.txt) and the devices' torus coordinates in program "
+                        "order (DIR/devices.json): what the step-time estimate reads (not with --search)")
     s = p.add_argument_group("search (--search): compile variants of the config and rank those that fit by the "
                              "estimated step time")
     s.add_argument("--search", action="store_true",
@@ -59,6 +62,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--search_mesh", nargs="+", default=[], metavar="SHAPE",
                    help="PartitioningConfig.mesh_shape values to try, e.g. '(1, -1, 1)' '(2, -1, 1)' "
                         "(default: the config's own)")
+    s.add_argument("--search_attention_backward", nargs="+", default=list(DEFAULT_ATTENTION_BACKWARD),
+                   choices=list(DEFAULT_ATTENTION_BACKWARD), metavar="KIND",
+                   help="ModelConfig.attention_backward values to try with pallas attention: fused (one splash "
+                        "backward kernel) and/or separate (dK/dV and dQ kernels) (default: %(default)s)")
     s.add_argument("--headroom", type=float, default=0.1,
                    help="share of the chip's memory to leave free (default: 0.1, i.e. use at most 90%%)")
     p.set_defaults(handler=run_compile)
@@ -113,7 +120,7 @@ def run_compile(args: argparse.Namespace) -> int:
     if args.search:
         return _run_search(args, topology)
     gin_setup.parse(args.gin_file, args.gin_bindings)
-    report = compile_step(gin_setup.build_experiment(), topology, args.step)
+    report = compile_step(gin_setup.build_experiment(), topology, args.step, hlo_out=args.hlo_out)
     if args.json:
         print(json.dumps({"config": args.gin_file, **report.as_dict()}))
     else:
@@ -131,7 +138,7 @@ def _run_search(args: argparse.Namespace, topology) -> int:
         raise ConfigError("--search_grad_accum takes counts >= 1 and --search_logits_chunk sizes >= 0")
     found = search(args.gin_file, args.gin_bindings, topology, remat=args.search_remat,
                    grad_accum=args.search_grad_accum, logits_chunk=args.search_logits_chunk, meshes=args.search_mesh,
-                   headroom=args.headroom)
+                   headroom=args.headroom, backward=args.search_attention_backward)
     if args.json:
         print(json.dumps([{"bindings": list(c.bindings), "within_budget": c.within_budget, "error": c.error,
                            "report": c.report.as_dict() if c.report else None} for c in found]))

@@ -159,17 +159,18 @@ class ModelConfig:
         head = 0 if self.tie_embeddings else self.vocab_size * self.d_model
         return self.num_layers * self.layer_params() + embed + head + self.d_model
 
-    def flops_per_token(self, seq_len: Optional[int] = None) -> float:
+    def flops_per_token(self, seq_len: Optional[int] = None, causal: bool = False) -> float:
         """Forward FLOPs per token: 2 per multiply-add of every matmul (embedding lookup excluded).
 
         Attention scores count the full T x T product (the PaLM convention), so numbers compare with
-        published MFU figures. Training costs 3x this (forward + backward).
+        published MFU figures; ``causal=True`` halves them (MaxText's convention since its PR #1988: a causal
+        mask leaves half the products). Training costs 3x this (forward + backward).
         """
         seq_len = seq_len or self.max_seq_len
         hd = self.kv_head_dim
         matmul_params = self.num_layers * self.layer_matmul_params() + self.vocab_size * self.d_model
         attention = self.num_layers * 2 * 2 * seq_len * self.num_heads * hd
-        return 2.0 * matmul_params + attention
+        return 2.0 * matmul_params + (attention / 2 if causal else attention)
 
-    def training_flops_per_token(self, seq_len: Optional[int] = None) -> float:
-        return 3.0 * self.flops_per_token(seq_len)
+    def training_flops_per_token(self, seq_len: Optional[int] = None, causal: bool = False) -> float:
+        return 3.0 * self.flops_per_token(seq_len, causal)
