@@ -73,6 +73,39 @@ def test_rope_matches_hf_formula():
     np.testing.assert_allclose(np.asarray(got), numpy_llama.apply_rope(x, pos, 500000.0), atol=1e-5)
 
 
+def test_bfloat16_rope_is_transformers_bfloat16_rope():
+    """In bfloat16 the rotation runs in bfloat16 with sin/cos rounded to it, as transformers' Llama does it (its own
+    ``apply_rotary_pos_emb`` on torch bfloat16 tensors is the reference), and stays within bfloat16 rounding of the
+    exact rotation."""
+    import torch
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    x = np.random.default_rng(6).normal(size=(2, 64, 4, 128)).astype(np.float32)
+    pos = np.arange(64)[None].repeat(2, 0) * 37  # positions up to 2331: large angles
+    x16 = jnp.asarray(x, jnp.bfloat16)
+    got = np.asarray(rope(x16, jnp.asarray(pos), 10000.0).astype(jnp.float32))
+    inv = 1.0 / 10000.0 ** (np.arange(0, 128, 2, dtype=np.float32) / 128)
+    angles = torch.tensor(pos, dtype=torch.float32)[..., None] * torch.tensor(inv)
+    emb = torch.cat([angles, angles], -1)
+    t = torch.tensor(np.asarray(x16.astype(jnp.float32))).to(torch.bfloat16).transpose(1, 2)  # [b, heads, t, d]
+    want, _ = apply_rotary_pos_emb(t, t, emb.cos().to(torch.bfloat16), emb.sin().to(torch.bfloat16))
+    want = want.transpose(1, 2).float().numpy()
+    exact = numpy_llama.apply_rope(np.asarray(x16.astype(jnp.float32), np.float64), pos, 10000.0)
+    np.testing.assert_allclose(got, want, atol=2 ** -6, rtol=2 ** -7)  # one bfloat16 rounding apart at most
+    assert np.abs(got - exact).max() <= 4 * np.abs(want - exact).max() + 1e-6
+    # and no float32 copy of q/k (or of its halves) exists in the computation, forward or backward
+    def forward(x):
+        return rope(x, jnp.asarray(pos), 10000.0)
+
+    def backward(x):  # the pullback of a bfloat16 cotangent
+        return jax.vjp(forward, x)[1](jnp.ones_like(x))
+
+    for fn in (forward, backward):
+        big = [v.aval for e in jax.make_jaxpr(fn)(x16).eqns for v in e.outvars
+               if v.aval.dtype == jnp.float32 and v.aval.size >= x.size // 2]
+        assert big == [], big
+
+
 @pytest.mark.parametrize("overrides", [{}, {"tie_embeddings": True}, {"num_kv_heads": 1}, {"head_dim": 16}])
 def test_param_count_formula_matches_eval_shape(overrides):
     cfg = ModelConfig(**{**TINY, **overrides})
