@@ -103,6 +103,16 @@ CALIBRATION = {
         "v5p-1024", "default", 2, 2048, "", (),
         ("remat_policy=full", "global_parameter_scale=512", "ici_tensor_parallelism=8") + _SCALE,
         published_mfu=0.6399, role="held out", source=_V5P_README),
+    "1024b-v5p-2048": Case(
+        "MaxText 1024B (global_parameter_scale=1024), v5p-2048, 2048 x 2048 tokens, full remat, fsdp x tensor 16",
+        "v5p-2048", "default", 2, 2048, "", (),
+        ("remat_policy=full", "global_parameter_scale=1024", "ici_tensor_parallelism=16") + _SCALE,
+        published_mfu=0.5535, role="held out", source=_V5P_README),
+    "1024b-v5p-4096": Case(
+        "MaxText 1024B (global_parameter_scale=1024), v5p-4096, 4096 x 2048 tokens, full remat, fsdp x tensor 16",
+        "v5p-4096", "default", 2, 2048, "", (),
+        ("remat_policy=full", "global_parameter_scale=1024", "ici_tensor_parallelism=16") + _SCALE,
+        published_mfu=0.6480, role="held out", source=_V5P_README),
     "70b-v5p-512": Case(  # configs/tpu/v5p/llama2_70b.sh
         "Llama-2 70B, v5p-512, 1024 x 4096 tokens, remat save_dot_except_mlpwi (MaxText's v5p config)", "v5p-512",
         "llama2-70b", 4, 4096, "", (), ("remat_policy=save_dot_except_mlpwi", "use_iota_embed=true"),

@@ -101,6 +101,41 @@ def test_collective_stats_count_loop_bodies_times_their_trip_counts():
     assert stats["collective-permute"] == {"count": 1, "bytes": 8 * 16 * 4}  # async start: its largest operand
 
 
+_WINDOWED_LOOP_HLO = """HloModule m
+
+%body.2 (p: (u32[], f32[8,16])) -> (u32[], f32[8,16]) {
+  %p = (u32[], f32[8,16]) parameter(0)
+  %x = f32[8,16]{1,0} get-tuple-element(%p), index=1
+  %cp = f32[8,16]{1,0} collective-permute(%x), source_target_pairs={{0,1},{1,0}}
+  %i = u32[]{:T(128)} get-tuple-element(%p), index=0
+  %two = u32[]{:T(128)} constant(2)
+  %next = u32[]{:T(128)} add(%i, %two)
+  ROOT %t = (u32[], f32[8,16]) tuple(%next, %cp)
+}
+
+%cond.2 (p: (u32[], f32[8,16])) -> pred[] {
+  %p = (u32[], f32[8,16]) parameter(0)
+  %c = u32[]{:T(128)} constant(8)
+  %i = u32[]{:T(128)} get-tuple-element(%p), index=0
+  ROOT %lt = pred[]{:T(512)} compare(%i, %c), direction=LT
+}
+
+ENTRY %main (a: f32[8,16]) -> (u32[], f32[8,16]) {
+  %a = f32[8,16]{1,0} parameter(0)
+  %one = u32[]{:T(128)} constant(1)
+  %t0 = (u32[], f32[8,16]) tuple(%one, %a)
+  ROOT %w = (u32[], f32[8,16]) while(%t0), condition=%cond.2, body=%body.2
+}
+"""
+
+
+def test_a_loop_counting_in_steps_of_two_from_one_runs_ceil_seven_halves_times():
+    """What the TPU compiler leaves of a windowed einsum (a collective matmul over 8 shards, unrolled twice): the
+    counter starts at 1 and adds 2 until 8, so the body runs 4 times, not 8 (the bound alone)."""
+    stats = collective_stats(_WINDOWED_LOOP_HLO)
+    assert stats["collective-permute"]["count"] == 4
+
+
 def test_largest_buffers_skip_aliases_and_name_the_op():
     top = largest_buffers(_SYNTHETIC_HLO, top=2)
     assert [b["name"] for b in top] == ["ag", "r"]

@@ -8,8 +8,9 @@ times one step runs it) and the totals are per step, not per line of HLO.
 from __future__ import annotations
 
 import collections
+import math
 import re
-from typing import Optional
+from typing import Optional, Sequence
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 _BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "bf16": 2, "f16": 2,
@@ -58,21 +59,79 @@ def computations(hlo: str) -> tuple[dict[str, list[str]], str]:
     return comps, entry
 
 
-def _trip_count(line: str, comps: dict[str, list[str]]) -> int:
-    """A ``while``'s trip count: XLA's ``known_trip_count`` (CPU, GPU), else the bound of its condition
-    ``counter < constant`` (what the TPU compiler leaves of a scan); 1 for anything else."""
+def _trip_count(line: str, comps: dict[str, list[str]], caller: Sequence[str] = ()) -> int:
+    """A ``while``'s trip count: XLA's ``known_trip_count`` (CPU, GPU), else from its condition ``counter <
+    constant`` (what the TPU compiler leaves of a scan), the counter's step in the body (a windowed einsum's loop,
+    unrolled twice, adds 2) and its start in the loop's initial tuple (``caller``'s lines); 1 for anything else."""
     if " while(" not in line:
         return 1
     known = _TRIP.search(line)
     if known:
         return int(known.group(1))
     cond = re.search(r"condition=%?([\w.\-]+)", line)
-    body = comps.get(cond.group(1), []) if cond else []
-    if any("direction=LT" in ln for ln in body):
-        bounds = [int(c) for ln in body for c in re.findall(r"[su](?:32|64)\[\]\S*\s+constant\((\d+)\)", ln)]
-        if len(bounds) == 1:
-            return bounds[0]
+    cond_lines = comps.get(cond.group(1), []) if cond else []
+    if not any("direction=LT" in ln for ln in cond_lines):
+        return 1
+    bounds = [int(c) for ln in cond_lines for c in re.findall(r"[su](?:32|64)\[\]\S*\s+constant\((\d+)\)", ln)]
+    if len(bounds) != 1:
+        return 1
+    index = next((int(m.group(1)) for ln in cond_lines for m in [_GTE_INDEX.search(ln)] if m), None)
+    body = re.search(r"body=%?([\w.\-]+)", line)
+    step = _counter_step(comps.get(body.group(1), []) if body else [], index)
+    start = _counter_start(line, caller, index)
+    return max(0, math.ceil((bounds[0] - start) / step))
+
+
+_GTE_INDEX = re.compile(r"get-tuple-element\([^)]*\),\s*index=(\d+)")
+_ANY_DEF = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*.+?\s([a-z][\w\-]*)\((.*)$")
+
+
+def _definitions(lines: Sequence[str]) -> dict[str, tuple[str, list[str], str]]:
+    """name -> (opcode, operand names, line) for a computation's instructions."""
+    out = {}
+    for ln in lines:
+        m = _ANY_DEF.match(ln)
+        if m:
+            out[m.group(1)] = (m.group(2), re.findall(r"%([\w.\-]+)", m.group(3).split(")", 1)[0]), ln)
+    return out
+
+
+def _counter_step(body: Sequence[str], index: Optional[int]) -> int:
+    """What the loop body adds to the counter at tuple ``index``: the constant of the ``add`` its ROOT tuple puts
+    there (1 when that is not what it finds)."""
+    if index is None:
+        return 1
+    defs = _definitions(body)
+    root = next((ln for ln in body if ln.lstrip().startswith("ROOT") and " tuple(" in ln), None)
+    if root is None:
+        return 1
+    operands = re.findall(r"%([\w.\-]+)", root.split(" tuple(", 1)[1].split(")", 1)[0])
+    if index >= len(operands) or operands[index] not in defs:
+        return 1
+    opcode, args, _ = defs[operands[index]]
+    if opcode != "add":
+        return 1
+    for a in args:
+        if a in defs and defs[a][0] == "constant":
+            value = re.search(r"constant\((\d+)\)", defs[a][2])
+            if value and int(value.group(1)) > 0:
+                return int(value.group(1))
     return 1
+
+
+def _counter_start(line: str, caller: Sequence[str], index: Optional[int]) -> int:
+    """The counter's initial value: a constant at ``index`` of the tuple the ``while`` starts from (else 0)."""
+    init = re.search(r"\swhile\(%([\w.\-]+)", line)
+    if index is None or not init or not caller:
+        return 0
+    defs = _definitions(caller)
+    if init.group(1) not in defs or defs[init.group(1)][0] != "tuple":
+        return 0
+    operands = defs[init.group(1)][1]
+    if index >= len(operands) or operands[index] not in defs or defs[operands[index]][0] != "constant":
+        return 0
+    value = re.search(r"constant\((\d+)\)", defs[operands[index]][2])
+    return int(value.group(1)) if value else 0
 
 
 def multipliers(comps: dict[str, list[str]], entry: str) -> dict[str, int]:
@@ -80,7 +139,7 @@ def multipliers(comps: dict[str, list[str]], entry: str) -> dict[str, int]:
     callers: dict[str, list[tuple[str, int]]] = collections.defaultdict(list)
     for name, lines in comps.items():
         for line in lines:
-            trip = _trip_count(line, comps)
+            trip = _trip_count(line, comps, lines)
             for kind, targets in _CALLEES.findall(line):
                 for target in re.findall(r"%?([\w.\-]+)", targets):
                     if target in comps and target != name:
