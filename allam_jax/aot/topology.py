@@ -13,6 +13,7 @@ import os
 import re
 from typing import Any, Optional, Sequence
 
+from allam_jax.aot.calibration import CALIBRATIONS, Calibration
 from allam_jax.core.errors import ConfigError
 
 GIB = 1024**3
@@ -20,24 +21,6 @@ GIB = 1024**3
 FAMILIES_HELP = ("v4-N, v5p-N (N TensorCores = 2 per chip), v5e-N or v5litepod-N, v6e-N (N chips), a raw "
                  "libtpu topology such as v5e:2x2 or v5:4x4x4, or cpu:N (N fake CPU devices); a TPU slice name "
                  "ending in xS (v5p-512x4) is S such slices joined over the data-centre network")
-
-
-@dataclasses.dataclass(frozen=True)
-class Calibration:
-    """How a generation's matmul efficiency was fitted by ``benchmarks/vs_maxtext.py`` on MaxText's published
-    measurements (its compiled programs priced by the same estimator), and the error on the ones held out."""
-
-    efficiency: float  # the share of peak FLOP/s matmuls and kernels get in the step-time estimate
-    fit_on: int  # published measurements it was fitted on
-    held_out: int  # published measurements only scored
-    held_out_error: Optional[float]  # largest |estimated - measured| MFU on the held-out ones, in points; None: none
-    best_published_mfu: float  # the highest published MFU of the generation among them
-
-    def describe(self, chip_name: str) -> str:
-        held = (f"error up to {self.held_out_error:.1f} MFU points on {self.held_out} held-out measurement(s)"
-                if self.held_out_error is not None else "no held-out measurement: its error is unknown")
-        return (f"{chip_name} efficiency {self.efficiency:.3f}, fitted on {self.fit_on} published MaxText "
-                f"measurement(s); {held}; best published {chip_name} MFU {self.best_published_mfu:.1%}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,19 +47,16 @@ class Chip:
 
 
 # Cloud TPU's data sheets (peak bf16, HBM, DCN per chip); per-link ICI as in "How to Scale Your Model" (jax-ml), the
-# per-chip totals of the data sheets divided over the links (v5p: 1200 GB/s bidirectional over 6 links).
-# MATMUL_EFFICIENCY: fitted by benchmarks/vs_maxtext.py --calibrate to MaxText's published v5p measurements (Llama-2
-# 70B on v5p-512 at 65.4% MFU wants 0.803, its 32B on v5p-128 at 71.5% wants 0.958; the geometric mean leaves
-# +6/-6 points). v6e: its own, fitted to the one published v6e measurement of a config this estimator can cost
-# (MaxText's Trillium Llama-2 70B on v6e-256 at 43.8% MFU wants 0.684; v5p's 0.877 would say 55.6%, +11.8 points);
-# v4 and v5e have none compiled here and take v5p's.
-MATMUL_EFFICIENCY = 0.877
-V6E_MATMUL_EFFICIENCY = 0.684
+# per-chip totals of the data sheets divided over the links (v5p: 1200 GB/s bidirectional over 6 links). The matmul
+# efficiency of each generation is its calibration's (aot/calibration.py); v4 has none and borrows v5p's.
 CHIPS = {
-    "v4": Chip("TPU v4", 32 * GIB, 275e12, "v4", 3, 2, 1.2e12, 4.5e10, 6.25e9, MATMUL_EFFICIENCY),
-    "v5p": Chip("TPU v5p", 95 * GIB, 459e12, "v5", 3, 2, 2.765e12, 1.0e11, 6.25e9, MATMUL_EFFICIENCY),
-    "v5e": Chip("TPU v5e", 16 * GIB, 197e12, "v5e", 2, 1, 8.19e11, 4.5e10, 6.25e9, MATMUL_EFFICIENCY),
-    "v6e": Chip("TPU v6e", 32 * GIB, 918e12, "v6e", 2, 1, 1.64e12, 9.0e10, 6.25e9, V6E_MATMUL_EFFICIENCY),
+    "v4": Chip("TPU v4", 32 * GIB, 275e12, "v4", 3, 2, 1.2e12, 4.5e10, 6.25e9, CALIBRATIONS["v5p"].efficiency),
+    "v5p": Chip("TPU v5p", 95 * GIB, 459e12, "v5", 3, 2, 2.765e12, 1.0e11, 6.25e9, CALIBRATIONS["v5p"].efficiency,
+                CALIBRATIONS["v5p"]),
+    "v5e": Chip("TPU v5e", 16 * GIB, 197e12, "v5e", 2, 1, 8.19e11, 4.5e10, 6.25e9, CALIBRATIONS["v5e"].efficiency,
+                CALIBRATIONS["v5e"]),
+    "v6e": Chip("TPU v6e", 32 * GIB, 918e12, "v6e", 2, 1, 1.64e12, 9.0e10, 6.25e9, CALIBRATIONS["v6e"].efficiency,
+                CALIBRATIONS["v6e"]),
 }
 _ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6lite": "v6e", "v5": "v5p"}
 
