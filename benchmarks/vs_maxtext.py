@@ -416,8 +416,9 @@ def calibration(points: list[tuple[Case, dict]]) -> tuple[str, dict]:
             c = r["case"]
             lines.append(f"| {c.name} | {c.role} | {c.published_mfu:.1%} | {r['raw']:.1%} | {r['matched']:.3f} | "
                          f"{r['estimated']:.1%} at {g['efficiency']:.3f} | {r['error']:+.1f} points | {c.source} |")
-        held = (", ".join(f"{e:+.1f}" for e in g["held_out"]) + f" points (largest {g['held_out_error']:.1f})"
-                if g["held_out"] else "none: no second measurement to hold out")
+        rms = math.sqrt(sum(e * e for e in g["held_out"]) / len(g["held_out"])) if g["held_out"] else 0.0
+        held = (", ".join(f"{e:+.1f}" for e in g["held_out"]) + f" points (largest {g['held_out_error']:.1f}, "
+                f"root mean square {rms:.1f})" if g["held_out"] else "none: no second measurement to hold out")
         summary.append(f"- {name}: efficiency {g['efficiency']:.3f} fitted on {len(g['fitted'])} measurement(s); "
                        f"held-out error: {held}; best published MFU {g['best_published_mfu']:.1%}.")
         numbers[name] = {"efficiency": round(g["efficiency"], 3), "fit_on": len(g["fitted"]),

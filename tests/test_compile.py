@@ -171,7 +171,8 @@ def test_compile_tiny_config_for_tpu_prints_a_table_that_fits():
               "--gin_bindings", "ModelConfig.attention_impl = 'pallas'")
     assert r.returncode == 0, r.stderr[-3000:]
     for fragment in ("v5e:2x2", "4 devices", "fits", "model FLOPs", "step time", "attention pallas", "mesh",
-                     "estimated", "MFU", "exposed communication", "leaves out", "at 100% MFU"):
+                     "ESTIMATED (not measured)", "MFU (PaLM count)", "(causal count)", "calibration",
+                     "exposed communication", "leaves out", "at 100% MFU"):
         assert fragment in r.stdout, r.stdout
 
 

@@ -349,3 +349,21 @@ def test_a_report_with_unpriced_kernels_says_so_first_and_gives_both_mfu_convent
     assert any(line.strip().startswith("calibration") and "TPU v5p efficiency" in line for line in lines)
     report.estimate["unpriced_kernels"] = 0
     assert not format_report(report).startswith("WARNING")
+
+
+def test_the_calibration_in_use_is_the_one_the_benchmark_last_fitted():
+    """aot/calibration.py holds what benchmarks/vs_maxtext.py wrote to calibration.json: a refit (a changed
+    estimator, a new MaxText) that is not copied into the code fails here."""
+    import json
+    from pathlib import Path
+
+    from allam_jax.aot.calibration import CALIBRATIONS
+    from allam_jax.aot.topology import CHIPS
+
+    fitted = json.loads((Path(__file__).parent.parent / "benchmarks/results/calibration.json").read_text())
+    for generation, cal in CALIBRATIONS.items():
+        row = fitted[CHIPS[generation].name]
+        assert (cal.efficiency, cal.fit_on, cal.held_out, cal.held_out_error, cal.best_published_mfu) == (
+            row["efficiency"], row["fit_on"], row["held_out"], row["held_out_error"], row["best_published_mfu"])
+        assert CHIPS[generation].matmul_efficiency == cal.efficiency
+    assert set(fitted) == {CHIPS[g].name for g in CALIBRATIONS}

@@ -33,7 +33,7 @@ class Calibration:
 
 # benchmarks/results/calibration.json, 2026-12-07 (MaxText 0.2.5, jax 0.12.0.1, libtpu 0.0.52)
 CALIBRATIONS = {
-    "v5p": Calibration(0.776, 2, 12, 8.9, 0.7147),
-    "v5e": Calibration(0.895, 1, 5, 4.7, 0.6686),
+    "v5p": Calibration(0.776, 2, 15, 9.5, 0.7147),
+    "v5e": Calibration(0.895, 1, 5, 7.2, 0.6686),
     "v6e": Calibration(0.675, 1, 0, None, 0.438),
 }
