@@ -74,63 +74,37 @@ CASES = {
 _V5P_README = "MaxText configs/tpu/v5p/README.md (1 slice)"
 _V5E_README = "MaxText configs/tpu/v5e/README.md (1x v5e-256)"
 _SCALE = ("ici_fsdp_parallelism=-1", "use_iota_embed=true", "quantization=")
+
+def _scaled(scale: int, topology: str, per_device: int, remat: str, tensor: Optional[int], mfu: float,
+            role: str) -> Case:
+    """A row of MaxText's v5p/v5e README tables: its configs/tpu/<gen>/<scale>b.sh settings (the default model at
+    ``global_parameter_scale``, 2048 tokens, FSDP, tensor parallelism where the script sets it)."""
+    chips = int(topology.split("-")[1]) // (2 if topology.startswith("v5p") else 1)
+    name = (f"MaxText {scale}B (global_parameter_scale={scale}), {topology}, {per_device * chips} x 2048 tokens, "
+            + ("full remat" if remat == "full" else f"remat {remat}")
+            + (f", fsdp x tensor {tensor}" if tensor else ", fsdp"))
+    args = (f"remat_policy={remat}", f"global_parameter_scale={scale}")
+    args += (f"ici_tensor_parallelism={tensor}",) if tensor else ()
+    return Case(name, topology, "default", per_device, 2048, "", (), args + _SCALE, published_mfu=mfu, role=role,
+                source=_V5P_README if topology.startswith("v5p") else _V5E_README)
+
+
 CALIBRATION = {
-    "32b-v5p-128": Case(
-        "MaxText 32B (global_parameter_scale=32), v5p-128, 384 x 2048 tokens, remat minimal, fsdp x tensor 4",
-        "v5p-128", "default", 6, 2048, "", (),
-        ("remat_policy=minimal", "global_parameter_scale=32", "ici_tensor_parallelism=4") + _SCALE,
-        published_mfu=0.7147, role="fit", source=_V5P_README),
-    "64b-v5p-128": Case(
-        "MaxText 64B (global_parameter_scale=64), v5p-128, 192 x 2048 tokens, remat minimal, fsdp x tensor 4",
-        "v5p-128", "default", 3, 2048, "", (),
-        ("remat_policy=minimal", "global_parameter_scale=64", "ici_tensor_parallelism=4") + _SCALE,
-        published_mfu=0.7031, role="held out", source=_V5P_README),
-    "128b-v5p-256": Case(
-        "MaxText 128B (global_parameter_scale=128), v5p-256, 128 x 2048 tokens, remat minimal, fsdp x tensor 8",
-        "v5p-256", "default", 1, 2048, "", (),
-        ("remat_policy=minimal", "global_parameter_scale=128", "ici_tensor_parallelism=8") + _SCALE,
-        published_mfu=0.6868, role="held out", source=_V5P_README),
-    "128b-v5p-512": Case(
-        "MaxText 128B (global_parameter_scale=128), v5p-512, 256 x 2048 tokens, remat minimal, fsdp x tensor 8",
-        "v5p-512", "default", 1, 2048, "", (),
-        ("remat_policy=minimal", "global_parameter_scale=128", "ici_tensor_parallelism=8") + _SCALE,
-        published_mfu=0.6883, role="held out", source=_V5P_README),
-    "256b-v5p-1024": Case(
-        "MaxText 256B (global_parameter_scale=256), v5p-1024, 512 x 2048 tokens, remat minimal, fsdp x tensor 8",
-        "v5p-1024", "default", 1, 2048, "", (),
-        ("remat_policy=minimal", "global_parameter_scale=256", "ici_tensor_parallelism=8") + _SCALE,
-        published_mfu=0.6709, role="held out", source=_V5P_README),
-    "512b-v5p-1024": Case(
-        "MaxText 512B (global_parameter_scale=512), v5p-1024, 1024 x 2048 tokens, full remat, fsdp x tensor 8",
-        "v5p-1024", "default", 2, 2048, "", (),
-        ("remat_policy=full", "global_parameter_scale=512", "ici_tensor_parallelism=8") + _SCALE,
-        published_mfu=0.6399, role="held out", source=_V5P_README),
-    "1024b-v5p-2048": Case(
-        "MaxText 1024B (global_parameter_scale=1024), v5p-2048, 2048 x 2048 tokens, full remat, fsdp x tensor 16",
-        "v5p-2048", "default", 2, 2048, "", (),
-        ("remat_policy=full", "global_parameter_scale=1024", "ici_tensor_parallelism=16") + _SCALE,
-        published_mfu=0.5535, role="held out", source=_V5P_README),
-    "1024b-v5p-4096": Case(
-        "MaxText 1024B (global_parameter_scale=1024), v5p-4096, 4096 x 2048 tokens, full remat, fsdp x tensor 16",
-        "v5p-4096", "default", 2, 2048, "", (),
-        ("remat_policy=full", "global_parameter_scale=1024", "ici_tensor_parallelism=16") + _SCALE,
-        published_mfu=0.6480, role="held out", source=_V5P_README),
+    "32b-v5p-128": _scaled(32, "v5p-128", 6, "minimal", 4, 0.7147, "fit"),
+    "64b-v5p-128": _scaled(64, "v5p-128", 3, "minimal", 4, 0.7031, "held out"),
+    "128b-v5p-256": _scaled(128, "v5p-256", 1, "minimal", 8, 0.6868, "held out"),
+    "128b-v5p-512": _scaled(128, "v5p-512", 1, "minimal", 8, 0.6883, "held out"),
+    "256b-v5p-1024": _scaled(256, "v5p-1024", 1, "minimal", 8, 0.6709, "held out"),
+    "512b-v5p-1024": _scaled(512, "v5p-1024", 2, "full", 8, 0.6399, "held out"),
+    "1024b-v5p-2048": _scaled(1024, "v5p-2048", 2, "full", 16, 0.5535, "held out"),
+    "1024b-v5p-4096": _scaled(1024, "v5p-4096", 2, "full", 16, 0.6480, "held out"),
     "70b-v5p-512": Case(  # configs/tpu/v5p/llama2_70b.sh
         "Llama-2 70B, v5p-512, 1024 x 4096 tokens, remat save_dot_except_mlpwi (MaxText's v5p config)", "v5p-512",
         "llama2-70b", 4, 4096, "", (), ("remat_policy=save_dot_except_mlpwi", "use_iota_embed=true"),
         published_mfu=0.654, role="fit", source="MaxText docs/reference/models/tiering.md (v5p Gold)"),
-    "16b-v5e-256": Case(
-        "MaxText 16B (global_parameter_scale=16), v5e-256, 1536 x 2048 tokens, full remat, fsdp",
-        "v5e-256", "default", 6, 2048, "", (), ("remat_policy=full", "global_parameter_scale=16") + _SCALE,
-        published_mfu=0.6110, role="held out", source=_V5E_README),
-    "32b-v5e-256": Case(
-        "MaxText 32B (global_parameter_scale=32), v5e-256, 1024 x 2048 tokens, full remat, fsdp",
-        "v5e-256", "default", 4, 2048, "", (), ("remat_policy=full", "global_parameter_scale=32") + _SCALE,
-        published_mfu=0.6686, role="fit", source=_V5E_README),
-    "64b-v5e-256": Case(
-        "MaxText 64B (global_parameter_scale=64), v5e-256, 512 x 2048 tokens, full remat, fsdp",
-        "v5e-256", "default", 2, 2048, "", (), ("remat_policy=full", "global_parameter_scale=64") + _SCALE,
-        published_mfu=0.5990, role="held out", source=_V5E_README),
+    "16b-v5e-256": _scaled(16, "v5e-256", 6, "full", None, 0.6110, "held out"),
+    "32b-v5e-256": _scaled(32, "v5e-256", 4, "full", None, 0.6686, "fit"),
+    "64b-v5e-256": _scaled(64, "v5e-256", 2, "full", None, 0.5990, "held out"),
     # benchmarks/maxtext_trillium_model_configs.py's llama2_70b_4096 (4 rows per chip, the fsdp_transpose axis, full
     # remat); its XLA flags (VMEM limit, continuation fusion for all-gather) are left out as for v5p
     "70b-v6e-256": Case(
