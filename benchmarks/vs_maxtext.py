@@ -1,17 +1,25 @@
-"""allam-jax against MaxText, compiled for the same TPU slice: per-chip memory and collectives of one train step.
+"""allam-jax against MaxText, compiled for the same TPU slice, and the step-time estimate's calibration.
 
     bash benchmarks/setup_maxtext.sh                       # once: MaxText in its own Python 3.12 venv
-    python benchmarks/vs_maxtext.py [--maxtext_python .maxtext-venv/bin/python] [--cases 7b-v5p-128 70b-v5p-512]
-                                    [--out benchmarks/results/vs_maxtext.md]
+    python benchmarks/vs_maxtext.py [--cases 7b-v5p-128 13b-v5p-128 70b-v5p-512] [--calibrate NAME ...]
+                                    [--cache .maxtext-cache] [--maxtext_only] [--out benchmarks/results/vs_maxtext.md]
 
-Each case is one model, slice and global batch, compiled by each project's own toolchain (this project's pinned
-jax/libtpu; MaxText's, in its venv) from abstract arrays: nothing runs, no TPU is needed. Both programs' optimized
-HLO is read by the same parser (``allam_jax.aot.hlo_stats``: collectives by kind, result bytes per step per chip,
-loop trip counts applied), and memory is the compiler's own ``memory_analysis`` per chip. MaxText is driven by a
-short script written at run time that calls its ``train_compile`` with its defaults plus the case's settings
-(model, per-device batch, sequence, remat, flash attention), and keeps the compiled HLO text.
+Each case is one model, slice and global batch, compiled four times: by MaxText's toolchain (in its venv) and by
+this project's, each with splash attention's separate dK/dV + dQ backward kernels (MaxText's default) and its fused
+one (this project's). Nothing runs, no TPU is needed. All programs' optimized HLO is read by the same parser
+(``allam_jax.aot.hlo_stats``: collectives by kind, result bytes per step per chip, loop trip counts applied) and
+priced by the same estimator (``allam_jax.aot.step_time``); memory is the compiler's own ``memory_analysis`` per
+chip. MaxText is driven by a short script written at run time that calls its ``train_compile`` with its defaults
+plus the case's settings, and keeps the compiled HLO text.
 
-Not part of setup or CI: MaxText's venv is ~3 GB and its compiles take minutes.
+Calibration: MaxText's own program for every published MaxText measurement the estimator can cost (``CALIBRATION``;
+host-offload recipes are left out, ``EXCLUDED``) is compiled and priced; per TPU generation the matmul efficiency
+is fitted on the rows marked "fit" and the error reported on the "held out" ones; the fit goes to
+``calibration.json`` next to ``--out`` (what ``allam_jax/aot/calibration.py`` must hold).
+
+Compiles are kept in ``--cache`` by their settings (this project's: by the code that compiles them), so a rerun
+after changing the estimator re-prices without compiling. Not part of setup or CI: MaxText's venv is ~3 GB and
+each compile takes a minute or two.
 """
 
 from __future__ import annotations

@@ -9,8 +9,10 @@ that runs on the chip is priced on its own:
   counts them (only window positions that touch real input); every op takes ``max(FLOPs / peak, bytes / HBM
   bandwidth)`` with the bytes it reads and writes (a fused ``dynamic-slice`` of a stacked weight reads the slice,
   an in-place ``dynamic-update-slice`` writes the update);
-- **attention**: a Pallas kernel by the cost estimate it carries, else (splash attention) by its FLOPs from the
-  q/k shapes, the blocks a causal mask leaves and which pass it is (forward, dK/dV with or without dQ, dQ);
+- **attention**: a Pallas kernel by the cost estimate it carries, else (splash attention) from its own operands
+  (any rank) and metadata: the pass's block sizes, the blocks a causal mask leaves, which pass it is (forward,
+  dK/dV with or without dQ, dQ) and the bytes it streams and writes (:func:`kernel_cost`); a kernel without a FLOP
+  count is counted in ``unpriced_kernels``;
 - **communication**: each collective on the torus links its replica group spans: an all-gather of ``V`` bytes over
   ``p`` chips takes ``V (p-1)/p`` over the summed bandwidth of the rings it uses (both directions of a ring that
   closes, one of a line), an all-reduce twice that, an all-to-all a quarter-ring's distance, a hop ~1 us, groups
