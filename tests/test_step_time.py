@@ -367,3 +367,37 @@ def test_the_calibration_in_use_is_the_one_the_benchmark_last_fitted():
             row["efficiency"], row["fit_on"], row["held_out"], row["held_out_error"], row["best_published_mfu"])
         assert CHIPS[generation].matmul_efficiency == cal.efficiency
     assert set(fitted) == {CHIPS[g].name for g in CALIBRATIONS}
+
+
+def test_the_benchmark_fits_on_fit_rows_and_scores_only_the_held_out_ones():
+    """benchmarks/vs_maxtext.py's fit, on programs whose estimated MFU is exactly efficiency x u: a row matches at
+    efficiency measured / u, the generation takes the geometric mean of its fit rows, a held-out row's error is
+    its estimate at that efficiency minus its measurement."""
+    import math
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    import vs_maxtext
+
+    peak = 459e12
+
+    def program(u):  # MFU u at efficiency 1: step time F / (u e peak)
+        return {"model_flops_per_device": 1e15,
+                "raw_estimate": lambda e, u=u: {"step_seconds": 1e15 / (u * (e or 1.0) * peak)}}
+
+    base = vs_maxtext.CALIBRATION["32b-v5p-128"]
+    rows = [(dataclasses_replace(base, published_mfu=0.72, role="fit"), program(0.9)),
+            (dataclasses_replace(base, published_mfu=0.81, role="fit"), program(0.9)),
+            (dataclasses_replace(base, published_mfu=0.70, role="held out"), program(0.9))]
+    g = vs_maxtext.fit(rows)["TPU v5p"]
+    assert g["efficiency"] == pytest.approx(math.sqrt(0.8 * 0.9), rel=1e-6)
+    assert g["held_out"] == [pytest.approx((g["efficiency"] * 0.9 - 0.70) * 100, abs=1e-4)]
+    assert g["held_out_error"] == pytest.approx(abs(g["held_out"][0]))
+    assert g["best_published_mfu"] == 0.81
+
+
+def dataclasses_replace(case, **changes):
+    import dataclasses
+
+    return dataclasses.replace(case, **changes)
