@@ -27,8 +27,9 @@ def test_training_lowers_the_loss_and_logs_per_language(files, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [10, 20, 30, 40]
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.5
-    for key in ("grad_norm", "learning_rate", "tokens_per_s", "mfu"):
+    for key in ("grad_norm", "learning_rate", "tokens_per_s", "mfu", "mfu_causal"):
         assert np.isfinite(rows[-1][key])
+    assert 0 < rows[-1]["mfu_causal"] < rows[-1]["mfu"]  # the causal count halves attention's FLOPs
     # a window may hold one language only (long English chapters, runs of hadith); some window has each
     assert any("loss/en" in r and np.isfinite(r["loss/en"]) for r in rows)
     if len(files) == 2:

@@ -202,7 +202,8 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
     step_fn, batch_sharding = program.step_fn, program.batch_sharding
     languages = list(data_iter.languages)
     tokens_per_step = program.rows_per_step * tcfg.seq_len
-    flops_per_step = exp.model.training_flops_per_token(tcfg.seq_len) * tokens_per_step
+    flops_per_step = exp.model.training_flops_per_token(tcfg.seq_len) * tokens_per_step  # PaLM's count
+    causal_flops_per_step = exp.model.training_flops_per_token(tcfg.seq_len, causal=True) * tokens_per_step
     peak = peak_flops_per_device(tcfg.peak_flops_per_device, exp.model.dtype) * jax.device_count()
     last: dict[str, float] = {}
     window_start, window_steps = time.perf_counter(), 0
@@ -263,6 +264,7 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
                         last.update({
                             "tokens_per_s": tokens_per_step * window_steps / elapsed,
                             "mfu": flops_per_step * window_steps / elapsed / peak,
+                            "mfu_causal": causal_flops_per_step * window_steps / elapsed / peak,
                         })
                         if "lang" in sums:
                             for i in range(sums["lang"].shape[1]):  # the objective's languages
