@@ -166,14 +166,23 @@ def test_collective_stats_of_a_program_compiled_for_tpu():
 
 
 @pytest.mark.tpu
-def test_compile_tiny_config_for_tpu_prints_a_table_that_fits():
+def test_compile_tiny_config_for_tpu_prints_a_table_that_fits(tmp_path):
     r = allam("compile", "--gin_file", "runs/tiny_cpu.gin", "--topology", "v5e:2x2", *TINY,
-              "--gin_bindings", "ModelConfig.attention_impl = 'pallas'")
+              "--gin_bindings", "ModelConfig.attention_impl = 'pallas'", "--hlo_out", str(tmp_path / "hlo"))
     assert r.returncode == 0, r.stderr[-3000:]
     for fragment in ("v5e:2x2", "4 devices", "fits", "model FLOPs", "step time", "attention pallas", "mesh",
                      "ESTIMATED (not measured)", "MFU (PaLM count)", "(causal count)", "calibration",
                      "exposed communication", "leaves out", "at 100% MFU"):
         assert fragment in r.stdout, r.stdout
+    # --hlo_out keeps what the estimate read: priced again from the files, the step time is the table's
+    from allam_jax.aot.step_time import Interconnect, estimate_step_time
+    from allam_jax.aot.table import seconds_text
+
+    topology = resolve_topology("v5e:2x2")
+    devices = json.loads((tmp_path / "hlo" / "devices.json").read_text())
+    net = Interconnect.from_coords([d[:3] for d in devices], topology.wrap, topology.chip, [d[3] for d in devices])
+    est = estimate_step_time((tmp_path / "hlo" / "hlo.txt").read_text(), topology.chip, net)
+    assert len(devices) == 4 and f"step time      {seconds_text(est.step_seconds)} ESTIMATED" in r.stdout
 
 
 @pytest.mark.tpu

@@ -31,7 +31,7 @@ class Calibration:
                 f"measurement(s); {held}; best published {chip_name} MFU {self.best_published_mfu:.1%}")
 
 
-# benchmarks/results/calibration.json, 2026-12-07 (MaxText 0.2.5, jax 0.12.0.1, libtpu 0.0.52)
+# benchmarks/results/calibration.json, 2026-12-07 (MaxText 0.2.5 on jax 0.12.1, libtpu 0.0.52)
 CALIBRATIONS = {
     "v5p": Calibration(0.776, 2, 15, 9.5, 0.7147),
     "v5e": Calibration(0.895, 1, 5, 7.2, 0.6686),

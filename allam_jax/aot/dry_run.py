@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import json
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import jax
 import jax.numpy as jnp
+from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -78,7 +80,7 @@ class CompileReport:
     num_slices: int = 1
     dcn_bandwidth: Optional[float] = None  # bytes/s per chip between slices
     dcn_collectives: dict = dataclasses.field(default_factory=dict)  # between slices: kind -> count, bytes, seconds
-    calibration_note: Optional[str] = None  # TPU: the efficiency's fit and its held-out error (aot.topology)
+    calibration_note: Optional[str] = None  # TPU: the efficiency's fit and its held-out error (aot.calibration)
 
     @property
     def model_flops_per_device(self) -> float:
@@ -272,10 +274,6 @@ def compile_step(exp: "Experiment", topology: Topology, step: str = "train",
 
 
 def _keep_hlo(folder: str, hlo: str, devices: list) -> None:
-    import json
-
-    from etils import epath
-
     out = epath.Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     (out / "hlo.txt").write_text(hlo)

@@ -133,8 +133,7 @@ def format_search(found: list[Candidate], headroom: float) -> str:
     widths = [max(len(row[k]) for row in rows) for k in range(len(rows[0]))]
     text = "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows)
     best = next((c for c in found if c.within_budget), None)
-    unpriced = max((c.report.estimate or {}).get("unpriced_kernels", 0) for c in found if c.report) if any(
-        c.report for c in found) else 0
+    unpriced = max([(c.report.estimate or {}).get("unpriced_kernels", 0) for c in found if c.report], default=0)
     if unpriced:
         text = (f"WARNING: variants have up to {unpriced} kernel calls per step without a FLOP count: their estimated "
                 "step times are too short\n" + text)
