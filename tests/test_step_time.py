@@ -4,11 +4,13 @@ whose time follows its group's ring, splash attention's FLOPs against a mask cou
 step's matmul FLOPs against the model's FLOP formula."""
 
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from allam_jax.aot.step_time import (HOP_SECONDS, Interconnect, _causal_fraction, collective_seconds,
-                                     convolution_flops, estimate_step_time, replica_groups)
+from allam_jax.aot.step_time import (HOP_SECONDS, Interconnect, _causal_fraction, _dims, collective_seconds,
+                                     convolution_flops, estimate_step_time, replica_groups, tuple_elements)
 
 LINK = 1e11
 
@@ -296,23 +298,11 @@ def test_every_splash_kernel_is_priced_from_its_own_blocks(one_chip, case):
             per_q_block = (2 * qkv + 2 * batch * heads * 8 * seq * 4) * bq // seq
             again = (live - seq // bq) * per_q_block
             if fused:  # the dQ partials: a q-sized array per kv block, written
-                assert any(_dims_of(t) == ([batch] if rows else []) + [heads, seq // bkv, seq, head_dim]
-                           for t in _elements(ins.type))
+                assert any(_dims(t) == ([batch] if rows else []) + [heads, seq // bkv, seq, head_dim]
+                           for t in tuple_elements(ins.type))
         else:  # k and v per kv block
             again = (live - seq // bkv) * 2 * qkv * bkv // seq
         assert cost.bytes == once + again, kind
-
-
-def _elements(type_text):
-    from allam_jax.aot.step_time import tuple_elements
-
-    return tuple_elements(type_text) or [type_text]
-
-
-def _dims_of(type_text):
-    from allam_jax.aot.step_time import _dims
-
-    return _dims(type_text)
 
 
 @pytest.mark.tpu
@@ -329,7 +319,6 @@ def test_an_estimate_sums_every_kernel_and_names_none_unpriced(one_chip):
 
 
 def test_a_report_with_unpriced_kernels_says_so_first_and_gives_both_mfu_conventions():
-    import dataclasses
 
     from allam_jax.aot.dry_run import CompileReport
     from allam_jax.aot.step_time import StepTimeEstimate
@@ -387,17 +376,11 @@ def test_the_benchmark_fits_on_fit_rows_and_scores_only_the_held_out_ones():
                 "raw_estimate": lambda e, u=u: {"step_seconds": 1e15 / (u * (e or 1.0) * peak)}}
 
     base = vs_maxtext.CALIBRATION["32b-v5p-128"]
-    rows = [(dataclasses_replace(base, published_mfu=0.72, role="fit"), program(0.9)),
-            (dataclasses_replace(base, published_mfu=0.81, role="fit"), program(0.9)),
-            (dataclasses_replace(base, published_mfu=0.70, role="held out"), program(0.9))]
+    rows = [(dataclasses.replace(base, published_mfu=0.72, role="fit"), program(0.9)),
+            (dataclasses.replace(base, published_mfu=0.81, role="fit"), program(0.9)),
+            (dataclasses.replace(base, published_mfu=0.70, role="held out"), program(0.9))]
     g = vs_maxtext.fit(rows)["TPU v5p"]
     assert g["efficiency"] == pytest.approx(math.sqrt(0.8 * 0.9), rel=1e-6)
     assert g["held_out"] == [pytest.approx((g["efficiency"] * 0.9 - 0.70) * 100, abs=1e-4)]
     assert g["held_out_error"] == pytest.approx(abs(g["held_out"][0]))
     assert g["best_published_mfu"] == 0.81
-
-
-def dataclasses_replace(case, **changes):
-    import dataclasses
-
-    return dataclasses.replace(case, **changes)
