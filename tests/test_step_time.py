@@ -319,7 +319,6 @@ def test_an_estimate_sums_every_kernel_and_names_none_unpriced(one_chip):
 
 
 def test_a_report_with_unpriced_kernels_says_so_first_and_gives_both_mfu_conventions():
-
     from allam_jax.aot.dry_run import CompileReport
     from allam_jax.aot.step_time import StepTimeEstimate
     from allam_jax.aot.table import format_report
