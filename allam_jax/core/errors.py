@@ -37,6 +37,11 @@ class WorkdirLocked(ConfigError):
     """Another live trainer holds the workdir."""
 
 
+class WorkdirFileError(ConfigError):
+    """A file a run keeps in its workdir (run.json, heldout_start.json, the lock, a data position) is damaged,
+    outdated or another run's; the message names the file and the field."""
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be read or written; the message names the path."""
 

@@ -26,11 +26,12 @@ import jax
 from etils import epath
 
 from allam_jax.core.paths import write_text_atomically
+from allam_jax.train import workdir_files
 
 log = logging.getLogger(__name__)
 
 PARTS = ("data", "step", "checkpoint", "compile", "eval", "startup")
-FILE = "goodput.json"
+FILE = workdir_files.GOODPUT
 _KEEP_SAVED = 64  # productive time at the newest saved steps (a resume is from one of them)
 _COMPILE_EVENTS = ("/jax/core/compile/backend_compile_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
                    "/jax/core/compile/jaxpr_trace_duration")
@@ -49,22 +50,15 @@ class GoodputRecorder:
         previous = self._read() if start_step > 0 else {}
         self.first_start = float(previous.get("first_start", self.created))
         self.runs = int(previous.get("runs", 0)) + 1
-        self.totals = {p: float(previous.get("totals", {}).get(p, 0.0)) for p in PARTS}
-        saved = {int(k): float(v) for k, v in previous.get("saved", {}).items()}
-        self.saved = {k: v for k, v in saved.items() if k <= start_step}
+        self.totals = {p: previous.get("totals", {}).get(p, 0.0) for p in PARTS}
+        self.saved = {k: v for k, v in previous.get("saved", {}).items() if k <= start_step}
         self.productive = self.saved.get(start_step, 0.0)
         self.lost = float(previous.get("lost_s", 0.0)) + (float(previous.get("productive_s", 0.0)) - self.productive
                                                            if previous else 0.0)
         self._listening = False
 
     def _read(self) -> dict[str, Any]:
-        if not self.path.exists():
-            return {}
-        try:
-            return json.loads(self.path.read_text())
-        except (OSError, ValueError) as e:
-            log.warning("%s is unreadable (%s); goodput counts from this run", self.path, e)
-            return {}
+        return workdir_files.read_goodput(self.path.parent, PARTS)
 
     def _on_event(self, event: str, duration: float, **kwargs: Any) -> None:
         if event in _COMPILE_EVENTS:

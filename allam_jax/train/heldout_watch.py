@@ -18,11 +18,12 @@ from typing import Callable, Mapping, Optional
 
 from allam_jax.core.errors import ConfigError, RetentionError
 from allam_jax.core.paths import write_text_atomically
+from allam_jax.train import workdir_files
 
 log = logging.getLogger(__name__)
 
 ACTIONS = ("warn", "stop")
-START_FILE = "heldout_start.json"
+START_FILE = workdir_files.HELDOUT_START
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,10 +79,7 @@ class Watcher:
     def __init__(self, cfg: HeldoutWatch, scorer, workdir, is_main: bool):
         self.cfg, self.scorer, self.workdir, self.is_main = cfg, scorer, workdir, is_main
         self.documents = {lang: read_heldout(path, cfg.max_bytes) for lang, path in cfg.paths.items()}
-        self.start: Optional[dict[str, float]] = None
-        start_file = workdir / START_FILE
-        if start_file.exists():
-            self.start = json.loads(start_file.read_text())["bits_per_byte"]
+        self.start: Optional[dict[str, float]] = workdir_files.read_heldout_start(workdir)
 
     def due(self, step: int) -> bool:
         return step % self.cfg.every == 0
@@ -96,11 +94,20 @@ class Watcher:
             self.scorer.params = None  # the trainer donates these buffers to the next step
 
     def at_start(self, params, step: int) -> None:
-        """The run's starting values (once per workdir: a resumed run keeps the first start)."""
-        if self.start is not None:
+        """The run's starting values (once per workdir: a resumed run keeps the first start). A language added
+        to ``paths`` on a resume starts at the resumed step (said in a warning)."""
+        missing = sorted(set(self.documents) - set(self.start or {}))
+        if not missing:
             return
-        self.start = self.evaluate(params)
-        log.info("held-out bits/byte at step %d: %s", step, _fmt(self.start))
+        values = self.evaluate(params)
+        if self.start is None:
+            self.start = values
+            log.info("held-out bits/byte at step %d: %s", step, _fmt(self.start))
+        else:
+            added = {lang: values[lang] for lang in missing}
+            log.warning("%s has no starting value for %s (added to HeldoutWatch.paths since the run began): their "
+                        "start is step %d's, %s", self.workdir / START_FILE, ", ".join(missing), step, _fmt(added))
+            self.start = {**self.start, **added}
         if self.is_main:
             write_text_atomically(self.workdir / START_FILE,
                                   json.dumps({"step": step, "bits_per_byte": self.start}) + "\n")

@@ -20,7 +20,7 @@ from allam_jax.core.paths import as_path
 from allam_jax.core.partitioning import Partitioner
 from allam_jax.model import Decoder, ModelConfig
 from allam_jax.train import checkpoint as ckpt_lib
-from allam_jax.train import run_record
+from allam_jax.train import run_record, workdir_files
 from allam_jax.train.metrics import MetricsWriter, peak_flops_per_device
 from allam_jax.train.experiment import Experiment, TrainerConfig
 from allam_jax.train.goodput import GoodputRecorder, describe
@@ -143,7 +143,8 @@ def _train_in_workdir(exp: Experiment, program, partitioner: Partitioner, workdi
         state, data_state, start = restored
         run_record.check_resume(run_record.read(workdir_path), record, start, tcfg.num_steps,
                                 str(checkpointer.directory), tcfg.accept_new_data_order)
-        data_iter.set_state(data_state)
+        where = str(checkpointer.directory / str(start))
+        data_iter.set_state(workdir_files.open_data_position(data_state, start, where))
         log.info("resumed from step %d in %s", start, checkpointer.directory)
     else:
         state = init_train_state(model, tx, partitioner, tcfg.seed)
@@ -218,7 +219,8 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
                 with recorder.timing("step"):  # the device finishing the step is step time, not the save's
                     jax.block_until_ready(state)
                 with recorder.timing("checkpoint"):
-                    saved = checkpointer.save(step, state, data_iter.get_state(), force=force)
+                    saved = checkpointer.save(step, state, workdir_files.seal_data_position(data_iter.get_state(), step),
+                                              force=force)
                 if saved or force:
                     recorder.saved_step(step)
 

@@ -16,9 +16,11 @@ from typing import Any, Optional
 from etils import epath
 
 from allam_jax.core.errors import ConfigError
+from allam_jax.core.paths import write_text_atomically
+from allam_jax.train import workdir_files
 
 log = logging.getLogger(__name__)
-FILE = "run.json"
+FILE = workdir_files.RUN_RECORD
 
 
 def describe(exp: Any, process_count: int) -> dict:
@@ -30,14 +32,8 @@ def describe(exp: Any, process_count: int) -> dict:
 
 
 def read(workdir: epath.Path) -> Optional[dict]:
-    path = workdir / FILE
-    if not path.exists():
-        return None  # a workdir from before this record: nothing to compare
-    try:
-        return json.loads(path.read_text())
-    except (ValueError, OSError) as e:
-        log.warning("cannot read %s (%s); resuming without checking the data position's meaning", path, e)
-        return None
+    """The record, validated (a damaged one is one line naming the field); None for a workdir from before it."""
+    return workdir_files.read_run_record(workdir)
 
 
 def check_resume(saved: Optional[dict], now: dict, start: int, num_steps: int, checkpoints: str,
@@ -74,6 +70,4 @@ def check_resume(saved: Optional[dict], now: dict, start: int, num_steps: int, c
 
 
 def write(workdir: epath.Path, now: dict) -> None:
-    from allam_jax.core.paths import write_text_atomically
-
     write_text_atomically(workdir / FILE, json.dumps(now, indent=2) + "\n")

@@ -16,10 +16,13 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
-from allam_jax.core.errors import WorkdirLocked
-from allam_jax.core.paths import is_remote
+from etils import epath
 
-LOCK_NAME = ".allam-train.lock"
+from allam_jax.core.errors import WorkdirFileError, WorkdirLocked
+from allam_jax.core.paths import is_remote
+from allam_jax.train import workdir_files
+
+LOCK_NAME = workdir_files.LOCK
 
 
 def _pid_alive(pid: int) -> bool:
@@ -33,10 +36,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _read(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    """The holder; None while half-written. Wrong fields are one line naming the lock file and field."""
+    return workdir_files.read_lock(epath.Path(path))
 
 
 def _stale(holder: Optional[dict], path: Path) -> bool:
@@ -45,7 +46,7 @@ def _stale(holder: Optional[dict], path: Path) -> bool:
             return time.time() - path.stat().st_mtime > 10
         except OSError:
             return True
-    return holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", -1)))
+    return holder["host"] == socket.gethostname() and not _pid_alive(holder["pid"])
 
 
 @contextlib.contextmanager
@@ -76,6 +77,10 @@ def workdir_lock(workdir: str, enabled: bool = True) -> Iterator[None]:
     try:
         yield
     finally:
-        if (_read(path) or {}).get("pid") == me["pid"]:
+        try:
+            mine = (_read(path) or {}).get("pid") == me["pid"]
+        except WorkdirFileError:  # damaged since: not this process's to judge
+            mine = False
+        if mine:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
