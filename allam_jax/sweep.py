@@ -28,15 +28,46 @@ from allam_jax.core.paths import as_path, write_text_atomically
 _SECTION = re.compile(r"^\[([A-Za-z0-9_.-]+)\]$")
 
 
+def _depth(text: str) -> int:
+    """Brackets still open at the end of ``text`` (quotes respected): a gin value continues on the next line."""
+    depth, quote, escaped, comment = 0, None, False, False
+    for ch in text:
+        if comment:
+            comment = ch != "\n"
+        elif quote:
+            escaped, quote = (not escaped and ch == "\\"), (None if ch == quote and not escaped else quote)
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#":
+            comment = True
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+    return depth
+
+
 def read_variants(path: str) -> dict[str, list[str]]:
-    """``{name: [binding, ...]}`` in file order; bindings may span lines (gin's own continuation rules)."""
+    """``{name: [binding, ...]}`` in file order; a binding may span lines while a bracket is open or a line ends
+    in a backslash (gin's own continuation rules)."""
     p = as_path(path)
     if not p.is_file():
         raise FileNotFoundError(f"variants file not found: {path}")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {e.start}); save the variants file as UTF-8") from None
     variants: dict[str, list[str]] = {}
     current: Optional[str] = None
-    for line_no, raw in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    pending, pending_line = "", 0
+    for line_no, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
+        if pending:  # the rest of a binding that spans lines
+            pending += "\n" + raw
+            if _depth(pending) <= 0 and not raw.rstrip().endswith("\\"):
+                variants[current].append(pending)
+                pending = ""
+            continue
         if not line or line.startswith("#"):
             continue
         m = _SECTION.match(line)
@@ -48,10 +79,17 @@ def read_variants(path: str) -> dict[str, list[str]]:
             if current in variants:
                 raise ConfigError(f"{path}:{line_no}: variant [{current}] appears twice")
             variants[current] = []
+        elif line.startswith("[") and line.endswith("]"):
+            raise ConfigError(f"{path}:{line_no}: {line} cannot name a variant: a name becomes the folder ROOT/NAME; "
+                              "use only letters, digits, '_', '-' and '.' (no spaces)")
         elif current is None:
             raise ConfigError(f"{path}:{line_no}: a binding before the first [variant] header")
+        elif _depth(line) > 0 or line.endswith("\\"):
+            pending, pending_line = line, line_no
         else:
             variants[current].append(line)
+    if pending:
+        raise ConfigError(f"{path}:{pending_line}: the binding that starts here never closes its brackets")
     if not variants:
         raise ConfigError(f"{path}: no [variant] sections")
     return variants
@@ -65,7 +103,11 @@ def train_command(gin_files: Sequence[str], bindings: Sequence[str], workdir: st
 def launcher_command(launcher: str, gin_files: Sequence[str], bindings: Sequence[str], workdir: str) -> list[str]:
     if len(gin_files) != 1:
         raise ConfigError("--launcher takes exactly one --gin_file (tpu_scripts/launch.sh passes one)")
-    cmd = shlex.split(launcher) + ["--gin_file", gin_files[0], "--workdir", workdir]
+    try:
+        cmd = shlex.split(launcher)
+    except ValueError as e:  # an unbalanced quote
+        raise ConfigError(f"--launcher {launcher!r} cannot be split into words: {e}") from None
+    cmd += ["--gin_file", gin_files[0], "--workdir", workdir]
     for b in bindings:
         cmd += ["--gin_bindings", b]
     return cmd

@@ -17,6 +17,7 @@ from etils import epath
 from typing import Optional, Sequence
 
 from allam_jax.cli import align, convert, data, decode, info, recipe, tokenizer, train
+from allam_jax.core.errors import first_line
 from allam_jax.cli.common import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_NONFINITE, EXIT_RETENTION, EXIT_RUNTIME,
                                   EXIT_TERMINATED, Terminated, raise_terminated)
 
@@ -77,8 +78,22 @@ def _os_error(e: OSError) -> str:
         blocking = next((p for p in (path, *path.parents) if p.is_file()), None)
         if blocking is not None:
             return f"{blocking} is a file, but a folder is needed there (for {e.filename}): give another path"
-    return (f"{e.strerror or type(e).__name__}: {e.filename or e}"
+    text = (f"{e.strerror or type(e).__name__}: {e.filename or e}"
             + (f" -> {e.filename2}" if getattr(e, "filename2", None) else ""))
+    return " ".join(text.split())  # TensorFlow's file system puts the path on a second line
+
+
+def _library_error(e: BaseException) -> Optional[tuple[str, int]]:
+    """One line and an exit code for the libraries' errors a user can meet without a bug: TensorFlow's file-system
+    errors (``gs://`` through ``tf.io.gfile``: storage unreachable, no permission; not OSErrors) are bad input
+    (2), like a missing file; the device running out of memory is a runtime failure (1). None otherwise."""
+    names = {(c.__module__.split(".")[0], c.__name__) for c in type(e).__mro__}
+    if ("tensorflow", "OpError") in names:
+        return f"{type(e).__name__}: {' '.join(str(e).split())}", EXIT_BAD_INPUT
+    if names & {("jaxlib", "XlaRuntimeError"), ("jax", "JaxRuntimeError"), ("jaxlib", "JaxRuntimeError")} and "RESOURCE_EXHAUSTED" in str(e):
+        return (f"out of memory: {first_line(e, 200)} (use fewer or smaller rows per step, more micro-batches or "
+                "a larger mesh)"), EXIT_RUNTIME
+    return None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -123,6 +138,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         where = " before the first training step (nothing to save)" if args.command == "train" else ""
         print(f"allam: stopped by SIGTERM{where}", file=sys.stderr)
         return EXIT_TERMINATED
+    except Exception as e:
+        known = _library_error(e)
+        if known is None:
+            raise
+        print(f"allam: error: {known[0]}", file=sys.stderr)
+        return known[1]
 
 
 if __name__ == "__main__":

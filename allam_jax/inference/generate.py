@@ -38,6 +38,9 @@ class SamplingConfig:
     def __post_init__(self):
         if self.max_new_tokens <= 0:
             raise ConfigError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ConfigError(f"stop strings must be non-empty (an empty one matches before the first token), got "
+                              f"{list(self.stop)!r}")
         if not self.temperature >= 0 or self.temperature == float("inf") or self.top_k < 0 or not 0 < self.top_p <= 1:
             raise ConfigError(f"bad sampling settings: temperature={self.temperature} (>= 0), top_k={self.top_k} "
                               f"(>= 0), top_p={self.top_p} (in (0, 1])")
@@ -122,6 +125,10 @@ class Generator:
         if sampling.top_k > self.cfg.vocab_size:
             raise ConfigError(f"top_k={sampling.top_k} is above the vocabulary's {self.cfg.vocab_size} tokens; "
                               f"use at most {self.cfg.vocab_size} (0 = off)")
+        if sampling.max_new_tokens > self.cfg.max_seq_len:  # its KV cache is allocated up front
+            raise ConfigError(f"max_new_tokens={sampling.max_new_tokens} is more than the model's "
+                              f"ModelConfig.max_seq_len={self.cfg.max_seq_len} positions; ask for at most "
+                              f"{self.cfg.max_seq_len}")
         b, p_len = len(prompts), max(len(p) for p in prompts)
         total = p_len + sampling.max_new_tokens
         if total > self.cfg.max_seq_len:

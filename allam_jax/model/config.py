@@ -21,9 +21,15 @@ ATTENTION_BACKWARDS = ("fused", "separate")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-def _positive_int(owner: str, name: str, value) -> None:
+_INT32_MAX = 2**31 - 1  # token ids and positions are int32 on the device
+
+
+def _positive_int(owner: str, name: str, value, maximum: int = _INT32_MAX) -> None:
+    """A positive integer up to ``maximum`` (token ids, positions and array sizes are int32 on the device)."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{owner}.{name} must be a positive integer, got {value!r}")
+    if value > maximum:
+        raise ConfigError(f"{owner}.{name} = {value} is too large (at most {maximum:,}: the device counts in int32)")
 
 
 def resolve_dtype(name: str, owner: str = "ModelConfig", field: str = "dtype"):

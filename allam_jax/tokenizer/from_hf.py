@@ -44,6 +44,18 @@ def merge_pair(merge: Any, where: str) -> tuple[str, str]:
     raise TokenizerError(f"{where}: model.merges has {merge!r}; expected 'a b' or [a, b]")
 
 
+def added_tokens(data: dict, where: str) -> list[dict]:
+    """``added_tokens``, checked: a list of objects, each with a string ``content``."""
+    tokens = data.get("added_tokens") or []
+    if not isinstance(tokens, list):
+        raise TokenizerError(f"{where}: added_tokens must be a list of objects, got {type(tokens).__name__}")
+    for i, token in enumerate(tokens):
+        if not isinstance(token, dict) or not isinstance(token.get("content"), str):
+            raise TokenizerError(f"{where}: added_tokens[{i}] must be an object with a string 'content' (and 'id'), "
+                                 f"got {json.dumps(token)[:80]}")
+    return tokens
+
+
 def _adds_dummy_prefix(data: dict) -> bool:
     """Llama-2-era files prepend '▁' in the normalizer; older and newer ones in a Metaspace pre-tokenizer."""
     def steps(node: Any) -> list:
@@ -84,11 +96,14 @@ def proto_from_hf_json(data: dict, where: str = "tokenizer.json") -> ModelProto:
     if max(by_id) != n - 1:
         raise TokenizerError(f"{where}: model.vocab ids are not 0..{n - 1} (largest {max(by_id)})")
 
+    merges = model.get("merges") or []
+    if not isinstance(merges, list):
+        raise TokenizerError(f"{where}: model.merges must be a list of 'a b' or [a, b], got {type(merges).__name__}")
     first_rank: dict[str, int] = {}
-    for rank, merge in enumerate(model.get("merges") or []):
+    for rank, merge in enumerate(merges):
         a, b = merge_pair(merge, where)
         first_rank.setdefault(a + b, rank)
-    specials = {t["content"] for t in data.get("added_tokens") or [] if t.get("special")}
+    specials = {t["content"] for t in added_tokens(data, where) if t.get("special")}
     unk = model.get("unk_token") or ("<unk>" if "<unk>" in specials else None)  # transformers 5 leaves it unset
     if unk is None or unk not in vocab:
         raise TokenizerError(f"{where}: model.unk_token {unk!r} is not in model.vocab; SentencePiece needs an "

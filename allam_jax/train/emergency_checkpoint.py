@@ -55,6 +55,18 @@ class CheckpointConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"CheckpointConfig.{name} must be a positive integer, got {value!r}")
+        if self.local_dir is not None:
+            self.local_path(0)
+
+    def local_path(self, process: int) -> str:
+        """``local_dir`` with ``{process}`` filled in; any other placeholder or a stray brace is a ConfigError."""
+        if not isinstance(self.local_dir, str) or not self.local_dir:
+            raise ConfigError(f"CheckpointConfig.local_dir must be a directory path, got {self.local_dir!r}")
+        try:
+            return self.local_dir.format(process=process)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError(f"CheckpointConfig.local_dir = {self.local_dir!r}: only {{process}} can be filled in "
+                              f"(this process's index), not {e}; double a literal brace ({{{{ or }}}})") from None
 
 
 def encode_data_position(data_state: dict) -> np.ndarray:
@@ -117,7 +129,7 @@ class EmergencyCheckpointer:
         self.local_every = config.local_every
         self._replicated = NamedSharding(mesh, PartitionSpec())
         self._abstract = self._tree_abstract(abstract_state)
-        local = epath.Path(config.local_dir.format(process=jax.process_index()))
+        local = epath.Path(config.local_path(jax.process_index()))
         local.mkdir(parents=True, exist_ok=True)
         options = emergency.CheckpointManagerOptions(
             local=emergency.LocalCheckpointOptions(save_interval_steps=config.local_every, max_to_keep=config.local_keep),
