@@ -156,7 +156,9 @@ def split_slices(name: str, num_slices: Optional[int] = None) -> tuple[str, int]
     base, count = (m.group(1), int(m.group(2))) if m else (name, None)
     if count is not None and num_slices is not None and count != num_slices:
         raise ConfigError(f"--topology={name} names {count} slices but --num_slices={num_slices}")
-    count = count or num_slices or 1
+    if count is not None and count < 1:
+        raise ConfigError(f"--topology={name} names {count} slices; a slice count must be >= 1")
+    count = count if count is not None else num_slices if num_slices is not None else 1
     if count < 1:
         raise ConfigError(f"--num_slices must be >= 1, got {count}")
     return base, count
@@ -166,6 +168,8 @@ def resolve_topology(name: str, num_slices: Optional[int] = None) -> Topology:
     """Compile-only devices for ``name`` (see :data:`FAMILIES_HELP`), ``num_slices`` slices of it."""
     m = re.fullmatch(r"cpu:(\d+)", name)
     if m:
+        if num_slices is not None and num_slices < 1:
+            raise ConfigError(f"--num_slices must be >= 1, got {num_slices}")
         if (num_slices or 1) > 1:
             raise ConfigError(f"--topology={name}: several slices are TPU slices (v5p-512x4); on CPU devices group "
                               "processes with PartitioningConfig.num_slices")

@@ -6,7 +6,7 @@ import argparse
 import json
 import re
 
-from allam_jax.cli.common import EXIT_OK, add_gin_flags
+from allam_jax.cli.common import EXIT_OK, add_gin_flags, positive_int
 
 EXIT_DOES_NOT_FIT = 3
 
@@ -36,7 +36,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     add_gin_flags(p)
     p.add_argument("--topology", required=True, help=f"the slice to compile for: {FAMILIES_HELP}")
-    p.add_argument("--num_slices", type=int, default=None,
+    p.add_argument("--num_slices", type=positive_int, default=None,
                    help="compile for this many copies of --topology joined over the data-centre network (TPU "
                         "multislice; the same as writing v5p-512x4); the mesh puts them on "
                         "PartitioningConfig.dcn_mesh_shape and the table splits collectives into ICI and DCN")

@@ -25,8 +25,16 @@ from allam_jax.cli.common import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_NONFINI
 COMMANDS = (recipe, train, info, data, tokenizer, align, decode, convert)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors in one line (``allam: error: ...``, exit 2) pointing to ``--help``, like every
+    other error of the command, instead of a usage block; sub-commands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"allam: error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="allam", description="allam-jax: Arabic-English LLM training the ALLaM way (JAX/Flax).",
         epilog="Environment: ALLAM_HUGEPAGES=0 stops the one-time restart with glibc's huge-page malloc "
         "(GLIBC_TUNABLES=glibc.malloc.hugetlb=1), which speeds up XLA on CPU; see README 'Benchmarks'.",

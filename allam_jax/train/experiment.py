@@ -67,10 +67,16 @@ class TrainerConfig:
         object.__setattr__(self, "trainable", tuple(patterns))
         TrainableSpec(self.trainable, self.trainable_rows_from, self.trainable_steps)  # raises on a bad pattern
         if self.profile_steps is not None:
+            if isinstance(self.profile_steps, (str, bytes)) or not isinstance(self.profile_steps, Sequence):
+                raise ConfigError(f"TrainerConfig.profile_steps must be (start >= 0, count >= 1), got "
+                                  f"{self.profile_steps!r}")
             steps = tuple(self.profile_steps)
             if (len(steps) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in steps) or steps[0] < 0
                     or steps[1] < 1):
                 raise ConfigError(f"TrainerConfig.profile_steps must be (start >= 0, count >= 1), got {self.profile_steps!r}")
+            if steps[0] > self.num_steps:
+                raise ConfigError(f"TrainerConfig.profile_steps starts at step {steps[0]}, after the run's last step "
+                                  f"(TrainerConfig.num_steps = {self.num_steps}): nothing would be traced")
             object.__setattr__(self, "profile_steps", steps)
 
     @property

@@ -52,6 +52,12 @@ class HeldoutWatch:
             raise ConfigError(f"HeldoutWatch.max_rise must be a non-negative fraction (0.05 = 5%), got {self.max_rise!r}")
         if self.action not in ACTIONS:
             raise ConfigError(f"HeldoutWatch.action must be one of {ACTIONS}, got {self.action!r}")
+        if self.max_rise and not self.every:
+            raise ConfigError(f"HeldoutWatch.max_rise = {self.max_rise:g} but HeldoutWatch.every = 0: the guard would "
+                              "never run; set HeldoutWatch.every (steps between held-out evaluations)")
+        if self.action == "stop" and not self.max_rise:
+            raise ConfigError("HeldoutWatch.action = 'stop' but HeldoutWatch.max_rise = 0: nothing would stop the run; "
+                              "set max_rise (0.05 = 5% above the start)")
         if self.every and not self.paths:
             raise ConfigError("HeldoutWatch.every is set but HeldoutWatch.paths names no held-out file")
         if self.max_rise and self.guard not in self.paths:

@@ -167,7 +167,7 @@ def _train_in_workdir(exp: Experiment, program, partitioner: Partitioner, workdi
     bar = tqdm(total=tcfg.num_steps, initial=start, disable=not (tcfg.progress_bar and is_main), desc="train", unit="step",
                mininterval=0.1 if sys.stderr.isatty() else 10.0)
     profiler = StepProfiler(tcfg.profile_steps, start, str(workdir_path / "tensorboard"),
-                            enabled=is_main or tcfg.profile_all_processes)
+                            enabled=is_main or tcfg.profile_all_processes, end_step=tcfg.num_steps)
     recorder = GoodputRecorder(workdir_path, start, write=is_main, started=started)
     with _Preemption() as preemption, recorder:  # held until the last save is written: a late SIGTERM must not cut it
         try:

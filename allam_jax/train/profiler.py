@@ -21,7 +21,8 @@ WARMUP_STEPS = 2  # profile_steps start 0: skip this many steps of the run (the 
 class StepProfiler:
     """Starts the trace before step ``first`` and stops it after step ``last`` (device work included)."""
 
-    def __init__(self, steps: Optional[Sequence[int]], start_step: int, logdir: str, enabled: bool = True):
+    def __init__(self, steps: Optional[Sequence[int]], start_step: int, logdir: str, enabled: bool = True,
+                 end_step: Optional[int] = None):
         self.logdir = logdir
         self.active = False
         self.first = self.last = None
@@ -32,6 +33,10 @@ class StepProfiler:
         if first <= start_step:
             log.warning("TrainerConfig.profile_steps starts at step %d, but this run resumes after step %d: no "
                         "profile", first, start_step)
+            return
+        if end_step is not None and first > end_step:
+            log.warning("TrainerConfig.profile_steps starts at step %d (%d steps past the start, after the compile), "
+                        "but this run ends at step %d: no profile", first, WARMUP_STEPS, end_step)
             return
         self.first, self.last = first, first + count - 1
 
