@@ -21,10 +21,10 @@ NAME="" ZONE="" PROJECT="" SLICES=1 REST=() GCLOUD_EXTRA=()
 parse_common() {
   while [ $# -gt 0 ]; do
     case "$1" in
-      --name) NAME="$2"; shift 2 ;;
-      --zone) ZONE="$2"; shift 2 ;;
-      --project) PROJECT="$2"; shift 2 ;;
-      --slices) SLICES="$2"; shift 2 ;;
+      --name) value "$@"; NAME="$2"; shift 2 ;;
+      --zone) value "$@"; ZONE="$2"; shift 2 ;;
+      --project) value "$@"; PROJECT="$2"; shift 2 ;;
+      --slices) value "$@"; SLICES="$2"; shift 2 ;;
       --dry-run) DRY_RUN=1; shift ;;
       -h|--help) sed -n '2,/^source/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
       *) REST+=("$1"); shift ;;
@@ -37,6 +37,10 @@ parse_common() {
 
 nodes() {  # the TPU VMs of NAME: itself, or each slice of a multislice queued resource
   if [ "$SLICES" = 1 ]; then echo "$NAME"; else for i in $(seq 0 $((SLICES - 1))); do echo "$NAME-$i"; done; fi
+}
+
+value() {  # value "$@" at a flag that takes a value: it must be there (not missing, not the next flag)
+  if [ $# -lt 2 ] || [[ "$2" == --* ]]; then die "$1 needs a value (see --help)"; fi
 }
 
 need() {  # need NAME VALUE: a required flag

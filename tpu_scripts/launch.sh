@@ -9,10 +9,10 @@ parse_common "$@"
 set -- "${REST[@]+"${REST[@]}"}"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --dir) DIR="$2"; shift 2 ;;
-    --gin_file) GIN="$2"; shift 2 ;;
-    --workdir) WORKDIR="$2"; shift 2 ;;
-    --gin_bindings) BINDINGS+=("$2"); shift 2 ;;
+    --dir) value "$@"; DIR="$2"; shift 2 ;;
+    --gin_file) value "$@"; GIN="$2"; shift 2 ;;
+    --workdir) value "$@"; WORKDIR="$2"; shift 2 ;;
+    --gin_bindings) value "$@"; BINDINGS+=("$2"); shift 2 ;;
     *) die "unknown flag $1" ;;
   esac
 done

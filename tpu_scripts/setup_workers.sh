@@ -8,7 +8,7 @@ parse_common "$@"
 set -- "${REST[@]+"${REST[@]}"}"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --dir) DIR="$2"; shift 2 ;;
+    --dir) value "$@"; DIR="$2"; shift 2 ;;
     *) die "unknown flag $1" ;;
   esac
 done
