@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import math
 
-from allam_jax.core.errors import EXIT_PREEMPTED
+from allam_jax.core.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED
 
-EXIT_OK, EXIT_RUNTIME, EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, EXIT_PREEMPTED
+EXIT_OK, EXIT_RUNTIME, EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_TERMINATED = 0, 1, 2, 3, EXIT_PREEMPTED
 EXIT_RETENTION = 4  # a run stopped by HeldoutWatch's guard (after saving)
 
 

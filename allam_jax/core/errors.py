@@ -8,6 +8,7 @@ guard (4). Each message names the file, field or value.
 
 
 EXIT_PREEMPTED = 143  # the exit status of a run stopped by SIGTERM after saving (128 + 15), as shells report it
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT, 128 + 2): a one-process training run saves first
 
 class ConfigError(ValueError):
     """A configuration value is wrong; the message names the field and the value."""

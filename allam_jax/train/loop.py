@@ -14,7 +14,7 @@ import numpy as np
 from etils import epath
 from tqdm.auto import tqdm
 
-from allam_jax.core.errors import EXIT_PREEMPTED, ConfigError, DataError, NonFiniteLossError
+from allam_jax.core.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, ConfigError, DataError, NonFiniteLossError
 from allam_jax.core.params import abstract_params, count_params, restore_params
 from allam_jax.core.paths import as_path
 from allam_jax.core.partitioning import Partitioner
@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 
 class Preempted(SystemExit):
-    """SIGTERM arrived; the state was saved and the process exits with 143."""
+    """SIGTERM (or, in a one-process run, SIGINT: Ctrl-C) arrived; the state was saved and the process exits with
+    143 (130 for SIGINT)."""
 
 
 def _global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
@@ -65,26 +66,41 @@ class _Preemption:
     """Where a stop request comes from. One process: its own SIGTERM handler (a flag read between steps).
     Several: JAX's preemption service, whose handler catches SIGTERM in whichever process gets it and tells
     the others; :meth:`reached` turns True on every process at the same step (the largest step any has
-    reached, plus one), so all save that one step together. Held until the last save is written."""
+    reached, plus one), so all save that one step together. Held until the last save is written.
+
+    In a one-process run Ctrl-C (SIGINT) saves the step too (exit 130); a second Ctrl-C interrupts at once."""
+
+    SIGNALS = {signal.SIGTERM: EXIT_PREEMPTED, signal.SIGINT: EXIT_INTERRUPTED}
 
     def __init__(self):
         from jax._src import distributed
 
         self.shared = jax.process_count() > 1 and distributed.global_state.preemption_sync_manager is not None
         self.raised = False
-        self._previous = None
+        self.signum = signal.SIGTERM
+        self._previous: dict = {}
 
     def __enter__(self):
         if self.shared:  # a Python handler would replace JAX's, and the other processes would never hear of it
             return self
         try:
-            self._previous = signal.signal(signal.SIGTERM, self._handler)
+            self._previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
         except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
+            self._previous = {}
         return self
 
     def _handler(self, signum, frame):
-        self.raised = True
+        self.raised, self.signum = True, signum
+        if signum == signal.SIGINT:  # a second Ctrl-C does not wait for the save
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    @property
+    def exit_code(self) -> int:
+        return self.SIGNALS[self.signum]
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
 
     def reached(self, step: int) -> bool:
         """Whether to save ``step`` and stop; every process must ask at every step."""
@@ -95,8 +111,8 @@ class _Preemption:
         return self.raised
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 def train(exp: Experiment, workdir: str, on_accepted: Optional[Callable[[], None]] = None) -> dict[str, float]:
@@ -300,8 +316,8 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
                     if stop:
                         with recorder.timing("checkpoint"):
                             checkpointer.wait()
-                        log.warning("SIGTERM: saved step %d to %s; exiting", step, checkpointer.directory)
-                        raise Preempted(EXIT_PREEMPTED)
+                        log.warning("%s: saved step %d to %s; exiting", preemption.name, step, checkpointer.directory)
+                        raise Preempted(preemption.exit_code)
     finally:
         bar.close()
         writer.close()
