@@ -41,6 +41,19 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def mesh_shape(text: str) -> str:
+    """argparse type: a mesh shape '(data, fsdp, tensor)' of counts >= 1 (or -1: the rest), as gin writes it."""
+    parts = text.strip().strip("()[]").split(",")
+    try:
+        dims = [int(p) for p in parts if p.strip()]
+    except ValueError:
+        dims = []
+    if len(dims) != 3 or any(d == 0 or d < -1 for d in dims):
+        raise argparse.ArgumentTypeError(f"must be a mesh shape like (1,8,1) (counts >= 1, -1 for the rest), "
+                                         f"got {text!r}")
+    return "(" + ", ".join(map(str, dims)) + ")"
+
+
 def probability(text: str) -> float:
     """argparse type: a number in (0, 1] (nucleus sampling mass)."""
     value = float(text)

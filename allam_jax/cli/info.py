@@ -6,7 +6,7 @@ import argparse
 import json
 import re
 
-from allam_jax.cli.common import EXIT_OK, add_gin_flags, positive_int
+from allam_jax.cli.common import EXIT_OK, add_gin_flags, mesh_shape, non_negative_int, positive_int
 
 EXIT_DOES_NOT_FIT = 3
 
@@ -54,12 +54,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "of the fastest that fits; progress goes to stderr, one line per compile")
     s.add_argument("--search_remat", nargs="+", default=list(DEFAULT_REMAT), choices=list(REMAT_POLICIES),
                    metavar="POLICY", help=f"remat policies to try (default: {' '.join(DEFAULT_REMAT)})")
-    s.add_argument("--search_grad_accum", nargs="+", type=int, default=list(DEFAULT_GRAD_ACCUM), metavar="N",
+    s.add_argument("--search_grad_accum", nargs="+", type=positive_int, default=list(DEFAULT_GRAD_ACCUM), metavar="N",
                    help="micro-batch counts (TrainerConfig.grad_accum_steps) to try, fewest first; the first that fits "
                         "ends a line (default: %(default)s)")
-    s.add_argument("--search_logits_chunk", nargs="+", type=int, default=list(DEFAULT_LOGITS_CHUNK), metavar="N",
+    s.add_argument("--search_logits_chunk", nargs="+", type=non_negative_int, default=list(DEFAULT_LOGITS_CHUNK), metavar="N",
                    help="StepConfig.logits_chunk_size values to try, 0 = unchunked (default: %(default)s)")
-    s.add_argument("--search_mesh", nargs="+", default=[], metavar="SHAPE",
+    s.add_argument("--search_mesh", nargs="+", type=mesh_shape, default=[], metavar="SHAPE",
                    help="PartitioningConfig.mesh_shape values to try, e.g. '(1, -1, 1)' '(2, -1, 1)' "
                         "(default: the config's own)")
     s.add_argument("--search_attention_backward", nargs="+", default=list(DEFAULT_ATTENTION_BACKWARD),
@@ -134,11 +134,11 @@ def _run_search(args: argparse.Namespace, topology) -> int:
 
     if args.step != "train":
         raise ConfigError("--search ranks train steps; drop --step or use --step=train")
-    if any(n < 1 for n in args.search_grad_accum) or any(n < 0 for n in args.search_logits_chunk):
-        raise ConfigError("--search_grad_accum takes counts >= 1 and --search_logits_chunk sizes >= 0")
     found = search(args.gin_file, args.gin_bindings, topology, remat=args.search_remat,
                    grad_accum=args.search_grad_accum, logits_chunk=args.search_logits_chunk, meshes=args.search_mesh,
                    headroom=args.headroom, backward=args.search_attention_backward)
+    if all(c.error for c in found):  # bad input, not a config too large for the slice
+        raise ConfigError(f"every --search variant is invalid; the first: {found[0].error}")
     if args.json:
         print(json.dumps([{"bindings": list(c.bindings), "within_budget": c.within_budget, "error": c.error,
                            "report": c.report.as_dict() if c.report else None} for c in found]))
