@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import io
 import os
 import re
 import tokenize
@@ -113,7 +114,11 @@ _guard_package_lookup()
 
 
 def _one_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if isinstance(e, tokenize.TokenError):  # ('unexpected EOF in multi-line statement', (1, 0))
+        return f"{e.args[0]} (an unclosed bracket or quote?)"
+    text = re.sub(r"<ast\.\w+ object at 0x[0-9a-f]+>", "a bare name (quote a string; write @Name() for a "
+                  "configurable)", str(e))
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return " | ".join(lines[:3]) if lines else type(e).__name__
 
 
@@ -216,6 +221,7 @@ def _config_texts(files: Sequence[str], bindings: Sequence[str]) -> list[str]:
         except UnicodeDecodeError as e:
             raise ConfigError(f"gin file {path} is not UTF-8 text (byte {e.start}: "
                               f"{e.object[e.start:e.start + 1]!r}); save it as UTF-8") from None
+        _check_tokens(path, text)
         texts.append(text)
         for line in text.splitlines():
             if line.strip().startswith("include "):
@@ -228,6 +234,17 @@ def _config_texts(files: Sequence[str], bindings: Sequence[str]) -> list[str]:
     for f in files:
         visit(Path(f), ())
     return texts
+
+
+def _check_tokens(path: Path, text: str) -> None:
+    """Gin reads a file with Python's tokenizer, whose errors (an unclosed bracket or string) name no file."""
+    try:
+        for _ in tokenize.generate_tokens(io.StringIO(text).readline):
+            pass
+    except (tokenize.TokenError, SyntaxError) as e:
+        message, where = (e.args[0], e.args[1]) if isinstance(e, tokenize.TokenError) else (e.msg, (e.lineno, 0))
+        line = where[0] if isinstance(where, tuple) else "?"
+        raise ConfigError(f"gin file {path}, line {line}: {message} (an unclosed bracket or quote?)") from None
 
 
 def _binding_target(binding: str) -> str:
