@@ -12,11 +12,12 @@ ARABIC_LETTER = re.compile("[\u0600-\u06ff\u0750-\u077f\u08a0-\u08ff\ufb50-\ufdf
 
 
 def normalize_text(text: str, remove_tatweel: bool = True, strip_diacritics: bool = False) -> str:
-    """NFC, then optional tatweel (kashida) removal and diacritic stripping. Diacritics are kept by default:
-    they carry meaning in Quranic and educational text, and a tokenizer that never saw them splits them badly."""
-    text = unicodedata.normalize("NFC", text)
+    """Optional tatweel (kashida) removal, then NFC, then optional diacritic stripping. Diacritics are kept by
+    default: they carry meaning in Quranic and educational text, and a tokenizer that never saw them splits them
+    badly. Tatweel goes first so that marks it separated are put in canonical order too."""
     if remove_tatweel:
         text = text.replace(TATWEEL, "")
+    text = unicodedata.normalize("NFC", text)
     if strip_diacritics:
         text = ARABIC_DIACRITICS.sub("", text)
     return text

@@ -33,10 +33,40 @@ def _rules(strip_diacritics: bool) -> list[tuple[str, str]]:
         parts = unicodedata.normalize("NFD", char)
         if len(parts) == 2 and unicodedata.normalize("NFC", parts) == char:
             rules.append((hexes(parts), hexes(char)))
+    rules += [(hexes(run), hexes(nfc)) for run, nfc in _unordered_mark_runs()]
     if strip_diacritics:
         marks = [chr(cp) for cp in range(0x0600, 0x0700) if ARABIC_DIACRITICS.fullmatch(chr(cp))]
         rules += [(hexes(m), "") for m in marks]
     return rules
+
+
+ARABIC_MARKS = [chr(cp) for cp in (*range(0x0610, 0x061B), *range(0x064B, 0x0660), 0x0670, *range(0x06D6, 0x06EE),
+                                   *range(0x08D3, 0x0900)) if unicodedata.combining(chr(cp))]
+_HARAKAT = [m for m in ARABIC_MARKS if "\u064b" <= m <= "\u065f" or m == "\u0670"]
+
+
+def _unordered_mark_runs() -> list[tuple[str, str]]:
+    """(run, its NFC) for the runs of Arabic combining marks NFC reorders (shadda + fatha -> fatha + shadda:
+    canonical order is by combining class), with the letter they may compose with. SentencePiece's charsmap
+    replaces the longest matching string, so each run is a rule of its own: any two marks; any three harakat; a
+    letter that composes with a mark (alef, waw, yeh, heh) followed by up to two harakat or composing marks; and
+    those with a tatweel before the marks (removed, as cleaning removes it before NFC). Not covered: four marks
+    or more in a row, and a letter's marks continued after a tatweel that carries marks of its own."""
+    pairs = {a + b for a in ARABIC_MARKS for b in ARABIC_MARKS}
+    runs = pairs | {a + b + c for a in _HARAKAT for b in _HARAKAT for c in _HARAKAT}
+    composing = sorted({unicodedata.normalize("NFD", chr(cp))[0] for cp in range(0x0600, 0x0700)
+                        if len(unicodedata.normalize("NFD", chr(cp))) == 2})
+    rules = {r: unicodedata.normalize("NFC", r) for r in runs if unicodedata.normalize("NFC", r) != r}
+    joining = {unicodedata.normalize("NFD", chr(cp))[1] for cp in range(0x0600, 0x0700)
+               if len(unicodedata.normalize("NFD", chr(cp))) == 2}  # madda, hamza above and below
+    for base in composing:  # only where the letter composes: a longer rule through it would hide the marks' own
+        for run in (a + b for a in ARABIC_MARKS for b in ARABIC_MARKS if a in joining or b in joining):
+            if unicodedata.normalize("NFC", base + run) != base + unicodedata.normalize("NFC", run):
+                rules[base + run] = unicodedata.normalize("NFC", base + run)
+    rules |= {TATWEEL + r: unicodedata.normalize("NFC", r) for r in pairs if unicodedata.normalize("NFC", r) != r}
+    rules |= {base + TATWEEL + m: unicodedata.normalize("NFC", base + m) for base in composing for m in ARABIC_MARKS
+              if unicodedata.normalize("NFC", base + m) != base + m}
+    return sorted(rules.items())
 
 
 @functools.lru_cache(maxsize=None)
