@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 import gin
+from gin import config as gin_config
 
+from allam_jax.core import config_types
 from allam_jax.data.text_files import TextFileData
 from allam_jax.core.errors import ConfigError
 from allam_jax.model.config import ModelConfig
@@ -189,6 +191,16 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = (), overrides: Seq
             gin.parse_config_files_and_bindings([], [binding], finalize_config=False)
         except errors as e:
             raise ConfigError(f"bad gin binding {binding!r}: {_one_line(e)}") from None
+    config_types.check_bindings(gin_config._CONFIG, _configurable)  # noqa: SLF001 - gin has no public walk
+
+
+def _configurable(selector: str) -> Optional[tuple[str, Callable]]:
+    """(name, class or function) of a bound selector; None for one gin does not know (reported by gin itself)."""
+    try:
+        found = gin_config._REGISTRY.get_match(selector)  # noqa: SLF001
+    except (KeyError, ValueError):
+        return None
+    return (found.name, found.wrapped) if found is not None else None
 
 
 _COMMAND_LINE_BINDINGS: list[str] = []  # the last parse()'s own bindings, checked against what is built
