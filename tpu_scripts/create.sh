@@ -22,7 +22,7 @@ need type "$TYPE"
 if [[ "$TYPE" =~ ^(.+-[0-9]+)x([0-9]+)$ ]]; then
   die "--type $TYPE: name one slice's type and the count with --slices (--type ${BASH_REMATCH[1]} --slices ${BASH_REMATCH[2]})"
 fi
-[[ "$TYPE" =~ ^(v4|v5litepod|v5e|v5p|v6e)-[1-9][0-9]*$ ]] || die "--type $TYPE is not an accelerator type (v4-N, v5litepod-N, v5p-N, v6e-N)"
+[[ "$TYPE" =~ ^(v4|v5litepod|v5e|v5p|v6e)-[1-9][0-9]*$ ]] || die "unknown accelerator type '$TYPE' (v4-N, v5litepod-N, v5p-N, v6e-N)"
 RUNTIME=${RUNTIME:-$(runtime_for "$TYPE")}
 EXTRA=("${GCLOUD_EXTRA[@]+"${GCLOUD_EXTRA[@]}"}")
 [ "$SPOT" = 1 ] && EXTRA+=(--spot)
