@@ -33,7 +33,7 @@ def _one_error(capsys, *argv) -> str:
 
 
 def test_bad_flags_are_one_line_naming_the_flag(capsys):
-    assert "argument --num_slices: must be an integer >= 1, got 0" in _one_error(
+    assert "argument --num_slices: must be an integer in [1, 2**31), got 0" in _one_error(
         capsys, "compile", "--gin_file", "runs/tiny_cpu.gin", "--topology", "v5p-8", "--num_slices", "0")
     assert "names 0 slices" in _one_error(capsys, "compile", "--gin_file", "runs/tiny_cpu.gin", "--topology",
                                           "v5p-8x0")

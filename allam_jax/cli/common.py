@@ -20,17 +20,33 @@ def raise_terminated(signum, frame) -> None:
 
 
 def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (a batch size, a count)."""
+    """argparse type: an integer >= 1 (a batch size, a count), below 2**31 (the device counts in int32)."""
     value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    if value < 1 or value >= 2**31:
+        raise argparse.ArgumentTypeError(f"must be an integer in [1, 2**31), got {text}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a random seed, an integer in [0, 2**32) (what JAX's and NumPy's generators take)."""
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32), got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a share in [0, 1)."""
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text}")
     return value
 
 
 def non_negative_int(text: str) -> int:
     value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    if not 0 <= value < 2**31:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**31), got {text}")
     return value
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from allam_jax.cli.common import add_gin_flags, positive_int
+from allam_jax.cli.common import add_gin_flags, non_negative_int, positive_int
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -28,10 +28,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                      help="gin file(s) configuring SeqioData or CachedData (default runs/tiny_cpu.gin)")
     ins.add_argument("--gin_bindings", action="append", default=[], metavar="BINDING", help="extra gin binding")
     ins.add_argument("--mixture", default=None, help="the mixture to inspect (default: SeqioData.mixture)")
-    ins.add_argument("--batches", type=int, default=50, help="number of batches to draw (default 50)")
+    ins.add_argument("--batches", type=positive_int, default=50, help="number of batches to draw (default 50)")
     ins.add_argument("--batch_size", type=positive_int, default=None, help="rows per batch (default TrainerConfig.batch_size)")
-    ins.add_argument("--seq_len", type=int, default=None, help="packed length (default TrainerConfig.seq_len)")
-    ins.add_argument("--examples", type=int, default=3, help="decoded segments to show (default 3)")
+    ins.add_argument("--seq_len", type=positive_int, default=None, help="packed length (default TrainerConfig.seq_len)")
+    ins.add_argument("--examples", type=non_negative_int, default=3, help="decoded segments to show (default 3)")
     ins.add_argument("--json", action="store_true", help="print JSON instead of tables")
     cache = data_sub.add_parser(
         "cache", help="clean, dedup and tokenise the corpora offline into cached tasks (Apache Beam)",
@@ -48,7 +48,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_gin_flags(cache, required=False)
     cache.add_argument("--out", default="data_cache/cached", help="cache directory, local or gs:// "
                        "(default data_cache/cached); each task goes to OUT/TASK")
-    cache.add_argument("--shards", type=int, default=2, help="TFRecord shards per task (default 2; aim for "
+    cache.add_argument("--shards", type=positive_int, default=2, help="TFRecord shards per task (default 2; aim for "
                        "~100 MB-1 GB per shard on large corpora)")
     cache.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
                        help="cache only these tasks (default: every task with files)")

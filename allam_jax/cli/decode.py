@@ -8,7 +8,7 @@ import json
 import sys
 
 from allam_jax.cli.common import (add_checkpoint_flag, add_gin_flags, non_negative_float, non_negative_int, positive_int,
-                                  probability)
+                                  probability, seed_int)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +27,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--top_k", type=non_negative_int, default=0, help="sample from the k best tokens only (0 = off)")
         p.add_argument("--top_p", type=probability, default=1.0, help="nucleus sampling mass (1 = off)")
         p.add_argument("--stop", action="append", default=[], help="stop string, repeatable (cut from the output)")
-        p.add_argument("--seed", type=int, default=0, help="sampling seed")
+        p.add_argument("--seed", type=seed_int, default=0, help="sampling seed")
         if name == "generate":
             p.add_argument("--prompt", action="append", default=[], help="a prompt, repeatable (one batch)")
             p.add_argument("--prompts_file", default=None, help="a text file with one prompt per line")
@@ -53,7 +53,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num_fewshot", type=non_negative_int, default=0, help="few-shot examples per question (default 0)")
     p.add_argument("--limit", type=positive_int, default=None, help="score only the first N questions/documents per file")
     p.add_argument("--batch_size", type=positive_int, default=16, help="sequences per forward pass (default 16)")
-    p.add_argument("--seed", type=int, default=1234, help="few-shot sampling seed")
+    p.add_argument("--seed", type=seed_int, default=1234, help="few-shot sampling seed")
     p.add_argument("--out", default=None, help="write the report here (JSON) and beside it as .md")
     p.set_defaults(handler=run_eval)
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import re
 
-from allam_jax.cli.common import EXIT_OK, add_gin_flags, mesh_shape, non_negative_int, positive_int
+from allam_jax.cli.common import EXIT_OK, add_gin_flags, fraction, mesh_shape, non_negative_int, positive_int
 
 EXIT_DOES_NOT_FIT = 3
 
@@ -15,7 +15,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="parameter count and FLOPs per token of a model config (allocates nothing)",
                        description="Print the parameter count (from jax.eval_shape) and FLOPs per token.")
     add_gin_flags(p)
-    p.add_argument("--seq_len", type=int, default=None, help="sequence length for attention FLOPs "
+    p.add_argument("--seq_len", type=positive_int, default=None, help="sequence length for attention FLOPs "
                    "(default: ModelConfig.max_seq_len)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler=run_info)
@@ -66,7 +66,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    choices=list(DEFAULT_ATTENTION_BACKWARD), metavar="KIND",
                    help="ModelConfig.attention_backward values to try with pallas attention: fused (one splash "
                         "backward kernel) and/or separate (dK/dV and dQ kernels) (default: %(default)s)")
-    s.add_argument("--headroom", type=float, default=0.1,
+    s.add_argument("--headroom", type=fraction, default=0.1,
                    help="share of the chip's memory to leave free (default: 0.1, i.e. use at most 90%%)")
     p.set_defaults(handler=run_compile)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from allam_jax.cli.common import add_checkpoint_flag, positive_int
+from allam_jax.cli.common import add_checkpoint_flag, positive_int, probability, seed_int
 from allam_jax.tokenizer import INIT_METHODS, NORMALIZATIONS
 
 
@@ -22,7 +22,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--input", nargs="+", required=True, metavar="FILE",
                    help="text files or globs, local or gs:// ('gs://b/ar/*.txt'): .txt (a document per line) or "
                    ".jsonl with a 'text' field; read streaming, nothing copied to local disk")
-    t.add_argument("--vocab_size", type=int, required=True, help="number of pieces, specials and 256 bytes included")
+    t.add_argument("--vocab_size", type=positive_int, required=True, help="number of pieces, specials and 256 bytes included")
     t.add_argument("--out", required=True, help="path of the .model (sentencepiece) or .json (bpe) file to write")
     t.add_argument("--kind", default="sentencepiece", choices=("sentencepiece", "bpe"),
                    help="tokenizer kind (default sentencepiece)")
@@ -35,7 +35,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="give each document with Arabic diacritics twice, as written and stripped of them: pieces for "
                    "Arabic as it is usually written, from a vowelled (classical) corpus, while vowelled text keeps "
                    "pieces of its own")
-    t.add_argument("--character_coverage", type=float, default=0.9995,
+    t.add_argument("--character_coverage", type=probability, default=0.9995,
                    help="share of characters covered by pieces; the rest use byte fallback (default 0.9995)")
     t.add_argument("--max_sentences", type=positive_int, default=2_000_000,
                    help="train on a uniform random sample of at most this many documents (default 2M; the output "
@@ -106,7 +106,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "checkpoint's training workdir)")
     p.add_argument("--fit_windows", type=positive_int, default=64,
                    help="--init fitted: model-length windows read from each text (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="seed for --init random")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed for --init random")
     p.add_argument("--drop_extra_rows", action="store_true",
                    help="allow a base tokenizer with fewer pieces than the checkpoint has rows (the rows past it "
                         "are vocabulary padding: they are replaced, and expansion.json names them); refused by default")

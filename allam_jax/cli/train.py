@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from allam_jax.cli.common import add_gin_flags
+from allam_jax.cli.common import add_gin_flags, non_negative_int, positive_int
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -16,13 +16,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", required=True, help="output directory: checkpoints, metrics, the operative config")
     p.add_argument("--coordinator_address", default=None, help="multi-process: HOST:PORT of process 0 "
                    "(env ALLAM_COORDINATOR)")
-    p.add_argument("--num_processes", type=int, default=None, help="multi-process: number of processes "
+    p.add_argument("--num_processes", type=positive_int, default=None, help="multi-process: number of processes "
                    "(env ALLAM_NUM_PROCESSES)")
-    p.add_argument("--process_id", type=int, default=None, help="multi-process: this process's id, 0..N-1 "
+    p.add_argument("--process_id", type=non_negative_int, default=None, help="multi-process: this process's id, 0..N-1 "
                    "(env ALLAM_PROCESS_ID)")
     p.add_argument("--distributed", choices=["off", "auto"], default="off", help="'auto': let JAX find its peers "
                    "(TPU VM pod slices, SLURM)")
-    p.add_argument("--distributed_timeout", type=int, default=300, help="seconds to wait for the other processes")
+    p.add_argument("--distributed_timeout", type=positive_int, default=300, help="seconds to wait for the other processes")
     p.add_argument("--profile", nargs="?", const="0,3", default=None, metavar="START,COUNT",
                    help="write a jax.profiler trace of COUNT steps from step START into WORKDIR/tensorboard/plugins/"
                         "profile/ (open it in TensorBoard's profile tab or XProf); bare --profile: 3 steps from the "
