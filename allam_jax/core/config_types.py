@@ -26,11 +26,13 @@ def type_hints(target: Callable) -> dict[str, Any]:
     cannot be resolved are left out (not checked)."""
     obj = target if not inspect.isclass(target) or dataclasses.is_dataclass(target) else target.__init__
     try:
-        return typing.get_type_hints(obj)
+        return {k: v for k, v in typing.get_type_hints(obj).items() if k != "return"}
     except Exception:  # noqa: BLE001 - a hint only TYPE_CHECKING imports: check the ones that resolve
         raw = getattr(obj, "__annotations__", {})
         out = {}
         for name, text in raw.items():
+            if name == "return":
+                continue
             try:
                 out[name] = typing.get_type_hints(type("_", (), {"__annotations__": {name: text},
                                                                   "__module__": obj.__module__}))[name]
@@ -91,7 +93,7 @@ def describe(hint: Any) -> str:
     if origin is tuple or origin in _SEQUENCES:
         return "a list" + (f" of {describe(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "")
     if origin in _MAPPINGS:
-        return "a dict"
+        return f"a dict of {describe(args[0])} -> {describe(args[1])}" if args else "a dict"
     return {type(None): "None", bool: "True or False", int: "an integer", float: "a number", str: "a string",
             }.get(hint, f"a {getattr(hint, '__name__', hint)}")
 
