@@ -23,7 +23,8 @@ setup(
     install_requires=_requirements("requirements.txt"),
     extras_require={
         # gcsfs + the emulator: the gs:// end-to-end test (tests/test_gcs.py); hypothesis: tests/test_fuzz_cli.py
-        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.15", "gcsfs==2026.10.1", "gcp-storage-emulator==2026.7.19"],
+        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.15", "gcsfs==2026.10.1",
+                 "gcp-storage-emulator==2026.7.19"],
         "hf": ["safetensors==0.8.0", "transformers==5.23.0", "torch==2.13.0"],
         "lmeval": ["lm-eval==0.4.13"],
         "notebooks": ["nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0"],
