@@ -82,6 +82,7 @@ def _tokenizer_json(tmp_path, **edits) -> str:
     from allam_jax.tokenizer.from_hf import hf_json_from_pieces
 
     data = hf_json_from_pieces(["<unk>", "<s>", "</s>", "\u2581", "a", "b", "ab"], [("a", "b")])
+    data.update({k: v for k, v in edits.items() if k != "merges"})
     for key, value in edits.items():
         if key == "merges":
             data["model"]["merges"] = value
@@ -97,12 +98,21 @@ def _tokenizer_json(tmp_path, **edits) -> str:
     ({"added_tokens": [{"id": 1, "special": True}]}, "added_tokens[0] must be an object"),
     ({"added_tokens": {"a": 1}}, "added_tokens must be a list"),
     ({"merges": 5}, "model.merges must be a list"),
+    ({"pre_tokenizer": None, "decoder": {"type": "ByteLevel", "add_prefix_space": False}}, "byte-level BPE"),
 ])
 def test_a_damaged_tokenizer_json_is_named(tmp_path, capsys, edits, words):
     err = _one_error(capsys, "tokenizer", "from-hf", "--tokenizer_json", _tokenizer_json(tmp_path, **edits),
                      "--out", str(tmp_path / "t.model"))
     assert words in err and "tokenizer.json" in err
     assert not (tmp_path / "t.model").exists()
+
+
+def test_a_damaged_byte_level_tokenizer_json_is_named(tmp_path, capsys):
+    path = _tokenizer_json(tmp_path, pre_tokenizer={"type": "ByteLevel", "add_prefix_space": False},
+                           added_tokens=[{"id": 1}])
+    (tmp_path / "t.txt").write_text("some text\n")
+    err = _one_error(capsys, "tokenizer", "fertility", "--model", path, "--text", str(tmp_path / "t.txt"))
+    assert "added_tokens[0] must be an object with a string 'content'" in err
 
 
 def test_variants_files(tmp_path, capsys):

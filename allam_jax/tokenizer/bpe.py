@@ -12,7 +12,7 @@ import json
 from typing import Iterable, Iterator, Optional, Sequence
 
 from allam_jax.core.paths import write_text_atomically
-from allam_jax.tokenizer.from_hf import is_byte_level, load_hf_json, merge_pair
+from allam_jax.tokenizer.from_hf import added_tokens, is_byte_level, load_hf_json, merge_pair
 from allam_jax.tokenizer.merge import MergeReport
 from allam_jax.tokenizer.spm_io import TokenizerError
 
@@ -67,6 +67,9 @@ def read_json(path: str) -> dict:
     if not is_byte_level(data):
         raise TokenizerError(f"{path}: a BPE without a ByteLevel pre-tokenizer (SentencePiece-style, byte fallback); "
                              "convert it with `allam tokenizer from-hf` and use the .model")
+    if not isinstance(model.get("merges", []), list) or not isinstance(model.get("vocab", {}), dict):
+        raise TokenizerError(f"{path}: model.merges must be a list and model.vocab an object")
+    added_tokens(data, path)  # each an object with a string 'content'
     return data
 
 

@@ -81,7 +81,7 @@ def proto_from_hf_json(data: dict, where: str = "tokenizer.json") -> ModelProto:
     if model.get("type") != "BPE":
         raise TokenizerError(f"{where}: model.type is {model.get('type')!r}; only BPE tokenizers converted from "
                              "SentencePiece (Llama, Mistral) can be turned back into a SentencePiece model")
-    if is_byte_level(data):
+    if is_byte_level(data) or (isinstance(data.get("decoder"), dict) and "ByteLevel" in json.dumps(data["decoder"])):
         raise TokenizerError(f"{where}: a byte-level BPE (Llama-3, Qwen, GPT-2 style) has no SentencePiece twin; use "
                              "the tokenizer.json itself (allam tokenizer merge/fertility, SeqioData.vocabulary)")
     vocab = model.get("vocab")
