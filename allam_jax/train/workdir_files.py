@@ -12,11 +12,12 @@ The data position is sealed when saved (the step it belongs to and a checksum of
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 from etils import epath
 
@@ -73,6 +74,15 @@ def expect(path: epath.Path, obj: Any, field: str, ok: Callable[[Any], bool], wa
     return value
 
 
+@contextlib.contextmanager
+def _hint(text: str) -> Iterator[None]:
+    """Adds what the user can do to a WorkdirFileError raised inside."""
+    try:
+        yield
+    except WorkdirFileError as e:
+        raise WorkdirFileError(f"{e}{text}") from None
+
+
 def _map_of(ok: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda v: isinstance(v, dict) and all(isinstance(k, str) and ok(x) for k, x in v.items())
 
@@ -84,10 +94,9 @@ def read_run_record(workdir: epath.Path) -> Optional[dict]:
     path = workdir / RUN_RECORD
     if not path.exists():
         return None
-    obj = load_json(path, "the run's record of batch shape and data")
-    hint = f" (delete {path} to resume without checking the data position's meaning)"
-    try:
-        out = {
+    with _hint(f" (delete {path} to resume without checking the data position's meaning)"):
+        obj = load_json(path, "the run's record of batch shape and data")
+        return {
             "batch_size": expect(path, obj, "batch_size", lambda v: is_count(v, 1), "a positive integer"),
             "seq_len": expect(path, obj, "seq_len", lambda v: is_count(v, 1), "a positive integer"),
             "process_count": expect(path, obj, "process_count", lambda v: is_count(v, 1), "a positive integer"),
@@ -96,9 +105,6 @@ def read_run_record(workdir: epath.Path) -> Optional[dict]:
             "rates": expect(path, obj, "rates", _map_of(lambda x: is_number(x, 0)),
                             "an object of non-negative rates or null", optional=True),
         }
-    except WorkdirFileError as e:
-        raise WorkdirFileError(f"{e}{hint}") from None
-    return out
 
 
 # ---- heldout_start.json ------------------------------------------------------------------------------------------
@@ -108,14 +114,11 @@ def read_heldout_start(workdir: epath.Path) -> Optional[dict[str, float]]:
     path = workdir / HELDOUT_START
     if not path.exists():
         return None
-    obj = load_json(path, "the held-out guard's starting values")
-    hint = f" (delete {path} to measure the start again at the resumed step)"
-    try:
+    with _hint(f" (delete {path} to measure the start again at the resumed step)"):
+        obj = load_json(path, "the held-out guard's starting values")
         expect(path, obj, "step", is_count, "a non-negative integer")
         values = expect(path, obj, "bits_per_byte", _map_of(lambda x: is_number(x) and x > 0),
                         "an object of positive bits/byte per language")
-    except WorkdirFileError as e:
-        raise WorkdirFileError(f"{e}{hint}") from None
     return {k: float(v) for k, v in values.items()}
 
 
@@ -134,13 +137,10 @@ def read_lock(path: epath.Path) -> Optional[dict]:
         obj = json.loads(text)
     except json.JSONDecodeError:
         return None
-    hint = " (if no trainer runs on this workdir, delete the lock file)"
-    try:
+    with _hint(" (if no trainer runs on this workdir, delete the lock file)"):
         return {"host": expect(path, obj, "host", lambda v: isinstance(v, str) and bool(v), "a host name"),
                 "pid": expect(path, obj, "pid", lambda v: is_count(v, 1), "a positive integer"),
                 "started": expect(path, obj, "started", lambda v: isinstance(v, str), "a time", optional=True)}
-    except WorkdirFileError as e:
-        raise WorkdirFileError(f"{e}{hint}") from None
 
 
 # ---- goodput.json (bookkeeping: a damaged file is a warning and a fresh count) -----------------------------------
