@@ -38,14 +38,14 @@ def test_bad_flags_are_one_line_naming_the_flag(capsys):
     assert "names 0 slices" in _one_error(capsys, "compile", "--gin_file", "runs/tiny_cpu.gin", "--topology",
                                           "v5p-8x0")
     assert "argument --search_mesh" in _one_error(capsys, "compile", "--gin_file", "runs/tiny_cpu.gin", "--topology",
-                                                  "cpu:8", "--search", "--search_mesh", "abc")
+                                                  "cpu:1", "--search", "--search_mesh", "abc")
     assert "required: --add, --out" in _one_error(capsys, "tokenizer", "merge", "--base", "x")
     assert "stop strings must be non-empty" in _one_error(capsys, "generate", "--gin_file", "runs/tiny_cpu.gin",
                                                           "--ckpt", "x", "--prompt", "hi", "--stop", "")
 
 
 def test_a_search_whose_every_variant_is_invalid_is_bad_input(capsys):
-    rc, lines = _run(capsys, "compile", "--gin_file", "runs/tiny_cpu.gin", "--topology", "cpu:8", "--search",
+    rc, lines = _run(capsys, "compile", "--gin_file", "runs/tiny_cpu.gin", "--topology", "cpu:1", "--search",
                      "--search_grad_accum", "3", "--search_remat", "full", "--search_logits_chunk", "0")
     err = lines[-1]  # after the search's progress line
     assert rc == 2 and "every --search variant is invalid" in err and "not divisible by TrainerConfig.grad_accum_steps=3" in err
@@ -66,7 +66,7 @@ def test_gin_syntax_errors_name_the_file_and_line(tmp_path, capsys):
     ("ModelConfig.vocab_size = 100000000000", "ModelConfig.vocab_size = 100000000000 is too large"),
     ("HeldoutWatch.max_rise = 0.05", "HeldoutWatch.every = 0: the guard would never run"),
     ("HeldoutWatch.action = 'stop'", "nothing would stop the run"),
-    ("TrainerConfig.profile_steps = 5", "TrainerConfig.profile_steps must be (start >= 0, count >= 1), got 5"),
+    ("TrainerConfig.profile_steps = 5", "TrainerConfig.profile_steps must be a list of integers or None, got 5"),
     ("TrainerConfig.profile_steps = (100, 2)", "after the run's last step (TrainerConfig.num_steps = 4)"),
 ])
 def test_config_values_that_could_not_work_are_refused_by_name(tmp_path, capsys, binding, words):
