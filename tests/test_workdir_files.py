@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 from etils import epath
 
@@ -77,6 +78,7 @@ def test_a_lock_with_a_bad_pid_is_named_and_a_half_written_one_is_stale(tmp_path
 def test_a_data_position_is_sealed_and_an_edit_refused():
     sealed = workdir_files.seal_data_position({"batches": 5, "seed": 0}, 5)
     assert workdir_files.open_data_position(sealed, 5, "ckpt/5") == {"batches": 5, "seed": 0}
+    assert workdir_files.open_data_position(sealed, np.int64(5), "ckpt/5") == {"batches": 5, "seed": 0}
     assert workdir_files.open_data_position({"batches": 3}, 5, "ckpt/5") == {"batches": 3}  # before the seal
     with pytest.raises(WorkdirFileError, match="field 'batches' is 7 but step 5 took 5 batches"):
         workdir_files.open_data_position({**sealed, "batches": 7}, 5, "ckpt/5")

@@ -171,7 +171,7 @@ def read_goodput(workdir: epath.Path, parts: tuple[str, ...]) -> dict[str, Any]:
 # ---- the data position saved with each checkpoint ----------------------------------------------------------------
 
 def _checksum(position: Mapping[str, Any], step: int) -> str:
-    raw = json.dumps({"position": position, "step": step}, sort_keys=True, default=str)
+    raw = json.dumps({"position": position, "step": int(step)}, sort_keys=True, default=str)
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -188,6 +188,7 @@ def open_data_position(saved: Any, step: int, where: str) -> dict:
     if not isinstance(saved, dict):
         raise WorkdirFileError(f"the data position in {where} is damaged: a JSON object was expected, got "
                                f"{_kind(saved)}")
+    step = int(step)  # a checkpoint manager may count in NumPy integers
     position = {k: v for k, v in saved.items() if k not in _SEAL}
     fix = f"; move {where} aside to resume from an older step"
     if "batches" in position and not is_count(position["batches"]):
