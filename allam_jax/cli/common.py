@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import Callable
 
 from allam_jax.core.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED
 
@@ -19,20 +20,21 @@ def raise_terminated(signum, frame) -> None:
     raise Terminated()
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (a batch size, a count), below 2**31 (the device counts in int32)."""
-    value = int(text)
-    if value < 1 or value >= 2**31:
-        raise argparse.ArgumentTypeError(f"must be an integer in [1, 2**31), got {text}")
-    return value
+def _int_in(low: int, high: int, name: str, doc: str) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high) (argparse names ``name`` when the text is not an integer)."""
+    def convert(text: str) -> int:
+        value = int(text)
+        if not low <= value < high:
+            raise argparse.ArgumentTypeError(f"must be an integer in [{low}, 2**{high.bit_length() - 1}), got {text}")
+        return value
+
+    convert.__name__, convert.__doc__ = name, doc
+    return convert
 
 
-def seed_int(text: str) -> int:
-    """argparse type: a random seed, an integer in [0, 2**32) (what JAX's and NumPy's generators take)."""
-    value = int(text)
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32), got {text}")
-    return value
+positive_int = _int_in(1, 2**31, "positive_int", "a count (a batch size); the device counts in int32")
+non_negative_int = _int_in(0, 2**31, "non_negative_int", "a count that may be 0")
+seed_int = _int_in(0, 2**32, "seed_int", "a random seed (what JAX's and NumPy's generators take)")
 
 
 def fraction(text: str) -> float:
@@ -40,13 +42,6 @@ def fraction(text: str) -> float:
     value = float(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if not 0 <= value < 2**31:
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**31), got {text}")
     return value
 
 
