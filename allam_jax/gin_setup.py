@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 import io
+import math
 import os
 import re
 import tokenize
