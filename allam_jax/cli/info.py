@@ -57,7 +57,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--search_grad_accum", nargs="+", type=positive_int, default=list(DEFAULT_GRAD_ACCUM), metavar="N",
                    help="micro-batch counts (TrainerConfig.grad_accum_steps) to try, fewest first; the first that fits "
                         "ends a line (default: %(default)s)")
-    s.add_argument("--search_logits_chunk", nargs="+", type=non_negative_int, default=list(DEFAULT_LOGITS_CHUNK), metavar="N",
+    s.add_argument("--search_logits_chunk", nargs="+", type=non_negative_int, default=list(DEFAULT_LOGITS_CHUNK),
+                   metavar="N",
                    help="StepConfig.logits_chunk_size values to try, 0 = unchunked (default: %(default)s)")
     s.add_argument("--search_mesh", nargs="+", type=mesh_shape, default=[], metavar="SHAPE",
                    help="PartitioningConfig.mesh_shape values to try, e.g. '(1, -1, 1)' '(2, -1, 1)' "

@@ -98,7 +98,8 @@ def _library_error(e: BaseException) -> Optional[tuple[str, int]]:
     names = {(c.__module__.split(".")[0], c.__name__) for c in type(e).__mro__}
     if ("tensorflow", "OpError") in names:
         return f"{type(e).__name__}: {' '.join(str(e).split())}", EXIT_BAD_INPUT
-    if names & {("jaxlib", "XlaRuntimeError"), ("jax", "JaxRuntimeError"), ("jaxlib", "JaxRuntimeError")} and "RESOURCE_EXHAUSTED" in str(e):
+    runtime_errors = {("jaxlib", "XlaRuntimeError"), ("jax", "JaxRuntimeError"), ("jaxlib", "JaxRuntimeError")}
+    if names & runtime_errors and "RESOURCE_EXHAUSTED" in str(e):
         return (f"out of memory: {first_line(e, 200)} (use fewer or smaller rows per step, more micro-batches or "
                 "a larger mesh)"), EXIT_RUNTIME
     return None

@@ -22,7 +22,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--input", nargs="+", required=True, metavar="FILE",
                    help="text files or globs, local or gs:// ('gs://b/ar/*.txt'): .txt (a document per line) or "
                    ".jsonl with a 'text' field; read streaming, nothing copied to local disk")
-    t.add_argument("--vocab_size", type=positive_int, required=True, help="number of pieces, specials and 256 bytes included")
+    t.add_argument("--vocab_size", type=positive_int, required=True,
+                   help="number of pieces, specials and 256 bytes included")
     t.add_argument("--out", required=True, help="path of the .model (sentencepiece) or .json (bpe) file to write")
     t.add_argument("--kind", default="sentencepiece", choices=("sentencepiece", "bpe"),
                    help="tokenizer kind (default sentencepiece)")

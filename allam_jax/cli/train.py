@@ -22,7 +22,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "(env ALLAM_PROCESS_ID)")
     p.add_argument("--distributed", choices=["off", "auto"], default="off", help="'auto': let JAX find its peers "
                    "(TPU VM pod slices, SLURM)")
-    p.add_argument("--distributed_timeout", type=positive_int, default=300, help="seconds to wait for the other processes")
+    p.add_argument("--distributed_timeout", type=positive_int, default=300,
+                   help="seconds to wait for the other processes")
     p.add_argument("--profile", nargs="?", const="0,3", default=None, metavar="START,COUNT",
                    help="write a jax.profiler trace of COUNT steps from step START into WORKDIR/tensorboard/plugins/"
                         "profile/ (open it in TensorBoard's profile tab or XProf); bare --profile: 3 steps from the "

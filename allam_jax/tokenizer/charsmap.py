@@ -49,16 +49,15 @@ def _unordered_mark_runs() -> list[tuple[str, str]]:
     """(run, its NFC) for the runs of Arabic combining marks NFC reorders (shadda + fatha -> fatha + shadda:
     canonical order is by combining class), with the letter they may compose with. SentencePiece's charsmap
     replaces the longest matching string, so each run is a rule of its own: any two marks; any three harakat; a
-    letter that composes with a mark (alef, waw, yeh, heh) followed by up to two harakat or composing marks; and
-    those with a tatweel before the marks (removed, as cleaning removes it before NFC). Not covered: four marks
+    letter that composes with a mark (alef, waw, yeh, heh) followed by two marks, one of them a composing one;
+    and those with a tatweel before the marks (removed, as cleaning removes it before NFC). Not covered: four marks
     or more in a row, and a letter's marks continued after a tatweel that carries marks of its own."""
     pairs = {a + b for a in ARABIC_MARKS for b in ARABIC_MARKS}
     runs = pairs | {a + b + c for a in _HARAKAT for b in _HARAKAT for c in _HARAKAT}
-    composing = sorted({unicodedata.normalize("NFD", chr(cp))[0] for cp in range(0x0600, 0x0700)
-                        if len(unicodedata.normalize("NFD", chr(cp))) == 2})
+    decomposed = [d for d in (unicodedata.normalize("NFD", chr(cp)) for cp in range(0x0600, 0x0700)) if len(d) == 2]
+    composing = sorted({d[0] for d in decomposed})  # alef, waw, yeh, heh
+    joining = {d[1] for d in decomposed}  # madda, hamza above and below
     rules = {r: unicodedata.normalize("NFC", r) for r in runs if unicodedata.normalize("NFC", r) != r}
-    joining = {unicodedata.normalize("NFD", chr(cp))[1] for cp in range(0x0600, 0x0700)
-               if len(unicodedata.normalize("NFD", chr(cp))) == 2}  # madda, hamza above and below
     for base in composing:  # only where the letter composes: a longer rule through it would hide the marks' own
         for run in (a + b for a in ARABIC_MARKS for b in ARABIC_MARKS if a in joining or b in joining):
             if unicodedata.normalize("NFC", base + run) != base + unicodedata.normalize("NFC", run):

@@ -81,7 +81,7 @@ def proto_from_hf_json(data: dict, where: str = "tokenizer.json") -> ModelProto:
     if model.get("type") != "BPE":
         raise TokenizerError(f"{where}: model.type is {model.get('type')!r}; only BPE tokenizers converted from "
                              "SentencePiece (Llama, Mistral) can be turned back into a SentencePiece model")
-    if is_byte_level(data) or (isinstance(data.get("decoder"), dict) and "ByteLevel" in json.dumps(data["decoder"])):
+    if is_byte_level(data) or _mentions(data.get("decoder"), "ByteLevel"):  # some files name it only there
         raise TokenizerError(f"{where}: a byte-level BPE (Llama-3, Qwen, GPT-2 style) has no SentencePiece twin; use "
                              "the tokenizer.json itself (allam tokenizer merge/fertility, SeqioData.vocabulary)")
     vocab = model.get("vocab")
@@ -145,16 +145,18 @@ def proto_from_hf_json(data: dict, where: str = "tokenizer.json") -> ModelProto:
     return proto
 
 
+def _mentions(node: Any, kind: str) -> bool:
+    """Whether a tokenizer.json component (or a Sequence of them) has a step of ``type`` ``kind``."""
+    if isinstance(node, dict):
+        return node.get("type") == kind or any(_mentions(v, kind) for v in node.values())
+    if isinstance(node, list):
+        return any(_mentions(v, kind) for v in node)
+    return False
+
+
 def is_byte_level(data: dict) -> bool:
     """Whether a ``tokenizer.json`` splits text into GPT-2's byte alphabet (a ByteLevel pre-tokenizer)."""
-    def has(node) -> bool:
-        if isinstance(node, dict):
-            return node.get("type") == "ByteLevel" or any(has(v) for v in node.values())
-        if isinstance(node, list):
-            return any(has(v) for v in node)
-        return False
-
-    return has(data.get("pre_tokenizer"))
+    return _mentions(data.get("pre_tokenizer"), "ByteLevel")
 
 
 def convert_hf_json(path: str) -> ModelProto:

@@ -235,8 +235,8 @@ def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, st
                 with recorder.timing("step"):  # the device finishing the step is step time, not the save's
                     jax.block_until_ready(state)
                 with recorder.timing("checkpoint"):
-                    saved = checkpointer.save(step, state, workdir_files.seal_data_position(data_iter.get_state(), step),
-                                              force=force)
+                    position = workdir_files.seal_data_position(data_iter.get_state(), step)
+                    saved = checkpointer.save(step, state, position, force=force)
                 if saved or force:
                     recorder.saved_step(step)
 
