@@ -29,8 +29,10 @@ setup(
         "lmeval": ["lm-eval==0.4.13"],
         "notebooks": ["nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0"],
         # the TPU compiler for `allam compile` (also on CPU-only hosts) and the runtime on TPU VMs: MaxText 0.2.5's
-        # pairing with jax 0.12.0.1 (whose own `tpu` extra names 0.0.50.1); see README, Pinned versions
+        # pairing with jax 0.12.0.1 (whose own `tpu` extra names 0.0.50.1); see docs/architecture.md, Pinned versions
         "tpu": ["libtpu==0.0.52"],
+        # the documentation site (docs/, mkdocs.yml); tests/test_docs.py builds it with --strict
+        "docs": ["mkdocs==1.6.1", "markdown==3.11.4"],
     },
     entry_points={"console_scripts": ["allam=allam_jax.cli:main"]},
 )

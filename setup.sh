@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Creates .venv and installs allam-jax with its pinned dependencies (CPU) and the extras the tests use:
 # test (pytest, pytest-xdist), hf (PyTorch + transformers: Hugging Face parity), lmeval (lm-evaluation-harness),
-# notebooks (nbclient + ipykernel: the tests execute notebooks/ on a quick recipe run) and tpu (libtpu: the
-# TPU compiler that `allam compile` and the TPU tests run on this CPU, and the runtime on a TPU VM).
+# notebooks (nbclient + ipykernel: the tests execute notebooks/ on a quick recipe run), tpu (libtpu: the
+# TPU compiler that `allam compile` and the TPU tests run on this CPU, and the runtime on a TPU VM) and docs
+# (MkDocs: the documentation site, built with --strict by the tests).
 # Needs Python 3.12 (jax 0.12): $PYTHON if set, else python3 if it is 3.12, else python3.12, pyenv's 3.12 or uv's.
 # Usage: bash setup.sh                 (re-running is cheap: pip skips what is installed)
 #        bash setup.sh --find-python   (print the interpreter it would use, and exit)
@@ -38,7 +39,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[test,hf,lmeval,notebooks,tpu]'
+.venv/bin/python -m pip install --quiet -e '.[test,hf,lmeval,notebooks,tpu,docs]'
 # PyPI's torch for Python 3.12 is its CUDA build, which brings Triton; Triton's compiler crashes the process
 # (SIGSEGV) when it is imported after TensorFlow, as transformers and lm-eval do here. Nothing in allam-jax compiles
 # torch code, and torch runs without it.

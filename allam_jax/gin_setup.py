@@ -86,6 +86,18 @@ def register(*classes: type) -> None:
             gin.external_configurable(cls, cls.__name__)
 
 
+def configurables(*extra: type) -> dict[str, Callable]:
+    """Name -> class or function of every configurable this project registers (the lazily registered seqio ones
+    and the objectives' configs included), after registering ``extra`` (a client's own knobs)."""
+    _register_seqio_configurables()
+    register(*extra, *(cls.config_class for cls in OBJECTIVES.values() if cls.config_class is not StepConfig))
+    out: dict[str, Callable] = {}
+    for _, configurable in gin_config._REGISTRY.items():  # noqa: SLF001 - gin has no public walk
+        if configurable.module.startswith("allam_jax"):
+            out.setdefault(configurable.name, configurable.wrapped)
+    return out
+
+
 # the seqio configurables' names, registered (importing TensorFlow) only when a config mentions one
 _SEQIO_NAMES = ("SeqioData", "MixtureSchedule", "CleaningConfig", "ParallelRendering", "CorpusPaths", "ChatTemplate",
                 "SftData", "DpoData", "CachedData")

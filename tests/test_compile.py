@@ -264,7 +264,7 @@ def test_compile_on_fake_cpu_devices():
 @pytest.mark.slow
 @pytest.mark.tpu
 def test_an_advertised_run_config_fits_its_slice_dpo_70b_in_micro_batches():
-    """One advertised config proves the path (the README's table lists the rest): the 70B DPO step (policy,
+    """One advertised config proves the path (docs/performance.md's table lists the rest): the 70B DPO step (policy,
     frozen reference, 1024 rows of 2048 tokens on a v5p-512) fits in 2 micro-batches (in one it needs ~112 GiB
     of 95), and the table says how many."""
     r = allam("compile", "--gin_file", "runs/dpo_llama2_70b_ar.gin", "--topology", "v5p-512", timeout=1200)

@@ -99,19 +99,10 @@ def test_a_bad_flag_value_is_one_line_naming_the_flag(index, text, capsys):
 
 def _configurables() -> dict[str, tuple[typing.Callable, dict[str, typing.Any]]]:
     """name -> (class or function, parameter -> hint) of every configurable this project registers."""
-    from gin import config as gin_config
-
     from allam_jax.core.config_types import type_hints
-    from allam_jax.objectives import OBJECTIVES
-    from allam_jax.recipe.config import HeldoutConfig, RecipeConfig
+    from allam_jax.reference import configurables
 
-    gin_setup._register_seqio_configurables()  # noqa: SLF001
-    gin_setup.register(RecipeConfig, HeldoutConfig, *(c.config_class for c in OBJECTIVES.values()))
-    out = {}
-    for _, configurable in gin_config._REGISTRY.items():  # noqa: SLF001
-        if configurable.module.startswith("allam_jax") and configurable.name not in out:
-            out[configurable.name] = (configurable.wrapped, type_hints(configurable.wrapped))
-    return out
+    return {name: (target, type_hints(target)) for name, target in configurables().items()}
 
 
 CONFIGURABLES = _configurables()

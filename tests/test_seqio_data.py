@@ -375,7 +375,7 @@ def test_deb_extraction_rejects_non_debs(tmp_path):
 
 def test_data_prepare_skips_a_package_that_is_not_a_deb_with_a_warning(tmp_path):
     """What `allam data prepare --no_fetch` unpacks from --deb_dir: a crafted file is a source that cannot be
-    had (skipped with a warning, as the README says), not a traceback."""
+    had (skipped with a warning, as docs/data.md says), not a traceback."""
     from allam_jax.data.corpora import extract_debs
 
     fake = tmp_path / "libreoffice-l10n-ar_1.0_all.deb"

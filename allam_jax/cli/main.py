@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="allam", description="allam-jax: Arabic-English LLM training the ALLaM way (JAX/Flax).",
         epilog="Environment: ALLAM_HUGEPAGES=0 stops the one-time restart with glibc's huge-page malloc "
-        "(GLIBC_TUNABLES=glibc.malloc.hugetlb=1), which speeds up XLA on CPU; see README 'Benchmarks'.",
+        "(GLIBC_TUNABLES=glibc.malloc.hugetlb=1), which speeds up XLA on CPU; see docs/benchmarks.md.",
     )
     parser.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="Python logging level (default INFO)")

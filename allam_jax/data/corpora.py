@@ -1,6 +1,6 @@
 """Real text that every install can produce locally from package registries, with no download at run time.
 
-Sources (licences in the README), each optional: a missing one is skipped with a warning and left out
+Sources (licences in docs/data.md), each optional: a missing one is skipped with a warning and left out
 of ``sources.json``:
 - English: the World English Bible (Debian ``sword-text-web``, public domain), one document per chapter;
   docstrings of the Python standard library (PSF licence).

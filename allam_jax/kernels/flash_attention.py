@@ -42,7 +42,7 @@ _PAD_SEGMENT = -1
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
     """Tile sizes (powers of two). ``num_warps``/``num_stages`` apply to the Triton (GPU) backend; the
-    defaults were the fastest of a sweep on an H100 at T=4096, D=128, bf16 (see the README)."""
+    defaults were the fastest of a sweep on an H100 at T=4096, D=128, bf16 (see docs/models.md, Attention kernels)."""
 
     block_q: int = 64
     block_k: int = 64

@@ -45,7 +45,7 @@ class RecipeConfig:
     curve_points: int = 4
     expand_init: str = "fitted"  # how the main arm's new rows start (expand-checkpoint --init)
     # the Arabic tokenizer also sees each vowelled document without its diacritics (tokenizer train
-    # --also_undiacritised): off, because the recipe's held-out Arabic is 84% vowelled (README: measured both ways)
+    # --also_undiacritised): off, because the recipe's held-out Arabic is 84% vowelled (docs/recipe.md: measured both ways)
     arabic_also_undiacritised: bool = False
     # the base tokenizer's kind: 'sentencepiece' (Llama-2's) or 'bpe' (byte-level, Llama-3's / Qwen's), the Arabic
     # pieces learned and merged the same way (`allam recipe --tokenizer_kind bpe`)
