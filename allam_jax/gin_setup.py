@@ -16,22 +16,29 @@ import gin
 from gin import config as gin_config
 
 from allam_jax.core import config_types
-from allam_jax.data.text_files import TextFileData
 from allam_jax.core.errors import ConfigError
-from allam_jax.model.config import ModelConfig
 from allam_jax.core.partitioning import PartitioningConfig
-from allam_jax.train.experiment import Experiment, TrainerConfig
-from allam_jax.train.emergency_checkpoint import CheckpointConfig
-from allam_jax.train.heldout_watch import HeldoutWatch
-from allam_jax.train.optimizer import OptimizerConfig
+from allam_jax.data.registry import DATA_SOURCES, DATA_PARTS, DEFAULT_DATA_SOURCE, lazy
+from allam_jax.model.config import ModelConfig
 from allam_jax.objectives import OBJECTIVES, make_objective
 from allam_jax.objectives.lm import StepConfig
+from allam_jax.train.emergency_checkpoint import CheckpointConfig
+from allam_jax.train.experiment import Experiment, TrainerConfig
+from allam_jax.train.heldout_watch import HeldoutWatch
+from allam_jax.train.optimizer import OptimizerConfig
 
 REPO_GIN_DIR = Path(__file__).resolve().parents[1] / "gin_configs"
 
 ModelConfigG = gin.external_configurable(ModelConfig, "ModelConfig")
 OptimizerConfigG = gin.external_configurable(OptimizerConfig, "OptimizerConfig")
 _STEP_DEFAULTS = {f.name: f.default for f in dataclasses.fields(StepConfig)}
+
+
+# former spellings still read, each with what replaces it (the configuration reference lists them from here)
+LEGACY_SPELLINGS: dict[str, str] = {
+    "StepConfig.grad_accum_steps": "TrainerConfig.grad_accum_steps (any objective)",
+    "experiment.dpo = @DpoConfig()": "experiment.objective = 'dpo', configured by DpoConfig.*",
+}
 
 
 def _step_config(z_loss_weight: float = _STEP_DEFAULTS["z_loss_weight"],
@@ -46,31 +53,24 @@ def _step_config(z_loss_weight: float = _STEP_DEFAULTS["z_loss_weight"],
 StepConfigG = gin.external_configurable(_step_config, "StepConfig")
 PartitioningConfigG = gin.external_configurable(PartitioningConfig, "PartitioningConfig")
 TrainerConfigG = gin.external_configurable(TrainerConfig, "TrainerConfig")
-TextFileDataG = gin.external_configurable(TextFileData, "TextFileData")
 HeldoutWatchG = gin.external_configurable(HeldoutWatch, "HeldoutWatch")
 CheckpointConfigG = gin.external_configurable(CheckpointConfig, "CheckpointConfig")
 
 
-def _register_seqio_configurables() -> None:
-    """The seqio pipeline imports TensorFlow (seconds); its configurables are registered lazily, only when a
-    gin file mentions them, so ``allam info`` and the tokenizer commands stay fast."""
-    global _SEQIO_REGISTERED
-    if _SEQIO_REGISTERED:
-        return
-    from allam_jax.align.chat import ChatTemplate
-    from allam_jax.align.preference_data import DpoData
-    from allam_jax.align.sft_data import SftData
-    from allam_jax.data.cached_pipeline import CachedData
-    from allam_jax.data.pipeline import MixtureSchedule, SeqioData
-    from allam_jax.data.sources import CleaningConfig, ParallelRendering
-    from allam_jax.data.tasks import CorpusPaths
+for _entry in (*DATA_SOURCES.values(), *DATA_PARTS.values()):
+    if not _entry.imports_tensorflow:
+        gin.external_configurable(_entry.load(), _entry.name)
 
-    classes = (SeqioData, MixtureSchedule, CleaningConfig, ParallelRendering, CorpusPaths, ChatTemplate, SftData,
-               DpoData, CachedData)
-    assert tuple(c.__name__ for c in classes) == _SEQIO_NAMES
-    for cls in classes:
-        gin.external_configurable(cls, cls.__name__)
-    _SEQIO_REGISTERED = True
+
+def _register_seqio_configurables() -> None:
+    """The seqio pipeline imports TensorFlow (seconds); its configurables (``data.registry.lazy()``) are
+    registered lazily, only when a gin file mentions them, so ``allam info`` and the tokenizer commands stay
+    fast."""
+    global _SEQIO_REGISTERED
+    if not _SEQIO_REGISTERED:
+        for entry in lazy():
+            gin.external_configurable(entry.load(), entry.name)
+        _SEQIO_REGISTERED = True
 
 
 _SEQIO_REGISTERED = False
@@ -99,8 +99,7 @@ def configurables(*extra: type) -> dict[str, Callable]:
 
 
 # the seqio configurables' names, registered (importing TensorFlow) only when a config mentions one
-_SEQIO_NAMES = ("SeqioData", "MixtureSchedule", "CleaningConfig", "ParallelRendering", "CorpusPaths", "ChatTemplate",
-                "SftData", "DpoData", "CachedData")
+_SEQIO_NAMES = tuple(entry.name for entry in lazy())
 gin.constant("allam.DEFAULT_GIN_DIR", str(REPO_GIN_DIR))
 
 
@@ -216,7 +215,6 @@ def _configurable(selector: str) -> Optional[tuple[str, Callable]]:
 
 
 _COMMAND_LINE_BINDINGS: list[str] = []  # the last parse()'s own bindings, checked against what is built
-_DATA_CLASSES = ("TextFileData", "SeqioData", "CachedData", "SftData", "DpoData")
 
 
 def _check_data_bindings(data: object) -> None:
@@ -225,7 +223,7 @@ def _check_data_bindings(data: object) -> None:
     used = type(data).__name__
     for binding in _COMMAND_LINE_BINDINGS:
         name = _binding_target(binding)
-        if name in _DATA_CLASSES and name != used:
+        if name in DATA_SOURCES and name != used:
             raise ConfigError(f"binding {binding.strip()!r} sets {name}, but this run's data is {used} "
                               f"(experiment.data): add  experiment.data = @{name}()  or bind {used} instead")
 
@@ -333,12 +331,7 @@ def build_experiment(data: Optional[object] = None, objective: str = "lm", dpo: 
     mixture, ``SeqioData``, or ``TextFileData`` when the config binds ``TextFileData`` parameters);
     ``experiment.objective`` a registered objective (``objectives.OBJECTIVES``), configured by its config
     class's bindings; ``experiment.dpo = @DpoConfig()`` is the older spelling of ``objective = 'dpo'``."""
-    if data is None and not _binds("TextFileData"):
-        _register_seqio_configurables()
-        from allam_jax.data.pipeline import SeqioData
-
-        data = _build(gin.get_configurable(SeqioData), "SeqioData")
-    data = data if data is not None else _build(TextFileDataG, "TextFileData")
+    data = data if data is not None else _default_data()
     _check_data_bindings(data)
     step, legacy_accum = _build(StepConfigG, "StepConfig")
     trainer = _with_legacy_accum(_build(TrainerConfigG, "TrainerConfig"), legacy_accum)
@@ -352,10 +345,7 @@ def build_experiment(data: Optional[object] = None, objective: str = "lm", dpo: 
     else:
         config = step
     made = make_objective(objective, config)
-    if getattr(made.config, "reference", None) == "precomputed" and hasattr(data, "require_reference"):
-        # a precomputed reference read as 0 where the data has none would train against nothing: every pair
-        # must carry its ref_*_logp (allam dpo-reference writes them)
-        data = dataclasses.replace(data, require_reference=True)
+    data = data.with_features(made.batch_features())  # DPO's precomputed reference: every pair must carry it
     return Experiment(
         model=model_config(),
         optimizer=_build(OptimizerConfigG, "OptimizerConfig"),
@@ -366,6 +356,16 @@ def build_experiment(data: Optional[object] = None, objective: str = "lm", dpo: 
         watch=_build(HeldoutWatchG, "HeldoutWatch"),
         checkpoint=_build(CheckpointConfigG, "CheckpointConfig"),
     )
+
+
+def _default_data() -> object:
+    """``experiment.data`` unset: the registered source marked ``picked_when_bound`` whose fields the config
+    binds (``TextFileData``), else ``DEFAULT_DATA_SOURCE`` (the seqio mixture)."""
+    bound = [e.name for e in DATA_SOURCES.values() if e.picked_when_bound and _binds(e.name)]
+    name = bound[0] if bound else DEFAULT_DATA_SOURCE
+    if DATA_SOURCES[name].imports_tensorflow:
+        _register_seqio_configurables()
+    return _build(gin.get_configurable(name), name)
 
 
 def _with_legacy_accum(trainer: TrainerConfig, legacy: Optional[int]) -> TrainerConfig:
@@ -382,38 +382,3 @@ def _with_legacy_accum(trainer: TrainerConfig, legacy: Optional[int]) -> Trainer
         raise ConfigError(f"StepConfig.grad_accum_steps = {legacy} and TrainerConfig.grad_accum_steps = {current} "
                           "disagree; keep TrainerConfig.grad_accum_steps (the StepConfig name is the former one)")
     return dataclasses.replace(trainer, grad_accum_steps=legacy)
-
-
-def train_from_gin(gin_files: Sequence[str], bindings: Sequence[str], workdir: str,
-                   overrides: Sequence[Override] = ()) -> dict[str, float]:
-    """``allam train`` in this process: parse, build, train; ``WORKDIR/config.gin`` (process 0), the operative
-    config with every override in it, is written once the run is accepted."""
-    import jax
-
-    from allam_jax.core.paths import as_path, write_text_atomically
-    from allam_jax.train.loop import train
-
-    parse(gin_files, bindings, overrides)
-    exp = build_experiment()
-    operative = gin.config_str()
-
-    def write_config() -> None:  # only once the run is accepted: a refused resume keeps the old record
-        if jax.process_index() == 0:
-            write_text_atomically(as_path(workdir) / "config.gin", operative)
-
-    return train(exp, workdir, on_accepted=write_config)
-
-
-def load_generator(gin_files: Sequence[str], bindings: Sequence[str], ckpt: str, vocabulary: Optional[str] = None):
-    """``allam generate/chat/eval`` and the lm-eval adapter: the model shape and mesh from gin, parameters from
-    ``ckpt``, the tokenizer from ``vocabulary`` or else the gin data config's (bytes for a model-only file)."""
-    from allam_jax.inference.session import open_generator
-
-    parse(gin_files, bindings)
-    cfg, pcfg = model_config(), partitioning_config()
-    if vocabulary is None:
-        try:
-            vocabulary = getattr(build_experiment().data, "vocabulary", "byte")
-        except Exception:  # noqa: BLE001 - a model-only gin file has no data config: bytes, as the tiny models use
-            vocabulary = "byte"
-    return open_generator(cfg, ckpt, vocabulary, pcfg)

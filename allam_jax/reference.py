@@ -83,7 +83,10 @@ def config_reference() -> str:
             out.append(f"| `{name}.{field}` | {_cell(describe(hint))} | `{_cell(_default(target, field))}` | "
                        f"{_cell(comments.get(field, ''))} |")
         out.append("")
-    return "\n".join(out)
+    out += ["## Former spellings", "", "Still read, so older configs keep working; write the replacement in new ones.",
+            "", "| former | write instead |", "|---|---|"]
+    out += [f"| `{_cell(old)}` | `{_cell(new)}` |" for old, new in gin_setup.LEGACY_SPELLINGS.items()]
+    return "\n".join(out) + "\n"
 
 
 def flags_reference() -> str:

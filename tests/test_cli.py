@@ -80,15 +80,15 @@ def test_help_explains_every_flag():
 
 def test_refused_resume_keeps_the_accepted_config_gin(gin, tmp_path):
     """A resume refused for a shape mismatch must not overwrite WORKDIR/config.gin with the refused config."""
-    from allam_jax import gin_setup
+    from allam_jax import runner
     from allam_jax.train.checkpoint import CheckpointError
 
     workdir = str(tmp_path / "w")
-    gin_setup.train_from_gin([str(gin)], ["TrainerConfig.num_steps = 2"], workdir)
+    runner.train_from_gin([str(gin)], ["TrainerConfig.num_steps = 2"], workdir)
     accepted = (tmp_path / "w" / "config.gin").read_text()
     assert "ModelConfig.d_model = 32" in accepted
     with pytest.raises(CheckpointError):
-        gin_setup.train_from_gin([str(gin)], ["TrainerConfig.num_steps = 4", "ModelConfig.d_model = 48"], workdir)
+        runner.train_from_gin([str(gin)], ["TrainerConfig.num_steps = 4", "ModelConfig.d_model = 48"], workdir)
     assert (tmp_path / "w" / "config.gin").read_text() == accepted
 
 

@@ -70,3 +70,4 @@ def test_generated_reference_reads_field_comments():
     text = reference.config_reference()
     assert re.search(r"`TrainerConfig.grad_accum_steps` \|.*\| `1` \| the step's batch in this many micro-batches", text)
     assert "| `CachedData.block_rows` | an integer | `1024` | rows per allocation block" in text
+    assert "| `StepConfig.grad_accum_steps` | `TrainerConfig.grad_accum_steps" in text  # the former spellings table

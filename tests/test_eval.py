@@ -206,7 +206,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 from allam_jax import gin_setup
 from allam_jax.data.vocabularies import ByteVocabulary
 from allam_jax.eval.scorer import LoglikelihoodScorer
-from allam_jax.gin_setup import load_generator
+from allam_jax.runner import load_generator
 from allam_jax.model import Decoder
 from allam_jax.core.params import write_params_checkpoint
 from allam_jax.core.params import strip_boxes

@@ -139,7 +139,7 @@ def _pairs(path, n=8):
 def test_dpo_trains_in_micro_batches_from_gin(tmp_path):
     """``TrainerConfig.grad_accum_steps = 2`` with DPO (refused before): the first step's loss equals the one
     micro-batch run's, and the later steps stay with it."""
-    from allam_jax import gin_setup
+    from allam_jax import runner
     from helpers import losses
 
     pairs = _pairs(tmp_path / "pairs.jsonl")
@@ -148,7 +148,7 @@ def test_dpo_trains_in_micro_batches_from_gin(tmp_path):
               "TrainerConfig.log_every = 1", "TrainerConfig.progress_bar = False", "TrainerConfig.tensorboard = False",
               "TrainerConfig.async_checkpointing = False"]
     for accum in (1, 2):
-        gin_setup.train_from_gin(["runs/dpo_tiny_cpu.gin"], common + [f"TrainerConfig.grad_accum_steps = {accum}"],
+        runner.train_from_gin(["runs/dpo_tiny_cpu.gin"], common + [f"TrainerConfig.grad_accum_steps = {accum}"],
                                  str(tmp_path / f"accum{accum}"))
     one, two = losses(tmp_path / "accum1"), losses(tmp_path / "accum2")
     assert sorted(one) == sorted(two) == [1, 2, 3]
@@ -181,7 +181,7 @@ class HalfLm(ObjectiveDefaults):
 
 def test_a_registered_objective_trains_from_gin(tmp_path, monkeypatch):
     """One OBJECTIVES line and gin picks it (``experiment.objective``), with its own config class's bindings."""
-    from allam_jax import gin_setup
+    from allam_jax import runner
     from helpers import losses
 
     monkeypatch.setitem(OBJECTIVES, "half_lm", HalfLm)
@@ -193,8 +193,8 @@ def test_a_registered_objective_trains_from_gin(tmp_path, monkeypatch):
             "TrainerConfig.async_checkpointing = False"]
     gin_file = tmp_path / "run.gin"
     gin_file.write_text("\n".join(base) + "\n")
-    gin_setup.train_from_gin([str(gin_file)], [], str(tmp_path / "lm"))
-    gin_setup.train_from_gin([str(gin_file)], ["experiment.objective = 'half_lm'", "HalfLmConfig.scale = 0.25"],
+    runner.train_from_gin([str(gin_file)], [], str(tmp_path / "lm"))
+    runner.train_from_gin([str(gin_file)], ["experiment.objective = 'half_lm'", "HalfLmConfig.scale = 0.25"],
                              str(tmp_path / "toy"))
     assert losses(tmp_path / "toy")[1] == pytest.approx(0.25 * losses(tmp_path / "lm")[1], rel=1e-5)
     assert "experiment.objective = 'half_lm'" in (tmp_path / "toy" / "config.gin").read_text()

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
 from allam_jax.align.chat import ChatTemplate, encode_prompt
 from allam_jax.align.sft_data import SkipReport, conversation_language, read_jsonl
 from allam_jax.core.errors import ChatError, ConfigError, DataError
-from allam_jax.data.batch import empty_rows
+from allam_jax.data.batch import DataDescription, empty_rows
 from allam_jax.data.sources import expand_patterns
 from allam_jax.data.tasks import LANGUAGES
 
@@ -51,6 +51,17 @@ class DpoData:
     shuffle: bool = True
     require_reference: bool = False
     languages: Sequence[str] = LANGUAGES
+
+    def describe(self) -> DataDescription:
+        return DataDescription(self.vocabulary)
+
+    def with_features(self, features: Mapping[str, Any]) -> "DpoData":
+        """A precomputed reference (``ref_logp``) read as 0 where a pair has none would train against nothing:
+        asked for, every pair must carry its ``ref_*_logp`` (``allam dpo-reference`` writes them)."""
+        unknown = sorted(set(features) - {"ref_logp"})
+        if unknown:
+            raise ConfigError(f"DpoData cannot fill the batch features {unknown} the objective needs")
+        return dataclasses.replace(self, require_reference=True) if features else self
 
     def load(self, seq_len: int, report: Optional[SkipReport] = None) -> list[dict]:
         """Every usable pair, tokenised: prompt, chosen and rejected ids, language, reference log-probs."""

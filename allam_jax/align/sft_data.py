@@ -19,6 +19,7 @@ from allam_jax.data.tasks import LANGUAGES
 from allam_jax.data.language import arabic_fraction
 from allam_jax.data.vocabularies import bos_id, get_vocabulary, stored_offset
 from allam_jax.core.errors import ConfigError
+from allam_jax.data.batch import DataDescription, DataSourceDefaults
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def conversation_language(messages: Sequence[dict]) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class SftData:
+class SftData(DataSourceDefaults):
     """Chat JSONL files for supervised fine-tuning (gin: ``SftData``); plugs into ``allam train`` as
     ``experiment.data``. ``epochs=None`` repeats forever; a number ends training when the data runs out."""
 
@@ -75,6 +76,9 @@ class SftData:
     shuffle_buffer: int = 10_000
     data_shards: int = 0  # as SeqioData.data_shards
     languages: Sequence[str] = LANGUAGES
+
+    def describe(self) -> DataDescription:
+        return DataDescription(self.vocabulary, data_shards=self.data_shards)
 
     def __post_init__(self):
         if self.on_error not in ("skip", "fatal"):

@@ -128,8 +128,8 @@ def run_inspect(args: argparse.Namespace) -> int:
         raise ConfigError(f"experiment.data is {type(exp.data).__name__}, not SeqioData or CachedData: nothing to "
                           "inspect")
     data = exp.data
-    if args.mixture and args.mixture != getattr(data, "mixture", None):
-        raise ConfigError(f"unknown mixture {args.mixture!r}: the gin config defines {data.mixture!r} "
+    if args.mixture and args.mixture != data.describe().mixture:
+        raise ConfigError(f"unknown mixture {args.mixture!r}: the gin config defines {data.describe().mixture!r} "
                           "(set SeqioData.mixture and SeqioData.rates to define another)")
     report = inspect_mixture(dataclasses.replace(data), args.seq_len or exp.trainer.seq_len,
                              args.batch_size or exp.trainer.batch_size, args.batches, args.examples,

@@ -67,7 +67,7 @@ def _sampling(args: argparse.Namespace):
 
 def run_generate(args: argparse.Namespace) -> int:
 
-    from allam_jax.gin_setup import load_generator
+    from allam_jax.runner import load_generator
     from allam_jax.core.errors import ConfigError
 
     texts = list(args.prompt)
@@ -102,7 +102,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def run_chat(args: argparse.Namespace) -> int:
     from allam_jax.core.errors import ConfigError
-    from allam_jax.gin_setup import load_generator
+    from allam_jax.runner import load_generator
     from allam_jax.inference.session import chat_loop
 
     if sys.stdin is None or sys.stdin.closed:
@@ -118,7 +118,7 @@ def run_chat(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from allam_jax.eval.runner import check_specs, markdown, run_eval, write_report
     from allam_jax.eval.scorer import LoglikelihoodScorer
-    from allam_jax.gin_setup import load_generator
+    from allam_jax.runner import load_generator
     from allam_jax.core.errors import ConfigError
 
     if not args.task and not args.perplexity:

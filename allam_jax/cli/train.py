@@ -32,7 +32,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from allam_jax import gin_setup
+    from allam_jax import runner
     from allam_jax.core import distributed
 
     distributed.initialize(distributed.DistributedConfig.from_env(
@@ -41,7 +41,7 @@ def run_train(args: argparse.Namespace) -> int:
     bindings = list(args.gin_bindings or [])
     if args.profile is not None:
         bindings.append(f"TrainerConfig.profile_steps = ({_profile_steps(args.profile)})")
-    final = gin_setup.train_from_gin(args.gin_file, bindings, args.workdir)
+    final = runner.train_from_gin(args.gin_file, bindings, args.workdir)
     print(json.dumps({"workdir": args.workdir, **{k: round(v, 6) for k, v in final.items()}}))
     return 0
 

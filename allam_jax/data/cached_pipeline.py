@@ -26,6 +26,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from allam_jax.core.errors import ConfigError
+from allam_jax.data.batch import DataDescription, DataSourceDefaults
 from allam_jax.data import cache_format
 from allam_jax.data.pipeline import MixtureSchedule
 from allam_jax.data.tasks import LANGUAGES, TASKS, token_shares
@@ -37,7 +38,7 @@ _TASK_LANG = {t.name: LANGUAGES.index(t.lang) for t in TASKS}
 
 
 @dataclasses.dataclass(frozen=True)
-class CachedData:
+class CachedData(DataSourceDefaults):
     """The mixture of cached tasks to train on (gin: ``CachedData``); ``rates`` are token shares."""
 
     cache_dir: str = "data_cache/cached"
@@ -48,6 +49,9 @@ class CachedData:
     schedule: Optional[MixtureSchedule] = None  # stages of rates by step; replaces ``rates`` when set
     block_rows: int = 1024  # rows per allocation block: shares are exact to 1/block_rows
     block_records: int = 64  # records read in a run before the epoch order jumps
+
+    def describe(self) -> DataDescription:
+        return DataDescription(self.vocabulary, f"cached tasks in {self.cache_dir}", dict(self.rates))
 
     def make_iterator(self, seq_len: int, batch_size: int, process_index: int = 0,
                       process_count: int = 1) -> "CachedBatchIterator":

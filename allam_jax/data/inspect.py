@@ -41,7 +41,7 @@ def inspect_mixture(data, seq_len: int, batch_size: int, num_batches: int, num_e
     total = task_tokens.sum()
     configured: Mapping[str, float] = it.expected_shares
     return {
-        "mixture": getattr(data, "mixture", None) or f"cached tasks in {getattr(data, 'cache_dir', '?')}",
+        "mixture": data.describe().mixture,
         "batches": num_batches,
         "tokens": int(total),
         "packing_efficiency": float(total / (num_batches * batch_size * seq_len)),

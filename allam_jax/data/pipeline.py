@@ -29,6 +29,7 @@ from allam_jax.data import tasks as tasks_lib
 from allam_jax.data.sources import CleaningConfig, ParallelRendering, tf_data_errors
 from allam_jax.data.vocabularies import bos_id, get_vocabulary, stored_offset
 from allam_jax.core.errors import ConfigError
+from allam_jax.data.batch import DataDescription, DataSourceDefaults
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class MixtureSchedule:
 
 
 @dataclasses.dataclass(frozen=True)
-class SeqioData:
+class SeqioData(DataSourceDefaults):
     """The mixture to train on (gin: ``SeqioData``); ``make_iterator`` registers tasks and mixture."""
 
     mixture: str = "ar_en_translated"
@@ -79,6 +80,9 @@ class SeqioData:
     languages: Sequence[str] = tasks_lib.LANGUAGES
     data_shards: int = 0  # a multiple of every process count the run may use keeps its batches across slices
     schedule: Optional["MixtureSchedule"] = None  # stages of rates by step; replaces ``rates`` when set
+
+    def describe(self) -> DataDescription:
+        return DataDescription(self.vocabulary, self.mixture, dict(self.rates), self.data_shards)
 
     def build(self, seq_len: int, rates: Optional[Mapping[str, float]] = None,
               mixture: Optional[str] = None) -> tuple[seqio.Vocabulary, dict[str, float]]:

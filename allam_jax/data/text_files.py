@@ -27,7 +27,7 @@ import numpy as np
 
 from allam_jax.core.errors import ConfigError
 from allam_jax.core.paths import as_path
-from allam_jax.data.batch import empty_rows
+from allam_jax.data.batch import DataDescription, DataSourceDefaults, empty_rows
 from allam_jax.data.language import guess_language
 
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -99,7 +99,7 @@ def first_bytes(documents: Iterable[str], max_bytes: int) -> list[str]:
 
 
 @dataclasses.dataclass(frozen=True)
-class TextFileData:
+class TextFileData(DataSourceDefaults):
     """Files to train on, the packing length and the language list (gin-configurable)."""
 
     paths: Sequence[str] = ()
@@ -109,6 +109,9 @@ class TextFileData:
     def __post_init__(self):
         if isinstance(self.paths, str):
             raise ConfigError("TextFileData.paths must be a list of paths, got a single string")
+
+    def describe(self) -> DataDescription:
+        return DataDescription(vocabulary="byte")
 
     def make_iterator(
         self, seq_len: int, batch_size: int, process_index: int = 0, process_count: int = 1

@@ -21,7 +21,7 @@ from lm_eval.api.registry import register_model
 
 from allam_jax.eval.scorer import LoglikelihoodScorer
 from allam_jax.inference.generate import SamplingConfig
-from allam_jax.gin_setup import load_generator
+from allam_jax.runner import load_generator
 
 
 @register_model("allam_jax")

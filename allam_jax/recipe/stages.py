@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from allam_jax import gin_setup
+from allam_jax import gin_setup, runner
 from allam_jax.core.errors import ConfigError
 from allam_jax.core.paths import write_text_atomically
 from allam_jax.gin_setup import Override
@@ -44,7 +44,7 @@ def _train(gin_files: Sequence[str], bindings: Sequence[str], workdir: str, over
     """What ``allam train`` runs, in this process: the recipe's typed settings go in as overrides, between the
     gin files and the user's bindings (``stage_bindings``, an arm's bindings), which still win."""
     log.info("training %s", workdir)
-    gin_setup.train_from_gin(gin_files, bindings, workdir, overrides)
+    runner.train_from_gin(gin_files, bindings, workdir, overrides)
     return 0
 
 

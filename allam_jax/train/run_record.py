@@ -24,11 +24,10 @@ FILE = workdir_files.RUN_RECORD
 
 
 def describe(exp: Any, process_count: int) -> dict:
-    data = exp.data
-    rates = getattr(data, "rates", None)
+    data = exp.data.describe()
     return {"batch_size": exp.trainer.batch_size, "seq_len": exp.trainer.seq_len, "process_count": process_count,
-            "data_shards": getattr(data, "data_shards", None),  # None: the data's position is the same on any count
-            "rates": {k: float(v) for k, v in dict(rates).items()} if rates is not None else None}
+            "data_shards": data.data_shards,  # None: the data's position is the same on any count
+            "rates": {k: float(v) for k, v in dict(data.rates).items()} if data.rates is not None else None}
 
 
 def read(workdir: epath.Path) -> Optional[dict]:
