@@ -22,7 +22,7 @@ from allam_jax.data.registry import DATA_SOURCES, DATA_PARTS, DEFAULT_DATA_SOURC
 from allam_jax.model.config import ModelConfig
 from allam_jax.objectives import OBJECTIVES, make_objective
 from allam_jax.objectives.lm import StepConfig
-from allam_jax.train.emergency_checkpoint import CheckpointConfig
+from allam_jax.checkpoint.emergency import CheckpointConfig
 from allam_jax.train.experiment import Experiment, TrainerConfig
 from allam_jax.train.heldout_watch import HeldoutWatch
 from allam_jax.train.optimizer import OptimizerConfig

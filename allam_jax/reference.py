@@ -9,7 +9,7 @@ import ast
 import dataclasses
 import inspect
 import textwrap
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 from allam_jax import gin_setup
 from allam_jax.cli.main import build_parser
@@ -23,7 +23,8 @@ def configurables() -> dict[str, Callable]:
     return gin_setup.configurables(RecipeConfig, HeldoutConfig)
 
 
-def commands(parser: argparse.ArgumentParser | None = None, prefix: str = "allam") -> Iterator[tuple[str, argparse.ArgumentParser]]:
+def commands(parser: Optional[argparse.ArgumentParser] = None,
+             prefix: str = "allam") -> Iterator[tuple[str, argparse.ArgumentParser]]:
     """(full command, parser) of every leaf ``allam`` subcommand, in the order ``--help`` lists them."""
     parser = parser or build_parser()
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]  # noqa: SLF001

@@ -9,7 +9,8 @@ import gin
 import jax
 
 from allam_jax import gin_setup
-from allam_jax.core.paths import as_path, write_text_atomically
+from allam_jax.checkpoint.workdir import Workdir
+from allam_jax.core.paths import write_text_atomically
 from allam_jax.gin_setup import Override
 from allam_jax.inference.session import open_generator
 from allam_jax.train.loop import train
@@ -25,7 +26,7 @@ def train_from_gin(gin_files: Sequence[str], bindings: Sequence[str], workdir: s
 
     def write_config() -> None:  # only once the run is accepted: a refused resume keeps the old record
         if jax.process_index() == 0:
-            write_text_atomically(as_path(workdir) / "config.gin", operative)
+            write_text_atomically(Workdir.at(workdir).config_gin, operative)
 
     return train(exp, workdir, on_accepted=write_config)
 

@@ -31,7 +31,7 @@ from allam_jax.model import Decoder, ModelConfig  # noqa: E402
 from allam_jax.core.errors import ConfigError  # noqa: E402
 from allam_jax.train.metrics import peak_flops_per_device  # noqa: E402
 from allam_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer  # noqa: E402
-from allam_jax.core.params import count_params  # noqa: E402
+from allam_jax.core.trees import count_params  # noqa: E402
 from allam_jax.train.state import init_train_state, state_shardings  # noqa: E402
 from allam_jax.objectives.lm import LmObjective, StepConfig  # noqa: E402
 from allam_jax.train.step import make_train_step  # noqa: E402

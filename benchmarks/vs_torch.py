@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 from allam_jax.core import partitioning  # noqa: E402
 from allam_jax.model import Decoder, ModelConfig  # noqa: E402
 from allam_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer  # noqa: E402
-from allam_jax.core.params import count_params  # noqa: E402
+from allam_jax.core.trees import count_params  # noqa: E402
 from allam_jax.train.state import init_train_state, state_shardings  # noqa: E402
 from allam_jax.objectives.lm import LmObjective, StepConfig  # noqa: E402
 from allam_jax.train.step import make_train_step  # noqa: E402
@@ -193,7 +193,7 @@ def decode_tokens_per_s(cfg: ModelConfig, params, batch: int = 8, prompt: int = 
 
 def checkpoint_blocking_s(trainer: JaxTrainer) -> tuple[float, float]:
     """(seconds the loop is blocked by an async save, seconds until the save is on disk)."""
-    from allam_jax.train.checkpoint import Checkpointer
+    from allam_jax.checkpoint.regular import Checkpointer
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Checkpointer(tmp, save_every=1, keep=1, async_save=True)

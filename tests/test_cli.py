@@ -81,7 +81,7 @@ def test_help_explains_every_flag():
 def test_refused_resume_keeps_the_accepted_config_gin(gin, tmp_path):
     """A resume refused for a shape mismatch must not overwrite WORKDIR/config.gin with the refused config."""
     from allam_jax import runner
-    from allam_jax.train.checkpoint import CheckpointError
+    from allam_jax.checkpoint.regular import CheckpointError
 
     workdir = str(tmp_path / "w")
     runner.train_from_gin([str(gin)], ["TrainerConfig.num_steps = 2"], workdir)
@@ -131,7 +131,7 @@ def test_read_only_workdir_is_one_line_and_changes_nothing(gin, tmp_path):
     import subprocess
     import sys
 
-    from allam_jax.train.workdir_lock import LOCK_NAME
+    from allam_jax.checkpoint.workdir_lock import LOCK_NAME
 
     ro = tmp_path / "ro"
     ro.mkdir()

@@ -17,7 +17,8 @@ import transformers
 from allam_jax.convert.checkpoints import export_to_hf, import_from_hf
 from allam_jax.convert.hf_config import config_from_hf
 from allam_jax.core.errors import ConversionError
-from allam_jax.core.params import abstract_params, stored_params
+from allam_jax.checkpoint.params_io import stored_params
+from allam_jax.core.params import abstract_params
 from allam_jax.model import Decoder
 from helpers import allam
 from test_convert_hf import _hf_logits, _our_logits

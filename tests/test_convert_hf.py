@@ -230,7 +230,8 @@ def test_export_streams_tensors_with_memory_independent_of_model_size(tmp_path):
     import jax
     from safetensors import safe_open
 
-    from allam_jax.core.params import abstract_params, write_params_checkpoint
+    from allam_jax.checkpoint.params_io import write_params_checkpoint
+    from allam_jax.core.params import abstract_params
     from allam_jax.model import ModelConfig
 
     growth, sizes = {}, {}

@@ -3,7 +3,7 @@
 import pytest
 
 from allam_jax.core.errors import CheckpointError, ConfigError
-from allam_jax.train.emergency_checkpoint import (DATA_POSITION_BYTES, CheckpointConfig, decode_data_position,
+from allam_jax.checkpoint.emergency import (DATA_POSITION_BYTES, CheckpointConfig, decode_data_position,
                                                   encode_data_position)
 
 
@@ -28,7 +28,7 @@ def test_emergency_checkpoints_need_two_replicas(tmp_path):
     import numpy as np
     from jax.sharding import Mesh
 
-    from allam_jax.train.emergency_checkpoint import EmergencyCheckpointer
+    from allam_jax.checkpoint.emergency import EmergencyCheckpointer
 
     mesh = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
     config = CheckpointConfig(emergency=True, local_dir=str(tmp_path / "local"))
@@ -43,8 +43,8 @@ def test_a_workdir_keeps_the_kind_of_checkpoints_it_started_with(tmp_path):
     stands in for a run's: the refusal comes before Orbax touches a device)."""
     from allam_jax.aot.topology import resolve_topology
     from allam_jax.core.partitioning import PartitioningConfig, create_mesh
-    from allam_jax.train.checkpoint import Checkpointer
-    from allam_jax.train.emergency_checkpoint import EmergencyCheckpointer
+    from allam_jax.checkpoint.regular import Checkpointer
+    from allam_jax.checkpoint.emergency import EmergencyCheckpointer
 
     regular = tmp_path / "regular" / "checkpoints"
     (regular / "2" / "state").mkdir(parents=True)

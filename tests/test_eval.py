@@ -173,8 +173,8 @@ def test_perplexity_and_bits_per_byte(scorer):
 
 def test_eval_command_on_all_five_formats(tmp_path):
     from allam_jax import gin_setup
-    from allam_jax.core.params import write_params_checkpoint
-    from allam_jax.core.params import strip_boxes
+    from allam_jax.checkpoint.params_io import write_params_checkpoint
+    from allam_jax.core.trees import strip_boxes
 
     gin_setup.parse(["models/tiny.gin"])
     cfg = gin_setup.model_config()
@@ -208,8 +208,8 @@ from allam_jax.data.vocabularies import ByteVocabulary
 from allam_jax.eval.scorer import LoglikelihoodScorer
 from allam_jax.runner import load_generator
 from allam_jax.model import Decoder
-from allam_jax.core.params import write_params_checkpoint
-from allam_jax.core.params import strip_boxes
+from allam_jax.checkpoint.params_io import write_params_checkpoint
+from allam_jax.core.trees import strip_boxes
 ckpt = sys.argv[1]
 gin_setup.parse(["models/tiny.gin"], ["ModelConfig.compute_dtype = 'float32'"])
 cfg = gin_setup.model_config()

@@ -80,12 +80,12 @@ def test_sampling_filters_and_stop_strings(setup):
 
 def test_generate_and_chat_commands(tmp_path):
     from allam_jax import gin_setup
-    from allam_jax.core.params import write_params_checkpoint
+    from allam_jax.checkpoint.params_io import write_params_checkpoint
     from helpers import allam
 
     gin_setup.parse(["models/tiny.gin"])
     cfg = gin_setup.model_config()
-    from allam_jax.core.params import strip_boxes
+    from allam_jax.core.trees import strip_boxes
 
     params = strip_boxes(Decoder(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"])
     write_params_checkpoint(str(tmp_path / "ckpt"), params)

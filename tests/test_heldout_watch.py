@@ -13,7 +13,8 @@ import numpy_llama
 from helpers import allam, bundled_dir, experiment, write_gin
 from allam_jax.core.errors import ConfigError, RetentionError
 from allam_jax.data.text_files import ByteCodec
-from allam_jax.train.heldout_watch import START_FILE, HeldoutWatch, read_heldout
+from allam_jax.checkpoint.workdir_files import HELDOUT_START as START_FILE
+from allam_jax.train.heldout_watch import HeldoutWatch, read_heldout
 from allam_jax.train.loop import train
 from allam_jax.train.metrics import read_metrics
 

@@ -19,8 +19,8 @@ import lm_eval  # the lmeval extra, installed by setup.sh
 def model(tmp_path_factory):
     from allam_jax import gin_setup
     from allam_jax.eval.lm_eval_adapter import AllamLM
-    from allam_jax.core.params import write_params_checkpoint
-    from allam_jax.core.params import strip_boxes
+    from allam_jax.checkpoint.params_io import write_params_checkpoint
+    from allam_jax.core.trees import strip_boxes
 
     d = tmp_path_factory.mktemp("lmeval")
     gin_setup.parse(["models/tiny.gin"])

@@ -8,7 +8,8 @@ from allam_jax.kernels import reference_attention
 from allam_jax.core.errors import ConfigError
 from allam_jax.model import Decoder, ModelConfig
 from allam_jax.model.layers import rope
-from allam_jax.core.params import abstract_params, count_params
+from allam_jax.core.params import abstract_params
+from allam_jax.core.trees import count_params
 
 TINY = dict(vocab_size=97, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=48, max_seq_len=32,
             compute_dtype="float32")

@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from helpers import corpus_files, experiment, losses, write_gin
-from allam_jax.train import checkpoint as ckpt_lib
+from allam_jax.checkpoint import regular as ckpt_lib
 from allam_jax.train.loop import NonFiniteLossError, train
 
 
@@ -210,7 +210,7 @@ def test_sigterm_saves_then_exits_143(files, tmp_path):
 def test_sigterm_during_start_up_says_so(files, tmp_path):
     """A SIGTERM that lands before the first step (data set-up, restore, compile) used to end the process with
     no word at all; now it says what happened, exits 143 and leaves the workdir unlocked and unchanged."""
-    from allam_jax.train.workdir_lock import LOCK_NAME
+    from allam_jax.checkpoint.workdir_lock import LOCK_NAME
 
     gin = write_gin(tmp_path / "run.gin", files, **{"TrainerConfig.num_steps": 5000})
     proc = _start(gin, tmp_path / "w")
@@ -242,10 +242,11 @@ def test_bucket_metrics_upload_bounded_parts_and_fold_them(tmp_path, monkeypatch
     """On a bucket (``is_remote``, simulated on a local folder) each write uploads one part of at most
     PART_ROWS rows, never the whole log; a crashed writer's parts are folded in by the next one, a closed
     writer folds its own; read_metrics sees every row at every moment."""
+    from allam_jax.checkpoint.workdir import Workdir
     from allam_jax.core import paths
     from allam_jax.train import metrics
 
-    monkeypatch.setattr(metrics, "is_remote", lambda _: True)
+    monkeypatch.setattr(Workdir, "remote", property(lambda self: True))
     monkeypatch.setattr(metrics, "PART_ROWS", 10)
     uploads = []
     original = paths.epath.Path.write_text
@@ -275,7 +276,7 @@ def test_second_trainer_on_a_workdir_is_refused_and_a_stale_lock_is_taken_over(f
     import socket
 
     from allam_jax.core.errors import ConfigError
-    from allam_jax.train.workdir_lock import LOCK_NAME, WorkdirLocked, workdir_lock
+    from allam_jax.checkpoint.workdir_lock import LOCK_NAME, WorkdirLocked, workdir_lock
 
     workdir = tmp_path / "w"
     workdir.mkdir()
@@ -312,7 +313,8 @@ def test_params_restore_falls_back_past_an_unreadable_step_and_names_a_mismatch(
     import time
 
     from allam_jax.model import Decoder
-    from allam_jax.core.params import abstract_params, restore_params
+    from allam_jax.checkpoint.params_io import restore_params
+    from allam_jax.core.params import abstract_params
 
     exp = experiment(files, num_steps=10, keep_checkpoints=5)
     train(exp, str(tmp_path))

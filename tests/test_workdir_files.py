@@ -1,5 +1,5 @@
 """Issue 44: the files a run keeps in its workdir are read through one validated loader
-(``train/workdir_files.py``): damaged, outdated or foreign contents are one line naming the file and the field
+(``checkpoint/workdir_files.py``): damaged, outdated or foreign contents are one line naming the file and the field
 (exit 2), goodput.json a warning and a fresh count, an edited data position refused."""
 
 import json
@@ -12,9 +12,9 @@ from etils import epath
 
 from allam_jax.cli.main import main
 from allam_jax.core.errors import WorkdirFileError
-from allam_jax.train import workdir_files
+from allam_jax.checkpoint import workdir_files
 from allam_jax.train.goodput import PARTS
-from allam_jax.train.workdir_lock import LOCK_NAME, workdir_lock
+from allam_jax.checkpoint.workdir_lock import LOCK_NAME, workdir_lock
 
 
 def _write(tmp_path, name, text) -> epath.Path:

@@ -222,7 +222,7 @@ def compile_step(exp: "Experiment", topology: Topology, step: str = "train",
     keep the optimized HLO (``hlo.txt``) and each device's torus coordinates and slice in the program's device
     order (``devices.json``), enough to price the program again (``aot.step_time``) without compiling."""
     from allam_jax.train.program import build_train_program
-    from allam_jax.core.params import count_params
+    from allam_jax.core.trees import count_params
 
     if step not in STEPS:
         raise ConfigError(f"--step must be one of {STEPS}, got {step!r}")

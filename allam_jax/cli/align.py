@@ -22,7 +22,7 @@ def run_dpo_reference(args: argparse.Namespace) -> int:
     from allam_jax import gin_setup
     from allam_jax.align.dpo_reference import precompute_reference
     from allam_jax.align.preference_data import DpoData
-    from allam_jax.core.params import load_params
+    from allam_jax.checkpoint.params_io import load_params
     from allam_jax.model import Decoder
     from allam_jax.core.errors import ConfigError
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from allam_jax.checkpoint.workdir import Workdir
 from allam_jax.cli.common import add_checkpoint_flag, positive_int, probability, seed_int
 from allam_jax.tokenizer import INIT_METHODS, NORMALIZATIONS
 
@@ -230,7 +231,8 @@ def _head_fit(args: argparse.Namespace):
     model_gin = args.model_gin
     if model_gin is None:
         here = epath.Path(args.ckpt)
-        model_gin = next((str(d / "config.gin") for d in (here, *here.parents) if (d / "config.gin").is_file()), None)
+        configs = (Workdir.at(d).config_gin for d in (here, *here.parents))
+        model_gin = next((str(c) for c in configs if c.is_file()), None)
         if model_gin is None:
             raise TokenizerError(f"--init fitted needs the model's config: no config.gin beside {args.ckpt}; give "
                                  "--model_gin")

@@ -12,8 +12,9 @@ from tqdm.auto import tqdm
 from allam_jax.convert.hf_config import config_from_hf, family_of, hf_config_from, model_gin
 from allam_jax.convert.hf_llama import (ConversionError, SafetensorsReader, hf_tensor_order, hf_to_params,
                                         params_to_hf, write_safetensors, write_tokenizer_files)
-from allam_jax.core.params import (abstract_params, count_params, load_params,
-                                    stored_params, write_params_checkpoint)
+from allam_jax.checkpoint.params_io import load_params, stored_params, write_params_checkpoint
+from allam_jax.core.params import abstract_params
+from allam_jax.core.trees import count_params
 from allam_jax.core.paths import as_path, staged_dir
 from allam_jax.model import Decoder, ModelConfig
 

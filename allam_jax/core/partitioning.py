@@ -20,6 +20,7 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from allam_jax.core.errors import ConfigError
+from allam_jax.core.trees import ABSTRACT_KEY, strip_boxes
 
 DATA_AXIS, FSDP_AXIS, TENSOR_AXIS = "data", "fsdp", "tensor"  # the mesh's axis names, spelled here only
 MESH_AXES = (DATA_AXIS, FSDP_AXIS, TENSOR_AXIS)
@@ -270,8 +271,6 @@ class Partitioner:
     def abstract(self, boxed_tree: Any, what: str = "parameter") -> tuple[Any, Any]:
         """(unboxed ShapeDtypeStructs carrying their shardings, the sharding tree) of an ``eval_shape``
         result; a dimension the mesh does not divide is a ConfigError naming the array."""
-        from allam_jax.core.params import strip_boxes
-
         shardings = self.shardings(boxed_tree)
         abstract = strip_boxes(boxed_tree)
         check_divisibility(abstract, shardings, what)
@@ -282,8 +281,6 @@ class Partitioner:
     def abstract_init(self, init_fn: Callable[[jax.Array], Any], what: str = "parameter") -> tuple[Any, Any]:
         """:meth:`abstract` of what ``init_fn(rng)`` would build, traced with an abstract key (nothing
         allocated; no concrete key is needed, so it works on compile-only devices too)."""
-        from allam_jax.core.params import ABSTRACT_KEY
-
         return self.abstract(jax.eval_shape(init_fn, ABSTRACT_KEY), what)
 
     def jit(self, fn: Callable, **kwargs: Any) -> "PartitionedFunction":

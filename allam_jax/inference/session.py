@@ -16,7 +16,7 @@ def open_generator(cfg: "ModelConfig", ckpt: str, vocabulary: str = "byte",
                    partitioning: Optional["PartitioningConfig"] = None) -> Generator:
     """A generator for the model ``cfg`` with the parameters of ``ckpt`` restored straight into their shards on
     the ``partitioning`` mesh (default: every device on fsdp), and the tokenizer ``vocabulary``."""
-    from allam_jax.core.params import load_params
+    from allam_jax.checkpoint.params_io import load_params
     from allam_jax.core.partitioning import Partitioner
     from allam_jax.data.vocabularies import bos_id, check_fits_model, get_vocabulary
     from allam_jax.model import Decoder

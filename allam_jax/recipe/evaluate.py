@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 from tqdm.auto import tqdm
 
+from allam_jax.checkpoint.workdir import Workdir
+
 if TYPE_CHECKING:
     from allam_jax.recipe.stages import Recipe
 
@@ -33,17 +35,17 @@ class RunInfo:
         from allam_jax import gin_setup
 
         self.workdir = workdir
-        config = workdir / "config.gin"
+        config = Workdir.at(workdir).config_gin
         if not config.is_file():
             raise FileNotFoundError(f"{config} not found: the run did not start (rerun its recipe stage)")
         gin_setup.parse([str(config)])
         experiment = gin_setup.build_experiment()
         self.model = experiment.model
-        self.vocabulary: str = experiment.data.vocabulary
+        self.vocabulary: str = experiment.data.describe().vocabulary
         self.init_from: Optional[str] = experiment.trainer.init_from
 
     def steps(self) -> list[int]:
-        ckpts = self.workdir / "checkpoints"
+        ckpts = Workdir.at(self.workdir).checkpoints
         return sorted(int(p.name) for p in ckpts.iterdir() if p.is_dir() and p.name.isdigit()) if ckpts.is_dir() else []
 
 
@@ -63,7 +65,7 @@ class Evaluator:
         return [int(t) for t in self.vocab.encode(text)]
 
     def load(self, checkpoint: str) -> None:
-        from allam_jax.core.params import load_params
+        from allam_jax.checkpoint.params_io import load_params
         from allam_jax.model import Decoder
 
         self.scorer.params = load_params(checkpoint, Decoder(self.cfg))
@@ -162,7 +164,7 @@ def evaluate_recipe(recipe: "Recipe") -> dict:
         steps = info.steps()
         if not steps:
             raise FileNotFoundError(f"{workdir}/checkpoints holds no step: rerun the recipe stage that trains it")
-        points = [(s, str(workdir / "checkpoints" / str(s))) for s in steps]
+        points = [(s, str(Workdir.at(workdir).checkpoints / str(s))) for s in steps]
         if name in ("sft", "dpo"):
             points = points[-1:]
         elif info.init_from:  # step 0: where continued pretraining started
@@ -206,11 +208,11 @@ def evaluate_recipe(recipe: "Recipe") -> dict:
     bar.close()
 
     # DPO's implicit reward on held-out pairs, against its frozen reference (the SFT model).
-    from allam_jax.core.params import load_params
+    from allam_jax.checkpoint.params_io import load_params
 
     dpo_info = RunInfo(runs["dpo"])
-    policy = load_params(str(runs["dpo"] / "checkpoints"), Decoder(dpo_info.model))
-    reference = load_params(str(runs["sft"] / "checkpoints"), Decoder(dpo_info.model))
+    policy = load_params(str(Workdir.at(runs["dpo"]).checkpoints), Decoder(dpo_info.model))
+    reference = load_params(str(Workdir.at(runs["sft"]).checkpoints), Decoder(dpo_info.model))
     results["dpo_heldout"] = preference_metrics(Decoder(dpo_info.model), policy, reference,
                                                 dpo_pairs(dpo_info.vocabulary), cfg.seq_len, cfg.dpo_beta)
     return results

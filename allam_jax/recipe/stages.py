@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from allam_jax.checkpoint.workdir import Workdir
 from allam_jax import gin_setup, runner
 from allam_jax.core.errors import ConfigError
 from allam_jax.core.paths import write_text_atomically
@@ -237,7 +238,7 @@ class Recipe:
 
             overrides = (self.model_overrides(self.vocab_sizes()["merged"])
                          + self.alignment_overrides(SftData, "sft_train.jsonl",
-                                                    str(self.dir / "cpt" / c.main_arm / "checkpoints"))
+                                                    str(Workdir.at(self.dir / "cpt" / c.main_arm).checkpoints))
                          + self.schedule_overrides(c.sft_steps, c.sft_learning_rate, max(1, c.sft_steps // 15)))
             return TrainPlan((c.model_gin,), tuple(overrides), self.user_bindings("sft"), str(self.dir / "sft"))
         if stage == "dpo":
@@ -245,7 +246,8 @@ class Recipe:
             from allam_jax.objectives.dpo import DpoConfig
 
             overrides = (self.model_overrides(self.vocab_sizes()["merged"], batch_size=max(1, c.batch_size // 2))
-                         + self.alignment_overrides(DpoData, "dpo_train.jsonl", str(self.dir / "sft" / "checkpoints"))
+                         + self.alignment_overrides(DpoData, "dpo_train.jsonl",
+                                                   str(Workdir.at(self.dir / "sft").checkpoints))
                          + [Override(gin_setup.build_experiment, objective="dpo"),
                             Override(DpoConfig, beta=c.dpo_beta, reference="frozen")]
                          + self.schedule_overrides(c.dpo_steps, c.dpo_learning_rate, max(1, c.dpo_steps // 10)))
@@ -280,13 +282,14 @@ class Recipe:
         _write_json(self.tok / "fertility.json", fertility)
         reports = {}
         sizes = {"base": load_tokenizer(str(base)).vocab_size, "merged": load_tokenizer(str(merged)).vocab_size}
-        gin_setup.parse([str(self.dir / "base" / "config.gin")])
+        gin_setup.parse([str(Workdir.at(self.dir / "base").config_gin)])
         fit = HeadFit(dataclasses.replace(gin_setup.model_config(), vocab_size=sizes["merged"]),
                       str(self.data / "train" / "ar.txt"), str(self.data / "train" / "en.txt"))
         for method in EXPAND_METHODS:
             out = self.dir / "expand" / method
             if not (out / "expansion.json").is_file():
-                expand_checkpoint(str(self.dir / "base" / "checkpoints"), str(base), str(merged), str(out), method,
+                base_ckpt = str(Workdir.at(self.dir / "base").checkpoints)
+                expand_checkpoint(base_ckpt, str(base), str(merged), str(out), method,
                                   c.seed, fit=fit if method == "fitted" else None)
             reports[method] = _read_json(out / "expansion.json")
         return {"merge": {"added": merge.added, "merged_size": merge.merged_size}, "fertility": fertility,
@@ -312,7 +315,7 @@ class Recipe:
 
     def placeholders(self) -> dict[str, str]:
         sizes = self.vocab_sizes()
-        return {"base_checkpoint": str(self.dir / "base" / "checkpoints"),
+        return {"base_checkpoint": str(Workdir.at(self.dir / "base").checkpoints),
                 "expanded_mean_subtoken": str(self.dir / "expand" / "mean_subtoken"),
                 "expanded_fitted": str(self.dir / "expand" / "fitted"),
                 "expanded_random": str(self.dir / "expand" / "random"),

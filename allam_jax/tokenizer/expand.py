@@ -16,7 +16,7 @@ import numpy as np
 
 from allam_jax.core.errors import CheckpointError
 from allam_jax.core.paths import as_path
-from allam_jax.core.params import abstract_params_as_saved, restore_params, write_params_checkpoint
+from allam_jax.checkpoint.params_io import abstract_params_as_saved, restore_params, write_params_checkpoint
 from allam_jax.core.partitioning import Partitioner
 from allam_jax.tokenizer import INIT_METHODS
 from allam_jax.tokenizer.fit_head import HeadFit, fit_output_rows, sample_statistics

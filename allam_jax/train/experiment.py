@@ -14,7 +14,7 @@ from allam_jax.core.partitioning import PartitioningConfig
 from allam_jax.data.batch import DataSource
 from allam_jax.model import ModelConfig
 from allam_jax.objectives import LmObjective, Objective
-from allam_jax.train.emergency_checkpoint import CheckpointConfig
+from allam_jax.checkpoint.emergency import CheckpointConfig
 from allam_jax.train.heldout_watch import HeldoutWatch
 from allam_jax.train.optimizer import OptimizerConfig
 from allam_jax.train.trainable import TrainableSpec

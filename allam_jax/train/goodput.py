@@ -23,15 +23,13 @@ import time
 from typing import Any, Iterator, Optional
 
 import jax
-from etils import epath
-
+from allam_jax.checkpoint import workdir_files
+from allam_jax.checkpoint.workdir import Workdir
 from allam_jax.core.paths import write_text_atomically
-from allam_jax.train import workdir_files
 
 log = logging.getLogger(__name__)
 
 PARTS = ("data", "step", "checkpoint", "compile", "eval", "startup")
-FILE = workdir_files.GOODPUT
 _KEEP_SAVED = 64  # productive time at the newest saved steps (a resume is from one of them)
 _COMPILE_EVENTS = ("/jax/core/compile/backend_compile_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
                    "/jax/core/compile/jaxpr_trace_duration")
@@ -40,9 +38,9 @@ _COMPILE_EVENTS = ("/jax/core/compile/backend_compile_duration", "/jax/core/comp
 class GoodputRecorder:
     """Times the loop's parts; logs them per step and keeps the run's goodput in ``WORKDIR/goodput.json``."""
 
-    def __init__(self, workdir: epath.Path, start_step: int, write: bool = True, started: Optional[float] = None):
+    def __init__(self, workdir: Workdir, start_step: int, write: bool = True, started: Optional[float] = None):
         """``started``: when the run began (``time.time()``): the time until the first step is start-up."""
-        self.path = workdir / FILE
+        self.workdir, self.path = workdir, workdir.goodput
         self.write_enabled = write
         self.created = time.time() if started is None else started
         self._compile = 0.0
@@ -58,7 +56,7 @@ class GoodputRecorder:
         self._listening = False
 
     def _read(self) -> dict[str, Any]:
-        return workdir_files.read_goodput(self.path.parent, PARTS)
+        return workdir_files.read_goodput(self.workdir.root, PARTS)
 
     def _on_event(self, event: str, duration: float, **kwargs: Any) -> None:
         if event in _COMPILE_EVENTS:

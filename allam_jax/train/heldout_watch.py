@@ -16,14 +16,14 @@ import logging
 import math
 from typing import Callable, Mapping, Optional
 
+from allam_jax.checkpoint import workdir_files
+from allam_jax.checkpoint.workdir import Workdir
 from allam_jax.core.errors import ConfigError, RetentionError
 from allam_jax.core.paths import write_text_atomically
-from allam_jax.train import workdir_files
 
 log = logging.getLogger(__name__)
 
 ACTIONS = ("warn", "stop")
-START_FILE = workdir_files.HELDOUT_START
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,10 +82,10 @@ class Watcher:
     """Scores the held-out texts with a :class:`~allam_jax.eval.scorer.LoglikelihoodScorer` whose parameters the
     trainer swaps in (one extra compile, the scoring step) and applies the guard."""
 
-    def __init__(self, cfg: HeldoutWatch, scorer, workdir, is_main: bool):
+    def __init__(self, cfg: HeldoutWatch, scorer, workdir: Workdir, is_main: bool):
         self.cfg, self.scorer, self.workdir, self.is_main = cfg, scorer, workdir, is_main
         self.documents = {lang: read_heldout(path, cfg.max_bytes) for lang, path in cfg.paths.items()}
-        self.start: Optional[dict[str, float]] = workdir_files.read_heldout_start(workdir)
+        self.start: Optional[dict[str, float]] = workdir_files.read_heldout_start(workdir.root)
 
     def due(self, step: int) -> bool:
         return step % self.cfg.every == 0
@@ -112,10 +112,10 @@ class Watcher:
         else:
             added = {lang: values[lang] for lang in missing}
             log.warning("%s has no starting value for %s (added to HeldoutWatch.paths since the run began): their "
-                        "start is step %d's, %s", self.workdir / START_FILE, ", ".join(missing), step, _fmt(added))
+                        "start is step %d's, %s", self.workdir.heldout_start, ", ".join(missing), step, _fmt(added))
             self.start = {**self.start, **added}
         if self.is_main:
-            write_text_atomically(self.workdir / START_FILE,
+            write_text_atomically(self.workdir.heldout_start,
                                   json.dumps({"step": step, "bits_per_byte": self.start}) + "\n")
 
     def check(self, values: dict[str, float], step: int, stop: Callable[[], None]) -> None:

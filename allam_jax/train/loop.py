@@ -6,30 +6,31 @@ import logging
 import signal
 import sys
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from etils import epath
 from tqdm.auto import tqdm
 
+from allam_jax.checkpoint import workdir_files
+from allam_jax.checkpoint.checkpointers import make_checkpointer
+from allam_jax.checkpoint.workdir import Workdir
+from allam_jax.checkpoint.params_io import restore_params
 from allam_jax.core.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, ConfigError, DataError, NonFiniteLossError
-from allam_jax.core.params import abstract_params, count_params, restore_params
-from allam_jax.core.paths import as_path
+from allam_jax.core.params import abstract_params
 from allam_jax.core.partitioning import Partitioner
+from allam_jax.core.trees import count_params
 from allam_jax.model import Decoder, ModelConfig
-from allam_jax.train import checkpoint as ckpt_lib
-from allam_jax.train import run_record, workdir_files
-from allam_jax.train.metrics import MetricsWriter, peak_flops_per_device
+from allam_jax.train import run_record
 from allam_jax.train.experiment import Experiment, TrainerConfig
 from allam_jax.train.goodput import GoodputRecorder, describe
-from allam_jax.train.profiler import StepProfiler
 from allam_jax.train.heldout_watch import Watcher
 from allam_jax.train.heldout_watch import metrics as heldout_metrics
+from allam_jax.train.metrics import MetricsWriter, peak_flops_per_device
+from allam_jax.train.profiler import StepProfiler
 from allam_jax.train.program import build_train_program
 from allam_jax.train.state import TrainState, init_train_state
-from allam_jax.train.workdir_lock import workdir_lock
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class _Preemption:
             signal.signal(signum, previous)
 
 
-def train(exp: Experiment, workdir: str, on_accepted: Optional[Callable[[], None]] = None) -> dict[str, float]:
+def train(exp: Experiment, workdir: Union[str, Workdir], on_accepted: Optional[Callable[[], None]] = None) -> dict[str, float]:
     """Trains to ``trainer.num_steps``, resuming from ``WORKDIR/checkpoints`` when it holds a step.
 
     ``on_accepted`` runs once the run is known to go ahead (config built, checkpoint restored or state
@@ -125,14 +126,12 @@ def train(exp: Experiment, workdir: str, on_accepted: Optional[Callable[[], None
     started = time.time()
     partitioner = Partitioner.create(exp.partitioning)
     program = build_train_program(exp, partitioner)
-    workdir_path = as_path(workdir)
-    workdir_path.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
-    with workdir_lock(str(workdir_path), enabled=is_main):
-        return _train_in_workdir(exp, program, partitioner, workdir_path, is_main, on_accepted, started)
+    with Workdir.at(workdir).create().lock(enabled=is_main) as wd:
+        return _train_in_workdir(exp, program, partitioner, wd, is_main, on_accepted, started)
 
 
-def _train_in_workdir(exp: Experiment, program, partitioner: Partitioner, workdir_path: epath.Path, is_main: bool,
+def _train_in_workdir(exp: Experiment, program, partitioner: Partitioner, wd: Workdir, is_main: bool,
                       on_accepted: Optional[Callable[[], None]], started: float) -> dict[str, float]:
     """The body of :func:`train`, run while this process holds the workdir lock."""
     tcfg = exp.trainer
@@ -142,22 +141,14 @@ def _train_in_workdir(exp: Experiment, program, partitioner: Partitioner, workdi
         from allam_jax.data.vocabularies import check_fits_model, describe_vocab
 
         check_fits_model(data_iter.vocab, exp.model.vocab_size, f"tokenizer {describe_vocab(data_iter.vocab)}")
-    watcher = _watcher(exp, program, partitioner, data_iter, workdir_path, is_main)  # its files read before anything
-    if exp.checkpoint.emergency:
-        from allam_jax.train.emergency_checkpoint import EmergencyCheckpointer
-
-        checkpointer = EmergencyCheckpointer(str(workdir_path / "checkpoints"), exp.checkpoint, partitioner.mesh,
-                                             abstract, tcfg.checkpoint_every, tcfg.keep_checkpoints,
-                                             tcfg.async_checkpointing)
-    else:
-        checkpointer = ckpt_lib.Checkpointer(
-            str(workdir_path / "checkpoints"), tcfg.checkpoint_every, tcfg.keep_checkpoints, tcfg.async_checkpointing
-        )
+    watcher = _watcher(exp, program, partitioner, data_iter, wd, is_main)  # its files read before anything
+    checkpointer = make_checkpointer(wd, exp.checkpoint, partitioner.mesh, abstract, tcfg.checkpoint_every,
+                                     tcfg.keep_checkpoints, tcfg.async_checkpointing)
     restored = checkpointer.restore_latest(abstract)
     record = run_record.describe(exp, jax.process_count())
     if restored is not None:
         state, data_state, start = restored
-        run_record.check_resume(run_record.read(workdir_path), record, start, tcfg.num_steps,
+        run_record.check_resume(run_record.read(wd), record, start, tcfg.num_steps,
                                 str(checkpointer.directory), tcfg.accept_new_data_order)
         where = str(checkpointer.directory / str(start))
         data_iter.set_state(workdir_files.open_data_position(data_state, start, where))
@@ -176,15 +167,15 @@ def _train_in_workdir(exp: Experiment, program, partitioner: Partitioner, workdi
         start = 0
 
     if is_main:
-        run_record.write(workdir_path, record)
+        run_record.write(wd, record)
     if on_accepted is not None:
         on_accepted()
-    writer = MetricsWriter(str(workdir_path), enabled=is_main, tensorboard=tcfg.tensorboard)
+    writer = MetricsWriter(wd, enabled=is_main, tensorboard=tcfg.tensorboard)
     bar = tqdm(total=tcfg.num_steps, initial=start, disable=not (tcfg.progress_bar and is_main), desc="train", unit="step",
                mininterval=0.1 if sys.stderr.isatty() else 10.0)
-    profiler = StepProfiler(tcfg.profile_steps, start, str(workdir_path / "tensorboard"),
+    profiler = StepProfiler(tcfg.profile_steps, start, str(wd.tensorboard),
                             enabled=is_main or tcfg.profile_all_processes, end_step=tcfg.num_steps)
-    recorder = GoodputRecorder(workdir_path, start, write=is_main, started=started)
+    recorder = GoodputRecorder(wd, start, write=is_main, started=started)
     with _Preemption() as preemption, recorder:  # held until the last save is written: a late SIGTERM must not cut it
         try:
             return _run_steps(exp, program, partitioner, data_iter, state, start, checkpointer, writer, bar,
@@ -196,7 +187,7 @@ def _train_in_workdir(exp: Experiment, program, partitioner: Partitioner, workdi
                 log.info("%s (WORKDIR/goodput.json)", describe(recorder.summary()))
 
 
-def _watcher(exp: Experiment, program, partitioner: Partitioner, data_iter, workdir_path: epath.Path,
+def _watcher(exp: Experiment, program, partitioner: Partitioner, data_iter, wd: Workdir,
              is_main: bool) -> Optional[Watcher]:
     """The held-out watch of ``exp.watch``, scoring with the run's tokenizer and mesh (None when off)."""
     if not exp.watch.enabled:
@@ -209,7 +200,7 @@ def _watcher(exp: Experiment, program, partitioner: Partitioner, data_iter, work
     vocab = data_iter.vocab
     scorer = LoglikelihoodScorer(exp.model, None, lambda text: [int(t) for t in vocab.encode(text)], bos_id(vocab),
                                  batch_size=program.rows_per_step, partitioner=partitioner)
-    return Watcher(exp.watch, scorer, workdir_path, is_main)
+    return Watcher(exp.watch, scorer, wd, is_main)
 
 
 def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, state, start: int, checkpointer, writer, bar,

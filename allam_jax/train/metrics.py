@@ -6,13 +6,14 @@ import json
 import math
 import os
 import time
-from typing import Optional
+from typing import Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from allam_jax.core.paths import as_path, is_remote, write_text_atomically
+from allam_jax.checkpoint.workdir import Workdir
+from allam_jax.core.paths import write_text_atomically
 
 # Dense bf16 peak FLOP/s per device, from vendor data sheets.
 PEAK_FLOPS_BY_DEVICE_KIND = {
@@ -75,21 +76,19 @@ class MetricsWriter:
     after a crash, when the next run opens it. :func:`read_metrics` reads both.
     """
 
-    def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, workdir: Union[str, Workdir], enabled: bool = True, tensorboard: bool = True):
         self.enabled = enabled
         self._tb = None
         if not enabled:
             return
-        root = as_path(workdir)
-        root.mkdir(parents=True, exist_ok=True)
-        self._path = root / "metrics.jsonl"
-        self._remote = is_remote(workdir)
+        wd = Workdir.at(workdir).create()
+        self._workdir, self._path, self._remote = wd, wd.metrics, wd.remote
         if self._remote:
             self._jsonl = None
-            self._parts = root / PARTS_DIR
+            self._parts = wd.metrics_parts
             self._part: list[str] = []
             self._part_index = 0
-            fold_parts(root)
+            fold_parts(wd)
         else:
             previous = self._path.read_bytes() if self._path.exists() else b""
             self._jsonl = self._path.open("a", encoding="utf-8")
@@ -98,7 +97,7 @@ class MetricsWriter:
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.fspath(root / "tensorboard"))
+            self._tb = SummaryWriter(os.fspath(wd.tensorboard))
 
     def _append(self, text: str) -> None:
         if self._jsonl is not None:
@@ -126,25 +125,22 @@ class MetricsWriter:
             if self._jsonl is not None:
                 self._jsonl.close()
             else:
-                fold_parts(self._path.parent)
+                fold_parts(self._workdir)
             if self._tb is not None:
                 self._tb.close()
 
 
-PARTS_DIR = "metrics.parts"
-
-
-def _part_files(root) -> list:
-    parts = root / PARTS_DIR
+def _part_files(wd: Workdir) -> list:
+    parts = wd.metrics_parts
     return sorted(parts.glob("*.jsonl")) if parts.exists() else []
 
 
-def fold_parts(root) -> None:
+def fold_parts(wd: Workdir) -> None:
     """Appends the part objects' rows to ``metrics.jsonl`` (rewritten once) and deletes the parts."""
-    parts = _part_files(root)
+    parts = _part_files(wd)
     if not parts:
         return
-    path = root / "metrics.jsonl"
+    path = wd.metrics
     text = path.read_text(encoding="utf-8") if path.exists() else ""
     if text and not text.endswith("\n"):
         text += "\n"
@@ -154,16 +150,16 @@ def fold_parts(root) -> None:
         p.unlink()
 
 
-def read_metrics(workdir: str) -> list[dict]:
+def read_metrics(workdir: Union[str, Workdir]) -> list[dict]:
     """Rows of ``WORKDIR/metrics.jsonl`` by step, for notebooks and reports.
 
     A resumed run logs again the steps after its last checkpoint: the later row wins. Torn lines
     (a run killed mid-write) are skipped. On a bucket, the rows of part objects not yet folded in count too.
     """
     rows: dict[int, dict] = {}
-    root = as_path(workdir)
-    path = root / "metrics.jsonl"
-    parts = _part_files(root)  # a live or crashed bucket run's rows not yet folded in
+    wd = Workdir.at(workdir)
+    path = wd.metrics
+    parts = _part_files(wd)  # a live or crashed bucket run's rows not yet folded in
     text = path.read_text(encoding="utf-8") if path.exists() or not parts else ""
     text += "".join("\n" + p.read_text(encoding="utf-8") for p in parts)
     for line in text.splitlines():

@@ -13,14 +13,12 @@ import json
 import logging
 from typing import Any, Optional
 
-from etils import epath
-
+from allam_jax.checkpoint import workdir_files
+from allam_jax.checkpoint.workdir import Workdir
 from allam_jax.core.errors import ConfigError
 from allam_jax.core.paths import write_text_atomically
-from allam_jax.train import workdir_files
 
 log = logging.getLogger(__name__)
-FILE = workdir_files.RUN_RECORD
 
 
 def describe(exp: Any, process_count: int) -> dict:
@@ -30,9 +28,9 @@ def describe(exp: Any, process_count: int) -> dict:
             "rates": {k: float(v) for k, v in dict(data.rates).items()} if data.rates is not None else None}
 
 
-def read(workdir: epath.Path) -> Optional[dict]:
+def read(workdir: Workdir) -> Optional[dict]:
     """The record, validated (a damaged one is one line naming the field); None for a workdir from before it."""
-    return workdir_files.read_run_record(workdir)
+    return workdir_files.read_run_record(workdir.root)
 
 
 def check_resume(saved: Optional[dict], now: dict, start: int, num_steps: int, checkpoints: str,
@@ -68,5 +66,5 @@ def check_resume(saved: Optional[dict], now: dict, start: int, num_steps: int, c
                     "the new rates", checkpoints, changes)
 
 
-def write(workdir: epath.Path, now: dict) -> None:
-    write_text_atomically(workdir / FILE, json.dumps(now, indent=2) + "\n")
+def write(workdir: Workdir, now: dict) -> None:
+    write_text_atomically(workdir.run_record, json.dumps(now, indent=2) + "\n")

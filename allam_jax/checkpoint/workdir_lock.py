@@ -20,7 +20,7 @@ from etils import epath
 
 from allam_jax.core.errors import WorkdirFileError, WorkdirLocked
 from allam_jax.core.paths import is_remote
-from allam_jax.train import workdir_files
+from allam_jax.checkpoint import workdir_files
 
 LOCK_NAME = workdir_files.LOCK
 

@@ -19,7 +19,8 @@ from etils import epath
 
 from allam_jax.core.errors import CheckpointError, first_line
 from allam_jax.core.abandoned_reads import reading
-from allam_jax.core.params import first_mismatch, layer_chunked_save_args, newest_readable
+from allam_jax.checkpoint.layout import first_mismatch, newest_readable
+from allam_jax.checkpoint.params_io import layer_chunked_save_args
 from allam_jax.core.paths import as_path
 
 log = logging.getLogger(__name__)

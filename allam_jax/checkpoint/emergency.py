@@ -112,7 +112,7 @@ def _fields(state: Any) -> dict[str, Any]:
 
 
 class EmergencyCheckpointer:
-    """The :class:`~allam_jax.train.checkpoint.Checkpointer` interface over Orbax's emergency manager."""
+    """The :class:`~allam_jax.checkpoint.regular.Checkpointer` interface over Orbax's emergency manager."""
 
     def __init__(self, directory: str, config: CheckpointConfig, mesh: Mesh, abstract_state: TrainState,
                  save_every: int, keep: int, async_save: bool = True):
@@ -171,7 +171,7 @@ class EmergencyCheckpointer:
             with _outside_mesh():
                 return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(tree)), force=force)
         except Exception as e:  # noqa: BLE001 - OSError, tensorstore and orbax errors alike
-            from allam_jax.train.checkpoint import save_error_text
+            from allam_jax.checkpoint.regular import save_error_text
 
             raise CheckpointError(f"saving step {step} (emergency checkpoints: {self.directory}, local "
                                   f"{self.local_directory}) failed: {save_error_text(e)}") from None
