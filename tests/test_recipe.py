@@ -3,13 +3,18 @@ the notebooks executed on its output."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 
+from allam_jax.cli.recipe import recipe_config
 from allam_jax.eval.readers import BenchmarkFileError, read_cloze
+from allam_jax.recipe import provenance
+from allam_jax.recipe.config import STAGES, RecipeConfig
 from allam_jax.core.errors import ConfigError
 from allam_jax.recipe.heldout import HeldoutConfig, build_items, cloze_items, perplexity_documents, split_corpora
 from allam_jax.recipe.report import FAILS, HOLDS, UNCLEAR, accuracy_gap, claims, verdict_accuracy, verdict_lower
@@ -237,13 +242,47 @@ def test_stage_plans_build_typed_experiments_and_user_bindings_win(tmp_path):
 # ---------------------------------------------------------------- end to end
 
 
+README_RUN = Path(__file__).resolve().parents[1] / "runs" / "recipe"  # the README's main job (CI: with --quick)
+
+
 @pytest.fixture(scope="module")
 def quick_recipe(tmp_path_factory):
+    """A quick recipe run: CI's own (``allam recipe --workdir=runs/recipe --quick``, run just before the tests)
+    when its provenance shows the same code, settings, bundled data and versions, copied (the tests rerun and
+    redo stages in it); else one run here. Either way the command below runs on it (every stage done already:
+    it prints the report)."""
     workdir = tmp_path_factory.mktemp("recipe") / "run"
-    r = allam("recipe", "--quick", f"--workdir={workdir}",
-              f"--gin_bindings=RecipeConfig.bundled_dir = '{bundled_dir()}'", timeout=900)
+    binding = f"--gin_bindings=RecipeConfig.bundled_dir = '{bundled_dir()}'"
+    cfg = recipe_config([], [binding.split("=", 1)[1]], quick=True)
+    if provenance.made_by(README_RUN, cfg, STAGES):
+        shutil.copytree(README_RUN, workdir)
+    r = allam("recipe", "--quick", f"--workdir={workdir}", binding, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     return workdir, r
+
+
+def test_provenance_tells_a_run_of_other_code_settings_or_data(tmp_path):
+    """The reuse above is only as safe as this check: another code hash, setting or bundled file is refused."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for name in provenance.INPUTS:
+        (bundle / name).write_text(name, encoding="utf-8")
+    cfg = RecipeConfig(bundled_dir=str(bundle))
+    provenance.record(tmp_path / "w", cfg, STAGES)
+    assert provenance.made_by(tmp_path / "w", cfg, STAGES)
+    assert provenance.made_by(tmp_path / "w", dataclasses.replace(cfg, bundled_dir=str(bundle)), STAGES)
+    assert not provenance.made_by(tmp_path / "w", cfg, STAGES[:-1])  # stopped early
+    assert not provenance.made_by(tmp_path / "w", dataclasses.replace(cfg, cpt_steps=cfg.cpt_steps + 1), STAGES)
+    (bundle / "ar.txt").write_text("other", encoding="utf-8")
+    assert not provenance.made_by(tmp_path / "w", cfg, STAGES)
+    (bundle / "ar.txt").write_text("ar.txt", encoding="utf-8")
+    saved = json.loads((tmp_path / "w" / provenance.FILE).read_text())
+    saved["runs"][0]["code"] = "0" * 64
+    (tmp_path / "w" / provenance.FILE).write_text(json.dumps(saved))
+    assert not provenance.made_by(tmp_path / "w", cfg, STAGES)
+    provenance.record(tmp_path / "w2", cfg, STAGES[:3])
+    provenance.record(tmp_path / "w2", cfg, STAGES[3:])
+    assert not provenance.made_by(tmp_path / "w2", cfg, STAGES)  # resumed: two calls, not one
 
 
 def _finite_numbers(obj, path="") -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Optional, Sequence
 
 from allam_jax.cli.common import add_gin_flags
 from allam_jax.recipe.config import STAGES, TOKENIZER_KINDS
@@ -44,9 +45,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_sweep)
 
 
-def run_recipe(args: argparse.Namespace) -> int:
+def recipe_config(gin_files: Sequence[str], bindings: Sequence[str], quick: bool = False,
+                  tokenizer_kind: Optional[str] = None):
+    """The RecipeConfig ``allam recipe`` runs with these flags (default file recipes/tiny_cpu.gin)."""
     from allam_jax import gin_setup
     from allam_jax.recipe import HeldoutConfig, RecipeConfig
+
+    files = list(gin_files or ["recipes/tiny_cpu.gin"]) + (["recipes/tiny_cpu_quick.gin"] if quick else [])
+    gin_setup.register(RecipeConfig, HeldoutConfig)
+    kind = [f"RecipeConfig.tokenizer_kind = '{tokenizer_kind}'"] if tokenizer_kind else []
+    gin_setup.parse(files, list(bindings) + kind)
+    return gin_setup.build(RecipeConfig)
+
+
+def run_recipe(args: argparse.Namespace) -> int:
     from allam_jax.recipe.stages import Recipe
 
     from allam_jax.core.errors import ConfigError
@@ -55,11 +67,8 @@ def run_recipe(args: argparse.Namespace) -> int:
     if is_remote(args.workdir):  # SentencePiece, matplotlib and the notebooks want local files
         raise ConfigError(f"allam recipe runs on one machine and needs a local --workdir, got {args.workdir} (copy "
                           "the finished workdir to a bucket afterwards; `allam train` itself takes gs:// workdirs)")
-    files = (args.gin_file or ["recipes/tiny_cpu.gin"]) + (["recipes/tiny_cpu_quick.gin"] if args.quick else [])
-    gin_setup.register(RecipeConfig, HeldoutConfig)
-    kind = [f"RecipeConfig.tokenizer_kind = '{args.tokenizer_kind}'"] if args.tokenizer_kind else []
-    gin_setup.parse(files, list(args.gin_bindings) + kind)
-    recipe = Recipe(gin_setup.build(RecipeConfig), args.workdir)
+    cfg = recipe_config(args.gin_file, args.gin_bindings, args.quick, args.tokenizer_kind)
+    recipe = Recipe(cfg, args.workdir)
     summaries = recipe.run(args.stop_after, args.redo, progress=lambda m: print(m, flush=True))
     if "report" in summaries:
         print(f"report: {summaries['report']['report']}")

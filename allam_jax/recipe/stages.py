@@ -25,6 +25,7 @@ from typing import Callable, Optional, Sequence
 
 from allam_jax.checkpoint.workdir import Workdir
 from allam_jax import gin_setup, runner
+from allam_jax.recipe import provenance
 from allam_jax.core.errors import ConfigError
 from allam_jax.core.paths import write_text_atomically
 from allam_jax.gin_setup import Override
@@ -85,7 +86,7 @@ class Recipe:
             raise ConfigError(f"unknown stage(s) {bad} in --redo; stages: {', '.join(STAGES)}")
         for stage in redo:
             self.marker(stage).unlink(missing_ok=True)
-        summaries = {}
+        summaries, ran = {}, []
         for stage in STAGES[: STAGES.index(stop_after) + 1]:
             if self.done(stage):
                 progress(f"[recipe] {stage}: done already (delete {self.marker(stage)} or use --redo {stage} to rerun)")
@@ -97,7 +98,10 @@ class Recipe:
             summary["seconds"] = round(time.perf_counter() - start, 1)
             _write_json(self.marker(stage), summary)
             summaries[stage] = summary
+            ran.append(stage)
             progress(f"[recipe] {stage}: done in {summary['seconds']:.0f} s")
+        if ran:
+            provenance.record(self.dir, self.cfg, ran)
         return summaries
 
     def model_overrides(self, vocab_size: int, batch_size: int = 0) -> list[Override]:
@@ -164,7 +168,7 @@ class Recipe:
         from allam_jax.recipe.heldout import build_items, split_corpora
 
         bundled = Path(self.cfg.bundled_dir)
-        if not all((bundled / n).is_file() for n in ("en.txt", "ar.txt", "parallel.jsonl")):
+        if not all((bundled / n).is_file() for n in provenance.INPUTS):
             log.info("bundled corpora missing in %s: running `allam data prepare`", bundled)
             corpora.prepare(str(bundled))
         counts = split_corpora(str(bundled), str(self.data), self.cfg.heldout)
