@@ -1,4 +1,5 @@
-"""What most objectives share: no per-row inputs beyond the LM layout, no extra state, nothing to check.
+"""What most objectives share: no per-row inputs beyond the LM layout, no extra state, nothing to check,
+no metrics summed over a logging window.
 
 An objective inherits these and overrides what it needs (DPO overrides all four)."""
 
@@ -21,3 +22,11 @@ class ObjectiveDefaults:
 
     def check(self, exp: Any) -> None:
         """A ConfigError for an experiment the objective cannot train."""
+
+    def window_sums(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Arrays to add up over a logging window on the device (step metrics -> sums); none by default."""
+        return {}
+
+    def window_report(self, sums: dict[str, Any], languages: Any) -> dict[str, float]:
+        """The window's logged metrics from those sums (on the host), named by the objective."""
+        return {}

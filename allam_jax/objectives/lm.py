@@ -94,3 +94,16 @@ class LmObjective(ObjectiveDefaults):
 
     def normalise(self, sums: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
         return normalise(sums)
+
+    def window_sums(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Per-language cross-entropy and weight, added over the logging window."""
+        return {"lang": jnp.stack([metrics["lang_ce_sum"], metrics["lang_weight_sum"]]).astype(jnp.float32)}
+
+    def window_report(self, sums: dict[str, Any], languages: Any) -> dict[str, float]:
+        """``loss/LANG``: the window's mean token loss per language that had tokens."""
+        lang, out = sums["lang"], {}
+        for i in range(lang.shape[1]):
+            name = languages[i] if i < len(languages) else str(i)
+            if lang[1, i] > 0:
+                out[f"loss/{name}"] = float(lang[0, i] / lang[1, i])
+        return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import signal
 import sys
@@ -45,22 +47,20 @@ def _global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
 
 
-@jax.jit
-def _accumulate(window: Optional[dict[str, jax.Array]], metrics: dict[str, jax.Array], step) -> dict[str, jax.Array]:
+def _accumulate(window_sums: Callable[[dict], dict], window: Optional[dict[str, jax.Array]],
+                metrics: dict[str, jax.Array], step) -> dict[str, jax.Array]:
     """The logging window's running sums, kept on the device: the first step whose loss was not finite
-    (-1: none) and the per-language loss sums. The host reads them only at log and save steps, so the
-    steps between queue up on the accelerator without a sync."""
+    (-1: none) and the objective's own window sums (``Objective.window_sums``). The host reads them only at log
+    and save steps, so the steps between queue up on the accelerator without a sync."""
     loss = metrics["loss"].astype(jnp.float32)
     if window is None:
-        window = {"first_bad": jnp.int32(-1), "bad_loss": jnp.float32(0)}
-        if "lang_ce_sum" in metrics:
-            window["lang"] = jnp.zeros((2,) + metrics["lang_ce_sum"].shape, jnp.float32)
+        window = {"first_bad": jnp.int32(-1), "bad_loss": jnp.float32(0), "objective": None}
     first = (window["first_bad"] < 0) & ~jnp.isfinite(loss)
-    out = {"first_bad": jnp.where(first, step, window["first_bad"]).astype(jnp.int32),
-           "bad_loss": jnp.where(first, loss, window["bad_loss"])}
-    if "lang" in window:
-        out["lang"] = window["lang"] + jnp.stack([metrics["lang_ce_sum"], metrics["lang_weight_sum"]])
-    return out
+    sums = window_sums(metrics)
+    if window["objective"] is not None:
+        sums = jax.tree_util.tree_map(jnp.add, window["objective"], sums)
+    return {"first_bad": jnp.where(first, step, window["first_bad"]).astype(jnp.int32),
+            "bad_loss": jnp.where(first, loss, window["bad_loss"]), "objective": sums}
 
 
 class _Preemption:
@@ -178,8 +178,9 @@ def _train_in_workdir(exp: Experiment, program, partitioner: Partitioner, wd: Wo
     recorder = GoodputRecorder(wd, start, write=is_main, started=started)
     with _Preemption() as preemption, recorder:  # held until the last save is written: a late SIGTERM must not cut it
         try:
-            return _run_steps(exp, program, partitioner, data_iter, state, start, checkpointer, writer, bar,
-                              preemption, watcher, recorder, profiler)
+            steps = _Steps(exp, program, partitioner, data_iter, checkpointer, writer, bar, preemption, recorder,
+                           profiler, watcher)
+            return steps.run(state, start)
         finally:
             profiler.stop()
             ended = sys.exc_info()[0]
@@ -203,117 +204,183 @@ def _watcher(exp: Experiment, program, partitioner: Partitioner, data_iter, wd: 
     return Watcher(exp.watch, scorer, wd, is_main)
 
 
-def _run_steps(exp: Experiment, program, partitioner: Partitioner, data_iter, state, start: int, checkpointer, writer, bar,
-               preemption: _Preemption, watcher: Optional[Watcher], recorder: GoodputRecorder,
-               profiler: StepProfiler) -> dict[str, float]:
-    tcfg = exp.trainer
-    step_fn, batch_sharding = program.step_fn, program.batch_sharding
-    languages = list(data_iter.languages)
-    tokens_per_step = program.rows_per_step * tcfg.seq_len
-    flops_per_step = exp.model.training_flops_per_token(tcfg.seq_len) * tokens_per_step  # PaLM's count
-    causal_flops_per_step = exp.model.training_flops_per_token(tcfg.seq_len, causal=True) * tokens_per_step
-    peak = peak_flops_per_device(tcfg.peak_flops_per_device, exp.model.dtype) * jax.device_count()
-    last: dict[str, float] = {}
-    window_start, window_steps = time.perf_counter(), 0
-    window: Optional[dict[str, jax.Array]] = None
-    try:
-        with partitioner.activate():
-            if watcher is not None:
-                with _host_sync(), recorder.timing("eval"):
-                    watcher.at_start(state.params, start)
+@dataclasses.dataclass(frozen=True)
+class StepInfo:
+    """What a hook sees after a step: the state, the step's metrics (device arrays), and whether a stop was
+    requested or the held-out watch is due at this step."""
 
-            def save(step: int, state, force: bool = True) -> None:
-                with recorder.timing("step"):  # the device finishing the step is step time, not the save's
-                    jax.block_until_ready(state)
-                with recorder.timing("checkpoint"):
-                    position = workdir_files.seal_data_position(data_iter.get_state(), step)
-                    saved = checkpointer.save(step, state, position, force=force)
-                if saved or force:
-                    recorder.saved_step(step)
+    step: int
+    state: TrainState
+    metrics: dict[str, jax.Array]
+    stop: bool = False
+    watch: bool = False
 
-            for step in range(start + 1, tcfg.num_steps + 1):
-                try:
-                    with recorder.timing("data"):
-                        local_batch = next(data_iter)
-                except StopIteration:
-                    if step == 1:  # not one batch: nothing to train on, which is bad input, not a finished run
-                        raise DataError("the training data gave no batch at all (every example skipped or the "
-                                        "files empty: see the warnings above); nothing was trained") from None
-                    log.info("the data ran out (all epochs done) before step %d; stopping", step)
-                    if step - 1 > start:
-                        with _host_sync():
-                            _check_finite(window, checkpointer)
-                            save(step - 1, state)
-                    break
-                with recorder.timing("data"):
-                    batch = _global_batch(local_batch, batch_sharding)
-                profiler.before(step)
-                with profiler.annotate(step), recorder.timing("step"):
-                    state, metrics = step_fn(state, batch)
-                profiler.after(step, state)
-                checkpointer.check_errors()  # a failed background save stops the run here, not steps later
-                window = _accumulate(window, metrics, step)
-                window_steps += 1
-                bar.update(1)
-                stop = preemption.reached(step)  # once: a signal landing later in this step is seen at the next
-                watch_now = watcher is not None and watcher.due(step)
-                log_now = step % tcfg.log_every == 0 or step == tcfg.num_steps or watch_now
-                save_now = step % tcfg.checkpoint_every == 0 or step == tcfg.num_steps or stop
-                local_save = checkpointer.due(step) and not save_now  # emergency checkpoints' host-local tier
-                if not (log_now or save_now or local_save):
-                    continue
-                with _host_sync():  # the only host reads of the step's results: log and save steps
-                    with recorder.timing("step"):  # waiting here is waiting for the device's steps
-                        sums = _check_finite(window, checkpointer)
-                    if log_now:
-                        with recorder.timing("step"):
-                            metrics = jax.device_get(metrics)
-                        elapsed = time.perf_counter() - window_start
-                        last = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0 and k != "num_tokens"}
-                        last.update({
-                            "tokens_per_s": tokens_per_step * window_steps / elapsed,
-                            "mfu": flops_per_step * window_steps / elapsed / peak,
-                            "mfu_causal": causal_flops_per_step * window_steps / elapsed / peak,
-                        })
-                        if "lang" in sums:
-                            for i in range(sums["lang"].shape[1]):  # the objective's languages
-                                lang = languages[i] if i < len(languages) else str(i)
-                                if sums["lang"][1, i] > 0:
-                                    last[f"loss/{lang}"] = float(sums["lang"][0, i] / sums["lang"][1, i])
-                        if data_iter.stage is not None:  # a staged mixture says where it is
-                            last["data_stage"] = float(data_iter.stage)
-                        with recorder.timing("eval"):
-                            heldout = watcher.evaluate(state.params) if watch_now else None
-                        if heldout is not None:
-                            last.update(heldout_metrics(heldout))
-                        last.update(recorder.window(window_steps))
-                        writer.write(step, last)
-                        bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
-                        window_start, window_steps, window = time.perf_counter(), 0, None
-                    if save_now:
-                        save(step, state)
-                    elif local_save:
-                        save(step, state, force=False)
-                    if log_now:
-                        recorder.write()
-                    if watch_now:
-                        def save_and_wait(step=step, state=state):
-                            if not save_now:
-                                save(step, state)
-                            with recorder.timing("checkpoint"):
-                                checkpointer.wait()
 
-                        watcher.check(heldout, step, save_and_wait)
-                    if stop:
-                        with recorder.timing("checkpoint"):
-                            checkpointer.wait()
-                        log.warning("%s: saved step %d to %s; exiting", preemption.name, step, checkpointer.directory)
-                        raise Preempted(preemption.exit_code)
-    finally:
-        bar.close()
-        writer.close()
-        checkpointer.close()
-    return last
+@dataclasses.dataclass(frozen=True)
+class Hook:
+    """``fn(info)`` after every ``every``-th step (0: never by count) and wherever ``when(info)`` holds. Due hooks
+    run in the order they were added, inside the one host sync of that step (the other steps queue up on the
+    device)."""
+
+    fn: Callable[[StepInfo], None]
+    every: int = 1
+    when: Optional[Callable[[StepInfo], bool]] = None
+
+    def due(self, info: StepInfo) -> bool:
+        return (self.every > 0 and info.step % self.every == 0) or (self.when is not None and self.when(info))
+
+
+class _Steps:
+    """The loop proper: it only steps; logging, saving, goodput, the held-out guard and preemption are hooks
+    (:meth:`add_hook`), and the objective names its own window metrics."""
+
+    def __init__(self, exp: Experiment, program, partitioner: Partitioner, data_iter, checkpointer, writer, bar,
+                 preemption: _Preemption, recorder: GoodputRecorder, profiler: StepProfiler,
+                 watcher: Optional[Watcher]):
+        self.exp, self.tcfg, self.program, self.partitioner = exp, exp.trainer, program, partitioner
+        self.data_iter, self.checkpointer, self.writer, self.bar = data_iter, checkpointer, writer, bar
+        self.preemption, self.recorder, self.profiler, self.watcher = preemption, recorder, profiler, watcher
+        self.accumulate = jax.jit(functools.partial(_accumulate, program.objective.window_sums))
+        self.last: dict[str, float] = {}
+        self.window: Optional[dict[str, jax.Array]] = None
+        self.window_start, self.window_steps = time.perf_counter(), 0
+        self.sums: dict = {}
+        self.heldout: Optional[dict] = None
+        self.hooks: list[Hook] = []
+        self._add_builtin_hooks()
+
+    def add_hook(self, fn: Callable[[StepInfo], None], every: int = 1,
+                 when: Optional[Callable[[StepInfo], bool]] = None) -> None:
+        self.hooks.append(Hook(fn, every, when))
+
+    def _add_builtin_hooks(self) -> None:
+        last = self.tcfg.num_steps
+        log_due = lambda i: i.step == last or i.watch  # noqa: E731
+        self.add_hook(self._log, self.tcfg.log_every, log_due)
+        self.add_hook(self._save_due, self.tcfg.checkpoint_every,
+                      lambda i: i.step == last or i.stop or self.checkpointer.due(i.step))
+        self.add_hook(lambda i: self.recorder.write(), self.tcfg.log_every, log_due)
+        self.add_hook(self._check_heldout, 0, lambda i: i.watch)
+        self.add_hook(self._stop, 0, lambda i: i.stop)
+
+    def run(self, state: TrainState, start: int) -> dict[str, float]:
+        try:
+            with self.partitioner.activate():
+                if self.watcher is not None:
+                    with _host_sync(), self.recorder.timing("eval"):
+                        self.watcher.at_start(state.params, start)
+                for step in range(start + 1, self.tcfg.num_steps + 1):
+                    batch = self._next_batch(step, start, state)
+                    if batch is None:
+                        break
+                    state, metrics = self._step(step, state, batch)
+                    info = StepInfo(step, state, metrics, stop=self.preemption.reached(step),
+                                    watch=self.watcher is not None and self.watcher.due(step))
+                    due = [hook for hook in self.hooks if hook.due(info)]
+                    if due:
+                        with _host_sync():  # the only host reads of the step's results
+                            self._run_hooks(info, due)
+        finally:
+            self.bar.close()
+            self.writer.close()
+            self.checkpointer.close()
+        return self.last
+
+    def _next_batch(self, step: int, start: int, state: TrainState) -> Optional[dict[str, jax.Array]]:
+        """The step's global batch; None when the data ran out (the last step taken is saved first)."""
+        try:
+            with self.recorder.timing("data"):
+                local_batch = next(self.data_iter)
+        except StopIteration:
+            if step == 1:  # not one batch: nothing to train on, which is bad input, not a finished run
+                raise DataError("the training data gave no batch at all (every example skipped or the files "
+                                "empty: see the warnings above); nothing was trained") from None
+            log.info("the data ran out (all epochs done) before step %d; stopping", step)
+            if step - 1 > start:
+                with _host_sync():
+                    _check_finite(self.window, self.checkpointer)
+                    self.save(step - 1, state)
+            return None
+        with self.recorder.timing("data"):
+            return _global_batch(local_batch, self.program.batch_sharding)
+
+    def _step(self, step: int, state: TrainState, batch: dict) -> tuple[TrainState, dict[str, jax.Array]]:
+        self.profiler.before(step)
+        with self.profiler.annotate(step), self.recorder.timing("step"):
+            state, metrics = self.program.step_fn(state, batch)
+        self.profiler.after(step, state)
+        self.checkpointer.check_errors()  # a failed background save stops the run here, not steps later
+        self.window = self.accumulate(self.window, metrics, step)
+        self.window_steps += 1
+        self.bar.update(1)
+        return state, metrics
+
+    def _run_hooks(self, info: StepInfo, due: list[Hook]) -> None:
+        with self.recorder.timing("step"):  # waiting here is waiting for the device's steps
+            self.sums = _check_finite(self.window, self.checkpointer)
+        self.heldout = None
+        for hook in due:
+            hook.fn(info)
+
+    def _log(self, info: StepInfo) -> None:
+        """Logs the window: the step's scalar metrics, throughput, MFU, the objective's window metrics, the data
+        stage, the held-out bits/byte when due and goodput."""
+        with self.recorder.timing("step"):
+            metrics = jax.device_get(info.metrics)
+        elapsed, n = time.perf_counter() - self.window_start, self.window_steps
+        last = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0 and k != "num_tokens"}
+        last.update(self._throughput(elapsed, n))
+        if self.sums.get("objective") is not None:
+            last.update(self.program.objective.window_report(self.sums["objective"], list(self.data_iter.languages)))
+        if self.data_iter.stage is not None:  # a staged mixture says where it is
+            last["data_stage"] = float(self.data_iter.stage)
+        with self.recorder.timing("eval"):
+            self.heldout = self.watcher.evaluate(info.state.params) if info.watch else None
+        if self.heldout is not None:
+            last.update(heldout_metrics(self.heldout))
+        last.update(self.recorder.window(n))
+        self.writer.write(info.step, last)
+        self.bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
+        self.last, self.window_start, self.window_steps, self.window = last, time.perf_counter(), 0, None
+
+    def _throughput(self, elapsed: float, steps: int) -> dict[str, float]:
+        exp, tokens = self.exp, self.program.rows_per_step * self.tcfg.seq_len
+        peak = peak_flops_per_device(self.tcfg.peak_flops_per_device, exp.model.dtype) * jax.device_count()
+        flops = exp.model.training_flops_per_token(self.tcfg.seq_len) * tokens  # PaLM's count
+        causal = exp.model.training_flops_per_token(self.tcfg.seq_len, causal=True) * tokens
+        return {"tokens_per_s": tokens * steps / elapsed, "mfu": flops * steps / elapsed / peak,
+                "mfu_causal": causal * steps / elapsed / peak}
+
+    def save(self, step: int, state: TrainState, force: bool = True) -> None:
+        with self.recorder.timing("step"):  # the device finishing the step is step time, not the save's
+            jax.block_until_ready(state)
+        with self.recorder.timing("checkpoint"):
+            position = workdir_files.seal_data_position(self.data_iter.get_state(), step)
+            saved = self.checkpointer.save(step, state, position, force=force)
+        if saved or force:
+            self.recorder.saved_step(step)
+
+    def _regular_save_due(self, info: StepInfo) -> bool:
+        return info.step % self.tcfg.checkpoint_every == 0 or info.step == self.tcfg.num_steps or info.stop
+
+    def _save_due(self, info: StepInfo) -> None:
+        """A regular save; else, when only the emergency checkpoints' host-local tier is due, a local one."""
+        self.save(info.step, info.state, force=self._regular_save_due(info))
+
+    def _check_heldout(self, info: StepInfo) -> None:
+        def save_and_wait() -> None:
+            if not self._regular_save_due(info):
+                self.save(info.step, info.state)
+            with self.recorder.timing("checkpoint"):
+                self.checkpointer.wait()
+
+        self.watcher.check(self.heldout, info.step, save_and_wait)
+
+    def _stop(self, info: StepInfo) -> None:
+        with self.recorder.timing("checkpoint"):
+            self.checkpointer.wait()
+        log.warning("%s: saved step %d to %s; exiting", self.preemption.name, info.step, self.checkpointer.directory)
+        raise Preempted(self.preemption.exit_code)
 
 
 def _check_finite(window: Optional[dict[str, jax.Array]], checkpointer) -> dict:
@@ -341,4 +408,5 @@ def param_count_and_flops(model_cfg: ModelConfig, seq_len: Optional[int] = None)
     }
 
 
-__all__ = ["Experiment", "NonFiniteLossError", "Preempted", "TrainState", "TrainerConfig", "param_count_and_flops", "train"]
+__all__ = ["Experiment", "Hook", "NonFiniteLossError", "Preempted", "StepInfo", "TrainState", "TrainerConfig",
+           "param_count_and_flops", "train"]
