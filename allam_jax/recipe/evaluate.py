@@ -17,7 +17,17 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 from tqdm.auto import tqdm
 
+from allam_jax import gin_setup
+from allam_jax.align.chat import ChatTemplate, encode_prompt
+from allam_jax.align.dpo_reference import pair_logprobs, preference_metrics
+from allam_jax.align.preference_data import DpoData
+from allam_jax.checkpoint.params_io import load_params
 from allam_jax.checkpoint.workdir import Workdir
+from allam_jax.data.vocabularies import bos_id, get_vocabulary
+from allam_jax.eval.readers import read_cloze
+from allam_jax.eval.scorer import LoglikelihoodScorer, choice_correct, evaluate_multiple_choice, perplexity
+from allam_jax.model import Decoder
+from allam_jax.recipe.heldout import perplexity_documents
 
 if TYPE_CHECKING:
     from allam_jax.recipe.stages import Recipe
@@ -32,8 +42,6 @@ class RunInfo:
     """What a training workdir was: model config, tokenizer, starting checkpoint, its saved steps."""
 
     def __init__(self, workdir: Path):
-        from allam_jax import gin_setup
-
         self.workdir = workdir
         config = Workdir.at(workdir).config_gin
         if not config.is_file():
@@ -53,9 +61,6 @@ class Evaluator:
     """Scores checkpoints of one model shape and tokenizer; parameters are swapped, never recompiled."""
 
     def __init__(self, cfg, vocabulary: str, batch_size: int):
-        from allam_jax.data.vocabularies import bos_id, get_vocabulary
-        from allam_jax.eval.scorer import LoglikelihoodScorer
-
         self.cfg = cfg
         self.vocab = get_vocabulary(vocabulary)
         self.bos = bos_id(self.vocab)
@@ -65,16 +70,11 @@ class Evaluator:
         return [int(t) for t in self.vocab.encode(text)]
 
     def load(self, checkpoint: str) -> None:
-        from allam_jax.checkpoint.params_io import load_params
-        from allam_jax.model import Decoder
-
         self.scorer.params = load_params(checkpoint, Decoder(self.cfg))
 
     def bits_per_byte(self, documents: dict[str, list[str]], translations: list[tuple[str, str]]) -> dict[str, float]:
         """Held-out bits per byte per language, and ``translation``: bits per byte of each held-out Arabic
         translation given its English source in the pretraining's translation prompt."""
-        from allam_jax.eval.scorer import perplexity
-
         out = {lang: perplexity(self.scorer, docs)["bits_per_byte"] for lang, docs in documents.items()}
         scores = self.scorer.loglikelihood(translations)
         n_bytes = sum(len(answer.encode("utf-8")) for _, answer in translations)
@@ -82,9 +82,6 @@ class Evaluator:
         return out
 
     def multiple_choice(self, mc_dir: Path) -> dict[str, dict]:
-        from allam_jax.eval.readers import read_cloze
-        from allam_jax.eval.scorer import evaluate_multiple_choice
-
         out = {}
         for task in MC_TASKS:
             r = evaluate_multiple_choice(self.scorer, read_cloze(str(mc_dir / f"{task}.jsonl")))
@@ -94,9 +91,6 @@ class Evaluator:
 
     def chat_multiple_choice(self, path: Path) -> dict:
         """The translation question as a chat-template user turn; each answer is scored with its EOS."""
-        from allam_jax.align.chat import ChatTemplate, encode_prompt
-        from allam_jax.eval.scorer import choice_correct
-
         items = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         requests, spans = [], []
         for item in items:
@@ -111,9 +105,6 @@ class Evaluator:
 
     def preference(self, pairs: list[dict], seq_len: int) -> dict:
         """How often the model itself gives the chosen answer a higher log-probability than the rejected one."""
-        from allam_jax.align.dpo_reference import pair_logprobs
-        from allam_jax.model import Decoder
-
         [logp] = pair_logprobs(Decoder(self.cfg), [self.scorer.params], pairs, seq_len)
         return {"accuracy": float(np.mean(logp[:, 0] > logp[:, 1])),
                 "mean_logp_gap": float(np.mean(logp[:, 0] - logp[:, 1])), "pairs": len(pairs)}
@@ -126,12 +117,6 @@ def _cache_name(recipe_dir: Path, checkpoint: str) -> str:
 
 def evaluate_recipe(recipe: "Recipe") -> dict:
     """Results of every run of the recipe (see the module docstring); written to ``eval/results.json``."""
-    from allam_jax.align.chat import ChatTemplate
-    from allam_jax.align.dpo_reference import preference_metrics
-    from allam_jax.align.preference_data import DpoData
-    from allam_jax.model import Decoder
-    from allam_jax.recipe.heldout import perplexity_documents
-
     cfg = recipe.cfg
     cache_dir = recipe.dir / "eval" / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -208,7 +193,6 @@ def evaluate_recipe(recipe: "Recipe") -> dict:
     bar.close()
 
     # DPO's implicit reward on held-out pairs, against its frozen reference (the SFT model).
-    from allam_jax.checkpoint.params_io import load_params
 
     dpo_info = RunInfo(runs["dpo"])
     policy = load_params(str(Workdir.at(runs["dpo"]).checkpoints), Decoder(dpo_info.model))

@@ -23,13 +23,38 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from allam_jax.checkpoint.workdir import Workdir
 from allam_jax import gin_setup, runner
-from allam_jax.recipe import provenance
+from allam_jax.align.bundled import make_alignment_sets
+from allam_jax.align.chat import ChatTemplate
+from allam_jax.align.preference_data import DpoData
+from allam_jax.align.sft_data import SftData
+from allam_jax.checkpoint.workdir import Workdir
 from allam_jax.core.errors import ConfigError
+from allam_jax.core.partitioning import PartitioningConfig
 from allam_jax.core.paths import write_text_atomically
+from allam_jax.data import corpora
+from allam_jax.data.pipeline import SeqioData
+from allam_jax.data.tasks import CorpusPaths
 from allam_jax.gin_setup import Override
-from allam_jax.recipe.config import EXPAND_METHODS, STAGES, RecipeConfig
+from allam_jax.model.config import ModelConfig
+from allam_jax.objectives.dpo import DpoConfig
+from allam_jax.objectives.lm import StepConfig
+from allam_jax.recipe import provenance
+from allam_jax.recipe.config import EXPAND_METHODS, RecipeConfig, STAGES
+from allam_jax.recipe.evaluate import evaluate_recipe
+from allam_jax.recipe.heldout import build_items, split_corpora
+from allam_jax.recipe.report import FORGETTING_TOLERANCE, write_report
+from allam_jax.sweep import read_variants, run_sweep, summary_table, write_summary
+from allam_jax.tokenizer.bpe import iter_documents, merge_bpe, train_bpe
+from allam_jax.tokenizer.expand import expand_checkpoint
+from allam_jax.tokenizer.fertility import fertility_table
+from allam_jax.tokenizer.fit_head import HeadFit
+from allam_jax.tokenizer.interface import load_tokenizer
+from allam_jax.tokenizer.merge import merge_tokenizers
+from allam_jax.tokenizer.train import train_tokenizer
+from allam_jax.train.heldout_watch import HeldoutWatch
+from allam_jax.train.loop import TrainerConfig
+from allam_jax.train.optimizer import OptimizerConfig
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +130,6 @@ class Recipe:
         return summaries
 
     def model_overrides(self, vocab_size: int, batch_size: int = 0) -> list[Override]:
-        from allam_jax.core.partitioning import PartitioningConfig
-        from allam_jax.model.config import ModelConfig
-        from allam_jax.train.loop import TrainerConfig
-
         c = self.cfg
         return [Override(ModelConfig, vocab_size=vocab_size, max_seq_len=c.seq_len),
                 Override(TrainerConfig, batch_size=batch_size or c.batch_size, seq_len=c.seq_len, seed=c.seed),
@@ -116,9 +137,6 @@ class Recipe:
 
     def schedule_overrides(self, steps: int, lr: float, warmup: int) -> list[Override]:
         """A cosine schedule over ``steps``; ``curve_points`` evenly spaced checkpoints, all kept (the curves)."""
-        from allam_jax.train.loop import TrainerConfig
-        from allam_jax.train.optimizer import OptimizerConfig
-
         c = self.cfg
         return [Override(TrainerConfig, num_steps=steps, checkpoint_every=c.checkpoint_every(steps),
                          keep_checkpoints=c.curve_points + 1, log_every=max(1, steps // 20)),
@@ -126,9 +144,6 @@ class Recipe:
                          schedule="cosine")]
 
     def corpus_overrides(self, vocabulary: str, rates: dict[str, float] | None = None) -> list[Override]:
-        from allam_jax.data.pipeline import SeqioData
-        from allam_jax.data.tasks import CorpusPaths
-
         train = self.data / "train"
         mixture = {"rates": rates} if rates else {}
         return [Override(SeqioData, vocabulary=vocabulary, seed=self.cfg.seed, shuffle_buffer=self.cfg.shuffle_buffer,
@@ -138,11 +153,6 @@ class Recipe:
 
     def alignment_overrides(self, data_cls: type, split: str, init_from: str) -> list[Override]:
         """SFT/DPO data (chat template, three language ids), starting from ``init_from``, no weight decay."""
-        from allam_jax.align.chat import ChatTemplate
-        from allam_jax.objectives.lm import StepConfig
-        from allam_jax.train.loop import TrainerConfig
-        from allam_jax.train.optimizer import OptimizerConfig
-
         return [Override(gin_setup.build_experiment, data=data_cls),
                 Override(data_cls, paths=[str(self.data / "align" / split)], vocabulary=str(self.tokenizer("merged")),
                          template=ChatTemplate),
@@ -163,10 +173,6 @@ class Recipe:
     # ------------------------------------------------------------ stages
 
     def stage_data(self) -> dict:
-        from allam_jax.align.bundled import make_alignment_sets
-        from allam_jax.data import corpora
-        from allam_jax.recipe.heldout import build_items, split_corpora
-
         bundled = Path(self.cfg.bundled_dir)
         if not all((bundled / n).is_file() for n in provenance.INPUTS):
             log.info("bundled corpora missing in %s: running `allam data prepare`", bundled)
@@ -194,11 +200,8 @@ class Recipe:
         """SentencePiece (Llama-2 conventions), or byte-level BPE: the base with Llama-3's pre-tokenizer, the
         Arabic pieces with the base's."""
         if self.cfg.tokenizer_kind == "bpe":
-            from allam_jax.tokenizer.bpe import iter_documents, train_bpe
-
             train_bpe(iter_documents(files), vocab_size, str(out), base=str(base) if base else None)
             return
-        from allam_jax.tokenizer.train import train_tokenizer
 
         train_tokenizer(files, vocab_size, str(out), also_undiacritised=bool(base) and
                         self.cfg.arabic_also_undiacritised)
@@ -206,9 +209,6 @@ class Recipe:
     def watch_override(self, steps: int) -> Override:
         """Held-out English and Arabic bits/byte four times per run, warning when English rises past the report's
         forgetting tolerance (the arms' training curves of forgetting)."""
-        from allam_jax.recipe.report import FORGETTING_TOLERANCE
-        from allam_jax.train.heldout_watch import HeldoutWatch
-
         held = self.data / "heldout"
         return Override(HeldoutWatch, paths={"en": str(held / "en.txt"), "ar": str(held / "ar.txt")},
                         every=max(1, steps // 4), max_bytes=8000, guard="en", max_rise=FORGETTING_TOLERANCE,
@@ -216,8 +216,6 @@ class Recipe:
 
     def plan(self, stage: str) -> TrainPlan:
         """The run a training stage makes (``cpt``: every arm starts from this, see :meth:`arms`)."""
-        from allam_jax.objectives.lm import StepConfig
-
         c = self.cfg
         if stage == "base":
             overrides = (self.model_overrides(c.base_vocab_size)
@@ -227,7 +225,6 @@ class Recipe:
             return TrainPlan((c.model_gin, c.data_gin), tuple(overrides), self.user_bindings("base"),
                              str(self.dir / "base"))
         if stage == "cpt":  # the merged vocabulary, the mean-initialised expanded model
-            from allam_jax.train.loop import TrainerConfig
 
             overrides = (self.model_overrides(self.vocab_sizes()["merged"])
                          + self.corpus_overrides(str(self.tokenizer("merged")))
@@ -238,17 +235,12 @@ class Recipe:
             return TrainPlan((c.model_gin, c.data_gin), tuple(overrides), self.user_bindings("cpt"),
                              str(self.dir / "cpt"))
         if stage == "sft":
-            from allam_jax.align.sft_data import SftData
-
             overrides = (self.model_overrides(self.vocab_sizes()["merged"])
                          + self.alignment_overrides(SftData, "sft_train.jsonl",
                                                     str(Workdir.at(self.dir / "cpt" / c.main_arm).checkpoints))
                          + self.schedule_overrides(c.sft_steps, c.sft_learning_rate, max(1, c.sft_steps // 15)))
             return TrainPlan((c.model_gin,), tuple(overrides), self.user_bindings("sft"), str(self.dir / "sft"))
         if stage == "dpo":
-            from allam_jax.align.preference_data import DpoData
-            from allam_jax.objectives.dpo import DpoConfig
-
             overrides = (self.model_overrides(self.vocab_sizes()["merged"], batch_size=max(1, c.batch_size // 2))
                          + self.alignment_overrides(DpoData, "dpo_train.jsonl",
                                                    str(Workdir.at(self.dir / "sft").checkpoints))
@@ -263,21 +255,12 @@ class Recipe:
         _train(plan.gin_files, plan.bindings, plan.workdir, plan.overrides)
 
     def stage_expand(self) -> dict:
-        from allam_jax.tokenizer.expand import expand_checkpoint
-        from allam_jax.tokenizer.fit_head import HeadFit
-        from allam_jax.tokenizer.fertility import fertility_table
-        from allam_jax.tokenizer.interface import load_tokenizer
-
         c = self.cfg
         base, arabic, merged = self.tokenizer("base"), self.tokenizer("arabic"), self.tokenizer("merged")
         self.train_tokenizer([str(self.data / "train" / "ar.txt")], c.arabic_vocab_size, arabic, base=base)
         if c.tokenizer_kind == "bpe":
-            from allam_jax.tokenizer.bpe import merge_bpe
-
             merge = merge_bpe(str(base), str(arabic), str(merged), c.pad_vocab_to_multiple)
         else:
-            from allam_jax.tokenizer.merge import merge_tokenizers
-
             merge = merge_tokenizers(str(base), str(arabic), str(merged), c.pad_vocab_to_multiple)
         heldout = [str(self.data / "heldout" / "en.txt"), str(self.data / "heldout" / "ar.txt")]
         fertility = fertility_table([str(base), str(merged)], heldout)
@@ -300,8 +283,6 @@ class Recipe:
                 "expansion": reports, "vocab_sizes": sizes}
 
     def arms(self) -> dict[str, list[str]]:
-        from allam_jax.sweep import read_variants
-
         path = Path(self.cfg.arms_file)
         variants = read_variants(str(path if path.is_file() else gin_setup.REPO_GIN_DIR / path))
         if self.cfg.main_arm not in variants:
@@ -328,8 +309,6 @@ class Recipe:
                 "embeddings_first_steps": str(max(1, self.cfg.cpt_steps // 5))}
 
     def stage_cpt(self) -> dict:
-        from allam_jax.sweep import run_sweep, summary_table, write_summary
-
         plan = self.plan("cpt")
 
         def runner(gin_files: Sequence[str], bindings: Sequence[str], workdir: str) -> int:
@@ -349,13 +328,9 @@ class Recipe:
         return {"workdir": str(self.dir / "dpo"), "init_from": "sft"}
 
     def stage_eval(self) -> dict:
-        from allam_jax.recipe.evaluate import evaluate_recipe
-
         results = evaluate_recipe(self)
         _write_json(self.dir / "eval" / "results.json", results)
         return {"results": str(self.dir / "eval" / "results.json")}
 
     def stage_report(self) -> dict:
-        from allam_jax.recipe.report import write_report
-
         return write_report(self)
