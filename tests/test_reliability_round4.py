@@ -141,7 +141,7 @@ def test_library_errors_a_user_can_meet_are_one_line(monkeypatch, capsys):
     import jax
     import tensorflow as tf
 
-    from allam_jax.cli import decode
+    from allam_jax.cli import generate as decode
 
     def unreachable(args):
         raise tf.errors.FailedPreconditionError(None, None, "Error executing an HTTP request: Could not resolve host\n"

@@ -16,13 +16,16 @@ import sys
 from etils import epath
 from typing import Optional, Sequence
 
-from allam_jax.cli import align, convert, data, decode, info, recipe, tokenizer, train
+from allam_jax.cli import compile as compile_command
+from allam_jax.cli import convert, data, dpo_reference, expand_checkpoint, generate, info, recipe, sweep, tokenizer, train
+from allam_jax.cli import eval as eval_command
 from allam_jax.core.errors import first_line
 from allam_jax.cli.common import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_NONFINITE, EXIT_RETENTION, EXIT_RUNTIME,
                                   EXIT_TERMINATED, Terminated, raise_terminated)
 
 # in the order `allam --help` lists them
-COMMANDS = (recipe, train, info, data, tokenizer, align, decode, convert)
+COMMANDS = (recipe, sweep, train, info, compile_command, data, tokenizer, expand_checkpoint, dpo_reference, generate,
+            eval_command, convert)
 
 
 class OneLineParser(argparse.ArgumentParser):
