@@ -31,6 +31,29 @@ def mfu_text(palm: Optional[float], causal: Optional[float]) -> str:
 
 
 def format_report(r, gin_files=()) -> str:
+    """What `allam compile` prints: a row per fact (memory, FLOPs, the step-time estimate, collectives); a config
+    that does not fit says what to change and names its largest arrays."""
+    rows = _header_rows(r, gin_files) + _memory_rows(r) + _time_rows(r) + _collective_rows(r)
+    rows.append(("compile time", f"{r.compile_seconds:.1f} s on this host"))
+    width = max(len(k) for k, _ in rows)
+    text = "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    unpriced = (r.estimate or {}).get("unpriced_kernels", 0)
+    if unpriced:  # first: a step time missing kernels' FLOPs is too short, and must not be read past
+        text = (f"WARNING: {unpriced} kernel calls per step have no FLOP count (priced by their bytes only): the "
+                "estimated step time is too short and its MFU too high\n" + text)
+    if not r.fits:
+        text += ("\n\nWhat to change: TrainerConfig.grad_accum_steps (smaller micro-batches), ModelConfig.remat_policy="
+                 "'full', a larger slice, or more tensor parallelism (PartitioningConfig.mesh_shape).")
+        if r.largest_buffers:
+            text += "\nLargest arrays per device (HLO name, shape, what made them):\n" + "\n".join(
+                f"  {_gib(b['bytes']):>11}  {b['name']}  {b['shape']}  {b['source'] or b['op']}"
+                for b in r.largest_buffers)
+        if r.oom_message:
+            text += "\nThe compiler says:\n" + "\n".join("  " + ln for ln in r.oom_message.splitlines())
+    return text
+
+
+def _header_rows(r, gin_files) -> list[tuple[str, str]]:
     chip = (f"{_gib(r.hbm_bytes)} per device" +
             (f", {r.peak_flops_per_device / 1e12:.0f} TFLOP/s bf16 peak" if r.peak_flops_per_device else ""))
     topo = r.topology + (f" (libtpu {r.libtpu_topology})" if r.libtpu_topology and r.libtpu_topology != r.topology
@@ -49,6 +72,11 @@ def format_report(r, gin_files=()) -> str:
         ("step", f"{step}: {shape}; remat {r.remat_policy}, attention {r.attention_impl}, {r.compute_dtype}"),
         ("parameters", f"{r.params:,} ({r.params / 1e9:.2f} B)"),
     ]
+    return rows
+
+
+def _memory_rows(r) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
     if r.argument_bytes is not None:
         rows += [
             ("arguments", f"{_gib(r.argument_bytes)} per device ({_ARGUMENTS[r.step]})"),
@@ -65,6 +93,11 @@ def format_report(r, gin_files=()) -> str:
     else:
         verdict = f"more than {_gib(r.hbm_bytes)}: DOES NOT FIT"
     rows.append(("memory", verdict))
+    return rows
+
+
+def _time_rows(r) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
     rows.append(("model FLOPs", f"{r.model_flops:.3e} per step, {r.model_flops_per_device:.3e} per device"))
     tokens = r.rows * (1 if r.step == "decode" else r.seq_len)
     if r.estimate and r.estimate["step_seconds"]:
@@ -85,6 +118,11 @@ def format_report(r, gin_files=()) -> str:
         rows.append(("  leaves out", "; ".join(e["leaves_out"])))
     elif r.peak_flops_per_device:
         rows.append(("step time", f"{seconds_text(r.step_seconds(1.0))} at 100% MFU (no estimate: nothing compiled)"))
+    return rows
+
+
+def _collective_rows(r) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
     if r.collectives:
         rows.append(("collectives", "; ".join(f"{k} x{int(v['count'])} {_gib(v['bytes'])}"
                                               for k, v in r.collectives.items()) + " per step per device" +
@@ -96,20 +134,4 @@ def format_report(r, gin_files=()) -> str:
         rows.append(("  across DCN", ("; ".join(f"{k} x{int(v['count'])} {_gib(v['bytes'])}" for k, v in dcn.items())
                                       + f" per step per device: {seconds_text(sum(v['seconds'] for v in dcn.values()))}"
                                       f" at {r.dcn_bandwidth / 1e9:.2f} GB/s per chip") if dcn else "none"))
-    rows.append(("compile time", f"{r.compile_seconds:.1f} s on this host"))
-    width = max(len(k) for k, _ in rows)
-    text = "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-    unpriced = (r.estimate or {}).get("unpriced_kernels", 0)
-    if unpriced:  # first: a step time missing kernels' FLOPs is too short, and must not be read past
-        text = (f"WARNING: {unpriced} kernel calls per step have no FLOP count (priced by their bytes only): the "
-                "estimated step time is too short and its MFU too high\n" + text)
-    if not r.fits:
-        text += ("\n\nWhat to change: TrainerConfig.grad_accum_steps (smaller micro-batches), ModelConfig.remat_policy="
-                 "'full', a larger slice, or more tensor parallelism (PartitioningConfig.mesh_shape).")
-        if r.largest_buffers:
-            text += "\nLargest arrays per device (HLO name, shape, what made them):\n" + "\n".join(
-                f"  {_gib(b['bytes']):>11}  {b['name']}  {b['shape']}  {b['source'] or b['op']}"
-                for b in r.largest_buffers)
-        if r.oom_message:
-            text += "\nThe compiler says:\n" + "\n".join("  " + ln for ln in r.oom_message.splitlines())
-    return text
+    return rows

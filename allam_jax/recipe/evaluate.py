@@ -143,6 +143,41 @@ def evaluate_recipe(recipe: "Recipe") -> dict:
 
     results: dict = {"runs": {}, "documents": {k: {"count": len(v), "bytes": sum(len(d.encode()) for d in v)}
                                                 for k, v in documents.items()}}
+    work = _checkpoints_to_evaluate(runs)
+    total = sum(len(p) for _, _, p in work)
+    bar = tqdm(total=total, desc="eval", unit="ckpt")
+    for name, info, points in work:
+        key = (info.model, info.vocabulary)
+        if key not in evaluators:
+            evaluators[key] = Evaluator(info.model, info.vocabulary, cfg.eval_batch_size)
+        ev = evaluators[key]
+        run = {"tokenizer": Path(info.vocabulary).stem, "vocab_size": info.model.vocab_size,
+               "init_from": info.init_from, "points": []}
+        for i, (step, checkpoint) in enumerate(points):
+            final = i == len(points) - 1
+            wanted = {"bpb": lambda: ev.bits_per_byte(documents, translations)}
+            if final:
+                wanted["mc"] = lambda: ev.multiple_choice(recipe.data / "mc")
+            if final and name in aligned:
+                wanted["preference"] = lambda: ev.preference(dpo_pairs(info.vocabulary), cfg.seq_len)
+            row = _cached_row(cache_dir / _cache_name(recipe.dir, checkpoint), checkpoint, ev, wanted)
+            run["points"].append({"step": step, "checkpoint": checkpoint, "bpb": row["bpb"]})
+            if final:
+                run["mc"] = row["mc"]
+                if "preference" in row:
+                    run["preference"] = row["preference"]
+            bar.update(1)
+        results["runs"][name] = run
+    bar.close()
+
+    dpo_info = RunInfo(runs["dpo"])
+    results["dpo_heldout"] = _dpo_heldout(runs, dpo_info, dpo_pairs(dpo_info.vocabulary), cfg)
+    return results
+
+
+def _checkpoints_to_evaluate(runs: dict[str, Path]) -> list[tuple[str, "RunInfo", list[tuple[int, str]]]]:
+    """(run, its info, (step, checkpoint) points): every saved step, the starting point of continued pretraining
+    as step 0, and only the last step of SFT and DPO."""
     work = []
     for name, workdir in runs.items():
         info = RunInfo(workdir)
@@ -155,48 +190,27 @@ def evaluate_recipe(recipe: "Recipe") -> dict:
         elif info.init_from:  # step 0: where continued pretraining started
             points = [(0, info.init_from)] + points
         work.append((name, info, points))
-    total = sum(len(p) for _, _, p in work)
-    bar = tqdm(total=total, desc="eval", unit="ckpt")
-    for name, info, points in work:
-        key = (info.model, info.vocabulary)
-        if key not in evaluators:
-            evaluators[key] = Evaluator(info.model, info.vocabulary, cfg.eval_batch_size)
-        ev = evaluators[key]
-        run = {"tokenizer": Path(info.vocabulary).stem, "vocab_size": info.model.vocab_size,
-               "init_from": info.init_from, "points": []}
-        for i, (step, checkpoint) in enumerate(points):
-            final = i == len(points) - 1
-            cache = cache_dir / _cache_name(recipe.dir, checkpoint)
-            stamp = Path(checkpoint).stat().st_mtime_ns  # a checkpoint trained again is evaluated again
-            row = json.loads(cache.read_text()) if cache.is_file() else {}
-            if row.get("checkpoint_mtime_ns") != stamp:
-                row = {"checkpoint_mtime_ns": stamp}
-            needs_bpb = not BPB_KEYS <= set(row.get("bpb", {}))
-            needs_mc = final and "mc" not in row
-            needs_pref = final and name in aligned and "preference" not in row
-            if needs_bpb or needs_mc or needs_pref:
-                ev.load(checkpoint)
-                if needs_bpb:
-                    row["bpb"] = ev.bits_per_byte(documents, translations)
-                if needs_mc:
-                    row["mc"] = ev.multiple_choice(recipe.data / "mc")
-                if needs_pref:
-                    row["preference"] = ev.preference(dpo_pairs(info.vocabulary), cfg.seq_len)
-                cache.write_text(json.dumps(row, indent=1))
-            run["points"].append({"step": step, "checkpoint": checkpoint, "bpb": row["bpb"]})
-            if final:
-                run["mc"] = row["mc"]
-                if "preference" in row:
-                    run["preference"] = row["preference"]
-            bar.update(1)
-        results["runs"][name] = run
-    bar.close()
+    return work
 
-    # DPO's implicit reward on held-out pairs, against its frozen reference (the SFT model).
 
-    dpo_info = RunInfo(runs["dpo"])
+def _cached_row(cache: Path, checkpoint: str, ev: "Evaluator", wanted: dict) -> dict:
+    """A checkpoint's results: from its cache file, measuring (``wanted``: key -> measure) only what is missing;
+    a checkpoint trained again since (another mtime) is evaluated again."""
+    stamp = Path(checkpoint).stat().st_mtime_ns
+    row = json.loads(cache.read_text()) if cache.is_file() else {}
+    if row.get("checkpoint_mtime_ns") != stamp:
+        row = {"checkpoint_mtime_ns": stamp}
+    missing = [k for k in wanted if (not BPB_KEYS <= set(row.get("bpb", {})) if k == "bpb" else k not in row)]
+    if missing:
+        ev.load(checkpoint)
+        for key in missing:
+            row[key] = wanted[key]()
+        cache.write_text(json.dumps(row, indent=1))
+    return row
+
+
+def _dpo_heldout(runs: dict[str, Path], dpo_info: "RunInfo", pairs: list[dict], cfg) -> dict:
+    """DPO's implicit reward on held-out pairs, against its frozen reference (the SFT model)."""
     policy = load_params(str(Workdir.at(runs["dpo"]).checkpoints), Decoder(dpo_info.model))
     reference = load_params(str(Workdir.at(runs["sft"]).checkpoints), Decoder(dpo_info.model))
-    results["dpo_heldout"] = preference_metrics(Decoder(dpo_info.model), policy, reference,
-                                                dpo_pairs(dpo_info.vocabulary), cfg.seq_len, cfg.dpo_beta)
-    return results
+    return preference_metrics(Decoder(dpo_info.model), policy, reference, pairs, cfg.seq_len, cfg.dpo_beta)

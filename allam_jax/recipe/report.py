@@ -64,11 +64,15 @@ def fertility_of(fertility: list[dict], tokenizer: str, lang: str) -> Optional[f
 
 
 def claims(results: dict, fertility: list[dict], main: str = "full", init: str = "fitted") -> list[dict]:
-    """``[{claim, evidence, verdict}]`` from the evaluation results; arms missing from the sweep are skipped."""
+    """``[{claim, evidence, verdict, rule}]`` from the evaluation results; arms missing from the sweep are skipped."""
     runs = results["runs"]
-    full, base = runs[main], runs["base"]
-    out = []
+    rows = [_forgetting(runs, main), _expansion(runs, main, fertility), _initialisation(runs, main, init),
+            _translated(runs, main), _alignment(results, main)]
+    return [row for row in rows if row is not None]
 
+
+def _forgetting(runs: dict, main: str) -> dict:
+    full, base = runs[main], runs["base"]
     en_full, en_base = final_bpb(full, "en"), final_bpb(base, "en")
     rel = (en_full - en_base) / en_base
     evidence = (f"English bits/byte: base {en_base:.3f} → after mixture CPT {en_full:.3f} ({rel:+.1%}); English "
@@ -76,79 +80,95 @@ def claims(results: dict, fertility: list[dict], main: str = "full", init: str =
     if "arabic_only" in runs:
         en_ar_only = final_bpb(runs["arabic_only"], "en")
         evidence += f"; Arabic-only control {en_ar_only:.3f} ({(en_ar_only - en_base) / en_base:+.1%})"
-    out.append({"claim": "Continued pretraining on the Arabic/English/translated mixture does not catastrophically "
-                         "forget English", "evidence": evidence,
-                "verdict": HOLDS if rel <= FORGETTING_TOLERANCE else FAILS,
-                "rule": f"English bits/byte rises by at most {FORGETTING_TOLERANCE:.0%}"})
+    return {"claim": "Continued pretraining on the Arabic/English/translated mixture does not catastrophically "
+                     "forget English", "evidence": evidence,
+            "verdict": HOLDS if rel <= FORGETTING_TOLERANCE else FAILS,
+            "rule": f"English bits/byte rises by at most {FORGETTING_TOLERANCE:.0%}"}
 
-    if "no_expansion" in runs:
-        fb, fm = fertility_of(fertility, "base", "ar"), fertility_of(fertility, "merged", "ar")
-        ar_full, ar_none = final_bpb(full, "ar"), final_bpb(runs["no_expansion"], "ar")
-        bpb_verdict = verdict_lower(ar_full, ar_none)
-        verdict = HOLDS if (fm < fb and bpb_verdict == HOLDS) else (UNCLEAR if fm < fb and bpb_verdict == UNCLEAR
-                                                                    else FAILS)
-        out.append({"claim": "Vocabulary expansion helps Arabic",
-                    "evidence": f"Arabic tokens/word {fb:.2f} → {fm:.2f} ({fb / fm:.1f}× shorter sequences); Arabic "
-                                f"bits/byte at equal steps: expanded {ar_full:.3f} vs not expanded {ar_none:.3f}",
-                    "verdict": verdict,
-                    "rule": "fewer Arabic tokens per word and lower Arabic bits/byte (by >1%) at equal steps"})
 
-    if "random_init" in runs:
-        rnd = runs["random_init"]
-        start, final = (verdict_lower(f(full, "ar"), f(rnd, "ar")) for f in (start_bpb, final_bpb))
-        en_shift = (start_bpb(full, "en") - en_base) / en_base
-        verdict = (HOLDS if start == final == HOLDS and abs(en_shift) <= BPB_TOLERANCE
-                   else FAILS if FAILS in (start, final) else UNCLEAR)
-        evidence = (f"Arabic bits/byte at the start {start_bpb(full, 'ar'):.3f} ({init}) vs {start_bpb(rnd, 'ar'):.3f} "
-                    f"(random); after CPT {final_bpb(full, 'ar'):.3f} vs {final_bpb(rnd, 'ar'):.3f}; English at the "
-                    f"start {start_bpb(full, 'en'):.3f} vs {start_bpb(rnd, 'en'):.3f} (base {en_base:.3f}: "
-                    f"{en_shift:+.1%} vs {(start_bpb(rnd, 'en') - en_base) / en_base:+.1%})")
-        if "mean_subtoken_init" in runs and init != "mean_subtoken":
-            mean = runs["mean_subtoken_init"]
-            evidence += (f"; ALLaM's mean-of-sub-token rows: Arabic {start_bpb(mean, 'ar'):.3f} at the start, "
-                         f"{final_bpb(mean, 'ar'):.3f} after CPT, English {start_bpb(mean, 'en'):.3f} at the start")
-        out.append({"claim": f"Initialising the new rows from the base model (`{init}`) beats random initialisation",
-                    "evidence": evidence, "verdict": verdict,
-                    "rule": "lower Arabic bits/byte (by >1%) than random rows at the start and after the same steps, "
-                            "with English at the start within 1% of the base model"})
+def _expansion(runs: dict, main: str, fertility: list[dict]) -> Optional[dict]:
+    full = runs[main]
+    if "no_expansion" not in runs:
+        return None
+    fb, fm = fertility_of(fertility, "base", "ar"), fertility_of(fertility, "merged", "ar")
+    ar_full, ar_none = final_bpb(full, "ar"), final_bpb(runs["no_expansion"], "ar")
+    bpb_verdict = verdict_lower(ar_full, ar_none)
+    verdict = HOLDS if (fm < fb and bpb_verdict == HOLDS) else (UNCLEAR if fm < fb and bpb_verdict == UNCLEAR
+                                                                else FAILS)
+    return {"claim": "Vocabulary expansion helps Arabic",
+            "evidence": f"Arabic tokens/word {fb:.2f} → {fm:.2f} ({fb / fm:.1f}× shorter sequences); Arabic "
+                        f"bits/byte at equal steps: expanded {ar_full:.3f} vs not expanded {ar_none:.3f}",
+            "verdict": verdict,
+            "rule": "fewer Arabic tokens per word and lower Arabic bits/byte (by >1%) at equal steps"}
 
-    if "no_translated" in runs:
-        nt = runs["no_translated"]
-        gap, two_se = accuracy_gap(full["mc"]["translate"], nt["mc"]["translate"])
-        tr_full, tr_nt = final_bpb(full, "translation"), final_bpb(nt, "translation")
-        out.append({"claim": "Translated (parallel) data helps",
-                    "evidence": f"bits/byte of held-out Arabic translations given the English: {tr_full:.3f} with vs "
-                                f"{tr_nt:.3f} without; translation choice acc_norm "
-                                f"{full['mc']['translate']['acc_norm']:.2f} vs {nt['mc']['translate']['acc_norm']:.2f} "
-                                f"(gap {gap:+.2f}, 2 s.e. {two_se:.2f}); Arabic bits/byte {final_bpb(full, 'ar'):.3f} "
-                                f"vs {final_bpb(nt, 'ar'):.3f}",
-                    "verdict": verdict_lower(tr_full, tr_nt),
-                    "rule": "lower bits/byte (by >1%) on held-out translations at equal steps"})
 
+def _initialisation(runs: dict, main: str, init: str) -> Optional[dict]:
+    full, en_base = runs[main], final_bpb(runs["base"], "en")
+    if "random_init" not in runs:
+        return None
+    rnd = runs["random_init"]
+    start, final = (verdict_lower(f(full, "ar"), f(rnd, "ar")) for f in (start_bpb, final_bpb))
+    en_shift = (start_bpb(full, "en") - en_base) / en_base
+    verdict = (HOLDS if start == final == HOLDS and abs(en_shift) <= BPB_TOLERANCE
+               else FAILS if FAILS in (start, final) else UNCLEAR)
+    evidence = (f"Arabic bits/byte at the start {start_bpb(full, 'ar'):.3f} ({init}) vs {start_bpb(rnd, 'ar'):.3f} "
+                f"(random); after CPT {final_bpb(full, 'ar'):.3f} vs {final_bpb(rnd, 'ar'):.3f}; English at the "
+                f"start {start_bpb(full, 'en'):.3f} vs {start_bpb(rnd, 'en'):.3f} (base {en_base:.3f}: "
+                f"{en_shift:+.1%} vs {(start_bpb(rnd, 'en') - en_base) / en_base:+.1%})")
+    if "mean_subtoken_init" in runs and init != "mean_subtoken":
+        mean = runs["mean_subtoken_init"]
+        evidence += (f"; ALLaM's mean-of-sub-token rows: Arabic {start_bpb(mean, 'ar'):.3f} at the start, "
+                     f"{final_bpb(mean, 'ar'):.3f} after CPT, English {start_bpb(mean, 'en'):.3f} at the start")
+    return {"claim": f"Initialising the new rows from the base model (`{init}`) beats random initialisation",
+            "evidence": evidence, "verdict": verdict,
+            "rule": "lower Arabic bits/byte (by >1%) than random rows at the start and after the same steps, "
+                    "with English at the start within 1% of the base model"}
+
+
+def _translated(runs: dict, main: str) -> Optional[dict]:
+    full = runs[main]
+    if "no_translated" not in runs:
+        return None
+    nt = runs["no_translated"]
+    gap, two_se = accuracy_gap(full["mc"]["translate"], nt["mc"]["translate"])
+    tr_full, tr_nt = final_bpb(full, "translation"), final_bpb(nt, "translation")
+    return {"claim": "Translated (parallel) data helps",
+            "evidence": f"bits/byte of held-out Arabic translations given the English: {tr_full:.3f} with vs "
+                        f"{tr_nt:.3f} without; translation choice acc_norm "
+                        f"{full['mc']['translate']['acc_norm']:.2f} vs {nt['mc']['translate']['acc_norm']:.2f} "
+                        f"(gap {gap:+.2f}, 2 s.e. {two_se:.2f}); Arabic bits/byte {final_bpb(full, 'ar'):.3f} "
+                        f"vs {final_bpb(nt, 'ar'):.3f}",
+            "verdict": verdict_lower(tr_full, tr_nt),
+            "rule": "lower bits/byte (by >1%) on held-out translations at equal steps"}
+
+
+def _alignment(results: dict, main: str) -> Optional[dict]:
+    runs = results["runs"]
+    full = runs[main]
     sft, dpo = runs.get("sft"), runs.get("dpo")
-    if sft and dpo and all("preference" in r for r in (full, sft, dpo)):
-        h = results.get("dpo_heldout", {})
-        pref = {k: runs[k]["preference"] for k in (main, "sft", "dpo")}
-        gap, two_se = accuracy_gap(pref["dpo"], pref[main], "accuracy", "pairs")
-        dpo_ok = h.get("rewards/accuracy", 0) > 0.5 and h.get("rewards/margins", 0) > 0
-        verdict = verdict_accuracy(gap, two_se)
-        if verdict == HOLDS and not dpo_ok:
-            verdict = UNCLEAR
-        tax = {lang: final_bpb(dpo, lang) - final_bpb(full, lang) for lang in ("en", "ar")}
-        out.append({"claim": "Alignment (SFT, then DPO) helps",
-                    "evidence": f"held-out synthetic preference pairs (rejected: echoed source, reversed words or a "
-                                f"mismatched translation) where the model's own log-probability favours the chosen "
-                                f"answer: CPT {pref[main]['accuracy']:.2f} → SFT {pref['sft']['accuracy']:.2f} → DPO "
-                                f"{pref['dpo']['accuracy']:.2f} (gap {gap:+.2f}, 2 s.e. {two_se:.2f}); DPO's "
-                                f"held-out reward accuracy {h.get('rewards/accuracy', float('nan')):.2f}, margin "
-                                f"{h.get('rewards/margins', float('nan')):+.3f}; chat translation acc_norm "
-                                f"{full['mc']['chat_translate']['acc_norm']:.2f} → {sft['mc']['chat_translate']['acc_norm']:.2f}"
-                                f" → {dpo['mc']['chat_translate']['acc_norm']:.2f}; cost on plain text: bits/byte "
-                                f"{tax['en']:+.3f} en, {tax['ar']:+.3f} ar",
-                    "verdict": verdict,
-                    "rule": "DPO prefers the chosen answer more often than CPT by >2 s.e., with held-out reward "
-                            "accuracy > 0.5 and a positive margin"})
-    return out
+    if not (sft and dpo and all("preference" in r for r in (full, sft, dpo))):
+        return None
+    h = results.get("dpo_heldout", {})
+    pref = {k: runs[k]["preference"] for k in (main, "sft", "dpo")}
+    gap, two_se = accuracy_gap(pref["dpo"], pref[main], "accuracy", "pairs")
+    dpo_ok = h.get("rewards/accuracy", 0) > 0.5 and h.get("rewards/margins", 0) > 0
+    verdict = verdict_accuracy(gap, two_se)
+    if verdict == HOLDS and not dpo_ok:
+        verdict = UNCLEAR
+    tax = {lang: final_bpb(dpo, lang) - final_bpb(full, lang) for lang in ("en", "ar")}
+    return {"claim": "Alignment (SFT, then DPO) helps",
+            "evidence": f"held-out synthetic preference pairs (rejected: echoed source, reversed words or a "
+                        f"mismatched translation) where the model's own log-probability favours the chosen "
+                        f"answer: CPT {pref[main]['accuracy']:.2f} → SFT {pref['sft']['accuracy']:.2f} → DPO "
+                        f"{pref['dpo']['accuracy']:.2f} (gap {gap:+.2f}, 2 s.e. {two_se:.2f}); DPO's "
+                        f"held-out reward accuracy {h.get('rewards/accuracy', float('nan')):.2f}, margin "
+                        f"{h.get('rewards/margins', float('nan')):+.3f}; chat translation acc_norm "
+                        f"{full['mc']['chat_translate']['acc_norm']:.2f} → {sft['mc']['chat_translate']['acc_norm']:.2f}"
+                        f" → {dpo['mc']['chat_translate']['acc_norm']:.2f}; cost on plain text: bits/byte "
+                        f"{tax['en']:+.3f} en, {tax['ar']:+.3f} ar",
+            "verdict": verdict,
+            "rule": "DPO prefers the chosen answer more often than CPT by >2 s.e., with held-out reward "
+                    "accuracy > 0.5 and a positive margin"}
 
 
 # ---------------------------------------------------------------- plots
