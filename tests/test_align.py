@@ -1,6 +1,9 @@
 """Alignment: chat masks, SFT data, the DPO loss against float64 NumPy, preference data, tiny SFT/DPO runs."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -228,6 +231,18 @@ def test_tiny_sft_then_dpo_from_gin(tmp_path):
                               "TrainerConfig.seq_len = 128"] + [f"{k} = {v}" for k, v in dpo_bindings.items()]) + "\n")
     r = allam("dpo-reference", f"--gin_file={gin}", f"--out={ref_file}")
     assert r.returncode == 0, r.stderr[-2000:]
+    # the same reference pass sharded on a (data 2, fsdp 2) mesh of 4 devices gives the same log-probs
+    sharded = tmp_path / "dpo_with_ref_sharded.jsonl"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    r = subprocess.run([sys.executable, "-m", "allam_jax", "dpo-reference", f"--gin_file={gin}", f"--out={sharded}",
+                        "--gin_bindings=PartitioningConfig.mesh_shape = (2, 2, 1)"], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    one, four = ([json.loads(ln) for ln in f.read_text(encoding="utf-8").splitlines()] for f in (ref_file, sharded))
+    assert len(one) == len(four) > 100
+    for a, b in zip(one, four):
+        for key in ("ref_chosen_logp", "ref_rejected_logp"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-3), (key, a, b)
     pre_dir, _ = _run_gin(tmp_path, "dpo_pre", "runs/dpo_tiny_cpu.gin", **{
         **dpo_bindings, "DpoData.paths": f"['{ref_file}']", "DpoConfig.reference": "'precomputed'",
         "DpoData.require_reference": True, "TrainerConfig.num_steps": 3})

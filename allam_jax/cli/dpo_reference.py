@@ -23,8 +23,9 @@ def run_dpo_reference(args: argparse.Namespace) -> int:
     from allam_jax.align.dpo_reference import precompute_reference
     from allam_jax.align.preference_data import DpoData
     from allam_jax.checkpoint.params_io import load_params
-    from allam_jax.model import Decoder
     from allam_jax.core.errors import ConfigError
+    from allam_jax.core.partitioning import Partitioner
+    from allam_jax.model import Decoder
 
     gin_setup.parse(args.gin_file, args.gin_bindings)
     exp = gin_setup.build_experiment()
@@ -33,7 +34,9 @@ def run_dpo_reference(args: argparse.Namespace) -> int:
     if not exp.trainer.init_from:
         raise ConfigError("TrainerConfig.init_from is not set: which model is the reference?")
     model = Decoder(exp.model)
-    params = load_params(exp.trainer.init_from, model)
-    n = precompute_reference(model, params, exp.data, exp.trainer.seq_len, args.out, args.batch_size)
+    partitioner = Partitioner.create(exp.partitioning)  # PartitioningConfig: the reference of a 70B model is sharded
+    params = load_params(exp.trainer.init_from, model, partitioner)
+    n = precompute_reference(model, params, exp.data, exp.trainer.seq_len, args.out, args.batch_size,
+                             partitioner=partitioner)
     print(f"wrote {args.out}: {n:,} pairs with reference log-probs from {exp.trainer.init_from}")
     return 0

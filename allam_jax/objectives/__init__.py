@@ -42,6 +42,10 @@ class Objective(Protocol):
 
     def check(self, exp: Any) -> None: ...  # a ConfigError for an experiment it cannot train
 
+    def window_sums(self, metrics: dict[str, jax.Array]) -> dict[str, jax.Array]: ...  # summed over a log window
+
+    def window_report(self, sums: dict[str, Any], languages: Any) -> dict[str, float]: ...  # its logged names
+
 
 # name -> the objective's class; ``experiment.objective = 'name'`` in gin picks one
 OBJECTIVES: dict[str, type] = {"lm": LmObjective, "dpo": DpoObjective}

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from allam_jax.core.errors import ConfigError
+from allam_jax.objectives.base import ObjectiveDefaults
 from allam_jax.objectives.logprobs import sequence_logprobs
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: j
 
 
 @dataclasses.dataclass(frozen=True)
-class DpoObjective:
+class DpoObjective(ObjectiveDefaults):
     """The trainer's view of DPO: two rows per example, a loss on sequence log-prob margins, and (frozen
     reference) a copy of the starting parameters kept beside them."""
 
