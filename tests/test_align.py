@@ -55,6 +55,7 @@ def test_sft_mask_token_by_token_on_two_turn_arabic():
     assert encode_prompt(CONVERSATION[:4], vocab, ChatTemplate(), 1) == first_prompt + first_answer + second_prompt
 
 
+@pytest.mark.slow
 def test_sft_batches_carry_the_mask_through_packing(tmp_path):
     path = _write_jsonl(tmp_path / "chat.jsonl", [{"messages": CONVERSATION}] * 3)
     it = SftData(paths=[path], shuffle_buffer=1).make_iterator(seq_len=512, batch_size=1)

@@ -6,6 +6,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 
@@ -89,6 +90,7 @@ def _params_in_table(capsys, argv):
     return row[0], int(row[1].replace(",", ""))
 
 
+@pytest.mark.slow
 def test_train_step_measures_the_model_gin_defines(capsys):
     """Bindings reach the benchmarked model: one more layer adds exactly one Llama block's parameters (attention
     with 8 query and 4 KV heads of 8 dims, a SwiGLU MLP, two RMSNorm scales)."""

@@ -27,6 +27,7 @@ def _blockwise(segs, causal, query_block=None, rows_per_step=None):
 TILINGS = [(None, None), (16, 1), (8, 3)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tiling", TILINGS)
 @pytest.mark.parametrize("causal,layout", [(True, "none"), (True, "packed"), (False, "packed"), (False, "interleaved")])
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (8, 2), (8, 1)])
@@ -36,6 +37,7 @@ def test_matches_reference(causal, layout, heads, kv_heads, tiling):
     _compare(_blockwise(segs, causal, *tiling), _ref(segs, causal), q, k, v, do, atol=2e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tiling", TILINGS)
 @pytest.mark.parametrize("causal", [True, False])
 def test_separate_kv_segment_ids_match_reference(causal, tiling):
@@ -57,6 +59,7 @@ def test_separate_kv_segment_ids_match_reference(causal, tiling):
     _compare(blockwise, reference, q, k, v, do, atol=2e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tiling", TILINGS)
 def test_matches_float64_numpy(tiling):
     q, k, v, do = _inputs(11, 2, 40, 8, 2)
@@ -67,6 +70,7 @@ def test_matches_float64_numpy(tiling):
         np.testing.assert_allclose(np.asarray(a, np.float64), b, atol=3e-5, rtol=3e-5, err_msg=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tiling", TILINGS)
 def test_bf16_inputs_are_as_accurate_as_the_reference_in_bf16(tiling):
     """bf16 operands in the dots (f32 accumulation, f32 softmax): errors against float64 NumPy no larger than
@@ -85,6 +89,7 @@ def test_bf16_inputs_are_as_accurate_as_the_reference_in_bf16(tiling):
         assert err <= 0.02 * scale, (name, err, scale)
 
 
+@pytest.mark.slow
 def test_decoding_shapes_fall_back_to_the_reference():
     q, _, _, _ = _inputs(5, 2, 3, 4, 2)
     _, k, v, _ = _inputs(6, 2, 10, 4, 2)
@@ -93,6 +98,7 @@ def test_decoding_shapes_fall_back_to_the_reference():
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sharded_on_eight_fake_devices_matches_one_device():
     """Under a (2, 2, 2) mesh the registry runs it per shard (shard_map): same values and gradients; a batch
     of 1 (as when a model is initialised under the mesh) takes the reference path."""

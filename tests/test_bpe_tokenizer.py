@@ -54,6 +54,7 @@ def _lines(path: str, n: int, skip: int = 0) -> list[str]:
     return list(itertools.islice(iter_documents([path]), skip, skip + n))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("base,merged", [("base", "merged"), ("llama3like", "l3_merged")])
 def test_merge_keeps_base_ids_and_english_and_hf_agrees(toks, base, merged):
     b_json, m_json = (json.loads(Path(toks[k]).read_text()) for k in (base, merged))
@@ -77,6 +78,7 @@ def test_merge_keeps_base_ids_and_english_and_hf_agrees(toks, base, merged):
         assert ours.decode(ours.encode(text)) == hf_merged.decode(hf_merged.encode(text).ids) == text
 
 
+@pytest.mark.slow
 def test_fertility_of_either_kind_and_the_arabic_gain(toks, tmp_path):
     held_out = tmp_path / "heldout_ar.txt"
     held_out.write_text("\n".join(_lines(toks["ar_txt"], 500, skip=40000)) + "\n", encoding="utf-8")
@@ -94,6 +96,7 @@ def test_fertility_of_either_kind_and_the_arabic_gain(toks, tmp_path):
     assert merged_ar["vocab_size"] == hf.get_vocab_size()
 
 
+@pytest.mark.slow
 def test_seqio_batches_are_hf_encodings_with_id_zero_kept(toks):
     """A Llama-3-style vocabulary (id 0 = '!') through the seqio tasks and packer: each segment's targets are HF's
     encoding of one document plus EOS, '!' (id 0) included; the inputs start with its BOS."""
@@ -130,6 +133,7 @@ def test_seqio_batches_are_hf_encodings_with_id_zero_kept(toks):
     assert whole > 5 and zeros > 0, (whole, zeros)
 
 
+@pytest.mark.slow
 def test_expand_checkpoint_means_of_the_base_spelling(toks, tmp_path):
     """New rows are float64 means of the base rows over the base's own encoding of each new piece's text (HF
     tokenizers, whole-word pieces); old rows and English logits unchanged; --init fitted fits on the merged
@@ -183,6 +187,7 @@ def test_expand_checkpoint_means_of_the_base_spelling(toks, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
 def test_other_tokenizer_types_and_mixed_kinds_are_refused(toks, tmp_path):
     from tokenizers import models, pre_tokenizers
 
@@ -287,6 +292,7 @@ def test_chat_templates_render_transformers_ids(chat_tokenizer, preset, template
     gin.clear_config()
 
 
+@pytest.mark.slow
 def test_qwen3_expanded_with_bpe_exports_and_loads_in_transformers(toks, tmp_path):
     """A tiny random Qwen3 on the Llama-3-style base vocabulary: convert, expand with the byte-level merge, export
     with the merged tokenizer.json; transformers loads model and tokenizer, its ids are HF tokenizers' and its
@@ -363,6 +369,7 @@ def test_chat_loop_with_the_llama3_template_stops_at_its_end_of_turn(chat_tokeni
                                                      return_dict=False, add_generation_prompt=True))
 
 
+@pytest.mark.slow
 def test_beam_cache_holds_hf_encodings_of_a_byte_level_vocabulary(toks, tmp_path):
     """`allam data cache` with a tokenizer.json: each record is Hugging Face's encoding of a cleaned document plus
     EOS, '!' (id 0) included, and the cache names the vocabulary by the file's hash."""

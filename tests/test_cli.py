@@ -20,6 +20,7 @@ def _one_line_error(result, *fragments):
     return lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("binding,fragments", [
     ("ModelConfig.num_layrs = 2", ["num_layrs"]),
     ("NoSuchThing.x = 1", ["NoSuchThing"]),
@@ -36,11 +37,13 @@ def test_bad_bindings_give_one_line_and_exit_2(gin, tmp_path, binding, fragments
     assert not (tmp_path / "w" / "checkpoints").exists() or not any((tmp_path / "w" / "checkpoints").iterdir())
 
 
+@pytest.mark.slow
 def test_missing_gin_file_names_it(tmp_path):
     r = allam("train", "--gin_file", "nope/missing.gin", "--workdir", str(tmp_path))
     _one_line_error(r, "nope/missing.gin")
 
 
+@pytest.mark.slow
 def test_train_via_python_dash_m_module_and_bindings(gin, tmp_path):
     import subprocess
     import sys
@@ -56,6 +59,7 @@ def test_train_via_python_dash_m_module_and_bindings(gin, tmp_path):
     assert [r["step"] for r in rows] == [1, 2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gin_file,low,high", [
     ("models/allam_1b.gin", 0.95e9, 1.05e9), ("models/allam_7b.gin", 6.9e9, 7.1e9),
     ("models/allam_13b.gin", 12.8e9, 13.5e9),
@@ -69,6 +73,7 @@ def test_info_reports_param_counts(gin_file, low, high):
     assert info["train_flops_per_token"] == 3 * info["forward_flops_per_token"]
 
 
+@pytest.mark.slow
 def test_help_explains_every_flag():
     for args in (["--help"], ["train", "--help"], ["info", "--help"], ["data", "prepare", "--help"]):
         r = allam(*args)
@@ -78,6 +83,7 @@ def test_help_explains_every_flag():
         assert flag in text
 
 
+@pytest.mark.slow
 def test_refused_resume_keeps_the_accepted_config_gin(gin, tmp_path):
     """A resume refused for a shape mismatch must not overwrite WORKDIR/config.gin with the refused config."""
     from allam_jax import runner
@@ -92,6 +98,7 @@ def test_refused_resume_keeps_the_accepted_config_gin(gin, tmp_path):
     assert (tmp_path / "w" / "config.gin").read_text() == accepted
 
 
+@pytest.mark.slow
 def test_startup_is_quiet_on_a_cpu_machine(tmp_path):
     """TensorFlow's start-up lines (oneDNN, CUDA drivers, cuInit) and libtpu's missing-TPU warnings stay out of
     stderr: a bad input prints its one line and nothing else."""
@@ -100,6 +107,7 @@ def test_startup_is_quiet_on_a_cpu_machine(tmp_path):
     assert r.stderr.strip().splitlines() == [f"allam: error: data file not found: {tmp_path}/none.txt"], r.stderr
 
 
+@pytest.mark.slow
 def test_os_errors_and_corrupt_tokenizer_are_one_line(gin, tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
@@ -126,6 +134,7 @@ def _as_a_plain_user() -> list[str]:
     pytest.skip("running as root without user namespaces: a read-only folder cannot be made read-only for us")
 
 
+@pytest.mark.slow
 def test_read_only_workdir_is_one_line_and_changes_nothing(gin, tmp_path):
     import os
     import subprocess

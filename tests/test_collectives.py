@@ -62,6 +62,7 @@ def whole_cube():
     return _compile("v5p-128", (1, -1, 1))
 
 
+@pytest.mark.slow
 @pytest.mark.tpu
 def test_weights_are_all_gathered_once_per_use_on_a_whole_cube(whole_cube):
     ops, params = whole_cube
@@ -76,6 +77,7 @@ def test_weights_are_all_gathered_once_per_use_on_a_whole_cube(whole_cube):
     assert gathered in (BF16 * (2 * LAYERS * layer + VOCAB * D), BF16 * (2 * LAYERS * layer + 2 * VOCAB * D))
 
 
+@pytest.mark.slow
 @pytest.mark.tpu
 def test_lm_head_is_gathered_and_reduced_once_per_step_not_per_chunk(whole_cube):
     ops, _ = whole_cube
@@ -91,6 +93,7 @@ def _elements(op: dict) -> int:
     return sum(math.prod(int(d) for d in s.split("[", 1)[1].split("]", 1)[0].split(",") if d) for s in op["shapes"])
 
 
+@pytest.mark.slow
 @pytest.mark.tpu
 def test_each_gradient_is_reduced_once_on_a_whole_cube(whole_cube):
     """Over the whole slice libtpu lowers a gradient's reduce-scatter as an all-reduce followed by the slice
@@ -106,6 +109,7 @@ def _array_elements(type_text: str) -> int:
     return 0 if type_text.startswith("(") else _elements({"shapes": [type_text]})
 
 
+@pytest.mark.slow
 @pytest.mark.tpu
 def test_a_whole_reduced_gradient_is_sliced_to_its_shard_at_once():
     """Where a gradient is reduced whole (an all-reduce, then the slice), its only reader is the slice to the
@@ -130,6 +134,7 @@ def test_a_whole_reduced_gradient_is_sliced_to_its_shard_at_once():
         assert _array_elements(readers[0].type) * 64 == D * VOCAB, readers[0].text[:200]
 
 
+@pytest.mark.slow
 @pytest.mark.tpu
 def test_gradients_are_reduce_scattered_onto_their_shards():
     """Data x FSDP on a v5p-16 (mesh (2, 4, 1)): every layer weight's gradient reaches its fsdp shard by a

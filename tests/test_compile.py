@@ -58,6 +58,7 @@ def test_tpu_topology_without_libtpu_says_how_to_install_it(monkeypatch):
     assert "pip install" in str(e.value) and "libtpu" in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_compile_help_explains_every_flag():
     text = allam("compile", "--help").stdout
     for flag in ("--gin_file", "--gin_bindings", "--topology", "--step", "--json", "v5p-N", "cpu:N", "Exit 0"):
@@ -165,6 +166,7 @@ def test_collective_stats_of_a_program_compiled_for_tpu():
 # ------------------------------------------------------------------ the command
 
 
+@pytest.mark.slow
 @pytest.mark.tpu
 def test_compile_tiny_config_for_tpu_prints_a_table_that_fits(tmp_path):
     r = allam("compile", "--gin_file", "runs/tiny_cpu.gin", "--topology", "v5e:2x2", *TINY,
@@ -185,6 +187,7 @@ def test_compile_tiny_config_for_tpu_prints_a_table_that_fits(tmp_path):
     assert len(devices) == 4 and f"step time      {seconds_text(est.step_seconds)} ESTIMATED" in r.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.tpu
 def test_compile_search_prints_the_ranked_variants_and_refuses_other_steps():
     r = allam("compile", "--gin_file", "runs/tiny_cpu.gin", "--topology", "v5e:2x2", *TINY, "--search",
@@ -199,6 +202,7 @@ def test_compile_search_prints_the_ranked_variants_and_refuses_other_steps():
     assert bad.returncode == 2 and "--search ranks train steps" in bad.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.tpu
 def test_compile_json_for_each_step():
     reports = {}
@@ -218,6 +222,7 @@ def test_compile_json_for_each_step():
     assert reports["decode"]["argument_bytes"] >= cache / 4
 
 
+@pytest.mark.slow
 @pytest.mark.tpu
 def test_compile_reports_a_config_that_does_not_fit_with_exit_3():
     """1B parameters, 24 rows of 2048 tokens per chip and no remat on a v5p-8 (95 GiB chips): ~123 GiB."""
@@ -233,6 +238,7 @@ def test_compile_reports_a_config_that_does_not_fit_with_exit_3():
     assert "f32[24,2048,64000]" in listing.splitlines()[1], listing
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,fragments", [
     (["--topology", "v9-8"], ["unknown", "v5p-N", "cpu:N"]),
     (["--topology", "cpu:4", "--gin_bindings", "PartitioningConfig.mesh_shape = (1, 1, 4)",
@@ -252,6 +258,7 @@ def test_compile_bad_input_is_one_line_exit_2(args, fragments):
         assert fragment in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_compile_on_fake_cpu_devices():
     r = allam("compile", "--gin_file", "runs/tiny_cpu.gin", "--topology", "cpu:4", "--json", *TINY,
               "--gin_bindings", "PartitioningConfig.mesh_shape = (2, 2, 1)")
@@ -277,6 +284,7 @@ def test_an_advertised_run_config_fits_its_slice_dpo_70b_in_micro_batches():
     assert "69,500,936,192" in r.stdout
 
 
+@pytest.mark.slow
 def test_compile_lowers_the_very_programs_that_train_and_eval_run():
     """``allam compile --step=train|eval`` lowers the train program's and the scorer's own jitted functions
     (``Partitioner.jit``): the lowered programs' text is identical."""
@@ -298,6 +306,7 @@ def test_compile_lowers_the_very_programs_that_train_and_eval_run():
         lower_step(exp, partitioner, "train", program).as_text()
 
 
+@pytest.mark.slow
 @pytest.mark.tpu
 def test_compile_the_variants_of_todays_bases_for_tpu():
     """Qwen3's q/k norm and head_dim, Qwen2's q/k/v bias, Llama-3's RoPE scaling and tied embeddings, all at once,

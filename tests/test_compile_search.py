@@ -15,6 +15,7 @@ def _bindings():
     return BINDINGS + ["PartitioningConfig.mesh_shape = (1, -1, 1)", "ModelConfig.attention_impl = 'pallas'"]
 
 
+@pytest.mark.slow
 def test_search_ranks_what_fits_by_estimated_time_and_stops_each_line_at_its_first_fit(monkeypatch):
     import allam_jax.aot.dry_run as dry_run
     from allam_jax.aot.search import format_search, search

@@ -66,6 +66,7 @@ def _params(ckpt: Path, cfg):
     return jax.tree_util.tree_map(np.asarray, stored_params(str(ckpt), abstract_params(Decoder(cfg))))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family,tied", [("llama3", False), ("llama3", True), ("mistral", False),
                                          ("qwen2", True), ("qwen2", False), ("qwen3", False), ("qwen3", True)])
 def test_family_matches_transformers_and_round_trips_bit_exact(tmp_path, family, tied):
@@ -98,6 +99,7 @@ def test_family_matches_transformers_and_round_trips_bit_exact(tmp_path, family,
     jax.tree_util.tree_map(np.testing.assert_array_equal, _params(again, cfg), _params(ckpt, cfg))
 
 
+@pytest.mark.slow
 def test_llama3_scaling_is_kept_in_either_spelling_and_in_model_gin(tmp_path):
     """The case that used to convert silently into another model: a transformers-5 `rope_parameters` with
     rope_type llama3 (and its older `rope_scaling` spelling) becomes ModelConfig.rope_scaling='llama3', and the
@@ -119,6 +121,7 @@ def test_llama3_scaling_is_kept_in_either_spelling_and_in_model_gin(tmp_path):
     assert np.abs(plain - _hf_logits(hf_dir, tokens)).max() > 10 * 1e-4  # 10x the parity tolerance
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit,message", [
     ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}},
      r"rope_parameters\.rope_type='yarn' is not supported"),

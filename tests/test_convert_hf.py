@@ -51,6 +51,7 @@ def _tokens(seed=0, vocab=VOCAB):
     return np.random.default_rng(seed).integers(0, vocab, (2, 24)).astype(np.int32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("heads,kv_heads,tied", [(4, 4, False), (4, 2, False), (8, 2, True)])
 def test_import_then_export_keeps_logits(tmp_path, heads, kv_heads, tied):
     hf_dir = _hf_model(tmp_path, heads, kv_heads, tied)
@@ -68,6 +69,7 @@ def test_import_then_export_keeps_logits(tmp_path, heads, kv_heads, tied):
     np.testing.assert_allclose(_hf_logits(back, tokens), want, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_unscanned_layout_and_sharded_safetensors(tmp_path):
     hf_dir = _hf_model(tmp_path, 4, 2, False, seed=1)
     cfg = config_from_hf(json.loads((hf_dir / "config.json").read_text()), scan_layers=False)
@@ -84,6 +86,7 @@ def test_unscanned_layout_and_sharded_safetensors(tmp_path):
     np.testing.assert_allclose(_our_logits(again, cfg.replace(scan_layers=True), tokens), want, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_expanded_vocabulary_exports_and_loads_in_transformers(tmp_path):
     """Llama-style base tokenizer + merged Arabic pieces: expand the imported checkpoint, export with the
     merged tokenizer; transformers loads model and tokenizer and gives our logits; base rows unchanged."""
@@ -220,6 +223,7 @@ print(json.dumps({"growth_mib": status("VmHWM") - before}))
 """
 
 
+@pytest.mark.slow
 def test_export_streams_tensors_with_memory_independent_of_model_size(tmp_path):
     """``to-hf`` of a 4x larger model (272 MiB vs 80 MiB, scanned layers) raises the exporting process's peak
     RSS by about the same amount, a fraction of either model: tensors stream from storage to the safetensors

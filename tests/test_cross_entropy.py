@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from allam_jax.objectives.cross_entropy import token_cross_entropy
 
@@ -18,6 +19,7 @@ def _numpy_reference(logits: np.ndarray, targets: np.ndarray, w_ce: np.ndarray, 
     return ce, log_z, grad
 
 
+@pytest.mark.slow
 def test_values_and_gradient_match_float64():
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 3, (3, 7, 50))

@@ -93,6 +93,7 @@ def test_bad_inputs_name_file_and_line(tmp_path):
         TextFileData(paths=[_write(tmp_path, "ar.txt", ["نص عربي"])], languages=["en"]).make_iterator(16, 2)
 
 
+@pytest.mark.slow
 def test_bundled_corpora_are_real_text(tmp_path):
     counts = corpora.prepare(str(tmp_path))
     assert counts["en.txt"]["words"] > 20_000
@@ -105,6 +106,7 @@ def test_bundled_corpora_are_real_text(tmp_path):
         assert set(pair) == {"en", "ar", "source"}
 
 
+@pytest.mark.slow
 def test_modern_arabic_source_counts_and_is_skipped_with_a_warning_when_absent(tmp_path, monkeypatch):
     tafsir = list(corpora.tafsir_muyassar())
     assert len(tafsir) == 6236 and sum(len(t.split()) for t in tafsir) > 200_000  # a paragraph per verse

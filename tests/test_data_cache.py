@@ -94,6 +94,7 @@ def _records_by_tf(directory: Path) -> list[tuple]:
                   for r in tf.data.TFRecordDataset(files))
 
 
+@pytest.mark.slow
 def test_cache_holds_each_clean_document_once_with_stats_by_reason(cache):
     d, paths, stats = cache
     expected = _expected(paths)
@@ -111,6 +112,7 @@ def test_cache_holds_each_clean_document_once_with_stats_by_reason(cache):
         assert got_stats["documents_read"] == len(want["tokens"]) + sum(want["dropped"].values())
 
 
+@pytest.mark.slow
 def test_seqio_reads_the_cache_as_a_cached_task(cache):
     """The layout is seqio's: a seqio Task with a cache placeholder, pointed at the cache dir, reads it."""
     import seqio
@@ -170,6 +172,7 @@ def _iterator(cache_dir, process_index=0, process_count=1, **kw):
     return data.make_iterator(48, 8, process_index, process_count)
 
 
+@pytest.mark.slow
 def test_rows_are_whole_documents_cut_at_row_edges_each_once_per_epoch(cache):
     """Concatenate a task's rows over its first epoch: the segments re-join into the cached documents, each
     exactly once, in one order (the stream is the documents back to back)."""
@@ -191,6 +194,7 @@ def test_rows_are_whole_documents_cut_at_row_edges_each_once_per_epoch(cache):
     assert len(docs) == len(set(docs)) and set(docs) <= set(want) and len(docs) >= len(want) - 2
 
 
+@pytest.mark.slow
 def test_resume_anywhere_and_any_process_count_give_the_same_batches(cache, monkeypatch):
     d, _, _ = cache
     straight = _iterator(d / "cached")
@@ -221,6 +225,7 @@ def test_resume_anywhere_and_any_process_count_give_the_same_batches(cache, monk
         assert 0 < len(reads) <= 8 * 48, (at, len(reads))
 
 
+@pytest.mark.slow
 def test_token_shares_follow_the_rates(cache):
     d, _, _ = cache
     it = _iterator(d / "cached", rates={"en_pretrain": 2, "ar_pretrain": 1, "translated_pretrain": 1},
@@ -233,6 +238,7 @@ def test_token_shares_follow_the_rates(cache):
     assert (b["loss_weights"] == 1).all() and (b["lang_id"][:, 0] == b["task_id"][:, 0]).all()
 
 
+@pytest.mark.slow
 def test_the_cached_mixture_keeps_the_batch_contract(cache):
     from helpers import check_batch_contract
 
@@ -240,6 +246,7 @@ def test_the_cached_mixture_keeps_the_batch_contract(cache):
     check_batch_contract(_iterator(d / "cached"), 8, 48)
 
 
+@pytest.mark.slow
 def test_bad_caches_are_one_line_errors(cache, tmp_path):
     import shutil
 
@@ -275,6 +282,7 @@ def test_bad_caches_are_one_line_errors(cache, tmp_path):
             _iterator(broken, rates={"en_pretrain": 1.0})
 
 
+@pytest.mark.slow
 def test_cli_errors_exit_2_with_one_line(cache, tmp_path):
     d, paths, _ = cache
     r = allam("data", "cache", f"--out={tmp_path / 'c'}", "--gin_bindings=CorpusPaths.en = ['/nowhere/*.txt']",
@@ -297,6 +305,7 @@ def test_cli_errors_exit_2_with_one_line(cache, tmp_path):
     assert r.stderr.strip().splitlines()[-1].startswith("allam: error: task translated_pretrain is not cached in")
 
 
+@pytest.mark.slow
 def test_inspect_reports_the_cached_mixture(cache, tmp_path):
     """`allam data inspect` on CachedData: whole blocks of rows realise the rates exactly."""
     d, _, _ = cache
@@ -364,6 +373,7 @@ def test_cache_reads_tfds_and_jsonl_sources(tmp_path, monkeypatch):
         tuple(vocab.encode(d)) + (vocab.eos_id,) for d in docs)
 
 
+@pytest.mark.slow
 def test_a_write_failure_in_the_beam_job_is_one_line_and_leaves_no_partial_task(tmp_path):
     """The operating system refuses the shard writes (a file-size limit, as a full disk would, without root):
     one line, exit 2, and no unfinished task folder or .tmp shard left behind."""

@@ -37,6 +37,7 @@ def test_readme_fits_a_screen_and_names_the_two_commands():
         assert command in readme and command in ci
 
 
+@pytest.mark.slow
 def test_every_command_has_a_section_and_a_flag_table(site):
     headings = _headings("commands.md")
     flags = (site / "flags" / "index.html").read_text(encoding="utf-8")
@@ -51,6 +52,7 @@ def test_every_command_has_a_section_and_a_flag_table(site):
                 assert f"<code>{action.option_strings[0]}" in flags, (command, action.option_strings)
 
 
+@pytest.mark.slow
 def test_every_gin_configurable_and_field_is_in_the_reference(site):
     page = (site / "config-reference" / "index.html").read_text(encoding="utf-8")
     table = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")

@@ -123,6 +123,7 @@ def _direct(scorer, context, continuation):
     return float(sum(logp[i, targets[i]] for i in range(len(targets) - len(cont), len(targets))))
 
 
+@pytest.mark.slow
 def test_batched_scores_equal_one_request_at_a_time(scorer):
     requests = [("السؤال: ما عاصمة مصر؟\nالإجابة:", " القاهرة"), ("Answer: ", "yes"), ("x" * 50, " y" * 20),
                 ("Q?", " A"), ("نص", " آخر طويل قليلا"), ("one", " two")]
@@ -153,6 +154,7 @@ def test_acc_and_acc_norm(tmp_path):
     assert result["n"] == 3
 
 
+@pytest.mark.slow
 def test_perplexity_and_bits_per_byte(scorer):
     docs = ["The quick brown fox jumps over the lazy dog.", "مرحبا بالعالم العربي"]
     r = perplexity(scorer, docs)
@@ -171,6 +173,7 @@ def test_perplexity_and_bits_per_byte(scorer):
     assert r["bits_per_byte"] == pytest.approx(nll / n_bytes / math.log(2), rel=1e-3)
 
 
+@pytest.mark.slow
 def test_eval_command_on_all_five_formats(tmp_path):
     from allam_jax import gin_setup
     from allam_jax.checkpoint.params_io import write_params_checkpoint
@@ -234,6 +237,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_scoring_and_generation_sharded_on_8_devices_match_one(tmp_path):
     """Parameters restored into shards over meshes of 8 fake CPU devices give the single-device scores."""
     import os
@@ -252,6 +256,7 @@ def test_scoring_and_generation_sharded_on_8_devices_match_one(tmp_path):
         assert out[mesh]["greedy"] == ref["greedy"]
 
 
+@pytest.mark.slow
 def test_empty_perplexity_file_is_an_error_naming_it(scorer, tmp_path):
     from allam_jax.eval.runner import run_eval
     from allam_jax.core.errors import ConfigError

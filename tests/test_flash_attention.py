@@ -63,6 +63,7 @@ def _compare(f, g, q, k, v, do, atol):
                                    err_msg=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("layout", ["none", "packed"])
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2), (8, 2), (8, 1)])
@@ -73,6 +74,7 @@ def test_matches_reference_fp32(causal, layout, heads, kv_heads):
     _compare(_flash(segs, causal), _ref(segs, causal), q, k, v, do, atol=2e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("t", [1, 5, 37, 50, 67])
 def test_odd_lengths_are_padded_and_masked(t):
     q, k, v, do = _inputs(t, 1, t, 4, 2)
@@ -80,12 +82,14 @@ def test_odd_lengths_are_padded_and_masked(t):
     _compare(_flash(segs, True), _ref(segs, True), q, k, v, do, atol=2e-5)
 
 
+@pytest.mark.slow
 def test_non_contiguous_segments_without_causality():
     q, k, v, do = _inputs(3, 2, 32, 4, 2)
     segs = _segments("interleaved", 2, 32, 3)
     _compare(_flash(segs, False), _ref(segs, False), q, k, v, do, atol=2e-5)
 
 
+@pytest.mark.slow
 def test_heads_major_and_gpu_layouts_agree():
     """The two BlockSpec layouts (TPU-style heads-major, GPU in place) compute the same function."""
     q, k, v, do = _inputs(5, 2, 32, 8, 2)
@@ -123,6 +127,7 @@ def _numpy_attention_and_grads(q, k, v, do, segs, causal, scale):
     return o, dq, fold(dk), fold(dv)
 
 
+@pytest.mark.slow
 def test_matches_float64_numpy():
     q, k, v, do = _inputs(11, 2, 40, 8, 2)
     segs = _segments("packed", 2, 40, 11)
@@ -133,6 +138,7 @@ def test_matches_float64_numpy():
         np.testing.assert_allclose(np.asarray(a, np.float64), b, atol=3e-5, rtol=3e-5, err_msg=name)
 
 
+@pytest.mark.slow
 def test_bfloat16_within_band():
     """bf16 inputs: relative error to the float32 result on the same (rounded) inputs stays in bf16's band."""
     q, k, v, do = _inputs(13, 2, 64, 8, 4, jnp.bfloat16)
@@ -147,6 +153,7 @@ def test_bfloat16_within_band():
         assert rel < 1.5e-2, (name, rel)
 
 
+@pytest.mark.slow
 def test_bad_shapes_are_rejected():
     q, k, v, _ = _inputs(0, 1, 16, 6, 4)
     with pytest.raises(ValueError, match="multiple of kv heads"):
@@ -158,6 +165,7 @@ def test_bad_shapes_are_rejected():
         BlockSizes(block_q=48)
 
 
+@pytest.mark.slow
 def test_registry_entry_matches_reference():
     q, k, v, do = _inputs(17, 2, 32, 4, 2)
     segs = _segments("packed", 2, 32, 17)

@@ -72,6 +72,7 @@ def test_every_restricted_flag_is_found():
     assert not [(p, a.dest) for p, a in FLAGS if a.type in (int, float)], "a flag of bare int/float has no range"
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(index=st.integers(0, len(FLAGS) - 1), text=BAD_TEXT)
 def test_a_bad_flag_value_is_one_line_naming_the_flag(index, text, capsys):

@@ -42,6 +42,7 @@ def full_forward_logits(cfg: ModelConfig, params, prompts: Sequence[Sequence[int
     return np.asarray(logits[:, -1])
 
 
+@pytest.mark.slow
 def test_cached_decoding_equals_full_recompute(setup):
     cfg, params, gen = setup
     prompts = [gen.encode("مرحبا بكم"), gen.encode("Hi"), gen.encode("The quick brown fox")]  # different lengths
@@ -60,6 +61,7 @@ def test_cached_decoding_equals_full_recompute(setup):
     assert alone.tokens == results[1].tokens
 
 
+@pytest.mark.slow
 def test_sampling_filters_and_stop_strings(setup):
     _, _, gen = setup
     logits = jnp.array([[0.0, 1.0, 2.0, 3.0, 4.0]])
@@ -78,6 +80,7 @@ def test_sampling_filters_and_stop_strings(setup):
         assert cut.finish_reason == "stop" and cut.text == greedy.text[: greedy.text.index(stop)]
 
 
+@pytest.mark.slow
 def test_generate_and_chat_commands(tmp_path):
     from allam_jax import gin_setup
     from allam_jax.checkpoint.params_io import write_params_checkpoint
@@ -113,6 +116,7 @@ def test_generate_and_chat_commands(tmp_path):
         assert len(errors) == 1 and "1,000 ids but the model has ModelConfig.vocab_size=384" in errors[0], errors
 
 
+@pytest.mark.slow
 def test_prompt_past_the_trained_length_warns(setup, caplog):
     import logging
 

@@ -47,6 +47,7 @@ def runs(tmp_path_factory):
     return work, first, second, after_first, json.loads((work / "goodput.json").read_text())
 
 
+@pytest.mark.slow
 def test_profile_traces_exactly_the_asked_steps(runs):
     work = runs[0]
     traces = glob.glob(str(work / "tensorboard" / "plugins" / "profile" / "*" / "*.xplane.pb"))
@@ -54,6 +55,7 @@ def test_profile_traces_exactly_the_asked_steps(runs):
     assert _steps_in_trace(traces[0]) == [2, 3]
 
 
+@pytest.mark.slow
 def test_goodput_accounts_for_wall_time_and_the_steps_a_restart_lost(runs):
     work, first, second, before, after = runs
     assert before["runs"] == 1 and after["runs"] == 2
@@ -71,6 +73,7 @@ def test_goodput_accounts_for_wall_time_and_the_steps_a_restart_lost(runs):
     assert "goodput" in second.stderr and "over 2 run(s)" in second.stderr
 
 
+@pytest.mark.slow
 def test_metrics_split_each_logged_step(runs):
     work = runs[0]
     rows = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
@@ -82,6 +85,7 @@ def test_metrics_split_each_logged_step(runs):
     assert first_log["time/compile"] > first_log["time/step"]  # step 1 compiles the step
 
 
+@pytest.mark.slow
 def test_bad_profile_flags_are_one_line_errors(tmp_path):
     gin = write_gin(tmp_path / "g.gin", corpus_files(tmp_path / "c", en_docs=5, ar_docs=5))
     for value, fragment in (("2", "--profile takes START,COUNT"), ("2,0", "--profile takes START,COUNT")):

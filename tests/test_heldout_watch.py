@@ -54,6 +54,7 @@ def _exp(texts, num_steps, **watch):
     return dataclasses.replace(exp, watch=HeldoutWatch(**{"paths": paths, "max_bytes": 300, **watch}))
 
 
+@pytest.mark.slow
 def test_logged_bits_per_byte_match_a_float64_reference_and_the_guard_warns(texts, tmp_path, caplog):
     exp = _exp(texts, 4, every=2, max_rise=1e-6, action="warn")
     with caplog.at_level("WARNING"):
@@ -71,6 +72,7 @@ def test_logged_bits_per_byte_match_a_float64_reference_and_the_guard_warns(text
     assert "en held-out bits/byte rose" in caplog.text and "HeldoutWatch.max_rise" in caplog.text
 
 
+@pytest.mark.slow
 def test_the_guard_saves_and_stops_and_a_resume_keeps_the_first_start(texts, tmp_path):
     exp = _exp(texts, 8, every=2, max_rise=1e-6, action="stop")
     with pytest.raises(RetentionError, match=r"en held-out bits/byte rose .* at step \d\), more than HeldoutWatch"
@@ -86,6 +88,7 @@ def test_the_guard_saves_and_stops_and_a_resume_keeps_the_first_start(texts, tmp
     assert max(r["step"] for r in read_metrics(str(tmp_path))) == 8
 
 
+@pytest.mark.slow
 def test_bad_watch_settings_are_one_line_errors(texts, tmp_path):
     with pytest.raises(ConfigError, match="HeldoutWatch.every is set but HeldoutWatch.paths names no held-out file"):
         HeldoutWatch(every=5)

@@ -31,6 +31,7 @@ def model(tmp_path_factory):
     return AllamLM(gin_file="models/tiny.gin", ckpt=str(d / "ckpt"), batch_size=4), d
 
 
+@pytest.mark.slow
 def test_simple_evaluate_on_a_local_task_matches_our_scorer(model, monkeypatch):
     lm, d = model
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -63,6 +64,7 @@ metric_list:
     assert got["acc,none"] == pytest.approx(ours["acc"]) and got["acc_norm,none"] == pytest.approx(ours["acc_norm"])
 
 
+@pytest.mark.slow
 def test_rolling_loglikelihood_and_generation(model):
     from lm_eval.api.instance import Instance
 
@@ -77,6 +79,7 @@ def test_rolling_loglikelihood_and_generation(model):
     assert ll[0] < 0
 
 
+@pytest.mark.slow
 def test_module_entry_point_registers_the_model(model):
     import subprocess
     import sys

@@ -70,6 +70,7 @@ def test_every_dot_of_the_gradient_takes_the_fast_form(dtype, operand):
     assert any("tensor<32x64x" in dot and "tensor<64x48x" in dot for dot in dots), dots
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tie_embeddings", [False, True])
 def test_model_with_explicit_vjp_trains_like_xla_float32(tie_embeddings):
     """Same init, same batch, a few AdamW steps: the hand-written gradients' losses follow XLA's float32 autodiff
@@ -136,6 +137,7 @@ def test_cpu_bf16_gin_file_sets_the_fast_path():
     assert cfg.d_model == 768  # the model file still applies
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [
     {}, {"tie_embeddings": True}, {"remat_policy": "full"}, {"num_kv_heads": 1, "head_dim": 16},
     {"attention_impl": "blockwise", "scan_layers": False, "tie_embeddings": True},

@@ -85,6 +85,7 @@ def test_micro_batches_keep_each_examples_rows_together():
         split_micro_batches(rows, 3, 2)
 
 
+@pytest.mark.slow
 def test_lm_gradients_with_1_and_4_micro_batches_match_float64():
     """z-loss and per-language sums included: one micro-batch or four, the same loss, metrics and gradient."""
     params, batch = _params(), _batch()
@@ -107,6 +108,7 @@ def test_lm_gradients_with_1_and_4_micro_batches_match_float64():
     _check_against_float64(params, g4, lambda p: _numpy_lm_objective(p, batch, 0.01))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reference", ["frozen", "precomputed"])
 def test_dpo_gradients_with_1_2_and_4_micro_batches_match_float64(reference):
     """DPO accumulates like any objective: the pairs' mean loss, the reward metrics and the gradient are the
@@ -136,6 +138,7 @@ def _pairs(path, n=8):
     return path
 
 
+@pytest.mark.slow
 def test_dpo_trains_in_micro_batches_from_gin(tmp_path):
     """``TrainerConfig.grad_accum_steps = 2`` with DPO (refused before): the first step's loss equals the one
     micro-batch run's, and the later steps stay with it."""
@@ -179,6 +182,7 @@ class HalfLm(ObjectiveDefaults):
         return denom, self.config.scale * sums["ce_sum"] / denom, {"num_tokens": sums["weight_sum"]}
 
 
+@pytest.mark.slow
 def test_a_registered_objective_trains_from_gin(tmp_path, monkeypatch):
     """One OBJECTIVES line and gin picks it (``experiment.objective``), with its own config class's bindings."""
     from allam_jax import runner

@@ -22,6 +22,7 @@ def _init(cfg, seed=0, seq=8):
                                          is_leaf=lambda x: hasattr(x, "value"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [
     {}, {"num_kv_heads": 4}, {"num_kv_heads": 1}, {"tie_embeddings": True}, {"scan_layers": False},
     {"remat_policy": "full"}, {"head_dim": 16},
@@ -39,6 +40,7 @@ def test_logits_match_float64_numpy_llama(overrides):
     np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4, atol=2e-4)
 
 
+@pytest.mark.slow
 def test_packed_segments_match_separate_documents():
     cfg = ModelConfig(**TINY)
     model, params = _init(cfg)
@@ -74,6 +76,7 @@ def test_rope_matches_hf_formula():
     np.testing.assert_allclose(np.asarray(got), numpy_llama.apply_rope(x, pos, 500000.0), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bfloat16_rope_is_transformers_bfloat16_rope():
     """In bfloat16 the rotation runs in bfloat16 with sin/cos rounded to it, as transformers' Llama does it (its own
     ``apply_rotary_pos_emb`` on torch bfloat16 tensors is the reference), and stays within bfloat16 rounding of the
@@ -123,6 +126,7 @@ def test_allam_7b_has_about_7b_params_without_allocating():
     assert cfg.flops_per_token() == pytest.approx(expected, rel=1e-9)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_stays_close_to_float32():
     cfg = ModelConfig(**TINY)
     model, params = _init(cfg)

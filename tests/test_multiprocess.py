@@ -153,6 +153,7 @@ def test_emergency_checkpoints_resume_from_a_peer_or_the_bucket_after_sigkill(se
     assert moved.returncode == 0 and "initialised parameters from" in moved.stderr, moved.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_bad_distributed_settings_are_one_line_errors(tmp_path):
     from helpers import allam
 

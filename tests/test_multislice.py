@@ -126,6 +126,7 @@ _WIDE = ("--gin_bindings", "ModelConfig.d_model = 256", "--gin_bindings", "Model
          "--gin_bindings", "ModelConfig.vocab_size = 512")
 
 
+@pytest.mark.slow
 @pytest.mark.tpu
 def test_compile_two_slices_reports_what_crosses_dcn():
     """A small config on two v5p-8 slices: the slices are the data axis, so the gradients (and nothing that

@@ -49,6 +49,7 @@ def _expected_spec(name, sizes):
     return [rule.get(a) for a in logical]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", ["[8, 1, 1]", "[1, 8, 1]", "[2, 2, 2]", "[1, 2, 4]"])
 def test_sharded_step_equals_single_device(sharded_report, mesh):
     r = sharded_report["meshes"][mesh]
@@ -63,6 +64,7 @@ def test_sharded_step_equals_single_device(sharded_report, mesh):
         assert got == want, name
 
 
+@pytest.mark.slow
 def test_pallas_attention_under_shard_map_equals_single_device_reference():
     """attention_impl='pallas' (interpret mode) per shard on meshes with data, fsdp and tensor axes gives the
     single-device reference-attention loss and gradients."""
@@ -73,6 +75,7 @@ def test_pallas_attention_under_shard_map_equals_single_device_reference():
         assert r["max_rel_grad_diff"] < 1e-4
 
 
+@pytest.mark.slow
 def test_chunked_logits_sharded_match_one_device():
     """Chunked LM head + cross-entropy: left to the partitioner with a tensor axis, per batch shard (shard_map)
     on a data x fsdp mesh; both give the single-device unchunked loss and gradients."""
@@ -83,6 +86,7 @@ def test_chunked_logits_sharded_match_one_device():
         assert r["max_rel_grad_diff"] < 1e-4
 
 
+@pytest.mark.slow
 def test_cpu_bf16_matmuls_and_blockwise_attention_sharded_stay_as_close_to_float32_as_one_device():
     """bf16 compute with the CPU matmul path (custom gradient, forced transposes) and blockwise attention under
     (2, 2, 2), (1, 2, 4) and (2, 4, 1) meshes (the last runs the matmuls per batch shard under shard_map): same loss as one device, and gradients no further from the float32 model's
@@ -104,6 +108,7 @@ def test_mesh_shape_must_match_device_count():
         partitioning.PartitioningConfig(logical_axis_rules=[("embed", "model")])
 
 
+@pytest.mark.slow
 def test_indivisible_dimension_names_the_parameter():
     """heads=8, kv_heads=4 cannot be split 8 ways over 'tensor': the error names the array."""
     msg = _run_sharded_check("indivisible", timeout=300)

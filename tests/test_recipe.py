@@ -39,6 +39,7 @@ def split(tmp_path_factory):
     return out, cfg, counts, items
 
 
+@pytest.mark.slow
 def test_split_is_disjoint_and_complete(split):
     out, cfg, counts, _ = split
     bundled = bundled_dir()
@@ -180,6 +181,7 @@ def test_claims_follow_the_numbers():
     assert [r["claim"].split()[0] for r in claims(results, fertility)] == ["Continued", "Translated", "Alignment"]
 
 
+@pytest.mark.slow
 def test_bad_arms_file_and_stage_names(tmp_path):
     from allam_jax.recipe.config import RecipeConfig
     from allam_jax.recipe.stages import Recipe

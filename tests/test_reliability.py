@@ -76,6 +76,7 @@ def test_out_of_range_command_line_values_are_refused_by_name(argv, flag, capsys
     assert rc == 2 and f"argument {flag}:" in err, err
 
 
+@pytest.mark.slow
 def test_top_k_above_the_vocabulary_is_refused_before_decoding():
     import jax
     import jax.numpy as jnp
@@ -153,6 +154,7 @@ def test_a_precomputed_dpo_reference_requires_it_in_every_pair(tmp_path):
         exp.data.load(256)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gin", ["runs/sft_tiny_cpu.gin", "runs/tiny_cpu.gin"])
 def test_training_data_that_gives_no_batch_exits_2_before_any_step(tmp_path, capsys, gin):
     import json
@@ -182,6 +184,7 @@ def test_a_binding_of_a_data_class_the_run_does_not_use_is_refused(tmp_path, cap
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
 
 
+@pytest.mark.slow
 def test_a_resume_that_changes_the_data_positions_meaning_is_refused(tmp_path, capsys):
     """Two steps trained, then resumed: another batch size refused; num_steps below the checkpoint's step refused
     with config.gin left as the accepted run wrote it; the same settings resume."""
@@ -247,6 +250,7 @@ def test_training_a_tokenizer_on_an_empty_file_names_the_file(tmp_path, capsys):
     assert rc == 2 and f"no text to train on in {empty}" in err, err
 
 
+@pytest.mark.slow
 def test_a_real_failed_background_save_stops_the_run_in_one_line(tmp_path):
     """A real write failure inside Orbax's background save (the file-size limit makes the operating system refuse
     the checkpoint's writes, as a full disk does, without root): exit 1, one line naming the step, the reason and
@@ -288,6 +292,7 @@ def test_a_tiny_text_file_warns_once_how_often_it_repeats(tmp_path, caplog):
     assert not [r for r in caplog.records if "repeats" in r.getMessage()]
 
 
+@pytest.mark.slow
 def test_a_tiny_task_in_a_mixture_warns_how_often_it_repeats(tmp_path, caplog):
     """One 22-character English line at half the mixture, against a real Arabic corpus: the seqio path counts
     the small task whole and warns once; the large one stays quiet."""

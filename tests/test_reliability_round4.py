@@ -174,6 +174,7 @@ def test_max_new_tokens_is_bounded_by_the_models_length():
         gen.generate([[1, 2]], SamplingConfig(max_new_tokens=100_000_000))
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_the_step_like_sigterm(tmp_path, monkeypatch, caplog):
     """SIGINT during a one-process run: the step is saved, then exit 130 (SIGTERM's 143 is in test_train)."""
     from helpers import corpus_files, experiment

@@ -33,6 +33,7 @@ def bundled() -> Path:
     return bundled_dir()
 
 
+@pytest.mark.slow
 def test_bundled_corpora_are_real_and_large(bundled):
     sources = json.loads((bundled / "sources.json").read_text())
     assert sources["en.txt"]["words"] >= 100_000
@@ -151,6 +152,7 @@ def _segments(batch, row):
         yield idx
 
 
+@pytest.mark.slow
 def test_packed_batches_have_the_trainer_layout(bundled):
     it = _data(bundled, rate_unit="examples").make_iterator(seq_len=128, batch_size=4)
     vocab = ByteVocabulary()
@@ -179,6 +181,7 @@ def test_packed_batches_have_the_trainer_layout(bundled):
     it.close()
 
 
+@pytest.mark.slow
 def test_realised_token_shares_match_configured_rates(bundled):
     """Over 200 batches each task's share of real tokens is within 0.05 of its configured token share."""
     rates = {"en_pretrain": 0.4, "ar_pretrain": 0.2, "ar_classical_pretrain": 0.2, "translated_pretrain": 0.2}
@@ -194,6 +197,7 @@ def test_realised_token_shares_match_configured_rates(bundled):
     it.close()
 
 
+@pytest.mark.slow
 def test_resume_gives_exactly_the_next_batches(bundled):
     data = _data(bundled, rate_unit="examples", seed=7)
     straight = data.make_iterator(seq_len=64, batch_size=4)
@@ -214,6 +218,7 @@ def test_resume_gives_exactly_the_next_batches(bundled):
         resumed.set_state({"epoch": 0, "row": 3})
 
 
+@pytest.mark.slow
 def test_each_process_reads_its_own_shard(bundled):
     data = _data(bundled, rate_unit="examples")
     parts = [data.make_iterator(seq_len=64, batch_size=4, process_index=i, process_count=2) for i in range(2)]
@@ -262,6 +267,7 @@ def test_task_registry_contents(bundled):
     assert "ar_en_translated" in seqio.MixtureRegistry.names()
 
 
+@pytest.mark.slow
 def test_the_seqio_mixture_keeps_the_batch_contract(bundled):
     from helpers import check_batch_contract
 
@@ -286,6 +292,7 @@ def test_a_new_task_is_one_tasks_line(tmp_path, monkeypatch):
     assert set(next(ds.as_numpy_iterator())["task"].tolist()) == {len(tasks_lib.TASKS)}  # its id, stored +1
 
 
+@pytest.mark.slow
 def test_train_on_mixture_resumes_exactly(bundled, tmp_path):
     """6 steps straight vs 3 + restart + 3 on the seqio mixture: the same losses, bit for bit."""
     import dataclasses
@@ -306,6 +313,7 @@ def test_train_on_mixture_resumes_exactly(bundled, tmp_path):
     assert {"loss/en", "loss/ar", "loss/translated"} <= set(last)
 
 
+@pytest.mark.slow
 def test_cli_inspect_reports_shares(bundled, tmp_path):
     from helpers import allam
 
@@ -412,6 +420,7 @@ def test_deb_extraction_handles_every_compression_debian_ships(tmp_path, compres
     assert (out / "usr/share/locale/ar/LC_MESSAGES/x.txt").read_bytes() == catalog.read_bytes()
 
 
+@pytest.mark.slow
 def test_sentencepiece_vocabulary_in_the_pipeline(bundled, tmp_path):
     """With a (merged-style) SentencePiece model, segments start with its BOS and decode back to real text
     exactly as sentencepiece itself encodes it."""
@@ -440,6 +449,7 @@ def test_sentencepiece_vocabulary_in_the_pipeline(bundled, tmp_path):
     it.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad_file,content,reason", [
     ("en.txt", b"a fine english line of text\n\xff\xfe not utf-8\nanother fine english line\n", "not valid UTF-8"),
     ("pairs.jsonl", b'{"en": "good morning friend", "ar": "\xd8\xb5\xd8\xa8\xd8\xa7\xd8\xad"}\n{"en": broken\n',
@@ -483,6 +493,7 @@ def test_a_skipped_line_is_reported_once_however_often_the_data_is_read(tmp_path
     assert caplog.text.count("1 malformed line(s) skipped") == 1
 
 
+@pytest.mark.slow
 def test_data_shards_give_the_same_global_batches_on_any_process_count(bundled):
     """With ``data_shards = 4`` the global batch (process batches stacked in process order) is the same for
     1, 2 and 4 processes, and so is a resume from a state saved under another process count; with the
@@ -518,6 +529,7 @@ def test_data_shards_give_the_same_global_batches_on_any_process_count(bundled):
         _data(bundled, data_shards=3).make_iterator(64, 8)
 
 
+@pytest.mark.slow
 def test_mixture_schedule_switches_at_its_step_and_resumes_across_the_boundary(bundled):
     """English only for 3 batches, then the mix; a resume from batch 2 (one before the boundary) continues
     with the same batches as the straight run, across the boundary; bad schedules are one line."""

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import sentencepiece as spm
 
 from allam_jax.core import stderr_filter
@@ -39,6 +40,7 @@ def test_dropped_lines_go_python_and_crash_lines_stay(tmp_path):
     assert "AssertionError" in opted_out.stderr.decode()  # install() says no and leaves fd 2 alone
 
 
+@pytest.mark.slow
 def test_tf_text_sentencepiece_line_is_the_one_dropped(tmp_path):
     """TF-Text's own message (captured before the filter) matches the pattern, and after it no such line shows."""
     lines = [f"word{i} thing{i % 7} other{i % 13} piece{i % 29}" for i in range(400)]

@@ -36,6 +36,7 @@ def _batch(b=4, t=10, seed=0):
     }
 
 
+@pytest.mark.slow
 def test_loss_and_per_language_loss_match_numpy():
     params, batch = _params(), _batch()
     model = Decoder(CFG)
@@ -50,6 +51,7 @@ def test_loss_and_per_language_loss_match_numpy():
         assert got == pytest.approx(want, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_full_batch():
     params, batch = _params(), _batch(b=8)
     model = Decoder(CFG)
@@ -60,6 +62,7 @@ def test_gradient_accumulation_equals_full_batch():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_z_loss_adds_weighted_log_z_squared():
     params, batch = _params(), _batch()
     model = Decoder(CFG)
@@ -72,6 +75,7 @@ def test_z_loss_adds_weighted_log_z_squared():
     assert float(obj1 - obj0) == pytest.approx(0.01 * z, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_loss_weights_zero_out_tokens():
     params, batch = _params(), _batch()
     model = Decoder(CFG)
@@ -95,6 +99,7 @@ def test_schedule_warmup_cosine_floor():
     assert float(lin(50)) == pytest.approx(0.5)
 
 
+@pytest.mark.slow
 def test_weight_decay_skips_norm_scales_and_matches_adamw_formula():
     params = _params()
     mask = weight_decay_mask(params)
@@ -112,6 +117,7 @@ def test_weight_decay_skips_norm_scales_and_matches_adamw_formula():
     np.testing.assert_array_equal(new["final_norm"]["scale"], params["final_norm"]["scale"])
 
 
+@pytest.mark.slow
 def test_clipping_applies_before_adam():
     """With a large eps Adam's step depends on the gradient's scale, unless clipping fixed the scale first."""
     params = _params()
@@ -129,6 +135,7 @@ def test_clipping_applies_before_adam():
     assert not np.allclose(first_update(unclipped, grads), first_update(unclipped, big), rtol=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize("chunk", [2, 5])
 def test_chunked_logits_give_the_same_loss_and_gradients(tied, chunk):
@@ -154,6 +161,7 @@ def test_chunked_logits_give_the_same_loss_and_gradients(tied, chunk):
         assert float(loss2) == pytest.approx(want, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_chunk_size_must_divide_the_sequence():
     from allam_jax.core.errors import ConfigError
 

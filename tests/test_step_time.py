@@ -162,6 +162,7 @@ def test_a_scan_of_n_bodies_costs_n_times_one(one_chip):
     assert per_body >= body / one_chip.chip.peak_flops
 
 
+@pytest.mark.slow
 @pytest.mark.tpu
 def test_a_psums_time_grows_with_its_ring_and_shrinks_with_more_rings():
     """A psum on a v5p-128 (a 4x4x4 cube, every ring closed) over 2 neighbours, a ring of 4, two rings (16
@@ -194,6 +195,7 @@ def test_a_psums_time_grows_with_its_ring_and_shrinks_with_more_rings():
     assert times[("y", "z1", "z2")] < times[("z1", "z2")]  # a second ring: twice the links
 
 
+@pytest.mark.slow
 @pytest.mark.tpu
 def test_a_train_steps_flops_match_the_model_and_its_attention_kernels():
     """The small model of test_collectives on a v5p-8 (4 chips, mesh (1, 4, 1)) with splash attention: the HLO's

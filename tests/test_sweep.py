@@ -26,6 +26,7 @@ def test_variants_file_and_errors(tmp_path):
         read_variants(str(_variants(tmp_path, "[a]\n[a]\n")))
 
 
+@pytest.mark.slow
 def test_sweep_prints_local_and_launcher_commands(tmp_path):
     v = _variants(tmp_path, "[arabic_only]\nSeqioData.rates = {'ar_pretrain': 1.0}\n[base]\n")
     r = allam("sweep", "--gin_file=runs/tiny_cpu.gin", f"--variants={v}", "--root=gs://bucket/abl", "--print_only",

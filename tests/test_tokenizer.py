@@ -69,6 +69,7 @@ def test_english_encodes_to_identical_ids(toks):
     assert base.encode(lines) == merged.encode(lines)
 
 
+@pytest.mark.slow
 def test_arabic_fertility_falls_at_least_2_5x_and_english_unchanged(toks):
     table = fertility_table([toks["base"], toks["merged"]], [toks["en"], toks["ar"]])
     rows = {(Path(r["model"]).name, r["language"]): r for r in table if r["register"] == "all"}
@@ -145,6 +146,7 @@ def _independent_means(base_model: str, merged_model: str, table: np.ndarray) ->
     return np.stack(rows)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tie", [False, True])
 def test_expand_checkpoint_rows_and_english_logits(toks, tmp_path, tie):
     n_base, n_merged = len(load_proto(toks["base"]).pieces), len(load_proto(toks["merged"]).pieces)
@@ -169,6 +171,7 @@ def test_expand_checkpoint_rows_and_english_logits(toks, tmp_path, tie):
     np.testing.assert_allclose(np.asarray(after[..., :n_base]), np.asarray(before), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_expand_init_modes_and_bad_inputs(toks, tmp_path):
     n_base = len(load_proto(toks["base"]).pieces)
     _, params = _save_base_checkpoint(tmp_path / "base", n_base)
@@ -195,6 +198,7 @@ def test_expand_init_modes_and_bad_inputs(toks, tmp_path):
     assert report["dropped_rows"] == [n_base, n_base + 24]
 
 
+@pytest.mark.slow
 def test_expanded_checkpoint_continues_training(toks, tmp_path):
     n_base, n_merged = len(load_proto(toks["base"]).pieces), len(load_proto(toks["merged"]).pieces)
     _save_base_checkpoint(tmp_path / "base", n_base)
@@ -205,6 +209,7 @@ def test_expanded_checkpoint_continues_training(toks, tmp_path):
     assert np.isfinite(final["loss"])
 
 
+@pytest.mark.slow
 def test_expand_on_eight_sharded_devices_matches_one(toks, tmp_path):
     n_base = len(load_proto(toks["base"]).pieces)
     _save_base_checkpoint(tmp_path / "base", n_base)
@@ -284,6 +289,7 @@ def test_fitted_output_rows_solve_the_stated_least_squares_and_give_the_stated_p
     np.testing.assert_allclose((hidden @ rows.T - (hidden @ w_mean)[:, None])[~is_new], OLD_OFFSET, atol=0.25)
 
 
+@pytest.mark.slow
 def test_expand_fitted_rows_match_a_float64_fit_of_the_expanded_model(toks, tmp_path):
     """End to end: the checkpoint's new output rows are the fit of float64 NumPy Llama hidden states of the same
     windows (merged tokenization, BOS first, model-length windows); input rows are the sub-token means."""
@@ -331,6 +337,7 @@ def test_expand_fitted_rows_match_a_float64_fit_of_the_expanded_model(toks, tmp_
     np.testing.assert_allclose(new["lm_head"]["kernel"][:, n_base:].T, want, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_fertility_per_register_diacritised_and_labelled(toks, tmp_path):
     vowelled = ["اَلْعَرَبِيَّةُ لُغَةٌ جَمِيلَةٌ", "كَتَبَ الطَّالِبُ الدَّرْسَ"]
     plain = ["ذهب الطالب إلى المدرسة صباحا", "أعلنت الوزارة نتائج الامتحانات اليوم"]
@@ -378,6 +385,7 @@ def test_merged_model_carries_the_normalisation_to_every_encoder(toks, tmp_path)
     assert load_proto(str(tmp_path / "asis.model")).normalizer_spec == load_proto(toks["base"]).normalizer_spec
 
 
+@pytest.mark.slow
 def test_also_undiacritised_gives_pieces_for_plain_arabic_without_losing_the_marks(toks, tmp_path):
     from allam_jax.data.normalize import ARABIC_DIACRITICS, normalize_text
 

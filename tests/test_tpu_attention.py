@@ -62,6 +62,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("length,heads,kv_heads,head_dim,dtype,causal,segments", CASES)
 def test_pallas_attention_lowers_and_compiles_for_tpu(tpu_mesh, length, heads, kv_heads, head_dim, dtype, causal,
                                                       segments):
@@ -91,6 +92,7 @@ def _inputs(batch, length, heads, kv_heads, head_dim, dtype, seed=0):
     return q, k, v, do
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("length,heads,kv_heads,causal,segments,fused", [
     (256, 4, 2, True, True, True),
     (256, 8, 1, False, True, True),
@@ -114,6 +116,7 @@ def test_tpu_kernel_matches_reference_in_tpu_interpret_mode(length, heads, kv_he
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=2e-4, rtol=2e-4, err_msg=name)
 
 
+@pytest.mark.slow
 def test_tpu_kernel_bf16_is_as_accurate_as_reference_in_bf16():
     q, k, v, _ = _inputs(1, 256, 4, 2, 128, jnp.bfloat16, seed=3)
     seg = jnp.asarray(_segments(1, 256))

@@ -22,6 +22,7 @@ def files(tmp_path_factory):
     return corpus_files(tmp_path_factory.mktemp("corpus"))
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_logs_per_language(files, tmp_path):
     train(experiment(files, num_steps=40, log_every=10, optimizer={"learning_rate": 1e-2}), str(tmp_path))
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -64,6 +65,7 @@ def cpu_transfer_guard(monkeypatch):
         jax.device_get(jax.numpy.ones(2) + 1)  # the guard bites
 
 
+@pytest.mark.slow
 def test_steps_between_log_steps_never_read_the_device(files, tmp_path, cpu_transfer_guard):
     """Steps that neither log nor save run with every device-to-host transfer disallowed (explicit ones
     too): the loop queues them on the accelerator without a sync. The logged values are those of a run that
@@ -83,6 +85,7 @@ def test_steps_between_log_steps_never_read_the_device(files, tmp_path, cpu_tran
                 assert min(window) - 1e-5 <= r[f"loss/{lang}"] <= max(window) + 1e-5
 
 
+@pytest.mark.slow
 def test_resume_is_bit_exact(files, tmp_path):
     train(experiment(files, num_steps=20), str(tmp_path / "straight"))
     train(experiment(files, num_steps=10), str(tmp_path / "split"))
@@ -93,6 +96,7 @@ def test_resume_is_bit_exact(files, tmp_path):
     assert [straight[s] for s in range(1, 21)] == [split[s] for s in range(1, 21)]
 
 
+@pytest.mark.slow
 def test_partial_and_corrupt_checkpoints_fall_back(files, tmp_path, caplog, capfd):
     import gc
 
@@ -116,6 +120,7 @@ def test_partial_and_corrupt_checkpoints_fall_back(files, tmp_path, caplog, capf
     assert [r["step"] for r in rows][-7:] == [6, 7, 8, 9, 10, 11, 12]
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_and_keeps_checkpoints(files, tmp_path):
     train(experiment(files, num_steps=5), str(tmp_path))
     with pytest.raises(NonFiniteLossError, match=r"at step \d+"):
@@ -128,6 +133,7 @@ def test_nonfinite_loss_stops_and_keeps_checkpoints(files, tmp_path):
     mngr.close()
 
 
+@pytest.mark.slow
 def test_checkpoint_from_another_config_is_an_error_not_skipped(files, tmp_path):
     train(experiment(files, num_steps=5), str(tmp_path))
     with pytest.raises(ckpt_lib.CheckpointError, match=r"model config: .*embedding.* is \(384, 32\) on disk, \(384, 48\)"):
@@ -137,6 +143,7 @@ def test_checkpoint_from_another_config_is_an_error_not_skipped(files, tmp_path)
     assert (tmp_path / "checkpoints/5").is_dir()
 
 
+@pytest.mark.slow
 def test_continued_pretraining_loads_params_with_fresh_optimizer(files, tmp_path):
     train(experiment(files, num_steps=6), str(tmp_path / "base"))
     base = ocp.StandardCheckpointer().restore(tmp_path / "base/checkpoints/6/state")
@@ -270,6 +277,7 @@ def test_bucket_metrics_upload_bounded_parts_and_fold_them(tmp_path, monkeypatch
     assert [r["step"] for r in rows] == list(range(1, 31)) and rows[24]["loss"] == 2.0
 
 
+@pytest.mark.slow
 def test_second_trainer_on_a_workdir_is_refused_and_a_stale_lock_is_taken_over(files, tmp_path):
     import json as json_lib
     import os
@@ -304,6 +312,7 @@ def test_tokenizer_larger_than_the_model_vocabulary_stops_before_training(files,
     assert not (tmp_path / "config.gin").exists() and not (tmp_path / "metrics.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_params_restore_falls_back_past_an_unreadable_step_and_names_a_mismatch(files, tmp_path, caplog, capfd):
     """What eval, generate, chat and export read: a truncated newest step is skipped for the previous one (as
     training's resume does) with one warning line, not the 150-300 lines of abandoned-read echoes
@@ -338,6 +347,7 @@ def test_params_restore_falls_back_past_an_unreadable_step_and_names_a_mismatch(
         restore_params(str(tmp_path / "checkpoints" / "5"), wider)
 
 
+@pytest.mark.slow
 def test_a_failed_save_stops_the_run_with_the_step_named(files, tmp_path, monkeypatch):
     """A full disk used to give a 465-line traceback, and training went on for 5 more steps after the background
     save had failed. Both ways a save fails (at once, or later in the background) stop at that point."""
@@ -369,6 +379,7 @@ def test_a_failed_save_stops_the_run_with_the_step_named(files, tmp_path, monkey
     assert max(losses(tmp_path / "later")) <= 6  # stopped at the first step after the failed save of step 5
 
 
+@pytest.mark.slow
 def test_every_step_unreadable_refuses_to_start_over(files, tmp_path):
     train(experiment(files, num_steps=5, keep_checkpoints=1), str(tmp_path))
     for f in (tmp_path / "checkpoints" / "5" / "state").rglob("*"):

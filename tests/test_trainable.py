@@ -41,6 +41,7 @@ def _flat(tree):
     return {jax.tree_util.keystr(p): np.asarray(x, np.float64) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+@pytest.mark.slow
 def test_only_selected_rows_move_then_everything_after_n_steps():
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), _tree(rng))
@@ -93,6 +94,7 @@ def test_trainable_from_gin_and_its_errors(tmp_path):
         TrainableSpec(("layers",), rows_from=3).check(params)
 
 
+@pytest.mark.slow
 def test_embeddings_first_run_leaves_the_frozen_weights_bit_identical(tmp_path):
     files = corpus_files(tmp_path / "corpus", en_docs=100, ar_docs=300)
     train(experiment(files, num_steps=2), str(tmp_path / "base"))

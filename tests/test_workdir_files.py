@@ -98,6 +98,7 @@ def _run(capsys, *argv) -> tuple[int, str]:
     return rc, err[-1] if err else ""
 
 
+@pytest.mark.slow
 def test_a_resume_reads_every_workdir_file_through_the_loader(tmp_path, capsys, caplog):
     """Two steps trained with a held-out watch on Arabic; then each damage on a copy of that workdir: run.json and
     an edited data position refused naming them; goodput.json = [] and a guard on a language added at the resume
