@@ -63,10 +63,6 @@ class Workdir:
     def heldout_start(self) -> epath.Path:
         return self.root / workdir_files.HELDOUT_START
 
-    @property
-    def lock_file(self) -> epath.Path:
-        return self.root / workdir_files.LOCK
-
     def create(self) -> "Workdir":
         self.root.mkdir(parents=True, exist_ok=True)
         return self

@@ -257,8 +257,7 @@ class _Steps:
         last = self.tcfg.num_steps
         log_due = lambda i: i.step == last or i.watch  # noqa: E731
         self.add_hook(self._log, self.tcfg.log_every, log_due)
-        self.add_hook(self._save_due, self.tcfg.checkpoint_every,
-                      lambda i: i.step == last or i.stop or self.checkpointer.due(i.step))
+        self.add_hook(self._save, 0, lambda i: self._regular_save_due(i) or self.checkpointer.due(i.step))
         self.add_hook(lambda i: self.recorder.write(), self.tcfg.log_every, log_due)
         self.add_hook(self._check_heldout, 0, lambda i: i.watch)
         self.add_hook(self._stop, 0, lambda i: i.stop)
@@ -363,7 +362,7 @@ class _Steps:
     def _regular_save_due(self, info: StepInfo) -> bool:
         return info.step % self.tcfg.checkpoint_every == 0 or info.step == self.tcfg.num_steps or info.stop
 
-    def _save_due(self, info: StepInfo) -> None:
+    def _save(self, info: StepInfo) -> None:
         """A regular save; else, when only the emergency checkpoints' host-local tier is due, a local one."""
         self.save(info.step, info.state, force=self._regular_save_due(info))
 
