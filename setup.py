@@ -34,5 +34,5 @@ setup(
         # the documentation site (docs/, mkdocs.yml); tests/test_docs.py builds it with --strict
         "docs": ["mkdocs==1.6.1", "markdown==3.11.4"],
     },
-    entry_points={"console_scripts": ["allam=allam_jax.cli:main"]},
+    entry_points={"console_scripts": ["allam=allam_jax.launch:main"]},
 )

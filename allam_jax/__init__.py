@@ -7,7 +7,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from allam_jax.core import quiet_startup  # noqa: E402
-from allam_jax.core.platform import quiet_absent_tpu  # noqa: E402
+from allam_jax.core.accelerator_env import quiet_absent_tpu  # noqa: E402
 
 quiet_absent_tpu()
 quiet_startup.install()

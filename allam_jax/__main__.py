@@ -1,5 +1,7 @@
+"""``python -m allam_jax ...`` is ``allam ...``."""
+
 import sys
 
-from allam_jax.cli import main
+from allam_jax.launch import main
 
 sys.exit(main())

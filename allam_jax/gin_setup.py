@@ -14,15 +14,17 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import gin
 from gin import config as gin_config
+from gin import resource_reader
+from gin.config import ConfigurableReference
 
+from allam_jax.checkpoint.emergency import CheckpointConfig
 from allam_jax.core import config_types
 from allam_jax.core.errors import ConfigError
 from allam_jax.core.partitioning import PartitioningConfig
-from allam_jax.data.registry import DATA_SOURCES, DATA_PARTS, DEFAULT_DATA_SOURCE, lazy
+from allam_jax.data.registry import DATA_PARTS, DATA_SOURCES, DEFAULT_DATA_SOURCE, lazy
 from allam_jax.model.config import ModelConfig
 from allam_jax.objectives import OBJECTIVES, make_objective
 from allam_jax.objectives.lm import StepConfig
-from allam_jax.checkpoint.emergency import CheckpointConfig
 from allam_jax.train.experiment import Experiment, TrainerConfig
 from allam_jax.train.heldout_watch import HeldoutWatch
 from allam_jax.train.optimizer import OptimizerConfig
@@ -108,9 +110,6 @@ def _guard_package_lookup() -> None:
     the user stands (``runs/`` after a recipe run) is then a namespace package without a file, and gin's check
     crashes (``expected str ... not NoneType``) before the next search path (``gin_configs/``) is tried. Make
     that check answer 'not here' instead, so the search goes on."""
-    from gin import config as gin_config
-    from gin import resource_reader
-
     def exists(path: str) -> bool:
         try:
             return resource_reader.system_path_file_exists(path)
@@ -152,8 +151,6 @@ class Override:
         self.values = dict(values)
 
     def bind(self) -> None:
-        from gin.config import ConfigurableReference
-
         for field, value in self.values.items():
             if isinstance(value, type):
                 value = ConfigurableReference(_gin_name(value), True)

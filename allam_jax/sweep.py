@@ -24,6 +24,7 @@ from typing import Callable, Optional, Sequence
 
 from allam_jax.core.errors import ConfigError
 from allam_jax.core.paths import as_path, write_text_atomically
+from allam_jax.train.metrics import read_metrics
 
 _SECTION = re.compile(r"^\[([A-Za-z0-9_.-]+)\]$")
 
@@ -114,8 +115,6 @@ def launcher_command(launcher: str, gin_files: Sequence[str], bindings: Sequence
 
 
 def last_metrics(workdir: str) -> dict:
-    from allam_jax.train.metrics import read_metrics
-
     try:  # a run that logged nothing yet has no metrics (on a bucket a live run has only metrics.parts/)
         rows = read_metrics(str(workdir))
     except FileNotFoundError:

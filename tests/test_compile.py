@@ -50,9 +50,9 @@ def test_bad_topology_names_are_one_line_errors(name, fragment):
 
 
 def test_tpu_topology_without_libtpu_says_how_to_install_it(monkeypatch):
-    import allam_jax.core.platform as platform
+    import allam_jax.aot.topology as topology
 
-    monkeypatch.setattr(platform, "libtpu_installed", lambda: False)
+    monkeypatch.setattr(topology, "libtpu_installed", lambda: False)
     with pytest.raises(ConfigError) as e:
         resolve_topology("v5p-128")
     assert "pip install" in str(e.value) and "libtpu" in str(e.value) and "\n" not in str(e.value)

@@ -18,6 +18,7 @@ def _bindings():
 @pytest.mark.slow
 def test_search_ranks_what_fits_by_estimated_time_and_stops_each_line_at_its_first_fit(monkeypatch):
     import allam_jax.aot.dry_run as dry_run
+    import allam_jax.aot.search as search_lib
     from allam_jax.aot.search import format_search, search
     from allam_jax.aot.topology import resolve_topology
 
@@ -30,7 +31,7 @@ def test_search_ranks_what_fits_by_estimated_time_and_stops_each_line_at_its_fir
             compiled[key] = original(exp, topo, step)
         return compiled[key]
 
-    monkeypatch.setattr(dry_run, "compile_step", cached)
+    monkeypatch.setattr(search_lib, "compile_step", cached)
     grid = dict(remat=["none", "full"], grad_accum=[1, 2], logits_chunk=[0], backward=["fused"])
     roomy = search(["runs/tiny_cpu.gin"], _bindings(), topology, headroom=0.0, log=lambda s: None, **grid)
     # everything fits with no headroom: each line stops at one micro-batch

@@ -25,12 +25,16 @@ from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from allam_jax.aot.hlo_stats import collective_stats, largest_buffers
-from allam_jax.aot.hlo_stats import dcn_transfers
+from allam_jax.aot.hlo_stats import collective_stats, dcn_transfers, largest_buffers
 from allam_jax.aot.step_time import Interconnect, dcn_collectives, estimate_step_time, model_flops_utilization
 from allam_jax.aot.topology import Topology
 from allam_jax.core.errors import ConfigError
 from allam_jax.core.partitioning import TENSOR_AXIS, Partitioner
+from allam_jax.core.trees import count_params
+from allam_jax.eval.scorer import scoring_function
+from allam_jax.inference.generate import decoding_function
+from allam_jax.model.attention import LayerCache
+from allam_jax.train.program import build_train_program
 
 if TYPE_CHECKING:
     from allam_jax.train.experiment import Experiment
@@ -161,8 +165,6 @@ def _train_lowered(exp, program, seq_len):
 
 
 def _eval_lowered(exp, program, seq_len, partitioner):
-    from allam_jax.eval.scorer import scoring_function
-
     rows = exp.trainer.batch_size
     bs = program.batch_sharding
     arrays = [jax.ShapeDtypeStruct((rows, seq_len), jnp.int32, sharding=bs) for _ in range(4)]
@@ -170,9 +172,6 @@ def _eval_lowered(exp, program, seq_len, partitioner):
 
 
 def _decode_lowered(exp, program, seq_len, partitioner):
-    from allam_jax.inference.generate import decoding_function
-    from allam_jax.model.attention import LayerCache
-
     cfg = exp.model
     rows = exp.trainer.batch_size
     bs = program.batch_sharding
@@ -192,8 +191,6 @@ def lower_step(exp: "Experiment", partitioner: Partitioner, step: str = "train",
                program: Optional["TrainProgram"] = None) -> Any:
     """The lowered program of ``step`` (train, eval or decode) for ``exp`` on the partitioner's mesh: the
     very jitted functions that ``allam train``, the scorer and the decoder run, lowered from abstract arrays."""
-    from allam_jax.train.program import build_train_program
-
     if step not in STEPS:
         raise ConfigError(f"--step must be one of {STEPS}, got {step!r}")
     with partitioner.activate():
@@ -221,9 +218,6 @@ def compile_step(exp: "Experiment", topology: Topology, step: str = "train",
     reported (``fits=False`` with the compiler's message), not raised. ``hlo_out``: a folder (local or gs://) to
     keep the optimized HLO (``hlo.txt``) and each device's torus coordinates and slice in the program's device
     order (``devices.json``), enough to price the program again (``aot.step_time``) without compiling."""
-    from allam_jax.train.program import build_train_program
-    from allam_jax.core.trees import count_params
-
     if step not in STEPS:
         raise ConfigError(f"--step must be one of {STEPS}, got {step!r}")
     partitioner = Partitioner.create(exp.partitioning, topology.devices)

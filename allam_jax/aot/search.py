@@ -16,6 +16,8 @@ import sys
 import time
 from typing import Callable, Optional, Sequence
 
+from allam_jax import gin_setup
+from allam_jax.aot.dry_run import compile_step
 from allam_jax.aot.table import mfu_text, seconds_text
 from allam_jax.aot.topology import GIB, Topology
 from allam_jax.core.errors import ConfigError
@@ -63,9 +65,6 @@ def search(gin_files: Sequence[str], gin_bindings: Sequence[str], topology: Topo
     """Every variant compiled (see the module docstring), ranked: within budget by estimated step time, then the
     rest by memory. ``headroom`` is the share of the chip's memory left free (0.1: use at most 90%). The backward
     kernels are varied only when the config runs pallas attention (no other implementation has them)."""
-    from allam_jax import gin_setup
-    from allam_jax.aot.dry_run import compile_step
-
     if not 0 <= headroom < 1:
         raise ConfigError(f"--headroom must be in [0, 1), got {headroom}")
     gin_setup.parse(gin_files, list(gin_bindings))

@@ -13,8 +13,12 @@ import os
 import re
 from typing import Any, Optional, Sequence
 
+import jax
+from jax.experimental import topologies
+
 from allam_jax.aot.calibration import CALIBRATIONS, Calibration
 from allam_jax.core.errors import ConfigError
+from allam_jax.core.accelerator_env import libtpu_installed, prepare_compile_only_tpu
 
 GIB = 1024**3
 
@@ -176,12 +180,10 @@ def resolve_topology(name: str, num_slices: Optional[int] = None) -> Topology:
         return _cpu_topology(name, int(m.group(1)))
     base, slices = split_slices(name, num_slices)
     platform, chip, libtpu_name = _parse(base)
-    from allam_jax.core.platform import libtpu_installed, prepare_compile_only_tpu
 
     if not libtpu_installed():
         raise ConfigError(_libtpu_missing_message(name))
     prepare_compile_only_tpu()
-    from jax.experimental import topologies
 
     dims = [int(x) for x in libtpu_name.split(":")[1].split("x")]
     kwargs: dict[str, Any] = {}
@@ -203,8 +205,6 @@ def resolve_topology(name: str, num_slices: Optional[int] = None) -> Topology:
 
 
 def _cpu_topology(name: str, count: int) -> Topology:
-    import jax
-
     if count < 1:
         raise ConfigError(f"--topology={name}: the device count must be positive")
     devices = jax.devices("cpu")

@@ -23,7 +23,9 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 from etils import epath
+from jax._src import mesh as mesh_lib
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from allam_jax.core.errors import CheckpointError, ConfigError
@@ -85,8 +87,6 @@ def decode_data_position(array: Any) -> dict:
 def _outside_mesh():
     """Orbax's emergency manager runs its own cross-host programs (shard_map over a (host, device) mesh), which
     the run's ambient mesh (``Partitioner.activate``) would contradict."""
-    from jax._src import mesh as mesh_lib
-
     with jax.set_mesh(mesh_lib.empty_concrete_mesh):
         yield
 
@@ -94,8 +94,6 @@ def _outside_mesh():
 def _initialize_orbax_multihost() -> None:
     """Orbax's emergency manager maps JAX's process and device ids through the distributed client's key-value
     store (filled once per process, after ``jax.distributed.initialize``) and reads absl flags."""
-    from absl import flags
-
     if not flags.FLAGS.is_parsed():  # the manager reads absl flags of its own (their defaults serve)
         flags.FLAGS.mark_as_parsed()
     if jax.process_count() == 1:

@@ -16,11 +16,12 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
-from allam_jax.core.errors import CheckpointError, first_line
-from allam_jax.core.abandoned_reads import reading
 from allam_jax.checkpoint.layout import first_mismatch, newest_readable
 from allam_jax.checkpoint.params_io import layer_chunked_save_args
+from allam_jax.core.abandoned_reads import reading
+from allam_jax.core.errors import CheckpointError, first_line
 from allam_jax.core.paths import as_path
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,6 @@ class Checkpointer:
         if jax.process_index() == 0:
             (self.directory / str(step)).rename(aside)
         if jax.process_count() > 1:  # every process failed on the same files: none reloads before the rename
-            from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices(f"allam-move-aside-{step}")
         self.manager.reload()

@@ -7,17 +7,23 @@ import argparse
 import json
 import re
 
+import jax
+
+from allam_jax import gin_setup
+from allam_jax.aot.dry_run import compile_step
+from allam_jax.aot.search import (DEFAULT_ATTENTION_BACKWARD, DEFAULT_GRAD_ACCUM, DEFAULT_LOGITS_CHUNK, DEFAULT_REMAT,
+                                  format_search, search)
+from allam_jax.aot.table import format_report
+from allam_jax.aot.topology import FAMILIES_HELP, resolve_topology
 from allam_jax.cli.common import EXIT_OK, add_gin_flags, fraction, mesh_shape, non_negative_int, positive_int
+from allam_jax.core.errors import ConfigError
+from allam_jax.model.config import REMAT_POLICIES
 
 EXIT_DOES_NOT_FIT = 3
 
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from allam_jax.aot.search import DEFAULT_ATTENTION_BACKWARD, DEFAULT_GRAD_ACCUM, DEFAULT_LOGITS_CHUNK, DEFAULT_REMAT
-    from allam_jax.aot.topology import FAMILIES_HELP
-    from allam_jax.model.config import REMAT_POLICIES
-
     p = sub.add_parser(
         "compile", help="dry-run a config on a TPU slice (or N CPU devices): per-chip memory, fit, FLOPs, collectives",
         description="Build exactly what `allam train` would run for the gin config (model, mesh, remat, attention, "
@@ -71,7 +77,6 @@ def _prepare_cpu_devices(topology: str) -> None:
     m = re.fullmatch(r"cpu:(\d+)", topology)
     if not m:
         return
-    import jax
 
     try:
         jax.config.update("jax_num_cpu_devices", max(int(m.group(1)), 1))
@@ -80,11 +85,6 @@ def _prepare_cpu_devices(topology: str) -> None:
 
 
 def run_compile(args: argparse.Namespace) -> int:
-    from allam_jax import gin_setup
-    from allam_jax.aot.dry_run import compile_step
-    from allam_jax.aot.table import format_report
-    from allam_jax.aot.topology import resolve_topology
-
     _prepare_cpu_devices(args.topology)
     topology = resolve_topology(args.topology, args.num_slices)  # bad names fail before the (slow) gin and model build
     if args.search:
@@ -99,9 +99,6 @@ def run_compile(args: argparse.Namespace) -> int:
 
 
 def _run_search(args: argparse.Namespace, topology) -> int:
-    from allam_jax.aot.search import format_search, search
-    from allam_jax.core.errors import ConfigError
-
     if args.step != "train":
         raise ConfigError("--search ranks train steps; drop --step or use --step=train")
     found = search(args.gin_file, args.gin_bindings, topology, remat=args.search_remat,

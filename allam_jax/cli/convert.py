@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from allam_jax import gin_setup
 from allam_jax.cli.common import add_checkpoint_flag, add_gin_flags
 
 
@@ -43,7 +44,6 @@ def run_from_hf(args: argparse.Namespace) -> int:
 
 
 def run_to_hf(args: argparse.Namespace) -> int:
-    from allam_jax import gin_setup
     from allam_jax.convert.checkpoints import export_to_hf
 
     gin_setup.parse(args.gin_file, args.gin_bindings)

@@ -4,9 +4,15 @@ inspect`` (what a mixture really feeds)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
 
+from allam_jax import gin_setup
+from allam_jax.align.bundled import make_alignment_sets
 from allam_jax.cli.common import add_gin_flags, non_negative_int, positive_int
+from allam_jax.core.errors import ConfigError
+from allam_jax.data import corpora
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -59,8 +65,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from allam_jax.data import corpora
-
     counts = corpora.prepare(args.out, deb_dir=args.deb_dir, fetch=not args.no_fetch)
     for name, c in counts["sources"].items():
         size = ", ".join(f"{k}={v:,}" for k, v in c.items() if isinstance(v, int))
@@ -68,7 +72,6 @@ def run_prepare(args: argparse.Namespace) -> int:
     for name in ("en.txt", "ar.txt", "ar_modern.txt", "ar_classical.txt", "parallel.jsonl"):
         size = ", ".join(f"{k}={v:,}" for k, v in counts[name].items())
         print(f"wrote {args.out}/{name}: {size}")
-    from allam_jax.align.bundled import make_alignment_sets
 
     for name, n in make_alignment_sets(f"{args.out}/parallel.jsonl", args.out).items():
         print(f"wrote {args.out}/{name}: {n:,} records")
@@ -80,10 +83,6 @@ _LOCAL_BEAM_DEFAULTS = ("--direct_num_workers=0", "--direct_running_mode=multi_p
 
 
 def run_cache(args: argparse.Namespace) -> int:
-    import logging
-
-    from allam_jax import gin_setup
-    from allam_jax.core.errors import ConfigError
     from allam_jax.data.pipeline import SeqioData
 
     beam_args = list(getattr(args, "beam_args", []))
@@ -94,7 +93,8 @@ def run_cache(args: argparse.Namespace) -> int:
     data = gin_setup.build(SeqioData)
     for name in ("apache_beam", "absl"):  # the local job service relays every worker warning at length
         logging.getLogger(name).setLevel(logging.ERROR)
-    from allam_jax.data.cache_job import beam_errors, run_cache as run
+    from allam_jax.data.cache_job import beam_errors
+    from allam_jax.data.cache_job import run_cache as run
 
     print(f"caching {args.tasks or 'every task'} with vocabulary {data.vocabulary} into {args.out} "
           f"(Beam: {' '.join(beam_args)})", flush=True)
@@ -112,13 +112,9 @@ def run_cache(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from allam_jax import gin_setup
-    from allam_jax.data.inspect import format_report, inspect_mixture
     from allam_jax.data.cached_pipeline import CachedData
+    from allam_jax.data.inspect import format_report, inspect_mixture
     from allam_jax.data.pipeline import SeqioData
-    from allam_jax.core.errors import ConfigError
 
     if args.batches <= 0:
         raise ConfigError(f"--batches must be positive, got {args.batches}")

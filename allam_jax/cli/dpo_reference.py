@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from allam_jax import gin_setup
 from allam_jax.cli.common import add_gin_flags, positive_int
+from allam_jax.core.errors import ConfigError
+from allam_jax.core.partitioning import Partitioner
+from allam_jax.model import Decoder
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -19,13 +23,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run_dpo_reference(args: argparse.Namespace) -> int:
-    from allam_jax import gin_setup
     from allam_jax.align.dpo_reference import precompute_reference
     from allam_jax.align.preference_data import DpoData
     from allam_jax.checkpoint.params_io import load_params
-    from allam_jax.core.errors import ConfigError
-    from allam_jax.core.partitioning import Partitioner
-    from allam_jax.model import Decoder
 
     gin_setup.parse(args.gin_file, args.gin_bindings)
     exp = gin_setup.build_experiment()

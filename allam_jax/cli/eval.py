@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 
 from allam_jax.cli.common import add_checkpoint_flag, add_gin_flags, non_negative_int, positive_int, seed_int
+from allam_jax.core.errors import ConfigError
+from allam_jax.eval.readers import READERS
+from allam_jax.eval.scorer import LoglikelihoodScorer
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from allam_jax.eval.readers import READERS
-
     p = sub.add_parser("eval", help="multiple-choice benchmarks and perplexity for a checkpoint",
                        description="Score ArabicMMLU, ACVA, Arabic EXAMS, translated MMLU and MMLU files "
                        "(lm-evaluation-harness log-likelihood semantics: acc and acc_norm) and per-language "
@@ -33,9 +34,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     from allam_jax.eval.runner import check_specs, markdown, run_eval, write_report
-    from allam_jax.eval.scorer import LoglikelihoodScorer
     from allam_jax.runner import load_generator
-    from allam_jax.core.errors import ConfigError
 
     if not args.task and not args.perplexity:
         raise ConfigError("nothing to evaluate: give --task FORMAT:PATH and/or --perplexity LANG:PATH")

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
+from etils import epath
+
+from allam_jax import gin_setup
 from allam_jax.checkpoint.workdir import Workdir
 from allam_jax.cli.common import add_checkpoint_flag, positive_int, seed_int
+from allam_jax.core.errors import TokenizerError
 from allam_jax.tokenizer import INIT_METHODS
+from allam_jax.tokenizer.fit_head import HeadFit
+from allam_jax.tokenizer.interface import load_tokenizer
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -41,15 +48,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _head_fit(args: argparse.Namespace):
     """``--init fitted``'s inputs: both texts, and the model config (the expanded vocabulary's size)."""
-    import dataclasses
-
-    from etils import epath
-
-    from allam_jax import gin_setup
-    from allam_jax.core.errors import TokenizerError
-    from allam_jax.tokenizer.fit_head import HeadFit
-    from allam_jax.tokenizer.interface import load_tokenizer
-
     if not (args.new_text and args.old_text):
         raise TokenizerError("--init fitted needs --new_text (the added pieces' language) and --old_text (text whose "
                              "predictions must stay, e.g. English)")

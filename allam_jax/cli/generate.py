@@ -7,8 +7,14 @@ import dataclasses
 import json
 import sys
 
-from allam_jax.cli.common import (add_checkpoint_flag, add_gin_flags, non_negative_float, non_negative_int, positive_int,
-                                  probability, seed_int)
+from allam_jax.align.chat import encode_prompt
+from allam_jax.cli.common import (add_checkpoint_flag, add_gin_flags, non_negative_float, non_negative_int,
+                                  positive_int, probability, seed_int)
+from allam_jax.core.errors import ConfigError
+from allam_jax.core.paths import as_path
+from allam_jax.gin_setup import chat_template
+from allam_jax.inference.generate import SamplingConfig
+from allam_jax.inference.session import chat_loop
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -37,8 +43,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _sampling(args: argparse.Namespace):
-    from allam_jax.inference.generate import SamplingConfig
-
     return SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                           top_p=args.top_p, stop=tuple(args.stop), seed=args.seed)
 
@@ -46,12 +50,9 @@ def _sampling(args: argparse.Namespace):
 def run_generate(args: argparse.Namespace) -> int:
 
     from allam_jax.runner import load_generator
-    from allam_jax.core.errors import ConfigError
 
     texts = list(args.prompt)
     if args.prompts_file:
-        from allam_jax.core.paths import as_path
-
         if not as_path(args.prompts_file).is_file():
             raise FileNotFoundError(f"prompts file not found: {args.prompts_file}")
         texts += [line for line in as_path(args.prompts_file).read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -60,9 +61,6 @@ def run_generate(args: argparse.Namespace) -> int:
     sampling = _sampling(args)
     gen = load_generator(args.gin_file, args.gin_bindings, args.ckpt, args.vocabulary)
     if args.chat:
-        from allam_jax.align.chat import encode_prompt
-        from allam_jax.gin_setup import chat_template
-
         template = chat_template()
         prompts = [encode_prompt([{"role": "user", "content": t}], gen.vocab, template, gen.bos_id) for t in texts]
         if template.style == "turns":  # the answer ends at the template's end-of-turn token, not at EOS
@@ -79,14 +77,11 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    from allam_jax.core.errors import ConfigError
     from allam_jax.runner import load_generator
-    from allam_jax.inference.session import chat_loop
 
     if sys.stdin is None or sys.stdin.closed:
         raise ConfigError("allam chat reads your turns from standard input, which is closed; run it in a terminal "
                           "or pipe the turns in (one per line)")
-    from allam_jax.gin_setup import chat_template
 
     gen = load_generator(args.gin_file, args.gin_bindings, args.ckpt, args.vocabulary)
     chat_loop(gen, _sampling(args), args.system, template=chat_template())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from allam_jax import gin_setup
 from allam_jax.cli.common import add_gin_flags, positive_int
 
 
@@ -19,7 +20,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from allam_jax import gin_setup
     from allam_jax.train.loop import param_count_and_flops
 
     gin_setup.parse(args.gin_file, args.gin_bindings)

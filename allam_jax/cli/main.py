@@ -13,15 +13,19 @@ import argparse
 import logging
 import signal
 import sys
-from etils import epath
 from typing import Optional, Sequence
 
+from etils import epath
+
 from allam_jax.cli import compile as compile_command
-from allam_jax.cli import convert, data, dpo_reference, expand_checkpoint, generate, info, recipe, sweep, tokenizer, train
+from allam_jax.cli import convert, data, dpo_reference
 from allam_jax.cli import eval as eval_command
-from allam_jax.core.errors import first_line
+from allam_jax.cli import expand_checkpoint, generate, info, recipe, sweep, tokenizer, train
 from allam_jax.cli.common import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_NONFINITE, EXIT_RETENTION, EXIT_RUNTIME,
                                   EXIT_TERMINATED, Terminated, raise_terminated)
+from allam_jax.core import stderr_filter
+from allam_jax.core.errors import CheckpointError, ConfigError, NonFiniteLossError, RetentionError, first_line
+from allam_jax.core.hugepages import reexec_with_hugepages
 
 # in the order `allam --help` lists them
 COMMANDS = (recipe, sweep, train, info, compile_command, data, tokenizer, expand_checkpoint, dpo_reference, generate,
@@ -110,8 +114,6 @@ def _library_error(e: BaseException) -> Optional[tuple[str, int]]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv is None:  # a real command line (not a call from Python): huge-page malloc, C++ noise, SIGTERM message
-        from allam_jax.core import stderr_filter
-        from allam_jax.core.hugepages import reexec_with_hugepages
 
         reexec_with_hugepages()
         stderr_filter.install()
@@ -123,8 +125,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.beam_args = unknown  # `allam data cache` hands the options it does not know to Apache Beam
     _configure_logging(args.log_level)
     _quiet_closed_loop_callbacks()
-
-    from allam_jax.core.errors import CheckpointError, ConfigError, NonFiniteLossError, RetentionError
 
     try:
         return args.handler(args)

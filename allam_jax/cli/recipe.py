@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
+from allam_jax import gin_setup
+from allam_jax.core.errors import ConfigError
+from allam_jax.core.paths import is_remote
+from allam_jax.recipe import HeldoutConfig, RecipeConfig
 from allam_jax.recipe.config import STAGES, TOKENIZER_KINDS
 
 
@@ -34,9 +38,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def recipe_config(gin_files: Sequence[str], bindings: Sequence[str], quick: bool = False,
                   tokenizer_kind: Optional[str] = None):
     """The RecipeConfig ``allam recipe`` runs with these flags (default file recipes/tiny_cpu.gin)."""
-    from allam_jax import gin_setup
-    from allam_jax.recipe import HeldoutConfig, RecipeConfig
-
     files = list(gin_files or ["recipes/tiny_cpu.gin"]) + (["recipes/tiny_cpu_quick.gin"] if quick else [])
     gin_setup.register(RecipeConfig, HeldoutConfig)
     kind = [f"RecipeConfig.tokenizer_kind = '{tokenizer_kind}'"] if tokenizer_kind else []
@@ -46,9 +47,6 @@ def recipe_config(gin_files: Sequence[str], bindings: Sequence[str], quick: bool
 
 def run_recipe(args: argparse.Namespace) -> int:
     from allam_jax.recipe.stages import Recipe
-
-    from allam_jax.core.errors import ConfigError
-    from allam_jax.core.paths import is_remote
 
     if is_remote(args.workdir):  # SentencePiece, matplotlib and the notebooks want local files
         raise ConfigError(f"allam recipe runs on one machine and needs a local --workdir, got {args.workdir} (copy "

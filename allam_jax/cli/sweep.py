@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from allam_jax import gin_setup
 from allam_jax.cli.common import add_gin_flags
+from allam_jax.core.errors import ConfigError
+from allam_jax.sweep import read_variants, run_sweep, summary_table, write_summary
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -19,19 +22,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--print_only", action="store_true", help="print each variant's allam train command, run nothing")
     p.add_argument("--launcher", default=None, help="print commands for this launcher instead, e.g. "
                    "'tpu_scripts/launch.sh --name exp1 --zone us-east5-b'")
-    p.set_defaults(handler=run_sweep)
+    p.set_defaults(handler=run_sweep_command)
 
 
-def run_sweep(args: argparse.Namespace) -> int:
-    from allam_jax import gin_setup
-    from allam_jax.sweep import read_variants, run_sweep, summary_table, write_summary
-
+def run_sweep_command(args: argparse.Namespace) -> int:
     variants = read_variants(args.variants)
     for name, bindings in variants.items():  # every variant must parse before anything runs
         try:
             gin_setup.parse(args.gin_file, list(args.gin_bindings) + bindings)
         except Exception as e:  # noqa: BLE001 - reported with the variant's name
-            from allam_jax.core.errors import ConfigError
 
             raise ConfigError(f"variant [{name}]: {e}") from None
     rows = run_sweep(args.gin_file, variants, args.root, args.gin_bindings, args.print_only, args.launcher, args.only)

@@ -6,7 +6,16 @@ import argparse
 import json
 
 from allam_jax.cli.common import positive_int, probability
+from allam_jax.core.errors import ConfigError
+from allam_jax.core.paths import as_path
 from allam_jax.tokenizer import NORMALIZATIONS
+from allam_jax.tokenizer.bpe import iter_documents, merge_bpe, train_bpe
+from allam_jax.tokenizer.fertility import fertility_table, format_table
+from allam_jax.tokenizer.from_hf import convert_hf_json
+from allam_jax.tokenizer.interface import is_bpe_path
+from allam_jax.tokenizer.merge import merge_tokenizers
+from allam_jax.tokenizer.spm_io import write_proto_atomically
+from allam_jax.tokenizer.train import train_tokenizer
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -90,9 +99,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _check_out(out: str, overwrite: bool, inputs: tuple = ()) -> None:
     """A tokenizer command never replaces a file unasked, and never one of its own inputs."""
-    from allam_jax.core.errors import ConfigError
-    from allam_jax.core.paths import as_path
-
     target = as_path(out)
     for name, path in inputs:
         if as_path(path).exists() and target.exists() and str(as_path(path).resolve()) == str(target.resolve()):
@@ -102,14 +108,10 @@ def _check_out(out: str, overwrite: bool, inputs: tuple = ()) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from allam_jax.tokenizer.train import train_tokenizer
-
     _check_out(args.out, args.overwrite, (("--base", args.base),) if args.base else ())
     if args.kind == "bpe":
         return _train_bpe(args)
     if args.base:
-        from allam_jax.core.errors import ConfigError
-
         raise ConfigError("--base is for --kind bpe (a SentencePiece model is trained on its own, then merged)")
 
     info = train_tokenizer(args.input, args.vocab_size, args.out, remove_tatweel=not args.keep_tatweel,
@@ -121,8 +123,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _train_bpe(args: argparse.Namespace) -> int:
-    from allam_jax.tokenizer.bpe import iter_documents, train_bpe
-
     docs = iter_documents(args.input, not args.keep_tatweel, args.strip_diacritics, args.max_sentences)
     info = train_bpe(docs, args.vocab_size, args.out, base=args.base, progress=True)
     print(f"wrote {info['out']}: {info['vocab_size']:,} byte-level BPE pieces, trained on {info['documents']:,} "
@@ -131,10 +131,6 @@ def _train_bpe(args: argparse.Namespace) -> int:
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    from allam_jax.core.errors import ConfigError
-    from allam_jax.tokenizer.interface import is_bpe_path
-    from allam_jax.tokenizer.merge import merge_tokenizers
-
     _check_out(args.out, args.overwrite, (("--base", args.base), ("--add", args.add)))
     kinds = {name: "tokenizer.json" if is_bpe_path(path) else ".model" for name, path in
              (("--base", args.base), ("--add", args.add), ("--out", args.out))}
@@ -155,8 +151,6 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def _merge_bpe(args: argparse.Namespace) -> int:
-    from allam_jax.tokenizer.bpe import merge_bpe
-
     r = merge_bpe(args.base, args.add, args.out, args.pad_to_multiple, arabic_only=not args.all_scripts,
                   max_new=args.max_new)
     print(f"wrote {args.out}: {r.base_size:,} base ids + {r.added:,} new + {r.padding} padding = {r.merged_size:,} "
@@ -166,17 +160,12 @@ def _merge_bpe(args: argparse.Namespace) -> int:
 
 
 def run_fertility(args: argparse.Namespace) -> int:
-    from allam_jax.tokenizer.fertility import fertility_table, format_table
-
     rows = fertility_table(args.model, args.text)
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
     return 0
 
 
 def run_from_hf(args: argparse.Namespace) -> int:
-    from allam_jax.tokenizer.from_hf import convert_hf_json
-    from allam_jax.tokenizer.spm_io import write_proto_atomically
-
     _check_out(args.out, args.overwrite, (("--tokenizer_json", args.tokenizer_json),))
     proto = convert_hf_json(args.tokenizer_json)
     write_proto_atomically(proto, args.out)

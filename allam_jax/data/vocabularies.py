@@ -7,13 +7,16 @@ import threading
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import sentencepiece as spm
 import seqio
 import tensorflow as tf
 
-from allam_jax.data.text_files import BOS_ID, EOS_ID, PAD_ID
-from allam_jax.data.text_files import ByteCodec as _PlainBytes
 from allam_jax.core.errors import ConfigError
 from allam_jax.core.paths import as_path, is_remote
+from allam_jax.data.text_files import BOS_ID, EOS_ID, PAD_ID
+from allam_jax.data.text_files import ByteCodec as _PlainBytes
+from allam_jax.tokenizer.interface import ByteLevelBPETokenizer
+from allam_jax.tokenizer.spm_io import TokenizerError
 
 try:  # tf.data runs on the host; a TF that also claimed the GPU would fight JAX for its memory
     tf.config.set_visible_devices([], "GPU")
@@ -91,7 +94,6 @@ class SentencePieceVocabulary(seqio.SentencePieceVocabulary):
             return self._model
         if self._extra_ids or self._normalizer_spec_overrides:  # seqio's own loader handles those
             return super()._model_context()
-        import sentencepiece as spm
         from seqio.vocabularies import _ModelContext
 
         with self._lock:
@@ -111,7 +113,6 @@ class ByteLevelBPEVocabulary(seqio.Vocabulary):
 
     def __init__(self, path: str):
         super().__init__(extra_ids=0)
-        from allam_jax.tokenizer.interface import ByteLevelBPETokenizer
 
         self.path = path
         self.tokenizer = ByteLevelBPETokenizer(path)
@@ -182,8 +183,6 @@ def get_vocabulary(spec: str) -> seqio.Vocabulary:
         raise ConfigError(f"vocabulary file not found: {spec} (use 'byte', a SentencePiece .model or a "
                           "tokenizer.json path)")
     if as_path(spec).suffix == ".json":
-        from allam_jax.tokenizer.spm_io import TokenizerError
-
         try:
             return ByteLevelBPEVocabulary(spec)
         except TokenizerError as e:

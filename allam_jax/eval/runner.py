@@ -6,17 +6,15 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
-from allam_jax.data.sources import CleaningConfig, iter_documents
-from allam_jax.eval.readers import read_task
-from allam_jax.eval.scorer import LoglikelihoodScorer, evaluate_multiple_choice, perplexity
 from allam_jax.core.errors import ConfigError
+from allam_jax.core.paths import as_path, write_text_atomically
+from allam_jax.data.sources import CleaningConfig, iter_documents
+from allam_jax.eval.readers import parse_task_spec, read_task
+from allam_jax.eval.scorer import LoglikelihoodScorer, evaluate_multiple_choice, perplexity
 
 
 def check_specs(tasks: Sequence[str], perplexity_files: Sequence[str]) -> None:
     """Every ``--task`` and ``--perplexity`` well formed and its file present, before a model is loaded."""
-    from allam_jax.core.paths import as_path
-    from allam_jax.eval.readers import parse_task_spec
-
     for spec in tasks:
         parse_task_spec(spec)
     for spec in perplexity_files:
@@ -73,7 +71,5 @@ def markdown(report: dict) -> str:
 
 
 def write_report(report: dict, out: str) -> None:
-    from allam_jax.core.paths import write_text_atomically
-
     write_text_atomically(out, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     write_text_atomically(str(out).removesuffix(".json") + ".md", markdown(report))

@@ -5,7 +5,10 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Optional, TextIO
 
+from allam_jax.align.chat import ChatTemplate, encode_prompt
+from allam_jax.core.partitioning import Partitioner
 from allam_jax.inference.generate import Generator, SamplingConfig
+from allam_jax.model import Decoder
 
 if TYPE_CHECKING:
     from allam_jax.core.partitioning import PartitioningConfig
@@ -17,9 +20,7 @@ def open_generator(cfg: "ModelConfig", ckpt: str, vocabulary: str = "byte",
     """A generator for the model ``cfg`` with the parameters of ``ckpt`` restored straight into their shards on
     the ``partitioning`` mesh (default: every device on fsdp), and the tokenizer ``vocabulary``."""
     from allam_jax.checkpoint.params_io import load_params
-    from allam_jax.core.partitioning import Partitioner
     from allam_jax.data.vocabularies import bos_id, check_fits_model, get_vocabulary
-    from allam_jax.model import Decoder
 
     vocab = get_vocabulary(vocabulary)
     check_fits_model(vocab, cfg.vocab_size, f"tokenizer {vocabulary}")
@@ -32,8 +33,6 @@ def chat_loop(gen: Generator, sampling: SamplingConfig, system: Optional[str] = 
               stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout, template=None) -> int:
     """Reads user turns line by line, streams each answer; an empty line or EOF ends the chat. An answer ends at
     EOS or at the template's end-of-turn token (Llama-3's <|eot_id|>, ChatML's <|im_end|>)."""
-    from allam_jax.align.chat import ChatTemplate, encode_prompt
-
     messages = [{"role": "system", "content": system}] if system else []
     template = template or ChatTemplate()
     stops = {int(gen.vocab.eos_id)} | set(template.end_of_turn_ids(gen.vocab)[-1:])

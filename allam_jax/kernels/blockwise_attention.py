@@ -24,8 +24,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from allam_jax.kernels.reference_attention import _MASK_VALUE
-
+from allam_jax.kernels.reference_attention import _MASK_VALUE, reference_attention
 
 # Tuned on a 2-core AVX-512 CPU with benchmarks/vs_torch.py (tiny and ~100M models, 8 x 256 tokens).
 QUERY_BLOCK = 64  # causal query block (tokens), raised so that a row has at most MAX_QUERY_BLOCKS blocks
@@ -127,8 +126,6 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids
     if h % kvh:
         raise ValueError(f"query heads ({h}) must be a multiple of kv heads ({kvh})")
     if t != s:
-        from allam_jax.kernels.reference_attention import reference_attention
-
         return reference_attention(q, k, v, segment_ids=segment_ids, kv_segment_ids=kv_segment_ids, causal=causal,
                                    sm_scale=sm_scale)
     groups = h // kvh

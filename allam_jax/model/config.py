@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from allam_jax.core.errors import ConfigError
 from allam_jax.core.platform import target_platform
+from allam_jax.kernels import ATTENTION_IMPLS
 from allam_jax.model.matmul import MATMUL_IMPLS
 from allam_jax.model.rope import ROPE_SCALINGS, inverse_frequencies
 
@@ -99,7 +100,6 @@ class ModelConfig:
             raise ConfigError(f"ModelConfig.matmul_impl must be one of {MATMUL_IMPLS}, got {self.matmul_impl!r}")
         resolve_dtype(self.param_dtype, field="param_dtype")
         resolve_dtype(self.compute_dtype, field="compute_dtype")
-        from allam_jax.kernels import ATTENTION_IMPLS  # local import: kernels do not depend on the model
 
         if self.attention_backward not in ATTENTION_BACKWARDS:
             raise ConfigError(f"ModelConfig.attention_backward must be one of {ATTENTION_BACKWARDS}, got "

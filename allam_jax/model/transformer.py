@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from allam_jax.model.attention import Attention, CacheState, LayerCache
 from allam_jax.model.config import ModelConfig
 from allam_jax.model.layers import EMBED_AXES, LM_HEAD_AXES, DenseGeneral, Embed, RMSNorm, SwiGLU
+from allam_jax.model.matmul import project
 from allam_jax.model.weights import gathered
 
 _ACT = ("activation_batch", "activation_length", "activation_embed")
@@ -121,8 +122,6 @@ def lm_head(cfg: ModelConfig, params, hidden: jax.Array, kernel: Optional[jax.Ar
     """The LM head applied outside the module (to the output of ``return_hidden=True``): float32 logits, the
     same computation as :class:`Decoder`'s last step, from the same parameters (or from ``kernel``, what
     :func:`lm_head_kernel` made of them)."""
-    from allam_jax.model.matmul import project
-
     kernel = lm_head_kernel(cfg, params) if kernel is None else kernel
     logits = project(hidden, kernel, 1, cfg.dtype, cfg.matmul_impl, out_dtype=jnp.float32)
     logits = nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))

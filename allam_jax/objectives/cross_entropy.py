@@ -14,8 +14,11 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from allam_jax.core.errors import ConfigError
 from allam_jax.core.partitioning import BATCH_AXES
 from allam_jax.model.matmul import project
+from allam_jax.model.transformer import lm_head, lm_head_kernel, lm_head_weight
+from allam_jax.model.weights import batch_only_mesh, batch_shard_spec, gather_in_shard_map
 
 
 @jax.custom_vjp
@@ -63,10 +66,6 @@ def chunked_lm_cross_entropy(cfg, params, hidden: jax.Array, targets: jax.Array,
 
     hidden: ``[rows, seq, d_model]`` (the decoder's ``return_hidden=True`` output); targets: ``[rows, seq]``.
     """
-    from allam_jax.core.errors import ConfigError
-    from allam_jax.model.transformer import lm_head, lm_head_kernel, lm_head_weight
-    from allam_jax.model.weights import batch_only_mesh, batch_shard_spec, gather_in_shard_map
-
     rows, seq, width = hidden.shape
     if chunk <= 0 or seq % chunk:
         raise ConfigError(f"StepConfig.logits_chunk_size={chunk} must be a positive divisor of the sequence "

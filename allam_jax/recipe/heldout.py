@@ -22,6 +22,7 @@ from typing import Sequence
 from allam_jax.core.errors import ConfigError
 from allam_jax.core.paths import write_text_atomically
 from allam_jax.data.normalize import normalize_text
+from allam_jax.data.text_files import first_bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +171,4 @@ def build_items(heldout_dir: str, out_dir: str, cfg: HeldoutConfig) -> dict[str,
 
 def perplexity_documents(path: str, max_bytes: int) -> list[str]:
     """Held-out documents up to ``max_bytes`` UTF-8 bytes in all (the last one cut at a word)."""
-    from allam_jax.data.text_files import first_bytes
-
     return first_bytes(_lines(Path(path)), max_bytes)

@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from allam_jax.train.metrics import read_metrics
+
 if TYPE_CHECKING:
     from allam_jax.recipe.stages import Recipe
 
@@ -223,8 +225,6 @@ def plot_bpb_curves(results: dict, arms: list[str], path: Path) -> None:
 
 
 def plot_training_loss(recipe: "Recipe", arms: list[str], path: Path) -> None:
-    from allam_jax.train.metrics import read_metrics
-
     plt = _plt()
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.4))
     rows = read_metrics(str(recipe.dir / "base"))
@@ -265,8 +265,6 @@ def plot_accuracy(results: dict, runs: list[str], path: Path) -> None:
 
 
 def plot_dpo(recipe: "Recipe", results: dict, path: Path) -> None:
-    from allam_jax.train.metrics import read_metrics
-
     plt = _plt()
     rows = [r for r in read_metrics(str(recipe.dir / "dpo")) if "rewards/margins" in r]
     fig, ax = plt.subplots(figsize=(6, 3.4))

@@ -11,10 +11,15 @@ import dataclasses
 import json
 from typing import Iterable, Iterator, Optional, Sequence
 
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
 from allam_jax.core.paths import write_text_atomically
+from allam_jax.data.normalize import normalize_text
+from allam_jax.data.text_files import read_documents
 from allam_jax.tokenizer.from_hf import added_tokens, is_byte_level, load_hf_json, merge_pair
 from allam_jax.tokenizer.merge import MergeReport
 from allam_jax.tokenizer.spm_io import TokenizerError
+from allam_jax.tokenizer.train import input_files
 
 # Llama-3's pre-tokenizer regex (tokenizer.json of Meta-Llama-3.x): contractions, letters, 1-3 digits, punctuation,
 # newlines, spaces. The English base of the recipe and a `train --kind bpe` without --base use it.
@@ -81,8 +86,6 @@ def _merges(model: dict) -> list[tuple[str, str]]:
 def load(path: str, data: Optional[dict] = None):
     """A ``tokenizers.Tokenizer`` for a byte-level BPE ``tokenizer.json`` (checked first, one line if not);
     ``data``: the file as :func:`read_json` already read it."""
-    from tokenizers import Tokenizer
-
     data = read_json(path) if data is None else data
     try:
         return Tokenizer.from_str(json.dumps(data))
@@ -118,8 +121,6 @@ def special_ids(data: dict, config: Optional[dict] = None) -> tuple[Optional[int
 
 def new_tokenizer(base: Optional[str] = None):
     """An empty byte-level BPE with ``base``'s normaliser, pre-tokenizer and decoder, or Llama-3's."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-
     tok = Tokenizer(models.BPE(ignore_merges=True))
     if base is not None:
         b = load(base)
@@ -137,8 +138,6 @@ def train_bpe(documents: Iterable[str], vocab_size: int, out: str, base: Optiona
     """Learns ``vocab_size`` byte-level pieces (the 256 bytes included) from ``documents``. Without ``base`` the
     result is a base tokenizer of its own: specials <|pad|>, <|begin_of_text|>, <|end_of_text|> at ids 0-2 and
     a BOS template; with ``base``, pieces to merge into it (no specials), split by the base's own pre-tokenizer."""
-    from tokenizers import processors, trainers
-
     if vocab_size < 256 + len(SPECIALS) + 1:
         raise TokenizerError(f"--vocab_size {vocab_size} is too small: the byte alphabet alone is 256 pieces")
     tok = new_tokenizer(base)
@@ -241,8 +240,6 @@ def merge_data(base: dict, add: dict, pad_to_multiple: int = 128, arabic_only: b
 def merge_bpe(base_path: str, add_path: str, out_path: str, pad_to_multiple: int = 128,
               arabic_only: bool = True, max_new: Optional[int] = None) -> BpeMergeReport:
     """Writes the merged ``tokenizer.json`` (checked to load in Hugging Face tokenizers first)."""
-    from tokenizers import Tokenizer
-
     merged, report = merge_data(read_json(base_path), read_json(add_path), pad_to_multiple, arabic_only, max_new)
     text = json.dumps(merged, ensure_ascii=False)
     Tokenizer.from_str(text)  # a merge HF cannot load is a bug here, not a file to leave behind
@@ -267,10 +264,6 @@ def check_extends_bpe(base: dict, merged: dict, base_name: str, merged_name: str
 def iter_documents(patterns: Sequence[str], remove_tatweel: bool = True, strip_diacritics: bool = False,
                    max_documents: Optional[int] = None) -> Iterator[str]:
     """The first ``max_documents`` documents of text files, cleaned as for SentencePiece training."""
-    from allam_jax.data.normalize import normalize_text
-    from allam_jax.data.text_files import read_documents
-    from allam_jax.tokenizer.train import input_files
-
     n = 0
     for path in input_files(patterns):
         for text, _ in read_documents(path):

@@ -17,10 +17,11 @@ import tempfile
 import unicodedata
 from pathlib import Path
 
-from allam_jax.data.normalize import ARABIC_DIACRITICS, TATWEEL
-from allam_jax.tokenizer.spm_io import ModelProto, TokenizerError
+import sentencepiece as spm
 
+from allam_jax.data.normalize import ARABIC_DIACRITICS, TATWEEL
 from allam_jax.tokenizer import NORMALIZATIONS  # "base": keep the base model's own
+from allam_jax.tokenizer.spm_io import ModelProto, TokenizerError
 
 
 def _rules(strip_diacritics: bool) -> list[tuple[str, str]]:
@@ -71,8 +72,6 @@ def _unordered_mark_runs() -> list[tuple[str, str]]:
 @functools.lru_cache(maxsize=None)
 def compiled(name: str) -> bytes:
     """The ``precompiled_charsmap`` of rule set ``name``, built by SentencePiece's trainer from a rule TSV."""
-    import sentencepiece as spm
-
     if name not in NORMALIZATIONS or name == "base":
         raise TokenizerError(f"normalization must be one of {NORMALIZATIONS}, got {name!r}")
     with tempfile.TemporaryDirectory() as tmp:

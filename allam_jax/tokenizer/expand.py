@@ -53,14 +53,10 @@ def _new_rows(table: jax.Array, ids: list[list[int]], method: str, seed: int) ->
     for r, row in enumerate(ids):
         index[r, : len(row)] = row
         mask[r, : len(row)] = 1.0
-
-    @jax.jit
-    def mean(table, index, mask):
-        gathered = jnp.take(table.astype(jnp.float32), index, axis=0) * mask[..., None]
-        count = mask.sum(-1, keepdims=True)
-        return jnp.where(count > 0, gathered.sum(1) / jnp.maximum(count, 1.0), mean_all).astype(table.dtype)
-
-    return mean(table, jnp.asarray(index), jnp.asarray(mask))
+    # a one-off computation, run op by op (no program to compile or share)
+    gathered = jnp.take(table.astype(jnp.float32), jnp.asarray(index), axis=0) * jnp.asarray(mask)[..., None]
+    count = jnp.asarray(mask).sum(-1, keepdims=True)
+    return jnp.where(count > 0, gathered.sum(1) / jnp.maximum(count, 1.0), mean_all).astype(table.dtype)
 
 
 def _norm_matched(rows: jax.Array, table: jax.Array, spelled: np.ndarray) -> jax.Array:

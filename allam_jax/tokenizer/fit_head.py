@@ -25,10 +25,12 @@ import dataclasses
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from allam_jax.core.errors import TokenizerError
+from allam_jax.data.normalize import normalize_text
+from allam_jax.data.text_files import read_documents
+from allam_jax.model import Decoder
 
 OLD_OFFSET = -3.0  # where the new pieces do not belong, their logits start this far below the context's mean logit
 RIDGE = 1e-3  # ridge penalty per hidden state (the fit has d_model unknowns and thousands of equations)
@@ -81,10 +83,6 @@ def _windows(texts: Sequence[str], encode, bos: int, width: int, limit: int) -> 
 def sample_statistics(params, fit: HeadFit, encode, bos: int, base_vocab: int, partitioner) \
         -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """The expanded model's hidden states on both samples, their language, new-token counts and share."""
-    from allam_jax.data.normalize import normalize_text
-    from allam_jax.data.text_files import read_documents
-    from allam_jax.model import Decoder
-
     cfg = fit.model
     rows, langs = [], []
     for path, new in ((fit.new_text, True), (fit.old_text, False)):
@@ -100,14 +98,15 @@ def sample_statistics(params, fit: HeadFit, encode, bos: int, base_vocab: int, p
     parts = partitioner.axis_size(partitioner.batch_axes)
     batch = -(-8 // parts) * parts  # rows per forward pass: a multiple of the batch-sharded devices
     model = Decoder(cfg)
-    forward = jax.jit(lambda p, x: model.apply({"params": p}, x, return_hidden=True))
+    forward = partitioner.jit(lambda p, x: model.apply({"params": p}, x, return_hidden=True))
     states = []
     for start in range(0, len(rows), batch):
         chunk = rows[start: start + batch]
         tokens = np.zeros((batch, cfg.max_seq_len), np.int32)
         for r, w in enumerate(chunk):
             tokens[r, : len(w)] = w
-        hidden = np.asarray(jax.device_get(forward(params, jnp.asarray(tokens))), np.float64)
+        hidden = np.asarray(jax.device_get(forward(params, jax.device_put(tokens, partitioner.batch_sharding))),
+                            np.float64)
         states += [hidden[r, : len(w)] for r, w in enumerate(chunk)]
     states = np.concatenate(states)
     is_new = np.concatenate([np.full(len(w), new) for w, new in zip(rows, langs)])

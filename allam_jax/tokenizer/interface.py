@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 from allam_jax.core.paths import as_path
 from allam_jax.tokenizer import bpe
+from allam_jax.tokenizer.merge import check_extends
 from allam_jax.tokenizer.spm_io import ModelProto, Piece, TokenizerError, load_proto, processor_from_proto
 
 
@@ -112,8 +113,6 @@ class SentencePieceTokenizer(Tokenizer):
         return self._split.encode(piece.replace("\u2581", " "))
 
     def check_extends(self, base: Tokenizer) -> None:
-        from allam_jax.tokenizer.merge import check_extends
-
         if not isinstance(base, SentencePieceTokenizer):
             raise TokenizerError(f"{self.path} is a SentencePiece model but the base {base.path} is a {base.kind} "
                                  "tokenizer: merge with a base of the same kind")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from allam_jax.data.normalize import has_arabic
+from allam_jax.tokenizer import charsmap
 from allam_jax.tokenizer.spm_io import ModelProto, Piece, TokenizerError, load_proto, write_proto_atomically
 
 BPE = 2  # TrainerSpec.ModelType.BPE
@@ -71,8 +72,6 @@ def merge_protos(base: ModelProto, add: ModelProto, pad_to_multiple: int = 128, 
 def merge_tokenizers(base_path: str, add_path: str, out_path: str, pad_to_multiple: int = 128,
                      arabic_only: bool = True, normalization: str = "nfc_tatweel") -> MergeReport:
     """Writes the merged model with normalisation ``normalization`` compiled in (:mod:`.charsmap`)."""
-    from allam_jax.tokenizer import charsmap
-
     merged, report = merge_protos(load_proto(base_path), load_proto(add_path), pad_to_multiple, arabic_only)
     charsmap.apply(merged, normalization)
     write_proto_atomically(merged, out_path)

@@ -20,6 +20,9 @@ from allam_jax.checkpoint import workdir_files
 from allam_jax.checkpoint.workdir import Workdir
 from allam_jax.core.errors import ConfigError, RetentionError
 from allam_jax.core.paths import write_text_atomically
+from allam_jax.data.normalize import normalize_text
+from allam_jax.data.text_files import first_bytes, read_documents
+from allam_jax.eval.scorer import perplexity
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +75,6 @@ class HeldoutWatch:
 def read_heldout(path: str, max_bytes: int) -> list[str]:
     """The file's documents, normalised as training text is, up to ``max_bytes`` UTF-8 bytes (the last cut at a
     word); a missing, empty or malformed file is one line naming it."""
-    from allam_jax.data.normalize import normalize_text
-    from allam_jax.data.text_files import first_bytes, read_documents
-
     return first_bytes((normalize_text(text) for text, _ in read_documents(path)), max_bytes)
 
 
@@ -91,8 +91,6 @@ class Watcher:
         return step % self.cfg.every == 0
 
     def evaluate(self, params) -> dict[str, float]:
-        from allam_jax.eval.scorer import perplexity
-
         self.scorer.params = params
         try:
             return {lang: perplexity(self.scorer, docs)["bits_per_byte"] for lang, docs in self.documents.items()}

@@ -13,16 +13,19 @@ from typing import Callable, Optional, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax._src import distributed
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from allam_jax.checkpoint import workdir_files
 from allam_jax.checkpoint.checkpointers import make_checkpointer
-from allam_jax.checkpoint.workdir import Workdir
 from allam_jax.checkpoint.params_io import restore_params
+from allam_jax.checkpoint.workdir import Workdir
 from allam_jax.core.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, ConfigError, DataError, NonFiniteLossError
 from allam_jax.core.params import abstract_params
 from allam_jax.core.partitioning import Partitioner
 from allam_jax.core.trees import count_params
+from allam_jax.eval.scorer import LoglikelihoodScorer
 from allam_jax.model import Decoder, ModelConfig
 from allam_jax.train import run_record
 from allam_jax.train.experiment import Experiment, TrainerConfig
@@ -74,8 +77,6 @@ class _Preemption:
     SIGNALS = {signal.SIGTERM: EXIT_PREEMPTED, signal.SIGINT: EXIT_INTERRUPTED}
 
     def __init__(self):
-        from jax._src import distributed
-
         self.shared = jax.process_count() > 1 and distributed.global_state.preemption_sync_manager is not None
         self.raised = False
         self.signum = signal.SIGTERM
@@ -106,8 +107,6 @@ class _Preemption:
     def reached(self, step: int) -> bool:
         """Whether to save ``step`` and stop; every process must ask at every step."""
         if self.shared:
-            from jax.experimental import multihost_utils
-
             return multihost_utils.reached_preemption_sync_point(step)
         return self.raised
 
@@ -196,7 +195,6 @@ def _watcher(exp: Experiment, program, partitioner: Partitioner, data_iter, wd: 
     if data_iter.vocab is None:
         raise ConfigError("HeldoutWatch needs the run's tokenizer, and this run's data gives none")
     from allam_jax.data.vocabularies import bos_id
-    from allam_jax.eval.scorer import LoglikelihoodScorer
 
     vocab = data_iter.vocab
     scorer = LoglikelihoodScorer(exp.model, None, lambda text: [int(t) for t in vocab.encode(text)], bos_id(vocab),
@@ -240,7 +238,7 @@ class _Steps:
         self.exp, self.tcfg, self.program, self.partitioner = exp, exp.trainer, program, partitioner
         self.data_iter, self.checkpointer, self.writer, self.bar = data_iter, checkpointer, writer, bar
         self.preemption, self.recorder, self.profiler, self.watcher = preemption, recorder, profiler, watcher
-        self.accumulate = jax.jit(functools.partial(_accumulate, program.objective.window_sums))
+        self.accumulate = partitioner.jit(functools.partial(_accumulate, program.objective.window_sums))
         self.last: dict[str, float] = {}
         self.window: Optional[dict[str, jax.Array]] = None
         self.window_start, self.window_steps = time.perf_counter(), 0

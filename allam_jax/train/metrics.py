@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from allam_jax.checkpoint.workdir import Workdir
+from allam_jax.core.partitioning import jit_on
 from allam_jax.core.paths import write_text_atomically
 
 # Dense bf16 peak FLOP/s per device, from vendor data sheets.
@@ -38,7 +39,7 @@ def measure_matmul_peak(n: int = 1024, repeats: int = 5, dtype=jnp.float32) -> f
     CPUs with bf16 dot instructions run bf16 at twice the float32 rate.
     """
     a = jnp.ones((n, n), dtype)
-    f = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
+    f = jit_on(None, lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))  # one device, no mesh
     f(a).block_until_ready()
     best = math.inf
     for _ in range(repeats):
