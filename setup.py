@@ -20,6 +20,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.12",  # jax 0.12
     packages=find_packages(include=["allam_jax", "allam_jax.*"]),
+    package_data={"allam_jax.data": ["bundle_pins.json"]},
     install_requires=_requirements("requirements.txt"),
     extras_require={
         # gcsfs + the emulator: the gs:// end-to-end test (tests/test_gcs.py); hypothesis: tests/test_fuzz_cli.py

