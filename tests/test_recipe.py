@@ -7,17 +7,20 @@ import dataclasses
 import json
 import math
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
 
 from allam_jax.cli.recipe import recipe_config
 from allam_jax.eval.readers import BenchmarkFileError, read_cloze
-from allam_jax.recipe import provenance
+from allam_jax.recipe import numbers, provenance
 from allam_jax.recipe.config import STAGES, RecipeConfig
 from allam_jax.core.errors import ConfigError
 from allam_jax.recipe.heldout import HeldoutConfig, build_items, cloze_items, perplexity_documents, split_corpora
-from allam_jax.recipe.report import FAILS, HOLDS, UNCLEAR, accuracy_gap, claims, verdict_accuracy, verdict_lower
+from allam_jax.recipe.config import is_seed_run
+from allam_jax.recipe.report import (FAILS, HOLDS, UNCLEAR, accuracy_gap, claims, mean_se, seed_values, shown,
+                                     verdict_accuracy, verdict_lower, verdict_lower_seeded)
 from helpers import allam, bundled_dir
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -181,6 +184,54 @@ def test_claims_follow_the_numbers():
     assert [r["claim"].split()[0] for r in claims(results, fertility)] == ["Continued", "Translated", "Alignment"]
 
 
+def test_seeded_claims_are_decided_by_two_standard_errors():
+    """With several seeds an arm's bits/byte is a mean with a standard error (checked against ``statistics``), and a
+    bits/byte claim holds when the means differ by more than two standard errors of the difference: a 0.5% gap
+    that the fixed 1% rule calls no clear difference holds when the seeds agree, and a 3% gap does not when they
+    scatter."""
+    values = [2.0, 2.1, 1.95]
+    mean, se = mean_se(values)
+    assert mean == pytest.approx(statistics.mean(values)) and se == pytest.approx(statistics.stdev(values) / 3 ** 0.5)
+    assert mean_se([1.5]) == (1.5, 0.0) and shown([1.5]) == "1.500" and shown(values) == "2.017 ± 0.044"
+    assert verdict_lower_seeded([0.995], [1.0]) == UNCLEAR  # one seed: the fixed rule
+    assert verdict_lower_seeded([0.995, 0.9951, 0.9949], [1.0, 1.0001, 0.9999]) == HOLDS
+    assert verdict_lower_seeded([0.97, 1.03, 0.91], [1.0, 1.05, 0.96]) == UNCLEAR
+    assert verdict_lower_seeded([1.1, 1.1001, 1.0999], [1.0, 1.0001]) == FAILS
+    assert [is_seed_run(n) for n in ("full", "full_seed1", "no_expansion_seed12", "full_seed0", "_seed1", "x_seedy")] == [
+        False, True, True, False, False, False]
+    fertility = [{"tokenizer": "base", "language": "ar", "tokens_per_word": 10.0},
+                 {"tokenizer": "merged", "language": "ar", "tokens_per_word": 2.5}]
+    runs = {"base": _run(3.0, 8.0), "full": _run(3.0, 2.985), "full_seed1": _run(3.0, 2.986),
+            "full_seed2": _run(3.0, 2.984), "no_expansion": _run(3.0, 3.0), "no_expansion_seed1": _run(3.0, 3.001),
+            "no_expansion_seed2": _run(3.0, 2.999)}
+    assert seed_values(runs, "full", lambda r, lang: r["points"][-1]["bpb"][lang], "ar") == [2.985, 2.986, 2.984]
+    rows = {r["claim"].split()[0]: r for r in claims({"runs": runs}, fertility)}
+    assert rows["Vocabulary"]["verdict"] == HOLDS and "2.985 ± 0.001" in rows["Vocabulary"]["evidence"]
+    assert "2 s.e. over 3 seeds" in rows["Vocabulary"]["rule"]
+    one = {k: v for k, v in runs.items() if not is_seed_run(k)}
+    assert {r["claim"].split()[0]: r for r in claims({"runs": one}, fertility)}["Vocabulary"]["verdict"] == UNCLEAR
+
+
+def test_seed_arms_are_named_and_counted_before_anything_trains(tmp_path):
+    from allam_jax.recipe.stages import Recipe
+
+    arms = tmp_path / "arms.variants"
+    arms.write_text("[full]\n[no_expansion]\nModelConfig.vocab_size = 512\n[embeddings_first]\n")
+    recipe = Recipe(RecipeConfig(arms_file=str(arms), seeds=3), str(tmp_path / "w"))
+    assert recipe.arm_names() == ["full", "no_expansion", "embeddings_first", "full_seed1", "full_seed2",
+                                  "no_expansion_seed1", "no_expansion_seed2"]
+    seeded = recipe.seed_arms({"full": [], "no_expansion": ["ModelConfig.vocab_size = 512"], "embeddings_first": []})
+    assert seeded["no_expansion_seed2"] == ["ModelConfig.vocab_size = 512", "TrainerConfig.seed = 2",
+                                            "SeqioData.seed = 2"]
+    # a one-seed workdir asked for three: continued pretraining is not done, and what follows it is redone
+    recipe.marker("cpt").parent.mkdir(parents=True)
+    recipe.marker("cpt").write_text(json.dumps({"arms": {"full": "", "no_expansion": "", "embeddings_first": ""}}))
+    assert not recipe.done("cpt")
+    assert Recipe(RecipeConfig(arms_file=str(arms)), str(tmp_path / "w")).done("cpt")
+    with pytest.raises(ConfigError, match="seeds must be a positive integer"):
+        RecipeConfig(seeds=0)
+
+
 @pytest.mark.slow
 def test_bad_arms_file_and_stage_names(tmp_path):
     from allam_jax.recipe.config import RecipeConfig
@@ -261,6 +312,21 @@ def quick_recipe(tmp_path_factory):
     r = allam("recipe", "--quick", f"--workdir={workdir}", binding, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     return workdir, r
+
+
+@pytest.mark.slow
+def test_quick_recipe_numbers_are_the_committed_ones(quick_recipe):
+    """CI's quick recipe reproduces benchmarks/results/recipe_quick.json (bits/byte within 2%, accuracies within two
+    items of 24, the same verdicts), made on the same bundle: a pin, numerics or bundle change that moves them fails
+    here instead of leaving the documented numbers wrong."""
+    workdir, _ = quick_recipe
+    committed = json.loads((Path(__file__).parents[1] / "benchmarks/results/recipe_quick.json").read_text())
+    measured = numbers.summarise(str(workdir))
+    assert measured["made_with"]["bundle"] == committed["made_with"]["bundle"], "another bundle: see allam data prepare"
+    found = numbers.differences(measured, committed)
+    assert not found, ("the quick recipe's numbers moved; if that is meant, re-measure with `allam recipe "
+                       "--workdir=runs/recipe --quick --record_numbers benchmarks/results/recipe_quick.json` and "
+                       "update the documented numbers:\n" + "\n".join(found))
 
 
 def test_provenance_tells_a_run_of_other_code_settings_or_data(tmp_path):

@@ -13,6 +13,17 @@ TOKENIZER_KINDS = ("sentencepiece", "bpe")
 EXPAND_METHODS = ("fitted", "mean_subtoken", "random")  # the expanded checkpoints the recipe writes (expand/NAME)
 
 
+def seed_arm(arm: str, k: int) -> str:
+    """The name of ``arm`` trained with seed offset ``k`` (k = 0: the arm itself)."""
+    return arm if k == 0 else f"{arm}_seed{k}"
+
+
+def is_seed_run(name: str) -> bool:
+    """True for ``ARM_seedK`` (K >= 1), an arm's run with another seed."""
+    arm, _, k = name.rpartition("_seed")
+    return bool(arm) and k.isdigit() and int(k) >= 1
+
+
 @dataclasses.dataclass(frozen=True)
 class RecipeConfig:
     """The tiny ALLaM recipe: sizes and steps of each stage.
@@ -56,11 +67,16 @@ class RecipeConfig:
     eval_batch_size: int = 8
     shuffle_buffer: int = 2000
     seed: int = 0
+    # each arm a bits/byte claim compares trains this many times (TrainerConfig.seed and SeqioData.seed = seed + k:
+    # the data order; the starting checkpoints stay the same), as arms ARM_seedK; with 2 or more, those claims are
+    # decided by a difference of more than two standard errors instead of the fixed 1% (`allam recipe --seeds N`)
+    seeds: int = 1
+    seeded_arms: Sequence[str] = ("full", "arabic_only", "no_expansion", "random_init", "no_translated")
 
     def __post_init__(self):
         for name in ("base_vocab_size", "arabic_vocab_size", "pad_vocab_to_multiple", "batch_size", "seq_len",
                      "base_steps", "cpt_steps", "sft_steps", "dpo_steps", "dpo_eval_pairs", "curve_points",
-                     "eval_batch_size", "shuffle_buffer"):
+                     "eval_batch_size", "shuffle_buffer", "seeds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"RecipeConfig.{name} must be a positive integer, got {value!r}")

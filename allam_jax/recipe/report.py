@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from allam_jax.recipe.config import is_seed_run
 from allam_jax.train.metrics import read_metrics
 
 if TYPE_CHECKING:
@@ -58,6 +59,40 @@ def verdict_lower(new: float, ref: float, tolerance: float = BPB_TOLERANCE) -> s
     return UNCLEAR if rel <= tolerance else FAILS
 
 
+def seed_values(runs: dict, arm: str, read, lang: str) -> list[float]:
+    """``read(run, lang)`` of ``arm`` and of its other seeds' runs (``ARM_seedK``), in seed order."""
+    seeds = sorted((r for r in runs if is_seed_run(r) and r.rsplit("_seed", 1)[0] == arm),
+                   key=lambda r: int(r.rsplit("_seed", 1)[1]))
+    return [read(runs[r], lang) for r in [arm, *seeds]]
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (0 for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    return mean, (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else 0.0)
+
+
+def verdict_lower_seeded(new: list[float], ref: list[float]) -> str:
+    """``new`` lower than ``ref``: with several seeds on either side, by more than two standard errors of the
+    difference of the means; with one seed each, by more than ``BPB_TOLERANCE`` (relative)."""
+    if max(len(new), len(ref)) < 2:
+        return verdict_lower(new[0], ref[0])
+    (m_new, se_new), (m_ref, se_ref) = mean_se(new), mean_se(ref)
+    two_se = 2 * math.sqrt(se_new ** 2 + se_ref ** 2)
+    return HOLDS if m_new - m_ref < -two_se else (FAILS if m_new - m_ref > two_se else UNCLEAR)
+
+
+def shown(values: list[float]) -> str:
+    """``1.931``, or ``1.931 ± 0.004`` (mean ± standard error) over several seeds."""
+    mean, se = mean_se(values)
+    return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f} ± {se:.3f}"
+
+
+def lower_rule(seeds: int) -> str:
+    return f"by more than 2 s.e. over {seeds} seeds" if seeds > 1 else f"by >{BPB_TOLERANCE:.0%}"
+
+
 def fertility_of(fertility: list[dict], tokenizer: str, lang: str) -> Optional[float]:
     for row in fertility:
         if row["tokenizer"] == tokenizer and row["language"] == lang and row.get("register", "all") == "all":
@@ -75,13 +110,13 @@ def claims(results: dict, fertility: list[dict], main: str = "full", init: str =
 
 def _forgetting(runs: dict, main: str) -> dict:
     full, base = runs[main], runs["base"]
-    en_full, en_base = final_bpb(full, "en"), final_bpb(base, "en")
-    rel = (en_full - en_base) / en_base
-    evidence = (f"English bits/byte: base {en_base:.3f} → after mixture CPT {en_full:.3f} ({rel:+.1%}); English "
+    en_full, en_base = seed_values(runs, main, final_bpb, "en"), final_bpb(base, "en")
+    rel = (mean_se(en_full)[0] - en_base) / en_base
+    evidence = (f"English bits/byte: base {en_base:.3f} → after mixture CPT {shown(en_full)} ({rel:+.1%}); English "
                 f"cloze acc_norm {base['mc']['en_cloze']['acc_norm']:.2f} → {full['mc']['en_cloze']['acc_norm']:.2f}")
     if "arabic_only" in runs:
-        en_ar_only = final_bpb(runs["arabic_only"], "en")
-        evidence += f"; Arabic-only control {en_ar_only:.3f} ({(en_ar_only - en_base) / en_base:+.1%})"
+        en_ar_only = seed_values(runs, "arabic_only", final_bpb, "en")
+        evidence += f"; Arabic-only control {shown(en_ar_only)} ({(mean_se(en_ar_only)[0] - en_base) / en_base:+.1%})"
     return {"claim": "Continued pretraining on the Arabic/English/translated mixture does not catastrophically "
                      "forget English", "evidence": evidence,
             "verdict": HOLDS if rel <= FORGETTING_TOLERANCE else FAILS,
@@ -89,19 +124,19 @@ def _forgetting(runs: dict, main: str) -> dict:
 
 
 def _expansion(runs: dict, main: str, fertility: list[dict]) -> Optional[dict]:
-    full = runs[main]
     if "no_expansion" not in runs:
         return None
     fb, fm = fertility_of(fertility, "base", "ar"), fertility_of(fertility, "merged", "ar")
-    ar_full, ar_none = final_bpb(full, "ar"), final_bpb(runs["no_expansion"], "ar")
-    bpb_verdict = verdict_lower(ar_full, ar_none)
+    ar_full, ar_none = (seed_values(runs, arm, final_bpb, "ar") for arm in (main, "no_expansion"))
+    bpb_verdict = verdict_lower_seeded(ar_full, ar_none)
     verdict = HOLDS if (fm < fb and bpb_verdict == HOLDS) else (UNCLEAR if fm < fb and bpb_verdict == UNCLEAR
                                                                 else FAILS)
     return {"claim": "Vocabulary expansion helps Arabic",
             "evidence": f"Arabic tokens/word {fb:.2f} → {fm:.2f} ({fb / fm:.1f}× shorter sequences); Arabic "
-                        f"bits/byte at equal steps: expanded {ar_full:.3f} vs not expanded {ar_none:.3f}",
+                        f"bits/byte at equal steps: expanded {shown(ar_full)} vs not expanded {shown(ar_none)}",
             "verdict": verdict,
-            "rule": "fewer Arabic tokens per word and lower Arabic bits/byte (by >1%) at equal steps"}
+            "rule": f"fewer Arabic tokens per word and lower Arabic bits/byte ({lower_rule(len(ar_full))}) at equal "
+                    "steps"}
 
 
 def _initialisation(runs: dict, main: str, init: str) -> Optional[dict]:
@@ -109,12 +144,14 @@ def _initialisation(runs: dict, main: str, init: str) -> Optional[dict]:
     if "random_init" not in runs:
         return None
     rnd = runs["random_init"]
-    start, final = (verdict_lower(f(full, "ar"), f(rnd, "ar")) for f in (start_bpb, final_bpb))
+    ar_full, ar_rnd = (seed_values(runs, arm, final_bpb, "ar") for arm in (main, "random_init"))
+    # the start is one checkpoint per arm whatever the seed: the fixed rule there, seeds after CPT
+    start, final = verdict_lower(start_bpb(full, "ar"), start_bpb(rnd, "ar")), verdict_lower_seeded(ar_full, ar_rnd)
     en_shift = (start_bpb(full, "en") - en_base) / en_base
     verdict = (HOLDS if start == final == HOLDS and abs(en_shift) <= BPB_TOLERANCE
                else FAILS if FAILS in (start, final) else UNCLEAR)
     evidence = (f"Arabic bits/byte at the start {start_bpb(full, 'ar'):.3f} ({init}) vs {start_bpb(rnd, 'ar'):.3f} "
-                f"(random); after CPT {final_bpb(full, 'ar'):.3f} vs {final_bpb(rnd, 'ar'):.3f}; English at the "
+                f"(random); after CPT {shown(ar_full)} vs {shown(ar_rnd)}; English at the "
                 f"start {start_bpb(full, 'en'):.3f} vs {start_bpb(rnd, 'en'):.3f} (base {en_base:.3f}: "
                 f"{en_shift:+.1%} vs {(start_bpb(rnd, 'en') - en_base) / en_base:+.1%})")
     if "mean_subtoken_init" in runs and init != "mean_subtoken":
@@ -123,8 +160,8 @@ def _initialisation(runs: dict, main: str, init: str) -> Optional[dict]:
                      f"{final_bpb(mean, 'ar'):.3f} after CPT, English {start_bpb(mean, 'en'):.3f} at the start")
     return {"claim": f"Initialising the new rows from the base model (`{init}`) beats random initialisation",
             "evidence": evidence, "verdict": verdict,
-            "rule": "lower Arabic bits/byte (by >1%) than random rows at the start and after the same steps, "
-                    "with English at the start within 1% of the base model"}
+            "rule": f"lower Arabic bits/byte than random rows at the start (by >1%) and after the same steps "
+                    f"({lower_rule(len(ar_full))}), with English at the start within 1% of the base model"}
 
 
 def _translated(runs: dict, main: str) -> Optional[dict]:
@@ -133,15 +170,15 @@ def _translated(runs: dict, main: str) -> Optional[dict]:
         return None
     nt = runs["no_translated"]
     gap, two_se = accuracy_gap(full["mc"]["translate"], nt["mc"]["translate"])
-    tr_full, tr_nt = final_bpb(full, "translation"), final_bpb(nt, "translation")
+    tr_full, tr_nt = (seed_values(runs, arm, final_bpb, "translation") for arm in (main, "no_translated"))
     return {"claim": "Translated (parallel) data helps",
-            "evidence": f"bits/byte of held-out Arabic translations given the English: {tr_full:.3f} with vs "
-                        f"{tr_nt:.3f} without; translation choice acc_norm "
+            "evidence": f"bits/byte of held-out Arabic translations given the English: {shown(tr_full)} with vs "
+                        f"{shown(tr_nt)} without; translation choice acc_norm "
                         f"{full['mc']['translate']['acc_norm']:.2f} vs {nt['mc']['translate']['acc_norm']:.2f} "
                         f"(gap {gap:+.2f}, 2 s.e. {two_se:.2f}); Arabic bits/byte {final_bpb(full, 'ar'):.3f} "
                         f"vs {final_bpb(nt, 'ar'):.3f}",
-            "verdict": verdict_lower(tr_full, tr_nt),
-            "rule": "lower bits/byte (by >1%) on held-out translations at equal steps"}
+            "verdict": verdict_lower_seeded(tr_full, tr_nt),
+            "rule": f"lower bits/byte ({lower_rule(len(tr_full))}) on held-out translations at equal steps"}
 
 
 def _alignment(results: dict, main: str) -> Optional[dict]:
@@ -368,7 +405,7 @@ def markdown(recipe: "Recipe", results: dict, fertility: list[dict], claim_rows:
 def write_report(recipe: "Recipe") -> dict:
     results = json.loads((recipe.dir / "eval" / "results.json").read_text())
     fertility = json.loads((recipe.tok / "fertility.json").read_text())
-    arms = [r for r in results["runs"] if r not in ("base", "sft", "dpo")]
+    arms = [r for r in results["runs"] if r not in ("base", "sft", "dpo") and not is_seed_run(r)]
     plots = recipe.dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     plot_fertility(fertility, plots / "fertility.png")

@@ -40,7 +40,7 @@ from allam_jax.model.config import ModelConfig
 from allam_jax.objectives.dpo import DpoConfig
 from allam_jax.objectives.lm import StepConfig
 from allam_jax.recipe import provenance
-from allam_jax.recipe.config import EXPAND_METHODS, RecipeConfig, STAGES
+from allam_jax.recipe.config import EXPAND_METHODS, STAGES, RecipeConfig, seed_arm
 from allam_jax.recipe.evaluate import evaluate_recipe
 from allam_jax.recipe.heldout import build_items, split_corpora
 from allam_jax.recipe.report import FORGETTING_TOLERANCE, write_report
@@ -100,7 +100,17 @@ class Recipe:
         return self.dir / "stages" / f"{stage}.json"
 
     def done(self, stage: str) -> bool:
+        """Finished; continued pretraining only with every arm now asked for (``--seeds 3`` on a finished one-seed
+        workdir trains the new seeds' arms, the finished arms are skipped)."""
+        if stage == "cpt" and self.marker(stage).is_file():
+            return set(self.arm_names()) <= set(_read_json(self.marker(stage)).get("arms", {}))
         return self.marker(stage).is_file()
+
+    def arm_names(self) -> list[str]:
+        """The continued-pretraining arms, seeds included, without resolving their bindings."""
+        path = Path(self.cfg.arms_file)
+        names = list(read_variants(str(path if path.is_file() else gin_setup.REPO_GIN_DIR / path)))
+        return names + [seed_arm(n, k) for n in self.cfg.seeded_arms if n in names for k in range(1, self.cfg.seeds)]
 
     def run(self, stop_after: str = "report", redo: Sequence[str] = (), progress: Callable[[str], None] = print) -> dict:
         """Runs every stage up to ``stop_after`` that has not finished; returns ``{stage: summary}``."""
@@ -111,13 +121,16 @@ class Recipe:
             raise ConfigError(f"unknown stage(s) {bad} in --redo; stages: {', '.join(STAGES)}")
         for stage in redo:
             self.marker(stage).unlink(missing_ok=True)
-        summaries, ran = {}, []
+        summaries, ran, stale = {}, [], False
         for stage in STAGES[: STAGES.index(stop_after) + 1]:
+            if stale:  # an earlier stage ran because it was incomplete: what follows it is out of date
+                self.marker(stage).unlink(missing_ok=True)
             if self.done(stage):
                 progress(f"[recipe] {stage}: done already (delete {self.marker(stage)} or use --redo {stage} to rerun)")
                 summaries[stage] = _read_json(self.marker(stage))
                 continue
             progress(f"[recipe] {stage} ...")
+            stale = stale or (self.marker(stage).is_file() and stage not in redo)  # incomplete, not asked again
             start = time.perf_counter()
             summary = getattr(self, f"stage_{stage}")()
             summary["seconds"] = round(time.perf_counter() - start, 1)
@@ -296,7 +309,13 @@ class Recipe:
             except (KeyError, ValueError) as e:
                 raise ConfigError(f"{self.cfg.arms_file} [{name}]: unknown placeholder {e}; known: "
                                   f"{sorted(fill)}") from None
-        return out
+        return {**out, **self.seed_arms(out)}
+
+    def seed_arms(self, arms: dict[str, list[str]]) -> dict[str, list[str]]:
+        """``ARM_seedK`` for K in 1..seeds-1 of each seeded arm: the same bindings, another data order."""
+        c = self.cfg
+        return {seed_arm(name, k): arms[name] + [f"TrainerConfig.seed = {c.seed + k}", f"SeqioData.seed = {c.seed + k}"]
+                for name in c.seeded_arms if name in arms for k in range(1, c.seeds)}
 
     def placeholders(self) -> dict[str, str]:
         sizes = self.vocab_sizes()
