@@ -66,7 +66,7 @@ def test_split_is_disjoint_and_complete(split):
 def test_items_are_answerable_from_heldout_text_only(split):
     out, cfg, _, items = split
     assert items == {"en_cloze": cfg.mc_items, "ar_cloze": cfg.mc_items, "translate": cfg.mc_items,
-                     "chat_translate": cfg.mc_items}
+                     "chat_translate": cfg.mc_items, "chat_translate_to_en": cfg.mc_items}
     for lang in ("en", "ar"):
         held = " \n ".join(" ".join(doc.split()) for doc in
                            (out / "heldout" / f"{lang}.txt").read_text(encoding="utf-8").splitlines())
@@ -89,6 +89,14 @@ def test_items_are_answerable_from_heldout_text_only(split):
         assert len(set(c["choices"]) & translations[en]) == 1  # no other valid translation among the distractors
     golds = [p["gold"] for p in plain]
     assert len(set(golds)) > 1  # the answer is not always in the same place
+    english: dict[str, set] = {}
+    for en, ars in translations.items():
+        for ar in ars:
+            english.setdefault(ar, set()).add(en)
+    for c in _jsonl(out / "mc" / "chat_translate_to_en.jsonl"):  # the other direction: English answers
+        ar = c["messages"][0]["content"].removeprefix("Translate into English: ")
+        assert normalize_text(c["choices"][c["gold"]]) in english[ar] and len(set(c["choices"])) == 4
+        assert len({normalize_text(x).lower() for x in c["choices"]} & {e.lower() for e in english[ar]}) == 1
 
 
 def test_perplexity_documents_respect_the_byte_budget(split):
@@ -139,9 +147,10 @@ def _run(en, ar, start_ar=None, mc=None, pref=None, translation=2.0):
     run = {"points": [{"bpb": {"en": en, "ar": start_ar if start_ar is not None else ar, "translation": translation}},
                       {"bpb": {"en": en, "ar": ar, "translation": translation}}],
            "mc": {t: {"acc": mc.get(t, 0.25), "acc_norm": mc.get(t, 0.25), "n": 100}
-                  for t in ("en_cloze", "ar_cloze", "translate", "chat_translate")}}
+                  for t in ("en_cloze", "ar_cloze", "translate", "chat_translate", "chat_translate_to_en")}}
     if pref is not None:
-        run["preference"] = {"accuracy": pref, "pairs": 200}
+        run["preference"] = {"accuracy": pref, "pairs": 200,
+                             "by_language": {"ar": {"accuracy": pref, "pairs": 100}, "en": {"accuracy": pref, "pairs": 100}}}
     return run
 
 
@@ -181,7 +190,20 @@ def test_claims_follow_the_numbers():
     assert rows["Translated"]["verdict"] == FAILS  # 2.1 vs 2.0 bits/byte
     assert rows["Alignment"]["verdict"] == UNCLEAR  # preference still rises, DPO's held-out reward does not
     del results["runs"]["no_expansion"], results["runs"]["random_init"]
-    assert [r["claim"].split()[0] for r in claims(results, fertility)] == ["Continued", "Translated", "Alignment"]
+    assert [r["claim"].split()[0] for r in claims(results, fertility)] == ["Continued", "Translated", "Alignment", "The"]
+
+
+def test_aligned_model_improving_in_both_languages_needs_both():
+    """Preference accuracy by the answer's language, CPT against DPO, each gap against its two binomial s.e."""
+    runs = {"base": _run(3.0, 8.0), "full": _run(3.0, 3.0, pref=0.5), "sft": _run(3.1, 3.0, pref=0.6),
+            "dpo": _run(3.1, 3.0, pref=0.8)}
+    row = next(r for r in claims({"runs": runs}, []) if r["claim"].startswith("The aligned"))
+    assert row["verdict"] == HOLDS  # 0.5 -> 0.8 on 100 pairs each: gap 0.30, 2 s.e. 0.13
+    assert "Arabic answers: CPT 0.50 → SFT 0.60 → DPO 0.80 (gap +0.30, 2 s.e. 0.13, 100 pairs)" in row["evidence"]
+    runs["dpo"]["preference"]["by_language"]["en"]["accuracy"] = 0.55  # English: no clear gain
+    assert next(r for r in claims({"runs": runs}, []) if r["claim"].startswith("The aligned"))["verdict"] == UNCLEAR
+    runs["dpo"]["preference"]["by_language"]["en"]["accuracy"] = 0.3  # English worse after alignment
+    assert next(r for r in claims({"runs": runs}, []) if r["claim"].startswith("The aligned"))["verdict"] == FAILS
 
 
 def test_seeded_claims_are_decided_by_two_standard_errors():
@@ -388,14 +410,14 @@ def test_quick_recipe_writes_the_report(quick_recipe):
                 assert point["bpb"]["ar"] > point["bpb"]["en"], (name, point)
             else:
                 assert point["bpb"]["ar"] < 12, (name, point)
-        for task in ("en_cloze", "ar_cloze", "translate", "chat_translate"):
+        for task in ("en_cloze", "ar_cloze", "translate", "chat_translate", "chat_translate_to_en"):
             assert 0 <= run["mc"][task]["acc"] <= 1 and run["mc"][task]["n"] == 24
     # each arm's curve starts at its own starting point: step 0, then the kept checkpoints
     assert [p["step"] for p in results["runs"]["full"]["points"]] == [0, 10, 20]
     assert results["runs"]["no_expansion"]["vocab_size"] < results["runs"]["full"]["vocab_size"]
     assert results["runs"]["no_expansion"]["points"][0]["bpb"] == results["runs"]["base"]["points"][-1]["bpb"]
     claim_rows = json.loads((workdir / "claims.json").read_text())
-    assert len(claim_rows) == 5 and all(c["verdict"] in (HOLDS, UNCLEAR, FAILS) for c in claim_rows)
+    assert len(claim_rows) == 6 and all(c["verdict"] in (HOLDS, UNCLEAR, FAILS) for c in claim_rows)
     assert all(c["claim"] in report and c["evidence"] in report for c in claim_rows)
     fertility = json.loads((workdir / "tokenizer" / "fertility.json").read_text())
     by = {(f["tokenizer"], f["language"]): f["tokens_per_word"] for f in fertility if f["register"] == "all"}

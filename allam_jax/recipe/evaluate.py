@@ -23,6 +23,7 @@ from allam_jax.align.dpo_reference import pair_logprobs, preference_metrics
 from allam_jax.align.preference_data import DpoData
 from allam_jax.checkpoint.params_io import load_params
 from allam_jax.checkpoint.workdir import Workdir
+from allam_jax.data.tasks import LANGUAGES
 from allam_jax.data.vocabularies import bos_id, get_vocabulary
 from allam_jax.eval.readers import read_cloze
 from allam_jax.eval.scorer import LoglikelihoodScorer, choice_correct, evaluate_multiple_choice, perplexity
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MC_TASKS = ("en_cloze", "ar_cloze", "translate")
+CHAT_TASKS = ("chat_translate", "chat_translate_to_en")
 BPB_KEYS = {"en", "ar", "translation"}
 
 
@@ -86,7 +88,12 @@ class Evaluator:
         for task in MC_TASKS:
             r = evaluate_multiple_choice(self.scorer, read_cloze(str(mc_dir / f"{task}.jsonl")))
             out[task] = {k: r[k] for k in ("acc", "acc_norm", "n")}
-        out["chat_translate"] = self.chat_multiple_choice(mc_dir / "chat_translate.jsonl")
+        for task in CHAT_TASKS:
+            if (mc_dir / f"{task}.jsonl").is_file():  # a workdir's data stage of an earlier version lacks the newer
+                out[task] = self.chat_multiple_choice(mc_dir / f"{task}.jsonl")
+            else:
+                log.warning("%s/%s.jsonl is missing (a data stage of an earlier version): `--redo data` makes it",
+                            mc_dir, task)
         return out
 
     def chat_multiple_choice(self, path: Path) -> dict:
@@ -106,8 +113,12 @@ class Evaluator:
     def preference(self, pairs: list[dict], seq_len: int) -> dict:
         """How often the model itself gives the chosen answer a higher log-probability than the rejected one."""
         [logp] = pair_logprobs(Decoder(self.cfg), [self.scorer.params], pairs, seq_len)
-        return {"accuracy": float(np.mean(logp[:, 0] > logp[:, 1])),
-                "mean_logp_gap": float(np.mean(logp[:, 0] - logp[:, 1])), "pairs": len(pairs)}
+        wins = logp[:, 0] > logp[:, 1]
+        langs = np.asarray([p["lang"] for p in pairs])
+        by_language = {LANGUAGES[i]: {"accuracy": float(np.mean(wins[langs == i])), "pairs": int(np.sum(langs == i))}
+                       for i in sorted(set(langs.tolist()))}  # the language of the chosen answer
+        return {"accuracy": float(np.mean(wins)), "mean_logp_gap": float(np.mean(logp[:, 0] - logp[:, 1])),
+                "pairs": len(pairs), "by_language": by_language}
 
 
 def _cache_name(recipe_dir: Path, checkpoint: str) -> str:
@@ -143,6 +154,7 @@ def evaluate_recipe(recipe: "Recipe") -> dict:
 
     results: dict = {"runs": {}, "documents": {k: {"count": len(v), "bytes": sum(len(d.encode()) for d in v)}
                                                 for k, v in documents.items()}}
+    mc_tasks = set(MC_TASKS) | {t for t in CHAT_TASKS if (recipe.data / "mc" / f"{t}.jsonl").is_file()}
     work = _checkpoints_to_evaluate(runs)
     total = sum(len(p) for _, _, p in work)
     bar = tqdm(total=total, desc="eval", unit="ckpt")
@@ -160,7 +172,7 @@ def evaluate_recipe(recipe: "Recipe") -> dict:
                 wanted["mc"] = lambda: ev.multiple_choice(recipe.data / "mc")
             if final and name in aligned:
                 wanted["preference"] = lambda: ev.preference(dpo_pairs(info.vocabulary), cfg.seq_len)
-            row = _cached_row(cache_dir / _cache_name(recipe.dir, checkpoint), checkpoint, ev, wanted)
+            row = _cached_row(cache_dir / _cache_name(recipe.dir, checkpoint), checkpoint, ev, wanted, mc_tasks)
             run["points"].append({"step": step, "checkpoint": checkpoint, "bpb": row["bpb"]})
             if final:
                 run["mc"] = row["mc"]
@@ -193,14 +205,17 @@ def _checkpoints_to_evaluate(runs: dict[str, Path]) -> list[tuple[str, "RunInfo"
     return work
 
 
-def _cached_row(cache: Path, checkpoint: str, ev: "Evaluator", wanted: dict) -> dict:
-    """A checkpoint's results: from its cache file, measuring (``wanted``: key -> measure) only what is missing;
-    a checkpoint trained again since (another mtime) is evaluated again."""
+def _cached_row(cache: Path, checkpoint: str, ev: "Evaluator", wanted: dict, mc_tasks: set) -> dict:
+    """A checkpoint's results: from its cache file, measuring (``wanted``: key -> measure) only what is missing
+    (a cache of an earlier version may lack tasks or fields); a checkpoint trained again since (another mtime) is
+    evaluated again."""
     stamp = Path(checkpoint).stat().st_mtime_ns
     row = json.loads(cache.read_text()) if cache.is_file() else {}
     if row.get("checkpoint_mtime_ns") != stamp:
         row = {"checkpoint_mtime_ns": stamp}
-    missing = [k for k in wanted if (not BPB_KEYS <= set(row.get("bpb", {})) if k == "bpb" else k not in row)]
+    complete = {"bpb": lambda r: BPB_KEYS <= set(r), "mc": lambda r: mc_tasks <= set(r),
+                "preference": lambda r: "by_language" in r}
+    missing = [k for k in wanted if k not in row or not complete.get(k, lambda r: True)(row[k])]
     if missing:
         ev.load(checkpoint)
         for key in missing:

@@ -9,6 +9,8 @@ Multiple-choice items (``cloze`` format of :mod:`allam_jax.eval.readers`, plus a
   (``ParallelRendering.en_to_ar``); choices are its Arabic translation and three other held-out
   translations of similar length.
 - ``chat_translate``: the same question as a user turn of the chat template (what SFT teaches).
+- ``chat_translate_to_en``: the other direction as a chat turn (``Translate into English:`` the Arabic); choices
+  are the English text and three other held-out English texts of similar length: the aligned models' English.
 """
 
 from __future__ import annotations
@@ -151,8 +153,36 @@ def translation_items(pairs: Sequence[dict], n: int, seed: int, rendering) -> tu
     return plain, chat
 
 
+def chat_items_to_english(pairs: Sequence[dict], n: int, seed: int) -> list[dict]:
+    """Chat items asking for the English of a held-out Arabic text; distractors: other English texts."""
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    usable = []
+    for p in pairs:  # one item per English text, as above
+        key = p["en"].strip().lower()
+        if key not in seen and 2 <= len(p["en"].split()) <= 25 and 2 <= len(p["ar"].split()):
+            seen.add(key)
+            usable.append(p)
+    usable = usable[:n]
+    lengths = [len(p["en"]) for p in usable]
+    valid: dict[str, set] = {}  # every English text given for an Arabic one: none of them may be a distractor
+    for p in pairs:
+        valid.setdefault(p["ar"], set()).add(p["en"].strip().lower())
+    items = []
+    for i, p in enumerate(usable):
+        others = [usable[j]["en"] for j in _distractors(rng, i, lengths)
+                  if usable[j]["en"].strip().lower() not in valid[p["ar"]]]
+        if len(others) < 3 or len(usable) < 4:
+            continue
+        choices, gold = _with_gold(rng, p["en"], others)
+        items.append({"messages": [{"role": "user", "content": f"Translate into English: {p['ar']}"}],
+                      "choices": choices, "gold": gold, "language": "translated", "subject": "chat_translate_to_en"})
+    return items
+
+
 def build_items(heldout_dir: str, out_dir: str, cfg: HeldoutConfig) -> dict[str, int]:
-    """Writes ``OUT/{en_cloze,ar_cloze,translate}.jsonl`` (cloze format) and ``OUT/chat_translate.jsonl``."""
+    """Writes ``OUT/{en_cloze,ar_cloze,translate}.jsonl`` (cloze format) and the chat items
+    ``OUT/chat_translate{,_to_en}.jsonl``."""
     from allam_jax.data.sources import ParallelRendering
 
     held, out = Path(heldout_dir), Path(out_dir)
@@ -164,6 +194,7 @@ def build_items(heldout_dir: str, out_dir: str, cfg: HeldoutConfig) -> dict[str,
              for ln in _lines(held / "parallel.jsonl")]
     sets["translate"], sets["chat_translate"] = translation_items(pairs, cfg.mc_items, cfg.seed + 2,
                                                                   ParallelRendering())
+    sets["chat_translate_to_en"] = chat_items_to_english(pairs, cfg.mc_items, cfg.seed + 3)
     for name, items in sets.items():
         _write_lines(out / f"{name}.jsonl", [json.dumps(x, ensure_ascii=False) for x in items])
     return {name: len(items) for name, items in sets.items()}

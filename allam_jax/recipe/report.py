@@ -22,6 +22,7 @@ BPB_TOLERANCE = 0.01  # 1% relative: below this, two bits-per-byte numbers count
 FORGETTING_TOLERANCE = 0.05  # English may get at most 5% worse (relative bits per byte) and still "not forget"
 
 HOLDS, UNCLEAR, FAILS = "holds", "no clear difference", "does not hold"
+MC_COLUMNS = ("en_cloze", "ar_cloze", "translate", "chat_translate", "chat_translate_to_en")
 
 
 SYNTHETIC_PAIRS = ("The preference pairs are synthetic, made from the bundled parallel pairs "
@@ -104,7 +105,7 @@ def claims(results: dict, fertility: list[dict], main: str = "full", init: str =
     """``[{claim, evidence, verdict, rule}]`` from the evaluation results; arms missing from the sweep are skipped."""
     runs = results["runs"]
     rows = [_forgetting(runs, main), _expansion(runs, main, fertility), _initialisation(runs, main, init),
-            _translated(runs, main), _alignment(results, main)]
+            _translated(runs, main), _alignment(results, main), _both_languages(results, main)]
     return [row for row in rows if row is not None]
 
 
@@ -210,6 +211,34 @@ def _alignment(results: dict, main: str) -> Optional[dict]:
                     "accuracy > 0.5 and a positive margin"}
 
 
+def _both_languages(results: dict, main: str) -> Optional[dict]:
+    """The abstract's "aligned models improve both in Arabic and English from their base": held-out preference
+    pairs split by the language of the answer (translations into Arabic, into English), CPT against DPO."""
+    runs = results["runs"]
+    full, sft, dpo = runs[main], runs.get("sft"), runs.get("dpo")
+    if not (sft and dpo and all("by_language" in r.get("preference", {}) for r in (full, sft, dpo))):
+        return None
+    verdicts, parts = [], []
+    for lang, name in (("ar", "Arabic"), ("en", "English")):
+        cpt, after = (r["preference"]["by_language"].get(lang) for r in (full, dpo))
+        if not (cpt and after):
+            return None
+        gap, two_se = accuracy_gap(after, cpt, "accuracy", "pairs")
+        verdicts.append(verdict_accuracy(gap, two_se))
+        parts.append(f"{name} answers: CPT {cpt['accuracy']:.2f} → SFT "
+                     f"{sft['preference']['by_language'][lang]['accuracy']:.2f} → DPO {after['accuracy']:.2f} (gap "
+                     f"{gap:+.2f}, 2 s.e. {two_se:.2f}, {after['pairs']} pairs)")
+    chat = "; ".join(f"chat translation {d} acc_norm " + " → ".join(f"{r['mc'][t]['acc_norm']:.2f}" for r in (full, sft, dpo))
+                     for d, t in (("into Arabic", "chat_translate"), ("into English", "chat_translate_to_en"))
+                     if all(t in r["mc"] for r in (full, sft, dpo)))
+    return {"claim": "The aligned model improves in both Arabic and English from its base (the CPT model)",
+            "evidence": "held-out preference pairs favoured by the model, by the language of the answer: "
+                        + "; ".join(parts) + (f"; {chat}" if chat else ""),
+            "verdict": HOLDS if all(v == HOLDS for v in verdicts) else (FAILS if FAILS in verdicts else UNCLEAR),
+            "rule": "DPO prefers the chosen answer more often than CPT by >2 s.e. for Arabic answers and for "
+                    "English answers"}
+
+
 # ---------------------------------------------------------------- plots
 
 
@@ -284,12 +313,13 @@ def plot_training_loss(recipe: "Recipe", arms: list[str], path: Path) -> None:
 
 def plot_accuracy(results: dict, runs: list[str], path: Path) -> None:
     plt = _plt()
-    tasks = ["en_cloze", "ar_cloze", "translate", "chat_translate"]
+    tasks = ["en_cloze", "ar_cloze", "translate", "chat_translate", "chat_translate_to_en"]
     fig, ax = plt.subplots(figsize=(11, 3.6))
     width = 0.8 / len(runs)
     for i, run in enumerate(runs):
         mc = results["runs"][run]["mc"]
-        ax.bar([t + i * width for t in range(len(tasks))], [mc[t]["acc_norm"] for t in tasks], width=width, label=run)
+        ax.bar([t + i * width for t in range(len(tasks))], [mc.get(t, {}).get("acc_norm", 0.0) for t in tasks],
+               width=width, label=run)
     ax.axhline(0.25, color="gray", ls=":", lw=1, label="chance (4 choices)")
     ax.set_xticks([t + 0.4 - width / 2 for t in range(len(tasks))], tasks)
     ax.set_ylabel("acc_norm (held-out)")
@@ -377,9 +407,9 @@ def markdown(recipe: "Recipe", results: dict, fertility: list[dict], claim_rows:
                [[r, runs[r]["tokenizer"], f"{final_bpb(runs[r], 'en'):.4f}", f"{final_bpb(runs[r], 'ar'):.4f}",
                  f"{final_bpb(runs[r], 'translation'):.4f}"] for r in order if r in runs]),
         "", "## Multiple choice (held-out, 4 choices)", "", "![accuracy](plots/mc_accuracy.png)", "",
-        _table(["run", "en_cloze", "ar_cloze", "translate", "chat_translate"],
-               [[r] + [f"{runs[r]['mc'][t]['acc']:.2f} / {runs[r]['mc'][t]['acc_norm']:.2f}"
-                       for t in ("en_cloze", "ar_cloze", "translate", "chat_translate")] for r in order if r in runs]),
+        _table(["run", *MC_COLUMNS], [[r] + [f"{runs[r]['mc'][t]['acc']:.2f} / {runs[r]['mc'][t]['acc_norm']:.2f}"
+                                             if t in runs[r]["mc"] else "-" for t in MC_COLUMNS]
+                                       for r in order if r in runs]),
         "", "Cells: acc / acc_norm (log-likelihood per character).", "",
         "## Alignment", "", "![dpo](plots/dpo.png)", "",
         SYNTHETIC_PAIRS, "",
