@@ -171,3 +171,16 @@ def test_pin_differences_name_each_file_and_package():
     changed = {"files": {"en.txt": "e" * 64, "ar.txt": "b" * 64}, "debs": {"apt": {"version": "2.6.2", "sha256": "f" * 64}}}
     assert corpora.pin_differences(changed, pins) == [
         f"en.txt: sha256 {'e' * 12}, pinned {'a' * 12}", "apt: 2.6.2, pinned 2.6.1", "gone: missing, pinned 1"]
+
+
+def test_a_bundle_on_disk_is_checked_against_the_pins(tmp_path, monkeypatch):
+    (tmp_path / "en.txt").write_text("some english\n", encoding="utf-8")
+    (tmp_path / "ar.txt").write_text("نص عربي\n", encoding="utf-8")
+    pins = {"debs": {}, "files": {n: hashlib.sha256((tmp_path / n).read_bytes()).hexdigest() for n in ("en.txt", "ar.txt")}}
+    (tmp_path / "pins.json").write_text(json.dumps(pins))
+    monkeypatch.setattr(corpora, "PINS_FILE", tmp_path / "pins.json")
+    assert corpora.bundle_differences(str(tmp_path)) == []
+    (tmp_path / "en.txt").write_text("other english\n", encoding="utf-8")
+    (tmp_path / "ar.txt").unlink()
+    assert [line.split(":")[0] for line in corpora.bundle_differences(str(tmp_path))] == ["en.txt", "ar.txt"]
+    assert corpora.bundle_differences(str(tmp_path))[1] == "ar.txt: missing"

@@ -146,11 +146,11 @@ BARE_MACHINE_DEBS = (
 PINS_FILE = Path(__file__).with_name("bundle_pins.json")
 
 
-def load_pins(path: Path = PINS_FILE) -> dict:
+def load_pins(path: Optional[Path] = None) -> dict:
     """The bundle the documented numbers were measured on: each .deb's version and sha256, each written file's
     sha256 (written by ``allam data prepare --write_pins``)."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(Path(path or PINS_FILE).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {"debs": {}, "files": {}}
 
@@ -194,6 +194,14 @@ def fetch_debs(deb_dir: str, packages: Iterable[str] = tuple(DEBS), versions: Op
         else:
             warnings.warn(f"{pkg}: no .deb in {out} and apt-get could not fetch it; skipping that source")
     return found
+
+
+def bundle_differences(bundled_dir: str) -> list[str]:
+    """How the files of a bundle on disk differ from the pinned ones (one line per file)."""
+    pins = load_pins()
+    found = {name: sha256_of(Path(bundled_dir) / name) for name in pins["files"] if (Path(bundled_dir) / name).is_file()}
+    return pin_differences({"files": found, "debs": {}}, {"files": pins["files"], "debs": {}}) + [
+        f"{name}: missing" for name in pins["files"] if name not in found]
 
 
 def pin_differences(written: dict, pins: dict) -> list[str]:

@@ -190,6 +190,10 @@ class Recipe:
         if not all((bundled / n).is_file() for n in provenance.INPUTS):
             log.info("bundled corpora missing in %s: running `allam data prepare`", bundled)
             corpora.prepare(str(bundled))
+        differences = corpora.bundle_differences(str(bundled))
+        if differences:
+            log.warning("the bundled corpora in %s are not the pinned ones, so the numbers may differ from the "
+                        "documented ones: %s", bundled, "; ".join(differences))
         counts = split_corpora(str(bundled), str(self.data), self.cfg.heldout)
         align = make_alignment_sets(str(self.data / "train" / "parallel.jsonl"), str(self._mkdir(self.data / "align")),
                                     seed=self.cfg.seed)
