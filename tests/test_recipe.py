@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import shutil
 import statistics
@@ -234,14 +235,16 @@ def test_seeded_claims_are_decided_by_two_standard_errors():
     assert {r["claim"].split()[0]: r for r in claims({"runs": one}, fertility)}["Vocabulary"]["verdict"] == UNCLEAR
 
 
-def test_seed_arms_are_named_and_counted_before_anything_trains(tmp_path):
+def test_seed_arms_are_named_and_counted_before_anything_trains(tmp_path, caplog):
     from allam_jax.recipe.stages import Recipe
 
     arms = tmp_path / "arms.variants"
     arms.write_text("[full]\n[no_expansion]\nModelConfig.vocab_size = 512\n[embeddings_first]\n")
     recipe = Recipe(RecipeConfig(arms_file=str(arms), seeds=3), str(tmp_path / "w"))
-    assert recipe.arm_names() == ["full", "no_expansion", "embeddings_first", "full_seed1", "full_seed2",
-                                  "no_expansion_seed1", "no_expansion_seed2"]
+    with caplog.at_level(logging.WARNING):
+        assert recipe.arm_names() == ["full", "no_expansion", "embeddings_first", "full_seed1", "full_seed2",
+                                      "no_expansion_seed1", "no_expansion_seed2"]
+    assert "['arabic_only', 'random_init', 'no_translated'] are not arms of" in caplog.text  # said, not silent
     seeded = recipe.seed_arms({"full": [], "no_expansion": ["ModelConfig.vocab_size = 512"], "embeddings_first": []})
     assert seeded["no_expansion_seed2"] == ["ModelConfig.vocab_size = 512", "TrainerConfig.seed = 2",
                                             "SeqioData.seed = 2"]

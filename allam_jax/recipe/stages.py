@@ -110,6 +110,10 @@ class Recipe:
         """The continued-pretraining arms, seeds included, without resolving their bindings."""
         path = Path(self.cfg.arms_file)
         names = list(read_variants(str(path if path.is_file() else gin_setup.REPO_GIN_DIR / path)))
+        absent = [n for n in self.cfg.seeded_arms if n not in names]
+        if self.cfg.seeds > 1 and absent:
+            log.warning("RecipeConfig.seeded_arms %s are not arms of %s (%s): trained with one seed only", absent,
+                        self.cfg.arms_file, ", ".join(names))
         return names + [seed_arm(n, k) for n in self.cfg.seeded_arms if n in names for k in range(1, self.cfg.seeds)]
 
     def run(self, stop_after: str = "report", redo: Sequence[str] = (), progress: Callable[[str], None] = print) -> dict:
