@@ -124,17 +124,23 @@ def cloze_items(documents: Sequence[str], language: str, context_words: int, ans
     return items
 
 
-def translation_items(pairs: Sequence[dict], n: int, seed: int, rendering) -> tuple[list, list]:
-    """(plain items in the pretraining's en->ar prompt, chat items with ``messages``) on the same pairs."""
-    rng = random.Random(seed)
+def _usable_pairs(pairs: Sequence[dict], n: int) -> list[dict]:
+    """The first ``n`` pairs of 2-25 English words, one per English text (another valid translation of the same
+    text must never be a distractor)."""
     seen: set[str] = set()
     usable = []
-    for p in pairs:  # one item per English text: another valid translation must not be a distractor
+    for p in pairs:
         key = p["en"].strip().lower()
         if key not in seen and 2 <= len(p["en"].split()) <= 25 and 2 <= len(p["ar"].split()):
             seen.add(key)
             usable.append(p)
-    usable = usable[:n]
+    return usable[:n]
+
+
+def translation_items(pairs: Sequence[dict], n: int, seed: int, rendering) -> tuple[list, list]:
+    """(plain items in the pretraining's en->ar prompt, chat items with ``messages``) on the same pairs."""
+    rng = random.Random(seed)
+    usable = _usable_pairs(pairs, n)
     if len(usable) < 4:
         raise ConfigError(f"only {len(usable)} usable held-out pairs: hold out more (HeldoutConfig.pairs)")
     prefix = rendering.en_to_ar.split("{ar}")[0]
@@ -156,14 +162,7 @@ def translation_items(pairs: Sequence[dict], n: int, seed: int, rendering) -> tu
 def chat_items_to_english(pairs: Sequence[dict], n: int, seed: int) -> list[dict]:
     """Chat items asking for the English of a held-out Arabic text; distractors: other English texts."""
     rng = random.Random(seed)
-    seen: set[str] = set()
-    usable = []
-    for p in pairs:  # one item per English text, as above
-        key = p["en"].strip().lower()
-        if key not in seen and 2 <= len(p["en"].split()) <= 25 and 2 <= len(p["ar"].split()):
-            seen.add(key)
-            usable.append(p)
-    usable = usable[:n]
+    usable = _usable_pairs(pairs, n)
     lengths = [len(p["en"]) for p in usable]
     valid: dict[str, set] = {}  # every English text given for an Arabic one: none of them may be a distractor
     for p in pairs:

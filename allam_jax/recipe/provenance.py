@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from allam_jax.core.paths import write_text_atomically
+from allam_jax.data.corpora import sha256_of
 from allam_jax.recipe.config import RecipeConfig
 
 FILE = "provenance.json"
@@ -42,7 +43,7 @@ INPUTS = ("en.txt", "ar.txt", "parallel.jsonl")  # what the data stage reads fro
 def data_hashes(bundled_dir: str) -> dict[str, Optional[str]]:
     """sha256 of each bundled file the recipe reads (None: missing)."""
     files = {name: Path(bundled_dir) / name for name in INPUTS}
-    return {name: hashlib.sha256(f.read_bytes()).hexdigest() if f.is_file() else None for name, f in files.items()}
+    return {name: sha256_of(f) if f.is_file() else None for name, f in files.items()}
 
 
 def _versions() -> dict[str, Optional[str]]:
