@@ -207,6 +207,29 @@ def test_aligned_model_improving_in_both_languages_needs_both():
     assert next(r for r in claims({"runs": runs}, []) if r["claim"].startswith("The aligned"))["verdict"] == FAILS
 
 
+def test_beating_a_larger_model_is_decided_on_the_same_pairs():
+    """The small SFT+DPO model against the larger SFT-only rival: preference accuracy on the same held-out pairs,
+    the gap against its two binomial standard errors; the size ratio and both models' bits/byte are reported."""
+    runs = {"base": _run(3.0, 8.0), "full": _run(3.0, 3.0, pref=0.5), "sft": _run(3.1, 3.0, pref=0.6),
+            "dpo": _run(3.1, 3.0, pref=0.8), "rival": _run(2.9, 2.8), "rival_sft": _run(3.0, 2.9, pref=0.65)}
+    for name, n in (("dpo", 200_000), ("rival_sft", 600_000)):
+        runs[name]["num_params"] = n
+
+    def rival_row(runs):
+        return next((r for r in claims({"runs": runs}, []) if r["claim"].startswith("Alignment can beat")), None)
+
+    row = rival_row(runs)
+    assert row["verdict"] == HOLDS  # 0.80 vs 0.65 on 200 pairs each: gap 0.15, 2 s.e. 0.09
+    assert "SFT+DPO 0.80 vs a 3.0x larger model (600,000) with SFT only 0.65 (gap +0.15, 2 s.e. 0.09" in row["evidence"]
+    assert "larger model's held-out bits/byte 2.900 English, 2.800 Arabic" in row["evidence"]
+    runs["rival_sft"]["preference"]["accuracy"] = 0.78
+    assert rival_row(runs)["verdict"] == UNCLEAR
+    runs["rival_sft"]["preference"]["accuracy"] = 0.95
+    assert rival_row(runs)["verdict"] == FAILS
+    del runs["rival_sft"]  # the stage skipped (RecipeConfig.rival_model_bindings empty): no row
+    assert rival_row(runs) is None
+
+
 def test_seeded_claims_are_decided_by_two_standard_errors():
     """With several seeds an arm's bits/byte is a mean with a standard error (checked against ``statistics``), and a
     bits/byte claim holds when the means differ by more than two standard errors of the difference: a 0.5% gap
@@ -295,13 +318,20 @@ def test_stage_plans_build_typed_experiments_and_user_bindings_win(tmp_path):
     marker.parent.mkdir(parents=True)
     marker.write_text(json.dumps({"vocab_sizes": {"base": 1024, "merged": 1600}}))
     built = {}
-    for stage in ("base", "cpt", "sft", "dpo"):
+    for stage in ("base", "cpt", "sft", "dpo", "rival", "rival_sft"):
         plan = recipe.plan(stage)
         gin_setup.parse(plan.gin_files, plan.bindings, plan.overrides)
         built[stage] = gin_setup.build_experiment()
         assert built[stage].model.max_seq_len == 128 and built[stage].partitioning.mesh_shape == (1, -1, 1)
         assert f"ModelConfig.vocab_size = {built[stage].model.vocab_size}" in gin.config_str()
-    base, cpt, sft, dpo = (built[s] for s in ("base", "cpt", "sft", "dpo"))
+    base, cpt, sft, dpo, rival, rival_sft = (built[s] for s in ("base", "cpt", "sft", "dpo", "rival", "rival_sft"))
+    # the larger rival: 2-4x the parameters, from scratch on the merged vocabulary for base + CPT steps, then SFT only
+    assert rival.model.d_model == 128 and rival.model.vocab_size == 1600 and rival.trainer.init_from is None
+    assert 2 <= rival.model.num_params() / cpt.model.num_params() <= 4
+    assert rival.trainer.num_steps == cfg.base_steps + cfg.cpt_steps and rival.data.rates == cpt.data.rates
+    assert rival_sft.trainer.init_from == str(recipe.dir / "rival" / "pretrain" / "checkpoints")
+    assert rival_sft.model == rival.model and type(rival_sft.data).__name__ == "SftData"
+    assert rival_sft.trainer.num_steps == sft.trainer.num_steps
     assert base.model.vocab_size == 1024 and cpt.model.vocab_size == 1600
     assert base.data.rates == {"en_pretrain": 1.0} and base.data.vocabulary.endswith("tokenizer/base.model")
     assert base.data.paths.en == [str(recipe.data / "train" / "en.txt")] and base.data.paths.translated == []
@@ -403,7 +433,7 @@ def test_quick_recipe_writes_the_report(quick_recipe):
     results = json.loads((workdir / "eval" / "results.json").read_text())
     assert not _finite_numbers(results)
     assert set(results["runs"]) == {"base", "full", "arabic_only", "no_translated", "embeddings_first",
-                                    "mean_subtoken_init", "random_init", "no_expansion", "sft", "dpo"}
+                                    "mean_subtoken_init", "random_init", "no_expansion", "sft", "dpo", "rival", "rival_sft"}
     for name, run in results["runs"].items():
         for i, point in enumerate(run["points"]):
             assert 0.5 < point["bpb"]["en"] < 12 and point["bpb"]["ar"] > 0.5, (name, point)
@@ -420,7 +450,7 @@ def test_quick_recipe_writes_the_report(quick_recipe):
     assert results["runs"]["no_expansion"]["vocab_size"] < results["runs"]["full"]["vocab_size"]
     assert results["runs"]["no_expansion"]["points"][0]["bpb"] == results["runs"]["base"]["points"][-1]["bpb"]
     claim_rows = json.loads((workdir / "claims.json").read_text())
-    assert len(claim_rows) == 6 and all(c["verdict"] in (HOLDS, UNCLEAR, FAILS) for c in claim_rows)
+    assert len(claim_rows) == 7 and all(c["verdict"] in (HOLDS, UNCLEAR, FAILS) for c in claim_rows)
     assert all(c["claim"] in report and c["evidence"] in report for c in claim_rows)
     fertility = json.loads((workdir / "tokenizer" / "fertility.json").read_text())
     by = {(f["tokenizer"], f["language"]): f["tokens_per_word"] for f in fertility if f["register"] == "all"}
@@ -435,11 +465,11 @@ def test_rerun_skips_finished_stages(quick_recipe):
     r = allam("recipe", "--quick", f"--workdir={workdir}", f"--gin_bindings=RecipeConfig.bundled_dir = '{bundled_dir()}'",
               timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.count("done already") == 8
+    assert r.stdout.count("done already") == len(STAGES)
     assert (workdir / "report.md").stat().st_mtime_ns == before
     r = allam("recipe", "--quick", f"--workdir={workdir}", "--redo", "report", "--stop_after", "report",
               f"--gin_bindings=RecipeConfig.bundled_dir = '{bundled_dir()}'", timeout=300)
-    assert r.returncode == 0 and r.stdout.count("done already") == 7
+    assert r.returncode == 0 and r.stdout.count("done already") == len(STAGES) - 1
     assert (workdir / "report.md").stat().st_mtime_ns != before
 
 

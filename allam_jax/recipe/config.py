@@ -8,7 +8,8 @@ from typing import Mapping, Sequence
 from allam_jax.core.errors import ConfigError
 from allam_jax.recipe.heldout import HeldoutConfig
 
-STAGES = ("data", "base", "expand", "cpt", "sft", "dpo", "eval", "report")
+STAGES = ("data", "base", "expand", "cpt", "sft", "dpo", "rival", "eval", "report")
+TRAINING_STAGES = ("base", "cpt", "sft", "dpo", "rival", "rival_sft")
 TOKENIZER_KINDS = ("sentencepiece", "bpe")
 EXPAND_METHODS = ("fitted", "mean_subtoken", "random")  # the expanded checkpoints the recipe writes (expand/NAME)
 
@@ -72,6 +73,11 @@ class RecipeConfig:
     # decided by a difference of more than two standard errors instead of the fixed 1% (`allam recipe --seeds N`)
     seeds: int = 1
     seeded_arms: Sequence[str] = ("full", "arabic_only", "no_expansion", "random_init", "no_translated")
+    # the larger model with lower-quality alignment (stage `rival`): these bindings on top of model_gin (2-4x the
+    # parameters), pretrained from scratch on the merged vocabulary and the full mixture for rival_steps (0: as many
+    # as the small model's base + CPT steps), then SFT only; none: the stage is skipped
+    rival_model_bindings: Sequence[str] = ("ModelConfig.d_model = 128", "ModelConfig.mlp_dim = 384")
+    rival_steps: int = 0
 
     def __post_init__(self):
         for name in ("base_vocab_size", "arabic_vocab_size", "pad_vocab_to_multiple", "batch_size", "seq_len",
@@ -85,9 +91,11 @@ class RecipeConfig:
         if self.tokenizer_kind not in TOKENIZER_KINDS:
             raise ConfigError(f"RecipeConfig.tokenizer_kind must be one of {TOKENIZER_KINDS}, got "
                               f"{self.tokenizer_kind!r}")
-        unknown = [k for k in self.stage_bindings if k not in ("base", "cpt", "sft", "dpo")]
+        if isinstance(self.rival_steps, bool) or not isinstance(self.rival_steps, int) or self.rival_steps < 0:
+            raise ConfigError(f"RecipeConfig.rival_steps must be a non-negative integer, got {self.rival_steps!r}")
+        unknown = [k for k in self.stage_bindings if k not in TRAINING_STAGES]
         if unknown:
-            raise ConfigError(f"RecipeConfig.stage_bindings: unknown stage(s) {unknown}; use base, cpt, sft, dpo")
+            raise ConfigError(f"RecipeConfig.stage_bindings: unknown stage(s) {unknown}; use {', '.join(TRAINING_STAGES)}")
 
     def checkpoint_every(self, steps: int) -> int:
         """Checkpoints at ``curve_points`` evenly spaced steps, all kept: the points of the training curves."""

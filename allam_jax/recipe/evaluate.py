@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 MC_TASKS = ("en_cloze", "ar_cloze", "translate")
 CHAT_TASKS = ("chat_translate", "chat_translate_to_en")
 BPB_KEYS = {"en", "ar", "translation"}
+FINAL_ONLY = ("sft", "dpo", "rival", "rival_sft")  # runs evaluated at their last step only
 
 
 class RunInfo:
@@ -140,7 +141,9 @@ def evaluate_recipe(recipe: "Recipe") -> dict:
     arms = list(json.loads(recipe.marker("cpt").read_text())["arms"])
     runs = {"base": recipe.dir / "base", **{arm: recipe.dir / "cpt" / arm for arm in arms},
             "sft": recipe.dir / "sft", "dpo": recipe.dir / "dpo"}
-    aligned = {cfg.main_arm, "sft", "dpo"}
+    if recipe.has_rival():
+        runs.update(rival=recipe.dir / "rival" / "pretrain", rival_sft=recipe.dir / "rival" / "sft")
+    aligned = {cfg.main_arm, "sft", "dpo", "rival_sft"}
     evaluators: dict[tuple, Evaluator] = {}
     dpo_pairs_cache: dict[str, list[dict]] = {}
 
@@ -164,7 +167,7 @@ def evaluate_recipe(recipe: "Recipe") -> dict:
             evaluators[key] = Evaluator(info.model, info.vocabulary, cfg.eval_batch_size)
         ev = evaluators[key]
         run = {"tokenizer": Path(info.vocabulary).stem, "vocab_size": info.model.vocab_size,
-               "init_from": info.init_from, "points": []}
+               "num_params": info.model.num_params(), "init_from": info.init_from, "points": []}
         for i, (step, checkpoint) in enumerate(points):
             final = i == len(points) - 1
             wanted = {"bpb": lambda: ev.bits_per_byte(documents, translations)}
@@ -189,7 +192,7 @@ def evaluate_recipe(recipe: "Recipe") -> dict:
 
 def _checkpoints_to_evaluate(runs: dict[str, Path]) -> list[tuple[str, "RunInfo", list[tuple[int, str]]]]:
     """(run, its info, (step, checkpoint) points): every saved step, the starting point of continued pretraining
-    as step 0, and only the last step of SFT and DPO."""
+    as step 0, and only the last step of SFT, DPO and the larger rival model."""
     work = []
     for name, workdir in runs.items():
         info = RunInfo(workdir)
@@ -197,7 +200,7 @@ def _checkpoints_to_evaluate(runs: dict[str, Path]) -> list[tuple[str, "RunInfo"
         if not steps:
             raise FileNotFoundError(f"{workdir}/checkpoints holds no step: rerun the recipe stage that trains it")
         points = [(s, str(Workdir.at(workdir).checkpoints / str(s))) for s in steps]
-        if name in ("sft", "dpo"):
+        if name in FINAL_ONLY:
             points = points[-1:]
         elif info.init_from:  # step 0: where continued pretraining started
             points = [(0, info.init_from)] + points

@@ -22,6 +22,7 @@ BPB_TOLERANCE = 0.01  # 1% relative: below this, two bits-per-byte numbers count
 FORGETTING_TOLERANCE = 0.05  # English may get at most 5% worse (relative bits per byte) and still "not forget"
 
 HOLDS, UNCLEAR, FAILS = "holds", "no clear difference", "does not hold"
+NOT_ARMS = ("base", "sft", "dpo", "rival", "rival_sft")  # the runs of results.json that are not CPT arms
 MC_COLUMNS = ("en_cloze", "ar_cloze", "translate", "chat_translate", "chat_translate_to_en")
 
 
@@ -105,7 +106,7 @@ def claims(results: dict, fertility: list[dict], main: str = "full", init: str =
     """``[{claim, evidence, verdict, rule}]`` from the evaluation results; arms missing from the sweep are skipped."""
     runs = results["runs"]
     rows = [_forgetting(runs, main), _expansion(runs, main, fertility), _initialisation(runs, main, init),
-            _translated(runs, main), _alignment(results, main), _both_languages(results, main)]
+            _translated(runs, main), _alignment(results, main), _both_languages(results, main), _rival(results, main)]
     return [row for row in rows if row is not None]
 
 
@@ -239,6 +240,34 @@ def _both_languages(results: dict, main: str) -> Optional[dict]:
                     "English answers"}
 
 
+def _rival(results: dict, main: str) -> Optional[dict]:
+    """The abstract's "alignment can beat a larger model with lower-quality alignment": the small model after SFT
+    and DPO against a 2-4x larger one pretrained on as many tokens and aligned with SFT only, on the same held-out
+    preference pairs (and chat translation items)."""
+    runs = results["runs"]
+    dpo, rival, small = runs.get("dpo"), runs.get("rival_sft"), runs.get(main)
+    if not (dpo and rival and small and "preference" in dpo and "preference" in rival):
+        return None
+    gap, two_se = accuracy_gap(dpo["preference"], rival["preference"], "accuracy", "pairs")
+    ratio = rival["num_params"] / dpo["num_params"] if dpo.get("num_params") else float("nan")
+    chat = "; ".join(f"chat translation {d} acc_norm {dpo['mc'][t]['acc_norm']:.2f} vs {rival['mc'][t]['acc_norm']:.2f}"
+                     for d, t in (("into Arabic", "chat_translate"), ("into English", "chat_translate_to_en"))
+                     if t in dpo["mc"] and t in rival["mc"])
+    pre = runs.get("rival")
+    lm = (f"; before alignment the larger model's held-out bits/byte {final_bpb(pre, 'en'):.3f} English, "
+          f"{final_bpb(pre, 'ar'):.3f} Arabic vs the small model's {final_bpb(small, 'en'):.3f}, "
+          f"{final_bpb(small, 'ar'):.3f} after CPT") if pre else ""
+    return {"claim": "Alignment can beat a larger model with lower-quality alignment",
+            "evidence": f"held-out preference pairs favoured: small model ({dpo.get('num_params', 0):,} parameters) "
+                        f"SFT+DPO {dpo['preference']['accuracy']:.2f} vs a {ratio:.1f}x larger model "
+                        f"({rival.get('num_params', 0):,}) with SFT only {rival['preference']['accuracy']:.2f} (gap "
+                        f"{gap:+.2f}, 2 s.e. {two_se:.2f}, {dpo['preference']['pairs']} pairs)"
+                        + (f"; {chat}" if chat else "") + lm,
+            "verdict": verdict_accuracy(gap, two_se),
+            "rule": "the small SFT+DPO model prefers the chosen answer more often than the larger SFT-only model by "
+                    ">2 s.e."}
+
+
 # ---------------------------------------------------------------- plots
 
 
@@ -367,14 +396,16 @@ def markdown(recipe: "Recipe", results: dict, fertility: list[dict], claim_rows:
     summaries = {s: json.loads(recipe.marker(s).read_text()) for s in ("data", "expand") if recipe.done(s)}
     c = recipe.cfg
     runs = results["runs"]
-    order = ["base", *arms, "sft", "dpo"]
+    order = ["base", *arms, "sft", "dpo", "rival", "rival_sft"]
     parts = [
         "# The tiny ALLaM recipe: report",
         "",
         f"Model `{c.model_gin}`, batch {c.batch_size} × {c.seq_len} tokens; steps: base {c.base_steps}, "
         f"continued pretraining {c.cpt_steps} per arm, SFT {c.sft_steps}, DPO {c.dpo_steps}. Every number below is "
         "measured on held-out data the models never trained on. At this scale (a ~0.1M-parameter model, "
-        "minutes of CPU) the numbers test the *direction* of each claim, not its size.",
+        "minutes of CPU) the numbers test the *direction* of each claim, not its size."
+        + (f" The larger rival (`{'`, `'.join(c.rival_model_bindings)}`): {recipe.rival_steps()} pretraining steps, "
+           f"SFT {c.sft_steps}, no DPO." if "rival_sft" in runs else ""),
         "",
         "## Claims",
         "",
@@ -435,13 +466,13 @@ def markdown(recipe: "Recipe", results: dict, fertility: list[dict], claim_rows:
 def write_report(recipe: "Recipe") -> dict:
     results = json.loads((recipe.dir / "eval" / "results.json").read_text())
     fertility = json.loads((recipe.tok / "fertility.json").read_text())
-    arms = [r for r in results["runs"] if r not in ("base", "sft", "dpo") and not is_seed_run(r)]
+    arms = [r for r in results["runs"] if r not in NOT_ARMS and not is_seed_run(r)]
     plots = recipe.dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     plot_fertility(fertility, plots / "fertility.png")
     plot_bpb_curves(results, arms, plots / "bpb_curves.png")
     plot_training_loss(recipe, arms, plots / "training_loss.png")
-    plot_accuracy(results, ["base", *arms, "sft", "dpo"], plots / "mc_accuracy.png")
+    plot_accuracy(results, [r for r in ["base", *arms, *NOT_ARMS[1:]] if r in results["runs"]], plots / "mc_accuracy.png")
     plot_dpo(recipe, results, plots / "dpo.png")
     claim_rows = claims(results, fertility, recipe.cfg.main_arm, recipe.cfg.expand_init)
     (recipe.dir / "claims.json").write_text(json.dumps(claim_rows, indent=2, ensure_ascii=False) + "\n")

@@ -9,6 +9,7 @@ Layout of a recipe workdir::
     expand/{fitted,mean_subtoken,random}/ (b) the base model grown to the merged vocabulary
     cpt/ARM/                     (c) continued pretraining, one workdir per ablation arm
     sft/ dpo/                    (d, e) alignment of the main arm
+    rival/{pretrain,sft}/        a 2-4x larger model aligned with SFT only (the abstract's "beats a larger model")
     eval/                        (f) results.json (+ a cache per evaluated checkpoint)
     report.md plots/             (g)
 """
@@ -40,7 +41,7 @@ from allam_jax.model.config import ModelConfig
 from allam_jax.objectives.dpo import DpoConfig
 from allam_jax.objectives.lm import StepConfig
 from allam_jax.recipe import provenance
-from allam_jax.recipe.config import EXPAND_METHODS, STAGES, RecipeConfig, seed_arm
+from allam_jax.recipe.config import EXPAND_METHODS, STAGES, TRAINING_STAGES, RecipeConfig, seed_arm
 from allam_jax.recipe.evaluate import evaluate_recipe
 from allam_jax.recipe.heldout import build_items, split_corpora
 from allam_jax.recipe.report import FORGETTING_TOLERANCE, write_report
@@ -134,7 +135,7 @@ class Recipe:
                 summaries[stage] = _read_json(self.marker(stage))
                 continue
             progress(f"[recipe] {stage} ...")
-            stale = stale or (self.marker(stage).is_file() and stage not in redo)  # incomplete, not asked again
+            stale = stale or stage not in redo  # incomplete or new (a stage added since): what follows is redone
             start = time.perf_counter()
             summary = getattr(self, f"stage_{stage}")()
             summary["seconds"] = round(time.perf_counter() - start, 1)
@@ -237,39 +238,68 @@ class Recipe:
 
     def plan(self, stage: str) -> TrainPlan:
         """The run a training stage makes (``cpt``: every arm starts from this, see :meth:`arms`)."""
-        c = self.cfg
-        if stage == "base":
-            overrides = (self.model_overrides(c.base_vocab_size)
-                         + self.corpus_overrides(str(self.tokenizer("base")), {"en_pretrain": 1.0})
-                         + [Override(StepConfig, z_loss_weight=1e-4)]
-                         + self.schedule_overrides(c.base_steps, c.base_learning_rate, max(1, c.base_steps // 20)))
-            return TrainPlan((c.model_gin, c.data_gin), tuple(overrides), self.user_bindings("base"),
-                             str(self.dir / "base"))
-        if stage == "cpt":  # the merged vocabulary, the mean-initialised expanded model
+        if stage not in TRAINING_STAGES:
+            raise ConfigError(f"{stage!r} is not a training stage; training stages: {', '.join(TRAINING_STAGES)}")
+        gin_files, overrides, workdir = getattr(self, f"_plan_{stage}")()
+        bindings = self.user_bindings(stage)
+        if stage == "rival_sft":  # the small model's SFT, user bindings included
+            bindings = self.user_bindings("sft") + bindings
+        if stage.startswith("rival"):
+            bindings = tuple(self.cfg.rival_model_bindings) + bindings
+        return TrainPlan(tuple(gin_files), tuple(overrides), bindings, str(workdir))
 
-            overrides = (self.model_overrides(self.vocab_sizes()["merged"])
-                         + self.corpus_overrides(str(self.tokenizer("merged")))
-                         + [Override(StepConfig, z_loss_weight=1e-4),
-                            Override(TrainerConfig, init_from=str(self.dir / "expand" / c.expand_init)),
-                            self.watch_override(c.cpt_steps)]
-                         + self.schedule_overrides(c.cpt_steps, c.cpt_learning_rate, c.cpt_warmup_steps))
-            return TrainPlan((c.model_gin, c.data_gin), tuple(overrides), self.user_bindings("cpt"),
-                             str(self.dir / "cpt"))
-        if stage == "sft":
-            overrides = (self.model_overrides(self.vocab_sizes()["merged"])
-                         + self.alignment_overrides(SftData, "sft_train.jsonl",
-                                                    str(Workdir.at(self.dir / "cpt" / c.main_arm).checkpoints))
-                         + self.schedule_overrides(c.sft_steps, c.sft_learning_rate, max(1, c.sft_steps // 15)))
-            return TrainPlan((c.model_gin,), tuple(overrides), self.user_bindings("sft"), str(self.dir / "sft"))
-        if stage == "dpo":
-            overrides = (self.model_overrides(self.vocab_sizes()["merged"], batch_size=max(1, c.batch_size // 2))
-                         + self.alignment_overrides(DpoData, "dpo_train.jsonl",
-                                                   str(Workdir.at(self.dir / "sft").checkpoints))
-                         + [Override(gin_setup.build_experiment, objective="dpo"),
-                            Override(DpoConfig, beta=c.dpo_beta, reference="frozen")]
-                         + self.schedule_overrides(c.dpo_steps, c.dpo_learning_rate, max(1, c.dpo_steps // 10)))
-            return TrainPlan((c.model_gin,), tuple(overrides), self.user_bindings("dpo"), str(self.dir / "dpo"))
-        raise ConfigError(f"{stage!r} is not a training stage; training stages: base, cpt, sft, dpo")
+    def _plan_base(self):
+        c = self.cfg
+        overrides = (self.model_overrides(c.base_vocab_size)
+                     + self.corpus_overrides(str(self.tokenizer("base")), {"en_pretrain": 1.0})
+                     + [Override(StepConfig, z_loss_weight=1e-4)]
+                     + self.schedule_overrides(c.base_steps, c.base_learning_rate, max(1, c.base_steps // 20)))
+        return (c.model_gin, c.data_gin), overrides, self.dir / "base"
+
+    def _plan_cpt(self):  # the merged vocabulary, the expanded model (RecipeConfig.expand_init)
+        c = self.cfg
+        overrides = (self.model_overrides(self.vocab_sizes()["merged"])
+                     + self.corpus_overrides(str(self.tokenizer("merged")))
+                     + [Override(StepConfig, z_loss_weight=1e-4),
+                        Override(TrainerConfig, init_from=str(self.dir / "expand" / c.expand_init)),
+                        self.watch_override(c.cpt_steps)]
+                     + self.schedule_overrides(c.cpt_steps, c.cpt_learning_rate, c.cpt_warmup_steps))
+        return (c.model_gin, c.data_gin), overrides, self.dir / "cpt"
+
+    def _plan_sft(self, init_from: str = "", workdir: Optional[Path] = None):
+        c = self.cfg
+        init_from = init_from or str(Workdir.at(self.dir / "cpt" / c.main_arm).checkpoints)
+        overrides = (self.model_overrides(self.vocab_sizes()["merged"])
+                     + self.alignment_overrides(SftData, "sft_train.jsonl", init_from)
+                     + self.schedule_overrides(c.sft_steps, c.sft_learning_rate, max(1, c.sft_steps // 15)))
+        return (c.model_gin,), overrides, workdir or self.dir / "sft"
+
+    def _plan_dpo(self):
+        c = self.cfg
+        overrides = (self.model_overrides(self.vocab_sizes()["merged"], batch_size=max(1, c.batch_size // 2))
+                     + self.alignment_overrides(DpoData, "dpo_train.jsonl", str(Workdir.at(self.dir / "sft").checkpoints))
+                     + [Override(gin_setup.build_experiment, objective="dpo"),
+                        Override(DpoConfig, beta=c.dpo_beta, reference="frozen")]
+                     + self.schedule_overrides(c.dpo_steps, c.dpo_learning_rate, max(1, c.dpo_steps // 10)))
+        return (c.model_gin,), overrides, self.dir / "dpo"
+
+    def rival_steps(self) -> int:
+        return self.cfg.rival_steps or self.cfg.base_steps + self.cfg.cpt_steps
+
+    def _plan_rival(self):
+        """The larger model: from scratch on the merged vocabulary and the main arm's mixture, as many steps as the
+        small model's base and CPT together (the same tokens seen), the base model's learning rate."""
+        c, steps = self.cfg, self.rival_steps()
+        overrides = (self.model_overrides(self.vocab_sizes()["merged"])
+                     + self.corpus_overrides(str(self.tokenizer("merged")))
+                     + [Override(StepConfig, z_loss_weight=1e-4)]
+                     + self.schedule_overrides(steps, c.base_learning_rate, max(1, steps // 20)))
+        return (c.model_gin, c.data_gin), overrides, self.dir / "rival" / "pretrain"
+
+    def _plan_rival_sft(self):
+        """Its lower-quality alignment: the small model's SFT (data, steps, learning rate), and no DPO."""
+        return self._plan_sft(str(Workdir.at(self.dir / "rival" / "pretrain").checkpoints),
+                              self.dir / "rival" / "sft")
 
     @staticmethod
     def train(plan: TrainPlan) -> None:
@@ -353,6 +383,18 @@ class Recipe:
     def stage_dpo(self) -> dict:
         self.train(self.plan("dpo"))
         return {"workdir": str(self.dir / "dpo"), "init_from": "sft"}
+
+    def stage_rival(self) -> dict:
+        if not self.cfg.rival_model_bindings:
+            return {"skipped": "RecipeConfig.rival_model_bindings is empty"}
+        pretrain, sft = self.plan("rival"), self.plan("rival_sft")
+        self.train(pretrain)
+        self.train(sft)
+        return {"pretrain": pretrain.workdir, "sft": sft.workdir, "model_bindings": list(self.cfg.rival_model_bindings),
+                "steps": self.rival_steps()}
+
+    def has_rival(self) -> bool:
+        return self.done("rival") and "sft" in _read_json(self.marker("rival"))
 
     def stage_eval(self) -> dict:
         results = evaluate_recipe(self)
