@@ -216,6 +216,18 @@ def test_resume_gives_exactly_the_next_batches(bundled):
     assert not np.array_equal(next(other_seed)["targets"], expected[0]["targets"])
     with pytest.raises(ConfigError, match="not from the seqio pipeline"):
         resumed.set_state({"epoch": 0, "row": 3})
+    # a run that starts 2 batches into the stream (a later stage of a progressive expansion) takes batches 2, 3, ...
+    # and counts its own steps: its resume is exact too
+    later = _data(bundled, rate_unit="examples", seed=7, start_batch=2)
+    it = later.make_iterator(seq_len=64, batch_size=4)
+    np.testing.assert_array_equal(next(it)["targets"], expected[2]["targets"])
+    assert it.get_state()["batches"] == 1 and it.get_state()["stream_offset"] == 2
+    again = later.make_iterator(seq_len=64, batch_size=4)
+    again.set_state(json.loads(json.dumps(it.get_state())))
+    for want in expected[3:5]:
+        np.testing.assert_array_equal(next(again)["targets"], want["targets"])
+    with pytest.raises(ConfigError, match="start_batch must be a non-negative integer"):
+        _data(bundled, start_batch=-1)
 
 
 @pytest.mark.slow

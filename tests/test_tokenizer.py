@@ -18,6 +18,7 @@ from allam_jax.model import Decoder, ModelConfig
 from allam_jax.tokenizer.expand import expand_checkpoint
 from allam_jax.tokenizer.fit_head import HeadFit
 from allam_jax.tokenizer.fertility import fertility_table
+from allam_jax.tokenizer.interface import load_tokenizer
 from allam_jax.tokenizer.merge import merge_tokenizers
 from allam_jax.data.normalize import has_arabic
 from allam_jax.tokenizer.spm_io import TokenizerError, load_proto
@@ -60,6 +61,25 @@ def test_merge_keeps_every_base_piece_and_pads(toks):
     new = merged.pieces[len(base.pieces): len(base.pieces) + toks["report"].added]
     assert len({p.piece for p in merged.pieces}) == len(merged.pieces)
     assert all(has_arabic(p.piece) for p in new), [p.piece for p in new if not has_arabic(p.piece)][:5]
+
+
+def test_stage_merges_of_a_progressive_expansion_are_prefixes_of_the_full_merge(toks, tmp_path):
+    """``max_new`` (one stage of a progressive expansion, unpadded): every stage's pieces keep their ids in the
+    next stage and in the full merge, each stage extends the one before, and a stage's Arabic uses its pieces only."""
+    stages = []
+    for n in (100, 300):
+        out = str(tmp_path / f"stage{n}.model")
+        assert merge_tokenizers(toks["base"], toks["add"], out, pad_to_multiple=1, max_new=n).added == n
+        stages.append(out)
+    chain = [toks["base"], *stages, toks["merged"]]
+    for smaller, larger in zip(chain, chain[1:]):
+        load_tokenizer(larger).check_extends(load_tokenizer(smaller))
+    first, full = load_proto(stages[0]), load_proto(toks["merged"])
+    assert [p.piece for p in first.pieces] == [p.piece for p in full.pieces[: len(first.pieces)]]
+    text = Path(toks["ar"]).read_text(encoding="utf-8")[:20000]
+    ids = _sp(stages[0]).encode(text)
+    assert max(ids) < len(first.pieces) and sum(i >= 1000 for i in ids) > len(ids) / 4  # the new pieces are used
+    assert len(ids) > len(_sp(stages[1]).encode(text)) > len(_sp(toks["merged"]).encode(text))
 
 
 def test_english_encodes_to_identical_ids(toks):

@@ -72,8 +72,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "training text is), nfc_tatweel_nodiacritics (Arabic diacritics removed too), base (the base "
                    "model's own)")
     m.add_argument("--max_new", type=positive_int, default=None,
-                   help="tokenizer.json only: keep at most this many new pieces, the first learned (e.g. 16000 "
-                   "from a 20K Arabic BPE, part of which the base already has)")
+                   help="keep at most this many new pieces, the first learned (e.g. 16000 from a 20K Arabic BPE, "
+                   "part of which the base already has; with --pad_to_multiple 1, one stage of a progressive "
+                   "expansion: every smaller such merge is a prefix of a larger one)")
     m.add_argument("--all_scripts", action="store_true",
                    help="also add pieces without Arabic letters (may change how English is split)")
     f = tok.add_parser("fertility", help="tokens per word and more, per model and language",
@@ -139,11 +140,8 @@ def run_merge(args: argparse.Namespace) -> int:
                           ", ".join(f"{k} {v}" for k, v in kinds.items()))
     if is_bpe_path(args.base):
         return _merge_bpe(args)
-    if args.max_new is not None:
-        raise ConfigError("--max_new is for tokenizer.json merges (a SentencePiece model's size is set when training)")
-
     r = merge_tokenizers(args.base, args.add, args.out, args.pad_to_multiple, arabic_only=not args.all_scripts,
-                         normalization=args.normalization)
+                         normalization=args.normalization, max_new=args.max_new)
     print(f"wrote {args.out}: {r.base_size:,} base + {r.added:,} new + {r.padding} padding = {r.merged_size:,} "
           f"pieces (skipped {r.skipped_existing:,} already in base, {r.skipped_other_script:,} without Arabic); "
           f"normalisation {r.normalization}")

@@ -80,6 +80,16 @@ class SeqioData(DataSourceDefaults):
     languages: Sequence[str] = tasks_lib.LANGUAGES
     data_shards: int = 0  # a multiple of every process count the run may use keeps its batches across slices
     schedule: Optional["MixtureSchedule"] = None  # stages of rates by step; replaces ``rates`` when set
+    # the run's first batch is this batch of the stream: a later stage of a progressive vocabulary expansion (a new
+    # run, a new vocabulary) goes on where the earlier stages stopped instead of seeing their documents again
+    start_batch: int = 0
+
+    def __post_init__(self):
+        if isinstance(self.start_batch, bool) or not isinstance(self.start_batch, int) or self.start_batch < 0:
+            raise ConfigError(f"SeqioData.start_batch must be a non-negative integer, got {self.start_batch!r}")
+        if self.start_batch and self.schedule is not None:
+            raise ConfigError("SeqioData.start_batch and SeqioData.schedule cannot be combined: a MixtureSchedule "
+                              "places its stages by step itself")
 
     def describe(self) -> DataDescription:
         return DataDescription(self.vocabulary, self.mixture, dict(self.rates), self.data_shards)
@@ -119,7 +129,8 @@ class SeqioData(DataSourceDefaults):
             vocab, shares = self.build(seq_len)
             if process_index == 0:
                 warn_repeating_tasks(shares, self.task_totals(seq_len), batch_size * seq_len)
-            return SeqioBatchIterator(self.mixture, vocab, seq_len, shards, self.seed, shares)
+            return SeqioBatchIterator(self.mixture, vocab, seq_len, shards, self.seed, shares,
+                                      stream_offset=self.start_batch)
 
         def stage(index: int, start_batches: int) -> SeqioBatchIterator:
             name = f"{self.mixture}_stage{index}"
@@ -242,9 +253,9 @@ class SeqioBatchIterator:
 
     def __init__(self, mixture: str, vocab: seqio.Vocabulary, seq_len: int, shards: DataShards, seed: int,
                  expected_shares: Optional[Mapping[str, float]] = None, num_epochs: Optional[int] = None,
-                 start_batches: int = 0):
+                 start_batches: int = 0, stream_offset: int = 0):
         self.mixture, self.vocab, self.seq_len, self.shards = mixture, vocab, seq_len, shards
-        self.seed, self.num_epochs = seed, num_epochs
+        self.seed, self.num_epochs, self.stream_offset = seed, num_epochs, stream_offset
         self.expected_shares = dict(expected_shares or {})
         self.languages = tasks_lib.LANGUAGES
         self.stage = None
@@ -258,11 +269,12 @@ class SeqioBatchIterator:
     def _make(self, skip: int = 0):
         ds = sharded_batches(lambda shard, rows: packed_dataset(self.mixture, self.vocab, self.seq_len, rows,
                                                                 self.seed, shard, self.num_epochs), self.shards)
-        return iter(ds.skip(skip).as_numpy_iterator())
+        return iter(ds.skip(self.stream_offset + skip).as_numpy_iterator())
 
     def get_state(self) -> dict:
-        return {"batches": int(self.batches), "seed": int(self.seed), "mixture": self.mixture,
-                "data_shards": self.shards.count}
+        state = {"batches": int(self.batches), "seed": int(self.seed), "mixture": self.mixture,
+                 "data_shards": self.shards.count}
+        return {**state, "stream_offset": self.stream_offset} if self.stream_offset else state
 
     def set_state(self, state: Mapping) -> None:
         if "batches" not in state:
@@ -271,6 +283,9 @@ class SeqioBatchIterator:
         if state.get("mixture", self.mixture) != self.mixture or int(state.get("seed", self.seed)) != self.seed:
             log.warning("data state was saved for mixture %s seed %s; now %s seed %s: the data order changes",
                         state.get("mixture"), state.get("seed"), self.mixture, self.seed)
+        if int(state.get("stream_offset", 0)) != self.stream_offset:
+            log.warning("data state was saved %s batches into the stream (SeqioData.start_batch), now %d: the data "
+                        "order changes", state.get("stream_offset", 0), self.stream_offset)
         if int(state.get("data_shards", self.shards.count)) != self.shards.count:
             log.warning("data state was saved with %s data shards, now %d: the batches after step %s differ from "
                         "the run's own (set SeqioData.data_shards to keep them across process counts)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 from allam_jax.data.normalize import has_arabic
 from allam_jax.tokenizer import charsmap
@@ -22,8 +23,8 @@ class MergeReport:
     normalization: str = "base"
 
 
-def merge_protos(base: ModelProto, add: ModelProto, pad_to_multiple: int = 128, arabic_only: bool = True
-                 ) -> tuple[ModelProto, MergeReport]:
+def merge_protos(base: ModelProto, add: ModelProto, pad_to_multiple: int = 128, arabic_only: bool = True,
+                 max_new: Optional[int] = None) -> tuple[ModelProto, MergeReport]:
     """Appends ``add``'s normal pieces missing from ``base``; returns the merged proto and counts.
 
     Ids: every base piece keeps its id, score and type (special and byte-fallback pieces included);
@@ -36,6 +37,9 @@ def merge_protos(base: ModelProto, add: ModelProto, pad_to_multiple: int = 128, 
     the base happened to have. English is untouched because, with ``arabic_only``, a new piece always
     contains an Arabic letter and so can never match text without one: English encodes to the same
     ids with the merged model as with the base.
+
+    ``max_new`` keeps the first that many new pieces: unpadded, such a merge is a prefix of every larger one (the
+    same ids, the same order of scores), the vocabulary of one stage of a progressive expansion.
     """
     if base.trainer_spec.model_type != BPE:
         raise TokenizerError("the base tokenizer is not a BPE model; only BPE bases (Llama-style) are supported")
@@ -52,6 +56,8 @@ def merge_protos(base: ModelProto, add: ModelProto, pad_to_multiple: int = 128, 
             skipped_existing += 1
         elif arabic_only and not has_arabic(p.piece):
             skipped_script += 1
+        elif max_new is not None and len(new) >= max_new:
+            break
         else:
             new.append(p.piece)
             existing.add(p.piece)
@@ -70,9 +76,11 @@ def merge_protos(base: ModelProto, add: ModelProto, pad_to_multiple: int = 128, 
 
 
 def merge_tokenizers(base_path: str, add_path: str, out_path: str, pad_to_multiple: int = 128,
-                     arabic_only: bool = True, normalization: str = "nfc_tatweel") -> MergeReport:
+                     arabic_only: bool = True, normalization: str = "nfc_tatweel",
+                     max_new: Optional[int] = None) -> MergeReport:
     """Writes the merged model with normalisation ``normalization`` compiled in (:mod:`.charsmap`)."""
-    merged, report = merge_protos(load_proto(base_path), load_proto(add_path), pad_to_multiple, arabic_only)
+    merged, report = merge_protos(load_proto(base_path), load_proto(add_path), pad_to_multiple, arabic_only,
+                                  max_new)
     charsmap.apply(merged, normalization)
     write_proto_atomically(merged, out_path)
     return dataclasses.replace(report, normalization=normalization)
