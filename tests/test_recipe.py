@@ -230,6 +230,34 @@ def test_beating_a_larger_model_is_decided_on_the_same_pairs():
     assert rival_row(runs) is None
 
 
+def test_progressive_expansion_claim_and_schedule():
+    """The progressive arm against all at once: Arabic bits/byte by the seeds' rule, the share of new tokens at each
+    entry reported; its schedule: shares rising to 1.0, the CPT steps split without loss."""
+    from allam_jax.recipe import progressive
+
+    info = {"stages": [{"share": 0.5, "new_token_share": 0.3, "vocab_size": 1100, "steps": 50},
+                       {"share": 1.0, "new_token_share": 0.4, "vocab_size": 1216, "steps": 50}],
+            "all_at_once_new_token_share": 0.9}
+    runs = {"base": _run(3.0, 8.0), "full": _run(3.0, 2.0), "progressive": _run(3.0, 1.9)}
+    row = next(r for r in claims({"runs": runs, "progressive": info}, []) if r["claim"].startswith("Progressive"))
+    assert row["verdict"] == HOLDS and "50% of the pieces 30%, 100% of the pieces 40% (at once 90%)" in row["evidence"]
+    runs["progressive"] = _run(3.0, 2.1)
+    assert next(r for r in claims({"runs": runs, "progressive": info}, [])
+                if r["claim"].startswith("Progressive"))["verdict"] == FAILS
+    assert not any(r["claim"].startswith("Progressive") for r in claims({"runs": runs}, []))
+    cfg = RecipeConfig(cpt_steps=250, progressive_stages=(0.25, 0.5, 1.0), seeds=2)
+    assert progressive.stage_steps(cfg) == [83, 83, 84] and progressive.arm_names(cfg) == ["progressive",
+                                                                                           "progressive_seed1"]
+    assert progressive.arm_names(RecipeConfig(progressive_stages=())) == []
+    assert [progressive.is_progressive(n) for n in ("progressive", "progressive_seed2", "full", "progressive_x")] == [
+        True, True, False, False]
+    for bad in ((0.5, 0.25, 1.0), (0.5, 0.9), (0.0, 1.0), (0.5, 1.5)):
+        with pytest.raises(ConfigError, match="progressive_stages must rise strictly"):
+            RecipeConfig(progressive_stages=bad)
+    with pytest.raises(ConfigError, match="cannot be split over 3 progressive stages"):
+        progressive.stage_steps(RecipeConfig(cpt_steps=2))
+
+
 def test_seeded_claims_are_decided_by_two_standard_errors():
     """With several seeds an arm's bits/byte is a mean with a standard error (checked against ``statistics``), and a
     bits/byte claim holds when the means differ by more than two standard errors of the difference: a 0.5% gap
@@ -266,14 +294,16 @@ def test_seed_arms_are_named_and_counted_before_anything_trains(tmp_path, caplog
     recipe = Recipe(RecipeConfig(arms_file=str(arms), seeds=3), str(tmp_path / "w"))
     with caplog.at_level(logging.WARNING):
         assert recipe.arm_names() == ["full", "no_expansion", "embeddings_first", "full_seed1", "full_seed2",
-                                      "no_expansion_seed1", "no_expansion_seed2"]
+                                      "no_expansion_seed1", "no_expansion_seed2", "progressive", "progressive_seed1",
+                                      "progressive_seed2"]
     assert "['arabic_only', 'random_init', 'no_translated'] are not arms of" in caplog.text  # said, not silent
     seeded = recipe.seed_arms({"full": [], "no_expansion": ["ModelConfig.vocab_size = 512"], "embeddings_first": []})
     assert seeded["no_expansion_seed2"] == ["ModelConfig.vocab_size = 512", "TrainerConfig.seed = 2",
                                             "SeqioData.seed = 2"]
     # a one-seed workdir asked for three: continued pretraining is not done, and what follows it is redone
     recipe.marker("cpt").parent.mkdir(parents=True)
-    recipe.marker("cpt").write_text(json.dumps({"arms": {"full": "", "no_expansion": "", "embeddings_first": ""}}))
+    recipe.marker("cpt").write_text(json.dumps({"arms": {"full": "", "no_expansion": "", "embeddings_first": "",
+                                                         "progressive": ""}}))
     assert not recipe.done("cpt")
     assert Recipe(RecipeConfig(arms_file=str(arms)), str(tmp_path / "w")).done("cpt")
     with pytest.raises(ConfigError, match="seeds must be a positive integer"):
@@ -433,7 +463,8 @@ def test_quick_recipe_writes_the_report(quick_recipe):
     results = json.loads((workdir / "eval" / "results.json").read_text())
     assert not _finite_numbers(results)
     assert set(results["runs"]) == {"base", "full", "arabic_only", "no_translated", "embeddings_first",
-                                    "mean_subtoken_init", "random_init", "no_expansion", "sft", "dpo", "rival", "rival_sft"}
+                                    "mean_subtoken_init", "random_init", "no_expansion", "progressive", "sft", "dpo",
+                                    "rival", "rival_sft"}
     for name, run in results["runs"].items():
         for i, point in enumerate(run["points"]):
             assert 0.5 < point["bpb"]["en"] < 12 and point["bpb"]["ar"] > 0.5, (name, point)
@@ -450,12 +481,37 @@ def test_quick_recipe_writes_the_report(quick_recipe):
     assert results["runs"]["no_expansion"]["vocab_size"] < results["runs"]["full"]["vocab_size"]
     assert results["runs"]["no_expansion"]["points"][0]["bpb"] == results["runs"]["base"]["points"][-1]["bpb"]
     claim_rows = json.loads((workdir / "claims.json").read_text())
-    assert len(claim_rows) == 7 and all(c["verdict"] in (HOLDS, UNCLEAR, FAILS) for c in claim_rows)
+    _check_progressive_arm(workdir, results)
+    assert len(claim_rows) == 8 and all(c["verdict"] in (HOLDS, UNCLEAR, FAILS) for c in claim_rows)
     assert all(c["claim"] in report and c["evidence"] in report for c in claim_rows)
     fertility = json.loads((workdir / "tokenizer" / "fertility.json").read_text())
     by = {(f["tokenizer"], f["language"]): f["tokens_per_word"] for f in fertility if f["register"] == "all"}
     assert by[("merged", "ar")] < by[("base", "ar")] / 2 and by[("merged", "en")] == by[("base", "en")]
     assert "report:" in r.stdout
+
+
+def _check_progressive_arm(workdir: Path, results: dict) -> None:
+    """Each stage's vocabulary extends the one before (the last is the merged tokenizer), its run starts from the
+    previous stage's last checkpoint grown to it and takes the stream's batches after the previous stage's; the
+    evaluated curve runs through the stages' steps up to the other arms' last step."""
+    from allam_jax.tokenizer.interface import load_tokenizer
+
+    run = results["runs"]["progressive"]
+    stages = run["stages"]
+    assert [s["tokenizer"] for s in stages] == ["progressive1", "progressive2", "merged"]
+    sizes = [s["vocab_size"] for s in stages]
+    assert sizes[0] < sizes[1] < sizes[2] == results["runs"]["full"]["vocab_size"]
+    chain = [workdir / "tokenizer" / f"{name}.model" for name in ("base", "progressive1", "progressive2", "merged")]
+    for smaller, larger in zip(chain, chain[1:]):
+        load_tokenizer(str(larger)).check_extends(load_tokenizer(str(smaller)))
+    for k, stage in enumerate(stages, 1):
+        expansion = json.loads((workdir / "cpt" / "progressive" / f"expand{k}" / "expansion.json").read_text())
+        source = "base" if k == 1 else f"cpt/progressive/stage{k - 1}"
+        assert expansion["source"] == str(workdir / source / "checkpoints") and expansion["merged_vocab"] == sizes[k - 1]
+        config = (workdir / "cpt" / "progressive" / f"stage{k}" / "config.gin").read_text()
+        assert f"SeqioData.start_batch = {stage['start_step']}" in config or stage["start_step"] == 0
+    steps = [p["step"] for p in run["points"]]
+    assert steps == sorted(steps) and steps[0] == 0 and steps[-1] == results["runs"]["full"]["points"][-1]["step"]
 
 
 @pytest.mark.slow

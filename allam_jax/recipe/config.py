@@ -72,7 +72,12 @@ class RecipeConfig:
     # the data order; the starting checkpoints stay the same), as arms ARM_seedK; with 2 or more, those claims are
     # decided by a difference of more than two standard errors instead of the fixed 1% (`allam recipe --seeds N`)
     seeds: int = 1
-    seeded_arms: Sequence[str] = ("full", "arabic_only", "no_expansion", "random_init", "no_translated")
+    seeded_arms: Sequence[str] = ("full", "arabic_only", "no_expansion", "random_init", "no_translated", "progressive")
+    # progressive vocabulary expansion (AraLLaMA), the arm `progressive`: the Arabic pieces enter in stages, each
+    # stage's share of the added pieces (rising, the last 1.0: every piece), the CPT steps split evenly; each stage a
+    # run on its own vocabulary whose new rows start (expand_init) from the previous stage's last checkpoint, its data
+    # going on where the previous stage stopped; empty: no such arm
+    progressive_stages: Sequence[float] = (0.25, 0.5, 1.0)
     # the larger model with lower-quality alignment (stage `rival`): these bindings on top of model_gin (2-4x the
     # parameters), pretrained from scratch on the merged vocabulary and the full mixture for rival_steps (0: as many
     # as the small model's base + CPT steps), then SFT only; none: the stage is skipped
@@ -93,6 +98,11 @@ class RecipeConfig:
                               f"{self.tokenizer_kind!r}")
         if isinstance(self.rival_steps, bool) or not isinstance(self.rival_steps, int) or self.rival_steps < 0:
             raise ConfigError(f"RecipeConfig.rival_steps must be a non-negative integer, got {self.rival_steps!r}")
+        shares = list(self.progressive_stages)
+        if shares and (not all(isinstance(x, (int, float)) and 0 < x <= 1 for x in shares) or shares[-1] != 1
+                       or any(b <= a for a, b in zip(shares, shares[1:]))):
+            raise ConfigError(f"RecipeConfig.progressive_stages must rise strictly within (0, 1] and end at 1.0 (every "
+                              f"piece), got {shares!r}")
         unknown = [k for k in self.stage_bindings if k not in TRAINING_STAGES]
         if unknown:
             raise ConfigError(f"RecipeConfig.stage_bindings: unknown stage(s) {unknown}; use {', '.join(TRAINING_STAGES)}")

@@ -28,6 +28,7 @@ from allam_jax.data.vocabularies import bos_id, get_vocabulary
 from allam_jax.eval.readers import read_cloze
 from allam_jax.eval.scorer import LoglikelihoodScorer, choice_correct, evaluate_multiple_choice, perplexity
 from allam_jax.model import Decoder
+from allam_jax.recipe import progressive
 from allam_jax.recipe.heldout import perplexity_documents
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 MC_TASKS = ("en_cloze", "ar_cloze", "translate")
 CHAT_TASKS = ("chat_translate", "chat_translate_to_en")
 BPB_KEYS = {"en", "ar", "translation"}
+STAGE = "@stage"  # a stage of the progressive arm, evaluated as a run of its own: ARM@stageK
 FINAL_ONLY = ("sft", "dpo", "rival", "rival_sft")  # runs evaluated at their last step only
 
 
@@ -138,9 +140,13 @@ def evaluate_recipe(recipe: "Recipe") -> dict:
     translate = [json.loads(line) for line in (recipe.data / "mc" / "translate.jsonl").read_text(
         encoding="utf-8").splitlines() if line.strip()]
     translations = [(item["context"], item["choices"][item["gold"]]) for item in translate]
-    arms = list(json.loads(recipe.marker("cpt").read_text())["arms"])
-    runs = {"base": recipe.dir / "base", **{arm: recipe.dir / "cpt" / arm for arm in arms},
+    cpt = json.loads(recipe.marker("cpt").read_text())
+    arms = list(cpt["arms"])
+    staged = {arm: progressive.stage_workdirs(recipe, arm) for arm in arms if progressive.is_progressive(arm)}
+    runs = {"base": recipe.dir / "base", **{arm: recipe.dir / "cpt" / arm for arm in arms if arm not in staged},
+            **{f"{arm}{STAGE}{k}": workdir for arm, stages in staged.items() for k, (workdir, _) in enumerate(stages, 1)},
             "sft": recipe.dir / "sft", "dpo": recipe.dir / "dpo"}
+    inner = {f"{arm}{STAGE}{k}" for arm, stages in staged.items() for k in range(1, len(stages))}  # not the last
     if recipe.has_rival():
         runs.update(rival=recipe.dir / "rival" / "pretrain", rival_sft=recipe.dir / "rival" / "sft")
     aligned = {cfg.main_arm, "sft", "dpo", "rival_sft"}
@@ -169,7 +175,7 @@ def evaluate_recipe(recipe: "Recipe") -> dict:
         run = {"tokenizer": Path(info.vocabulary).stem, "vocab_size": info.model.vocab_size,
                "num_params": info.model.num_params(), "init_from": info.init_from, "points": []}
         for i, (step, checkpoint) in enumerate(points):
-            final = i == len(points) - 1
+            final = i == len(points) - 1 and name not in inner
             wanted = {"bpb": lambda: ev.bits_per_byte(documents, translations)}
             if final:
                 wanted["mc"] = lambda: ev.multiple_choice(recipe.data / "mc")
@@ -184,10 +190,27 @@ def evaluate_recipe(recipe: "Recipe") -> dict:
             bar.update(1)
         results["runs"][name] = run
     bar.close()
+    for arm, stages in staged.items():
+        results["runs"][arm] = _join_stages(results["runs"], arm, [start for _, start in stages])
+    if "progressive" in cpt:
+        results["progressive"] = cpt["progressive"]
 
     dpo_info = RunInfo(runs["dpo"])
     results["dpo_heldout"] = _dpo_heldout(runs, dpo_info, dpo_pairs(dpo_info.vocabulary), cfg)
     return results
+
+
+def _join_stages(runs: dict, arm: str, starts: list[int]) -> dict:
+    """The progressive arm's stage runs (``ARM@stageK``, taken out of ``runs``) as one run: each stage's points at
+    their CPT step (a stage's step 0, its expanded start, follows the last point of the stage before), the final
+    stage's accuracies."""
+    parts = [runs.pop(f"{arm}{STAGE}{k}") for k in range(1, len(starts) + 1)]
+    joined = dict(parts[-1], init_from=parts[0]["init_from"], points=[])
+    for k, (part, start) in enumerate(zip(parts, starts), 1):
+        joined["points"] += [dict(p, step=p["step"] + start, stage=k) for p in part["points"]]
+    joined["stages"] = [{"start_step": start, "vocab_size": p["vocab_size"], "tokenizer": p["tokenizer"]}
+                        for p, start in zip(parts, starts)]
+    return joined
 
 
 def _checkpoints_to_evaluate(runs: dict[str, Path]) -> list[tuple[str, "RunInfo", list[tuple[int, str]]]]:

@@ -28,7 +28,7 @@ def summarise(workdir: str) -> dict:
     claims = json.loads((root / "claims.json").read_text(encoding="utf-8"))
     made = json.loads((root / "provenance.json").read_text(encoding="utf-8"))["runs"][-1]
     return {
-        "bpb": {run: {str(p["step"]): {k: round(v, 4) for k, v in p["bpb"].items()} for p in r["points"]}
+        "bpb": {run: {_step_key(p): {k: round(v, 4) for k, v in p["bpb"].items()} for p in r["points"]}
                 for run, r in sorted(results["runs"].items())},
         "acc_norm": {run: {task: round(m["acc_norm"], 4) for task, m in sorted(r["mc"].items())}
                      for run, r in sorted(results["runs"].items())},
@@ -37,6 +37,12 @@ def summarise(workdir: str) -> dict:
         "verdicts": {c["claim"]: c["verdict"] for c in claims},
         "made_with": {"versions": made["versions"], "bundle": made["data"], "config": made["config"]},
     }
+
+
+def _step_key(point: dict) -> str:
+    """``STEP``, or ``STEP@stageK`` in the progressive arm (the last point of a stage and the first of the next, its
+    expanded start, share a step)."""
+    return str(point["step"]) + (f"@stage{point['stage']}" if "stage" in point else "")
 
 
 def record(workdir: str, out: str) -> dict:

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from allam_jax.recipe import progressive
 from allam_jax.recipe.config import is_seed_run
 from allam_jax.train.metrics import read_metrics
 
@@ -106,7 +107,8 @@ def claims(results: dict, fertility: list[dict], main: str = "full", init: str =
     """``[{claim, evidence, verdict, rule}]`` from the evaluation results; arms missing from the sweep are skipped."""
     runs = results["runs"]
     rows = [_forgetting(runs, main), _expansion(runs, main, fertility), _initialisation(runs, main, init),
-            _translated(runs, main), _alignment(results, main), _both_languages(results, main), _rival(results, main)]
+            _translated(runs, main), _alignment(results, main), _both_languages(results, main), _rival(results, main),
+            _progressive(results, main)]
     return [row for row in rows if row is not None]
 
 
@@ -268,6 +270,24 @@ def _rival(results: dict, main: str) -> Optional[dict]:
                     ">2 s.e."}
 
 
+def _progressive(results: dict, main: str) -> Optional[dict]:
+    """AraLLaMA's progressive vocabulary expansion against adding every piece at once, at equal steps and data."""
+    runs, info = results["runs"], results.get("progressive")
+    if "progressive" not in runs or not info:
+        return None
+    ar_prog, ar_full = (seed_values(runs, arm, final_bpb, "ar") for arm in ("progressive", main))
+    en_prog, en_full = (seed_values(runs, arm, final_bpb, "en") for arm in ("progressive", main))
+    entries = ", ".join(f"{s['share']:.0%} of the pieces {s['new_token_share']:.0%}" for s in info["stages"])
+    return {"claim": "Progressive vocabulary expansion (AraLLaMA) beats adding every Arabic piece at once",
+            "evidence": f"Arabic bits/byte after CPT {shown(ar_prog)} progressive ({len(info['stages'])} stages) vs "
+                        f"{shown(ar_full)} at once; English {shown(en_prog)} vs {shown(en_full)}; share of held-out "
+                        f"Arabic tokens new to the model when a vocabulary enters: {entries} (at once "
+                        f"{info['all_at_once_new_token_share']:.0%})",
+            "verdict": verdict_lower_seeded(ar_prog, ar_full),
+            "rule": f"lower Arabic bits/byte than all at once ({lower_rule(len(ar_prog))}) after the same steps and "
+                    "batches"}
+
+
 # ---------------------------------------------------------------- plots
 
 
@@ -319,6 +339,14 @@ def plot_bpb_curves(results: dict, arms: list[str], path: Path) -> None:
     plt.close(fig)
 
 
+def arm_metrics(recipe: "Recipe", arm: str) -> list[dict]:
+    """An arm's ``metrics.jsonl`` rows; the progressive arm's stages joined, at their CPT steps."""
+    if not progressive.is_progressive(arm):
+        return read_metrics(str(recipe.dir / "cpt" / arm))
+    return [dict(r, step=r["step"] + start) for workdir, start in progressive.stage_workdirs(recipe, arm)
+            for r in read_metrics(str(workdir))]
+
+
 def plot_training_loss(recipe: "Recipe", arms: list[str], path: Path) -> None:
     plt = _plt()
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.4))
@@ -327,7 +355,7 @@ def plot_training_loss(recipe: "Recipe", arms: list[str], path: Path) -> None:
     axes[0].set_title("(a) English base model: training loss")
     for ax, key in zip(axes[1:], ("loss/en", "loss/ar", "heldout/en")):
         for arm in arms:
-            rows = [r for r in read_metrics(str(recipe.dir / "cpt" / arm)) if key in r]
+            rows = [r for r in arm_metrics(recipe, arm) if key in r]
             ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=arm, marker="o" if "heldout" in key else None,
                     ms=3)
         ax.set_title(f"(c) CPT: {key} ({'bits/byte, the retention guard' if 'heldout' in key else 'per token'})",
@@ -430,6 +458,15 @@ def markdown(recipe: "Recipe", results: dict, fertility: list[dict], claim_rows:
                   "output rows fitted so each new token starts with its share of Arabic contexts and English keeps "
                   "its predictions), `mean_subtoken_init` uses the mean for both (ALLaM's initialisation), "
                   "`random_init` random rows."]
+    info = results.get("progressive")
+    if info:
+        parts += ["", "The `progressive` arm (AraLLaMA) adds the Arabic pieces in stages, each a run of its own whose new "
+                  "rows start from the stage before, its data going on where that stage stopped:", "",
+                  _table(["stage", "pieces added", "vocabulary", "steps", "held-out Arabic tokens new at entry"],
+                         [[str(k), f"{s['share']:.0%}", f"{s['vocab_size']:,}", str(s["steps"]),
+                           f"{s['new_token_share']:.1%}"] for k, s in enumerate(info["stages"], 1)]
+                         + [["all at once", "100%", f"{info['stages'][-1]['vocab_size']:,}", str(c.cpt_steps),
+                             f"{info['all_at_once_new_token_share']:.1%}"]])]
     parts += [
         "", "## Training", "", "![training loss](plots/training_loss.png)", "",
         "Per-token losses are not comparable across tokenizers; held-out bits per byte are:", "",

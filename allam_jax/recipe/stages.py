@@ -8,6 +8,7 @@ Layout of a recipe workdir::
     base/                        (a) English base model (the stand-in for Llama-2)
     expand/{fitted,mean_subtoken,random}/ (b) the base model grown to the merged vocabulary
     cpt/ARM/                     (c) continued pretraining, one workdir per ablation arm
+    cpt/progressive/{expand,stage}K/  the progressive expansion arm's stages (recipe/progressive.py)
     sft/ dpo/                    (d, e) alignment of the main arm
     rival/{pretrain,sft}/        a 2-4x larger model aligned with SFT only (the abstract's "beats a larger model")
     eval/                        (f) results.json (+ a cache per evaluated checkpoint)
@@ -40,7 +41,7 @@ from allam_jax.gin_setup import Override
 from allam_jax.model.config import ModelConfig
 from allam_jax.objectives.dpo import DpoConfig
 from allam_jax.objectives.lm import StepConfig
-from allam_jax.recipe import provenance
+from allam_jax.recipe import progressive, provenance
 from allam_jax.recipe.config import EXPAND_METHODS, STAGES, TRAINING_STAGES, RecipeConfig, seed_arm
 from allam_jax.recipe.evaluate import evaluate_recipe
 from allam_jax.recipe.heldout import build_items, split_corpora
@@ -111,11 +112,19 @@ class Recipe:
         """The continued-pretraining arms, seeds included, without resolving their bindings."""
         path = Path(self.cfg.arms_file)
         names = list(read_variants(str(path if path.is_file() else gin_setup.REPO_GIN_DIR / path)))
-        absent = [n for n in self.cfg.seeded_arms if n not in names]
+        absent = [n for n in self.cfg.seeded_arms if n not in names and n != progressive.ARM]
         if self.cfg.seeds > 1 and absent:
             log.warning("RecipeConfig.seeded_arms %s are not arms of %s (%s): trained with one seed only", absent,
                         self.cfg.arms_file, ", ".join(names))
-        return names + [seed_arm(n, k) for n in self.cfg.seeded_arms if n in names for k in range(1, self.cfg.seeds)]
+        seeded = [seed_arm(n, k) for n in self.cfg.seeded_arms if n in names for k in range(1, self.cfg.seeds)]
+        return names + seeded + progressive.arm_names(self.cfg)
+
+    def arm_workdir(self, arm: str) -> Path:
+        """Where an arm's final model is: ``cpt/ARM``, or the last stage of the progressive arm."""
+        return progressive.stage_workdirs(self, arm)[-1][0] if progressive.is_progressive(arm) else self.dir / "cpt" / arm
+
+    def expand_summary(self) -> dict:
+        return _read_json(self.marker("expand"))
 
     def run(self, stop_after: str = "report", redo: Sequence[str] = (), progress: Callable[[str], None] = print) -> dict:
         """Runs every stage up to ``stop_after`` that has not finished; returns ``{stage: summary}``."""
@@ -374,7 +383,12 @@ class Recipe:
         rows = run_sweep(plan.gin_files, self.arms(), plan.workdir, plan.bindings, runner=runner)
         write_summary(rows, plan.workdir)
         log.info("continued pretraining arms:\n%s", summary_table(rows))
-        return {"arms": {r["variant"]: r["workdir"] for r in rows}}
+        arms = {r["variant"]: r["workdir"] for r in rows}
+        for k, name in enumerate(progressive.arm_names(self.cfg)):
+            seed = [f"TrainerConfig.seed = {self.cfg.seed + k}", f"SeqioData.seed = {self.cfg.seed + k}"] if k else []
+            arms[name] = progressive.train(self, name, plan.bindings + tuple(seed), _train)
+        extra = {"progressive": progressive.summary(self)} if self.cfg.progressive_stages else {}
+        return {"arms": arms, **extra}
 
     def stage_sft(self) -> dict:
         self.train(self.plan("sft"))
