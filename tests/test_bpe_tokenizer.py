@@ -79,6 +79,30 @@ def test_merge_keeps_base_ids_and_english_and_hf_agrees(toks, base, merged):
 
 
 @pytest.mark.slow
+def test_stage_merges_of_a_progressive_expansion_are_prefixes_of_the_full_merge(toks, tmp_path):
+    """``max_new`` unpadded (a stage of the recipe's progressive arm): each stage extends the one before, the full
+    merge extends the last, and Hugging Face encodes a stage's Arabic with that stage's ids only."""
+    stages = []
+    for n in (150, 600):
+        out = str(tmp_path / f"stage{n}.json")
+        r = allam("tokenizer", "merge", "--base", toks["base"], "--add", toks["ar"], "--out", out, "--max_new", str(n),
+                  "--pad_to_multiple", "1")
+        assert r.returncode == 0, r.stderr[-2000:]
+        stages.append(out)
+    chain = [toks["base"], *stages, toks["merged"]]
+    for smaller, larger in zip(chain, chain[1:]):
+        load_tokenizer(larger).check_extends(load_tokenizer(smaller))
+    sizes = [Tokenizer.from_file(p).get_vocab_size() for p in chain]
+    assert sizes[1] - sizes[0] == 150 and sizes[2] - sizes[0] == 600 and sizes[2] < sizes[3]
+    first = Tokenizer.from_file(stages[0])
+    arabic = _lines(toks["ar_txt"], 200, skip=30000)
+    ids = [i for t in arabic for i in first.encode(t, add_special_tokens=False).ids]
+    assert max(ids) < sizes[1] and sum(i >= sizes[0] for i in ids) > len(ids) / 4
+    assert [load_tokenizer(stages[0]).encode(t) for t in arabic[:50]] == [
+        first.encode(t, add_special_tokens=False).ids for t in arabic[:50]]
+
+
+@pytest.mark.slow
 def test_fertility_of_either_kind_and_the_arabic_gain(toks, tmp_path):
     held_out = tmp_path / "heldout_ar.txt"
     held_out.write_text("\n".join(_lines(toks["ar_txt"], 500, skip=40000)) + "\n", encoding="utf-8")
