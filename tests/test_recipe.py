@@ -20,8 +20,8 @@ from allam_jax.recipe.config import STAGES, RecipeConfig
 from allam_jax.core.errors import ConfigError
 from allam_jax.recipe.heldout import HeldoutConfig, build_items, cloze_items, perplexity_documents, split_corpora
 from allam_jax.recipe.config import is_seed_run
-from allam_jax.recipe.report import (FAILS, HOLDS, UNCLEAR, accuracy_gap, claims, mean_se, seed_values, shown,
-                                     verdict_accuracy, verdict_lower, verdict_lower_seeded)
+from allam_jax.recipe.report import (FAILS, HOLDS, UNCLEAR, above_chance, accuracy_gap, claims, mean_se, seed_values,
+                                     shown, verdict_accuracy, verdict_lower, verdict_lower_seeded)
 from helpers import allam, bundled_dir
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -141,6 +141,9 @@ def test_verdict_rules():
     assert gap == pytest.approx(0.2) and two_se == pytest.approx(2 * math.sqrt(2 * 0.24 / 400))
     assert verdict_accuracy(gap, two_se) == HOLDS
     assert verdict_accuracy(0.02, 0.1) == UNCLEAR and verdict_accuracy(-0.2, 0.1) == FAILS
+    # above chance: 2 * sqrt(0.25 * 0.75 / 400) = 0.0433
+    assert above_chance({"acc_norm": 0.30, "n": 400}) and not above_chance({"acc_norm": 0.29, "n": 400})
+    assert not above_chance({"acc_norm": 0.40, "n": 24})  # 2 s.e. on 24 items: 0.177
 
 
 def _run(en, ar, start_ar=None, mc=None, pref=None, translation=2.0):

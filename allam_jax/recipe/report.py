@@ -48,6 +48,11 @@ def accuracy_gap(a: dict, b: dict, key: str = "acc_norm", n_key: str = "n") -> t
     return pa - pb, 2 * se
 
 
+def above_chance(m: dict, chance: float = 0.25) -> bool:
+    """acc_norm above ``chance`` by more than two standard errors of a guesser's accuracy on ``n`` items."""
+    return m["acc_norm"] - chance > 2 * math.sqrt(chance * (1 - chance) / max(m["n"], 1))
+
+
 def verdict_accuracy(gap: float, two_se: float) -> str:
     if gap > two_se:
         return HOLDS
@@ -476,9 +481,11 @@ def markdown(recipe: "Recipe", results: dict, fertility: list[dict], claim_rows:
                  f"{final_bpb(runs[r], 'translation'):.4f}"] for r in order if r in runs]),
         "", "## Multiple choice (held-out, 4 choices)", "", "![accuracy](plots/mc_accuracy.png)", "",
         _table(["run", *MC_COLUMNS], [[r] + [f"{runs[r]['mc'][t]['acc']:.2f} / {runs[r]['mc'][t]['acc_norm']:.2f}"
+                                             + (" ↑" if above_chance(runs[r]["mc"][t]) else "")
                                              if t in runs[r]["mc"] else "-" for t in MC_COLUMNS]
                                        for r in order if r in runs]),
-        "", "Cells: acc / acc_norm (log-likelihood per character).", "",
+        "", "Cells: acc / acc_norm (log-likelihood per character); ↑: acc_norm above chance (0.25) by more than two "
+        "binomial standard errors of chance on that many items.", "",
         "## Alignment", "", "![dpo](plots/dpo.png)", "",
         SYNTHETIC_PAIRS, "",
     ]
