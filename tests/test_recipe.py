@@ -261,6 +261,27 @@ def test_progressive_expansion_claim_and_schedule():
         progressive.stage_steps(RecipeConfig(cpt_steps=2))
 
 
+def test_small_scale_tables_are_the_recorded_numbers():
+    """The README's and docs/recipe.md's small-scale accuracies are benchmarks/results/recipe_small.json's (the run
+    `allam recipe --gin_file=recipes/small_cpu.gin --record_numbers` wrote), so a re-measurement that records new
+    numbers fails here until the tables follow."""
+    root = Path(__file__).resolve().parents[1]
+    recorded = json.loads((root / "benchmarks/results/recipe_small.json").read_text())
+    tasks = ("en_cloze", "ar_cloze", "translate", "chat_translate", "chat_translate_to_en")
+    rows = {"base": "| English base |", "full": "| after Arabic/English/translated CPT", "no_expansion": "| the same CPT",
+            "dpo": "| after SFT and DPO |"}
+    readme = (root / "README.md").read_text(encoding="utf-8").splitlines()
+    docs = (root / "docs/recipe.md").read_text(encoding="utf-8").splitlines()
+    doc_rows = {"base": "| base (English only) |", "full": "| `full` (after CPT) |", "no_expansion": "| `no_expansion` |",
+                "sft": "| SFT |", "dpo": "| DPO |"}
+    for lines, labels in ((readme, rows), (docs, doc_rows)):
+        for run, label in labels.items():
+            [line] = [ln for ln in lines if ln.startswith(label)]
+            cells = [c.replace("↑", "").strip() for c in line.split("|")[2:-1]]
+            assert cells == [f"{recorded['acc_norm'][run][t]:.2f}" for t in tasks], (run, line)
+    assert set(recorded["verdicts"].values()) == {HOLDS}  # the README says they all hold
+
+
 def test_seeded_claims_are_decided_by_two_standard_errors():
     """With several seeds an arm's bits/byte is a mean with a standard error (checked against ``statistics``), and a
     bits/byte claim holds when the means differ by more than two standard errors of the difference: a 0.5% gap
