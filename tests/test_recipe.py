@@ -282,6 +282,26 @@ def test_small_scale_tables_are_the_recorded_numbers():
     assert set(recorded["verdicts"].values()) == {HOLDS}  # the README says they all hold
 
 
+def test_three_seed_claims_table_is_the_recorded_run():
+    """docs/recipe.md's three-seed table has the verdicts of benchmarks/results/recipe_3seeds.json (the run's
+    ``--record_numbers``), one row per claim, and the README counts them the same way."""
+    import collections
+
+    root = Path(__file__).resolve().parents[1]
+    recorded = json.loads((root / "benchmarks/results/recipe_3seeds.json").read_text())
+    assert recorded["made_with"]["config"]["seeds"] == 3
+    text = (root / "docs/recipe.md").read_text(encoding="utf-8")
+    table = text.split("| claim | measured (3 seeds: mean ± s.e.) | verdict |", 1)[1].split("\n\n", 1)[0]
+    rows = [line for line in table.splitlines()[2:] if line.startswith("|")]
+    verdicts = [line.rstrip(" |").rsplit("| ", 1)[1] for line in rows]
+    shown = [next(v for v in (FAILS, UNCLEAR, HOLDS) if cell.startswith(v)) for cell in verdicts]
+    assert collections.Counter(shown) == collections.Counter(recorded["verdicts"].values())
+    holding = sum(v == HOLDS for v in recorded["verdicts"].values())
+    words = {7: "seven", 8: "eight"}
+    readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
+    assert f"tests {words[len(rows)]} claims" in readme and f": {words[holding]} hold" in readme
+
+
 def test_seeded_claims_are_decided_by_two_standard_errors():
     """With several seeds an arm's bits/byte is a mean with a standard error (checked against ``statistics``), and a
     bits/byte claim holds when the means differ by more than two standard errors of the difference: a 0.5% gap
