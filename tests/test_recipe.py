@@ -284,7 +284,8 @@ def test_small_scale_tables_are_the_recorded_numbers():
 
 def test_three_seed_claims_table_is_the_recorded_run():
     """docs/recipe.md's three-seed table has the verdicts of benchmarks/results/recipe_3seeds.json (the run's
-    ``--record_numbers``), one row per claim, and the README counts them the same way."""
+    ``--record_numbers``), one row per claim, and the README counts them the same way; its byte-level BPE table has
+    those of benchmarks/results/recipe_bpe.json."""
     import collections
 
     root = Path(__file__).resolve().parents[1]
@@ -296,6 +297,11 @@ def test_three_seed_claims_table_is_the_recorded_run():
     verdicts = [line.rstrip(" |").rsplit("| ", 1)[1] for line in rows]
     shown = [next(v for v in (FAILS, UNCLEAR, HOLDS) if cell.startswith(v)) for cell in verdicts]
     assert collections.Counter(shown) == collections.Counter(recorded["verdicts"].values())
+    bpe = json.loads((root / "benchmarks/results/recipe_bpe.json").read_text())
+    table = text.split("| claim | measured (byte-level BPE base, one seed) | verdict |", 1)[1].split("\n\n", 1)[0]
+    cells = [line.rstrip(" |").rsplit("| ", 1)[1] for line in table.splitlines()[2:] if line.startswith("|")]
+    assert collections.Counter(next(v for v in (FAILS, UNCLEAR, HOLDS) if c.startswith(v)) for c in cells) == \
+        collections.Counter(bpe["verdicts"].values())
     holding = sum(v == HOLDS for v in recorded["verdicts"].values())
     words = {7: "seven", 8: "eight"}
     readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
