@@ -13,12 +13,10 @@ evenly, so the arm trains as many steps on as many batches as every other arm. L
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from allam_jax import gin_setup
 from allam_jax.checkpoint.workdir import Workdir
 from allam_jax.core.errors import ConfigError
 from allam_jax.data.pipeline import SeqioData
@@ -28,7 +26,6 @@ from allam_jax.recipe.config import is_seed_run, seed_arm
 from allam_jax.recipe.heldout import perplexity_documents
 from allam_jax.tokenizer.bpe import merge_bpe
 from allam_jax.tokenizer.expand import expand_checkpoint
-from allam_jax.tokenizer.fit_head import HeadFit
 from allam_jax.tokenizer.interface import load_tokenizer
 from allam_jax.tokenizer.merge import merge_tokenizers
 from allam_jax.train.loop import TrainerConfig
@@ -83,34 +80,24 @@ def tokenizers(recipe: "Recipe") -> list[Path]:
     return paths + [recipe.tokenizer("merged")]
 
 
-def new_token_shares(recipe: "Recipe", paths: Sequence[Path]) -> list[float]:
-    """For each vocabulary, the share of held-out Arabic tokens that are pieces new to it (ids past the vocabulary
-    before it): what the model meets unseen when the vocabulary enters."""
-    docs = perplexity_documents(str(recipe.data / "heldout" / "ar.txt"), recipe.cfg.heldout.perplexity_bytes)
-    shares, before = [], load_tokenizer(str(recipe.tokenizer("base"))).vocab_size
-    for path in paths:
-        tok = load_tokenizer(str(path))
-        ids = [i for doc in docs for i in tok.encode(doc)]
-        shares.append(sum(i >= before for i in ids) / max(len(ids), 1))
-        before = tok.vocab_size
-    return shares
+def _share_past(ids: list[int], before: int) -> float:
+    """The share of ``ids`` past a vocabulary of ``before`` ids: tokens new to a model of that vocabulary."""
+    return round(sum(i >= before for i in ids) / max(len(ids), 1), 4)
 
 
 def summary(recipe: "Recipe") -> dict:
-    """The stages (share, pieces, vocabulary size, steps, share of new tokens at entry) and, for comparison, the
-    share of new tokens when every piece enters at once."""
+    """The stages (share, pieces, vocabulary size, steps, and the share of held-out Arabic tokens new to the model
+    when the stage's vocabulary enters: ids past the vocabulary before it) and, for comparison, that share when every
+    piece enters at once."""
     paths = tokenizers(recipe)
-    shares = new_token_shares(recipe, paths)
-    sizes = [load_tokenizer(str(p)).vocab_size for p in paths]
-    stages = [{"share": float(s), "vocab_size": v, "tokenizer": p.name, "steps": n, "new_token_share": round(t, 4)}
-              for s, v, p, n, t in zip(recipe.cfg.progressive_stages, sizes, paths, stage_steps(recipe.cfg), shares)]
-    return {"stages": stages, "all_at_once_new_token_share": round(new_token_shares(recipe, paths[-1:])[0], 4)}
-
-
-def _head_fit(recipe: "Recipe", vocab_size: int) -> HeadFit:
-    gin_setup.parse([str(Workdir.at(recipe.dir / "base").config_gin)])
-    model = dataclasses.replace(gin_setup.model_config(), vocab_size=vocab_size)
-    return HeadFit(model, str(recipe.data / "train" / "ar.txt"), str(recipe.data / "train" / "en.txt"))
+    docs = perplexity_documents(str(recipe.data / "heldout" / "ar.txt"), recipe.cfg.heldout.perplexity_bytes)
+    toks = [load_tokenizer(str(p)) for p in paths]
+    ids = [[i for doc in docs for i in tok.encode(doc)] for tok in toks]
+    sizes = [load_tokenizer(str(recipe.tokenizer("base"))).vocab_size] + [tok.vocab_size for tok in toks]
+    stages = [{"share": float(s), "vocab_size": v, "tokenizer": p.name, "steps": n, "new_token_share": _share_past(i, b)}
+              for s, v, p, n, i, b in zip(recipe.cfg.progressive_stages, sizes[1:], paths, stage_steps(recipe.cfg),
+                                          ids, sizes)]
+    return {"stages": stages, "all_at_once_new_token_share": _share_past(ids[-1], sizes[0])}
 
 
 def train(recipe: "Recipe", arm: str, bindings: Sequence[str], run: Callable) -> str:
@@ -123,7 +110,7 @@ def train(recipe: "Recipe", arm: str, bindings: Sequence[str], run: Callable) ->
         init = recipe.dir / "cpt" / arm / f"expand{k}"
         vocab_size = load_tokenizer(str(path)).vocab_size
         if not (init / "expansion.json").is_file():
-            fit = _head_fit(recipe, vocab_size) if c.expand_init == "fitted" else None
+            fit = recipe.head_fit(vocab_size) if c.expand_init == "fitted" else None
             expand_checkpoint(before_ckpt, str(before_tok), str(path), str(init), c.expand_init, c.seed, fit=fit)
         every = c.checkpoint_every(c.cpt_steps)  # the all-at-once arms' spacing, whatever a stage's length
         overrides = (recipe.model_overrides(vocab_size) + recipe.corpus_overrides(str(path))

@@ -329,9 +329,7 @@ class Recipe:
         _write_json(self.tok / "fertility.json", fertility)
         reports = {}
         sizes = {"base": load_tokenizer(str(base)).vocab_size, "merged": load_tokenizer(str(merged)).vocab_size}
-        gin_setup.parse([str(Workdir.at(self.dir / "base").config_gin)])
-        fit = HeadFit(dataclasses.replace(gin_setup.model_config(), vocab_size=sizes["merged"]),
-                      str(self.data / "train" / "ar.txt"), str(self.data / "train" / "en.txt"))
+        fit = self.head_fit(sizes["merged"])
         for method in EXPAND_METHODS:
             out = self.dir / "expand" / method
             if not (out / "expansion.json").is_file():
@@ -341,6 +339,18 @@ class Recipe:
             reports[method] = _read_json(out / "expansion.json")
         return {"merge": {"added": merge.added, "merged_size": merge.merged_size}, "fertility": fertility,
                 "expansion": reports, "vocab_sizes": sizes}
+
+    def head_fit(self, vocab_size: int) -> HeadFit:
+        """What a `fitted` expansion fits the new output rows on: the base model's shape grown to ``vocab_size``,
+        Arabic training text for the new tokens, English for the predictions to keep."""
+        gin_setup.parse([str(Workdir.at(self.dir / "base").config_gin)])
+        return HeadFit(dataclasses.replace(gin_setup.model_config(), vocab_size=vocab_size),
+                       str(self.data / "train" / "ar.txt"), str(self.data / "train" / "en.txt"))
+
+    def seed_bindings(self, k: int) -> list[str]:
+        """The bindings of seed offset ``k`` (another data order; none for k = 0)."""
+        c = self.cfg
+        return [f"TrainerConfig.seed = {c.seed + k}", f"SeqioData.seed = {c.seed + k}"] if k else []
 
     def arms(self) -> dict[str, list[str]]:
         path = Path(self.cfg.arms_file)
@@ -361,7 +371,7 @@ class Recipe:
     def seed_arms(self, arms: dict[str, list[str]]) -> dict[str, list[str]]:
         """``ARM_seedK`` for K in 1..seeds-1 of each seeded arm: the same bindings, another data order."""
         c = self.cfg
-        return {seed_arm(name, k): arms[name] + [f"TrainerConfig.seed = {c.seed + k}", f"SeqioData.seed = {c.seed + k}"]
+        return {seed_arm(name, k): arms[name] + self.seed_bindings(k)
                 for name in c.seeded_arms if name in arms for k in range(1, c.seeds)}
 
     def placeholders(self) -> dict[str, str]:
@@ -385,8 +395,7 @@ class Recipe:
         log.info("continued pretraining arms:\n%s", summary_table(rows))
         arms = {r["variant"]: r["workdir"] for r in rows}
         for k, name in enumerate(progressive.arm_names(self.cfg)):
-            seed = [f"TrainerConfig.seed = {self.cfg.seed + k}", f"SeqioData.seed = {self.cfg.seed + k}"] if k else []
-            arms[name] = progressive.train(self, name, plan.bindings + tuple(seed), _train)
+            arms[name] = progressive.train(self, name, plan.bindings + tuple(self.seed_bindings(k)), _train)
         extra = {"progressive": progressive.summary(self)} if self.cfg.progressive_stages else {}
         return {"arms": arms, **extra}
 
